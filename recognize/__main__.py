@@ -1,0 +1,3 @@
+from recognize.cli import main
+
+main()

@@ -1,0 +1,95 @@
+"""`recognize run RECIPE INPUT... -o OUT` and `recognize stages`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from recognize.hookspecs import hookimpl
+
+
+@click.command("run")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", "output", default="recognize-out", show_default=True,
+              help="Folder for per-image JSON, the recipe's outputs and summary.json.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value, e.g. --set stages.1.with.box_threshold=0.3 (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Redo images whose outputs already exist (default: skip them).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch (overrides the recipe).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
+              help="Where models run (overrides the recipe).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process. ray: Ray Data (RAY_ADDRESS or a local Ray instance).")
+def run_command(recipe, inputs, output, overrides, overwrite, quiet, batch_size, device, engine):
+    """Run RECIPE on INPUTS (image files, folders searched recursively, or globs).
+
+    Writes OUT/<name>.json per image (the Frame schema), the recipe's outputs and
+    OUT/summary.json. Unreadable images are reported and skipped (exit code 1). Images whose
+    outputs already exist are skipped, so an interrupted run resumes where it stopped.
+    """
+    from recognize.recipe import build_pipeline, load_recipe
+    from recognize.runner import run_to_folder
+
+    overrides = list(overrides)
+    if batch_size is not None:
+        overrides.append(f"settings.batch_size={batch_size}")
+    if device is not None:
+        overrides.append(f"settings.device={device}")
+    pipeline = build_pipeline(load_recipe(recipe, overrides))
+    engine_obj = None
+    if engine == "ray":
+        from recognize.engines.ray_engine import RayEngine
+
+        engine_obj = RayEngine()
+    summary = run_to_folder(pipeline, inputs, output, overwrite=overwrite, quiet=quiet, engine=engine_obj)
+    parts = [f"{summary.processed} processed", f"{summary.skipped} already done", f"{summary.failed} failed"]
+    click.echo(f"{', '.join(parts)} -> {output}", err=True)
+    if summary.failed:
+        sys.exit(1)
+
+
+@click.command("stages")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stages_command(name, as_json):
+    """List the stages a recipe can use, or show one stage's parameters."""
+    from recognize import plugins
+
+    registry = plugins.stages()
+    if name:
+        cls = plugins.get_stage(name)
+        schema = cls.Params.model_json_schema()
+        if as_json:
+            click.echo(json.dumps({"name": name, "kind": cls.kind, "scope": cls.scope, "params": schema}, indent=2))
+            return
+        click.echo(f"{name} ({cls.kind}, {cls.scope} scope)")
+        doc = (cls.__doc__ or "").strip().splitlines()
+        if doc:
+            click.echo(f"  {doc[0]}")
+        for field, info in cls.Params.model_fields.items():
+            default = "required" if info.is_required() else f"default {info.default!r}"
+            desc = f"  {info.description}" if info.description else ""
+            click.echo(f"  {field}: {_type_name(info.annotation)} ({default}){desc}")
+        return
+    rows = [{"name": n, "kind": c.kind, "scope": c.scope, "summary": (c.__doc__ or "").strip().split("\n")[0]}
+            for n, c in sorted(registry.items())]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<22} {row['kind']:<10} {row['summary']}")
+
+
+def _type_name(annotation) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "")
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(run_command)
+    cli.add_command(stages_command)

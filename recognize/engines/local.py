@@ -1,0 +1,143 @@
+"""The local engine: runs a Pipeline in this process, batch by batch, isolating bad images.
+
+A batch that fails is retried one frame at a time, so one bad image costs only itself.
+Errors while *loading* a stage (missing weights, bad config) are not per-image problems and
+stop the run.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import groupby
+
+from recognize.errors import ImageError, RecognizeError
+from recognize.frame import Frame
+from recognize.pipeline import Pipeline
+from recognize.stage import Stage
+
+
+@dataclass
+class FrameResult:
+    """A processed frame, or the one-line reason it could not be processed."""
+
+    frame: Frame
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, RecognizeError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
+class LocalEngine:
+    name = "local"
+
+    def run(
+        self,
+        pipeline: Pipeline,
+        frames: Iterable[Frame],
+        on_result: Callable[[FrameResult], None] | None = None,
+    ) -> Iterator[FrameResult]:
+        """Yield a FrameResult per input frame (input order is kept for image-scope pipelines)."""
+        if not pipeline.has_dataset_stage:
+            batch: list[Frame] = []
+            for frame in frames:
+                batch.append(frame)
+                if len(batch) == pipeline.batch_size:
+                    yield from self._batch(pipeline, pipeline.stages, batch, on_result)
+                    batch = []
+            if batch:
+                yield from self._batch(pipeline, pipeline.stages, batch, on_result)
+            return
+
+        survivors = list(frames)
+        failed: list[FrameResult] = []
+        segments = [(scope, list(group)) for scope, group in groupby(pipeline.stages, key=lambda s: s.scope)]
+        for index, (scope, stages) in enumerate(segments):
+            last = index == len(segments) - 1
+            if scope == "dataset":
+                for stage in stages:
+                    survivors = pipeline._timed(stage, survivors)
+                continue
+            kept: list[Frame] = []
+            for start in range(0, len(survivors), pipeline.batch_size):
+                chunk = survivors[start : start + pipeline.batch_size]
+                for result in self._batch(pipeline, stages, chunk, on_result if last else None):
+                    if result.ok:
+                        kept.append(result.frame)
+                        if not last:
+                            result.frame.release_image()  # reloaded on demand; keeps memory flat
+                    else:
+                        failed.append(result)
+                        if not last and on_result is not None:
+                            on_result(result)
+            survivors = kept
+        if segments[-1][0] == "dataset" and on_result is not None:
+            for frame in survivors:
+                on_result(FrameResult(frame))
+        yield from failed
+        yield from (FrameResult(frame) for frame in survivors)
+
+    def _batch(
+        self,
+        pipeline: Pipeline,
+        stages: list[Stage],
+        frames: list[Frame],
+        on_result: Callable[[FrameResult], None] | None,
+    ) -> Iterator[FrameResult]:
+        results: list[FrameResult] = []
+        good: list[Frame] = []
+        for frame in frames:
+            try:
+                frame.image  # noqa: B018 - decode now: a bad file is reported, not raised mid-stage
+                good.append(frame)
+            except ImageError as exc:
+                results.append(FrameResult(frame, str(exc)))
+        for stage in stages:
+            stage.ensure_loaded()  # a loading error stops the run: it is not this image's fault
+        results.extend(self._process(pipeline, stages, good))
+        order = {id(f): i for i, f in enumerate(frames)}
+        results.sort(key=lambda r: order.get(id(r.frame), len(frames)))
+        for result in results:
+            if on_result is not None:
+                on_result(result)
+            yield result
+
+    def _process(self, pipeline: Pipeline, stages: list[Stage], frames: list[Frame]) -> list[FrameResult]:
+        if not frames:
+            return []
+        saved = [_snapshot(f) for f in frames]
+        try:
+            out = frames
+            for stage in stages:
+                out = pipeline._timed(stage, out)
+            return [FrameResult(f) for f in out]
+        except Exception as exc:  # noqa: BLE001 - isolate the frame that broke the batch
+            for frame, state in zip(frames, saved):
+                _restore(frame, state)  # a stage may have enriched some frames before failing
+            if len(frames) == 1:
+                return [FrameResult(frames[0], describe_error(exc))]
+        results: list[FrameResult] = []
+        for frame in frames:
+            results.extend(self._process(pipeline, stages, [frame]))
+        return results
+
+
+_STATE_FIELDS = ("tags", "regions", "caption", "dropped", "meta")
+
+
+def _snapshot(frame: Frame) -> dict:
+    return {name: copy.deepcopy(getattr(frame, name)) for name in _STATE_FIELDS}
+
+
+def _restore(frame: Frame, state: dict) -> None:
+    for name, value in state.items():
+        setattr(frame, name, value)

@@ -1,0 +1,29 @@
+"""Errors a user can act on. The CLI prints their message on one line, never a traceback."""
+
+
+class RecognizeError(Exception):
+    """Base class: the message is the whole story for the user."""
+
+    exit_code = 1
+
+
+class InputError(RecognizeError):
+    """An input path or pattern that names nothing usable."""
+
+    exit_code = 2
+
+
+class ImageError(RecognizeError):
+    """One image could not be read; a batch reports it and goes on."""
+
+
+class RecipeError(RecognizeError):
+    """A recipe that cannot be built; the message names the place in the file and the fix."""
+
+    exit_code = 2
+
+
+class ModelFileError(RecognizeError):
+    """A weight or asset file that is missing, partial or corrupt; the message says where to put it."""
+
+    exit_code = 3

@@ -1,0 +1,179 @@
+"""`recognize run`: a Pipeline over files, writing every output atomically and resumably.
+
+Per image the output stages write their files, then `OUT/<name>.json` last: a JSON file on
+disk means that image is complete, so a re-run (after a crash or `kill`) skips it and reads
+its Frame back for dataset-level outputs. `OUT/summary.json` is written at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from recognize.atomic import write_text
+from recognize.engines.local import FrameResult, LocalEngine, describe_error
+from recognize.frame import Frame
+from recognize.images import expand_inputs
+from recognize.pipeline import Pipeline
+from recognize.stage import OutputStage
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class RunSummary:
+    recipe: str | None
+    output_dir: str
+    inputs: int = 0
+    processed: int = 0
+    skipped: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+    started: str = ""
+    finished: str = ""
+    engine: str = "local"
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def to_dict(self) -> dict[str, Any]:
+        from recognize import __version__
+
+        return {
+            "recognize_version": __version__,
+            "recipe": self.recipe,
+            "engine": self.engine,
+            "output_dir": self.output_dir,
+            "counts": {
+                "inputs": self.inputs,
+                "processed": self.processed,
+                "skipped": self.skipped,
+                "failed": self.failed,
+            },
+            "failures": self.failures,
+            "timings": self.timings,
+            "seconds": round(self.seconds, 3),
+            "started": self.started,
+            "finished": self.finished,
+        }
+
+
+def json_output() -> OutputStage:
+    from recognize import plugins
+
+    return plugins.get_stage("json")()
+
+
+def frame_is_complete(frame: Frame, outputs: Sequence[OutputStage], out_dir: Path) -> bool:
+    return all(path.is_file() for stage in outputs for path in stage.files(frame, out_dir))
+
+
+def read_done_frame(frame: Frame, json_stage: OutputStage, out_dir: Path) -> Frame | None:
+    """The Frame stored by a previous run, or None when it is missing or unreadable."""
+    paths = json_stage.files(frame, out_dir)
+    if not paths:
+        return None
+    try:
+        done = Frame.from_json(paths[0].read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - a damaged file just means "redo this image"
+        return None
+    done.name = frame.name
+    return done
+
+
+def run_to_folder(
+    pipeline: Pipeline,
+    inputs: Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    quiet: bool = False,
+    engine: Any = None,
+) -> RunSummary:
+    """Process `inputs` into `out_dir`; returns (and writes) the run summary."""
+    from tqdm.auto import tqdm
+
+    engine = engine or LocalEngine()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    summary = RunSummary(
+        recipe=pipeline.name,
+        output_dir=str(out),
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        engine=getattr(engine, "name", type(engine).__name__),
+    )
+    json_stage = next((s for s in pipeline.outputs if s.name == "json"), None) or json_output()
+    # json goes last: its file is the "this image is complete" marker
+    outputs = [s for s in pipeline.outputs if s.name != "json"] + [json_stage]
+
+    items = expand_inputs(inputs)
+    summary.inputs = len(items)
+    all_frames: list[Frame] = []
+    todo: list[Frame] = []
+    for path, name in items:
+        frame = Frame(source=str(path), name=name)
+        done = None if overwrite else _resumable(frame, outputs, json_stage, out)
+        if done is not None:
+            all_frames.append(done)
+            summary.skipped += 1
+        else:
+            todo.append(frame)
+
+    bar = tqdm(
+        total=len(todo), unit="img", disable=quiet or not todo, file=sys.stderr, dynamic_ncols=True,
+        desc=pipeline.name or "run",
+    )
+
+    def on_result(result: FrameResult) -> None:
+        if result.ok:
+            try:
+                for stage in outputs:
+                    stage.write(result.frame, out)
+            except Exception as exc:  # noqa: BLE001 - a write error fails this image, not the run
+                result.error = f"writing outputs: {describe_error(exc)}"
+        if result.ok:
+            summary.processed += 1
+            all_frames.append(result.frame)
+            result.frame.release_image()
+        else:
+            summary.failures.append({"source": result.frame.source, "name": result.frame.name or "",
+                                     "error": result.error or ""})
+            bar.write(f"skipped {result.frame.source}: {result.error}", file=sys.stderr)
+        bar.update(1)
+
+    try:
+        for _ in engine.run(pipeline, todo, on_result=on_result):
+            pass
+    finally:
+        bar.close()
+
+    order = {name: i for i, (_, name) in enumerate(items)}
+    all_frames.sort(key=lambda f: order.get(f.name or "", len(order)))
+    for stage in outputs:
+        stage.finish(all_frames, out)
+
+    summary.seconds = time.perf_counter() - started
+    summary.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    summary.timings = {
+        name: {"seconds": round(seconds, 4), "per_image": round(seconds / max(summary.processed, 1), 4)}
+        for name, seconds in pipeline.timings.items()
+    }
+    import json
+
+    write_text(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
+    return summary
+
+
+def _resumable(frame: Frame, outputs: list[OutputStage], json_stage: OutputStage, out: Path) -> Frame | None:
+    if not frame_is_complete(frame, outputs, out):
+        return None
+    return read_done_frame(frame, json_stage, out)
