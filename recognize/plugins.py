@@ -21,6 +21,7 @@ BUILTIN_PLUGINS = (
     "recognize.commands.run",
     "recognize.commands.plugins",
     "recognize.commands.models",
+    "recognize.commands.eval",
 )
 
 _lock = threading.RLock()

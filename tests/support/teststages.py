@@ -1,0 +1,107 @@
+"""Small deterministic stages for testing the core without model weights.
+
+Registered as a plugin: in-process through the `test_stages` fixture, in subprocesses through
+RECOGNIZE_PLUGINS=teststages (with this folder on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import recognize
+from recognize import Frame, Region, Stage, StageParams, Tag
+
+
+class Brightness(Stage):
+    """Tags `bright` or `dark` from the mean pixel value."""
+
+    name = "brightness"
+    kind = "tagger"
+
+    class Params(StageParams):
+        cutoff: float = 127.0
+        device: str = "cpu"
+        batch_size: int = 8
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        for frame in frames:
+            mean = float(frame.image.mean())
+            name = "bright" if mean > self.params.cutoff else "dark"
+            frame.tags.append(Tag(name=name, name_zh="亮" if name == "bright" else "暗", score=mean / 255.0,
+                                  index=0 if name == "bright" else 1, source=self.name))
+        return frames
+
+
+class CenterBox(Stage):
+    """One region per tag: the central half of the image."""
+
+    name = "center_box"
+    kind = "localizer"
+
+    class Params(StageParams):
+        score: float = 0.9
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        for frame in frames:
+            h, w = frame.image.shape[:2]
+            for tag in frame.tags:
+                frame.regions.append(Region(box=(w / 4, h / 4, 3 * w / 4, 3 * h / 4), score=self.params.score,
+                                            tag=tag.name, tag_zh=tag.name_zh, source=self.name))
+        return frames
+
+
+class BoxMask(Stage):
+    """Fills each region's box as its mask."""
+
+    name = "box_mask"
+    kind = "segmenter"
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        for frame in frames:
+            h, w = frame.image.shape[:2]
+            for region in frame.regions:
+                mask = np.zeros((h, w), dtype=bool)
+                x0, y0, x1, y1 = (int(round(v)) for v in region.box)
+                mask[y0:y1, x0:x1] = True
+                region.mask = mask
+                region.mask_score = 1.0
+        return frames
+
+
+class Explode(Stage):
+    """Raises for frames whose source contains `on` (tests that one bad image costs only itself)."""
+
+    name = "explode"
+    kind = "filter"
+
+    class Params(StageParams):
+        on: str = "boom"
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        for frame in frames:
+            frame.meta["explode_seen"] = frame.meta.get("explode_seen", 0) + 1
+        if any(self.params.on in frame.source for frame in frames):
+            raise RuntimeError("exploded on purpose")
+        return frames
+
+
+class CountDataset(Stage):
+    """Dataset scope: records how many frames it saw at once."""
+
+    name = "count_dataset"
+    kind = "filter"
+    scope = "dataset"
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        for frame in frames:
+            frame.meta["dataset_size"] = len(frames)
+        return frames
+
+
+STAGES = [Brightness, CenterBox, BoxMask, Explode, CountDataset]
+
+
+@recognize.hookimpl
+def register_stages(register):
+    for stage in STAGES:
+        register(stage)
