@@ -215,7 +215,8 @@ def regions_from_detections(detections: sv.Detections, source: str | None = None
                 score=None if conf is None or np.isnan(conf) else conf,
                 tag=tag,
                 tag_zh=(str(names_zh[i]) or None) if names_zh is not None else None,
-                mask=None if detections.mask is None else detections.mask[i],
+                # an all-empty mask is how to_detections pads regions that have none
+                mask=None if detections.mask is None or not detections.mask[i].any() else detections.mask[i],
                 mask_score=None if mask_score is None or np.isnan(mask_score) else mask_score,
                 source=source or ((str(sources[i]) or None) if sources is not None else None),
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -36,7 +37,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
             pm.add_hookspecs(hookspecs)
             for module_name in BUILTIN_PLUGINS:
                 pm.register(importlib.import_module(module_name), name=module_name)
-            pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+            _load_entry_points(pm)
             for module_name in _env_plugins():
                 if pm.get_plugin(module_name) is None:
                     try:
@@ -45,6 +46,28 @@ def get_plugin_manager() -> pluggy.PluginManager:
                         raise RecognizeError(f"RECOGNIZE_PLUGINS names {module_name!r}, which cannot be imported: {exc}")
             _pm = pm
         return _pm
+
+
+#: entry-point plugins: registered name -> (distribution name, version)
+_distributions: dict[str, tuple[str, str]] = {}
+#: plugins that failed to import: name -> one-line reason (shown by `recognize plugins`)
+broken_plugins: dict[str, str] = {}
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    """Register every `recognize` entry point; a broken one is reported, not fatal."""
+    for ep in metadata.entry_points(group=hookspecs.PROJECT):
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # noqa: BLE001 - one bad plugin must not break the tool
+            broken_plugins[ep.name] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"recognize plugin {ep.name!r} failed to load: {exc}", stacklevel=2)
+            continue
+        pm.register(plugin, name=ep.name)
+        if ep.dist is not None:
+            _distributions[ep.name] = (ep.dist.metadata["Name"], ep.dist.version)
 
 
 def _env_plugins() -> list[str]:
@@ -114,15 +137,13 @@ class PluginInfo:
 def plugin_infos() -> list[PluginInfo]:
     """Each registered plugin with its distribution version and what it registers."""
     pm = get_plugin_manager()
-    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     infos = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
-        dist = dists.get(id(plugin))
         builtin = name in BUILTIN_PLUGINS
-        version = dist.version if dist is not None else (_own_version() if builtin else None)
-        info = PluginInfo(name=dist.project_name if dist is not None else name, version=version, builtin=builtin)
+        dist_name, version = _distributions.get(name, (name, _own_version() if builtin else None))
+        info = PluginInfo(name=dist_name, version=version, builtin=builtin)
         for hook, bucket in (("register_stages", info.stages), ("register_outputs", info.outputs),
                              ("register_models", info.models)):
             impl = getattr(plugin, hook, None)

@@ -14,12 +14,14 @@ from recognize.hookspecs import hookimpl
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins_command(as_json):
     """List plugins (built-in and installed), their versions and their stages."""
-    from recognize.plugins import plugin_infos
+    from recognize.plugins import broken_plugins, plugin_infos
 
     infos = plugin_infos()
     if as_json:
         click.echo(json.dumps([asdict(i) for i in infos], indent=2))
         return
+    for name, reason in broken_plugins.items():
+        click.echo(f"{name} (failed to load: {reason})")
     for info in infos:
         origin = "built-in" if info.builtin else "installed"
         click.echo(f"{info.name} {info.version or '?'} ({origin})")

@@ -1,0 +1,136 @@
+"""`recognize models list | download NAME... | path NAME [FILE]`: the weights cache from the shell."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from recognize import hub
+from recognize.errors import RecognizeError
+from recognize.hookspecs import hookimpl
+
+
+def _fail(exc: RecognizeError) -> NoReturn:
+    """One line on stderr and the error's exit code (3 for a model file), never a traceback."""
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _card(name: str) -> hub.ModelCard:
+    try:
+        return hub.get_card(name)
+    except RecognizeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _human(size: int | None) -> str:
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _card_status(card: hub.ModelCard) -> tuple[str, list[str]]:
+    states = [hub.file_state(card, f.filename) for f in card.files]
+    present = states.count("present")
+    if present == len(states):
+        summary = "present"
+    elif "partial" in states:
+        summary = f"partial ({present}/{len(states)} files)"
+    elif present:
+        summary = f"{present}/{len(states)} files"
+    else:
+        summary = "missing"
+    return summary, states
+
+
+def _card_json(card: hub.ModelCard) -> dict[str, Any]:
+    summary, states = _card_status(card)
+    return {
+        "name": card.name,
+        "description": card.description,
+        "homepage": card.homepage,
+        "license": card.license,
+        "size": card.size,
+        "status": summary,
+        "files": [
+            {
+                "filename": f.filename,
+                "url": f.url,
+                "sha256": f.sha256,
+                "size": f.size,
+                "path": str(hub.file_path(card, f.filename)),
+                "status": state,
+            }
+            for f, state in zip(card.files, states)
+        ],
+    }
+
+
+@click.group("models")
+def models() -> None:
+    """Model weights and assets: list them, download them, show where they live."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the cards as JSON.")
+def list_models(as_json: bool) -> None:
+    """Every registered model card: files, size, and whether it is in the cache."""
+    from recognize.plugins import model_cards
+
+    try:
+        cards = [model_cards()[name] for name in sorted(model_cards())]
+    except RecognizeError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps({"cache": str(hub.cache_dir()), "models": [_card_json(c) for c in cards]}, indent=2))
+        return
+    rows = [("NAME", "FILES", "SIZE", "STATUS")]
+    for card in cards:
+        rows.append((card.name, str(len(card.files)), _human(card.size), _card_status(card)[0]))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    click.echo(f"cache: {hub.cache_dir() / 'models'}")
+
+
+@models.command("download")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+def download_models(names: tuple[str, ...], progress: bool) -> None:
+    """Download (resuming partial files) and verify every file of each NAME."""
+    cards = [_card(name) for name in names]
+    for card in cards:
+        try:
+            for path in hub.download(card, progress=progress):
+                click.echo(str(path))
+        except RecognizeError as exc:
+            _fail(exc)
+
+
+@models.command("path")
+@click.argument("name")
+@click.argument("filename", required=False)
+def model_path(name: str, filename: str | None) -> None:
+    """Print the cached path of NAME's files (or of FILE); exit 3 if one is missing."""
+    card = _card(name)
+    try:
+        wanted = [card.file(filename)] if filename else list(card.files)
+        paths = [hub.ensure_file(card, f.filename, download=False, progress=False) for f in wanted]
+    except RecognizeError as exc:
+        _fail(exc)
+    for path in paths:
+        click.echo(str(path))
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    cli.add_command(models)

@@ -1,0 +1,205 @@
+"""The `annotated_image` output: the picture with its boxes, masks, labels, tags and caption.
+
+Boxes, masks and "tag score" labels are drawn by supervision's annotators on
+`Frame.to_detections()`; a band below the image lists the image-level tags and the caption,
+wrapped to the image's width. Colours follow the tag name (a hash), so `dog` has the same
+colour in every image of a run. Chinese names (`chinese: true`) need a CJK font: when none is
+found the stage draws English names and says so once in the log, it never fails.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zlib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydantic import Field, field_validator
+
+from recognize.atomic import write_bytes
+from recognize.frame import Frame, Region
+from recognize.outputs.fonts import find_font
+from recognize.outputs.paths import output_path
+from recognize.stage import OutputStage, StageParams
+
+log = logging.getLogger(__name__)
+
+_PANEL_BACKGROUND = (245, 245, 245)
+_PANEL_TEXT = (20, 20, 20)
+_PANEL_HEADING = (90, 90, 90)
+
+
+class AnnotatedImageParams(StageParams):
+    format: Literal["jpg", "png"] = "jpg"
+    quality: int = Field(92, ge=1, le=100, description="JPEG quality")
+    boxes: bool = True
+    masks: bool = True
+    labels: bool = True
+    panel: bool = Field(True, description="band below the image with the image's tags and caption")
+    scores: bool = Field(True, description="print scores after tag names")
+    chinese: bool = Field(False, description="Chinese tag names where known (needs a CJK font)")
+    font: str | None = Field(None, description="TrueType/OpenType font file for labels and the panel")
+    mask_opacity: float = Field(0.45, ge=0.0, le=1.0)
+
+    @field_validator("font")
+    @classmethod
+    def _font_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).expanduser().is_file():
+            raise ValueError(f"font file {value!r} does not exist")
+        return None if value is None else str(Path(value).expanduser())
+
+
+def tag_color_index(name: str, palette_size: int) -> int:
+    """A colour slot that depends on the tag name only (stable across images and runs)."""
+    return zlib.crc32(name.encode("utf-8")) % palette_size
+
+
+def _with_score(name: str, score: float | None, scores: bool) -> str:
+    return f"{name} {score:.2f}" if scores and score is not None else name
+
+
+class AnnotatedImage(OutputStage):
+    """`OUT/<name>.annotated.jpg` (or `.png`): a picture a person can check at a glance."""
+
+    name: ClassVar[str] = "annotated_image"
+    Params: ClassVar[type[StageParams]] = AnnotatedImageParams
+
+    def __init__(self, params: StageParams | dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self._warned_chinese = False
+
+    # -- OutputStage ---------------------------------------------------------------------
+    def files(self, frame: Frame, out_dir: Path) -> list[Path]:
+        return [output_path(frame, out_dir, f".annotated.{self.params.format}")]
+
+    def write(self, frame: Frame, out_dir: Path) -> None:
+        image = self.render(frame)
+        buffer = io.BytesIO()
+        if self.params.format == "jpg":
+            image.save(buffer, format="JPEG", quality=self.params.quality)
+        else:
+            image.save(buffer, format="PNG")
+        write_bytes(self.files(frame, out_dir)[0], buffer.getvalue())
+
+    # -- drawing -------------------------------------------------------------------------
+    def render(self, frame: Frame) -> Image.Image:
+        """The annotated picture (RGB) for `frame`."""
+        import supervision as sv
+
+        p = self.params
+        image = Image.fromarray(frame.image)
+        width, height = image.size
+        chinese = p.chinese and self._chinese_font(frame) is not None
+        detections = frame.to_detections()
+        if len(detections):
+            palette = sv.ColorPalette.DEFAULT
+            colors = np.array([tag_color_index(r.tag, len(palette.colors)) for r in frame.regions], dtype=np.int64)
+            if p.masks and detections.mask is not None and detections.mask.shape[1:] == (height, width):
+                image = sv.MaskAnnotator(color=palette, opacity=p.mask_opacity).annotate(
+                    image, detections, custom_color_lookup=colors
+                )
+            if p.boxes:
+                thickness = sv.calculate_optimal_line_thickness((width, height))
+                image = sv.BoxAnnotator(color=palette, thickness=thickness).annotate(
+                    image, detections, custom_color_lookup=colors
+                )
+            if p.labels:
+                labels = [_with_score(self._region_name(r, chinese), r.score, p.scores) for r in frame.regions]
+                image = self._label_annotator(labels, (width, height)).annotate(
+                    image, detections, labels=labels, custom_color_lookup=colors
+                )
+        if p.panel:
+            image = self._add_panel(image, frame, chinese)
+        return image
+
+    def _region_name(self, region: Region, chinese: bool) -> str:
+        return (region.tag_zh or region.tag) if chinese else region.tag
+
+    def _chinese_font(self, frame: Frame) -> str | None:
+        """A font for the frame's Chinese names, or None (then English is drawn, with one warning)."""
+        text = "".join([t.name_zh or "" for t in frame.tags] + [r.tag_zh or "" for r in frame.regions])
+        if not text:
+            return None
+        font = find_font(text, self.params.font)
+        if font is None and not self._warned_chinese:
+            log.warning("no font that can draw Chinese was found (set `font:` or $RECOGNIZE_FONT); "
+                        "drawing English tag names")
+            self._warned_chinese = True
+        return font
+
+    def _label_annotator(self, labels: list[str], size: tuple[int, int]) -> Any:
+        """supervision's PIL label annotator with a real font when one is found, else its OpenCV one."""
+        import supervision as sv
+
+        palette = sv.ColorPalette.DEFAULT
+        font = find_font("".join(labels), self.params.font)
+        text_scale = sv.calculate_optimal_text_scale(size)
+        if font is not None:
+            return sv.RichLabelAnnotator(
+                color=palette, font_path=font, font_size=max(10, round(26 * text_scale)),
+                text_padding=max(3, round(8 * text_scale)), smart_position=True,
+            )
+        return sv.LabelAnnotator(
+            color=palette, text_scale=text_scale, text_thickness=max(1, round(2 * text_scale)),
+            text_padding=max(3, round(8 * text_scale)), smart_position=True,
+        )
+
+    def _add_panel(self, image: Image.Image, frame: Frame, chinese: bool) -> Image.Image:
+        """Append a band listing the image-level tags and the caption, wrapped to the width."""
+        p = self.params
+        names = [(t.name_zh or t.name) if chinese else t.name for t in frame.tags]
+        tags_text = ", ".join(_with_score(n, t.score, p.scores) for n, t in zip(names, frame.tags)) or "(none)"
+        sections = [("Tags", tags_text)]
+        if frame.caption:
+            sections.append(("Caption", frame.caption))
+        width = image.width
+        size = max(12, round(width / 60))
+        font = _load_font(find_font(" ".join(s for _, s in sections) + "Tags Caption", p.font), size)
+        margin = max(6, size // 2)
+        line_height = round(size * 1.3)
+        lines: list[tuple[str, tuple[int, int, int]]] = []
+        for heading, text in sections:
+            lines.append((heading + ":", _PANEL_HEADING))
+            lines += [(line, _PANEL_TEXT) for line in wrap_text(text, font, width - 2 * margin)]
+        band = Image.new("RGB", (width, 2 * margin + line_height * len(lines)), _PANEL_BACKGROUND)
+        draw = ImageDraw.Draw(band)
+        for i, (line, color) in enumerate(lines):
+            draw.text((margin, margin + i * line_height), line, fill=color, font=font)
+        out = Image.new("RGB", (width, image.height + band.height))
+        out.paste(image.convert("RGB"), (0, 0))
+        out.paste(band, (0, image.height))
+        return out
+
+
+def _load_font(path: str | None, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    if path is not None:
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:
+            log.warning("cannot load font %s; using PIL's default font", path)
+    return ImageFont.load_default(size)
+
+
+def wrap_text(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, max_width: int) -> list[str]:
+    """Greedy word wrap by rendered width; a word wider than the line is split by characters."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        candidate = f"{current} {word}" if current else word
+        if font.getlength(candidate) <= max_width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        current = ""
+        for ch in word:
+            if current and font.getlength(current + ch) > max_width:
+                lines.append(current)
+                current = ""
+            current += ch
+    if current:
+        lines.append(current)
+    return lines or [""]

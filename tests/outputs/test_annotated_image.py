@@ -1,0 +1,144 @@
+"""The `annotated_image` output: supervision's boxes, masks and labels plus a tags/caption panel."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import supervision as sv
+from PIL import Image, ImageFont
+
+from recognize.frame import Frame, Region
+from recognize.outputs import annotated_image as ai
+from recognize.outputs import fonts
+from recognize.outputs.annotated_image import AnnotatedImage, tag_color_index, wrap_text
+
+from .conftest import IMAGES
+
+LATIN_FONTS = fonts.candidates(cjk=False)
+
+
+def palette_rgb(tag: str) -> np.ndarray:
+    palette = sv.ColorPalette.DEFAULT
+    return np.array(palette.by_idx(tag_color_index(tag, len(palette.colors))).as_rgb())
+
+
+def spy_labels(monkeypatch) -> list[list[str]]:
+    """Record the labels handed to supervision's label annotators (they still draw)."""
+    seen: list[list[str]] = []
+    for cls in (sv.LabelAnnotator, sv.RichLabelAnnotator):
+        original = cls.annotate
+
+        def annotate(self, scene, detections, labels=None, custom_color_lookup=None, _original=original):
+            seen.append(list(labels))
+            return _original(self, scene, detections, labels=labels, custom_color_lookup=custom_color_lookup)
+
+        monkeypatch.setattr(cls, "annotate", annotate)
+    return seen
+
+
+def test_render_draws_masks_boxes_and_a_panel(frame_factory, monkeypatch) -> None:
+    frame = frame_factory(scale=4)
+    labels = spy_labels(monkeypatch)
+    out = np.asarray(AnnotatedImage().render(frame))
+    original = frame.image
+    assert out.shape[1] == 320 and out.shape[0] > 240  # the panel is a band below the image
+    assert labels == [["dog 0.88", "ball 0.64", "grass 0.41"]]
+    top = out[:240].astype(int)
+    assert np.abs(top[120, 100] - original[120, 100]).sum() > 30  # inside the dog mask: tinted
+    assert (top[8, 160] == original[8, 160]).all()  # far from every region: untouched
+    np.testing.assert_array_equal(top[176, 100], palette_rgb("dog"))  # the box's bottom edge
+    panel = out[240:]
+    assert (panel.sum(axis=2) < 200).any()  # dark text on the light band
+
+
+def test_every_layer_can_be_switched_off(frame_factory) -> None:
+    frame = frame_factory()
+    stage = AnnotatedImage(boxes=False, masks=False, labels=False, panel=False)
+    np.testing.assert_array_equal(np.asarray(stage.render(frame)), frame.image)
+
+
+def test_colours_follow_the_tag_not_the_order(frame_factory) -> None:
+    a, b = frame_factory("a", scale=4), frame_factory("b", scale=4)
+    b.regions = b.regions[::-1]  # dog is class 0 in a, class 2 in b
+    stage = AnnotatedImage(masks=False, labels=False, panel=False)
+    pixel_a = np.asarray(stage.render(a))[176, 100]
+    pixel_b = np.asarray(stage.render(b))[176, 100]
+    np.testing.assert_array_equal(pixel_a, pixel_b)
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_write_produces_the_named_file(tmp_path: Path, frame_factory, fmt: str) -> None:
+    frame = frame_factory("sub/pic")
+    stage = AnnotatedImage(format=fmt)
+    (path,) = stage.files(frame, tmp_path)
+    assert path == tmp_path / "sub" / f"pic.annotated.{fmt}"
+    stage.write(frame, tmp_path)
+    with Image.open(path) as image:
+        assert image.format == {"jpg": "JPEG", "png": "PNG"}[fmt] and image.width == 80 and image.height > 60
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
+
+
+def test_params_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="format"):
+        AnnotatedImage(format="gif")
+    with pytest.raises(ValueError, match="does not exist"):
+        AnnotatedImage(font=str(tmp_path / "missing.ttf"))
+
+
+def test_chinese_without_a_cjk_font_falls_back_to_english(frame_factory, monkeypatch, caplog) -> None:
+    monkeypatch.delenv("RECOGNIZE_FONT", raising=False)
+    monkeypatch.setattr(fonts, "_fc_list", lambda pattern: [])
+    monkeypatch.setattr(fonts, "_CJK_CANDIDATES", ())
+    labels = spy_labels(monkeypatch)
+    stage = AnnotatedImage(chinese=True)
+    with caplog.at_level(logging.WARNING):
+        stage.render(frame_factory())
+        stage.render(frame_factory())
+    assert labels[0] == ["dog 0.88", "ball 0.64", "grass 0.41"]
+    assert sum("no font that can draw Chinese" in r.message for r in caplog.records) == 1  # said once
+
+
+@pytest.mark.skipif(not LATIN_FONTS, reason="no TrueType font on this machine")
+def test_chinese_names_are_used_when_a_font_covers_them(frame_factory, monkeypatch) -> None:
+    # No CJK font is installed here, so pretend the Latin one covers everything: this checks
+    # that the Chinese names are chosen, not how the glyphs look.
+    monkeypatch.setattr(ai, "find_font", lambda text, explicit=None: LATIN_FONTS[0])
+    labels = spy_labels(monkeypatch)
+    AnnotatedImage(chinese=True).render(frame_factory())
+    assert labels == [["狗 0.88", "球 0.64", "grass 0.41"]]
+
+
+@pytest.mark.skipif(not LATIN_FONTS, reason="no TrueType font on this machine")
+def test_font_coverage_is_checked() -> None:
+    path = LATIN_FONTS[0]
+    assert fonts.covers(path, "dog 0.88")
+    assert fonts.find_font("dog", explicit=path) == path
+    if not fonts.covers(path, "狗"):
+        assert fonts.find_font("狗", explicit=path) != path
+
+
+def test_wrap_text_fits_the_width() -> None:
+    font = ImageFont.load_default(14)
+    text = "a dog playing with a ball " * 6 + "x" * 80
+    lines = wrap_text(text, font, 150)
+    assert len(lines) > 3
+    assert all(font.getlength(line) <= 150 for line in lines)
+    assert "".join(lines).replace(" ", "") == text.replace(" ", "")
+
+
+@pytest.mark.skipif(not IMAGES.is_dir(), reason="reference images not available")
+def test_real_photo(tmp_path: Path) -> None:
+    path = sorted(IMAGES.rglob("*.jpg"))[0]
+    frame = Frame(source=str(path), name="photo")
+    h, w = frame.image.shape[:2]
+    mask = np.zeros((h, w), bool)
+    mask[h // 4: h // 2, w // 4: w // 2] = True
+    frame.regions = [Region(box=(w / 4, h / 4, w / 2, h / 2), score=0.77, tag="building", mask=mask)]
+    frame.caption = "a photo used to check that the annotated image reads well at full size"
+    stage = AnnotatedImage()
+    stage.write(frame, tmp_path)
+    with Image.open(stage.files(frame, tmp_path)[0]) as image:
+        assert image.width == w and image.height > h

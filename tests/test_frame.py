@@ -1,0 +1,146 @@
+"""Frame JSON schema round trip (masks as COCO RLE) and the supervision.Detections round trip."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import supervision as sv
+from pycocotools import mask as mask_utils
+
+from recognize.frame import SCHEMA_VERSION, Drop, Frame, Region, Tag, regions_from_detections
+
+REFERENCE = Path(os.environ.get("RECOGNIZE_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"))
+IMAGES = REFERENCE / "data" / "images"
+
+
+def ring_mask(h: int, w: int) -> np.ndarray:
+    """A mask with a hole and an odd shape, so RLE and polygons are not trivial."""
+    yy, xx = np.mgrid[:h, :w]
+    r = np.hypot(yy - h / 2, xx - w / 2)
+    return (r < min(h, w) * 0.4) & (r > min(h, w) * 0.15)
+
+
+def sample_frame() -> Frame:
+    h, w = 48, 64
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    speck = np.zeros((h, w), bool)
+    speck[3:9, 40:61] = True
+    return Frame.from_array(
+        image,
+        source="synthetic.png",
+        name="sub/synthetic",
+        tags=[Tag(name="dog", name_zh="狗", score=0.91, index=3, source="ram"), Tag(name="ball", score=0.72)],
+        regions=[
+            Region(box=(10.3, 4.1, 50.7, 44.9), score=0.8123, tag="dog", tag_zh="狗", mask=ring_mask(h, w),
+                   mask_score=0.95, source="grounding_dino"),
+            Region(box=(40.0, 3.0, 61.0, 9.0), score=None, tag="ball", mask=speck),
+            Region(box=(0.5, 0.25, 5.0, 6.0), score=0.33, tag="dog", tag_zh="狗"),
+        ],
+        caption="a dog with a ball",
+        dropped=[Drop(item="tag", tag="cat", stage="region_confirm", reason="not confirmed", value=0.1)],
+        meta={"k": [1, 2]},
+    )
+
+
+def test_json_round_trip_keeps_everything_and_masks_are_rle() -> None:
+    frame = sample_frame()
+    text = frame.to_json()
+    data = json.loads(text)
+    assert data["schema_version"] == SCHEMA_VERSION
+    rle = data["regions"][0]["mask"]
+    assert set(rle) == {"size", "counts"} and isinstance(rle["counts"], str) and rle["size"] == [48, 64]
+    # pycocotools itself decodes what we wrote to the very same mask
+    decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+    np.testing.assert_array_equal(decoded.astype(bool), frame.regions[0].mask)
+    assert data["regions"][2]["mask"] is None
+    assert "狗" in text  # written as UTF-8, not \u escapes
+
+    back = Frame.from_json(text)
+    assert back.model_dump(exclude={"regions"}) == frame.model_dump(exclude={"regions"})
+    for a, b in zip(back.regions, frame.regions):
+        assert a.model_dump(exclude={"mask"}) == b.model_dump(exclude={"mask"})
+        assert (a.mask is None) == (b.mask is None)
+        if a.mask is not None:
+            assert a.mask.dtype == bool
+            np.testing.assert_array_equal(a.mask, b.mask)
+    assert back.to_json() == text
+
+
+def test_json_rejects_unknown_fields_and_schema_names_the_version() -> None:
+    data = json.loads(sample_frame().to_json())
+    data["regions"][0]["colour"] = "red"
+    with pytest.raises(ValueError, match="colour"):
+        Frame.from_json(json.dumps(data))
+    assert "schema_version" in Frame.json_schema()["properties"]
+
+
+def test_empty_frame_round_trips() -> None:
+    frame = Frame(source="empty.jpg", width=10, height=5)
+    assert Frame.from_json(frame.to_json()) == frame
+    detections = frame.to_detections()
+    assert len(detections) == 0 and isinstance(detections, sv.Detections)
+    back = Frame.from_detections(detections, source="empty.jpg", width=10, height=5)
+    assert back.regions == [] and back.width == 10
+
+
+def test_to_detections_holds_boxes_scores_names_and_masks() -> None:
+    frame = sample_frame()
+    det = frame.to_detections()
+    assert len(det) == 3
+    np.testing.assert_array_equal(det.xyxy, np.array([r.box for r in frame.regions]))
+    assert np.isnan(det.confidence[1]) and det.confidence[0] == pytest.approx(0.8123)
+    assert list(det.data["class_name"]) == ["dog", "ball", "dog"]
+    assert list(det.class_id) == [0, 1, 0]
+    assert list(det.data["class_name_zh"]) == ["狗", "", "狗"]
+    assert det.mask.shape == (3, 48, 64)
+    assert not det.mask[2].any()  # the region without a mask is padded with an empty one
+    np.testing.assert_array_equal(det.mask[0], frame.regions[0].mask)
+
+
+def test_detections_round_trip_is_exact() -> None:
+    frame = sample_frame()
+    back = Frame.from_detections(frame.to_detections(), source=frame.source)
+    assert (back.width, back.height) == (64, 48)  # taken from the masks
+    assert len(back.regions) == len(frame.regions)
+    for a, b in zip(back.regions, frame.regions):
+        assert a.model_dump(exclude={"mask"}) == b.model_dump(exclude={"mask"})
+        assert (a.mask is None) == (b.mask is None)
+        if b.mask is not None:
+            np.testing.assert_array_equal(a.mask, b.mask)
+
+
+def test_supervision_operations_apply_to_frames() -> None:
+    frame = sample_frame()
+    det = frame.to_detections()
+    kept = det[det.area > 100]  # supervision filtering, then back into the frame
+    frame.set_detections(kept, source="filtered")
+    assert [r.tag for r in frame.regions] == ["dog", "ball"]
+    assert all(r.source == "filtered" for r in frame.regions)
+
+
+def test_from_plain_detections_without_names() -> None:
+    det = sv.Detections(xyxy=np.array([[1.0, 2.0, 3.0, 4.0]]), class_id=np.array([7]))
+    (region,) = regions_from_detections(det)
+    assert region.tag == "7" and region.score is None and region.mask is None
+    (region,) = regions_from_detections(sv.Detections(xyxy=np.array([[1.0, 2.0, 3.0, 4.0]])))
+    assert region.tag == "object"
+
+
+@pytest.mark.skipif(not IMAGES.is_dir(), reason="reference images not available")
+def test_real_photo_loads_lazily_and_serialises_without_pixels() -> None:
+    path = sorted(IMAGES.rglob("*.jpg"))[0]
+    frame = Frame(source=str(path))
+    assert frame.width is None
+    h, w = frame.image.shape[:2]
+    assert (frame.width, frame.height) == (w, h)
+    frame.regions = [Region(box=(0, 0, w / 2, h / 2), tag="thing", mask=np.pad(np.ones((h // 2, w // 2), bool),
+                                                                             ((0, h - h // 2), (0, w - w // 2))))]
+    text = frame.to_json()
+    assert len(text) < 10_000  # the RLE, not the pixels
+    back = Frame.from_json(text)
+    assert back.regions[0].mask.sum() == (h // 2) * (w // 2)
