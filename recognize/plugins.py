@@ -19,6 +19,7 @@ from recognize.errors import RecognizeError
 BUILTIN_PLUGINS = (
     "recognize.outputs.builtin",
     "recognize.taggers.builtin",
+    "recognize.region_plugin",
     "recognize.commands.run",
     "recognize.commands.plugins",
     "recognize.commands.models",

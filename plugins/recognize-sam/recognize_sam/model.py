@@ -1,0 +1,111 @@
+"""Building SAM with segment-anything's own builders, and loading official checkpoints strictly.
+
+segment-anything's `build_sam*` helpers load with a plain `torch.load` (arbitrary pickles) and
+report a mismatch as a multi-page traceback. We build the bare architecture with those same
+builders and load the weights ourselves: `weights_only=True`, every key accounted for, and a
+one-line `ModelFileError` that says what does not fit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from segment_anything.build_sam import _build_sam, sam_model_registry
+from segment_anything.modeling import Sam as SamModel
+
+from recognize.errors import ModelFileError
+
+#: Image-encoder width of each official variant; a checkpoint's width tells which variant it is.
+EMBED_DIMS = {"vit_h": 1280, "vit_l": 1024, "vit_b": 768}
+_PATCH_KEY = "image_encoder.patch_embed.proj.weight"
+
+
+class SamConfig(BaseModel):
+    """A custom image-encoder size (tests use a tiny one); the prompt encoder and decoder are SAM's own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    encoder_embed_dim: int = Field(gt=0)
+    encoder_depth: int = Field(gt=0)
+    encoder_num_heads: int = Field(gt=0)
+    encoder_global_attn_indexes: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SamConfig:
+        if self.encoder_embed_dim % self.encoder_num_heads:
+            raise ValueError("encoder_embed_dim must be a multiple of encoder_num_heads")
+        bad = [i for i in self.encoder_global_attn_indexes if not 0 <= i < self.encoder_depth]
+        if bad:
+            depth = self.encoder_depth
+            raise ValueError(f"encoder_global_attn_indexes {bad} are not blocks of a {depth}-block encoder")
+        return self
+
+
+def build_sam(model: str = "vit_h", config: SamConfig | None = None, seed: int | None = None) -> SamModel:
+    """The SAM architecture (`model` variant, or `config` when given) with freshly initialised weights.
+
+    With `seed`, the initialisation is reproducible and leaves the global RNG untouched.
+    """
+    def build() -> SamModel:
+        if config is not None:
+            return _build_sam(
+                encoder_embed_dim=config.encoder_embed_dim,
+                encoder_depth=config.encoder_depth,
+                encoder_num_heads=config.encoder_num_heads,
+                encoder_global_attn_indexes=list(config.encoder_global_attn_indexes),
+            )
+        return sam_model_registry[model](checkpoint=None)
+
+    if seed is None:
+        sam = build()
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            sam = build()
+    return sam.eval()
+
+
+def _variant_of(state: dict[str, torch.Tensor]) -> str | None:
+    weight = state.get(_PATCH_KEY)
+    if not isinstance(weight, torch.Tensor):
+        return None
+    return next((name for name, dim in EMBED_DIMS.items() if dim == weight.shape[0]), None)
+
+
+def _listing(keys: list[str], limit: int = 3) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_checkpoint(sam: SamModel, path: str | Path, expected: str = "SAM") -> SamModel:
+    """Load an official SAM state dict into `sam`: safe unpickling, no missing/unexpected/reshaped keys."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: SAM checkpoint not found") from None
+    except Exception as error:  # a corrupt file or one that needs an unsafe pickle
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(f"{path}: not a loadable SAM checkpoint ({reason})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path}: not a SAM checkpoint (expected a state dict of tensors)")
+
+    own = sam.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    reshaped = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if missing or unexpected or reshaped:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing keys ({_listing(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys ({_listing(unexpected)})")
+        if reshaped:
+            problems.append(f"{len(reshaped)} keys of another shape ({_listing(reshaped)})")
+        variant = _variant_of(state)
+        hint = f"; it looks like a {variant} checkpoint" if variant and variant != expected else ""
+        raise ModelFileError(f"{path} does not fit SAM {expected}: {'; '.join(problems)}{hint}")
+    sam.load_state_dict(state, strict=True)
+    return sam

@@ -1,0 +1,96 @@
+"""From boxes to masks: one image embedding per image, then each box decoded on its own.
+
+Why one decoder call per box, and low-resolution logits until a mask is kept: `SamPredictor`'s
+batched call upsamples every candidate mask (3 per box with multimask output) to 1024x1024 and
+then to the full image size; for big photos that upsampling dominates. Decoding box by box, we
+pick the best candidate on the 256x256 logits by its predicted IoU and upsample only that one.
+The decoder itself is no faster batched on CPU (it repeats the 64x64 embedding per box). Per-box
+calls also give bit-for-bit the masks `SamPredictor.predict(box=...)` gives; a batched decoder
+call differs from it in the last float bits, which flips the odd pixel at the threshold.
+`benchmarks/bench_decode.py` measures the three ways side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam as SamModel
+from segment_anything.utils.transforms import ResizeLongestSide
+
+
+@dataclass
+class ImageEmbedding:
+    """SAM's embedding of one image and the sizes needed to map masks back onto it."""
+
+    features: torch.Tensor  # 1 x 256 x 64 x 64
+    input_size: tuple[int, int]  # (h, w) after resizing the long side to 1024
+    original_size: tuple[int, int]  # (h, w) of the image
+
+
+@dataclass
+class BoxMasks:
+    """Masks (N x H x W, bool) for N boxes and SAM's predicted IoU of each kept mask."""
+
+    masks: np.ndarray
+    scores: np.ndarray
+
+
+class BoxSegmenter:
+    """Embeds images and decodes box prompts with a SAM model (same preprocessing as `SamPredictor`)."""
+
+    def __init__(self, sam: SamModel) -> None:
+        self.sam = sam
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.device
+
+    @torch.inference_mode()
+    def embed(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
+        """Embed RGB uint8 HxWx3 images in one encoder batch."""
+        if not images:
+            return []
+        batch, sizes = [], []
+        for image in images:
+            resized = self.transform.apply_image(image)
+            pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+            batch.append(self.sam.preprocess(pixels))
+            sizes.append((tuple(resized.shape[:2]), tuple(image.shape[:2])))
+        features = self.sam.image_encoder(torch.cat(batch))
+        return [
+            ImageEmbedding(features=features[i : i + 1], input_size=input_size, original_size=original_size)
+            for i, (input_size, original_size) in enumerate(sizes)
+        ]
+
+    @torch.inference_mode()
+    def segment(self, embedding: ImageEmbedding, boxes: np.ndarray, multimask: bool = True) -> BoxMasks:
+        """One mask per xyxy pixel box; with `multimask`, the best of SAM's three candidates."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        height, width = embedding.original_size
+        masks = np.zeros((len(boxes), height, width), dtype=bool)
+        scores = np.zeros(len(boxes), dtype=np.float32)
+        if not len(boxes):
+            return BoxMasks(masks, scores)
+        prompts = torch.as_tensor(
+            self.transform.apply_boxes(boxes, embedding.original_size), dtype=torch.float, device=self.device
+        )
+        dense_pe = self.sam.prompt_encoder.get_dense_pe()
+        for i in range(len(boxes)):
+            sparse, dense = self.sam.prompt_encoder(points=None, boxes=prompts[i : i + 1], masks=None)
+            low_res, iou = self.sam.mask_decoder(
+                image_embeddings=embedding.features,
+                image_pe=dense_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+            best = int(iou[0].argmax())
+            logits = low_res[:, best : best + 1]  # only the kept candidate is upsampled
+            kept = self.sam.postprocess_masks(logits, embedding.input_size, embedding.original_size)
+            masks[i] = (kept[0, 0] > self.sam.mask_threshold).cpu().numpy()
+            scores[i] = float(iou[0, best])
+        return BoxMasks(masks, scores)

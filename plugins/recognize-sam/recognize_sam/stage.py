@@ -1,0 +1,91 @@
+"""The `sam` segmenter stage: each region's box becomes a mask (stored as COCO RLE in the JSON)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from recognize.frame import Frame
+from recognize.stage import Device, Stage, StageKind, StageParams, resolve_device, shared_models
+from recognize_sam.model import SamConfig, build_sam, load_checkpoint
+from recognize_sam.predict import BoxSegmenter
+
+
+class SamParams(StageParams):
+    """How to build SAM and decode boxes. A `config` with `weights: random` gives a tiny test model."""
+
+    model: Literal["vit_h", "vit_l", "vit_b"] = Field("vit_h", description="official SAM variant")
+    checkpoint: str | None = Field(None, description="local checkpoint path; default: the cached official file")
+    config: SamConfig | None = Field(None, description="custom image-encoder size instead of `model`")
+    weights: Literal["checkpoint", "random"] = Field(
+        "checkpoint", description="`random`: seeded random initialisation, for tests and benchmarks only"
+    )
+    seed: int = Field(0, description="seed of the random initialisation")
+    multimask: bool = Field(True, description="decode 3 candidates per box and keep the best-scoring one")
+    device: Device = "auto"
+    batch_size: int = Field(1, ge=1, description="images per image-encoder call")
+
+    @model_validator(mode="after")
+    def _weights_known(self) -> SamParams:
+        if self.config is not None and self.weights == "checkpoint" and not self.checkpoint:
+            raise ValueError("a custom `config` has no official weights: give `checkpoint` or set `weights: random`")
+        return self
+
+
+class Sam(Stage):
+    """Segment Anything: one image embedding per frame, then one mask per region.
+
+    Sets `Region.mask` (bool HxW, the image's size) and `Region.mask_score` (SAM's predicted IoU),
+    and copies the Chinese tag name onto regions that lack it.
+    """
+
+    name: ClassVar[str] = "sam"
+    kind: ClassVar[StageKind] = "segmenter"
+    Params: ClassVar[type[StageParams]] = SamParams
+    params: SamParams
+
+    def load(self) -> None:
+        p = self.params
+        device = resolve_device(p.device)
+        arch: Any = p.config if p.config is not None else p.model
+        if p.weights == "random":
+            source: Any = ("random", p.seed)
+        else:
+            source = str(self._checkpoint_path())
+        sam = shared_models.get(("sam", arch, source, device), lambda: self._build(arch, source, device))
+        self.segmenter = BoxSegmenter(sam)
+
+    def _checkpoint_path(self) -> Path:
+        from recognize.hub import resolve_path
+        from recognize_sam.cards import CHECKPOINTS, card_for
+
+        return resolve_path(self.params.checkpoint, card_for(self.params.model), CHECKPOINTS[self.params.model][1])
+
+    def _build(self, arch: Any, source: Any, device: str) -> Any:
+        config = arch if isinstance(arch, SamConfig) else None
+        model = arch if config is None else "custom"
+        if isinstance(source, tuple):
+            sam = build_sam(self.params.model, config, seed=source[1])
+        else:
+            sam = load_checkpoint(build_sam(self.params.model, config), source, expected=model)
+        return sam.to(device)
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        todo = [frame for frame in frames if frame.regions]
+        size = self.params.batch_size
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            embeddings = self.segmenter.embed([frame.image for frame in chunk])
+            for frame, embedding in zip(chunk, embeddings):
+                boxes = np.array([region.box for region in frame.regions], dtype=np.float64)
+                result = self.segmenter.segment(embedding, boxes, multimask=self.params.multimask)
+                names_zh = {tag.name: tag.name_zh for tag in frame.tags if tag.name_zh}
+                for region, mask, score in zip(frame.regions, result.masks, result.scores):
+                    region.mask = mask
+                    region.mask_score = float(score)
+                    if region.tag_zh is None:
+                        region.tag_zh = names_zh.get(region.tag)
+        return frames
