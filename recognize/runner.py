@@ -7,6 +7,7 @@ its Frame back for dataset-level outputs. `OUT/summary.json` is written at the e
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -18,12 +19,16 @@ from typing import Any
 
 from recognize.atomic import write_text
 from recognize.engines.local import FrameResult, LocalEngine, describe_error
+from recognize.engines.segment_store import PARTIAL_DIR
+from recognize.engines.segment_store import clear as clear_partial
+from recognize.errors import InputError
 from recognize.frame import Frame
 from recognize.images import expand_inputs
 from recognize.pipeline import Pipeline
 from recognize.stage import OutputStage
 
 SUMMARY_FILE = "summary.json"
+MANIFEST_FILE = "manifest.json"
 
 
 @dataclass
@@ -101,9 +106,13 @@ def run_to_folder(
     """Process `inputs` into `out_dir`; returns (and writes) the run summary."""
     from tqdm.auto import tqdm
 
-    engine = engine or LocalEngine()
+    engine = engine or LocalEngine(progress=not quiet)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    partial = out / PARTIAL_DIR
+    check_manifest(pipeline, out, overwrite)
+    if overwrite:
+        clear_partial(partial)
     started = time.perf_counter()
     summary = RunSummary(
         recipe=pipeline.name,
@@ -151,10 +160,11 @@ def run_to_folder(
         bar.update(1)
 
     try:
-        for _ in engine.run(pipeline, todo, on_result=on_result):
+        for _ in engine.run(pipeline, todo, on_result=on_result, checkpoint_dir=partial):
             pass
     finally:
         bar.close()
+    clear_partial(partial)  # every frame is final now
 
     order = {name: i for i, (_, name) in enumerate(items)}
     all_frames.sort(key=lambda f: order.get(f.name or "", len(order)))
@@ -167,10 +177,29 @@ def run_to_folder(
         name: {"seconds": round(seconds, 4), "per_image": round(seconds / max(summary.processed, 1), 4)}
         for name, seconds in pipeline.timings.items()
     }
-    import json
-
     write_text(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     return summary
+
+
+def check_manifest(pipeline: Pipeline, out: Path, overwrite: bool) -> None:
+    """OUT/manifest.json records the recipe; resuming into OUT with another recipe is refused."""
+    from recognize import __version__
+
+    path = out / MANIFEST_FILE
+    described = pipeline.describe()
+    recipe = {"stages": described["stages"], "outputs": described["outputs"]}  # not batch size or device
+    if path.is_file() and not overwrite:
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8")).get("pipeline")
+        except (OSError, ValueError):
+            previous = None
+        if previous is not None and previous != json.loads(json.dumps(recipe)):
+            raise InputError(
+                f"{out} holds results of a different recipe or settings (see {path}); "
+                "use --overwrite to redo them, or another -o folder"
+            )
+    write_text(path, json.dumps({"recognize_version": __version__, "recipe": pipeline.name, "pipeline": recipe},
+                                indent=2, ensure_ascii=False))
 
 
 def _resumable(frame: Frame, outputs: list[OutputStage], json_stage: OutputStage, out: Path) -> Frame | None:

@@ -12,7 +12,9 @@ import copy
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
+from pathlib import Path
 
+from recognize.engines.segment_store import SegmentStore
 from recognize.errors import ImageError, RecognizeError
 from recognize.frame import Frame
 from recognize.pipeline import Pipeline
@@ -40,13 +42,23 @@ def describe_error(exc: BaseException) -> str:
 class LocalEngine:
     name = "local"
 
+    def __init__(self, progress: bool = False) -> None:
+        #: show a progress bar for the stages before a dataset-scope stage (the runner's bar
+        #: only moves when frames are final)
+        self.progress = progress
+
     def run(
         self,
         pipeline: Pipeline,
         frames: Iterable[Frame],
         on_result: Callable[[FrameResult], None] | None = None,
+        checkpoint_dir: Path | None = None,
     ) -> Iterator[FrameResult]:
-        """Yield a FrameResult per input frame (input order is kept for image-scope pipelines)."""
+        """Yield a FrameResult per input frame (input order is kept for image-scope pipelines).
+
+        With a dataset-scope stage, frames that passed the stages before it are saved under
+        `checkpoint_dir` (when given) and reused by a re-run.
+        """
         if not pipeline.has_dataset_stage:
             batch: list[Frame] = []
             for frame in frames:
@@ -68,17 +80,32 @@ class LocalEngine:
                     survivors = pipeline._timed(stage, survivors)
                 continue
             kept: list[Frame] = []
-            for start in range(0, len(survivors), pipeline.batch_size):
-                chunk = survivors[start : start + pipeline.batch_size]
+            store = SegmentStore(None if last else checkpoint_dir, index)
+            cached = {id(f): store.load(f) for f in survivors}
+            todo = [f for f in survivors if cached[id(f)] is None]
+            done_before = {id(f): cached[id(f)] for f in survivors if cached[id(f)] is not None}
+            results: list[FrameResult] = []
+            bar = None if last else _segment_bar(self.progress, stages, len(todo))
+            for start in range(0, len(todo), pipeline.batch_size):
+                chunk = todo[start : start + pipeline.batch_size]
                 for result in self._batch(pipeline, stages, chunk, on_result if last else None):
-                    if result.ok:
-                        kept.append(result.frame)
-                        if not last:
-                            result.frame.release_image()  # reloaded on demand; keeps memory flat
-                    else:
-                        failed.append(result)
-                        if not last and on_result is not None:
-                            on_result(result)
+                    if result.ok and not last:
+                        store.save(result.frame)
+                        result.frame.release_image()  # reloaded on demand; keeps memory flat
+                    results.append(result)
+                    if bar is not None:
+                        bar.update(1)
+            if bar is not None:
+                bar.close()
+            by_id = {id(r.frame): r for r in results}
+            for frame in survivors:
+                result = by_id.get(id(frame)) or FrameResult(done_before[id(frame)])
+                if result.ok:
+                    kept.append(result.frame)
+                else:
+                    failed.append(result)
+                    if not last and on_result is not None:
+                        on_result(result)
             survivors = kept
         if segments[-1][0] == "dataset" and on_result is not None:
             for frame in survivors:
@@ -141,3 +168,14 @@ def _snapshot(frame: Frame) -> dict:
 def _restore(frame: Frame, state: dict) -> None:
     for name, value in state.items():
         setattr(frame, name, value)
+
+
+def _segment_bar(enabled: bool, stages: list[Stage], total: int):
+    if not enabled or total == 0:
+        return None
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True,
+                desc=" + ".join(stage.name for stage in stages))

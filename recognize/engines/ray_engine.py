@@ -15,11 +15,13 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from itertools import groupby
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from recognize.engines.local import FrameResult, LocalEngine
+from recognize.engines.segment_store import SegmentStore
 from recognize.frame import Frame
 from recognize.pipeline import Pipeline
 from recognize.stage import Stage
@@ -77,7 +79,9 @@ class RayEngine:
         pipeline: Pipeline,
         frames: Iterable[Frame],
         on_result: Callable[[FrameResult], None] | None = None,
+        checkpoint_dir: Path | None = None,
     ) -> Iterator[FrameResult]:
+        """Same contract as `LocalEngine.run`."""
         self._init()
         rows = [{"frame": f.to_json(indent=None)} for f in frames]
         if not rows:
@@ -95,8 +99,17 @@ class RayEngine:
                 rows = [{"frame": f.to_json(indent=None)} for f in survivors]
                 continue
             kept: list[Frame] = []
-            for result in self._map(pipeline, stages, rows):
+            store = SegmentStore(None if last else checkpoint_dir, index)
+            pending, reused = [], []
+            for row in rows:
+                frame = Frame.from_json(row["frame"])
+                done = store.load(frame)
+                (pending if done is None else reused).append(row if done is None else done)
+            kept.extend(reused)
+            for result in self._map(pipeline, stages, pending):
                 if result.ok:
+                    if not last:
+                        store.save(result.frame)
                     kept.append(result.frame)
                     if last and on_result is not None:
                         on_result(result)
@@ -117,6 +130,8 @@ class RayEngine:
                 yield result
 
     def _map(self, pipeline: Pipeline, stages: list[Stage], rows: list[dict[str, str]]) -> Iterator[FrameResult]:
+        if not rows:
+            return
         import ray.data
 
         context = ray.data.DataContext.get_current()

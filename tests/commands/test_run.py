@@ -35,8 +35,11 @@ def test_run_end_to_end(image_folder, tmp_path):
     assert (out / "sub" / "noise.annotated.jpg").is_file()
     assert json.loads((out / "summary.json").read_text())["counts"]["failed"] == 1
     (image_folder / "broken.png").unlink()
-    again = recognize("run", recipe, image_folder, "-o", out)
+    again = recognize("run", recipe, image_folder, "-o", out, "--set", "stages.1.with.score=0.4")
     assert again.returncode == 0 and "0 processed, 3 already done" in again.stderr
+    other = recognize("run", recipe, image_folder, "-o", out)  # other settings: refused, not mixed
+    assert other.returncode == 2 and "different recipe" in other.stderr and "--overwrite" in other.stderr
+    assert "Traceback" not in other.stderr
 
 
 def test_progress_bar_and_quiet(image_folder, tmp_path):

@@ -22,9 +22,13 @@ class Brightness(Stage):
         cutoff: float = 127.0
         device: str = "cpu"
         batch_size: int = 8
+        delay: float = 0.0  # seconds per image, to make runs slow enough to interrupt
 
     def process(self, frames: list[Frame]) -> list[Frame]:
+        import time
+
         for frame in frames:
+            time.sleep(self.params.delay)
             mean = float(frame.image.mean())
             name = "bright" if mean > self.params.cutoff else "dark"
             frame.tags.append(Tag(name=name, name_zh="亮" if name == "bright" else "暗", score=mean / 255.0,

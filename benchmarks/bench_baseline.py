@@ -1,0 +1,123 @@
+"""The baseline: the same work done the way the reference Grounded-SAM demo does it.
+
+The demo (`automatic_label_ram_demo.py`) is a script run once per image: it builds and loads every
+model, tags the image with RAM/RAM++ at batch 1, joins all tags into one Grounding DINO caption
+(`"a, b, c."`, cut by the tokenizer at 256 tokens), keeps boxes over the box threshold, runs NMS,
+then `SamPredictor.set_image` + `predict_torch` on all boxes, in plain fp32 eager PyTorch.
+
+Everything here uses the very model classes and checkpoint files our stages use, so the ratio
+between the two measures the way of working, not two implementations. Each function builds its
+model from the file (load) and runs it on one image (infer); the caller times the two apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench_models import Kit
+
+Loader = Callable[[], Any]
+Runner = Callable[[Any, np.ndarray], Any]
+
+
+# -- taggers ----------------------------------------------------------------------------------------
+def tagger(kit: Kit, stage: str, include: tuple[str, ...] | None = None, threshold: float | None = None):
+    """(load, infer) for RAM / RAM++ / Tag2Text: `generate_tag` on one image at batch 1."""
+    from recognize import plugins
+    from recognize.taggers.preprocess import preprocess
+
+    params = {**kit.tagger_params(stage), "device": "cpu"}
+    spec = plugins.get_stage(stage)(params)  # only for its file paths and config: no model is loaded by it
+
+    def load() -> Any:
+        model = spec.build_model().eval().requires_grad_(False)
+        vocab = spec.build_vocabulary(model)
+        names, thresholds = vocab.names, torch.as_tensor(vocab.thresholds)
+        if threshold is not None:
+            thresholds = torch.full_like(thresholds, threshold)
+        return model, names, thresholds
+
+    def infer(loaded: Any, image: np.ndarray) -> list[str]:
+        model, names, thresholds = loaded
+        with torch.no_grad():
+            scores = torch.sigmoid(model(preprocess([image], spec.image_size)))[0]
+        hits = torch.nonzero(scores > thresholds).flatten().tolist()
+        if include is not None:
+            hits = [i for i in hits if names[i] in include]
+        return [names[i] for i in hits]
+
+    return load, infer
+
+
+# -- Grounding DINO ---------------------------------------------------------------------------------
+def grounding_dino(kit: Kit, box_threshold: float = 0.25, text_threshold: float = 0.2):
+    """(load, infer(image, tags)) as the demo: one caption of all tags, truncated at 256 tokens."""
+    import torchvision
+    from recognize_grounding_dino.model import build_config, build_model, load_tokenizer
+    from recognize_grounding_dino.transforms import preprocess
+
+    params = kit.gd_params()
+    short, long = kit.gd_size
+
+    def load() -> Any:
+        model = build_model(build_config(params["model"], params.get("config")), init_weights=False)
+        model.load_state_dict(torch.load(params["checkpoint"], map_location="cpu", weights_only=True), strict=False)
+        return model.eval(), load_tokenizer(params["vocab"])
+
+    def infer(loaded: Any, image: np.ndarray, tags: list[str]) -> tuple[np.ndarray, list[str]]:
+        model, tokenizer = loaded
+        caption = ", ".join(tags).lower().strip()
+        caption = caption if caption.endswith(".") else caption + "."
+        tokens = tokenizer(caption, truncation=True, max_length=256, return_tensors="pt")
+        pixels = preprocess(image, short, long)[None]
+        with torch.no_grad():
+            out = model(pixel_values=pixels, input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                        token_type_ids=tokens["token_type_ids"])
+        logits = out.logits[0].sigmoid()[:, : tokens["input_ids"].shape[1]]
+        keep = logits.max(dim=1).values > box_threshold
+        logits, boxes = logits[keep], out.pred_boxes[0][keep]
+        ids = tokens["input_ids"][0]
+        phrases = [tokenizer.decode(ids[row > text_threshold]) for row in logits]
+        height, width = image.shape[:2]
+        scale = torch.tensor([width, height, width, height], dtype=boxes.dtype)
+        cx, cy, w, h = boxes.unbind(-1)
+        xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * scale
+        kept = torchvision.ops.nms(xyxy, logits.max(dim=1).values, 0.5).tolist()
+        return xyxy[kept].numpy(), [phrases[i] for i in kept]
+
+    return load, infer
+
+
+# -- SAM --------------------------------------------------------------------------------------------
+def sam(kit: Kit):
+    """(load, infer(image, boxes)): `SamPredictor.set_image` + `predict_torch` on every box at once."""
+    from segment_anything import SamPredictor
+    from segment_anything.build_sam import _build_sam, sam_model_registry
+
+    params = kit.sam_params()
+    config = params.get("config")
+
+    def load() -> Any:
+        if config is not None:
+            model = _build_sam(encoder_embed_dim=config["encoder_embed_dim"], encoder_depth=config["encoder_depth"],
+                               encoder_num_heads=config["encoder_num_heads"],
+                               encoder_global_attn_indexes=config["encoder_global_attn_indexes"])
+        else:
+            model = sam_model_registry[params["model"]](checkpoint=None)
+        model.load_state_dict(torch.load(params["checkpoint"], map_location="cpu", weights_only=True))
+        return SamPredictor(model.eval())
+
+    def infer(predictor: Any, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        predictor.set_image(image)
+        if not len(boxes):
+            return np.zeros((0, *image.shape[:2]), dtype=bool)
+        prompts = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), image.shape[:2])
+        masks, _, _ = predictor.predict_torch(point_coords=None, point_labels=None, boxes=prompts,
+                                              multimask_output=False)
+        return masks[:, 0].numpy()
+
+    return load, infer

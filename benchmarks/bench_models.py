@@ -1,0 +1,197 @@
+"""The models the benchmarks run: official sizes with random weights, or tiny ones in `--quick` mode.
+
+Compute does not depend on weight values, so random weights in each model's own checkpoint layout
+stand in for the released files. They are written once to a cache folder (`$RECOGNIZE_BENCH_CACHE`,
+else `~/.cache/recognize/benchmarks`), so load times include reading a real checkpoint file, as a
+real run does. `--quick` uses the tiny parity fixtures of the taggers (`../shared/reference`, or
+`$RECOGNIZE_REFERENCE`) and tiny Grounding DINO / SAM configurations.
+
+Our stages and the baselines are built from the same files and the same model classes.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("RECOGNIZE_REFERENCE", REPO.parent / "shared" / "reference"))
+IMAGES = sorted((REFERENCE / "data" / "images").rglob("*.jpg"))
+TAG_DATA = REFERENCE / "data" / "ram" / "data"
+
+STAGES = ("ram", "ram_plus", "tag2text", "grounding_dino", "sam")
+#: The tags every image gets (they exist in all vocabularies, the tiny RAM++ fixture's 64 included), so
+#: Grounding DINO reads the same caption in our stage and in the baseline whatever the random weights say.
+TAGS = ("accessory", "airplane window", "airport", "alarm clock", "alley", "alpaca", "album cover", "actor")
+#: Boxes per image given to SAM (and the cap on regions per image in the recipe benchmark).
+BOXES = 8
+
+#: Grounding DINO: BERT-base text encoder vocabulary size, and the ids it reads as delimiters.
+BERT_VOCAB_SIZE = 30522
+_FIXED_IDS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".", 1029: "?"}
+
+TINY_GD = {
+    "backbone_config": {"model_type": "swin", "embed_dim": 16, "depths": [1, 1, 2, 1], "num_heads": [1, 2, 2, 4],
+                        "window_size": 7, "image_size": 224, "out_features": ["stage2", "stage3", "stage4"]},
+    "text_config": {"model_type": "bert", "vocab_size": BERT_VOCAB_SIZE, "hidden_size": 32, "num_hidden_layers": 1,
+                    "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 512},
+    "d_model": 256, "encoder_layers": 1, "decoder_layers": 1, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+    "encoder_attention_heads": 4, "decoder_attention_heads": 4, "num_queries": 30,
+}
+TINY_SAM = {"encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": [1]}
+
+
+def default_cache() -> Path:
+    env = os.environ.get("RECOGNIZE_BENCH_CACHE")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "recognize" / "benchmarks"
+
+
+@dataclass(frozen=True)
+class Kit:
+    """Where the benchmark models come from: `quick` (tiny) or official sizes, and the cache folder."""
+
+    quick: bool
+    cache: Path
+
+    # -- sizes ---------------------------------------------------------------------------
+    def describe(self, stage: str) -> str:
+        if self.quick:
+            return {"grounding_dino": "tiny", "sam": "tiny"}.get(stage, "tiny fixture")
+        return {"ram": "Swin-L 384", "ram_plus": "Swin-L 384", "tag2text": "Swin-B 384",
+                "grounding_dino": "swint_ogc 800", "sam": "vit_h"}[stage]
+
+    @property
+    def gd_size(self) -> tuple[int, int]:
+        """Grounding DINO short side / long-side cap (the reference 800/1333; smaller when quick)."""
+        return (320, 533) if self.quick else (800, 1333)
+
+    # -- files ---------------------------------------------------------------------------
+    def _file(self, name: str, write) -> Path:
+        path = self.cache / ("quick" if self.quick else "full") / name
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            write(tmp)
+            tmp.replace(path)
+        return path
+
+    def vocab(self) -> Path:
+        return self._file("vocab.txt", write_vocab)
+
+    def tagger_params(self, stage: str) -> dict[str, Any]:
+        """Our tagger stage's params (files) for `stage` in ram / ram_plus / tag2text."""
+        if self.quick:
+            folder = REFERENCE / "fixtures" / stage
+            return {"config": str(folder / "config.json"), "checkpoint": str(folder / "checkpoint.pth")}
+        checkpoint = self._file(f"{stage}_random.pth", lambda p: write_tagger_checkpoint(stage, p))
+        if stage == "tag2text":
+            return {"checkpoint": str(checkpoint), "tag_list": str(TAG_DATA / "tag2text_ori_tag_list.txt")}
+        return {"checkpoint": str(checkpoint), "tag_list": str(TAG_DATA / "ram_tag_list.txt"),
+                "tag_list_zh": str(TAG_DATA / "ram_tag_list_chinese.txt"),
+                "threshold_file": str(TAG_DATA / "ram_tag_list_threshold.txt")}
+
+    def gd_params(self) -> dict[str, Any]:
+        config = TINY_GD if self.quick else None
+        checkpoint = self._file("grounding_dino_random.pth", lambda p: write_gd_checkpoint(config, p))
+        short, long = self.gd_size
+        params: dict[str, Any] = {"model": "swint_ogc", "checkpoint": str(checkpoint), "vocab": str(self.vocab()),
+                                  "image_size": short, "max_size": long}
+        if config is not None:
+            params["config"] = config
+        return params
+
+    def sam_params(self) -> dict[str, Any]:
+        config = TINY_SAM if self.quick else None
+        checkpoint = self._file("sam_random.pth", lambda p: write_sam_checkpoint(config, p))
+        params: dict[str, Any] = {"model": "vit_h", "checkpoint": str(checkpoint)}
+        if config is not None:
+            params["config"] = config
+        return params
+
+    def stage_params(self, stage: str) -> dict[str, Any]:
+        if stage == "grounding_dino":
+            return self.gd_params()
+        if stage == "sam":
+            return self.sam_params()
+        return self.tagger_params(stage)
+
+    def prepare(self, stages: list[str]) -> None:
+        """Write every missing random checkpoint now (outside any timing)."""
+        for stage in stages:
+            self.stage_params(stage)
+
+
+# -- random checkpoints in each model's own layout --------------------------------------------------
+def _seeded(build):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build()
+
+
+def write_tagger_checkpoint(stage: str, path: Path) -> None:
+    """A released-size RAM / RAM++ / Tag2Text model, random weights, in the official key layout."""
+    if stage == "tag2text":
+        from recognize.taggers.tag2text import Tag2Text, Tag2TextConfig
+
+        model = _seeded(lambda: Tag2Text(Tag2TextConfig.released(384)))
+    else:
+        from recognize.taggers.ram import RamConfig, build_model
+
+        model = _seeded(lambda: build_model(RamConfig.released(stage, 384)))
+    key_map = model.key_spec().key_map
+    state = {key_map[key]: tensor for key, tensor in model.state_dict().items()}
+    torch.save({"model": state}, path)
+
+
+def write_gd_checkpoint(config: dict[str, Any] | None, path: Path) -> None:
+    from recognize_grounding_dino.model import build_config, build_model
+
+    model = _seeded(lambda: build_model(build_config("swint_ogc", config)))
+    torch.save(model.state_dict(), path)
+
+
+def write_sam_checkpoint(config: dict[str, Any] | None, path: Path) -> None:
+    from recognize_sam.model import SamConfig, build_sam
+
+    sam = build_sam("vit_h", SamConfig(**config) if config else None, seed=0)
+    torch.save(sam.state_dict(), path)
+
+
+def write_vocab(path: Path) -> None:
+    """A bert-base-uncased-shaped vocab.txt (30522 tokens, delimiters at their real ids).
+
+    No real vocab file exists offline; the text encoder's cost depends on the token count, which
+    single letters plus `##` letter pieces keep realistic (a bit above WordPiece's for rare words).
+    """
+    pieces = list(string.ascii_lowercase + string.digits) + [f"##{c}" for c in string.ascii_lowercase + string.digits]
+    pieces += [w for tag in TAGS for w in tag.split()] + list(",;:-'")
+    pieces = list(dict.fromkeys(pieces))
+    filler = iter(pieces)
+    tokens = [_FIXED_IDS.get(i) or next(filler, None) or f"[unused{i}]" for i in range(BERT_VOCAB_SIZE)]
+    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def image_paths(count: int) -> list[Path]:
+    """`count` reference images, cycling through the ones there are."""
+    if not IMAGES:
+        raise SystemExit(f"no reference images under {REFERENCE / 'data' / 'images'} (set RECOGNIZE_REFERENCE)")
+    return [IMAGES[i % len(IMAGES)] for i in range(count)]
+
+
+def boxes_for(height: int, width: int, count: int = BOXES, seed: int = 0) -> np.ndarray:
+    """`count` seeded xyxy boxes inside a `width` x `height` image (what SAM gets to segment)."""
+    rng = np.random.default_rng(seed)
+    x0, y0 = rng.uniform(0, width * 0.6, count), rng.uniform(0, height * 0.6, count)
+    x1 = np.minimum(x0 + rng.uniform(16, width * 0.4, count), width - 1)
+    y1 = np.minimum(y0 + rng.uniform(16, height * 0.4, count), height - 1)
+    return np.stack([x0, y0, x1, y1], axis=1)

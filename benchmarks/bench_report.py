@@ -1,0 +1,139 @@
+"""The results as Markdown: the machine, then one table per benchmark, each figure beside its baseline."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, int):
+        return str(value)
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}f}" if abs(value) >= 0.01 or value == 0 else f"{value:.2g}"
+
+
+def _ratio(a: Any, b: Any) -> str:
+    try:
+        return f"{a / b:.2f}x" if a and b else "–"
+    except TypeError:
+        return "–"
+
+
+def machine_lines(results: dict[str, Any]) -> list[str]:
+    m, mm = results["machine"], results.get("matmul") or {}
+    load = m.get("load_average_start")
+    lines = [
+        f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gib', '?')} GiB RAM, "
+        f"{m.get('platform', '?')}",
+        f"- Software: Python {m.get('python')}, torch {m.get('torch')} ({mm.get('threads', '?')} threads), "
+        f"transformers {m.get('transformers')}, segment-anything {m.get('segment_anything')}",
+        f"- fp32 matmul ({mm.get('n', '?')}x{mm.get('n', '?')}): **{_num(mm.get('gflops'), 1)} GFLOP/s** "
+        f"(best run {_num(mm.get('gflops_best'), 1)})",
+    ]
+    if load:
+        end = m.get("load_average_end") or ["?"]
+        lines.append(f"- Load average (1 min) at start / end: {load[0]:.2f} / "
+                     f"{end[0] if isinstance(end[0], str) else f'{end[0]:.2f}'} (other work on the machine skews "
+                     "absolute times; the ratios are measured side by side)")
+    return lines
+
+
+def stage_table(results: dict[str, Any]) -> list[str]:
+    peak = (results.get("matmul") or {}).get("gflops")
+    rows = [
+        "| stage | model | GFLOP/img | load s | baseline load s | s/img b1 | s/img b4 | img/s b4 | baseline s/img "
+        "| speedup | compute ratio | GFLOP/s b4 | % of matmul | peak RSS MiB | baseline peak RSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, entry in results.get("stages", {}).items():
+        ours, base = entry.get("ours") or {}, entry.get("baseline") or {}
+        flops = ours.get("flops")
+        b4 = ours.get("s_per_img_b4")
+        achieved = flops / b4 / 1e9 if flops and b4 else None
+        rows.append("| " + " | ".join([
+            name, entry.get("model", ""), _num(flops / 1e9 if flops else None, 1),
+            _num(ours.get("load_s")), _num(base.get("load_s")),
+            _num(ours.get("s_per_img_b1")), _num(b4), _num(1 / b4 if b4 else None),
+            _num(base.get("s_per_img")), _ratio(base.get("s_per_img"), b4),
+            _ratio(base.get("infer_s_per_img"), ours.get("s_per_img_b1")),
+            _num(achieved, 1), f"{100 * achieved / peak:.0f}%" if achieved and peak else "–",
+            _num(ours.get("peak_rss_mb"), 0), _num(base.get("peak_rss_mb"), 0),
+        ]) + " |")
+    return rows
+
+
+def recipe_table(results: dict[str, Any]) -> list[str]:
+    recipe = results.get("recipe") or {}
+    rows = [
+        "| run | images | load s | s/img | img/s | tags/img | regions/img | masks/img | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for side, label in (("ours", "recognize Pipeline, batch 4 (models loaded once)"),
+                        ("baseline", "baseline: demo per image (models loaded per image)")):
+        r = recipe.get(side) or {}
+        rows.append("| " + " | ".join([
+            label, _num(r.get("images")), _num(r.get("load_s")), _num(r.get("s_per_img")),
+            _num(1 / r["s_per_img"] if r.get("s_per_img") else None), _num(r.get("tags_per_img"), 1),
+            _num(r.get("regions_per_img"), 1), _num(r.get("masks_per_img"), 1), _num(r.get("peak_rss_mb"), 0),
+        ]) + " |")
+    ours, base = recipe.get("ours") or {}, recipe.get("baseline") or {}
+    rows.append("")
+    rows.append(f"Speedup (baseline s/img ÷ ours s/img): **{_ratio(base.get('s_per_img'), ours.get('s_per_img'))}**; "
+                f"ours including its one-off load: "
+                f"{_ratio(base.get('seconds'), (ours.get('seconds') or 0) + (ours.get('load_s') or 0))}.")
+    if ours.get("stage_seconds"):
+        split = ", ".join(f"{k} {v:.2f} s" for k, v in ours["stage_seconds"].items())
+        rows.append(f"Time per stage (ours, whole folder): {split}.")
+    return rows
+
+
+def engine_table(results: dict[str, Any]) -> list[str]:
+    engines = results.get("engines") or {}
+    rows = ["| engine | workers | images | wall s | img/s | vs local |", "|---|---:|---:|---:|---:|---:|"]
+    local = (engines.get("local") or {}).get("images_per_s")
+    for key in sorted((k for k in engines if k == "local" or k.startswith("ray_") and k != "ray_init_s"),
+                      key=lambda k: (k != "local", k)):
+        r = engines[key]
+        rows.append("| " + " | ".join([
+            "local" if key == "local" else "ray", _num(r.get("workers")), _num(r.get("images")),
+            _num(r.get("seconds")), _num(r.get("images_per_s")), _ratio(r.get("images_per_s"), local),
+        ]) + " |")
+    if "ray_init_s" in engines:
+        rows.append("")
+        rows.append(f"Starting Ray itself took {engines['ray_init_s']:.1f} s (not in the wall times above; "
+                    "actor start and model loading are).")
+    return rows
+
+
+def render(results: dict[str, Any]) -> str:
+    s = results["settings"]
+    out = [
+        "# recognize benchmarks",
+        "",
+        f"Run {results['date']} with `{results['command']}` ({'quick: tiny models' if s['quick'] else 'official model sizes, random weights'}; "
+        f"{s['images']} image(s), {s['repeats']} repeat(s)). How to run and what each column means: "
+        "`benchmarks/README.md`.",
+        "",
+        *machine_lines(results),
+        "",
+    ]
+    if results.get("stages"):
+        out += ["## Stages", "",
+                f"Inputs: the reference images; Grounding DINO gets the tags {', '.join(s['tags'])}; SAM gets "
+                f"{s['boxes']} boxes per image. Baseline: the model built and loaded for every image, one image at a "
+                "time (the demo's way). speedup = baseline s/img ÷ ours s/img b4; compute ratio = baseline "
+                "inference alone ÷ ours at batch 1.", "", *stage_table(results), ""]
+    if results.get("recipe"):
+        out += ["## tag -> ground -> segment on a folder", "",
+                f"ram_plus -> grounding_dino -> sam over a folder of {s['images']} image(s); the tags are fixed "
+                f"({len(s['tags'])} per image) and regions capped at {s['boxes']} per image in both runs, so both do "
+                "the same work whatever the random weights score.", "", *recipe_table(results), ""]
+    if results.get("engines"):
+        out += ["## Engines (ram_plus tagging recipe)", "", *engine_table(results), ""]
+    if results.get("errors"):
+        out += ["## Errors", "", *[f"- {e}" for e in results["errors"]], ""]
+    return "\n".join(out)

@@ -1,0 +1,206 @@
+"""Speed and memory of every stage, of the tag -> ground -> segment recipe and of the engines.
+
+    python benchmarks/run.py                     # full run: official model sizes (random weights)
+    python benchmarks/run.py --quick             # tiny models, seconds: what the test suite runs
+    python benchmarks/run.py --stages sam,ram_plus --images 2 --repeats 1 --skip engines
+
+Every figure comes with a baseline measured in the same run: the same work done the way the
+reference Grounded-SAM demo does it (see `bench_baseline.py`). Writes `OUT.md` and `OUT.json`
+(`--out`, default `benchmarks/results`). Each measurement runs in its own forked process, so load
+times start cold and peak memory is that measurement's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import bench_report  # noqa: E402
+from bench_models import BOXES, STAGES, TAGS, Kit, default_cache, image_paths  # noqa: E402
+
+PARTS = ("stages", "recipe", "engines")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models, 2 images, 1 repeat (for the tests)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="output path without suffix")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {', '.join(STAGES)}")
+    parser.add_argument("--images", type=int, default=None, help="images per measurement (default: 4; quick: 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed passes per measurement (default: 2; quick: 1)")
+    parser.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {', '.join(PARTS)}")
+    parser.add_argument("--ray-workers", default="1,2", help="Ray worker counts for the engine benchmark")
+    parser.add_argument("--cache", type=Path, default=None, help="folder of the random checkpoints")
+    args = parser.parse_args(argv)
+    args.stage_list = [s for s in args.stages.split(",") if s]
+    unknown = sorted(set(args.stage_list) - set(STAGES))
+    skip = {s for s in args.skip.split(",") if s}
+    if unknown or skip - set(PARTS):
+        parser.error(f"unknown stage(s) or part(s): {', '.join(unknown + sorted(skip - set(PARTS)))}")
+    args.parts = [p for p in PARTS if p not in skip]
+    args.images = args.images or (2 if args.quick else 4)
+    args.repeats = args.repeats or (1 if args.quick else 2)
+    args.cache = args.cache or default_cache()
+    return args
+
+
+# -- one job per forked process ---------------------------------------------------------------------
+def _child(job: dict[str, Any], conn: Any) -> None:
+    try:
+        import bench_jobs
+
+        conn.send(("ok", bench_jobs.run(job)))
+    except BaseException as error:  # report everything, the parent decides
+        conn.send(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=6)}"))
+    finally:
+        conn.close()
+
+
+def run_job(job: dict[str, Any], label: str, errors: list[str]) -> dict[str, Any] | None:
+    """Run `job` in a forked child (the parent has imported, never computed: forking is safe)."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(job, send), daemon=False)
+    start = time.perf_counter()
+    print(f"  {label} ...", end="", file=sys.stderr, flush=True)
+    process.start()
+    send.close()
+    try:
+        status, payload = receive.recv()
+    except EOFError:
+        status, payload = "error", "the process died without a result (killed for memory?)"
+    process.join()
+    print(f" {time.perf_counter() - start:.1f} s{'' if status == 'ok' else ' FAILED'}", file=sys.stderr, flush=True)
+    if status != "ok":
+        errors.append(f"{label}: {payload.splitlines()[0]}")
+        print(payload, file=sys.stderr)
+        return None
+    return payload
+
+
+def _warm_imports() -> None:
+    """Import the heavy libraries once in the parent so each forked job starts in milliseconds."""
+    import torch  # noqa: F401
+    import bench_jobs  # noqa: F401
+    import bench_baseline  # noqa: F401
+    import recognize_grounding_dino.model  # noqa: F401
+    import recognize_sam.stage  # noqa: F401
+    import segment_anything  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers import GroundingDinoForObjectDetection  # noqa: F401
+    from recognize import plugins
+
+    plugins.get_stage("ram")
+
+
+def machine() -> dict[str, Any]:
+    import segment_anything  # noqa: F401
+    import torch
+    import transformers
+    from importlib.metadata import version
+
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    try:
+        memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "segment_anything": version("segment-anything"), "load_average_start": list(os.getloadavg())}
+
+
+def image_folder(paths: list[Path], root: Path) -> Path:
+    """A folder holding `paths` as img_000.jpg, img_001.jpg, ... (what the recipe runs over)."""
+    folder = root / "images"
+    folder.mkdir()
+    for i, path in enumerate(paths):
+        shutil.copyfile(path, folder / f"img_{i:03d}{path.suffix}")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    kit = Kit(quick=args.quick, cache=args.cache)
+    paths = image_paths(args.images)
+    base = {"quick": args.quick, "cache": str(args.cache)}
+    errors: list[str] = []
+    results: dict[str, Any] = {
+        "schema": 1,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "settings": {"quick": args.quick, "images": args.images, "repeats": args.repeats, "stages": args.stage_list,
+                     "parts": args.parts, "tags": list(TAGS), "boxes": BOXES,
+                     "image_files": [p.name for p in paths], "grounding_dino_size": list(kit.gd_size)},
+    }
+    _warm_imports()
+    results["machine"] = machine()
+    needed = sorted(set(args.stage_list if "stages" in args.parts else [])
+                    | ({"ram_plus", "grounding_dino", "sam"} if "recipe" in args.parts else set())
+                    | ({"ram_plus"} if "engines" in args.parts else set()))
+    print(f"recognize benchmarks ({'quick' if args.quick else 'full'}), checkpoints in {args.cache}", file=sys.stderr)
+    run_job({**base, "kind": "prepare", "stages": needed}, f"random checkpoints for {', '.join(needed)}", errors)
+    results["matmul"] = run_job({**base, "kind": "matmul"}, "matmul GFLOP/s", errors)
+
+    if "stages" in args.parts:
+        results["stages"] = {}
+        for stage in args.stage_list:
+            entry: dict[str, Any] = {"model": kit.describe(stage)}
+            for side in ("ours", "baseline"):
+                job = {**base, "kind": "stage", "stage": stage, "side": side, "repeats": args.repeats,
+                       "paths": [str(p) for p in paths]}
+                entry[side] = run_job(job, f"stage {stage} ({side})", errors)
+            results["stages"][stage] = entry
+
+    with tempfile.TemporaryDirectory(prefix="recognize-bench-") as tmp:
+        folder = image_folder(paths, Path(tmp))
+        if "recipe" in args.parts:
+            results["recipe"] = {
+                side: run_job({**base, "kind": "recipe", "side": side, "folder": str(folder)}, f"recipe ({side})", errors)
+                for side in ("ours", "baseline")
+            }
+        if "engines" in args.parts:
+            engines: dict[str, Any] = {}
+            local = run_job({**base, "kind": "engine", "engine": "local", "folder": str(folder)}, "engine local", errors)
+            workers = [int(n) for n in args.ray_workers.split(",") if n]
+            ray = run_job({**base, "kind": "engine", "engine": "ray", "workers": workers, "folder": str(folder)},
+                          f"engine ray ({args.ray_workers} workers)", errors)
+            engines.update(local or {})
+            engines.update(ray or {})
+            results["engines"] = {k: v for k, v in engines.items() if k not in ("rss_mb", "peak_rss_mb")}
+
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    results["errors"] = errors
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from recognize.atomic import write_text
+
+    write_text(args.out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
+    write_text(args.out.with_suffix(".md"), bench_report.render(results))
+    print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The Grounding DINO network: built offline from a config, loaded strictly, text encodings cached.
+
+Backend: transformers' `GroundingDinoForObjectDetection` (see the README for why). The model is
+built from a config (no download: the BERT text encoder is built from `text_config`, its
+weights come from the Grounding DINO checkpoint) and the tokenizer from a local BERT
+`vocab.txt`. Official checkpoints are renamed by `recognize_grounding_dino.convert`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recognize.errors import ModelFileError, RecognizeError
+from recognize_grounding_dino.convert import is_official, official_to_transformers, strip_prefix
+from recognize_grounding_dino.prompts import Packing, Prompt, pack_prompts
+
+_SWIN_OUT = ["stage2", "stage3", "stage4"]
+
+#: The two released models; everything else is transformers' GroundingDinoConfig default, which
+#: matches the official configs (256-d, 900 queries, 6+6 layers, 4 levels, BERT-base text encoder).
+PRESETS: dict[str, dict[str, Any]] = {
+    "swint_ogc": {
+        "backbone_config": {"model_type": "swin", "embed_dim": 96, "depths": [2, 2, 6, 2],
+                            "num_heads": [3, 6, 12, 24], "window_size": 7, "image_size": 224,
+                            "out_features": _SWIN_OUT},
+    },
+    "swinb": {
+        "backbone_config": {"model_type": "swin", "embed_dim": 128, "depths": [2, 2, 18, 2],
+                            "num_heads": [4, 8, 16, 32], "window_size": 12, "image_size": 384,
+                            "out_features": _SWIN_OUT},
+    },
+}
+
+#: Model card and file of each preset's official checkpoint.
+CHECKPOINTS = {
+    "swint_ogc": ("groundingdino_swint_ogc", "groundingdino_swint_ogc.pth"),
+    "swinb": ("groundingdino_swinb_cogcoor", "groundingdino_swinb_cogcoor.pth"),
+}
+
+#: Token ids transformers' Grounding DINO hard-codes as phrase delimiters (bert-base-uncased ids).
+DELIMITER_IDS = {"[CLS]": 101, "[SEP]": 102, ".": 1012, "?": 1029}
+
+
+def config_values(model: str, config: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The preset's config values with `config` (a JSON file or a dict) laid over them."""
+    values = copy.deepcopy(PRESETS[model])
+    if config is None:
+        return values
+    if isinstance(config, Mapping):
+        overrides = copy.deepcopy(dict(config))
+    else:
+        path = Path(config).expanduser()
+        try:
+            overrides = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise RecognizeError(f"grounding_dino config {path}: {error}") from None
+    for key, value in overrides.items():
+        if key in ("backbone_config", "text_config") and isinstance(value, Mapping):
+            values.setdefault(key, {}).update(value)
+        else:
+            values[key] = value
+    return values
+
+
+def build_config(model: str, config: str | Path | Mapping[str, Any] | None = None) -> Any:
+    from transformers import GroundingDinoConfig
+
+    values = config_values(model, config)
+    try:
+        return GroundingDinoConfig(**values)
+    except (TypeError, ValueError, KeyError) as error:
+        raise RecognizeError(f"grounding_dino config: {error}") from None
+
+
+def build_model(config: Any, init_weights: bool = True) -> torch.nn.Module:
+    """An eval-mode `GroundingDinoForObjectDetection`; `init_weights=False` skips the random init
+    (the weights are about to be loaded anyway)."""
+    from transformers import GroundingDinoForObjectDetection
+
+    context: Any = contextlib.nullcontext()
+    if not init_weights:
+        try:
+            from transformers.modeling_utils import no_init_weights
+
+            context = no_init_weights()
+        except ImportError:  # pragma: no cover - moved in some transformers releases
+            pass
+    with context:
+        model = GroundingDinoForObjectDetection(config)
+    return model.eval()
+
+
+def load_tokenizer(vocab: str | Path) -> Any:
+    """A lowercasing BERT WordPiece tokenizer from a local `vocab.txt` (never the network)."""
+    from transformers import BertTokenizerFast
+
+    path = Path(vocab)
+    try:
+        tokenizer = BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+    except Exception as error:  # tokenizers raises its own exception types
+        raise ModelFileError(f"{path}: not a BERT vocab.txt ({error})") from None
+    for token, expected in DELIMITER_IDS.items():
+        if tokenizer.convert_tokens_to_ids(token) != expected:
+            raise ModelFileError(
+                f"{path}: {token!r} must have id {expected} as in bert-base-uncased's vocab.txt "
+                "(Grounding DINO reads phrase delimiters by id)"
+            )
+    return tokenizer
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a `.pth`/`.pt` (weights only) or `.safetensors` checkpoint; `{'model': ...}` unwrapped."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            data: Any = load_file(str(path))
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(f"{path}: cannot read the checkpoint ({first})") from None
+    for wrapper in ("model", "state_dict"):
+        if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
+            data = data[wrapper]
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ModelFileError(f"{path}: not a state dict of tensors")
+    return dict(data)
+
+
+def _fill_tied(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Tensors the model shares under several names (the box head of every decoder layer) may be
+    stored once (transformers' save_pretrained does that): fill the other names from it."""
+    groups: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(key)
+    for names in groups.values():
+        present = [n for n in names if n in state]
+        if present and len(present) < len(names):
+            for name in names:
+                state.setdefault(name, state[present[0]])
+
+
+def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load an official or transformers-layout state dict; anything missing, unknown or of the
+    wrong shape is an error (no silent partial load)."""
+    state = strip_prefix(state_dict)
+    unknown: list[str] = []
+    if is_official(state):
+        state, unknown = official_to_transformers(state)
+    _fill_tied(model, state)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = unknown + [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+             for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = [f"{len(items)} {what} (first: {items[0]})" for what, items in
+                 (("missing", missing), ("unexpected", unexpected), ("of the wrong shape", wrong)) if items]
+        raise ModelFileError(f"{source}: does not fit this Grounding DINO model: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)
+
+
+class _TextEncodingCache:
+    """Mixin put on the text encoder instance: each distinct caption is encoded once.
+
+    Grounding DINO re-runs BERT for every image; with a fixed class list (or many images with
+    the same tags) that is the same caption again and again. Rows are keyed by their exact
+    inputs, so a hit returns exactly what the encoder would compute.
+    """
+
+    cache_size = 256
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                *args: Any, **kwargs: Any):
+        parent = super()
+        if input_ids is None or args or torch.is_grad_enabled() or self.training:
+            return parent.forward(input_ids, attention_mask, token_type_ids, position_ids, *args, **kwargs)
+        from transformers.modeling_outputs import BaseModelOutput
+
+        cache: OrderedDict = self.__dict__.setdefault("_encodings", OrderedDict())
+        rows = [self._row_key(i, input_ids, attention_mask, token_type_ids, position_ids)
+                for i in range(input_ids.shape[0])]
+        first_row: dict[tuple, int] = {}
+        for i, key in enumerate(rows):
+            if key not in cache:
+                first_row.setdefault(key, i)
+        todo = list(first_row.values())  # one encoder row per distinct, not yet cached caption
+        if todo:
+            pick = torch.tensor(todo, device=input_ids.device)
+
+            def take(t):
+                return None if t is None else t.index_select(0, pick)
+
+            out = parent.forward(input_ids=take(input_ids), attention_mask=take(attention_mask),
+                                 token_type_ids=take(token_type_ids), position_ids=take(position_ids),
+                                 return_dict=True)
+            for j, i in enumerate(todo):
+                cache[rows[i]] = out.last_hidden_state[j]
+        hidden = torch.stack([cache[key] for key in rows])
+        for key in rows:
+            cache.move_to_end(key)
+        while len(cache) > self.cache_size:
+            cache.popitem(last=False)
+        if kwargs.get("return_dict") is False:
+            return (hidden,)
+        return BaseModelOutput(last_hidden_state=hidden)
+
+    @staticmethod
+    def _row_key(i: int, *tensors: torch.Tensor | None) -> tuple:
+        return tuple(None if t is None else (tuple(t.shape[1:]), t[i].cpu().numpy().tobytes()) for t in tensors)
+
+
+def enable_text_cache(model: torch.nn.Module) -> None:
+    """Give the model's text encoder the caption cache (its weights and state dict are unchanged)."""
+    text = model.model.text_backbone
+    if not isinstance(text, _TextEncodingCache):
+        text.__class__ = type(f"Cached{type(text).__name__}", (_TextEncodingCache, type(text)), {})
+
+
+class Detector:
+    """A loaded Grounding DINO with its tokenizer: captions in, token scores and boxes out."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_text_len = int(model.config.max_text_len)
+        enable_text_cache(self.model)
+        vocab_rows = model.config.text_config.vocab_size
+        if len(tokenizer) > vocab_rows:
+            raise ModelFileError(f"the vocab has {len(tokenizer)} tokens but the text encoder only {vocab_rows}")
+
+    @classmethod
+    def load(cls, model: str, checkpoint: str | Path, vocab: str | Path,
+             config: str | Path | Mapping[str, Any] | None = None, device: str = "cpu") -> Detector:
+        """Build from the config, then load `checkpoint` strictly (official or transformers keys)."""
+        tokenizer = load_tokenizer(vocab)
+        network = build_model(build_config(model, config), init_weights=False)
+        load_weights(network, read_state_dict(checkpoint), str(checkpoint))
+        return cls(network, tokenizer, device)
+
+    def pack(self, tags: list[str]) -> Packing:
+        return pack_prompts(tags, self.tokenizer, self.max_text_len)
+
+    @torch.inference_mode()
+    def __call__(self, pixel_values: torch.Tensor, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images `[B, 3, H, W]` (normalised, same size) and one caption ->
+        per-query token probabilities `[B, Q, len(prompt)]` and boxes `[B, Q, 4]` (cx, cy, w, h in 0..1)."""
+        batch = pixel_values.shape[0]
+        ids = torch.tensor(prompt.input_ids, device=self.device).unsqueeze(0).expand(batch, -1)
+        out = self.model(pixel_values=pixel_values.to(self.device), input_ids=ids,
+                         attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
+        probs = out.logits[..., : len(prompt)].sigmoid()
+        return probs.float().cpu(), out.pred_boxes.float().cpu()

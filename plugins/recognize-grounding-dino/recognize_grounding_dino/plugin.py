@@ -1,0 +1,37 @@
+"""Entry point of the `recognize-grounding-dino` distribution (group `recognize`, name `grounding_dino`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import recognize
+
+_BASE = "https://huggingface.co/ShilongLiu/GroundingDINO/resolve/main/"
+_HOME = "https://github.com/IDEA-Research/GroundingDINO"
+
+
+@recognize.hookimpl
+def register_stages(register: Callable[[type], None]) -> None:
+    from recognize_grounding_dino.stage import GroundingDino
+
+    register(GroundingDino)
+
+
+@recognize.hookimpl
+def register_models(register: Callable[[Any], None]) -> None:
+    from recognize.hub import ModelCard, ModelFile
+
+    for card, filename, what in (
+        ("groundingdino_swint_ogc", "groundingdino_swint_ogc.pth", "Swin-T, trained on O365, GoldG, Cap4M"),
+        ("groundingdino_swinb_cogcoor", "groundingdino_swinb_cogcoor.pth",
+         "Swin-B, trained on COCO, O365, GoldG, Cap4M, OpenImage, ODinW-35, RefCOCO"),
+    ):
+        register(ModelCard(
+            name=card,
+            files=(ModelFile(filename, _BASE + filename),),
+            description=f"Grounding DINO {what} (official weights; no published sha256). "
+                        "Text encoder vocab: the bert-base-uncased-vocab card.",
+            homepage=_HOME,
+            license="Apache-2.0",
+        ))

@@ -1,0 +1,160 @@
+"""The `grounding_dino` localizer stage: each frame's tags (or a fixed class list) in, boxes out.
+
+A box is kept when its best token clears `box_threshold`, and its score is that token's
+probability: both exactly as the reference `predict` does. Each box then carries exactly one
+tag of the frame's vocabulary: its token scores become whole-tag scores (a tag scores its best
+token among the tokens that spell it), and the best tag wins when it clears `text_threshold`
+(that tag score is kept in `region.meta['tag_score']`). Duplicates are then removed per tag,
+across tags, or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from recognize.frame import Drop, Frame, Region, Tag
+from recognize.stage import Device, Stage, StageParams, resolve_device, shared_models
+from recognize_grounding_dino.model import CHECKPOINTS, Detector
+from recognize_grounding_dino.prompts import Packing, Prompt
+from recognize_grounding_dino.transforms import preprocess
+
+
+class GroundingDino(Stage):
+    """Open-vocabulary boxes for an image's tags with Grounding DINO."""
+
+    name: ClassVar[str] = "grounding_dino"
+    kind: ClassVar = "localizer"
+
+    class Params(StageParams):
+        model: Literal["swint_ogc", "swinb"] = "swint_ogc"
+        checkpoint: str | None = Field(None, description="local checkpoint; default: the cached official file")
+        config: str | dict[str, Any] | None = Field(
+            None, description="transformers GroundingDinoConfig values (JSON file or dict) laid over the model's preset")
+        vocab: str | None = Field(None, description="BERT vocab.txt; default: the bert-base-uncased-vocab card")
+        box_threshold: float = Field(0.35, ge=0.0, le=1.0)
+        text_threshold: float = Field(0.25, ge=0.0, le=1.0)
+        classes: list[str] | None = Field(None, description="fixed class list; default: each frame's tags")
+        nms: Literal["per_tag", "cross_tag", "none"] = "per_tag"
+        nms_threshold: float = Field(0.5, ge=0.0, le=1.0)
+        image_size: int = Field(800, ge=32, description="short side the image is resized to (reference: 800)")
+        max_size: int | None = Field(1333, ge=32, description="cap on the long side (reference: 1333)")
+        device: Device = "auto"
+        batch_size: int = Field(1, ge=1)
+
+    def load(self) -> None:
+        from recognize.hub import resolve_path
+
+        p = self.params
+        card, filename = CHECKPOINTS[p.model]
+        checkpoint = resolve_path(p.checkpoint, card, filename)
+        vocab = resolve_path(p.vocab, "bert-base-uncased-vocab", "vocab.txt")
+        device = resolve_device(p.device)
+        config = json.dumps(p.config, sort_keys=True) if isinstance(p.config, dict) else p.config
+        key = ("grounding_dino", p.model, str(Path(checkpoint).resolve()), str(Path(vocab).resolve()), config, device)
+        self.detector: Detector = shared_models.get(
+            key, lambda: Detector.load(p.model, checkpoint, vocab, config=p.config, device=device))
+        self._packings: dict[tuple[str, ...], Packing] = {}
+
+    # -- prompts ------------------------------------------------------------------------
+    def _packing(self, tags: tuple[str, ...]) -> Packing:
+        packing = self._packings.get(tags)
+        if packing is None:
+            if len(self._packings) > 1024:
+                self._packings.clear()
+            packing = self._packings[tags] = self.detector.pack(list(tags))
+        return packing
+
+    def _vocabulary(self, frame: Frame) -> tuple[str, ...]:
+        if self.params.classes is not None:
+            return tuple(self.params.classes)
+        return tuple(dict.fromkeys(t.name for t in frame.tags))
+
+    # -- the stage ----------------------------------------------------------------------
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        p = self.params
+        vocabularies = [self._vocabulary(f) for f in frames]
+        pixels: dict[int, torch.Tensor] = {}
+        jobs: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+        prompts: dict[str, Prompt] = {}
+        for i, (frame, vocabulary) in enumerate(zip(frames, vocabularies)):
+            packing = self._packing(vocabulary)
+            for index, reason in packing.unplaced:
+                frame.dropped.append(Drop(item="tag", tag=vocabulary[index], stage=self.name, reason=reason))
+            if not packing.prompts:
+                continue
+            pixels[i] = preprocess(frame.image, p.image_size, p.max_size)
+            for prompt in packing.prompts:
+                prompts[prompt.text] = prompt
+                # one model call per caption and image size: results never depend on batch neighbours
+                jobs.setdefault((prompt.text, tuple(pixels[i].shape)), []).append(i)
+
+        found: dict[int, list[tuple[np.ndarray, float, str, float]]] = {i: [] for i in pixels}
+        for (text, _shape), members in jobs.items():
+            prompt = prompts[text]
+            for start in range(0, len(members), p.batch_size):
+                chunk = members[start:start + p.batch_size]
+                probs, boxes = self.detector(torch.stack([pixels[i] for i in chunk]), prompt)
+                for row, i in enumerate(chunk):
+                    found[i].extend(self._select(probs[row], boxes[row], prompt, frames[i], vocabularies[i]))
+
+        for i, detections in found.items():
+            self._add_regions(frames[i], detections)
+        return frames
+
+    def _select(self, probs: torch.Tensor, boxes: torch.Tensor, prompt: Prompt, frame: Frame,
+                vocabulary: tuple[str, ...]) -> list[tuple[np.ndarray, float, str, float]]:
+        """Boxes of one image and caption -> (xyxy pixels, box score, tag, tag score) for boxes naming a tag."""
+        p = self.params
+        box_scores = probs.amax(-1)
+        keep = box_scores > p.box_threshold
+        if not bool(keep.any()):
+            return []
+        tag_scores = prompt.tag_scores(probs[keep])
+        best_score, best = tag_scores.max(-1)
+        width, height = frame.image.shape[1], frame.image.shape[0]
+        cx, cy, w, h = boxes[keep].unbind(-1)
+        xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+        xyxy = xyxy * torch.tensor([width, height, width, height], dtype=xyxy.dtype)
+        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
+        out = []
+        for box, score, tag_score, tag in zip(xyxy.numpy(), box_scores[keep].tolist(), best_score.tolist(),
+                                              best.tolist()):
+            if tag_score > p.text_threshold and box[2] > box[0] and box[3] > box[1]:
+                out.append((box, float(score), vocabulary[prompt.tags[tag]], float(tag_score)))
+        return out
+
+    def _add_regions(self, frame: Frame, detections: list[tuple[np.ndarray, float, str, float]]) -> None:
+        import supervision as sv
+
+        if not detections:
+            return
+        names = list(dict.fromkeys(tag for _, _, tag, _ in detections))
+        found = sv.Detections(
+            xyxy=np.stack([box for box, _, _, _ in detections]).astype(np.float32),
+            confidence=np.array([score for _, score, _, _ in detections], dtype=np.float32),
+            class_id=np.array([names.index(tag) for _, _, tag, _ in detections], dtype=int),
+            data={"tag_score": np.array([t for _, _, _, t in detections], dtype=np.float32)},
+        )
+        if self.params.nms != "none":
+            found = found.with_nms(threshold=self.params.nms_threshold, class_agnostic=self.params.nms == "cross_tag")
+        order = np.argsort(-found.confidence, kind="stable")
+        chinese = {t.name: t.name_zh for t in frame.tags}
+        for k in order:
+            tag = names[int(found.class_id[k])]
+            frame.regions.append(Region(box=tuple(float(v) for v in found.xyxy[k]), score=float(found.confidence[k]),
+                                        tag=tag, tag_zh=chinese.get(tag), source=self.name,
+                                        meta={"tag_score": float(found.data["tag_score"][k])}))
+        # a fixed class list has no tags on the frame yet: every region's tag must be one of the frame's tags
+        known = set(chinese)
+        for k in order:
+            tag = names[int(found.class_id[k])]
+            if tag not in known:
+                known.add(tag)
+                frame.tags.append(Tag(name=tag, score=float(found.confidence[k]), source=self.name))

@@ -1,0 +1,117 @@
+"""The recognition decoder (Query2Label style) shared by RAM, RAM++ and Tag2Text.
+
+API: `DecoderConfig` (hidden, layers, heads, intermediate, encoder_width, eps), read from the official
+BERT-style JSON with `DecoderConfig.from_bert_config(d, encoder_width)`; `RecognitionDecoder(config)`
+with `forward(queries [B,C,H], image_tokens [B,N,E]) -> [B,C,H]`; `official_keys(prefix)` maps this
+module's state-dict keys to the official ones (`tagging_head.encoder.layer.N.crossattention...`).
+
+Why it is ours and this small: the official module is a BLIP BERT with its embeddings and every
+self-attention deleted, so what is left is per layer: cross-attention from the label queries to the
+image tokens (all valid, no mask), then post-LN residual, then a GELU (erf) feed-forward with post-LN.
+No self-attention between labels, no position embeddings, no final norm. The classifier belongs to
+each model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    hidden_size: int = 768
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 3072
+    encoder_width: int = 512
+    layer_norm_eps: float = 1e-12
+
+    @classmethod
+    def from_bert_config(cls, data: Mapping[str, Any], encoder_width: int) -> DecoderConfig:
+        """From the official `q2l_config.json` format; `encoder_width` is what the model code sets."""
+        act = data.get("hidden_act", "gelu")
+        if act != "gelu":
+            raise ValueError(f"unsupported hidden_act {act!r} (the official decoder uses exact 'gelu')")
+        return cls(
+            hidden_size=int(data["hidden_size"]),
+            num_layers=int(data["num_hidden_layers"]),
+            num_heads=int(data["num_attention_heads"]),
+            intermediate_size=int(data["intermediate_size"]),
+            encoder_width=int(encoder_width),
+            layer_norm_eps=float(data.get("layer_norm_eps", 1e-12)),
+        )
+
+
+class DecoderLayer(nn.Module):
+    """Cross-attention + feed-forward, each followed by residual and LayerNorm (post-LN)."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        h = config.hidden_size
+        if h % config.num_heads:
+            raise ValueError(f"hidden size {h} is not a multiple of {config.num_heads} heads")
+        self.num_heads = config.num_heads
+        self.query = nn.Linear(h, h)
+        self.key = nn.Linear(config.encoder_width, h)
+        self.value = nn.Linear(config.encoder_width, h)
+        self.attn_out = nn.Linear(h, h)
+        self.attn_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        self.ffn_in = nn.Linear(h, config.intermediate_size)
+        self.ffn_out = nn.Linear(config.intermediate_size, h)
+        self.ffn_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, -1).transpose(1, 2)
+
+    def forward(self, hidden: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        q = self._heads(self.query(hidden))
+        k = self._heads(self.key(image_tokens))
+        v = self._heads(self.value(image_tokens))
+        context = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, no mask
+        context = context.transpose(1, 2).flatten(2)
+        hidden = self.attn_norm(hidden + self.attn_out(context))
+        return self.ffn_norm(hidden + self.ffn_out(F.gelu(self.ffn_in(hidden))))
+
+
+#: our sub-key -> official sub-key, inside `encoder.layer.N.`
+_OFFICIAL_LAYER_KEYS = {
+    "query": "crossattention.self.query",
+    "key": "crossattention.self.key",
+    "value": "crossattention.self.value",
+    "attn_out": "crossattention.output.dense",
+    "attn_norm": "crossattention.output.LayerNorm",
+    "ffn_in": "intermediate.dense",
+    "ffn_out": "output.dense",
+    "ffn_norm": "output.LayerNorm",
+}
+
+
+class RecognitionDecoder(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+
+    def forward(self, queries: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """queries [B,C,H] (or [C,H], shared by the batch), image tokens [B,N,E] -> [B,C,H]."""
+        if queries.ndim == 2:
+            queries = queries.unsqueeze(0).expand(image_tokens.shape[0], -1, -1)
+        hidden = queries
+        for layer in self.layers:
+            hidden = layer(hidden, image_tokens)
+        return hidden
+
+    def official_keys(self, prefix: str = "tagging_head") -> dict[str, str]:
+        """This module's state-dict keys (without prefix) -> official checkpoint keys."""
+        mapping = {}
+        for key in self.state_dict():
+            _, index, module, param = key.split(".")
+            mapping[key] = f"{prefix}.encoder.layer.{index}.{_OFFICIAL_LAYER_KEYS[module]}.{param}"
+        return mapping

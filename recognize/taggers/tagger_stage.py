@@ -1,0 +1,156 @@
+"""`TaggerStage`: the base of every image tagger stage (RAM, RAM++, Tag2Text).
+
+A subclass says how to build its model and vocabulary; the base does the rest the same way for all:
+lazy loading through `recognize.stage.shared_models` (one copy of the weights per key, shared with
+e.g. a region re-check stage), device and dtype placement, batches of images as one forward pass,
+thresholds (class thresholds, global override, per-tag overrides), include / exclude lists, and the
+conversion of scores into `Tag`s in class-index order (the official order, not sorted by score).
+
+Subclass hooks: `model_key()`, `build_model()` (loaded, float32, on CPU), `build_vocabulary(model)`,
+`image_size`, `logits(model, pixels)` and `embedding(model, pixels)`; optionally `deleted_indices()`
+(classes never reported, the official `delete_tag_index`).
+
+Public helpers for later stages (evaluation, region re-check, outlier clustering):
+`score_images(images) -> [B,C]` sigmoid scores, `tags_for_scores(scores) -> list[list[Tag]]`,
+`embed_images(images) -> [B,D]` L2-normalised image embeddings, and `vocabulary`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from recognize.frame import Frame, Tag
+from recognize.stage import Device, Stage, StageParams, resolve_device, shared_models
+from recognize.taggers.preprocess import preprocess
+from recognize.taggers.vocabulary import Vocabulary
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+DType = Literal["float32", "bfloat16", "float16"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TaggerParams(StageParams):
+    checkpoint: str | None = Field(None, description="local checkpoint file; None: the released file (hub)")
+    image_size: Literal[224, 384] = Field(384, description="input size of the released configuration")
+    config: str | None = Field(None, description="fixture-style config.json for a non-released configuration")
+    threshold: Probability | None = Field(None, description="one threshold for every class (overrides the file)")
+    thresholds: dict[str, Probability] = Field(default_factory=dict, description="per-tag thresholds")
+    include: list[str] | None = Field(None, description="report only these tags")
+    exclude: list[str] = Field(default_factory=list, description="never report these tags")
+    tag_list: str | None = Field(None, description="tag list file (default: the official one)")
+    device: Device = "auto"
+    dtype: DType = "float32"
+    batch_size: int = Field(8, ge=1)
+
+
+class TaggerStage(Stage):
+    kind: ClassVar[Literal["tagger"]] = "tagger"
+    Params: ClassVar[type[StageParams]] = TaggerParams
+
+    def __init__(self, params: StageParams | dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self.model: nn.Module | None = None
+        self.vocabulary: Vocabulary | None = None
+        self.allowed: np.ndarray | None = None
+
+    # -- hooks ---------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return int(self.params.image_size)
+
+    def model_key(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_vocabulary(self, model: nn.Module) -> Vocabulary:
+        raise NotImplementedError
+
+    def logits(self, model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embedding(self, model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def deleted_indices(self) -> Sequence[int]:
+        return ()
+
+    # -- loading -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return torch.device(resolve_device(self.params.device))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.params.dtype]
+
+    def load(self) -> None:
+        device, dtype = self.device, self.dtype
+
+        def factory() -> nn.Module:
+            return self.build_model().eval().to(device=device, dtype=dtype).requires_grad_(False)
+
+        self.model = shared_models.get((*self.model_key(), str(device), str(dtype)), factory)
+        base = self.build_vocabulary(self.model)
+        self.vocabulary = base.with_thresholds(self.params.threshold, self.params.thresholds)
+        allowed = self.vocabulary.allowed_mask(self.params.include, self.params.exclude)
+        allowed[list(self.deleted_indices())] = False
+        self.allowed = allowed
+
+    # -- public API ----------------------------------------------------------------------
+    def pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        return preprocess(images, self.image_size).to(device=self.device, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def score_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Sigmoid scores [B, C] for every class of the active vocabulary, one forward per batch."""
+        self.ensure_loaded()
+        out = []
+        for start in range(0, len(images), self.params.batch_size):
+            chunk = images[start : start + self.params.batch_size]
+            logits = self.logits(self.model, self.pixels(chunk))
+            out.append(torch.sigmoid(logits.float()).cpu().numpy())
+        n = len(self.vocabulary) if self.vocabulary is not None else 0
+        return np.concatenate(out) if out else np.zeros((0, n), dtype=np.float32)
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """L2-normalised image embeddings [B, D] (for clustering crops)."""
+        self.ensure_loaded()
+        out = []
+        for start in range(0, len(images), self.params.batch_size):
+            emb = self.embedding(self.model, self.pixels(images[start : start + self.params.batch_size])).float()
+            out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+    def predicted_indices(self, scores: np.ndarray) -> list[np.ndarray]:
+        """Per image, the reported class indices (strict `>` thresholds, allowed classes, ascending)."""
+        self.ensure_loaded()
+        return self.vocabulary.predict(scores, self.allowed)
+
+    def tags_for_scores(self, scores: np.ndarray) -> list[list[Tag]]:
+        vocab = self.vocabulary
+        result = []
+        for row, indices in zip(scores, self.predicted_indices(scores)):
+            result.append(
+                [
+                    Tag(name=vocab.names[i], name_zh=vocab.clean_zh(i), score=float(row[i]), index=int(i), source=self.name)
+                    for i in indices
+                ]
+            )
+        return result
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        if not frames:
+            return frames
+        scores = self.score_images([frame.image for frame in frames])
+        for frame, tags in zip(frames, self.tags_for_scores(scores)):
+            frame.tags.extend(tags)
+        return frames

@@ -1,0 +1,69 @@
+"""`kill -9` at any moment, then the same command again: every image exactly once in the outputs."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from clihelp import cli_env
+from PIL import Image
+
+N = 12
+
+
+def recipe(tmp_path, dataset_stage: bool):
+    stages = "  - use: brightness\n    with: {delay: 0.25}\n  - use: center_box\n"
+    if dataset_stage:
+        stages += "  - use: count_dataset\n  - use: box_mask\n"
+    path = tmp_path / "slow.yaml"
+    path.write_text(f"recipe: 1\nsettings: {{batch_size: 2}}\nstages:\n{stages}outputs:\n  - use: coco\n")
+    return path
+
+
+def start(args):
+    return subprocess.Popen([sys.executable, "-m", "recognize", "run", *map(str, args), "-q"], env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("dataset_stage", [False, True], ids=["streaming", "dataset-scope"])
+def test_kill_then_rerun_gives_every_image_once(tmp_path, dataset_stage):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(N):
+        Image.fromarray(np.full((24, 24, 3), i * 20, np.uint8)).save(images / f"img{i:02d}.png")
+    out = tmp_path / "out"
+    args = [recipe(tmp_path, dataset_stage), images, "-o", out]
+    progress = out / ".partial" if dataset_stage else out
+
+    proc = start(args)
+    deadline = time.time() + 90
+    while time.time() < deadline and len(list(progress.rglob("img*.json"))) < N // 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(progress.rglob("img*.json")))
+    assert 0 < done_before < N, "the run was not interrupted mid-way"
+    assert not (out / "summary.json").exists()
+
+    again = start(args)
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    if not dataset_stage:
+        assert summary["counts"]["skipped"] == done_before  # finished images were not redone
+    assert summary["counts"]["processed"] + summary["counts"]["skipped"] == N
+    frames = sorted(out.glob("img*.json"))
+    assert [f.stem for f in frames] == [f"img{i:02d}" for i in range(N)]
+    for path in frames:
+        frame = json.loads(path.read_text())
+        assert len(frame["tags"]) == 1 and len(frame["regions"]) == 1  # nothing applied twice
+        if dataset_stage:
+            assert frame["meta"]["dataset_size"] == N
+            assert frame["regions"][0]["mask"] is not None
+    coco = json.loads((out / "coco.json").read_text())
+    assert sorted(img["file_name"] for img in coco["images"]) == sorted(f"img{i:02d}.png" for i in range(N))
+    assert len(coco["annotations"]) == N
+    assert not (out / ".partial").exists() and not list(out.rglob("*.part"))
