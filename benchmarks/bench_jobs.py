@@ -27,7 +27,7 @@ from recognize.frame import Frame, Region, Tag
 from recognize.stage import Stage, StageParams
 
 #: Recipe thresholds: random weights give meaningless scores, so everything passes and the cap of
-#: `BOXES` regions per image gives our pipeline and the baseline the same amount of SAM work.
+#: `Kit.boxes` regions per image gives our pipeline and the baseline the same amount of SAM work.
 RECIPE_BOX_THRESHOLD = 0.0
 RECIPE_TEXT_THRESHOLD = 0.0
 
@@ -77,7 +77,7 @@ def load_images(paths: list[Path]) -> list[np.ndarray]:
     return [load_image(p) for p in paths]
 
 
-def stage_frames(stage: str, images: list[np.ndarray]) -> list[Frame]:
+def stage_frames(stage: str, images: list[np.ndarray], boxes: int) -> list[Frame]:
     """Fresh frames for `stage`: Grounding DINO gets the fixed tags, SAM the fixed boxes."""
     frames = []
     for i, image in enumerate(images):
@@ -85,8 +85,8 @@ def stage_frames(stage: str, images: list[np.ndarray]) -> list[Frame]:
         if stage in ("grounding_dino", "sam"):
             frame.tags = [Tag(name=t) for t in TAGS]
         if stage == "sam":
-            boxes = boxes_for(*image.shape[:2])
-            frame.regions = [Region(box=tuple(map(float, b)), tag=TAGS[j % len(TAGS)]) for j, b in enumerate(boxes)]
+            found = boxes_for(*image.shape[:2], boxes)
+            frame.regions = [Region(box=tuple(map(float, b)), tag=TAGS[j % len(TAGS)]) for j, b in enumerate(found)]
         frames.append(frame)
     return frames
 
@@ -124,12 +124,12 @@ def stage_ours(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
 
     counter = FlopCounterMode(display=False)
     with counter:
-        model(stage_frames(stage, images[:1]))
+        model(stage_frames(stage, images[:1], kit.boxes))
     flops = counter.get_total_flops()
 
     batch1: list[float] = []
     for _ in range(repeats):
-        for frame in stage_frames(stage, images):
+        for frame in stage_frames(stage, images, kit.boxes):
             start = time.perf_counter()
             model([frame])
             batch1.append(time.perf_counter() - start)
@@ -137,7 +137,7 @@ def stage_ours(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
     batch4: list[float] = []
     four = [images[i % len(images)] for i in range(4)]
     for _ in range(repeats):
-        frames = stage_frames(stage, four)
+        frames = stage_frames(stage, four, kit.boxes)
         start = time.perf_counter()
         model(frames)
         batch4.append((time.perf_counter() - start) / 4)
@@ -156,7 +156,7 @@ def stage_baseline(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dic
         infer = lambda m, img: run(m, img, list(TAGS))  # noqa: E731
     elif stage == "sam":
         load, run = bench_baseline.sam(kit)
-        infer = lambda m, img: run(m, img, boxes_for(*img.shape[:2]))  # noqa: E731
+        infer = lambda m, img: run(m, img, boxes_for(*img.shape[:2], kit.boxes))  # noqa: E731
     else:
         load, infer = bench_baseline.tagger(kit, stage)
     loads: list[float] = []
@@ -184,7 +184,7 @@ def recipe_ours(kit: Kit, folder: Path) -> dict[str, Any]:
     pipeline = Pipeline(
         [make_stage(kit, "ram_plus", include=list(TAGS), threshold=0.0),
          make_stage(kit, "grounding_dino", box_threshold=RECIPE_BOX_THRESHOLD, text_threshold=RECIPE_TEXT_THRESHOLD),
-         TopRegions(k=BOXES), make_stage(kit, "sam")],
+         TopRegions(k=kit.boxes), make_stage(kit, "sam")],
         batch_size=4, device="cpu", name="tag_ground_segment")
     start = time.perf_counter()
     pipeline.load()
@@ -215,7 +215,7 @@ def recipe_baseline(kit: Kit, folder: Path) -> dict[str, Any]:
         image = load_image(path)
         found_tags = _timed_step(tag_load, lambda m: tag_infer(m, image))
         detected = _timed_step(gd_load, lambda m: gd_infer(m, image, found_tags.value))
-        boxes = detected.value[0][:BOXES]  # torchvision NMS returns boxes by decreasing score
+        boxes = detected.value[0][: kit.boxes]  # torchvision NMS returns boxes by decreasing score
         found_masks = _timed_step(sam_load, lambda m: sam_infer(m, image, boxes))
         for step in (found_tags, detected, found_masks):
             load_s += step.load_s

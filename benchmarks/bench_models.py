@@ -29,8 +29,9 @@ STAGES = ("ram", "ram_plus", "tag2text", "grounding_dino", "sam")
 #: The tags every image gets (they exist in all vocabularies, the tiny RAM++ fixture's 64 included), so
 #: Grounding DINO reads the same caption in our stage and in the baseline whatever the random weights say.
 TAGS = ("accessory", "airplane window", "airport", "alarm clock", "alley", "alpaca", "album cover", "actor")
-#: Boxes per image given to SAM (and the cap on regions per image in the recipe benchmark).
+#: Boxes per image given to SAM (and the cap on regions per image in the recipe benchmark); quick: 2.
 BOXES = 8
+QUICK_BOXES = 2
 
 #: Grounding DINO: BERT-base text encoder vocabulary size, and the ids it reads as delimiters.
 BERT_VOCAB_SIZE = 30522
@@ -68,6 +69,10 @@ class Kit:
             return {"grounding_dino": "tiny", "sam": "tiny"}.get(stage, "tiny fixture")
         return {"ram": "Swin-L 384", "ram_plus": "Swin-L 384", "tag2text": "Swin-B 384",
                 "grounding_dino": "swint_ogc 800", "sam": "vit_h"}[stage]
+
+    @property
+    def boxes(self) -> int:
+        return QUICK_BOXES if self.quick else BOXES
 
     @property
     def gd_size(self) -> tuple[int, int]:

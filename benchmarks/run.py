@@ -31,9 +31,11 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import bench_report  # noqa: E402
-from bench_models import BOXES, STAGES, TAGS, Kit, default_cache, image_paths  # noqa: E402
+from bench_models import STAGES, TAGS, Kit, default_cache, image_paths  # noqa: E402
 
 PARTS = ("stages", "recipe", "engines")
+#: Quick mode shrinks the photos to this long side (tiny models would time the image resize only).
+QUICK_MAX_SIDE = 256
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,19 +134,37 @@ def machine() -> dict[str, Any]:
             "segment_anything": version("segment-anything"), "load_average_start": list(os.getloadavg())}
 
 
-def image_folder(paths: list[Path], root: Path) -> Path:
-    """A folder holding `paths` as img_000.jpg, img_001.jpg, ... (what the recipe runs over)."""
+def image_folder(paths: list[Path], root: Path, max_side: int | None = None) -> list[Path]:
+    """`paths` copied into `root/images` as img_000.jpg, ... (what the recipe runs over); with
+    `max_side`, shrunk to that long side (quick mode: full-size photos would dominate tiny models)."""
+    from PIL import Image
+
     folder = root / "images"
     folder.mkdir()
+    copies = []
     for i, path in enumerate(paths):
-        shutil.copyfile(path, folder / f"img_{i:03d}{path.suffix}")
-    return folder
+        target = folder / f"img_{i:03d}{path.suffix}"
+        if max_side is None:
+            shutil.copyfile(path, target)
+        else:
+            with Image.open(path) as image:
+                image.thumbnail((max_side, max_side))
+                image.save(target)
+        copies.append(target)
+    return copies
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="recognize-bench-") as tmp:
+        return _main(args, argv, Path(tmp))
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
     kit = Kit(quick=args.quick, cache=args.cache)
-    paths = image_paths(args.images)
+    originals = image_paths(args.images)
+    paths = image_folder(originals, tmp, QUICK_MAX_SIDE if args.quick else None)
+    folder = paths[0].parent
     base = {"quick": args.quick, "cache": str(args.cache)}
     errors: list[str] = []
     results: dict[str, Any] = {
@@ -152,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "settings": {"quick": args.quick, "images": args.images, "repeats": args.repeats, "stages": args.stage_list,
-                     "parts": args.parts, "tags": list(TAGS), "boxes": BOXES,
-                     "image_files": [p.name for p in paths], "grounding_dino_size": list(kit.gd_size)},
+                     "parts": args.parts, "tags": list(TAGS), "boxes": kit.boxes,
+                     "image_files": [p.name for p in originals],
+                     "image_max_side": QUICK_MAX_SIDE if args.quick else None, "grounding_dino_size": list(kit.gd_size)},
     }
     _warm_imports()
     results["machine"] = machine()
@@ -174,22 +195,20 @@ def main(argv: list[str] | None = None) -> int:
                 entry[side] = run_job(job, f"stage {stage} ({side})", errors)
             results["stages"][stage] = entry
 
-    with tempfile.TemporaryDirectory(prefix="recognize-bench-") as tmp:
-        folder = image_folder(paths, Path(tmp))
-        if "recipe" in args.parts:
-            results["recipe"] = {
-                side: run_job({**base, "kind": "recipe", "side": side, "folder": str(folder)}, f"recipe ({side})", errors)
-                for side in ("ours", "baseline")
-            }
-        if "engines" in args.parts:
-            engines: dict[str, Any] = {}
-            local = run_job({**base, "kind": "engine", "engine": "local", "folder": str(folder)}, "engine local", errors)
-            workers = [int(n) for n in args.ray_workers.split(",") if n]
-            ray = run_job({**base, "kind": "engine", "engine": "ray", "workers": workers, "folder": str(folder)},
-                          f"engine ray ({args.ray_workers} workers)", errors)
-            engines.update(local or {})
-            engines.update(ray or {})
-            results["engines"] = {k: v for k, v in engines.items() if k not in ("rss_mb", "peak_rss_mb")}
+    if "recipe" in args.parts:
+        results["recipe"] = {
+            side: run_job({**base, "kind": "recipe", "side": side, "folder": str(folder)}, f"recipe ({side})", errors)
+            for side in ("ours", "baseline")
+        }
+    if "engines" in args.parts:
+        engines: dict[str, Any] = {}
+        local = run_job({**base, "kind": "engine", "engine": "local", "folder": str(folder)}, "engine local", errors)
+        workers = [int(n) for n in args.ray_workers.split(",") if n]
+        ray = run_job({**base, "kind": "engine", "engine": "ray", "workers": workers, "folder": str(folder)},
+                      f"engine ray ({args.ray_workers} workers)", errors)
+        engines.update(local or {})
+        engines.update(ray or {})
+        results["engines"] = {k: v for k, v in engines.items() if k not in ("rss_mb", "peak_rss_mb")}
 
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["errors"] = errors

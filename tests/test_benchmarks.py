@@ -1,0 +1,81 @@
+"""`benchmarks/run.py --quick` runs end to end and writes a sane report (the full run is documented in
+`benchmarks/README.md`; it is not a test)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("RECOGNIZE_REFERENCE", REPO.parent / "shared" / "reference"))
+STAGES = ["ram", "ram_plus", "tag2text", "grounding_dino", "sam"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    if not (REFERENCE / "fixtures" / "ram" / "checkpoint.pth").is_file():
+        pytest.skip(f"reference fixtures not found under {REFERENCE}")
+    pytest.importorskip("ray")
+    tmp = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "RECOGNIZE_BENCH_CACHE": str(tmp / "cache"), "RECOGNIZE_REFERENCE": str(REFERENCE)}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--out", str(tmp / "results")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((tmp / "results.json").read_text()), (tmp / "results.md").read_text()
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_every_stage_has_timings_flops_and_a_baseline(quick_run):
+    results, _ = quick_run
+    assert results["errors"] == []
+    assert positive(results["matmul"]["gflops"])
+    assert list(results["stages"]) == STAGES
+    for name, entry in results["stages"].items():
+        ours, base = entry["ours"], entry["baseline"]
+        for key in ("load_s", "flops", "s_per_img_b1", "s_per_img_b4", "peak_rss_mb"):
+            assert positive(ours[key]), (name, key, ours[key])
+        for key in ("load_s", "infer_s_per_img", "s_per_img", "peak_rss_mb"):
+            assert positive(base[key]), (name, key, base[key])
+        # the baseline loads the model for every image: its per-image time includes a load
+        assert base["s_per_img"] >= base["load_s"]
+        assert ours["peak_rss_mb"] >= ours["rss_before_mb"]
+    # tiny models, but not nothing: SAM's mask decoder alone is gigaflops per image
+    assert results["stages"]["sam"]["ours"]["flops"] > results["stages"]["ram"]["ours"]["flops"]
+
+
+def test_recipe_does_the_same_work_both_ways(quick_run):
+    results, _ = quick_run
+    ours, base = results["recipe"]["ours"], results["recipe"]["baseline"]
+    boxes = results["settings"]["boxes"]
+    assert ours["images"] == base["images"] == results["settings"]["images"]
+    for run in (ours, base):
+        assert run["tags_per_img"] == len(results["settings"]["tags"])
+        assert run["regions_per_img"] == run["masks_per_img"] == boxes
+        assert positive(run["s_per_img"])
+    assert set(ours["stage_seconds"]) >= {"ram_plus", "grounding_dino", "sam"}
+
+
+def test_engines_are_compared(quick_run):
+    results, _ = quick_run
+    engines = results["engines"]
+    for key, workers in (("local", 1), ("ray_1", 1), ("ray_2", 2)):
+        assert engines[key]["workers"] == workers
+        assert engines[key]["images"] == results["settings"]["images"]
+        assert positive(engines[key]["images_per_s"])
+
+
+def test_markdown_report_has_the_tables(quick_run):
+    results, markdown = quick_run
+    assert "GFLOP/s" in markdown and "fp32 matmul" in markdown
+    for name in STAGES:
+        assert f"| {name} | tiny" in markdown
+    assert "| recognize Pipeline, batch 4" in markdown and "| baseline: demo per image" in markdown
+    assert "| ray | 2 |" in markdown
+    assert "Speedup (baseline s/img" in markdown
