@@ -2,8 +2,9 @@
 
 Kinds: `matmul` (the machine's fp32 matmul GFLOP/s), `stage` (one stage, ours or the baseline),
 `recipe` (tag -> ground -> segment over a folder, ours or the baseline) and `engine` (a tagging
-recipe on the local engine or on Ray with 1 and 2 workers). Peak memory is the process's own
-high-water mark (`VmHWM`), so numbers of different jobs never mix.
+recipe on the local engine or on Ray with 1 and 2 workers). Ours and the baseline share one process
+and run interleaved, so a machine that slows down affects both; peak memory is the process's
+high-water mark (`VmHWM`), reset between the two sides (Linux `clear_refs`), imports included.
 """
 
 from __future__ import annotations
@@ -111,91 +112,127 @@ def matmul(quick: bool) -> dict[str, Any]:
     return {"n": n, "runs": runs, "threads": torch.get_num_threads(), "gflops": typical, "gflops_best": best}
 
 
-def stage_ours(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[str, Any]:
-    """Load once, warm up (counting FLOPs), then seconds per image at batch 1 and batch 4."""
+def reset_peak() -> bool:
+    """Restart the process's peak-memory count (Linux `clear_refs`), so one process can measure two phases."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def baseline_for(kit: Kit, stage: str):
+    """(load, infer(model, image)) of the baseline for one stage, with the stage benchmark's inputs."""
+    import bench_baseline
+
+    if stage == "grounding_dino":
+        load, run = bench_baseline.grounding_dino(kit)
+        return load, lambda m, img: run(m, img, list(TAGS))
+    if stage == "sam":
+        load, run = bench_baseline.sam(kit)
+        return load, lambda m, img: run(m, img, boxes_for(*img.shape[:2], kit.boxes))
+    return bench_baseline.tagger(kit, stage)
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[str, dict[str, Any]]:
+    """Our stage and its baseline in one process, their timings interleaved image by image.
+
+    1. baseline memory: one image the demo's way (build, load, infer, drop) with nothing else loaded;
+    2. ours: load once, warm up on one image (counting FLOPs), one batch of 4: our memory;
+    3. `repeats` passes over the images; for each image our stage at batch 1 and the baseline (load +
+       infer), in alternating order, then one batch of 4 per further pass. A machine that slows
+       down slows both sides alike, so their ratio holds.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     images = load_images(paths)
-    before = memory_mb()["rss_mb"]
-    model = make_stage(kit, stage)
-    start = time.perf_counter()
-    model.ensure_loaded()
-    load_s = time.perf_counter() - start
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(stage_frames(stage, images[:1], kit.boxes))
-    flops = counter.get_total_flops()
-
-    batch1: list[float] = []
-    for _ in range(repeats):
-        for frame in stage_frames(stage, images, kit.boxes):
-            start = time.perf_counter()
-            model([frame])
-            batch1.append(time.perf_counter() - start)
-    model.params.batch_size = 4
-    batch4: list[float] = []
-    four = [images[i % len(images)] for i in range(4)]
-    for _ in range(repeats):
-        frames = stage_frames(stage, four, kit.boxes)
-        start = time.perf_counter()
-        model(frames)
-        batch4.append((time.perf_counter() - start) / 4)
-    return {"load_s": load_s, "flops": flops, "s_per_img_b1": _median(batch1), "s_per_img_b4": _median(batch4),
-            "b1_runs": batch1, "b4_runs": batch4, "rss_before_mb": before, **memory_mb()}
-
-
-def stage_baseline(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[str, Any]:
-    """Per image: build + load the model, run it on that image alone, drop it (the demo's way)."""
-    import bench_baseline
-
-    images = load_images(paths)
-    before = memory_mb()["rss_mb"]
-    if stage == "grounding_dino":
-        load, run = bench_baseline.grounding_dino(kit)
-        infer = lambda m, img: run(m, img, list(TAGS))  # noqa: E731
-    elif stage == "sam":
-        load, run = bench_baseline.sam(kit)
-        infer = lambda m, img: run(m, img, boxes_for(*img.shape[:2], kit.boxes))  # noqa: E731
-    else:
-        load, infer = bench_baseline.tagger(kit, stage)
+    imports_mb = memory_mb()["rss_mb"]
+    base_load, base_infer = baseline_for(kit, stage)
     loads: list[float] = []
     infers: list[float] = []
-    for _ in range(repeats):
-        for image in images:
-            start = time.perf_counter()
-            model = load()
-            loaded = time.perf_counter()
-            infer(model, image)
-            infers.append(time.perf_counter() - loaded)
-            loads.append(loaded - start)
-            del model
-            gc.collect()
+
+    def baseline(image: np.ndarray) -> None:
+        start = time.perf_counter()
+        model = base_load()
+        loaded = time.perf_counter()
+        base_infer(model, image)
+        infers.append(time.perf_counter() - loaded)
+        loads.append(loaded - start)
+        del model
+        gc.collect()
+
+    resettable = reset_peak()
+    baseline(images[0])
+    base_peak = memory_mb()["peak_rss_mb"]
+    loads.clear()
+    infers.clear()
+
+    reset_peak()
+    ours = make_stage(kit, stage)
+    load_s = _timed(ours.ensure_loaded)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        ours(stage_frames(stage, images[:1], kit.boxes))
+    four = [images[i % len(images)] for i in range(4)]
+    ours.params.batch_size = 4
+    batch4 = [_timed(ours, stage_frames(stage, four, kit.boxes)) / 4]
+    ours_peak = memory_mb()["peak_rss_mb"]
+
+    batch1: list[float] = []
+    for r in range(repeats):
+        for i, image in enumerate(images):
+            frames = stage_frames(stage, [image], kit.boxes)
+            if (r * len(images) + i) % 2:
+                baseline(image)
+                batch1.append(_timed(ours, frames))
+            else:
+                batch1.append(_timed(ours, frames))
+                baseline(image)
+        if r:
+            batch4.append(_timed(ours, stage_frames(stage, four, kit.boxes)) / 4)
     total = [a + b for a, b in zip(loads, infers)]
-    return {"load_s": _median(loads), "infer_s_per_img": _median(infers), "s_per_img": _median(total),
-            "load_runs": loads, "infer_runs": infers, "rss_before_mb": before, **memory_mb()}
+    pairs = [b / o for b, o in zip(infers, batch1)]
+    common = {"rss_imports_mb": imports_mb, "peak_reset": resettable}
+    return {
+        "ours": {"load_s": load_s, "flops": counter.get_total_flops(), "s_per_img_b1": _median(batch1),
+                 "s_per_img_b4": _median(batch4), "b1_runs": batch1, "b4_runs": batch4, "peak_rss_mb": ours_peak,
+                 **common},
+        "baseline": {"load_s": _median(loads), "infer_s_per_img": _median(infers), "s_per_img": _median(total),
+                     "load_runs": loads, "infer_runs": infers, "peak_rss_mb": base_peak,
+                     "infer_ratio_median": _median(pairs), **common},
+    }
 
 
 def recipe_ours(kit: Kit, folder: Path) -> dict[str, Any]:
     """ram_plus -> grounding_dino -> (top regions) -> sam as one Pipeline over the folder, batch 4."""
     from recognize.pipeline import Pipeline
 
-    before = memory_mb()["rss_mb"]
+    reset_peak()
     pipeline = Pipeline(
         [make_stage(kit, "ram_plus", include=list(TAGS), threshold=0.0),
          make_stage(kit, "grounding_dino", box_threshold=RECIPE_BOX_THRESHOLD, text_threshold=RECIPE_TEXT_THRESHOLD),
          TopRegions(k=kit.boxes), make_stage(kit, "sam")],
         batch_size=4, device="cpu", name="tag_ground_segment")
-    start = time.perf_counter()
-    pipeline.load()
-    load_s = time.perf_counter() - start
+    load_s = _timed(pipeline.load)
     start = time.perf_counter()
     frames = list(pipeline.run([folder]))
     seconds = time.perf_counter() - start
-    return {"images": len(frames), "load_s": load_s, "seconds": seconds, "s_per_img": seconds / len(frames),
-            "tags_per_img": _mean(len(f.tags) for f in frames), "regions_per_img": _mean(len(f.regions) for f in frames),
-            "masks_per_img": _mean(sum(r.mask is not None for r in f.regions) for f in frames),
-            "stage_seconds": dict(pipeline.timings), "rss_before_mb": before, **memory_mb()}
+    result = {"images": len(frames), "load_s": load_s, "seconds": seconds, "s_per_img": seconds / len(frames),
+              "tags_per_img": _mean(len(f.tags) for f in frames), "regions_per_img": _mean(len(f.regions) for f in frames),
+              "masks_per_img": _mean(sum(r.mask is not None for r in f.regions) for f in frames),
+              "stage_seconds": dict(pipeline.timings), **memory_mb()}
+    del pipeline, frames
+    from recognize.stage import shared_models
+
+    shared_models.clear()
+    gc.collect()
+    return result
 
 
 def recipe_baseline(kit: Kit, folder: Path) -> dict[str, Any]:
@@ -203,7 +240,7 @@ def recipe_baseline(kit: Kit, folder: Path) -> dict[str, Any]:
     import bench_baseline
     from recognize.images import expand_inputs, load_image
 
-    before = memory_mb()["rss_mb"]
+    reset_peak()
     tag_load, tag_infer = bench_baseline.tagger(kit, "ram_plus", include=TAGS, threshold=0.0)
     gd_load, gd_infer = bench_baseline.grounding_dino(kit, RECIPE_BOX_THRESHOLD, RECIPE_TEXT_THRESHOLD)
     sam_load, sam_infer = bench_baseline.sam(kit)
@@ -226,7 +263,22 @@ def recipe_baseline(kit: Kit, folder: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     return {"images": len(paths), "load_s": load_s / len(paths), "infer_s_per_img": infer_s / len(paths),
             "seconds": seconds, "s_per_img": seconds / len(paths), "tags_per_img": _mean(tags),
-            "regions_per_img": _mean(regions), "masks_per_img": _mean(masks), "rss_before_mb": before, **memory_mb()}
+            "regions_per_img": _mean(regions), "masks_per_img": _mean(masks), **memory_mb()}
+
+
+def recipe_pair(kit: Kit, folder: Path, repeats: int) -> dict[str, Any]:
+    """Both recipe runs in one process, back to back (order alternating per repeat); medians kept."""
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "baseline": []}
+    imports_mb = memory_mb()["rss_mb"]
+    for r in range(repeats):
+        order = ("baseline", "ours") if r % 2 == 0 else ("ours", "baseline")
+        for side in order:
+            runs[side].append((recipe_ours if side == "ours" else recipe_baseline)(kit, folder))
+    result = {}
+    for side, found in runs.items():
+        best = sorted(found, key=lambda run: run["s_per_img"])[len(found) // 2]  # the median run
+        result[side] = {**best, "runs_s_per_img": [run["s_per_img"] for run in found], "rss_imports_mb": imports_mb}
+    return result
 
 
 @dataclass
@@ -303,12 +355,9 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     if kind == "matmul":
         return matmul(job["quick"])
     if kind == "stage":
-        paths = [Path(p) for p in job["paths"]]
-        fn = stage_ours if job["side"] == "ours" else stage_baseline
-        return fn(kit, job["stage"], paths, job["repeats"])
+        return stage_pair(kit, job["stage"], [Path(p) for p in job["paths"]], job["repeats"])
     if kind == "recipe":
-        fn = recipe_ours if job["side"] == "ours" else recipe_baseline
-        return fn(kit, Path(job["folder"]))
+        return recipe_pair(kit, Path(job["folder"]), job["repeats"])
     if kind == "engine":
         return engines(kit, Path(job["folder"]), job["engine"], job.get("workers", [1, 2]))
     raise ValueError(f"unknown job kind {kind!r}")

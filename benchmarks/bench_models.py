@@ -29,9 +29,9 @@ STAGES = ("ram", "ram_plus", "tag2text", "grounding_dino", "sam")
 #: The tags every image gets (they exist in all vocabularies, the tiny RAM++ fixture's 64 included), so
 #: Grounding DINO reads the same caption in our stage and in the baseline whatever the random weights say.
 TAGS = ("accessory", "airplane window", "airport", "alarm clock", "alley", "alpaca", "album cover", "actor")
-#: Boxes per image given to SAM (and the cap on regions per image in the recipe benchmark); quick: 2.
+#: Boxes per image given to SAM (and the cap on regions per image in the recipe benchmark); quick: 1.
 BOXES = 8
-QUICK_BOXES = 2
+QUICK_BOXES = 1
 
 #: Grounding DINO: BERT-base text encoder vocabulary size, and the ids it reads as delimiters.
 BERT_VOCAB_SIZE = 30522
@@ -77,7 +77,7 @@ class Kit:
     @property
     def gd_size(self) -> tuple[int, int]:
         """Grounding DINO short side / long-side cap (the reference 800/1333; smaller when quick)."""
-        return (320, 533) if self.quick else (800, 1333)
+        return (160, 256) if self.quick else (800, 1333)
 
     # -- files ---------------------------------------------------------------------------
     def _file(self, name: str, write) -> Path:

@@ -59,7 +59,7 @@ def stage_table(results: dict[str, Any]) -> list[str]:
             _num(ours.get("load_s")), _num(base.get("load_s")),
             _num(ours.get("s_per_img_b1")), _num(b4), _num(1 / b4 if b4 else None),
             _num(base.get("s_per_img")), _ratio(base.get("s_per_img"), b4),
-            _ratio(base.get("infer_s_per_img"), ours.get("s_per_img_b1")),
+            f"{base['infer_ratio_median']:.2f}x" if base.get("infer_ratio_median") else "–",
             _num(achieved, 1), f"{100 * achieved / peak:.0f}%" if achieved and peak else "–",
             _num(ours.get("peak_rss_mb"), 0), _num(base.get("peak_rss_mb"), 0),
         ]) + " |")

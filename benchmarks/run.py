@@ -5,9 +5,9 @@
     python benchmarks/run.py --stages sam,ram_plus --images 2 --repeats 1 --skip engines
 
 Every figure comes with a baseline measured in the same run: the same work done the way the
-reference Grounded-SAM demo does it (see `bench_baseline.py`). Writes `OUT.md` and `OUT.json`
-(`--out`, default `benchmarks/results`). Each measurement runs in its own forked process, so load
-times start cold and peak memory is that measurement's alone.
+reference Grounded-SAM demo does it (see `bench_baseline.py`), interleaved with ours in one
+process so that a busy machine slows both alike. Writes `OUT.md` and `OUT.json` (`--out`, default
+`benchmarks/results`). Each stage, the recipe and each engine run in a fresh forked process.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {', '.join(STAGES)}")
     parser.add_argument("--images", type=int, default=None, help="images per measurement (default: 4; quick: 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed passes per measurement (default: 2; quick: 1)")
+    parser.add_argument("--recipe-repeats", type=int, default=1, help="passes of the recipe benchmark")
     parser.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {', '.join(PARTS)}")
     parser.add_argument("--ray-workers", default="1,2", help="Ray worker counts for the engine benchmark")
     parser.add_argument("--cache", type=Path, default=None, help="folder of the random checkpoints")
@@ -171,7 +172,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
         "schema": 1,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
-        "settings": {"quick": args.quick, "images": args.images, "repeats": args.repeats, "stages": args.stage_list,
+        "settings": {"quick": args.quick, "images": args.images, "repeats": args.repeats, "recipe_repeats": args.recipe_repeats, "stages": args.stage_list,
                      "parts": args.parts, "tags": list(TAGS), "boxes": kit.boxes,
                      "image_files": [p.name for p in originals],
                      "image_max_side": QUICK_MAX_SIDE if args.quick else None, "grounding_dino_size": list(kit.gd_size)},
@@ -188,18 +189,13 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
     if "stages" in args.parts:
         results["stages"] = {}
         for stage in args.stage_list:
-            entry: dict[str, Any] = {"model": kit.describe(stage)}
-            for side in ("ours", "baseline"):
-                job = {**base, "kind": "stage", "stage": stage, "side": side, "repeats": args.repeats,
-                       "paths": [str(p) for p in paths]}
-                entry[side] = run_job(job, f"stage {stage} ({side})", errors)
-            results["stages"][stage] = entry
+            job = {**base, "kind": "stage", "stage": stage, "repeats": args.repeats, "paths": [str(p) for p in paths]}
+            pair = run_job(job, f"stage {stage} (ours and baseline)", errors) or {}
+            results["stages"][stage] = {"model": kit.describe(stage), **pair}
 
     if "recipe" in args.parts:
-        results["recipe"] = {
-            side: run_job({**base, "kind": "recipe", "side": side, "folder": str(folder)}, f"recipe ({side})", errors)
-            for side in ("ours", "baseline")
-        }
+        job = {**base, "kind": "recipe", "repeats": args.recipe_repeats, "folder": str(folder)}
+        results["recipe"] = run_job(job, "recipe tag_ground_segment (ours and baseline)", errors)
     if "engines" in args.parts:
         engines: dict[str, Any] = {}
         local = run_job({**base, "kind": "engine", "engine": "local", "folder": str(folder)}, "engine local", errors)

@@ -1,6 +1,5 @@
 import json
 
-import pytest
 
 from recognize import Frame
 from recognize.pipeline import Pipeline

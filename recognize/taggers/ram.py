@@ -141,16 +141,7 @@ class RAM(nn.Module):
 
     # -- checkpoint layout ---------------------------------------------------------------
     def official_key_map(self) -> dict[str, str]:
-        decoder = self.tagging_head.official_keys("tagging_head")
-        mapping = {}
-        for key in self.state_dict():
-            if key.startswith("visual_encoder."):
-                mapping[key] = official_key(key)
-            elif key.startswith("tagging_head."):
-                mapping[key] = decoder[key[len("tagging_head."):]]
-            else:
-                mapping[key] = key
-        return mapping
+        return tagger_key_map(self.state_dict(), self.tagging_head)
 
     def key_spec(self) -> KeySpec:
         # tag_encoder layers 0..L-1 share tensors with tagging_head; the LM head is tied to the embeddings
@@ -202,3 +193,18 @@ class RAMPlus(RAM):
 
 def build_model(config: RamConfig) -> RAM:
     return RAMPlus(config) if config.variant == "ram_plus" else RAM(config)
+
+
+def tagger_key_map(state: Mapping[str, Any], tagging_head: RecognitionDecoder) -> dict[str, str]:
+    """Our parameter names -> the official checkpoint's, for any tagger built from a timm Swin
+    (`visual_encoder.*`) and a recognition decoder (`tagging_head.*`); other names are shared."""
+    decoder = tagging_head.official_keys("tagging_head")
+    mapping = {}
+    for key in state:
+        if key.startswith("visual_encoder."):
+            mapping[key] = official_key(key)
+        elif key.startswith("tagging_head."):
+            mapping[key] = decoder[key[len("tagging_head.") :]]
+        else:
+            mapping[key] = key
+    return mapping

@@ -36,7 +36,7 @@ from recognize.taggers.openset import (
     read_descriptions,
 )
 from recognize.taggers.ram import RAM, RamConfig, build_model
-from recognize.taggers.tagger_stage import Probability, TaggerParams, TaggerStage
+from recognize.taggers.tagger_stage import Probability, TaggerParams, TaggerStage, config_asset
 from recognize.taggers.vocabulary import OPENSET_THRESHOLD, Vocabulary, read_tag_list, read_thresholds
 
 TAG_LISTS_CARD = "ram-tag-lists"
@@ -54,16 +54,6 @@ class RamParams(TaggerParams):
 
 class RamPlusParams(RamParams):
     descriptions: str | None = Field(None, description="LLM tag descriptions JSON (official format)")
-
-
-def _config_asset(config: Path, value: str | None) -> Path | None:
-    """A file named in a fixture config: relative to its folder or one of its ancestors."""
-    if not value:
-        return None
-    for folder in (config.parent, *config.parent.parents):
-        if (folder / value).is_file():
-            return folder / value
-    return None
 
 
 class Ram(TaggerStage):
@@ -119,7 +109,7 @@ class Ram(TaggerStage):
         from recognize.hub import resolve_path
 
         if value is None and self.params.config is not None:
-            found = _config_asset(Path(self.params.config), (self._config_data() or {}).get(key))
+            found = config_asset(Path(self.params.config), (self._config_data() or {}).get(key))
             if found is not None:
                 return found
         return resolve_path(value, TAG_LISTS_CARD, filename)

@@ -42,8 +42,9 @@ from torch import Tensor, nn
 from recognize.taggers import generation
 from recognize.taggers.bert import BertConfig, BertLMHeadModel, BertModel, CaptionDecoder
 from recognize.taggers.checkpoint import KeySpec
+from recognize.taggers.ram import tagger_key_map
 from recognize.taggers.recognition_decoder import DecoderConfig, RecognitionDecoder
-from recognize.taggers.swin import SWIN_B_224, SWIN_B_384, SwinBackbone, SwinConfig, official_key, resize_bias_table
+from recognize.taggers.swin import SWIN_B_224, SWIN_B_384, SwinBackbone, SwinConfig, resize_bias_table
 from recognize.taggers.tokenizer import CaptionTokenizer
 
 TAG2TEXT_NUM_CLASSES = 3429
@@ -208,16 +209,7 @@ class Tag2Text(nn.Module):
         self.text_decoder.tie_weights()
 
     def official_key_map(self) -> dict[str, str]:
-        decoder = self.tagging_head.official_keys("tagging_head")
-        mapping = {}
-        for key in self.state_dict():
-            if key.startswith("visual_encoder."):
-                mapping[key] = official_key(key)
-            elif key.startswith("tagging_head."):
-                mapping[key] = decoder[key[len("tagging_head.") :]]
-            else:
-                mapping[key] = key
-        return mapping
+        return tagger_key_map(self.state_dict(), self.tagging_head)
 
     def key_spec(self) -> KeySpec:
         key_map = self.official_key_map()

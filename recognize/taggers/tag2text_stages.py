@@ -38,7 +38,7 @@ from recognize.frame import Frame
 from recognize.stage import StageKind
 from recognize.taggers.checkpoint import load_official
 from recognize.taggers.tag2text import CaptionSettings, Tag2Text, Tag2TextConfig
-from recognize.taggers.tagger_stage import TaggerParams, TaggerStage
+from recognize.taggers.tagger_stage import TaggerParams, TaggerStage, config_asset
 from recognize.taggers.tokenizer import VOCAB_CARD, VOCAB_FILE, CaptionTokenizer
 from recognize.taggers.vocabulary import Vocabulary, read_tag_list
 
@@ -81,16 +81,6 @@ class Tag2TextCaptionParams(Tag2TextParams):
         if self.user_tags is not None and self.tags == "frame" and "tags" in self.model_fields_set:
             raise ValueError("give either `tags: frame` or `user_tags`, not both")
         return self
-
-
-def _config_asset(config: Path, value: str | None) -> Path | None:
-    """A file named in a fixture config: relative to its folder or one of its ancestors."""
-    if not value:
-        return None
-    for folder in (config.parent, *config.parent.parents):
-        if (folder / value).is_file():
-            return folder / value
-    return None
 
 
 class Tag2TextTagger(TaggerStage):
@@ -139,7 +129,7 @@ class Tag2TextTagger(TaggerStage):
         from recognize.hub import resolve_path
 
         if self.params.tag_list is None and self.params.config is not None:
-            found = _config_asset(Path(self.params.config), (self._config_data() or {}).get("tag_list"))
+            found = config_asset(Path(self.params.config), (self._config_data() or {}).get("tag_list"))
             if found is not None:
                 return found
         return resolve_path(self.params.tag_list, TAG_LISTS_CARD, TAG_LIST_FILE)

@@ -18,6 +18,7 @@ Public helpers for later stages (evaluation, region re-check, outlier clustering
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -33,6 +34,16 @@ from recognize.taggers.vocabulary import Vocabulary
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 DType = Literal["float32", "bfloat16", "float16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def config_asset(config: Path, value: str | None) -> Path | None:
+    """A file named in a fixture config: relative to its folder or one of its ancestors."""
+    if not value:
+        return None
+    for folder in (config.parent, *config.parent.parents):
+        if (folder / value).is_file():
+            return folder / value
+    return None
 
 
 class TaggerParams(StageParams):
