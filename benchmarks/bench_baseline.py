@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from bench_models import Kit
 
 Loader = Callable[[], Any]

@@ -1,7 +1,8 @@
 """One measurement each: a job runs in its own process and returns a dict of numbers.
 
-Kinds: `matmul` (the machine's fp32 matmul GFLOP/s), `stage` (one stage, ours or the baseline),
-`recipe` (tag -> ground -> segment over a folder, ours or the baseline) and `engine` (a tagging
+Kinds: `prepare` (write the random checkpoints), `matmul` (the machine's fp32 matmul GFLOP/s),
+`stage` (one stage and its baseline), `recipe` (tag -> ground -> segment over a folder, ours and the
+baseline) and `engine` (a tagging
 recipe on the local engine or on Ray with 1 and 2 workers). Ours and the baseline share one process
 and run interleaved, so a machine that slows down affects both; peak memory is the process's
 high-water mark (`VmHWM`), reset between the two sides (Linux `clear_refs`), imports included.
@@ -21,9 +22,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from bench_models import BOXES, TAGS, Kit, boxes_for
 from pydantic import Field
 
-from bench_models import BOXES, TAGS, Kit, boxes_for
 from recognize.frame import Frame, Region, Tag
 from recognize.stage import Stage, StageParams
 
@@ -238,6 +239,7 @@ def recipe_ours(kit: Kit, folder: Path) -> dict[str, Any]:
 def recipe_baseline(kit: Kit, folder: Path) -> dict[str, Any]:
     """The demo script once per image: every model built and loaded for each image."""
     import bench_baseline
+
     from recognize.images import expand_inputs, load_image
 
     reset_peak()
@@ -250,10 +252,10 @@ def recipe_baseline(kit: Kit, folder: Path) -> dict[str, Any]:
     start = time.perf_counter()
     for path in paths:
         image = load_image(path)
-        found_tags = _timed_step(tag_load, lambda m: tag_infer(m, image))
-        detected = _timed_step(gd_load, lambda m: gd_infer(m, image, found_tags.value))
+        found_tags = _timed_step(tag_load, tag_infer, image)
+        detected = _timed_step(gd_load, gd_infer, image, found_tags.value)
         boxes = detected.value[0][: kit.boxes]  # torchvision NMS returns boxes by decreasing score
-        found_masks = _timed_step(sam_load, lambda m: sam_infer(m, image, boxes))
+        found_masks = _timed_step(sam_load, sam_infer, image, boxes)
         for step in (found_tags, detected, found_masks):
             load_s += step.load_s
             infer_s += step.infer_s
@@ -288,11 +290,12 @@ class _Step:
     infer_s: float
 
 
-def _timed_step(load, infer) -> _Step:
+def _timed_step(load, infer, *args: Any) -> _Step:
+    """Build + load a model, run `infer(model, *args)`, drop the model; the two times apart."""
     start = time.perf_counter()
     model = load()
     loaded = time.perf_counter()
-    value = infer(model)
+    value = infer(model, *args)
     done = time.perf_counter()
     del model
     gc.collect()

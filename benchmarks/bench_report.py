@@ -27,12 +27,12 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
     m, mm = results["machine"], results.get("matmul") or {}
     load = m.get("load_average_start")
     lines = [
-        f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gib', '?')} GiB RAM, "
-        f"{m.get('platform', '?')}",
-        f"- Software: Python {m.get('python')}, torch {m.get('torch')} ({mm.get('threads', '?')} threads), "
-        f"transformers {m.get('transformers')}, segment-anything {m.get('segment_anything')}",
-        f"- fp32 matmul ({mm.get('n', '?')}x{mm.get('n', '?')}): **{_num(mm.get('gflops'), 1)} GFLOP/s** "
-        f"(best run {_num(mm.get('gflops_best'), 1)})",
+        (f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gib', '?')} GiB RAM, "
+        f"{m.get('platform', '?')}"),
+        (f"- Software: Python {m.get('python')}, torch {m.get('torch')} ({mm.get('threads', '?')} threads), "
+        f"transformers {m.get('transformers')}, segment-anything {m.get('segment_anything')}"),
+        (f"- fp32 matmul ({mm.get('n', '?')}x{mm.get('n', '?')}): **{_num(mm.get('gflops'), 1)} GFLOP/s** "
+        f"(best run {_num(mm.get('gflops_best'), 1)})"),
     ]
     if load:
         end = m.get("load_average_end") or ["?"]
@@ -45,8 +45,8 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
 def stage_table(results: dict[str, Any]) -> list[str]:
     peak = (results.get("matmul") or {}).get("gflops")
     rows = [
-        "| stage | model | GFLOP/img | load s | baseline load s | s/img b1 | s/img b4 | img/s b4 | baseline s/img "
-        "| speedup | compute ratio | GFLOP/s b4 | % of matmul | peak RSS MiB | baseline peak RSS MiB |",
+        ("| stage | model | GFLOP/img | load s | baseline load s | s/img b1 | s/img b4 | img/s b4 | baseline s/img "
+        "| speedup | compute ratio | GFLOP/s b4 | % of matmul | peak RSS MiB | baseline peak RSS MiB |"),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, entry in results.get("stages", {}).items():
@@ -114,24 +114,24 @@ def render(results: dict[str, Any]) -> str:
     out = [
         "# recognize benchmarks",
         "",
-        f"Run {results['date']} with `{results['command']}` ({'quick: tiny models' if s['quick'] else 'official model sizes, random weights'}; "
+        (f"Run {results['date']} with `{results['command']}` ({'quick: tiny models' if s['quick'] else 'official model sizes, random weights'}; "
         f"{s['images']} image(s), {s['repeats']} repeat(s)). How to run and what each column means: "
-        "`benchmarks/README.md`.",
+        "`benchmarks/README.md`."),
         "",
         *machine_lines(results),
         "",
     ]
     if results.get("stages"):
         out += ["## Stages", "",
-                f"Inputs: the reference images; Grounding DINO gets the tags {', '.join(s['tags'])}; SAM gets "
+                (f"Inputs: the reference images; Grounding DINO gets the tags {', '.join(s['tags'])}; SAM gets "
                 f"{s['boxes']} boxes per image. Baseline: the model built and loaded for every image, one image at a "
                 "time (the demo's way). speedup = baseline s/img ÷ ours s/img b4; compute ratio = baseline "
-                "inference alone ÷ ours at batch 1.", "", *stage_table(results), ""]
+                "inference alone ÷ ours at batch 1 (median of per-image ratios)."), "", *stage_table(results), ""]
     if results.get("recipe"):
         out += ["## tag -> ground -> segment on a folder", "",
-                f"ram_plus -> grounding_dino -> sam over a folder of {s['images']} image(s); the tags are fixed "
+                (f"ram_plus -> grounding_dino -> sam over a folder of {s['images']} image(s); the tags are fixed "
                 f"({len(s['tags'])} per image) and regions capped at {s['boxes']} per image in both runs, so both do "
-                "the same work whatever the random weights score.", "", *recipe_table(results), ""]
+                "the same work whatever the random weights score."), "", *recipe_table(results), ""]
     if results.get("engines"):
         out += ["## Engines (ram_plus tagging recipe)", "", *engine_table(results), ""]
     if results.get("errors"):

@@ -30,8 +30,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import bench_report  # noqa: E402
-from bench_models import STAGES, TAGS, Kit, default_cache, image_paths  # noqa: E402
+import bench_report
+from bench_models import STAGES, TAGS, Kit, default_cache, image_paths
 
 PARTS = ("stages", "recipe", "engines")
 #: Quick mode shrinks the photos to this long side (tiny models would time the image resize only).
@@ -40,13 +40,15 @@ QUICK_MAX_SIDE = 256
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny models, 2 images, 1 repeat (for the tests)")
+    parser.add_argument("--quick", action="store_true", help="tiny models, 1 image, 1 repeat (for the tests)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="output path without suffix")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {', '.join(STAGES)}")
-    parser.add_argument("--images", type=int, default=None, help="images per measurement (default: 4; quick: 2)")
+    parser.add_argument("--images", type=int, default=None, help="images per measurement (default: 4; quick: 1)")
     parser.add_argument("--repeats", type=int, default=None, help="timed passes per measurement (default: 2; quick: 1)")
     parser.add_argument("--recipe-repeats", type=int, default=1, help="passes of the recipe benchmark")
     parser.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {', '.join(PARTS)}")
+    parser.add_argument("--engine-images", type=int, default=None,
+                        help="images of the engine benchmark (default: 8, two batches of 4; quick: 2)")
     parser.add_argument("--ray-workers", default="1,2", help="Ray worker counts for the engine benchmark")
     parser.add_argument("--cache", type=Path, default=None, help="folder of the random checkpoints")
     args = parser.parse_args(argv)
@@ -56,8 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or skip - set(PARTS):
         parser.error(f"unknown stage(s) or part(s): {', '.join(unknown + sorted(skip - set(PARTS)))}")
     args.parts = [p for p in PARTS if p not in skip]
-    args.images = args.images or (2 if args.quick else 4)
+    args.images = args.images or (1 if args.quick else 4)
     args.repeats = args.repeats or (1 if args.quick else 2)
+    args.engine_images = args.engine_images or (2 if args.quick else 8)
     args.cache = args.cache or default_cache()
     return args
 
@@ -68,7 +71,7 @@ def _child(job: dict[str, Any], conn: Any) -> None:
         import bench_jobs
 
         conn.send(("ok", bench_jobs.run(job)))
-    except BaseException as error:  # report everything, the parent decides
+    except BaseException as error:  # noqa: BLE001 - any failure is reported, the parent decides
         conn.send(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=6)}"))
     finally:
         conn.close()
@@ -98,24 +101,26 @@ def run_job(job: dict[str, Any], label: str, errors: list[str]) -> dict[str, Any
 
 def _warm_imports() -> None:
     """Import the heavy libraries once in the parent so each forked job starts in milliseconds."""
-    import torch  # noqa: F401
-    import bench_jobs  # noqa: F401
     import bench_baseline  # noqa: F401
+    import bench_jobs  # noqa: F401
     import recognize_grounding_dino.model  # noqa: F401
     import recognize_sam.stage  # noqa: F401
     import segment_anything  # noqa: F401
+    import torch  # noqa: F401
     import transformers  # noqa: F401
     from transformers import GroundingDinoForObjectDetection  # noqa: F401
+
     from recognize import plugins
 
     plugins.get_stage("ram")
 
 
 def machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
     import segment_anything  # noqa: F401
     import torch
     import transformers
-    from importlib.metadata import version
 
     cpu = platform.processor() or "?"
     try:
@@ -135,12 +140,12 @@ def machine() -> dict[str, Any]:
             "segment_anything": version("segment-anything"), "load_average_start": list(os.getloadavg())}
 
 
-def image_folder(paths: list[Path], root: Path, max_side: int | None = None) -> list[Path]:
+def image_folder(paths: list[Path], root: Path, max_side: int | None = None, name: str = "images") -> list[Path]:
     """`paths` copied into `root/images` as img_000.jpg, ... (what the recipe runs over); with
     `max_side`, shrunk to that long side (quick mode: full-size photos would dominate tiny models)."""
     from PIL import Image
 
-    folder = root / "images"
+    folder = root / name
     folder.mkdir()
     copies = []
     for i, path in enumerate(paths):
@@ -172,7 +177,8 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
         "schema": 1,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
-        "settings": {"quick": args.quick, "images": args.images, "repeats": args.repeats, "recipe_repeats": args.recipe_repeats, "stages": args.stage_list,
+        "settings": {"quick": args.quick, "images": args.images, "repeats": args.repeats,
+                     "recipe_repeats": args.recipe_repeats, "engine_images": args.engine_images, "stages": args.stage_list,
                      "parts": args.parts, "tags": list(TAGS), "boxes": kit.boxes,
                      "image_files": [p.name for p in originals],
                      "image_max_side": QUICK_MAX_SIDE if args.quick else None, "grounding_dino_size": list(kit.gd_size)},
@@ -197,6 +203,9 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
         job = {**base, "kind": "recipe", "repeats": args.recipe_repeats, "folder": str(folder)}
         results["recipe"] = run_job(job, "recipe tag_ground_segment (ours and baseline)", errors)
     if "engines" in args.parts:
+        engine_paths = image_folder(image_paths(args.engine_images), tmp, QUICK_MAX_SIDE if args.quick else None,
+                                    name="engine_images")
+        folder = engine_paths[0].parent
         engines: dict[str, Any] = {}
         local = run_job({**base, "kind": "engine", "engine": "local", "folder": str(folder)}, "engine local", errors)
         workers = [int(n) for n in args.ray_workers.split(",") if n]

@@ -20,7 +20,8 @@ def test_multi_word_and_multi_subword_tags_map_to_whole_tags(tokenizer):
     assert prompt.tags == (0, 1, 2, 3, 4)
     # every span decodes to exactly its whole tag, however many word pieces it has
     assert _decoded_spans(tokenizer, prompt) == [phrase_text(t) for t in tags]
-    assert prompt.spans[2][1] - prompt.spans[2][0] > 3  # "hydrangea" is many subwords here
+    # "hydrangea" is several word pieces (in the test vocab and in bert-base-uncased alike)
+    assert prompt.spans[2][1] - prompt.spans[2][0] == len(tokenizer.tokenize("hydrangea")) > 1
     # each separator "." sits right after its tag and belongs to no tag
     dot = tokenizer.convert_tokens_to_ids(".")
     assert [prompt.input_ids[e] for _, e in prompt.spans] == [dot] * len(tags)
@@ -72,7 +73,7 @@ def test_150_tags_all_reach_a_prompt_whole_where_the_reference_demo_cuts_them(to
 
 
 def test_unreadable_and_too_long_tags_are_reported_not_dropped_silently(tokenizer):
-    huge = " ".join(["hydrangea"] * 40)
+    huge = " ".join(["hydrangea"] * 300)  # over 256 tokens in any vocabulary
     packing = pack_prompts(["cat", "...", huge, "CAT", "dog"], tokenizer)
     assert [i for i, _ in packing.unplaced] == [1, 2]
     assert "no text" in packing.unplaced[0][1] and "256-token" in packing.unplaced[1][1]
@@ -85,6 +86,6 @@ def test_packing_respects_a_smaller_limit(tokenizer):
     packing = pack_prompts(tags, tokenizer, max_tokens=12)
     assert all(len(p) <= 12 for p in packing.prompts)
     assert sorted(i for p in packing.prompts for i in p.tags) == list(range(len(tags)))
-    # "fire hydrant" alone takes 9 of the 10 free tokens, so 3 captions is the optimum (bound: 2)
-    assert min_prompts(tags, tokenizer, max_tokens=12) == 2
-    assert len(packing.prompts) == 3
+    # never fewer captions than the lower bound, and at most one more (first-fit decreasing)
+    bound = min_prompts(tags, tokenizer, max_tokens=12)
+    assert 2 <= bound <= len(packing.prompts) <= bound + 1
