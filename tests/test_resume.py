@@ -23,17 +23,21 @@ def recipe(tmp_path, dataset_stage: bool):
     return path
 
 
-def start(args):
-    return subprocess.Popen([sys.executable, "-m", "recognize", "run", *map(str, args), "-q"], env=cli_env(),
+def start(args, **env):
+    return subprocess.Popen([sys.executable, "-m", "recognize", "run", *map(str, args), "-q"], env=cli_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def make_images(folder):
+    folder.mkdir()
+    for i in range(N):
+        Image.fromarray(np.full((24, 24, 3), i * 20, np.uint8)).save(folder / f"img{i:02d}.png")
 
 
 @pytest.mark.parametrize("dataset_stage", [False, True], ids=["streaming", "dataset-scope"])
 def test_kill_then_rerun_gives_every_image_once(tmp_path, dataset_stage):
     images = tmp_path / "images"
-    images.mkdir()
-    for i in range(N):
-        Image.fromarray(np.full((24, 24, 3), i * 20, np.uint8)).save(images / f"img{i:02d}.png")
+    make_images(images)
     out = tmp_path / "out"
     args = [recipe(tmp_path, dataset_stage), images, "-o", out]
     progress = out / ".partial" if dataset_stage else out
@@ -67,3 +71,23 @@ def test_kill_then_rerun_gives_every_image_once(tmp_path, dataset_stage):
     assert sorted(img["file_name"] for img in coco["images"]) == sorted(f"img{i:02d}.png" for i in range(N))
     assert len(coco["annotations"]) == N
     assert not (out / ".partial").exists() and not list(out.rglob("*.part"))
+
+
+def test_killed_while_writing_after_a_dataset_stage(tmp_path):
+    """Killed after the dataset-scope stage, while final files are written: the re-run must not
+    re-run that stage on the unfinished subset (its results depend on every frame)."""
+    images = tmp_path / "images"
+    make_images(images)
+    path = tmp_path / "r.yaml"
+    path.write_text("recipe: 1\nsettings: {batch_size: 2}\nstages:\n  - use: brightness\n"
+                    "  - use: count_dataset\n  - use: die_on\n")
+    out = tmp_path / "out"
+    first = start([path, images, "-o", out], TEST_DIE_ON="img07")
+    first.communicate(timeout=120)
+    assert first.returncode == -signal.SIGKILL
+    assert 0 < len(list(out.glob("img*.json"))) < N
+    again = start([path, images, "-o", out])
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    sizes = [json.loads(p.read_text())["meta"]["dataset_size"] for p in sorted(out.glob("img*.json"))]
+    assert sizes == [N] * N

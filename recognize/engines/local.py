@@ -76,8 +76,8 @@ class LocalEngine:
         for index, (scope, stages) in enumerate(segments):
             last = index == len(segments) - 1
             if scope == "dataset":
-                for stage in stages:
-                    survivors = pipeline._timed(stage, survivors)
+                survivors = run_dataset_segment(pipeline, stages, survivors,
+                                                SegmentStore(None if last else checkpoint_dir, index))
                 continue
             kept: list[Frame] = []
             store = SegmentStore(None if last else checkpoint_dir, index)
@@ -168,6 +168,20 @@ def _snapshot(frame: Frame) -> dict:
 def _restore(frame: Frame, state: dict) -> None:
     for name, value in state.items():
         setattr(frame, name, value)
+
+
+def run_dataset_segment(pipeline: Pipeline, stages: list[Stage], frames: list[Frame],
+                        store: SegmentStore) -> list[Frame]:
+    """Dataset-scope stages over all `frames`, or their saved result when a killed run already
+    got that far for every one of them (re-running on a subset would change e.g. the clusters)."""
+    cached = [store.load(frame) for frame in frames]
+    if frames and all(frame is not None for frame in cached):
+        return cached  # type: ignore[return-value]
+    for stage in stages:
+        frames = pipeline._timed(stage, frames)
+    for frame in frames:
+        store.save(frame)
+    return frames
 
 
 def _segment_bar(enabled: bool, stages: list[Stage], total: int):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from recognize.engines.local import FrameResult, LocalEngine
+from recognize.engines.local import FrameResult, LocalEngine, run_dataset_segment
 from recognize.engines.segment_store import SegmentStore
 from recognize.frame import Frame
 from recognize.pipeline import Pipeline
@@ -93,8 +93,8 @@ class RayEngine:
             last = index == len(segments) - 1
             if scope == "dataset":
                 survivors = current if current is not None else [Frame.from_json(r["frame"]) for r in rows]
-                for stage in stages:
-                    survivors = pipeline._timed(stage, survivors)
+                survivors = run_dataset_segment(pipeline, stages, survivors,
+                                                SegmentStore(None if last else checkpoint_dir, index))
                 current = survivors
                 rows = [{"frame": f.to_json(indent=None)} for f in survivors]
                 continue

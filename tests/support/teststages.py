@@ -102,7 +102,23 @@ class CountDataset(Stage):
         return frames
 
 
-STAGES = [Brightness, CenterBox, BoxMask, Explode, CountDataset]
+class DieOn(Stage):
+    """SIGKILLs its own process on the image named by $TEST_DIE_ON (a crash at a chosen moment)."""
+
+    name = "die_on"
+    kind = "filter"
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        import os
+        import signal
+
+        target = os.environ.get("TEST_DIE_ON")
+        if target and any(target in frame.source for frame in frames):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return frames
+
+
+STAGES = [Brightness, CenterBox, BoxMask, Explode, CountDataset, DieOn]
 
 
 @recognize.hookimpl
