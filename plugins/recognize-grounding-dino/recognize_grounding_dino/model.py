@@ -93,18 +93,24 @@ def build_model(config: Any, init_weights: bool = True) -> torch.nn.Module:
             context = no_init_weights()
         except ImportError:  # pragma: no cover - moved in some transformers releases
             pass
-    with context:
-        model = GroundingDinoForObjectDetection(config)
+    try:
+        with context:
+            model = GroundingDinoForObjectDetection(config)
+    except (ValueError, RuntimeError) as error:  # e.g. sizes transformers cannot wire together
+        raise RecognizeError(f"grounding_dino config: cannot build the model ({error})") from None
     return model.eval()
 
 
 def load_tokenizer(vocab: str | Path) -> Any:
     """A lowercasing BERT WordPiece tokenizer from a local `vocab.txt` (never the network)."""
+    import transformers
     from transformers import BertTokenizerFast
 
     path = Path(vocab)
+    # transformers 5 takes the file as `vocab` and silently ignores the 4.x keyword `vocab_file`
+    keyword = "vocab" if int(transformers.__version__.split(".")[0]) >= 5 else "vocab_file"
     try:
-        tokenizer = BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+        tokenizer = BertTokenizerFast(**{keyword: str(path)}, do_lower_case=True)
     except Exception as error:  # tokenizers raises its own exception types
         raise ModelFileError(f"{path}: not a BERT vocab.txt ({error})") from None
     for token, expected in DELIMITER_IDS.items():

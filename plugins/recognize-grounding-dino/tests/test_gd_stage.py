@@ -148,7 +148,7 @@ def test_params_are_validated():
 
 
 def test_a_checkpoint_for_another_model_is_a_one_line_error(tiny_checkpoint, vocab, tiny):
-    small = {**tiny, "decoder_layers": 1}
+    small = {**tiny, "encoder_layers": 1}
     stage = GroundingDino(checkpoint=str(tiny_checkpoint), vocab=str(vocab), config=small, **SMALL)
     with pytest.raises(ModelFileError) as error:
         stage.ensure_loaded()
