@@ -137,6 +137,9 @@ def run_to_folder(
         else:
             todo.append(frame)
 
+    if todo and isinstance(engine, LocalEngine):
+        pipeline.load()  # missing weights fail now, in one line, before any image is touched
+
     bar = tqdm(
         total=len(todo), unit="img", disable=quiet or not todo, file=sys.stderr, dynamic_ncols=True,
         desc=pipeline.name or "run",
