@@ -171,7 +171,12 @@ def user_tag_string(user_tags: str) -> str:
 
 
 class Tag2TextCaption(Tag2TextTagger):
-    """Tag2Text captions, guided by predicted, frame or user-given tags."""
+    """Tag2Text captions, guided by predicted, frame or user-given tags.
+
+    With `tags: predicted` (the default) it also adds the predicted tags to the frame, so one
+    stage gives tags and caption from one image encoding; a separate `tag2text` stage is needed
+    only to tag without captioning.
+    """
 
     name: ClassVar[str] = "tag2text_caption"
     kind: ClassVar[StageKind] = "captioner"  # type: ignore[assignment]
@@ -204,6 +209,11 @@ class Tag2TextCaption(Tag2TextTagger):
             return [" | ".join(tag.name for tag in frame.tags) for frame in frames]
         scores = torch.sigmoid(self.model.logits(image_tokens).float()).cpu().numpy()
         names = self.vocabulary.names
+        if self.params.tags == "predicted":
+            # the captioner also reports the tags it predicted: one Swin pass gives tags and caption
+            for frame, tags in zip(frames, self.tags_for_scores(scores)):
+                known = {tag.name for tag in frame.tags}
+                frame.tags.extend(tag for tag in tags if tag.name not in known)
         return [" | ".join(names[i] for i in indices) for indices in self.predicted_indices(scores)]
 
     @torch.inference_mode()

@@ -190,8 +190,18 @@ def test_tagger_and_captioner_share_one_model(tiny, images):
     for frame in frames:
         assert all(tag.source == "tag2text" and tag.name == TAGS[tag.index] for tag in frame.tags)
         assert all(tag.index != 1 for tag in frame.tags)  # delete_tag_index of the config
-        # the captioner's predicted tags are the tagger's tags
+        # the captioner's predicted tags are the tagger's tags (and are not added a second time)
         assert frame.meta["caption_tags"] == " | ".join(tag.name for tag in frame.tags)
+
+
+def test_the_captioner_alone_reports_its_tags_and_caption(tiny, images):
+    tagged = Tag2TextTagger(**tiny["params"])([Frame.from_array(image) for image in images])
+    frames = Tag2TextCaption(**tiny["params"], vocab=tiny["vocab"])([Frame.from_array(image) for image in images])
+    for alone, reference in zip(frames, tagged):
+        assert [(t.name, t.index, t.score) for t in alone.tags] == [(t.name, t.index, t.score) for t in reference.tags]
+        assert {t.source for t in alone.tags} <= {"tag2text_caption"}
+        assert alone.meta["caption_tags"] == " | ".join(t.name for t in reference.tags)
+        assert alone.caption is not None
 
 
 def test_captions_of_a_batch_are_each_images_own(tiny, images):
