@@ -25,6 +25,9 @@ REFERENCE = Path(os.environ.get("RECOGNIZE_REFERENCE", REPO.parent / "shared" / 
 IMAGES = sorted((REFERENCE / "data" / "images").rglob("*.jpg"))
 TAG_DATA = REFERENCE / "data" / "ram" / "data"
 
+#: The full run's defaults (`run.py` without `--images` / `--repeats`).
+DEFAULT_IMAGES = 4
+DEFAULT_REPEATS = 2
 STAGES = ("ram", "ram_plus", "tag2text", "grounding_dino", "sam")
 #: The tags every image gets (they exist in all vocabularies, the tiny RAM++ fixture's 64 included), so
 #: Grounding DINO reads the same caption in our stage and in the baseline whatever the random weights say.

@@ -31,7 +31,15 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import bench_report
-from bench_models import STAGES, TAGS, Kit, default_cache, image_paths
+from bench_models import (
+    DEFAULT_IMAGES,
+    DEFAULT_REPEATS,
+    STAGES,
+    TAGS,
+    Kit,
+    default_cache,
+    image_paths,
+)
 
 PARTS = ("stages", "recipe", "engines")
 #: Quick mode shrinks the photos to this long side (tiny models would time the image resize only).
@@ -58,8 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or skip - set(PARTS):
         parser.error(f"unknown stage(s) or part(s): {', '.join(unknown + sorted(skip - set(PARTS)))}")
     args.parts = [p for p in PARTS if p not in skip]
-    args.images = args.images or (1 if args.quick else 4)
-    args.repeats = args.repeats or (1 if args.quick else 2)
+    args.images = args.images or (1 if args.quick else DEFAULT_IMAGES)
+    args.repeats = args.repeats or (1 if args.quick else DEFAULT_REPEATS)
     args.engine_images = args.engine_images or (2 if args.quick else 8)
     args.cache = args.cache or default_cache()
     return args
