@@ -17,7 +17,6 @@ Tag indices of open-set tags are positions in the given list.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -72,17 +71,6 @@ class Ram(TaggerStage):
         self.num_classes: int | None = None
 
     # -- configuration -------------------------------------------------------------------
-    def _config_data(self) -> dict[str, Any] | None:
-        if self.params.config is None:
-            return None
-        path = Path(self.params.config)
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelFileError(f"{path}: no such model config file") from None
-        except (OSError, ValueError) as exc:
-            raise ModelFileError(f"{path}: unreadable model config ({exc})") from None
-
     def ram_config(self) -> RamConfig:
         key = (self.params.config, self.params.image_size)
         if getattr(self, "_config_memo", (None,))[0] != key:

@@ -24,7 +24,6 @@ that bug is not reproduced).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -90,17 +89,6 @@ class Tag2TextTagger(TaggerStage):
     Params: ClassVar[type[Tag2TextParams]] = Tag2TextParams
 
     # -- configuration -------------------------------------------------------------------
-    def _config_data(self) -> dict[str, Any] | None:
-        if self.params.config is None:
-            return None
-        path = Path(self.params.config)
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelFileError(f"{path}: no such model config file") from None
-        except (OSError, ValueError) as exc:
-            raise ModelFileError(f"{path}: unreadable model config ({exc})") from None
-
     def model_config(self) -> Tag2TextConfig:
         key = (self.params.config, self.params.image_size)
         memo = getattr(self, "_config_memo", None)

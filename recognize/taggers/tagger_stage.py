@@ -17,6 +17,7 @@ Public helpers for later stages (evaluation, region re-check, outlier clustering
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -26,6 +27,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from recognize.errors import ModelFileError
 from recognize.frame import Frame, Tag
 from recognize.stage import Device, Stage, StageParams, resolve_device, shared_models
 from recognize.taggers.preprocess import preprocess
@@ -97,6 +99,18 @@ class TaggerStage(Stage):
     @property
     def device(self) -> torch.device:
         return torch.device(resolve_device(self.params.device))
+
+    def _config_data(self) -> dict[str, Any] | None:
+        """The fixture-style `config.json` named by the `config` param, or None (released sizes)."""
+        if self.params.config is None:
+            return None
+        path = Path(self.params.config)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelFileError(f"{path}: no such model config file") from None
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(f"{path}: unreadable model config ({exc})") from None
 
     @property
     def dtype(self) -> torch.dtype:
