@@ -161,8 +161,9 @@ def render(results: dict[str, Any]) -> str:
         out += ["## tag -> ground -> segment on a folder", "",
                 (f"ram_plus -> grounding_dino -> sam over a folder of {s['images']} image(s); the tags are fixed "
                 f"({len(s['tags'])} per image) and regions capped at {s['boxes']} per image in both runs, so both do "
-                "the same work whatever the random weights score. Ours runs every stage at batch 4 (SAM's image "
-                "encoder included); the baseline one image at a time."), "", *recipe_table(results), ""]
+                "the same work whatever the random weights score. Ours hands each stage 4 frames at a time (each "
+                "stage's own `batch_size` caps its forward passes: taggers 8, Grounding DINO and SAM 1); the "
+                "baseline works one image at a time."), "", *recipe_table(results), ""]
     if results.get("engines"):
         out += ["## Engines (ram_plus tagging recipe)", "", *engine_table(results), ""]
     if results.get("errors"):

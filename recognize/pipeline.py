@@ -52,8 +52,11 @@ class Pipeline:
         self.device = device
         self.name = name
         self.timings: dict[str, float] = defaultdict(float)
+        # The device is a pipeline-wide default. The batch size is not passed down: the pipeline
+        # hands each stage `batch_size` frames, and a stage's own `batch_size` caps its forward
+        # passes (SAM vit_h at batch 8 would not fit in 24 GB).
         for stage in self.stages:
-            stage.apply_defaults(device=device, batch_size=batch_size)
+            stage.apply_defaults(device=device)
 
     # -- construction ---------------------------------------------------------------------
     @classmethod

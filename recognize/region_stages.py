@@ -76,7 +76,7 @@ class TaggerUser(Stage):
                         f"{self.name}: stage {self.params.tagger!r} is not a tagger with {method}(); "
                         "use a tagger stage such as ram or ram_plus"
                     )
-            # this stage's device / batch size (the pipeline's, unless set here) reach the inner
+            # this stage's device (the pipeline's unless set here) and batch size reach the inner
             # tagger, unless `tagger_with` sets its own
             stage.apply_defaults(device=self.params.device, batch_size=self.params.batch_size)
             self._tagger = stage

@@ -35,7 +35,8 @@ def test_pipeline_defaults_fill_unset_params_only(test_stages):
     default = test_stages.Brightness()
     Pipeline([explicit, default], device="mps", batch_size=4)
     assert explicit.params.device == "cuda"
-    assert default.params.device == "mps" and default.params.batch_size == 4
+    assert default.params.device == "mps"
+    assert default.params.batch_size == 8  # a stage's own forward-pass cap is not overridden
 
 
 def test_output_stages_given_as_stages_move_to_outputs(test_stages):

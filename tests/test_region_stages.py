@@ -137,8 +137,8 @@ def test_confirm_shares_the_tagging_stage_model_and_batches_crops(colour_tagger)
 
 
 def test_confirm_pipeline_device_reaches_the_inner_tagger(colour_tagger):
-    confirm = RegionConfirm(tagger="colour_tagger")
-    Pipeline([confirm], device="cpu", batch_size=5)
+    confirm = RegionConfirm(tagger="colour_tagger", batch_size=5)
+    Pipeline([confirm], device="cpu", batch_size=3)
     assert confirm.tagger.params.device == "cpu" and confirm.tagger.params.batch_size == 5
     pinned = RegionConfirm(tagger="colour_tagger", tagger_with={"device": "cuda"})
     Pipeline([pinned], device="cpu")
