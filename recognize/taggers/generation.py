@@ -37,6 +37,7 @@ from image 0; that is a plain bug and is not reproduced (`Tag2Text` docs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -70,6 +71,36 @@ def _rows(input_ids: Tensor, lengths: list[int]) -> list[list[int]]:
     return [input_ids[row, :length].tolist() for row, length in enumerate(lengths)]
 
 
+def _decode(
+    decoder: Decoder,
+    prefix: Tensor,
+    pick: Callable[[Tensor], Tensor],
+    *,
+    max_length: int,
+    min_length: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    repetition_penalty: float,
+) -> list[list[int]]:
+    """One token per step for every unfinished row, chosen by `pick` from the processed scores."""
+    input_ids = prefix
+    batch = prefix.shape[0]
+    lengths = [prefix.shape[1]] * batch
+    unfinished = torch.ones(batch, dtype=torch.bool, device=prefix.device)
+    while input_ids.shape[1] < max_length and bool(unfinished.any()):
+        scores = decoder.logits(input_ids).float()
+        scores = _repetition_penalty(scores, input_ids, repetition_penalty)
+        scores = _min_length(scores, input_ids.shape[1], min_length, eos_token_id)
+        tokens = pick(scores)
+        tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad_token_id))
+        input_ids = torch.cat([input_ids, tokens[:, None]], dim=1)
+        for row in range(batch):
+            if unfinished[row]:
+                lengths[row] += 1
+        unfinished &= tokens != eos_token_id
+    return _rows(input_ids, lengths)
+
+
 @torch.no_grad()
 def greedy(
     decoder: Decoder,
@@ -82,22 +113,9 @@ def greedy(
     repetition_penalty: float = 1.0,
 ) -> list[list[int]]:
     """Argmax decoding (the official `num_beams=1, sample=False`)."""
-    input_ids = prefix
-    batch = prefix.shape[0]
-    lengths = [prefix.shape[1]] * batch
-    unfinished = torch.ones(batch, dtype=torch.bool, device=prefix.device)
-    while input_ids.shape[1] < max_length and bool(unfinished.any()):
-        scores = decoder.logits(input_ids).float()
-        scores = _repetition_penalty(scores, input_ids, repetition_penalty)
-        scores = _min_length(scores, input_ids.shape[1], min_length, eos_token_id)
-        tokens = scores.argmax(dim=-1)
-        tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad_token_id))
-        input_ids = torch.cat([input_ids, tokens[:, None]], dim=1)
-        for row in range(batch):
-            if unfinished[row]:
-                lengths[row] += 1
-        unfinished &= tokens != eos_token_id
-    return _rows(input_ids, lengths)
+    return _decode(decoder, prefix, lambda scores: scores.argmax(dim=-1), max_length=max_length,
+                   min_length=min_length, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                   repetition_penalty=repetition_penalty)
 
 
 @torch.no_grad()
@@ -115,14 +133,8 @@ def sample(
     generator: torch.Generator | None = None,
 ) -> list[list[int]]:
     """Nucleus sampling (the official `sample=True`: top_p 0.9, repetition penalty 1.1)."""
-    input_ids = prefix
-    batch = prefix.shape[0]
-    lengths = [prefix.shape[1]] * batch
-    unfinished = torch.ones(batch, dtype=torch.bool, device=prefix.device)
-    while input_ids.shape[1] < max_length and bool(unfinished.any()):
-        scores = decoder.logits(input_ids).float()
-        scores = _repetition_penalty(scores, input_ids, repetition_penalty)
-        scores = _min_length(scores, input_ids.shape[1], min_length, eos_token_id)
+
+    def pick(scores: Tensor) -> Tensor:
         if top_k > 0:
             kth = torch.topk(scores, min(top_k, scores.shape[-1]))[0][..., -1, None]
             scores = scores.masked_fill(scores < kth, -float("inf"))
@@ -133,15 +145,10 @@ def sample(
             remove_sorted[..., -1:] = False  # always keep the most likely token
             remove = remove_sorted.scatter(1, sorted_index, remove_sorted)
             scores = scores.masked_fill(remove, -float("inf"))
-        probs = scores.softmax(dim=-1)
-        tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
-        tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad_token_id))
-        input_ids = torch.cat([input_ids, tokens[:, None]], dim=1)
-        for row in range(batch):
-            if unfinished[row]:
-                lengths[row] += 1
-        unfinished &= tokens != eos_token_id
-    return _rows(input_ids, lengths)
+        return torch.multinomial(scores.softmax(dim=-1), num_samples=1, generator=generator).squeeze(1)
+
+    return _decode(decoder, prefix, pick, max_length=max_length, min_length=min_length,
+                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, repetition_penalty=repetition_penalty)
 
 
 @dataclass
