@@ -56,7 +56,7 @@ def test_scores_metrics_and_reports(eval_stages, bench_files, tmp_path):
     assert [name for name, _ in result.unreadable] == ["test/broken"]
     assert "not an image" in result.unreadable[0][1] or "unreadable" in result.unreadable[0][1]
     assert result.evaluated == ["test/red", "test/green", "test/blue", "test/white", "test/black", "test/grey"]
-    assert stage.batches == [6]  # the recipe's batch size (8): the 7 files found, less the broken one
+    assert stage.batches == [4, 2]  # the stage's batch size (4): the 7 files found, less the broken one
 
     # scores are the tagger's own, in the taglist's column order
     pixels = [load_image(images / f"{name}.jpg") for name in result.evaluated]

@@ -34,7 +34,7 @@ def frame_with_regions(path, count: int, seed: int) -> Frame:
 def segmented(small_photo, big_photo, photos):
     empty = Frame(source=str(photos["demo2"]))
     frames = [frame_with_regions(small_photo, 3, 0), empty, frame_with_regions(big_photo, 2, 1)]
-    stage = Sam(**TINY)
+    stage = Sam(**TINY, batch_size=3)
     embedded = []
     stage.ensure_loaded()
     embed = stage.segmenter.embed
@@ -45,7 +45,7 @@ def segmented(small_photo, big_photo, photos):
 
 def test_masks_have_the_image_size_and_scores(segmented):
     frames, embedded = segmented
-    assert embedded == [2]  # one encoder call for the two frames that have regions (batch_size from the pipeline)
+    assert embedded == [2]  # one encoder call for the two frames that have regions (the stage's batch_size)
     for frame in (frames[0], frames[2]):
         assert (frame.height, frame.width) == frame.image.shape[:2]
         for region in frame.regions:
