@@ -19,24 +19,27 @@ import torch
 IGNORED = re.compile(r"^bert\.(pooler\..*|embeddings\.position_ids|embeddings\.token_type_ids)$")
 
 _SWIN = "model.backbone.conv_encoder.model."
-_ENC = r"model.encoder.layers.\1."
-_DEC = r"model.decoder.layers.\1."
-_BLOCK_IN = r"^backbone\.0\.layers\.(\d+)\.blocks\.(\d+)\."
-_BLOCK = _SWIN + r"encoder.layers.\1.blocks.\2."
-_FUSE = r"^transformer\.encoder\.fusion_layers\.(\d+)\."
+
+
+def _under(official: str, ours: str, suffixes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Rules for one module repeated per layer: the shared prefixes are written once."""
+    return [(official + old, ours + new) for old, new in suffixes]
+
 
 # (official pattern, transformers replacement); first match wins; `{qkv}` marks a fused tensor.
 _RULES: list[tuple[str, str]] = [
     # Swin backbone
     (r"^backbone\.0\.patch_embed\.proj\.", _SWIN + "embeddings.patch_embeddings.projection."),
     (r"^backbone\.0\.patch_embed\.norm\.", _SWIN + "embeddings.norm."),
-    (_BLOCK_IN + r"norm1\.", _BLOCK + "layernorm_before."),
-    (_BLOCK_IN + r"norm2\.", _BLOCK + "layernorm_after."),
-    (_BLOCK_IN + r"attn\.qkv\.", _BLOCK + "attention.self.{qkv}."),
-    (_BLOCK_IN + r"attn\.proj\.", _BLOCK + "attention.output.dense."),
-    (_BLOCK_IN + r"attn\.", _BLOCK + "attention.self."),
-    (_BLOCK_IN + r"mlp\.fc1\.", _BLOCK + "intermediate.dense."),
-    (_BLOCK_IN + r"mlp\.fc2\.", _BLOCK + "output.dense."),
+    *_under(r"^backbone\.0\.layers\.(\d+)\.blocks\.(\d+)\.", _SWIN + r"encoder.layers.\1.blocks.\2.", [
+        (r"norm1\.", "layernorm_before."),
+        (r"norm2\.", "layernorm_after."),
+        (r"attn\.qkv\.", "attention.self.{qkv}."),
+        (r"attn\.proj\.", "attention.output.dense."),
+        (r"attn\.", "attention.self."),
+        (r"mlp\.fc1\.", "intermediate.dense."),
+        (r"mlp\.fc2\.", "output.dense."),
+    ]),
     (r"^backbone\.0\.layers\.(\d+)\.downsample\.", _SWIN + r"encoder.layers.\1.downsample."),
     # output norms: official norm{i} normalises Swin stage i (0-based), transformers names it stage{i+1}
     (r"^backbone\.0\.norm(\d)\.", "STAGE_NORM"),
@@ -51,41 +54,49 @@ _RULES: list[tuple[str, str]] = [
     (r"^transformer\.enc_output_norm\.", "model.enc_output_norm."),
     (r"^transformer\.enc_out_bbox_embed\.", "model.encoder_output_bbox_embed."),
     # encoder: deformable image layers
-    (r"^transformer\.encoder\.layers\.(\d+)\.self_attn\.", _ENC + "deformable_layer.self_attn."),
-    (r"^transformer\.encoder\.layers\.(\d+)\.norm1\.", _ENC + "deformable_layer.self_attn_layer_norm."),
-    (r"^transformer\.encoder\.layers\.(\d+)\.linear1\.", _ENC + "deformable_layer.fc1."),
-    (r"^transformer\.encoder\.layers\.(\d+)\.linear2\.", _ENC + "deformable_layer.fc2."),
-    (r"^transformer\.encoder\.layers\.(\d+)\.norm2\.", _ENC + "deformable_layer.final_layer_norm."),
+    *_under(r"^transformer\.encoder\.layers\.(\d+)\.", r"model.encoder.layers.\1.deformable_layer.", [
+        (r"self_attn\.", "self_attn."),
+        (r"norm1\.", "self_attn_layer_norm."),
+        (r"linear1\.", "fc1."),
+        (r"linear2\.", "fc2."),
+        (r"norm2\.", "final_layer_norm."),
+    ]),
     # encoder: text enhancer layers
-    (r"^transformer\.encoder\.text_layers\.(\d+)\.self_attn\.in_proj_", _ENC + "text_enhancer_layer.self_attn.{qkv}."),
-    (r"^transformer\.encoder\.text_layers\.(\d+)\.self_attn\.out_proj\.", _ENC + "text_enhancer_layer.self_attn.out_proj."),
-    (r"^transformer\.encoder\.text_layers\.(\d+)\.linear1\.", _ENC + "text_enhancer_layer.fc1."),
-    (r"^transformer\.encoder\.text_layers\.(\d+)\.linear2\.", _ENC + "text_enhancer_layer.fc2."),
-    (r"^transformer\.encoder\.text_layers\.(\d+)\.norm1\.", _ENC + "text_enhancer_layer.layer_norm_before."),
-    (r"^transformer\.encoder\.text_layers\.(\d+)\.norm2\.", _ENC + "text_enhancer_layer.layer_norm_after."),
+    *_under(r"^transformer\.encoder\.text_layers\.(\d+)\.", r"model.encoder.layers.\1.text_enhancer_layer.", [
+        (r"self_attn\.in_proj_", "self_attn.{qkv}."),
+        (r"self_attn\.out_proj\.", "self_attn.out_proj."),
+        (r"linear1\.", "fc1."),
+        (r"linear2\.", "fc2."),
+        (r"norm1\.", "layer_norm_before."),
+        (r"norm2\.", "layer_norm_after."),
+    ]),
     # encoder: image-text fusion layers
-    (_FUSE + r"gamma_v$", _ENC + "fusion_layer.vision_param"),
-    (_FUSE + r"gamma_l$", _ENC + "fusion_layer.text_param"),
-    (_FUSE + r"layer_norm_v\.", _ENC + "fusion_layer.layer_norm_vision."),
-    (_FUSE + r"layer_norm_l\.", _ENC + "fusion_layer.layer_norm_text."),
-    (_FUSE + r"attn\.v_proj\.", _ENC + "fusion_layer.attn.vision_proj."),
-    (_FUSE + r"attn\.l_proj\.", _ENC + "fusion_layer.attn.text_proj."),
-    (_FUSE + r"attn\.values_v_proj\.", _ENC + "fusion_layer.attn.values_vision_proj."),
-    (_FUSE + r"attn\.values_l_proj\.", _ENC + "fusion_layer.attn.values_text_proj."),
-    (_FUSE + r"attn\.out_v_proj\.", _ENC + "fusion_layer.attn.out_vision_proj."),
-    (_FUSE + r"attn\.out_l_proj\.", _ENC + "fusion_layer.attn.out_text_proj."),
+    *_under(r"^transformer\.encoder\.fusion_layers\.(\d+)\.", r"model.encoder.layers.\1.fusion_layer.", [
+        (r"gamma_v$", "vision_param"),
+        (r"gamma_l$", "text_param"),
+        (r"layer_norm_v\.", "layer_norm_vision."),
+        (r"layer_norm_l\.", "layer_norm_text."),
+        (r"attn\.v_proj\.", "attn.vision_proj."),
+        (r"attn\.l_proj\.", "attn.text_proj."),
+        (r"attn\.values_v_proj\.", "attn.values_vision_proj."),
+        (r"attn\.values_l_proj\.", "attn.values_text_proj."),
+        (r"attn\.out_v_proj\.", "attn.out_vision_proj."),
+        (r"attn\.out_l_proj\.", "attn.out_text_proj."),
+    ]),
     # decoder layers
-    (r"^transformer\.decoder\.layers\.(\d+)\.cross_attn\.", _DEC + "encoder_attn."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.norm1\.", _DEC + "encoder_attn_layer_norm."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.ca_text\.in_proj_", _DEC + "encoder_attn_text.{qkv}."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.ca_text\.out_proj\.", _DEC + "encoder_attn_text.out_proj."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.catext_norm\.", _DEC + "encoder_attn_text_layer_norm."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.self_attn\.in_proj_", _DEC + "self_attn.{qkv}."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.self_attn\.out_proj\.", _DEC + "self_attn.out_proj."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.norm2\.", _DEC + "self_attn_layer_norm."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.linear1\.", _DEC + "fc1."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.linear2\.", _DEC + "fc2."),
-    (r"^transformer\.decoder\.layers\.(\d+)\.norm3\.", _DEC + "final_layer_norm."),
+    *_under(r"^transformer\.decoder\.layers\.(\d+)\.", r"model.decoder.layers.\1.", [
+        (r"cross_attn\.", "encoder_attn."),
+        (r"norm1\.", "encoder_attn_layer_norm."),
+        (r"ca_text\.in_proj_", "encoder_attn_text.{qkv}."),
+        (r"ca_text\.out_proj\.", "encoder_attn_text.out_proj."),
+        (r"catext_norm\.", "encoder_attn_text_layer_norm."),
+        (r"self_attn\.in_proj_", "self_attn.{qkv}."),
+        (r"self_attn\.out_proj\.", "self_attn.out_proj."),
+        (r"norm2\.", "self_attn_layer_norm."),
+        (r"linear1\.", "fc1."),
+        (r"linear2\.", "fc2."),
+        (r"norm3\.", "final_layer_norm."),
+    ]),
     (r"^transformer\.decoder\.norm\.", "model.decoder.layer_norm."),
     (r"^transformer\.decoder\.ref_point_head\.", "model.decoder.reference_points_head."),
     (r"^transformer\.decoder\.bbox_embed\.", "model.decoder.bbox_embed."),

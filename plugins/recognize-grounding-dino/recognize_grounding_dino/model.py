@@ -12,7 +12,7 @@ import contextlib
 import copy
 import json
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                             "num_heads": [4, 8, 16, 32], "window_size": 12, "image_size": 384,
                             "out_features": _SWIN_OUT},
     },
-}
-
-#: Model card and file of each preset's official checkpoint.
-CHECKPOINTS = {
-    "swint_ogc": ("groundingdino_swint_ogc", "groundingdino_swint_ogc.pth"),
-    "swinb": ("groundingdino_swinb_cogcoor", "groundingdino_swinb_cogcoor.pth"),
 }
 
 #: Token ids transformers' Grounding DINO hard-codes as phrase delimiters (bert-base-uncased ids).
@@ -233,6 +227,30 @@ def enable_text_cache(model: torch.nn.Module) -> None:
         text.__class__ = type(f"Cached{type(text).__name__}", (_TextEncodingCache, type(text)), {})
 
 
+@contextlib.contextmanager
+def reuse_image_features(model: torch.nn.Module) -> Iterator[None]:
+    """Inside the block, the image backbone runs once per pixel tensor, not once per caption.
+
+    Swin's features do not depend on the caption, but transformers' forward has no argument to
+    pass them in; so the backbone's forward is wrapped for the block. The cached result is only
+    returned for the very tensor it was computed from; anything else is computed afresh.
+    """
+    backbone = model.model.backbone
+    computed: list[tuple[torch.Tensor, Any, Any]] = []
+
+    def forward(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> tuple[list, list]:
+        if not computed or computed[0][0] is not pixel_values:
+            computed[:] = [(pixel_values, *type(backbone).forward(backbone, pixel_values, pixel_mask))]
+        _, features, positions = computed[0]
+        return list(features), list(positions)  # fresh lists: the model appends its extra levels to them
+
+    backbone.forward = forward
+    try:
+        yield
+    finally:
+        backbone.__dict__.pop("forward", None)
+
+
 class Detector:
     """A loaded Grounding DINO with its tokenizer: captions in, token scores and boxes out."""
 
@@ -268,3 +286,10 @@ class Detector:
                          attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
         probs = out.logits[..., : len(prompt)].sigmoid()
         return probs.float().cpu(), out.pred_boxes.float().cpu()
+
+    @torch.inference_mode()
+    def detect(self, pixel_values: torch.Tensor, prompts: Sequence[Prompt]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`__call__` for each caption on the same images; the image backbone runs once for all."""
+        pixel_values = pixel_values.to(self.device)
+        with reuse_image_features(self.model):
+            return [self(pixel_values, prompt) for prompt in prompts]

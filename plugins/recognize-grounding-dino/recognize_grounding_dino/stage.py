@@ -20,7 +20,8 @@ from pydantic import Field
 
 from recognize.frame import Drop, Frame, Region, Tag
 from recognize.stage import Device, Stage, StageParams, resolve_device, shared_models
-from recognize_grounding_dino.model import CHECKPOINTS, Detector
+from recognize_grounding_dino.model import Detector
+from recognize_grounding_dino.plugin import CHECKPOINTS
 from recognize_grounding_dino.prompts import Packing, Prompt
 from recognize_grounding_dino.transforms import preprocess
 
@@ -80,8 +81,7 @@ class GroundingDino(Stage):
         p = self.params
         vocabularies = [self._vocabulary(f) for f in frames]
         pixels: dict[int, torch.Tensor] = {}
-        jobs: dict[tuple[str, tuple[int, ...]], list[int]] = {}
-        prompts: dict[str, Prompt] = {}
+        jobs: dict[tuple[tuple[Prompt, ...], tuple[int, ...]], list[int]] = {}
         for i, (frame, vocabulary) in enumerate(zip(frames, vocabularies)):
             packing = self._packing(vocabulary)
             for index, reason in packing.unplaced:
@@ -89,19 +89,18 @@ class GroundingDino(Stage):
             if not packing.prompts:
                 continue
             pixels[i] = preprocess(frame.image, p.image_size, p.max_size)
-            for prompt in packing.prompts:
-                prompts[prompt.text] = prompt
-                # one model call per caption and image size: results never depend on batch neighbours
-                jobs.setdefault((prompt.text, tuple(pixels[i].shape)), []).append(i)
+            # one model call per caption and image size: results never depend on batch neighbours;
+            # frames with the same captions share a batch, whose image features serve every caption
+            jobs.setdefault((packing.prompts, tuple(pixels[i].shape)), []).append(i)
 
         found: dict[int, list[tuple[np.ndarray, float, str, float]]] = {i: [] for i in pixels}
-        for (text, _shape), members in jobs.items():
-            prompt = prompts[text]
+        for (prompts, _shape), members in jobs.items():
             for start in range(0, len(members), p.batch_size):
                 chunk = members[start:start + p.batch_size]
-                probs, boxes = self.detector(torch.stack([pixels[i] for i in chunk]), prompt)
-                for row, i in enumerate(chunk):
-                    found[i].extend(self._select(probs[row], boxes[row], prompt, frames[i], vocabularies[i]))
+                results = self.detector.detect(torch.stack([pixels[i] for i in chunk]), prompts)
+                for prompt, (probs, boxes) in zip(prompts, results):
+                    for row, i in enumerate(chunk):
+                        found[i].extend(self._select(probs[row], boxes[row], prompt, frames[i], vocabularies[i]))
 
         for i, detections in found.items():
             self._add_regions(frames[i], detections)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import supervision as sv
+import torch
 from pydantic import ValidationError
 
 from recognize import Frame, Tag
 from recognize.errors import ModelFileError
 from recognize_grounding_dino.stage import GroundingDino
+from recognize_grounding_dino.transforms import preprocess
 
 SMALL = {"image_size": 64, "max_size": 112, "device": "cpu"}
 
@@ -125,6 +127,31 @@ def test_every_one_of_150_tags_reaches_the_model_in_a_whole_phrase(make_stage, p
     assert reached == sorted(en for en, _ in tags)
     assert not frame.dropped
     assert {r.tag for r in frame.regions} <= {en for en, _ in tags}
+
+
+def test_the_image_backbone_runs_once_for_all_captions_of_an_image(make_stage, photos, ram_tags):
+    tags = ram_tags[1500:1650]
+    stage = make_stage(box_threshold=0.3)
+    stage.ensure_loaded()
+    detector = stage.detector
+    backbone = detector.model.model.backbone
+    runs = []
+    hook = backbone.conv_encoder.register_forward_hook(lambda *a: runs.append(1))
+    try:
+        stage([_tagged(photos[-1], tags)])
+        assert len(runs) == 1
+        prompts = detector.pack([en for en, _ in tags]).prompts
+        assert len(prompts) >= 2
+        pixels = preprocess(Frame(source=str(photos[-1])).image, SMALL["image_size"], SMALL["max_size"])[None]
+        shared = detector.detect(pixels, prompts)
+        assert len(runs) == 2
+        alone = [detector(pixels, prompt) for prompt in prompts]
+        assert len(runs) == 2 + len(prompts)
+    finally:
+        hook.remove()
+    assert "forward" not in vars(backbone)  # the reuse ends with the call
+    for (probs, boxes), (probs_alone, boxes_alone) in zip(shared, alone):
+        assert torch.equal(probs, probs_alone) and torch.equal(boxes, boxes_alone)
 
 
 def test_an_unplaceable_tag_is_recorded_as_dropped(make_stage, photos):

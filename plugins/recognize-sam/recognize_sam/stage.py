@@ -50,12 +50,17 @@ class Sam(Stage):
     def load(self) -> None:
         p = self.params
         device = resolve_device(p.device)
-        arch: Any = p.config if p.config is not None else p.model
-        if p.weights == "random":
-            source: Any = ("random", p.seed)
-        else:
-            source = str(self._checkpoint_path())
-        sam = shared_models.get(("sam", arch, source, device), lambda: self._build(arch, source, device))
+        checkpoint = None if p.weights == "random" else self._checkpoint_path().resolve()
+        # keyed by the resolved path, so a relative and an absolute path to one file share the model
+        source = ("random", p.seed) if checkpoint is None else str(checkpoint)
+
+        def build() -> Any:
+            if checkpoint is None:
+                return build_sam(p.model, p.config, seed=p.seed).to(device)
+            expected = p.model if p.config is None else "custom"
+            return load_checkpoint(build_sam(p.model, p.config), checkpoint, expected=expected).to(device)
+
+        sam = shared_models.get(("sam", p.config if p.config is not None else p.model, source, device), build)
         self.segmenter = BoxSegmenter(sam)
 
     def _checkpoint_path(self) -> Path:
@@ -63,15 +68,6 @@ class Sam(Stage):
         from recognize_sam.cards import CHECKPOINTS, card_for
 
         return resolve_path(self.params.checkpoint, card_for(self.params.model), CHECKPOINTS[self.params.model][1])
-
-    def _build(self, arch: Any, source: Any, device: str) -> Any:
-        config = arch if isinstance(arch, SamConfig) else None
-        model = arch if config is None else "custom"
-        if isinstance(source, tuple):
-            sam = build_sam(self.params.model, config, seed=source[1])
-        else:
-            sam = load_checkpoint(build_sam(self.params.model, config), source, expected=model)
-        return sam.to(device)
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         todo = [frame for frame in frames if frame.regions]

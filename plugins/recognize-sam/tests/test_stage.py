@@ -102,6 +102,17 @@ def test_checkpoint_loads_strictly_into_the_configured_model(tmp_path, tiny_sam)
         Sam(config=TINY_CONFIG, checkpoint=str(path), device="cpu").ensure_loaded()
 
 
+def test_one_checkpoint_by_relative_and_absolute_path_is_one_model(tmp_path, tiny_sam, monkeypatch):
+    torch.save(tiny_sam.state_dict(), tmp_path / "tiny.pth")
+    monkeypatch.chdir(tmp_path)
+    relative = Sam(config=TINY_CONFIG, checkpoint="tiny.pth", device="cpu")
+    absolute = Sam(config=TINY_CONFIG, checkpoint=str(tmp_path / "tiny.pth"), device="cpu")
+    relative.ensure_loaded()
+    absolute.ensure_loaded()
+    assert relative.segmenter.sam is absolute.segmenter.sam
+    shared_models.clear()
+
+
 def test_missing_official_weights_offline_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("RECOGNIZE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RECOGNIZE_OFFLINE", "1")
