@@ -37,9 +37,11 @@ from recognize.regions import (
     confirm_many,
     crop_region,
     find_outliers,
+    clean_tag_name,
     merge_tags,
     read_sidecar,
     tags_without_confirmed_region,
+    vocabulary_index,
 )
 from recognize.stage import Device, Stage, StageParams
 
@@ -155,12 +157,15 @@ class RegionConfirm(TaggerUser):
     def process(self, frames: list[Frame]) -> list[Frame]:
         p = self.params
         scorer = tagger_scorer(self.tagger, p.threshold)
-        # every crop of the batch goes through the tagger together: one forward per `batch_size` crops
+        # every crop of the batch goes through the tagger together: one forward per `batch_size` crops;
+        # a frame with no region has nothing to crop, so its image is not decoded
+        located = [frame for frame in frames if frame.regions]
         all_checks = confirm_many(
-            [(frame.image, frame.regions) for frame in frames], scorer, p.padding, p.batch_size, p.unknown_tags
+            [(frame.image, frame.regions) for frame in located], scorer, p.padding, p.batch_size, p.unknown_tags
         )
-        for frame, checks in zip(frames, all_checks):
-            self._apply(frame, checks)
+        checks_of = {id(frame): checks for frame, checks in zip(located, all_checks)}
+        for frame in frames:
+            self._apply(frame, checks_of.get(id(frame), []))
         return frames
 
     def _apply(self, frame: Frame, checks: Sequence[RegionCheck]) -> None:
@@ -333,6 +338,7 @@ class MergeTags(Stage):
         super().__init__(params, **kwargs)
         self._captions: CaptionsFile | None = None
         self._names: list[str] | None = None
+        self._index: dict[str, tuple[int, str]] | None = None  # case-folded name -> (class index, spelling)
         self._parser: CaptionParser | None = None
 
     def load(self) -> None:
@@ -350,6 +356,7 @@ class MergeTags(Stage):
             given = self.params.vocabulary
             path = Path(given).expanduser() if given else resolve_path(None, "ram-tag-lists", "ram_tag_list.txt")
             self._names = [name.strip() for name in read_tag_list(path)]  # positions are class indices
+            self._index = vocabulary_index(self._names)
             self._parser = CaptionParser(self._names)
         return self._names
 
@@ -381,11 +388,10 @@ class MergeTags(Stage):
                 for text in texts:
                     from_captions.extend(self._parser.parse(text))
             candidates = tags + from_captions
-            names = self._names
             if p.only_vocabulary:
-                known = {n.casefold() for n in self.vocabulary_names()}
-                candidates = [c for c in candidates if " ".join(c.split()).casefold() in known]
-            frame.tags, added = merge_tags(frame.tags, candidates, self.name, names)
+                self.vocabulary_names()
+                candidates = [c for c in candidates if clean_tag_name(c).casefold() in self._index]
+            frame.tags, added = merge_tags(frame.tags, candidates, self.name, self._index)
             if p.set_caption and frame.caption is None and captions:
                 frame.caption = captions[0]
             if tags or captions:

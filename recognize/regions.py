@@ -283,15 +283,26 @@ def clean_tag_name(name: str) -> str:
     return " ".join(str(name).split())
 
 
+def vocabulary_index(vocabulary: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """Case-folded name -> (index, spelling) of a vocabulary; build it once for many `merge_tags` calls."""
+    return {v.casefold(): (i, v) for i, v in enumerate(vocabulary)}
+
+
 def merge_tags(
-    predicted: Sequence[Tag], given: Iterable[str], source: str, vocabulary: Sequence[str] | None = None
+    predicted: Sequence[Tag],
+    given: Iterable[str],
+    source: str,
+    vocabulary: Sequence[str] | Mapping[str, tuple[int, str]] | None = None,
 ) -> tuple[list[Tag], list[str]]:
     """The predicted tags plus the given ones they lack (case-insensitive), and the names added.
 
     A given name that matches a vocabulary entry up to case takes the vocabulary's spelling and
-    index, so it grounds and scores like a predicted tag.
+    index, so it grounds and scores like a predicted tag. `vocabulary` may be its `vocabulary_index`.
     """
-    canonical = {v.casefold(): (i, v) for i, v in enumerate(vocabulary)} if vocabulary is not None else {}
+    if vocabulary is None:
+        canonical: Mapping[str, tuple[int, str]] = {}
+    else:
+        canonical = vocabulary if isinstance(vocabulary, Mapping) else vocabulary_index(vocabulary)
     seen = {t.name.casefold() for t in predicted}
     merged = list(predicted)
     added: list[str] = []

@@ -16,7 +16,6 @@ from recognize import plugins
 from recognize.recipe import apply_override, build_pipeline, load_recipe
 from recognize.runner import run_to_folder
 from recognize.regions import REASON_ALL_REJECTED, REASON_NOT_CONFIRMED, REASON_OUTLIER
-from recognize.stage import shared_models
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 RECIPE = RECIPES / "data_engine.yaml"
@@ -34,20 +33,9 @@ FAKE_MODELS = [
 @pytest.fixture
 def fakes():
     import colour_tagger
-    import teststages
 
-    pm = plugins.get_plugin_manager()
-    for name, plugin in (("colour_tagger", colour_tagger), ("teststages", teststages)):
-        if pm.get_plugin(name) is None:
-            pm.register(plugin, name=name)
-    plugins._registry_cache.clear()
-    shared_models.clear()
-    colour_tagger.BUILDS.clear()
-    yield colour_tagger
-    for name in ("colour_tagger", "teststages"):
-        pm.unregister(name=name)
-    plugins._registry_cache.clear()
-    shared_models.clear()
+    with colour_tagger.registered():
+        yield colour_tagger
 
 
 def test_data_engine_recipe_validates():

@@ -34,21 +34,10 @@ RAM_FIXTURE = REFERENCE / "fixtures" / "ram"
 @pytest.fixture
 def colour_tagger():
     """Register the fake colour tagger (tests/support/colour_tagger.py) and the core test stages."""
-    import colour_tagger as module
-    import teststages
+    import colour_tagger
 
-    pm = plugins.get_plugin_manager()
-    for name, plugin in (("colour_tagger", module), ("teststages", teststages)):
-        if pm.get_plugin(name) is None:
-            pm.register(plugin, name=name)
-    plugins._registry_cache.clear()
-    shared_models.clear()
-    module.BUILDS.clear()
-    yield module
-    for name in ("colour_tagger", "teststages"):
-        pm.unregister(name=name)
-    plugins._registry_cache.clear()
-    shared_models.clear()
+    with colour_tagger.registered():
+        yield colour_tagger
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +123,21 @@ def test_confirm_shares_the_tagging_stage_model_and_batches_crops(colour_tagger)
     # an instance can be passed directly in Python
     direct = RegionConfirm(tagger=tagger)
     assert direct.tagger is tagger and direct.params.tagger == "colour_tagger"
+
+
+def test_confirm_decodes_only_frames_with_regions(colour_tagger, tmp_path):
+    path = tmp_path / "red.png"
+    Image.fromarray(np.full((20, 20, 3), (200, 10, 10), np.uint8)).save(path)
+    bare = Frame(source=str(path), name="bare", width=20, height=20, tags=[Tag(name="red")])
+    located = Frame(source=str(path), name="located", width=20, height=20, tags=[Tag(name="red")],
+                    regions=[Region(box=(0, 0, 10, 10), tag="red")])
+    stage = RegionConfirm(tagger="colour_tagger", drop_tags="unconfirmed")
+    stage([bare, located])
+    assert bare._image is None and located._image is not None
+    assert stage.tagger.scored_batches == [1]
+    # the tag policy still reaches a frame with no region
+    assert bare.tags == [] and [(d.tag, d.reason) for d in bare.dropped] == [("red", REASON_NO_CONFIRMED_REGION)]
+    assert located.tag_names == ["red"] and len(located.regions) == 1
 
 
 def test_confirm_pipeline_device_reaches_the_inner_tagger(colour_tagger):

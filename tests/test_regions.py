@@ -27,6 +27,7 @@ from recognize.regions import (
     plural_forms,
     read_sidecar,
     tags_without_confirmed_region,
+    vocabulary_index,
 )
 
 # -- cropping --------------------------------------------------------------------------------
@@ -217,6 +218,10 @@ def test_merge_tags_is_a_case_insensitive_union():
     assert added == ["red ball", "Frisbee"]
     assert merged[0].score == 0.9  # predicted tags are untouched
     assert merged[3].index == 1 and merged[3].source == "merge_tags" and merged[2].index is None
+    # a prebuilt index (one per run, not per image) merges the same
+    again = merge_tags(predicted, ["Dog", " red   ball ", "frisbee", "", "frisbee"], "merge_tags",
+                       vocabulary=vocabulary_index(["cat", "Frisbee", "dog"]))
+    assert again == (merged, added)
 
 
 VOCAB = ["dog", "hot dog", "hot", "man", "person", "bus", "berry", "t-shirt", "glass", "glasses", "knife",

@@ -147,23 +147,25 @@ def regions_command(annotations, recipe, images, predictions, iou_type, override
     Writes OUT/regions_summary.json.
     """
     from recognize.errors import InputError
-    from recognize.eval.regions import evaluate_regions, read_frames, run_on_ground_truth
+    from recognize.eval.regions import evaluate_regions, load_ground_truth, read_frames, run_on_ground_truth
 
     if (recipe is None) == (predictions is None):
         raise InputError("give either --recipe (with --images) or --predictions")
     unreadable: list[tuple[str, str]] = []
+    coco = None
     if recipe is not None:
         if images is None:
             raise InputError("--recipe needs --images, the folder of the ground truth's images")
         from recognize.pipeline import Pipeline
 
         pipeline = Pipeline.from_recipe(recipe, _overrides(overrides, batch_size, device))
+        coco = load_ground_truth(annotations)  # read once, for the run and for the scoring
         frames, _, unreadable = run_on_ground_truth(pipeline, annotations, images,
-                                                    progress=_progress(quiet, "running recipe"))
+                                                    progress=_progress(quiet, "running recipe"), coco=coco)
     else:
         frames = read_frames(predictions)
     types = {"auto": None, "bbox": ["bbox"], "segm": ["segm"], "both": ["bbox", "segm"]}[iou_type]
-    result = evaluate_regions(frames, annotations, images_dir=images, iou_types=types)
+    result = evaluate_regions(frames, annotations, images_dir=images, iou_types=types, coco=coco)
     bad = {name for name, _ in unreadable}
     result.unreadable = unreadable
     result.missing = [name for name in result.missing if name not in bad]

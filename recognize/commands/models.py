@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import json
-import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from recognize import hub
-from recognize.errors import RecognizeError
+from recognize.cli import RecognizeGroup
+from recognize.errors import InputError, RecognizeError
 from recognize.hookspecs import hookimpl
 
 
-def _fail(exc: RecognizeError) -> NoReturn:
-    """One line on stderr and the error's exit code (3 for a model file), never a traceback."""
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(exc.exit_code)
-
-
 def _card(name: str) -> hub.ModelCard:
+    """The card called `name`; an unknown name is bad input (exit 2)."""
     try:
         return hub.get_card(name)
     except RecognizeError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        raise InputError(str(exc)) from None
 
 
 def _human(size: int | None) -> str:
@@ -75,7 +69,7 @@ def _card_json(card: hub.ModelCard) -> dict[str, Any]:
     }
 
 
-@click.group("models")
+@click.group("models", cls=RecognizeGroup)
 def models() -> None:
     """Model weights and assets: list them, download them, show where they live."""
 
@@ -86,10 +80,8 @@ def list_models(as_json: bool) -> None:
     """Every registered model card: files, size, and whether it is in the cache."""
     from recognize.plugins import model_cards
 
-    try:
-        cards = [model_cards()[name] for name in sorted(model_cards())]
-    except RecognizeError as exc:
-        _fail(exc)
+    registered = model_cards()
+    cards = [registered[name] for name in sorted(registered)]
     if as_json:
         click.echo(json.dumps({"cache": str(hub.cache_dir()), "models": [_card_json(c) for c in cards]}, indent=2))
         return
@@ -109,11 +101,8 @@ def download_models(names: tuple[str, ...], progress: bool) -> None:
     """Download (resuming partial files) and verify every file of each NAME."""
     cards = [_card(name) for name in names]
     for card in cards:
-        try:
-            for path in hub.download(card, progress=progress):
-                click.echo(str(path))
-        except RecognizeError as exc:
-            _fail(exc)
+        for path in hub.download(card, progress=progress):
+            click.echo(str(path))
 
 
 @models.command("path")
@@ -122,11 +111,8 @@ def download_models(names: tuple[str, ...], progress: bool) -> None:
 def model_path(name: str, filename: str | None) -> None:
     """Print the cached path of NAME's files (or of FILE); exit 3 if one is missing."""
     card = _card(name)
-    try:
-        wanted = [card.file(filename)] if filename else list(card.files)
-        paths = [hub.ensure_file(card, f.filename, download=False, progress=False) for f in wanted]
-    except RecognizeError as exc:
-        _fail(exc)
+    wanted = [card.file(filename)] if filename else list(card.files)
+    paths = [hub.ensure_file(card, f.filename, download=False, progress=False) for f in wanted]
     for path in paths:
         click.echo(str(path))
 

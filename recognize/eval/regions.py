@@ -186,12 +186,14 @@ def evaluate_regions(
     *,
     images_dir: str | os.PathLike[str] | None = None,
     iou_types: Sequence[IouType] | None = None,
+    coco=None,
 ) -> RegionEvaluation:
     """COCO box (and mask) metrics of `frames` on the ground truth images they match.
 
     `iou_types` None: `bbox`, plus `segm` when regions carry masks and the ground truth has them.
+    `coco`: `load_ground_truth(annotations)` when the caller already has it (the file is read once).
     """
-    coco = load_ground_truth(annotations)
+    coco = coco if coco is not None else load_ground_truth(annotations)
     matched, boxes, masks, unmatched, unknown = coco_results(frames, coco, images_dir)
     if not matched:
         raise InputError(f"no frame matches an image of {annotations} (by file name)")
@@ -220,13 +222,14 @@ def evaluate_regions(
 
 def run_on_ground_truth(
     pipeline, annotations: str | os.PathLike[str], images_dir: str | os.PathLike[str],
-    progress: ProgressFactory | None = None,
+    progress: ProgressFactory | None = None, coco=None,
 ) -> tuple[list[Frame], list[str], list[tuple[str, str]]]:
     """Run `pipeline` on the ground truth's images found in `images_dir`.
 
     Returns (frames without pixels, file names missing from the folder, unreadable (name, reason)).
+    `coco`: `load_ground_truth(annotations)` when the caller already has it.
     """
-    coco = load_ground_truth(annotations)
+    coco = coco if coco is not None else load_ground_truth(annotations)
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise InputError(f"{images_dir}: no such images folder")

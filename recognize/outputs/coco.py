@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,7 +25,7 @@ from pydantic import Field
 
 from recognize.atomic import write_text
 from recognize.frame import Frame, mask_to_rle
-from recognize.outputs.paths import image_size, output_name
+from recognize.outputs.paths import dataset_file_name, image_size
 from recognize.stage import OutputStage, StageParams
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ class CocoOutput(OutputStage):
             width, height = image_size(frame)
             record: dict[str, Any] = {
                 "id": image_id,
-                "file_name": self.file_name(frame),
+                "file_name": dataset_file_name(frame, self.params.image_root),
                 "width": width,
                 "height": height,
                 "tags": [
@@ -96,11 +95,6 @@ class CocoOutput(OutputStage):
             "annotations": annotations,
             "categories": categories,
         }
-
-    def file_name(self, frame: Frame) -> str:
-        if self.params.image_root is not None:
-            return Path(os.path.relpath(Path(frame.source).resolve(), Path(self.params.image_root).resolve())).as_posix()
-        return output_name(frame) + Path(frame.source).suffix
 
     @staticmethod
     def _annotation(ann_id: int, image_id: int, cat_id: int, region, hw: tuple[int, int]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ frames built in Python often have none, so the source's stem stands in.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
 from recognize.errors import RecognizeError
@@ -26,6 +27,14 @@ def output_name(frame: Frame) -> str:
 def output_path(frame: Frame, out_dir: str | Path, suffix: str) -> Path:
     """`out_dir/<name><suffix>`, e.g. suffix `.json` or `.annotated.jpg`."""
     return Path(out_dir) / (output_name(frame) + suffix)
+
+
+def dataset_file_name(frame: Frame, image_root: str | os.PathLike[str] | None) -> str:
+    """How a dataset file (COCO, tags JSONL) names the image: its path relative to `image_root` when
+    set (so `image_root/<name>` opens it), else the output name plus the source's suffix."""
+    if image_root is not None:
+        return Path(os.path.relpath(Path(frame.source).resolve(), Path(image_root).resolve())).as_posix()
+    return output_name(frame) + Path(frame.source).suffix
 
 
 def image_size(frame: Frame) -> tuple[int, int]:

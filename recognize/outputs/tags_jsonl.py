@@ -10,7 +10,6 @@ score and the stage that produced it (a tag given with the image has no score); 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,7 +17,7 @@ from pydantic import Field
 
 from recognize.atomic import atomic_write
 from recognize.frame import Frame
-from recognize.outputs.paths import image_size, output_name
+from recognize.outputs.paths import dataset_file_name, image_size
 from recognize.stage import OutputStage, StageParams
 
 
@@ -40,7 +39,7 @@ class TagsJsonl(OutputStage):
     def record(self, frame: Frame) -> dict[str, Any]:
         width, height = image_size(frame)
         record: dict[str, Any] = {
-            "image": self.image_name(frame),
+            "image": dataset_file_name(frame, self.params.image_root),
             "width": width,
             "height": height,
             "tags": [t.name for t in frame.tags],
@@ -56,12 +55,6 @@ class TagsJsonl(OutputStage):
         if self.params.include_dropped:
             record["dropped"] = [d.model_dump(mode="json", exclude_none=True) for d in frame.dropped]
         return record
-
-    def image_name(self, frame: Frame) -> str:
-        if self.params.image_root is not None:
-            root = Path(self.params.image_root).resolve()
-            return Path(os.path.relpath(Path(frame.source).resolve(), root)).as_posix()
-        return output_name(frame) + Path(frame.source).suffix
 
     def finish(self, frames: list[Frame], out_dir: Path) -> None:
         with atomic_write(self.path(out_dir)) as handle:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recognize.errors import InputError
-from recognize.eval.regions import STAT_NAMES, evaluate_regions, read_frames, run_on_ground_truth
+from recognize.eval.regions import STAT_NAMES, evaluate_regions, load_ground_truth, read_frames, run_on_ground_truth
 from recognize.frame import Frame, Region, mask_to_rle
 from recognize.pipeline import Pipeline
 
@@ -125,6 +125,11 @@ def test_run_recipe_on_ground_truth_images(test_stages, image_folder, tmp_path):
     assert result.stats["bbox"]["AP"] == pytest.approx(1.0)
     assert result.stats["segm"]["AP"] == pytest.approx(1.0)
     assert sorted(result.missing) == ["broken.png", "gone.jpg"]
+    # a ground truth loaded once serves both steps alike
+    coco = load_ground_truth(gt)
+    again, _, _ = run_on_ground_truth(Pipeline.from_recipe(recipe), gt, image_folder, coco=coco)
+    assert [[r.box for r in f.regions] for f in again] == [[r.box for r in f.regions] for f in frames]
+    assert evaluate_regions(again, gt, images_dir=image_folder, coco=coco).stats == result.stats
 
 
 def test_read_frames_from_a_run_folder(tmp_path):

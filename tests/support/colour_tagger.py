@@ -3,11 +3,13 @@
 Vocabulary: red, green, blue. A class's score is that channel's share of the mean colour, its
 embedding the normalised mean colour. The "model" (a tiny array) comes from `shared_models` like a
 real tagger's, so tests can check that region stages share the tagging stage's instance.
+`registered()` registers it (with the core test stages) for one test.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -66,3 +68,29 @@ class ColourTagger(Stage):
 @recognize.hookimpl
 def register_stages(register):
     register(ColourTagger)
+
+
+@contextlib.contextmanager
+def registered() -> Iterator[None]:
+    """This module and `teststages` registered in-process, with an empty model pool, for one test."""
+    import sys
+
+    import teststages
+
+    from recognize import plugins
+
+    pm = plugins.get_plugin_manager()
+    pairs = (("colour_tagger", sys.modules[__name__]), ("teststages", teststages))
+    for name, plugin in pairs:
+        if pm.get_plugin(name) is None:
+            pm.register(plugin, name=name)
+    plugins._registry_cache.clear()
+    shared_models.clear()
+    BUILDS.clear()
+    try:
+        yield
+    finally:
+        for name, _ in pairs:
+            pm.unregister(name=name)
+        plugins._registry_cache.clear()
+        shared_models.clear()
