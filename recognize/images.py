@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -159,8 +159,3 @@ def _dedupe_names(found: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
         used.setdefault(name, 1)
         result.append((path, name))
     return result
-
-
-def iter_images(paths: Iterable[str | os.PathLike[str]]) -> Iterator[np.ndarray]:
-    for path in paths:
-        yield load_image(path)

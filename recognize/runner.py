@@ -21,9 +21,10 @@ from recognize.atomic import write_text
 from recognize.engines.local import FrameResult, LocalEngine, describe_error
 from recognize.engines.segment_store import PARTIAL_DIR
 from recognize.engines.segment_store import clear as clear_partial
-from recognize.errors import InputError
+from recognize.errors import InputError, RecognizeError
 from recognize.frame import Frame
 from recognize.images import expand_inputs
+from recognize.outputs.json_output import JsonOutput, read_frame
 from recognize.pipeline import Pipeline
 from recognize.stage import OutputStage
 
@@ -71,24 +72,13 @@ class RunSummary:
         }
 
 
-def json_output() -> OutputStage:
-    from recognize import plugins
-
-    return plugins.get_stage("json")()
-
-
-def frame_is_complete(frame: Frame, outputs: Sequence[OutputStage], out_dir: Path) -> bool:
-    return all(path.is_file() for stage in outputs for path in stage.files(frame, out_dir))
-
-
-def read_done_frame(frame: Frame, json_stage: OutputStage, out_dir: Path) -> Frame | None:
-    """The Frame stored by a previous run, or None when it is missing or unreadable."""
-    paths = json_stage.files(frame, out_dir)
-    if not paths:
+def read_done_frame(frame: Frame, outputs: Sequence[OutputStage], json_stage: OutputStage, out_dir: Path) -> Frame | None:
+    """The Frame a previous run finished (every output file present, its JSON readable), else None."""
+    if not all(path.is_file() for stage in outputs for path in stage.files(frame, out_dir)):
         return None
     try:
-        done = Frame.from_json(paths[0].read_text(encoding="utf-8"))
-    except Exception:  # noqa: BLE001 - a damaged file just means "redo this image"
+        done = read_frame(json_stage.files(frame, out_dir)[0])
+    except RecognizeError:  # a damaged file just means "redo this image"
         return None
     done.name = frame.name
     return done
@@ -120,7 +110,7 @@ def run_to_folder(
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         engine=getattr(engine, "name", type(engine).__name__),
     )
-    json_stage = next((s for s in pipeline.outputs if s.name == "json"), None) or json_output()
+    json_stage = next((s for s in pipeline.outputs if s.name == "json"), None) or JsonOutput()
     # json goes last: its file is the "this image is complete" marker
     outputs = [s for s in pipeline.outputs if s.name != "json"] + [json_stage]
 
@@ -130,7 +120,7 @@ def run_to_folder(
     todo: list[Frame] = []
     for path, name in items:
         frame = Frame(source=str(path), name=name)
-        done = None if overwrite else _resumable(frame, outputs, json_stage, out)
+        done = None if overwrite else read_done_frame(frame, outputs, json_stage, out)
         if done is not None:
             all_frames.append(done)
             summary.skipped += 1
@@ -203,9 +193,3 @@ def check_manifest(pipeline: Pipeline, out: Path, overwrite: bool) -> None:
             )
     write_text(path, json.dumps({"recognize_version": __version__, "recipe": pipeline.name, "pipeline": recipe},
                                 indent=2, ensure_ascii=False))
-
-
-def _resumable(frame: Frame, outputs: list[OutputStage], json_stage: OutputStage, out: Path) -> Frame | None:
-    if not frame_is_complete(frame, outputs, out):
-        return None
-    return read_done_frame(frame, json_stage, out)

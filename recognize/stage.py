@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -108,9 +108,6 @@ class OutputStage(Stage):
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         return frames
-
-
-StageT = TypeVar("StageT", bound=type[Stage])
 
 
 def resolve_device(device: str) -> str:

@@ -12,7 +12,9 @@ import shutil
 from pathlib import Path
 
 from recognize.atomic import write_text
+from recognize.errors import RecognizeError
 from recognize.frame import Frame
+from recognize.outputs.json_output import read_frame
 
 PARTIAL_DIR = ".partial"
 
@@ -25,9 +27,11 @@ class SegmentStore:
         if self.dir is None or not frame.name:
             return None
         path = self.dir / f"{frame.name}.json"
+        if not path.is_file():
+            return None
         try:
-            done = Frame.from_json(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            done = read_frame(path)
+        except RecognizeError:  # damaged: recompute
             return None
         done.name = frame.name
         return done
