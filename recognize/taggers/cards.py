@@ -17,34 +17,33 @@ _NO_CHECKSUM = " The publisher gives no sha256 or size for this checkpoint, so n
 
 CLIP_VIT_B_16_SHA256 = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
 
+
+def _checkpoint(name: str, url: str, description: str) -> ModelCard:
+    """A released `<name>.pth` (the stages ask for exactly that file name), published without checksums."""
+    return ModelCard(
+        name=name,
+        files=(ModelFile(f"{name}.pth", url),),
+        description=description + _NO_CHECKSUM,
+        homepage=_HOMEPAGE,
+        license="Apache-2.0",
+    )
+
+
 CARDS: list[ModelCard] = [
-    ModelCard(
-        name="ram_swin_large_14m",
-        files=(ModelFile("ram_swin_large_14m.pth", f"{_RAM_SPACE}/ram_swin_large_14m.pth"),),
-        description="Recognize Anything (RAM), Swin-L, 14M images, 4585 tags." + _NO_CHECKSUM,
-        homepage=_HOMEPAGE,
-        license="Apache-2.0",
+    _checkpoint(
+        "ram_swin_large_14m",
+        f"{_RAM_SPACE}/ram_swin_large_14m.pth",
+        "Recognize Anything (RAM), Swin-L, 14M images, 4585 tags.",
     ),
-    ModelCard(
-        name="ram_plus_swin_large_14m",
-        files=(
-            ModelFile(
-                "ram_plus_swin_large_14m.pth",
-                "https://huggingface.co/xinyu1205/recognize-anything-plus-model/resolve/main/"
-                "ram_plus_swin_large_14m.pth",
-            ),
-        ),
-        description="Recognize Anything Plus (RAM++), Swin-L, 14M images, open-set tag descriptions."
-        + _NO_CHECKSUM,
-        homepage=_HOMEPAGE,
-        license="Apache-2.0",
+    _checkpoint(
+        "ram_plus_swin_large_14m",
+        "https://huggingface.co/xinyu1205/recognize-anything-plus-model/resolve/main/ram_plus_swin_large_14m.pth",
+        "Recognize Anything Plus (RAM++), Swin-L, 14M images, open-set tag descriptions.",
     ),
-    ModelCard(
-        name="tag2text_swin_14m",
-        files=(ModelFile("tag2text_swin_14m.pth", f"{_RAM_SPACE}/tag2text_swin_14m.pth"),),
-        description="Tag2Text, Swin-B, 14M images: 3429 tags and tag-guided captions." + _NO_CHECKSUM,
-        homepage=_HOMEPAGE,
-        license="Apache-2.0",
+    _checkpoint(
+        "tag2text_swin_14m",
+        f"{_RAM_SPACE}/tag2text_swin_14m.pth",
+        "Tag2Text, Swin-B, 14M images: 3429 tags and tag-guided captions.",
     ),
     ModelCard(
         name="ram-tag-lists",

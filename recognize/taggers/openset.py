@@ -143,7 +143,7 @@ class ClipTextEncoder:
         batch_size: int = 256,
     ) -> None:
         # a factory defers building (and reading weights) until something is not in the cache
-        self._model = model if isinstance(model, nn.Module) else None
+        self._model = model.eval().to(device) if isinstance(model, nn.Module) else None
         self._factory = None if isinstance(model, nn.Module) else model
         self.tokenizer = tokenizer
         self.identity = identity
@@ -154,17 +154,22 @@ class ClipTextEncoder:
     def model(self) -> nn.Module:
         if self._model is None:
             assert self._factory is not None
-            self._model = self._factory()
-        return self._model.eval().to(self.device)
+            self._model = self._factory().eval().to(self.device)
+        return self._model
 
     @classmethod
     def openai_vit_b16(cls, path: str | os.PathLike[str] | None = None, device: str = "cpu") -> ClipTextEncoder:
         """open_clip `ViT-B-16` with OpenAI's weights (`ViT-B-16.pt`; None -> the hub card's file)."""
         import open_clip
 
-        from recognize.hub import resolve_path
+        from recognize.hub import get_card, resolve_path
 
-        path = resolve_path(None if path is None else str(path), "clip-vit-b-16", "ViT-B-16.pt")
+        if path is None:  # the hub verified the file against the card's sha256: that is its identity
+            digest = get_card("clip-vit-b-16").file("ViT-B-16.pt").sha256
+            path = resolve_path(None, "clip-vit-b-16", "ViT-B-16.pt")
+        else:
+            path = resolve_path(str(path), "clip-vit-b-16", "ViT-B-16.pt")
+            digest = file_digest(path)
 
         def build() -> nn.Module:
             from open_clip.model import build_model_from_openai_state_dict
@@ -177,7 +182,7 @@ class ClipTextEncoder:
             model.visual = nn.Identity()  # text tower only
             return model
 
-        identity = f"open_clip:ViT-B-16:openai:{file_digest(path)}"
+        identity = f"open_clip:ViT-B-16:openai:{digest}"
         return cls(build, open_clip.get_tokenizer("ViT-B-16"), identity, device=device)
 
     @classmethod
@@ -212,7 +217,8 @@ class ClipTextEncoder:
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 of a weights file (the encoder's identity in cache keys)."""
+    """sha256 of a user-given weights file (the encoder's identity in cache keys); hub files are not
+    hashed here: the hub already verified them against their card."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -274,11 +280,10 @@ def name_embeddings(
     names = list(names)
 
     def compute() -> torch.Tensor:
-        rows = []
-        for name in names:
-            mean = encoder.encode(template_sentences(name)).mean(dim=0)
-            rows.append(mean / mean.norm())
-        return torch.stack(rows)
+        # every name's sentences in one stream, so the encoder runs full batches, not one call per name
+        sentences = [s for name in names for s in template_sentences(name)]
+        means = encoder.encode(sentences).view(len(names), len(TEMPLATES), -1).mean(dim=1)
+        return means / means.norm(dim=-1, keepdim=True)
 
     if cache is None:
         return compute()

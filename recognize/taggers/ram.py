@@ -23,7 +23,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,9 +87,6 @@ class RamConfig:
             num_classes=int(config["num_classes"]),
             descriptions_per_class=int(label.get("descriptions_per_class", RAM_PLUS_DESCRIPTIONS)),
         )
-
-    def with_image_size(self, image_size: int) -> RamConfig:
-        return replace(self, swin=replace(self.swin, image_size=image_size))
 
 
 class RAM(nn.Module):

@@ -9,8 +9,8 @@ API:
   mean of the final-normalised tokens (the official output); `forward_stages(images)` returns the
   per-stage outputs in the official layout (for locating a mismatch).
 - `official_key(timm_key)` / `timm_key(official_key)`: the key rename (patch merging sits at the end of
-  stage i in the official layout, at the start of stage i+1 in timm's); `DROPPED_BUFFERS` names the
-  buffers the official loader drops (rebuilt by the constructor). `resize_bias_table(...)` adapts a
+  stage i in the official layout, at the start of stage i+1 in timm's); the buffers the official loader
+  drops are `recognize.taggers.checkpoint.DROPPED_BUFFERS`. `resize_bias_table(...)` adapts a
   relative-position table trained with another window (the 224 variants of the 384 releases).
 
 timm matches the official maths: the window clamp (a stage whose map is not larger than the window
@@ -30,10 +30,6 @@ from typing import Any
 import torch
 from timm.layers import resize_rel_pos_bias_table
 from timm.models.swin_transformer import SwinTransformer
-
-#: Official buffers that are recomputed from the configuration and never loaded.
-DROPPED_BUFFERS = ("relative_position_index", "attn_mask")
-
 
 @dataclass(frozen=True)
 class SwinConfig:

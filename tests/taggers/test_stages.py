@@ -12,7 +12,7 @@ from recognize import plugins
 from recognize.errors import ModelFileError, RecognizeError
 from recognize.frame import Frame
 from recognize.stage import shared_models
-from recognize.taggers.openset import ClipTextEncoder, EmbeddingCache, name_embeddings
+from recognize.taggers.openset import ClipTextEncoder, EmbeddingCache, name_embeddings, template_sentences
 from recognize.taggers.stages import Ram, RamPlus
 
 
@@ -136,6 +136,8 @@ def test_openset_ram_with_template_embeddings(ram_fixture, tiny_clip, small_imag
     # the same computation by hand: templates -> encode -> normalise -> mean -> normalise
     encoder = _tiny_encoder(tiny_clip)
     embed = name_embeddings(tags, encoder)
+    by_hand = torch.stack([encoder.encode(template_sentences(t)).mean(dim=0) for t in tags])
+    torch.testing.assert_close(embed, by_hand / by_hand.norm(dim=-1, keepdim=True), atol=1e-6, rtol=0)
     with torch.no_grad():
         expected = torch.sigmoid(stage.model(stage.pixels(small_images), embed, 3)).numpy()
     np.testing.assert_allclose(scores, expected, atol=1e-5)
