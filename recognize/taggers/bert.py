@@ -272,11 +272,12 @@ class BertModel(nn.Module):
         hidden = self.embeddings(input_ids, past_length=past)
         batch, length = input_ids.shape
         if causal:
-            mask = causal_mask(length, past, batch, hidden.dtype, hidden.device)
-            if attention_mask is not None:
-                mask = mask + padding_mask(attention_mask, hidden.dtype)
             if past and length == 1 and attention_mask is None:
                 mask = None  # one new token sees everything: the official mask row is all zeros
+            else:
+                mask = causal_mask(length, past, batch, hidden.dtype, hidden.device)
+                if attention_mask is not None:
+                    mask = mask + padding_mask(attention_mask, hidden.dtype)
         else:
             if past:
                 raise ValueError("a key/value cache needs causal=True")
@@ -360,17 +361,21 @@ class CaptionDecoder:
 
     def __init__(self, model: BertLMHeadModel, encoder_hidden_states: Tensor, use_cache: bool = True) -> None:
         self.model = model
-        self.encoder_hidden_states = encoder_hidden_states
+        self.encoder_hidden_states: Tensor | None = encoder_hidden_states
         self.cache: DecoderCache | None = DecoderCache() if use_cache else None
 
     def logits(self, input_ids: Tensor) -> Tensor:
         if self.cache is None:
             return self.model(input_ids, self.encoder_hidden_states, last_only=True)
         new_tokens = input_ids[:, self.cache.length :]
-        encoder = self.encoder_hidden_states if not self.cache.layers else None
-        return self.model(new_tokens, encoder, cache=self.cache, last_only=True)
+        logits = self.model(new_tokens, self.encoder_hidden_states, cache=self.cache, last_only=True)
+        # the cache now holds every layer's cross-attention keys/values: the states are not read (nor
+        # reordered per beam step) again
+        self.encoder_hidden_states = None
+        return logits
 
     def select(self, index: Tensor) -> None:
-        self.encoder_hidden_states = self.encoder_hidden_states.index_select(0, index)
+        if self.encoder_hidden_states is not None:
+            self.encoder_hidden_states = self.encoder_hidden_states.index_select(0, index)
         if self.cache is not None and self.cache.layers:
             self.cache = self.cache.select(index)

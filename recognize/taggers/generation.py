@@ -85,7 +85,7 @@ def _decode(
     """One token per step for every unfinished row, chosen by `pick` from the processed scores."""
     input_ids = prefix
     batch = prefix.shape[0]
-    lengths = [prefix.shape[1]] * batch
+    lengths = torch.full((batch,), prefix.shape[1], dtype=torch.long, device=prefix.device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=prefix.device)
     while input_ids.shape[1] < max_length and bool(unfinished.any()):
         scores = decoder.logits(input_ids).float()
@@ -94,11 +94,9 @@ def _decode(
         tokens = pick(scores)
         tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad_token_id))
         input_ids = torch.cat([input_ids, tokens[:, None]], dim=1)
-        for row in range(batch):
-            if unfinished[row]:
-                lengths[row] += 1
+        lengths += unfinished
         unfinished &= tokens != eos_token_id
-    return _rows(input_ids, lengths)
+    return _rows(input_ids, lengths.tolist())
 
 
 @torch.no_grad()
@@ -208,6 +206,8 @@ def beam_search(
 
     while True:
         cur_len = input_ids.shape[1]
+        # the length an eos now would be scored with, and the stop test's length
+        length = cur_len if length_normalization == "official" else cur_len + 1 - prompt_length
         logits = decoder.logits(input_ids).float()
         scores = torch.log_softmax(logits, dim=-1)
         scores = _repetition_penalty(scores, input_ids, repetition_penalty)
@@ -215,53 +215,51 @@ def beam_search(
         scores = scores + beam_scores[:, None].expand_as(scores)
         vocab = scores.shape[-1]
         scores = scores.view(batch, num_beams * vocab)
-        top_scores, top_tokens = torch.topk(scores, 2 * num_beams, dim=1, largest=True, sorted=True)
-        top_beams = torch.div(top_tokens, vocab, rounding_mode="floor")
-        top_tokens = top_tokens % vocab
+        top_scores, top_ids = torch.topk(scores, 2 * num_beams, dim=1, largest=True, sorted=True)
+        # one device->host copy per step; the per-candidate bookkeeping below is plain Python
+        top_scores_list, top_ids_list = top_scores.tolist(), top_ids.tolist()
 
-        next_scores = torch.zeros(batch, num_beams, dtype=top_scores.dtype, device=device)
-        next_tokens = torch.full((batch, num_beams), pad_token_id, dtype=torch.long, device=device)
-        next_rows = torch.zeros(batch, num_beams, dtype=torch.long, device=device)
+        next_scores = [[0.0] * num_beams for _ in range(batch)]
+        next_tokens = [[pad_token_id] * num_beams for _ in range(batch)]
+        next_rows = [[0] * num_beams for _ in range(batch)]
         for item in range(batch):
             if done[item]:
                 continue  # padded rows, never read again
             slot = 0
             for rank in range(2 * num_beams):
-                token = int(top_tokens[item, rank])
-                row = item * num_beams + int(top_beams[item, rank])
-                score = top_scores[item, rank]
+                beam, token = divmod(top_ids_list[item][rank], vocab)
+                row = item * num_beams + beam
+                score = top_scores_list[item][rank]
                 if token == eos_token_id:
                     if rank >= num_beams:
                         continue
-                    ids = input_ids[row].tolist()
-                    length = cur_len if length_normalization == "official" else cur_len + 1 - prompt_length
-                    hypotheses[item].add(ids, score.item(), length)
+                    hypotheses[item].add(input_ids[row].tolist(), score, length)
                 else:
-                    next_scores[item, slot] = score
-                    next_tokens[item, slot] = token
-                    next_rows[item, slot] = row
+                    next_scores[item][slot] = score
+                    next_tokens[item][slot] = token
+                    next_rows[item][slot] = row
                     slot += 1
                 if slot == num_beams:
                     break
-            stop_length = cur_len if length_normalization == "official" else cur_len + 1 - prompt_length
-            done[item] = done[item] or hypotheses[item].is_done(top_scores[item].max().item(), stop_length)
+            # sorted=True: the first candidate is the best one
+            done[item] = done[item] or hypotheses[item].is_done(top_scores_list[item][0], length)
 
-        beam_scores = next_scores.view(-1)
-        rows = next_rows.view(-1)
-        input_ids = torch.cat([input_ids.index_select(0, rows), next_tokens.view(-1, 1)], dim=1)
+        beam_scores = torch.tensor(next_scores, dtype=top_scores.dtype, device=device).view(-1)
+        rows = torch.tensor(next_rows, dtype=torch.long, device=device).view(-1)
+        tokens = torch.tensor(next_tokens, dtype=torch.long, device=device).view(-1, 1)
+        input_ids = torch.cat([input_ids.index_select(0, rows), tokens], dim=1)
         decoder.select(rows)
         if all(done) or input_ids.shape[1] >= max_length:
             break
 
     results = []
+    final_length = input_ids.shape[1] - (prompt_length if length_normalization == "generated" else 0)
+    final_scores = beam_scores.tolist()
     for item in range(batch):
         if not done[item]:
             for beam in range(num_beams):
                 row = item * num_beams + beam
-                length = input_ids.shape[1]
-                if length_normalization == "generated":
-                    length -= prompt_length
-                hypotheses[item].add(input_ids[row].tolist(), beam_scores[row].item(), length)
+                hypotheses[item].add(input_ids[row].tolist(), final_scores[row], final_length)
         best = hypotheses[item].best()
         if len(best) < max_length:
             best = [*best, eos_token_id]

@@ -10,8 +10,8 @@ API:
   tag_texts, tokenizer, settings) -> list[list[int]]`, `key_spec()` for
   `recognize.taggers.checkpoint.load_official`, `tie_weights()`.
 - `CaptionSettings`: greedy / beam / nucleus sampling knobs (official defaults).
-- `predicted_tag_indices(scores, thresholds, delete)`: the official tag choice (strict `>`,
-  `delete_tag_index` removed, class-index order).
+The official tag choice (strict `>`, `delete_tag_index` removed, class-index order) is
+`recognize.taggers.vocabulary.Vocabulary.predict`, which the `tag2text` stages use.
 
 Parts: Swin-B (`recognize.taggers.swin`), the recognition decoder (`recognition_decoder`, key/value
 width = vision width) over `label_embed` (an Embedding) queries, a `GroupWiseLinear` classifier
@@ -33,7 +33,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,9 +60,6 @@ TAG_MAX_LENGTH = 40
 RELEASED_TEXT = BertConfig()
 #: `q2l_config.json` with the key/value width the model code sets (Swin-B width)
 RELEASED_DECODER = DecoderConfig(hidden_size=768, num_layers=2, num_heads=4, intermediate_size=3072, encoder_width=1024)
-
-LengthNormalization = Literal["official", "generated"]
-
 
 @dataclass(frozen=True)
 class Tag2TextConfig:
@@ -142,7 +139,7 @@ class CaptionSettings:
     top_p: float = 0.9
     #: None: the official value, 1.0 for beam/greedy and the hard-coded 1.1 for sampling
     repetition_penalty: float | None = None
-    length_normalization: LengthNormalization = "official"
+    length_normalization: generation.LengthNormalization = "official"
     seed: int | None = None
     use_cache: bool = True
 
@@ -157,15 +154,6 @@ class GroupWiseLinear(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         return (self.W * hidden).sum(-1) + self.b
-
-
-def predicted_tag_indices(
-    scores: np.ndarray, thresholds: np.ndarray, delete: Sequence[int] = DELETE_TAG_INDEX
-) -> list[np.ndarray]:
-    """Official tag choice per image: `score > threshold`, minus `delete`, ascending class index."""
-    hits = np.asarray(scores) > np.asarray(thresholds)[None, :]
-    hits[:, list(delete)] = False
-    return [np.flatnonzero(row) for row in hits]
 
 
 class Tag2Text(nn.Module):

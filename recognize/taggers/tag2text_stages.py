@@ -195,14 +195,13 @@ class Tag2TextCaption(Tag2TextTagger):
             return [user_tag_string(self.params.user_tags)] * len(frames)
         if self.params.tags == "frame":
             return [" | ".join(tag.name for tag in frame.tags) for frame in frames]
+        # tags: predicted. The captioner also reports the tags it predicted: one Swin pass gives tags and caption
         scores = torch.sigmoid(self.model.logits(image_tokens).float()).cpu().numpy()
-        names = self.vocabulary.names
-        if self.params.tags == "predicted":
-            # the captioner also reports the tags it predicted: one Swin pass gives tags and caption
-            for frame, tags in zip(frames, self.tags_for_scores(scores)):
-                known = {tag.name for tag in frame.tags}
-                frame.tags.extend(tag for tag in tags if tag.name not in known)
-        return [" | ".join(names[i] for i in indices) for indices in self.predicted_indices(scores)]
+        predicted = self.tags_for_scores(scores)
+        for frame, tags in zip(frames, predicted):
+            known = {tag.name for tag in frame.tags}
+            frame.tags.extend(tag for tag in tags if tag.name not in known)
+        return [" | ".join(tag.name for tag in tags) for tags in predicted]
 
     @torch.inference_mode()
     def caption_images(self, images: list[np.ndarray], tag_texts: list[str] | None = None) -> list[tuple[str, str]]:
@@ -215,12 +214,12 @@ class Tag2TextCaption(Tag2TextTagger):
         results: list[tuple[str, str]] = []
         settings = self.settings()
         size = self.params.batch_size
+        prompt = self.model.config.prompt
         for start in range(0, len(frames), size):
             chunk = frames[start : start + size]
             tokens = self.model.encode_image(self.pixels([frame.image for frame in chunk]))
             texts = tag_texts[start : start + size] if tag_texts is not None else self.tag_strings(chunk, tokens)
             ids = self.model.caption_ids(tokens, texts, self.tokenizer, settings)
-            prompt = self.model.config.prompt
             results.extend((text, self.tokenizer.caption(row, prompt)) for text, row in zip(texts, ids))
         return results
 

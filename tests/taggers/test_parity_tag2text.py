@@ -28,7 +28,7 @@ from recognize.frame import Frame
 from recognize.taggers.bert import CaptionDecoder
 from recognize.taggers.checkpoint import load_official
 from recognize.taggers.generation import beam_search, greedy
-from recognize.taggers.tag2text import CaptionSettings, Tag2Text, Tag2TextConfig, predicted_tag_indices
+from recognize.taggers.tag2text import CaptionSettings, Tag2Text, Tag2TextConfig
 from recognize.taggers.tag2text_stages import Tag2TextCaption, Tag2TextTagger, user_tag_string
 from recognize.taggers.tokenizer import CaptionTokenizer
 from recognize.taggers.vocabulary import read_tag_list
@@ -173,9 +173,12 @@ def test_parity_tag2text_scores_and_tags_from_tensors(fx):
     assert np.abs(scores - fx.tensors["scores"].numpy()).max() <= TOLERANCE
     thresholds = model.config.class_thresholds()
     np.testing.assert_array_equal(thresholds, fx.tensors["class_threshold"].numpy())
-    before = predicted_tag_indices(scores, thresholds, delete=())
+    # the stages' tag choice (Vocabulary.predict with the stage's allowed classes) on these scores
+    official = Tag2TextTagger(**fx.stage_params())
+    before = Tag2TextTagger(**fx.stage_params(), delete_tag_index=[]).predicted_indices(scores)
     assert [r.tolist() for r in before] == fx.expected["predicted_indices_before_delete"]
-    after = predicted_tag_indices(scores, thresholds, model.config.delete_tag_index)
+    after = official.predicted_indices(scores)
+    np.testing.assert_array_equal(official.vocabulary.thresholds, thresholds)
     names = read_tag_list(fx.asset("tag_list"))
     assert [" | ".join(names[i] for i in row) for row in after] == fx.expected["tags"]
 

@@ -21,7 +21,7 @@ from recognize.stage import shared_models
 from recognize.taggers.bert import CaptionDecoder
 from recognize.taggers.checkpoint import load_official, map_state_dict
 from recognize.taggers.generation import beam_search
-from recognize.taggers.tag2text import CaptionSettings, Tag2Text, Tag2TextConfig, predicted_tag_indices
+from recognize.taggers.tag2text import CaptionSettings, Tag2Text, Tag2TextConfig
 from recognize.taggers.tag2text_stages import Tag2TextCaption, Tag2TextTagger, user_tag_string
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,8 +171,10 @@ def test_tag_choice_is_strict_and_deletes(tiny):
     thresholds = Tag2TextConfig.from_fixture_config(tiny_config_dict("tags.txt")).class_thresholds()
     assert thresholds[3] == np.float32(0.7) and thresholds[0] == np.float32(0.68)
     scores = np.array([[0.69, 0.9, 0.68, 0.69, 0.1] + [0.0] * 7])
-    assert predicted_tag_indices(scores, thresholds, delete=[1])[0].tolist() == [0]
-    assert predicted_tag_indices(scores, thresholds, delete=[])[0].tolist() == [0, 1]
+    official, keep_all = Tag2TextTagger(**tiny["params"]), Tag2TextTagger(**tiny["params"], delete_tag_index=[])
+    assert official.predicted_indices(scores)[0].tolist() == [0]  # the config's delete_tag_index [1]
+    assert keep_all.predicted_indices(scores)[0].tolist() == [0, 1]
+    np.testing.assert_array_equal(official.vocabulary.thresholds, thresholds)
     assert user_tag_string("dog,cat, red car") == "dog | cat |  red car"
 
 
