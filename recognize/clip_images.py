@@ -43,10 +43,10 @@ class ClipImageEncoder:
             if model_name == "ViT-B-16" and checkpoint is None:
                 from open_clip.model import build_model_from_openai_state_dict
 
-                from recognize.taggers.openset import _read_clip_state
+                from recognize.taggers.openset import read_clip_state
 
                 try:
-                    model = build_model_from_openai_state_dict(_read_clip_state(path), cast_dtype=None).float()
+                    model = build_model_from_openai_state_dict(read_clip_state(path), cast_dtype=None).float()
                 except (KeyError, RuntimeError, ValueError) as exc:
                     raise ModelFileError(f"{path}: not OpenAI CLIP ViT-B/16 weights ({exc})") from None
                 transform = open_clip.image_transform(model.visual.image_size, is_train=False)

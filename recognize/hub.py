@@ -46,6 +46,7 @@ __all__ = [
     "get_card",
     "is_offline",
     "resolve_path",
+    "sha256_file",
 ]
 
 #: Seconds a stalled connection may stay silent before the attempt counts as interrupted.
@@ -194,6 +195,11 @@ def _remember_digest(path: Path, digest: str) -> None:
     st = path.stat()
     with contextlib.suppress(OSError):  # a read-only cache still works, it just re-hashes
         write_text(_sidecar(path), json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}))
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of any file, streamed (no sidecar is written beside it)."""
+    return _hash_file(Path(path)).hexdigest()
 
 
 def _digest(path: Path) -> str:

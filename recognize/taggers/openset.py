@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from recognize.errors import ModelFileError, RecognizeError
+from recognize.hub import sha256_file
 from recognize.taggers.vocabulary import OPENSET_THRESHOLD
 
 __all__ = [
@@ -169,12 +170,12 @@ class ClipTextEncoder:
             path = resolve_path(None, "clip-vit-b-16", "ViT-B-16.pt")
         else:
             path = resolve_path(str(path), "clip-vit-b-16", "ViT-B-16.pt")
-            digest = file_digest(path)
+            digest = sha256_file(path)
 
         def build() -> nn.Module:
             from open_clip.model import build_model_from_openai_state_dict
 
-            state = _read_clip_state(path)
+            state = read_clip_state(path)
             try:
                 model = build_model_from_openai_state_dict(state, cast_dtype=None).float()
             except (KeyError, RuntimeError, ValueError) as exc:
@@ -202,7 +203,7 @@ class ClipTextEncoder:
             except RuntimeError as exc:
                 raise ModelFileError(f"{path}: not weights for open_clip model {model_name!r} ({exc})") from None
 
-        identity = f"open_clip:{model_name}:{file_digest(path)}"
+        identity = f"open_clip:{model_name}:{sha256_file(path)}"
         return cls(build, open_clip.get_tokenizer(model_name), identity, device=device)
 
     @torch.no_grad()
@@ -216,17 +217,7 @@ class ClipTextEncoder:
         return torch.cat(out).cpu() if out else torch.empty(0, 0)
 
 
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 of a user-given weights file (the encoder's identity in cache keys); hub files are not
-    hashed here: the hub already verified them against their card."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_clip_state(path: Path) -> dict[str, torch.Tensor]:
+def read_clip_state(path: Path) -> dict[str, torch.Tensor]:
     """OpenAI ships a TorchScript archive: read its tensors with `torch.jit.load` (TorchScript's own
     restricted loader, no Python pickle); a plain state dict goes through `torch.load(weights_only=True)`."""
     try:
