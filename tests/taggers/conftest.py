@@ -1,15 +1,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("RECOGNIZE_PARITY_FIXTURES", REPO.parent / "shared" / "reference" / "fixtures"))
+from parity import FIXTURES  # noqa: E402 - tests/support is on sys.path (tests/conftest.py)
 
 
 def fixture_folder(name: str) -> Path:

@@ -9,12 +9,13 @@ jpg files through our own preprocessing and stage.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from parity import FIXTURES, TOLERANCE, ParityFixture, fixture_folders
 
 from recognize.frame import Frame
 from recognize.stage import shared_models
@@ -23,44 +24,16 @@ from recognize.taggers.ram import RamConfig, build_model
 from recognize.taggers.stages import Ram, RamPlus
 from recognize.taggers.vocabulary import Vocabulary
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("RECOGNIZE_PARITY_FIXTURES", REPO.parent / "shared" / "reference" / "fixtures"))
-TOLERANCE = 1e-5
 
 
-def _folders() -> list[Path]:
-    if not FIXTURES.is_dir():
-        return []
-    found = []
-    for folder in sorted(p for p in FIXTURES.iterdir() if (p / "config.json").is_file()):
-        if json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model") in ("ram", "ram_plus"):
-            found.append(folder)
-    return found
-
-
-FOLDERS = _folders()
+FOLDERS = fixture_folders("ram", "ram_plus")
 pytestmark = pytest.mark.skipif(not FOLDERS, reason=f"no RAM/RAM++ parity fixtures under {FIXTURES}")
 
 
-class Fixture:
+class Fixture(ParityFixture):
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        self.expected = json.loads((folder / "expected.json").read_text(encoding="utf-8"))
-        self.tensors = torch.load(folder / "expected.pt", weights_only=True)
-        self.inputs = torch.load(folder / "inputs.pt", weights_only=True)
+        super().__init__(folder)
         self.variant = self.config["model"]
-
-    def asset(self, key: str) -> Path:
-        value = self.config[key]
-        for base in (self.folder, *self.folder.parents):
-            if (base / value).is_file():
-                return base / value
-        raise FileNotFoundError(value)
-
-    def images(self) -> list[Path]:
-        # config: paths relative to the reference data/ folder, a sibling of the fixtures folder
-        return [self.folder.parent.parent / "data" / f for f in self.config["images"]["files"]]
 
     def vocabulary(self) -> Vocabulary:
         return Vocabulary.from_files(self.asset("tag_list"), self.asset("tag_list_chinese"), self.asset("threshold_file"))

@@ -14,7 +14,6 @@ Without it they skip; the id-level checks (stored tag-encoder ids -> caption ids
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from functools import cache
 from pathlib import Path
@@ -23,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from parity import FIXTURES, TOLERANCE, ParityFixture, fixture_folders
 
 from recognize.frame import Frame
 from recognize.taggers.bert import CaptionDecoder
@@ -33,22 +34,9 @@ from recognize.taggers.tag2text_stages import Tag2TextCaption, Tag2TextTagger, u
 from recognize.taggers.tokenizer import CaptionTokenizer
 from recognize.taggers.vocabulary import read_tag_list
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("RECOGNIZE_PARITY_FIXTURES", REPO.parent / "shared" / "reference" / "fixtures"))
-TOLERANCE = 1e-5
 VOCAB_SHA256 = "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
 OFFICIAL = "prompt_inclusive_transformers_4.31.0"
 GENERATED = "generated_only_transformers_4.49.0"
-
-
-def _folders() -> list[Path]:
-    if not FIXTURES.is_dir():
-        return []
-    found = []
-    for folder in sorted(p for p in FIXTURES.iterdir() if (p / "config.json").is_file()):
-        if json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model") == "tag2text":
-            found.append(folder)
-    return found
 
 
 def _vocab() -> Path | None:
@@ -67,7 +55,7 @@ def _vocab() -> Path | None:
     return None
 
 
-FOLDERS = _folders()
+FOLDERS = fixture_folders("tag2text")
 VOCAB = _vocab()
 pytestmark = pytest.mark.skipif(not FOLDERS, reason=f"no Tag2Text parity fixtures under {FIXTURES}")
 needs_vocab = pytest.mark.skipif(
@@ -77,29 +65,14 @@ needs_vocab = pytest.mark.skipif(
 )
 
 
-class Fixture:
+class Fixture(ParityFixture):
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        self.expected = json.loads((folder / "expected.json").read_text(encoding="utf-8"))
-        self.tensors = torch.load(folder / "expected.pt", weights_only=True)
-        self.inputs = torch.load(folder / "inputs.pt", weights_only=True)
+        super().__init__(folder)
         self.prompt = self.config.get("prompt", "a picture of ")
 
     def optional(self, name: str) -> dict | None:
         path = self.folder / name
         return torch.load(path, weights_only=True) if path.is_file() else None
-
-    def asset(self, key: str) -> Path:
-        value = self.config[key]
-        for base in (self.folder, *self.folder.parents):
-            if (base / value).is_file():
-                return base / value
-        raise FileNotFoundError(value)
-
-    def images(self) -> list[Path]:
-        # config: paths relative to the reference data/ folder, a sibling of the fixtures folder
-        return [self.folder.parent.parent / "data" / f for f in self.config["images"]["files"]]
 
     def frames(self) -> list[Frame]:
         """The jpg files decoded as the official scripts do (`Image.open(...).convert('RGB')`, no EXIF)."""
