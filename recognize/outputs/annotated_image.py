@@ -9,6 +9,7 @@ found the stage draws English names and says so once in the log, it never fails.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import zlib
@@ -174,6 +175,7 @@ class AnnotatedImage(OutputStage):
         return out
 
 
+@functools.lru_cache(maxsize=32)  # one parse per font file and size, not one per image
 def _load_font(path: str | None, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     if path is not None:
         try:
