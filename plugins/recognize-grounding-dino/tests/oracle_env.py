@@ -1,0 +1,98 @@
+"""The official Grounding DINO code as a test oracle, in an environment of its own.
+
+rf-groundingdino (the official code) builds only on transformers 4.x, while this plugin and its
+users run on the current transformers. So the oracle never shares the test process: the first
+parity test creates a virtual environment (`--system-site-packages`, so torch and the other big
+libraries are reused, not downloaded again) holding rf-groundingdino and `transformers<5`, cached
+under `$RECOGNIZE_ORACLE_HOME` (default `~/.cache/recognize/oracles/<hash of the requirements>`).
+`official_worker.py` runs there in a subprocess, reads a JSON job and writes its numbers to an
+.npz file that the test compares in the main process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "official_worker.py"
+#: what the oracle environment adds on top of the test process's packages
+REQUIREMENTS = ("rf-groundingdino==0.3.0", "transformers>=4.40,<5")
+#: never let the oracle's resolver replace these (the oracle must run the test process's torch)
+KEEP = ("torch", "torchvision", "numpy")
+
+
+class OracleUnavailable(RuntimeError):
+    """The oracle environment could not be built (e.g. no package index reachable)."""
+
+
+def _constraints() -> list[str]:
+    pins = []
+    for name in KEEP:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            pins.append(f"{name}=={metadata.version(name)}")
+    return pins
+
+
+def _installed() -> list[str]:
+    """name==version of every package the test process sees: the oracle was resolved against them."""
+    return sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]})
+
+
+def oracle_dir() -> Path:
+    """One environment per (interpreter, requirements, installed packages): upgrading transformers in
+    the main environment, say, gives a freshly resolved oracle instead of a stale one."""
+    key = json.dumps([sys.version, sys.prefix, REQUIREMENTS, _installed()]).encode()
+    home = os.environ.get("RECOGNIZE_ORACLE_HOME") or Path.home() / ".cache" / "recognize" / "oracles"
+    return Path(home) / f"groundingdino-{hashlib.sha256(key).hexdigest()[:12]}"
+
+
+def oracle_python() -> Path:
+    """The oracle environment's interpreter, built on first use (a lock keeps parallel runs apart)."""
+    root = oracle_dir()
+    python = root / "bin" / "python"
+    ready = root / ".ready"
+    if ready.is_file():
+        return python
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f"{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if ready.is_file():
+            return python
+        subprocess.run([sys.executable, "-m", "venv", "--clear", "--system-site-packages", str(root)], check=True)
+        constraints = root / "constraints.txt"
+        constraints.write_text("\n".join(_constraints()) + "\n")
+        result = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             "-c", str(constraints), *REQUIREMENTS],
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise OracleUnavailable(f"could not build the oracle environment in {root}:\n{result.stderr[-3000:]}")
+        ready.write_text("\n".join(REQUIREMENTS) + "\n")
+    return python
+
+
+def run_official(job: dict[str, Any], workdir: Path) -> dict[str, np.ndarray]:
+    """Run `job` through the official code in the oracle environment; its arrays by name."""
+    python = oracle_python()
+    workdir.mkdir(parents=True, exist_ok=True)
+    job_file = workdir / f"{job['task']}.job.json"
+    out_file = workdir / f"{job['task']}.npz"
+    job_file.write_text(json.dumps({**job, "output": str(out_file)}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    result = subprocess.run([str(python), str(WORKER), str(job_file)], capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"the official code failed on {job['task']!r}:\n{result.stderr[-4000:]}")
+    with np.load(out_file) as data:
+        return {name: data[name] for name in data.files}
