@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -142,3 +143,68 @@ def official_to_transformers(state_dict: Mapping[str, torch.Tensor]) -> tuple[di
         else:
             unknown.append(key)
     return out, unknown
+
+
+
+# transformers 5.x renamed SwinBackbone's insides: `embeddings` / `encoder` moved into `swin.`, and the
+# attention and MLP projections got new names. Each pair is (4.x name part, 5.x name part).
+_SWIN_NESTED = _SWIN + "swin."
+_SWIN_BODY = re.compile(r"^" + re.escape(_SWIN) + r"(embeddings|encoder)\.")
+_SWIN_RENAMES = [
+    ("attention.self.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table"),
+    ("attention.self.query.", "attention.q_proj."),
+    ("attention.self.key.", "attention.k_proj."),
+    ("attention.self.value.", "attention.v_proj."),
+    ("attention.output.dense.", "attention.o_proj."),
+    ("intermediate.dense.", "mlp.fc1."),
+    ("output.dense.", "mlp.fc2."),
+]
+#: 5.x SwinModel carries a final `layernorm` the backbone never applies (it normalises the stage
+#: outputs with `hidden_states_norms`): no checkpoint has it, the model keeps its own values
+_SWIN_UNREAD = re.compile(r"^" + re.escape(_SWIN_NESTED) + r"layernorm\.")
+
+
+def _newer_swin(key: str) -> str:
+    if _SWIN_BODY.match(key):
+        key = _SWIN_NESTED + key[len(_SWIN):]
+    if key.startswith(_SWIN_NESTED + "encoder."):
+        for old, new in _SWIN_RENAMES:
+            key = key.replace(old, new, 1) if old in key else key
+    return key
+
+
+def _older_swin(key: str) -> str:
+    if key.startswith(_SWIN_NESTED):
+        key = _SWIN + key[len(_SWIN_NESTED):]
+    if key.startswith(_SWIN + "encoder."):
+        for old, new in _SWIN_RENAMES:
+            key = key.replace(new, old, 1) if new in key else key
+    return key
+
+
+def align_backbone_layout(state_dict: Mapping[str, torch.Tensor], model_state: Mapping[str, Any]
+                          ) -> dict[str, torch.Tensor]:
+    """Name the Swin backbone's tensors the way the installed transformers does.
+
+    `official_to_transformers` writes transformers 4.x names; transformers 5.x nests SwinBackbone's
+    body in `swin.` and renames its projections. The tensors are the same, so a state dict (converted
+    from the official release, or saved by either version) is renamed to the layout of the model it
+    is about to be loaded into. Two buffers and parameters the forward pass never reads follow the
+    model, not the file: `relative_position_index` (an index computed from the window size, a buffer
+    in 4.x only) and 5.x's unused final Swin `layernorm` (taken from `model_state`).
+    """
+    aligned: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key not in model_state:
+            for candidate in (_newer_swin(key), _older_swin(key)):
+                if candidate in model_state:
+                    key = candidate
+                    break
+            else:
+                if key.startswith(_SWIN) and key.endswith("relative_position_index"):
+                    continue
+        aligned[key] = value
+    for key, value in model_state.items():
+        if key not in aligned and _SWIN_UNREAD.match(key):
+            aligned[key] = value
+    return aligned

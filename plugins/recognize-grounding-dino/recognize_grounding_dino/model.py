@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from recognize.errors import ModelFileError, RecognizeError
-from recognize_grounding_dino.convert import is_official, official_to_transformers, strip_prefix
+from recognize_grounding_dino.convert import align_backbone_layout, is_official, official_to_transformers, strip_prefix
 from recognize_grounding_dino.prompts import Packing, Prompt, pack_prompts
 
 _SWIN_OUT = ["stage2", "stage3", "stage4"]
@@ -157,8 +157,9 @@ def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
     unknown: list[str] = []
     if is_official(state):
         state, unknown = official_to_transformers(state)
-    _fill_tied(model, state)
     expected = model.state_dict()
+    state = align_backbone_layout(state, expected)
+    _fill_tied(model, state)
     missing = [k for k in expected if k not in state]
     unexpected = unknown + [k for k in state if k not in expected]
     wrong = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"

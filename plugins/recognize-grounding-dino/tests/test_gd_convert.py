@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from recognize_grounding_dino.convert import IGNORED, official_to_transformers
+from recognize_grounding_dino.convert import IGNORED, align_backbone_layout, official_to_transformers
 from recognize_grounding_dino.model import PRESETS, build_config, build_model
 
 CONFIGS = {"swint_ogc": "GroundingDINO_SwinT_OGC.py", "swinb": "GroundingDINO_SwinB_cfg.py"}
@@ -43,6 +43,7 @@ def test_full_size_official_keys_load_strictly(preset, official_shapes):
     assert unknown == []
     model = build_model(build_config(preset), init_weights=False)
     expected = model.state_dict()
+    converted = align_backbone_layout(converted, expected)  # the installed transformers' Swin layout
     assert sorted(converted) == sorted(expected)
     assert all(converted[k].shape == expected[k].shape for k in expected)
     model.load_state_dict(converted, strict=True)
@@ -67,3 +68,30 @@ def test_fused_projections_split_in_query_key_value_order():
     assert "model.encoder.layers.0.text_enhancer_layer.self_attn.key.weight" in converted
     assert unknown == ["some.unknown.key"]  # reported, never silently skipped
     assert IGNORED.match("bert.pooler.dense.weight") and not any("pooler" in k for k in converted)
+
+
+def test_the_backbone_layout_follows_the_model_either_way():
+    """4.x names (what official_to_transformers writes) <-> 5.x names (nested `swin.`, new projections)."""
+    swin = "model.backbone.conv_encoder.model."
+    older = {swin + "embeddings.norm.weight": torch.ones(1),
+             swin + "encoder.layers.0.blocks.0.attention.self.query.weight": torch.ones(1),
+             swin + "encoder.layers.0.blocks.0.attention.self.relative_position_bias_table": torch.ones(1),
+             swin + "encoder.layers.0.blocks.0.attention.output.dense.bias": torch.ones(1),
+             swin + "encoder.layers.0.blocks.0.output.dense.weight": torch.ones(1),
+             swin + "hidden_states_norms.stage2.weight": torch.ones(1),
+             "model.text_backbone.encoder.layer.0.output.dense.weight": torch.ones(1)}
+    newer_model = {swin + "swin.embeddings.norm.weight": 0,
+                   swin + "swin.encoder.layers.0.blocks.0.attention.q_proj.weight": 0,
+                   swin + "swin.encoder.layers.0.blocks.0.attention.relative_position_bias."
+                          "relative_position_bias_table": 0,
+                   swin + "swin.encoder.layers.0.blocks.0.attention.o_proj.bias": 0,
+                   swin + "swin.encoder.layers.0.blocks.0.mlp.fc2.weight": 0,
+                   swin + "hidden_states_norms.stage2.weight": 0,
+                   swin + "swin.layernorm.weight": torch.zeros(1),
+                   "model.text_backbone.encoder.layer.0.output.dense.weight": 0}
+    newer = align_backbone_layout({**older, swin + "encoder.layers.0.blocks.0.attention.self.relative_position_index":
+                                   torch.ones(1)}, newer_model)
+    assert sorted(newer) == sorted(newer_model)  # BERT's `output.dense` is not Swin's: left alone
+    assert torch.equal(newer[swin + "swin.layernorm.weight"], torch.zeros(1))  # the model's own, never read
+    back = align_backbone_layout({k: v for k, v in newer.items() if "layernorm" not in k}, older)
+    assert back == older
