@@ -62,12 +62,8 @@ def tiny_card(served, tmp_path, monkeypatch):
             register(card)
             register(broken)
 
-    pm = plugins.get_plugin_manager()
-    pm.register(Plugin(), name="tiny-test-models")
-    plugins._registry_cache.clear()
-    yield card
-    pm.unregister(name="tiny-test-models")
-    plugins._registry_cache.clear()
+    with plugins.registered(Plugin(), name="tiny-test-models"):
+        yield card
 
 
 def run(*args: str):
