@@ -76,11 +76,12 @@ def stages_command(name, as_json):
 
 
 def _show_stage(name, cls, as_json):
-    from recognize.commands.param_words import default_words, describe_field, type_words
+    from recognize.commands.param_words import describe_field, type_words
 
     fields = cls.Params.model_fields
     if as_json:
-        params = {field: {"type": type_words(info.annotation), "default": default_words(info),
+        params = {field: {"type": type_words(info.annotation), "required": info.is_required(),
+                          "default": None if info.is_required() else _json_default(info),
                           "description": info.description} for field, info in fields.items()}
         click.echo(json.dumps({"name": name, "kind": cls.kind, "scope": cls.scope, "params": params,
                                "schema": cls.Params.model_json_schema()}, indent=2))
@@ -93,6 +94,12 @@ def _show_stage(name, cls, as_json):
         click.echo("  no parameters")
     for field, info in fields.items():
         click.echo(f"  {describe_field(field, info)}")
+
+
+def _json_default(info):
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(object).dump_python(info.get_default(call_default_factory=True), mode="json")
 
 
 def add_commands(cli):
