@@ -385,8 +385,12 @@ def test_an_installed_plugin_with_a_clashing_name_breaks_only_recipes_using_it(c
 @pytest.fixture(scope="module")
 def installed_example(tmp_path_factory):
     """pip-install examples/recognize-color-tags into a private target folder."""
+    import shutil
+
     target = tmp_path_factory.mktemp("site")
-    _pip_install(target, REPO / "examples" / "recognize-color-tags")
+    source = tmp_path_factory.mktemp("src") / "recognize-color-tags"  # pip builds in the source folder
+    shutil.copytree(REPO / "examples" / "recognize-color-tags", source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    _pip_install(target, source)
     return target
 
 
