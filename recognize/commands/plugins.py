@@ -67,7 +67,8 @@ def _plugins_group() -> click.Group:
             ctx.invoke(plugins_command, **options)
 
     group = click.Group("plugins", callback=list_unless_subcommand, params=list(plugins_command.params),
-                        help=plugins_command.help, invoke_without_command=True)
+                        help=f"{plugins_command.help}\n\n`recognize plugins new NAME` creates a plugin package.",
+                        invoke_without_command=True)
     group.add_command(new_command)
     return group
 

@@ -301,3 +301,15 @@ def test_stages_are_registered():
     stages = plugins.stages()
     assert stages["tag2text"] is Tag2TextTagger and stages["tag2text_caption"] is Tag2TextCaption
     assert Tag2TextCaption.kind == "captioner" and Tag2TextTagger.kind == "tagger"
+
+
+@pytest.mark.parametrize("caption", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_tag2text_stages_keep_the_contract(tiny, caption):
+    from recognize.testing import check_stage, sample_frames
+
+    if caption:
+        frames = check_stage(lambda: Tag2TextCaption(**tiny["params"], vocab=tiny["vocab"]), sample_frames())
+        assert all(frame.caption for frame in frames)
+    else:
+        frames = check_stage(lambda: Tag2TextTagger(**tiny["params"], threshold=0.0), sample_frames())
+        assert all(frame.tags for frame in frames)
