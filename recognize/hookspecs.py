@@ -39,7 +39,7 @@ fetches them all; before `load()`, a stage checks them all at once, so an offlin
 missing file in one error.
 
 Capabilities other stages rely on are `typing.Protocol`s (runtime checkable) in
-`recognize.capabilities`: `ImageScorer` (`score_images`, `vocabulary`) and `ImageEmbedder`
+`recognize.capabilities`: `ImageScorer` (`score_images`; `vocabulary` once loaded) and `ImageEmbedder`
 (`embed_images`); a region stage checks its tagger with `isinstance`.
 """
 
