@@ -9,7 +9,7 @@ nowhere a reader or a type checker could see.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -18,11 +18,10 @@ import numpy as np
 class ImageScorer(Protocol):
     """A tagger whose class scores other stages can read (the `region_confirm` stage, `recognize eval tags`).
 
-    `vocabulary` (a `recognize.taggers.vocabulary.Vocabulary` once loaded) names the score columns
-    and holds their thresholds.
+    Once loaded it also has `vocabulary` (a `recognize.taggers.vocabulary.Vocabulary`: the names and
+    thresholds of the score columns). It is not a protocol member because a stage may set it only in
+    `load()`, and the check happens before loading.
     """
-
-    vocabulary: Any
 
     def score_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Sigmoid scores [B, C], one row per RGB uint8 image, one column per vocabulary class."""

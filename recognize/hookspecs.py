@@ -16,8 +16,9 @@ the rest of the tool keeps working, see below):
     receives `OutputStage` subclasses; `register_models` receives `recognize.hub.ModelCard`s.
   - `name`: a non-empty `str` of letters, digits, `_`, `-` and `.` (no `:`, which qualifies names),
     unique within the plugin.
-  - `kind`: one of `STAGE_KINDS` (tagger, localizer, segmenter, captioner, filter; outputs are
-    `output`); `scope`: one of `STAGE_SCOPES` (image, dataset); `Params`: a `StageParams` subclass.
+  - `kind`: one of `recognize.stage.StageKind` (tagger, localizer, segmenter, captioner, filter;
+    outputs are `output`), annotated `kind: ClassVar[StageKind] = "tagger"`; `scope`: one of
+    `StageScope` (image, dataset); `Params`: a `StageParams` subclass.
 
 Names and clashes: every stage is reachable by its qualified name `PLUGIN:NAME`, where PLUGIN is
 the distribution name for installed plugins (`recognize-grounding-dino:grounding_dino`, `-`/`_`
@@ -39,7 +40,7 @@ fetches them all; before `load()`, a stage checks them all at once, so an offlin
 missing file in one error.
 
 Capabilities other stages rely on are `typing.Protocol`s (runtime checkable) in
-`recognize.capabilities`: `ImageScorer` (`score_images`, `vocabulary`) and `ImageEmbedder`
+`recognize.capabilities`: `ImageScorer` (`score_images`; `vocabulary` once loaded) and `ImageEmbedder`
 (`embed_images`); a region stage checks its tagger with `isinstance`.
 """
 
@@ -57,11 +58,6 @@ if TYPE_CHECKING:  # pragma: no cover - types only: registering must import noth
     from recognize.stage import OutputStage, Stage
 
 PROJECT = "recognize"
-
-#: every `Stage.kind`; `output` belongs to `OutputStage`s only
-STAGE_KINDS = ("tagger", "localizer", "segmenter", "captioner", "filter", "output")
-#: every `Stage.scope`: a batch of images at a time, or every frame of the run at once
-STAGE_SCOPES = ("image", "dataset")
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

@@ -271,7 +271,7 @@ def _one_line(exc: object) -> str:
 
 def _check_stage(item: Any, output: bool) -> str:
     """The stage's name, or ValueError saying what breaks the contract."""
-    from recognize.stage import OutputStage, Stage, StageParams
+    from recognize.stage import STAGE_KINDS, STAGE_SCOPES, OutputStage, Stage, StageParams
 
     hook = "register_outputs" if output else "register_stages"
     if not isinstance(item, type) or not issubclass(item, Stage):
@@ -285,11 +285,11 @@ def _check_stage(item: Any, output: bool) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"{label}.name is {name!r}: give a non-empty name of letters, digits, '_', '-', '.'")
     kind = getattr(item, "kind", None)
-    allowed = ("output",) if output else tuple(k for k in hookspecs.STAGE_KINDS if k != "output")
+    allowed = ("output",) if output else tuple(k for k in STAGE_KINDS if k != "output")
     if kind not in allowed:
         raise ValueError(f"stage {name!r}: kind {kind!r} is not one of {', '.join(allowed)}")
-    if item.scope not in hookspecs.STAGE_SCOPES:
-        raise ValueError(f"stage {name!r}: scope {item.scope!r} is not one of {', '.join(hookspecs.STAGE_SCOPES)}")
+    if item.scope not in STAGE_SCOPES:
+        raise ValueError(f"stage {name!r}: scope {item.scope!r} is not one of {', '.join(STAGE_SCOPES)}")
     params = getattr(item, "Params", None)
     if not isinstance(params, type) or not issubclass(params, StageParams):
         raise ValueError(f"stage {name!r}: Params is {params!r}, not a StageParams subclass")

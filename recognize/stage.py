@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+import typing
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -21,9 +22,12 @@ from recognize.frame import Frame
 if TYPE_CHECKING:  # pragma: no cover
     from recognize.hub import FileRef
 
-#: What a stage does; `kind: ClassVar[StageKind] = "tagger"` in every stage (hookspecs.STAGE_KINDS).
+#: What a stage does; `kind: ClassVar[StageKind] = "tagger"` in every stage; STAGE_KINDS lists them.
 StageKind = Literal["tagger", "localizer", "segmenter", "captioner", "filter", "output"]
 StageScope = Literal["image", "dataset"]
+#: the allowed values, as registration checks them (`output` belongs to `OutputStage`s only)
+STAGE_KINDS: tuple[str, ...] = typing.get_args(StageKind)
+STAGE_SCOPES: tuple[str, ...] = typing.get_args(StageScope)
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 
