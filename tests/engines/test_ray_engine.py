@@ -17,13 +17,13 @@ from recognize.runner import run_to_folder  # noqa: E402
 def local_ray():
     import os
 
-    os.environ["RECOGNIZE_PLUGINS"] = "teststages"
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RECOGNIZE_PLUGINS": "teststages", "PYTHONPATH": os.environ["PYTHONPATH"]}})
-    yield
-    ray.shutdown()
-    os.environ.pop("RECOGNIZE_PLUGINS", None)
+    with pytest.MonkeyPatch.context() as monkeypatch:  # module scope: the fixture's own monkeypatch
+        monkeypatch.setenv("RECOGNIZE_PLUGINS", "teststages")
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"RECOGNIZE_PLUGINS": "teststages", "PYTHONPATH": os.environ["PYTHONPATH"]}})
+        yield
+        ray.shutdown()
 
 
 def results(out):

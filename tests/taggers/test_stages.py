@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from recognize import plugins
 from recognize.errors import ModelFileError, RecognizeError
@@ -28,11 +29,11 @@ def test_registered_as_tagger_stages():
 
 
 def test_params_are_validated():
-    with pytest.raises(Exception, match="threshold"):
+    with pytest.raises(ValidationError, match="threshold"):
         Ram(threshold=1.5)
-    with pytest.raises(Exception, match="image_size"):
+    with pytest.raises(ValidationError, match="image_size"):
         Ram(image_size=512)
-    with pytest.raises(Exception, match="descriptions"):
+    with pytest.raises(ValidationError, match="descriptions"):
         Ram(descriptions="x.json")  # RAM++ only
 
 
