@@ -139,6 +139,7 @@ def test_open_set_overrides(eval_stages, test_stages, bench_files, tmp_path):
         open_set_overrides(recipe, taglist)
 
 
+@pytest.mark.slow
 def test_real_ram_tagger_on_its_fixture(reference, tmp_path):
     """The `ram` stage (tiny random weights in the official layout) on real photos, OpenImages taglist."""
     fixture = reference / "fixtures" / "ram"

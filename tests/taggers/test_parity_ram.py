@@ -27,7 +27,10 @@ from recognize.taggers.vocabulary import Vocabulary
 
 
 FOLDERS = fixture_folders("ram", "ram_plus")
-pytestmark = pytest.mark.skipif(not FOLDERS, reason=f"no RAM/RAM++ parity fixtures under {FIXTURES}")
+pytestmark = [
+    pytest.mark.parity,
+    pytest.mark.skipif(not FOLDERS, reason=f"no RAM/RAM++ parity fixtures under {FIXTURES}"),
+]
 
 
 class Fixture(ParityFixture):

@@ -57,7 +57,10 @@ def _vocab() -> Path | None:
 
 FOLDERS = fixture_folders("tag2text")
 VOCAB = _vocab()
-pytestmark = pytest.mark.skipif(not FOLDERS, reason=f"no Tag2Text parity fixtures under {FIXTURES}")
+pytestmark = [
+    pytest.mark.parity,
+    pytest.mark.skipif(not FOLDERS, reason=f"no Tag2Text parity fixtures under {FIXTURES}"),
+]
 needs_vocab = pytest.mark.skipif(
     VOCAB is None,
     reason="bert-base-uncased vocab.txt (sha256 07eced37...) not found: set RECOGNIZE_BERT_VOCAB "
