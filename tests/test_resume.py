@@ -11,6 +11,8 @@ import pytest
 from clihelp import cli_env
 from PIL import Image
 
+pytestmark = pytest.mark.subprocess
+
 N = 12
 
 

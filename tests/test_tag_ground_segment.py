@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.subprocess
+
 REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("recognize_grounding_dino")
 pytest.importorskip("recognize_sam")

@@ -70,6 +70,8 @@ def expected_numbers(images, names):
             "ap": ap}
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_eval_tags_on_real_photos(photo_benchmark, tmp_path):
     import evalstages
 
@@ -93,6 +95,7 @@ def test_eval_tags_on_real_photos(photo_benchmark, tmp_path):
     assert summary["images_missing"] == 1 and summary["metrics"]["mAP"] == pytest.approx(want["mAP"] / 100)
 
 
+@pytest.mark.subprocess
 def test_eval_regions_through_a_recipe(image_folder, tmp_path):
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps({  # teststages box the central half: white (60x40) is bright, black (30x50) dark

@@ -150,6 +150,7 @@ def test_path_missing_is_one_line_exit_3(tiny_card):
     assert result.exit_code == 3 and "has no file 'other.bin'" in result.stderr
 
 
+@pytest.mark.subprocess
 def test_real_cli_models_list(tmp_path):
     env = {**os.environ, "RECOGNIZE_HOME": str(tmp_path / "home"), "RECOGNIZE_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "recognize", "models", "list"], env=env, capture_output=True,

@@ -1,10 +1,13 @@
 """The CLI through a subprocess, as a user runs it."""
 
+import pytest
 import json
 import subprocess
 import sys
 
 from clihelp import cli_env
+
+pytestmark = pytest.mark.subprocess
 
 RECIPE = """\
 recipe: 1
@@ -22,6 +25,7 @@ def recognize(*args, cwd=None):
                           env=cli_env(), cwd=cwd, timeout=120)
 
 
+@pytest.mark.slow
 def test_run_end_to_end(image_folder, tmp_path):
     recipe = tmp_path / "demo.yaml"
     recipe.write_text(RECIPE)
@@ -42,6 +46,7 @@ def test_run_end_to_end(image_folder, tmp_path):
     assert "Traceback" not in other.stderr
 
 
+@pytest.mark.slow
 def test_progress_bar_and_quiet(image_folder, tmp_path):
     recipe = tmp_path / "demo.yaml"
     recipe.write_text(RECIPE)

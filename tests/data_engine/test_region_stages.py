@@ -156,6 +156,7 @@ def test_confirm_needs_a_tagger(colour_tagger):
         stage([red_blue_frame()])
 
 
+@pytest.mark.slow
 def test_confirm_on_real_photos_matches_the_tagger_on_each_crop(colour_tagger, photo_images):
     assert len(photo_images) >= 3
     frames = photo_frames(photo_images)
@@ -264,6 +265,7 @@ TINY_CLIP = {
 }
 
 
+@pytest.mark.slow
 def test_outliers_with_clip_image_features(colour_tagger, tmp_path):
     import open_clip
     import torch
@@ -368,6 +370,7 @@ def ram_params() -> dict:
             "device": "cpu", "batch_size": 8}
 
 
+@pytest.mark.slow
 def test_confirm_with_the_tiny_ram_fixture(ram_params, photo_images):
     shared_models.clear()
     ram = plugins.get_stage("ram")(ram_params)

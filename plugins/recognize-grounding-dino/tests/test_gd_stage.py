@@ -50,6 +50,7 @@ def test_regions_carry_one_frame_tag_lie_inside_the_image_and_keep_chinese_names
     assert [r.tag_zh for r in again.regions] == [r.tag_zh for r in frames[0].regions]
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_the_batch(make_stage, photos, ram_tags):
     tags = ram_tags[500:510]
     alone = make_stage(box_threshold=0.2, batch_size=1)([_tagged(photos[-1], tags)])[0]
@@ -109,6 +110,7 @@ def test_a_repeated_caption_is_encoded_once(make_stage, photos):
     assert len(calls) == 1
 
 
+@pytest.mark.slow
 def test_every_one_of_150_tags_reaches_the_model_in_a_whole_phrase(make_stage, photos, ram_tags, monkeypatch):
     tags = ram_tags[1500:1650]
     stage = make_stage(box_threshold=0.3)
@@ -129,6 +131,7 @@ def test_every_one_of_150_tags_reaches_the_model_in_a_whole_phrase(make_stage, p
     assert {r.tag for r in frame.regions} <= {en for en, _ in tags}
 
 
+@pytest.mark.slow
 def test_the_image_backbone_runs_once_for_all_captions_of_an_image(make_stage, photos, ram_tags):
     tags = ram_tags[1500:1650]
     stage = make_stage(box_threshold=0.3)
