@@ -364,7 +364,7 @@ def _log_problems() -> None:
     for item in [*_state.load_problems, *_state.registry_problems]:
         if item not in _state.logged:
             _state.logged.add(item)
-            log.warning("recognize: %s", item)
+            log.warning("warning: %s", item)
 
 
 # -- what recipes and commands read ----------------------------------------------------------

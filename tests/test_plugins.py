@@ -324,7 +324,8 @@ def _pip_install(target: Path, *sources: Path) -> None:
 
 @pytest.fixture(scope="module")
 def clash_site(tmp_path_factory) -> Path:
-    """A distribution `recognize-bright-clash` whose stage is called `brightness`, like the test stage."""
+    """Two distributions: `recognize-bright-clash`, whose stage is called `brightness` like the test
+    stage, and `recognize-broken-ep`, whose entry point fails to import."""
     root = tmp_path_factory.mktemp("dists")
     source = _build_dist(root, "recognize-bright-clash", "bright_clash", """
         import recognize
@@ -347,26 +348,36 @@ def clash_site(tmp_path_factory) -> Path:
         def register_stages(register):
             register(Brightness)
     """)
+    broken = _build_dist(root, "recognize-broken-ep", "broken_ep", """
+        raise ImportError("broken_ep needs libfoo, which is not installed")
+    """)
     target = root / "site"
-    _pip_install(target, source)
+    _pip_install(target, source, broken)
     return target
 
 
 @pytest.mark.subprocess
 @pytest.mark.slow
-def test_an_installed_plugin_with_a_clashing_name_breaks_only_recipes_using_it(clash_site, bright_image, tmp_path):
+def test_installed_plugins_that_clash_or_break_leave_the_rest_working(clash_site, bright_image, tmp_path):
     env = cli_env(clash_site, RECOGNIZE_PLUGINS="teststages")
     env.pop("RECOGNIZE_LOAD_PLUGINS", None)  # every installed plugin, as for a user
 
     stages = cli("stages", env=env)
     assert stages.returncode == 0, stages.stderr
     assert "recognize-bright-clash:brightness" in stages.stdout and "teststages:brightness" in stages.stdout
+    assert "warning: plugin 'recognize-broken-ep': it failed to import (broken_ep needs libfoo" in stages.stderr
+
+    listed = {i["name"]: i for i in json.loads(cli("plugins", "--json", env=env).stdout)}
+    assert listed["recognize-bright-clash"]["version"] == "0.3.0"
+    assert listed["recognize-bright-clash"]["stages"] == ["brightness"]
+    assert "broken_ep needs libfoo" in listed["recognize-broken-ep"]["problems"][0]
 
     recipe = tmp_path / "bright.yaml"
     recipe.write_text("recipe: 1\nstages:\n  - use: brightness\n")
     ambiguous = cli("run", recipe, bright_image, "-o", tmp_path / "out", "-q", env=env)
     assert ambiguous.returncode == 2
-    assert ambiguous.stderr.count("\n") == 1, ambiguous.stderr
+    [error] = [line for line in ambiguous.stderr.splitlines() if not line.startswith("warning: ")]
+    assert error.startswith("error: "), ambiguous.stderr
     assert "stage 'brightness' is registered by recognize-bright-clash 0.3.0 and teststages" in ambiguous.stderr
     assert "'recognize-bright-clash:brightness' or 'teststages:brightness'" in ambiguous.stderr
 
