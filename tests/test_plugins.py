@@ -227,6 +227,13 @@ BROKEN_MODULES = {
     "plug_import_raises": """
         raise ImportError("needs a library that is not installed")
     """,
+    "plug_hook_typo": """
+        import recognize
+
+        @recognize.hookimpl
+        def register_stage(register):  # no such hook: it would silently never run
+            pass
+    """,
     "plug_command_raises": """
         import recognize
 
@@ -278,6 +285,7 @@ def test_broken_plugins_are_reported_and_skipped(broken_plugins_dir, bright_imag
     assert "plug_registers_42" in out and "got 42 (int), not a Stage subclass" in out
     assert "plug_import_raises" in out and "needs a library that is not installed" in out
     assert "plug_command_raises" in out and "register_commands raised ValueError: no commands today" in out
+    assert "implements 'register_stage', which is no recognize hook" in out
 
     as_json = {i["name"]: i for i in json.loads(cli("plugins", "--json", env=env).stdout)}
     assert as_json["plug_hook_raises"]["problems"] and as_json["teststages"]["problems"] == []
