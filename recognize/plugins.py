@@ -424,6 +424,17 @@ def _describe_plugin(qualifier: str) -> str:
     return qualifier
 
 
+def name_for(cls: type) -> str:
+    """The name a recipe must use for `cls`: its plain name, or `plugin:name` when that is ambiguous
+    (so a manifest or a Ray worker rebuilds the very same stage)."""
+    regs = registrations()
+    mine = [r for r in regs if r.cls is cls]
+    if not mine:
+        return str(cls.name)
+    same_name = {normalize(r.plugin) for r in regs if r.name == mine[0].name}
+    return mine[0].qualified if len(same_name) > 1 else mine[0].name
+
+
 def get_stage(name: str) -> type:
     """The stage class called `name` (plain or `plugin:name`); one clear error otherwise."""
     cls = find_stage(name)

@@ -108,7 +108,10 @@ class Stage:
                 self.params.model_fields_set.discard(key)
 
     def describe(self) -> dict[str, Any]:
-        return {"use": self.name, "with": self.params.model_dump(mode="json", exclude_unset=True)}
+        """The recipe entry that rebuilds this stage (`plugin:name` when two plugins share the name)."""
+        from recognize.plugins import name_for
+
+        return {"use": name_for(type(self)), "with": self.params.model_dump(mode="json", exclude_unset=True)}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump(exclude_unset=True).items())

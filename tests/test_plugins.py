@@ -147,6 +147,10 @@ def test_a_clash_is_never_last_wins_and_a_qualified_name_picks_one(tmp_path):
         assert plugins.get_stage("recognize:ram") is Ram
         assert plugins.get_stage("clashing:ram") is RamNamedOutput
         assert plugins.get_stage("Clashing:ram") is RamNamedOutput  # qualifiers compare like PEP 503 names
+        # what a manifest or a Ray worker rebuilds the stage from names the very same class
+        assert Ram(threshold=0.5).describe() == {"use": "recognize:ram", "with": {"threshold": 0.5}}
+        assert plugins.get_stage(RamNamedOutput().describe()["use"]) is RamNamedOutput
+        assert plugins.get_stage("ram_plus")().describe()["use"] == "ram_plus"
         listing = plugins.stages()
         assert "ram" not in listing and {"recognize:ram", "clashing:ram", "ram_plus"} <= set(listing)
         # the first card keeps its name; the clash is reported, naming the plugin
