@@ -299,9 +299,9 @@ def test_capabilities_are_protocols_checked_by_region_stages(test_stages):
     assert isinstance(Ram(), ImageScorer) and isinstance(Ram(), ImageEmbedder)
     assert not isinstance(test_stages.Brightness(), ImageScorer)
     with pytest.raises(RecognizeError, match="stage 'brightness' is not a tagger this stage can use .*ImageScorer"):
-        RegionConfirm(tagger="brightness").tagger
+        _ = RegionConfirm(tagger="brightness").tagger
     with pytest.raises(RecognizeError, match="ImageEmbedder"):
-        RegionOutliers(tagger="brightness").tagger
+        _ = RegionOutliers(tagger="brightness").tagger
 
 
 def test_a_waiting_request_loads_again_after_a_failed_load():
