@@ -39,6 +39,14 @@ points at a local file means that file is not listed). `recognize models downloa
 fetches them all; before `load()`, a stage checks them all at once, so an offline run names every
 missing file in one error.
 
+Shared models: `recognize.stage.shared_models.get(key, factory, owner=self)` in `load()` gives one
+copy per key (devices normalised: `cuda` == `cuda:0`), loads different keys in parallel, and frees a
+model once no owner holds it (`Stage.unload()`, or the stage is garbage-collected); `clear()` frees all.
+`Stage(params=Params(...))` counts only the fields given as set, as a dict does.
+
+In-process (tests, notebooks): `with recognize.plugins.registered(module_or_object, name=...)` adds a
+plugin for a block; `recognize.plugins.reset()` forgets every plugin, registration and problem.
+
 Capabilities other stages rely on are `typing.Protocol`s (runtime checkable) in
 `recognize.capabilities`: `ImageScorer` (`score_images`; `vocabulary` once loaded) and `ImageEmbedder`
 (`embed_images`); a region stage checks its tagger with `isinstance`.

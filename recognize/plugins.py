@@ -39,6 +39,10 @@ BUILTIN_QUALIFIER = "recognize"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
+class ContractError(Exception):
+    """What a plugin registered breaks the contract (recorded as a `PluginProblem`, never raised to the user)."""
+
+
 class UnknownStageError(RecipeError):
     """No plugin registers the stage name a recipe or a caller asked for."""
 
@@ -270,29 +274,35 @@ def _one_line(exc: object) -> str:
 
 
 def _check_stage(item: Any, output: bool) -> str:
-    """The stage's name, or ValueError saying what breaks the contract."""
-    from recognize.stage import STAGE_KINDS, STAGE_SCOPES, OutputStage, Stage, StageParams
+    """The stage's name, or ContractError saying what breaks the contract."""
+    from recognize.stage import (
+        STAGE_KINDS,
+        STAGE_SCOPES,
+        OutputStage,
+        Stage,
+        StageParams,
+    )
 
     hook = "register_outputs" if output else "register_stages"
     if not isinstance(item, type) or not issubclass(item, Stage):
-        raise ValueError(f"{hook} got {item!r} ({type(item).__name__}), not a Stage subclass")
+        raise ContractError(f"{hook} got {item!r} ({type(item).__name__}), not a Stage subclass")
     label = item.__qualname__
     if output and not issubclass(item, OutputStage):
-        raise ValueError(f"{hook} got {label}, which is not an OutputStage subclass")
+        raise ContractError(f"{hook} got {label}, which is not an OutputStage subclass")
     if not output and issubclass(item, OutputStage):
-        raise ValueError(f"{label} is an OutputStage: register it with register_outputs")
+        raise ContractError(f"{label} is an OutputStage: register it with register_outputs")
     name = getattr(item, "name", None)
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"{label}.name is {name!r}: give a non-empty name of letters, digits, '_', '-', '.'")
+        raise ContractError(f"{label}.name is {name!r}: give a non-empty name of letters, digits, '_', '-', '.'")
     kind = getattr(item, "kind", None)
     allowed = ("output",) if output else tuple(k for k in STAGE_KINDS if k != "output")
     if kind not in allowed:
-        raise ValueError(f"stage {name!r}: kind {kind!r} is not one of {', '.join(allowed)}")
+        raise ContractError(f"stage {name!r}: kind {kind!r} is not one of {', '.join(allowed)}")
     if item.scope not in STAGE_SCOPES:
-        raise ValueError(f"stage {name!r}: scope {item.scope!r} is not one of {', '.join(STAGE_SCOPES)}")
+        raise ContractError(f"stage {name!r}: scope {item.scope!r} is not one of {', '.join(STAGE_SCOPES)}")
     params = getattr(item, "Params", None)
     if not isinstance(params, type) or not issubclass(params, StageParams):
-        raise ValueError(f"stage {name!r}: Params is {params!r}, not a StageParams subclass")
+        raise ContractError(f"stage {name!r}: Params is {params!r}, not a StageParams subclass")
     return name
 
 
@@ -307,7 +317,7 @@ def _build_registry() -> _Registry:
                          source: str = plugin_name) -> None:
                 try:
                     name = _check_stage(item, output)
-                except ValueError as exc:
+                except ContractError as exc:
                     _problem(problems, qualifier, f"{exc}; skipped")
                     return
                 same = [r for r in registry.by_name(name) if normalize(r.plugin) == normalize(qualifier)]
@@ -364,7 +374,7 @@ def _log_problems() -> None:
     for item in [*_state.load_problems, *_state.registry_problems]:
         if item not in _state.logged:
             _state.logged.add(item)
-            log.warning("recognize: %s", item)
+            log.warning("warning: %s", item)
 
 
 # -- what recipes and commands read ----------------------------------------------------------
@@ -422,6 +432,17 @@ def _describe_plugin(qualifier: str) -> str:
         if dist_name == qualifier:
             return f"{dist_name} {version}"
     return qualifier
+
+
+def name_for(cls: type) -> str:
+    """The name a recipe must use for `cls`: its plain name, or `plugin:name` when that is ambiguous
+    (so a manifest or a Ray worker rebuilds the very same stage)."""
+    regs = registrations()
+    mine = [r for r in regs if r.cls is cls]
+    if not mine:
+        return str(cls.name)
+    same_name = {normalize(r.plugin) for r in regs if r.name == mine[0].name}
+    return mine[0].qualified if len(same_name) > 1 else mine[0].name
 
 
 def get_stage(name: str) -> type:

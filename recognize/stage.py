@@ -108,7 +108,10 @@ class Stage:
                 self.params.model_fields_set.discard(key)
 
     def describe(self) -> dict[str, Any]:
-        return {"use": self.name, "with": self.params.model_dump(mode="json", exclude_unset=True)}
+        """The recipe entry that rebuilds this stage (`plugin:name` when two plugins share the name)."""
+        from recognize.plugins import name_for
+
+        return {"use": name_for(type(self)), "with": self.params.model_dump(mode="json", exclude_unset=True)}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump(exclude_unset=True).items())
@@ -205,34 +208,42 @@ class SharedModels:
 
     def __init__(self) -> None:
         self._entries: dict[Any, _Entry] = {}
-        self._lock = threading.Lock()  # guards `_entries` only, never held while a model loads
+        # guards `_entries` only, never held while a model loads; re-entrant because a garbage-collected
+        # owner's finalizer (`_drop_dead`) may run in this thread while it holds the lock
+        self._lock = threading.RLock()
 
     def get(self, key: Any, factory: Callable[[], Any], owner: Any = None) -> Any:
         """The model under `key`, built by `factory` on first request; `owner` (usually the stage)
         holds it until the owner is released or garbage-collected. Without an owner the model
         stays until `evict(key)` or `clear()`."""
         key = _key(key)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                entry = self._entries[key] = _Entry()
-            self._hold(key, entry, owner)
-        if entry.loading == threading.get_ident():
-            raise RecognizeError(f"the loader of shared model {key!r} asks the pool for itself")
-        with entry.lock:
-            if not entry.ready:
+        while True:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is None:
+                    entry = self._entries[key] = _Entry()
+                self._hold(key, entry, owner)
+            if entry.loading == threading.get_ident():
+                raise RecognizeError(f"the loader of shared model {key!r} asks the pool for itself")
+            with entry.lock:
+                if entry.ready:
+                    return entry.value
+                with self._lock:
+                    orphaned = self._entries.get(key) is not entry  # its load failed, or it was evicted
+                if orphaned:
+                    continue
                 entry.loading = threading.get_ident()
                 try:
                     entry.value = factory()
                     entry.ready = True
+                    return entry.value
                 except BaseException:
                     with self._lock:
                         if self._entries.get(key) is entry:
-                            del self._entries[key]  # the next request tries again
+                            del self._entries[key]  # the next request (or a waiting one) tries again
                     raise
                 finally:
                     entry.loading = None
-            return entry.value
 
     def _hold(self, key: Any, entry: _Entry, owner: Any) -> None:
         if owner is None:

@@ -299,6 +299,36 @@ def test_capabilities_are_protocols_checked_by_region_stages(test_stages):
     assert isinstance(Ram(), ImageScorer) and isinstance(Ram(), ImageEmbedder)
     assert not isinstance(test_stages.Brightness(), ImageScorer)
     with pytest.raises(RecognizeError, match="stage 'brightness' is not a tagger this stage can use .*ImageScorer"):
-        RegionConfirm(tagger="brightness").tagger
+        _ = RegionConfirm(tagger="brightness").tagger
     with pytest.raises(RecognizeError, match="ImageEmbedder"):
-        RegionOutliers(tagger="brightness").tagger
+        _ = RegionOutliers(tagger="brightness").tagger
+
+
+def test_a_waiting_request_loads_again_after_a_failed_load():
+    pool = SharedModels()
+    owner = Owner()
+    started, release = threading.Event(), threading.Event()
+
+    def failing():
+        started.set()
+        release.wait(5)
+        raise OSError("truncated checkpoint")
+
+    errors = []
+
+    def first():
+        try:
+            pool.get("m", failing, owner=owner)
+        except OSError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    started.wait(5)
+    waiter = []
+    second = threading.Thread(target=lambda: waiter.append(pool.get("m", lambda: "good", owner=owner)))
+    second.start()
+    release.set()
+    thread.join(10)
+    second.join(10)
+    assert len(errors) == 1 and waiter == ["good"] and pool.get("m", lambda: "other", owner=owner) == "good"

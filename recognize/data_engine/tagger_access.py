@@ -19,10 +19,10 @@ from typing import Annotated, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from recognize.capabilities import ImageScorer, missing_capabilities
 from recognize.data_engine.confirm import (
     ScoreFn,
 )
-from recognize.capabilities import ImageScorer, missing_capabilities
 from recognize.errors import RecognizeError
 from recognize.hub import FileRef
 from recognize.stage import Device, Stage, StageParams

@@ -25,8 +25,18 @@ from pydantic import Field
 
 from recognize.errors import ModelFileError, RecognizeError
 from recognize.hub import FileRef
-from recognize.taggers.tagger_stage import Probability, TaggerParams, TaggerStage, config_asset
-from recognize.taggers.vocabulary import OPENSET_THRESHOLD, Vocabulary, read_tag_list, read_thresholds
+from recognize.taggers.tagger_stage import (
+    Probability,
+    TaggerParams,
+    TaggerStage,
+    config_asset,
+)
+from recognize.taggers.vocabulary import (
+    OPENSET_THRESHOLD,
+    Vocabulary,
+    read_tag_list,
+    read_thresholds,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - the model modules import torch: loaded on first use only
     import torch

@@ -34,7 +34,12 @@ from recognize.errors import ModelFileError
 from recognize.frame import Frame
 from recognize.hub import FileRef
 from recognize.stage import StageKind
-from recognize.taggers.tagger_stage import TaggerParams, TaggerStage, config_asset, inference_mode
+from recognize.taggers.tagger_stage import (
+    TaggerParams,
+    TaggerStage,
+    config_asset,
+    inference_mode,
+)
 from recognize.taggers.vocabulary import Vocabulary, read_tag_list
 
 if TYPE_CHECKING:  # pragma: no cover - the model modules import torch: loaded on first use only

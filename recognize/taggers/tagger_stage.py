@@ -28,7 +28,14 @@ from pydantic import Field
 
 from recognize.errors import ModelFileError
 from recognize.frame import Frame, Tag
-from recognize.stage import Device, Stage, StageKind, StageParams, resolve_device, shared_models
+from recognize.stage import (
+    Device,
+    Stage,
+    StageKind,
+    StageParams,
+    resolve_device,
+    shared_models,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported on first use: registering stays light
     import torch

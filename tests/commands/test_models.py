@@ -170,6 +170,11 @@ def test_real_cli_models_path_missing(tmp_path, monkeypatch):
     assert "vocab.txt" in line and str(tmp_path / "home" / "models" / "bert-base-uncased-vocab") in line
 
 
+#: what recipes/tag.yaml (RAM++) and recipes/tag_ground_segment.yaml need from the hub
+RAM_FILES = ("ram_plus_swin_large_14m.pth", "ram_tag_list.txt", "ram_tag_list_chinese.txt", "ram_tag_list_threshold.txt")
+RECIPE_FILES = (*RAM_FILES, "groundingdino_swint_ogc.pth", "vocab.txt", "sam_vit_h_4b8939.pth")
+
+
 def test_download_recipe_fetches_what_its_stages_need(tiny_card, tmp_path):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text("recipe: 1\nstages:\n  - use: tiny_weights\n")
@@ -197,8 +202,7 @@ def test_download_recipe_offline_names_every_missing_file(tmp_path, monkeypatch)
     result = CliRunner().invoke(build_cli(), ["models", "download", "--recipe", "recipes/tag_ground_segment.yaml"])
     assert result.exit_code == 3
     [line] = result.stderr.splitlines()
-    for filename in ("ram_plus_swin_large_14m.pth", "ram_tag_list.txt", "ram_tag_list_chinese.txt",
-                     "ram_tag_list_threshold.txt", "groundingdino_swint_ogc.pth", "vocab.txt", "sam_vit_h_4b8939.pth"):
+    for filename in RECIPE_FILES:
         assert filename in line
 
 
@@ -208,11 +212,14 @@ def test_offline_run_names_every_missing_file_at_once(tmp_path):
 
     Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
     env = {**os.environ, "RECOGNIZE_HOME": str(tmp_path / "home"), "RECOGNIZE_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "recognize", "run", "recipes/tag.yaml", str(tmp_path / "img.png"),
-                           "-o", str(tmp_path / "out"), "-q"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 3, done.stderr
-    [line] = done.stderr.splitlines()[-1:]
-    assert "4 model files missing and RECOGNIZE_OFFLINE=1" in line
-    for filename in ("ram_plus_swin_large_14m.pth", "ram_tag_list.txt", "ram_tag_list_chinese.txt",
-                     "ram_tag_list_threshold.txt"):
-        assert str(tmp_path / "home" / "models") in line and filename in line
+    for recipe, files in (("recipes/tag.yaml", RAM_FILES), ("recipes/tag_ground_segment.yaml", RECIPE_FILES)):
+        out = tmp_path / recipe.replace("/", "_")
+        done = subprocess.run([sys.executable, "-m", "recognize", "run", recipe, str(tmp_path / "img.png"),
+                               "-o", str(out), "-q"], env=env, capture_output=True, text=True, timeout=300,
+                              check=False)
+        assert done.returncode == 3, done.stderr
+        [line] = done.stderr.splitlines()[-1:]
+        assert f"{len(files)} model files missing and RECOGNIZE_OFFLINE=1" in line
+        for filename in files:
+            assert filename in line
+        assert str(tmp_path / "home" / "models") in line

@@ -19,7 +19,14 @@ from pydantic import Field
 
 from recognize.frame import Drop, Frame, Region, Tag
 from recognize.hub import FileRef
-from recognize.stage import Device, Stage, StageKind, StageParams, resolve_device, shared_models
+from recognize.stage import (
+    Device,
+    Stage,
+    StageKind,
+    StageParams,
+    resolve_device,
+    shared_models,
+)
 from recognize_grounding_dino.cards import CHECKPOINTS
 
 if TYPE_CHECKING:  # pragma: no cover - these import torch/torchvision: loaded in load()/process() only

@@ -10,7 +10,14 @@ from pydantic import Field, model_validator
 
 from recognize.frame import Frame
 from recognize.hub import FileRef
-from recognize.stage import Device, Stage, StageKind, StageParams, resolve_device, shared_models
+from recognize.stage import (
+    Device,
+    Stage,
+    StageKind,
+    StageParams,
+    resolve_device,
+    shared_models,
+)
 from recognize_sam.cards import CHECKPOINTS
 from recognize_sam.config import SamConfig
 
