@@ -15,7 +15,7 @@ A failed rule is an `AssertionError` whose message says which rule and how to fi
 from __future__ import annotations
 
 from recognize.testing.checks import (
-    ContractError,
+    ContractViolation,
     assert_frames_equal,
     check_batch_independence,
     check_frames,
@@ -26,7 +26,7 @@ from recognize.testing.checks import (
 )
 
 __all__ = [
-    "ContractError",
+    "ContractViolation",
     "assert_frames_equal",
     "check_batch_independence",
     "check_frames",

@@ -22,13 +22,13 @@ StageFactory = Callable[[], Stage]
 UNKNOWN_KEY = "no_such_parameter_recognize_testing"
 
 
-class ContractError(AssertionError):
+class ContractViolation(AssertionError):
     """A stage breaks a rule of the plugin contract; the message names the rule."""
 
 
 def _fail(stage: Any, rule: str) -> typing.NoReturn:
     name = getattr(stage, "name", None) or type(stage).__name__
-    raise ContractError(f"stage {name!r}: {rule}")
+    raise ContractViolation(f"stage {name!r}: {rule}")
 
 
 def sample_frames(sizes: Sequence[tuple[int, int]] = ((48, 64), (80, 40), (37, 37)), seed: int = 0) -> list[Frame]:
@@ -62,7 +62,7 @@ def check_params(stage_cls: type[Stage], **valid: Any) -> None:
     from recognize.stage import StageKind, StageScope
 
     if not (isinstance(stage_cls, type) and issubclass(stage_cls, Stage)):
-        raise ContractError(f"{stage_cls!r} is not a recognize.Stage subclass")
+        raise ContractViolation(f"{stage_cls!r} is not a recognize.Stage subclass")
     name = getattr(stage_cls, "name", None)
     if not isinstance(name, str) or not name.strip():
         _fail(stage_cls, "needs a non-empty string `name` (what recipes write after `use:`)")
@@ -83,7 +83,8 @@ def check_params(stage_cls: type[Stage], **valid: Any) -> None:
         _fail(stage_cls, "accepted an unknown parameter: a typo in a recipe would be ignored silently")
     stage = stage_cls(**valid)
     described = stage.describe()
-    if described.get("use") != name:
+    use = str(described.get("use", ""))
+    if use != name and not use.endswith(f":{name}"):  # `plugin:name` when two plugins share the name
         _fail(stage_cls, f"describe() must name the stage ('use': {name!r}); got {described!r}")
     again = stage_cls(**described["with"])
     if again.describe() != described or again.params != stage.params:
@@ -151,7 +152,7 @@ def assert_frames_equal(got: Sequence[Frame], expected: Sequence[Frame], *, atol
     """Same tags, regions, caption and meta; numbers within `atol + rtol * |expected|`, masks equal
     up to a `mask_tolerance` fraction of their pixels."""
     if len(got) != len(expected):
-        raise ContractError(f"{what}: {len(got)} frames vs {len(expected)}")
+        raise ContractViolation(f"{what}: {len(got)} frames vs {len(expected)}")
     for a, b in zip(got, expected):
         masks_a = [r.mask for r in a.regions]
         masks_b = [r.mask for r in b.regions]
@@ -159,12 +160,12 @@ def assert_frames_equal(got: Sequence[Frame], expected: Sequence[Frame], *, atol
         dump_b = b.model_dump(mode="json", exclude={"regions": {"__all__": {"mask"}}})
         found = _diff(dump_a, dump_b, a.source, atol, rtol)
         if found:
-            raise ContractError(f"{what} differ at {found}")
+            raise ContractViolation(f"{what} differ at {found}")
         for k, (x, y) in enumerate(zip(masks_a, masks_b)):
             if (x is None) != (y is None) or (x is not None and x.shape != y.shape):
-                raise ContractError(f"{what} differ at {a.source}.regions[{k}].mask (presence or shape)")
+                raise ContractViolation(f"{what} differ at {a.source}.regions[{k}].mask (presence or shape)")
             if x is not None and np.count_nonzero(x != y) > mask_tolerance * x.size:
-                raise ContractError(f"{what} differ at {a.source}.regions[{k}].mask: "
+                raise ContractViolation(f"{what} differ at {a.source}.regions[{k}].mask: "
                                     f"{np.count_nonzero(x != y)} of {x.size} pixels")
 
 

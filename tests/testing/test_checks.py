@@ -20,7 +20,7 @@ from recognize.atomic import write_text
 from recognize.outputs.json_output import JsonOutput
 from recognize.stage import OutputStage
 from recognize.testing import (
-    ContractError,
+    ContractViolation,
     check_batch_independence,
     check_frames,
     check_output,
@@ -163,12 +163,12 @@ class Meddling(OutputStage):
 ])
 def test_each_broken_rule_is_caught_and_named(stage, frames, rule):
     given = tagged_frames() if frames == "tagged" else None
-    with pytest.raises(ContractError, match=rule):
+    with pytest.raises(ContractViolation, match=rule):
         check_stage(stage, given)
 
 
 def test_unknown_parameters_must_be_rejected():
-    with pytest.raises(ContractError, match="Params` must subclass"):
+    with pytest.raises(ContractViolation, match="Params` must subclass"):
         check_params(LooseParams)
 
 
@@ -179,13 +179,13 @@ def test_unknown_parameters_must_be_rejected():
 ])
 def test_class_attributes_are_checked(attribute, value, rule):
     broken = type("Broken", (teststages.Brightness,), {attribute: value})
-    with pytest.raises(ContractError, match=rule):
+    with pytest.raises(ContractViolation, match=rule):
         check_params(broken)
 
 
 def test_an_output_kind_without_the_output_base_is_caught():
     broken = type("Broken", (teststages.Brightness,), {"kind": "output"})
-    with pytest.raises(ContractError, match="subclasses OutputStage"):
+    with pytest.raises(ContractViolation, match="subclasses OutputStage"):
         check_params(broken)
 
 
@@ -193,7 +193,7 @@ def test_check_frames_catches_boxes_outside_the_image():
     frame = sample_frames()[0]
     frame.tags = [Tag(name="a")]
     frame.regions = [Region(box=(0, 0, frame.width + 5, 4), tag="a")]
-    with pytest.raises(ContractError, match="outside"):
+    with pytest.raises(ContractViolation, match="outside"):
         check_frames([frame], "test")
 
 
