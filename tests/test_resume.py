@@ -55,7 +55,7 @@ def test_kill_then_rerun_gives_every_image_once(tmp_path, dataset_stage):
     assert not (out / "summary.json").exists()
 
     again = start(args)
-    _, err = again.communicate(timeout=120)
+    _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
     summary = json.loads((out / "summary.json").read_text())
     if not dataset_stage:
@@ -85,11 +85,11 @@ def test_killed_while_writing_after_a_dataset_stage(tmp_path):
                     "  - use: count_dataset\n  - use: die_on\n")
     out = tmp_path / "out"
     first = start([path, images, "-o", out], TEST_DIE_ON="img07")
-    first.communicate(timeout=120)
+    first.communicate(timeout=600)
     assert first.returncode == -signal.SIGKILL
     assert 0 < len(list(out.glob("img*.json"))) < N
     again = start([path, images, "-o", out])
-    _, err = again.communicate(timeout=120)
+    _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
     sizes = [json.loads(p.read_text())["meta"]["dataset_size"] for p in sorted(out.glob("img*.json"))]
     assert sizes == [N] * N

@@ -33,6 +33,7 @@ def tiny_grounding_dino(tmp_path_factory):
     return {"checkpoint": str(folder / "tiny.safetensors"), "config": str(folder / "config.json"), "vocab": str(vocab)}
 
 
+@pytest.mark.slow
 def test_tag_ground_segment_cli(tmp_path, reference, tiny_grounding_dino):
     ram = reference / "fixtures" / "ram"
     photos = reference / "data" / "images" / "demo"

@@ -154,7 +154,7 @@ def test_path_missing_is_one_line_exit_3(tiny_card):
 def test_real_cli_models_list(tmp_path):
     env = {**os.environ, "RECOGNIZE_HOME": str(tmp_path / "home"), "RECOGNIZE_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "recognize", "models", "list"], env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "ram-tag-lists" in done.stdout and str(tmp_path / "home" / "models") in done.stdout
 

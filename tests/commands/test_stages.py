@@ -14,7 +14,7 @@ pytestmark = pytest.mark.subprocess
 
 def stages(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "recognize", "stages", *args], capture_output=True, text=True,
-                          env=cli_env(), timeout=120, check=False)
+                          env=cli_env(), timeout=600, check=False)
 
 
 @pytest.mark.parametrize("name", ["grounding_dino", "tag2text_caption", "sam", "region_outliers", "brightness"])
