@@ -7,11 +7,13 @@ Built-in stages and third-party ones are the same kind of object, registered thr
 from __future__ import annotations
 
 import threading
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from recognize.frame import Frame
 
@@ -20,10 +22,46 @@ StageScope = Literal["image", "dataset"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 
+def _refuse_bool_for_number(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """pydantic's lax mode reads `true` as 1 for an int field: a recipe typo would pass as a number."""
+    if isinstance(value, bool) and info.field_name is not None:
+        annotation = cls.model_fields[info.field_name].annotation
+        if _is_number_type(annotation):
+            raise ValueError("expected a number, got a boolean")
+    return value
+
+
+def _is_number_type(annotation: Any) -> bool:
+    """int, float, or a union of them with None (bool itself is not a number here)."""
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [a for a in args if a is not type(None)]
+        return bool(kinds) and all(a in (int, float) for a in kinds)
+    return False
+
+
+#: A `field_validator("*", mode="before")` that refuses booleans for int/float fields; StageParams
+#: has it, other recipe models (settings) reuse it.
+no_bool_for_numbers = field_validator("*", mode="before")(_refuse_bool_for_number)
+
+
 class StageParams(BaseModel):
-    """Base for every stage's `Params`: unknown keys are errors, so typos are caught."""
+    """Base for every stage's `Params`: unknown keys are errors, so typos are caught; `true` is
+    not a number."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    _no_bools = no_bool_for_numbers
+
+    def nested_stages(self) -> dict[str, tuple[str, str]]:
+        """Fields that hold another stage's parameters: {params field: (name field, stage name)}.
+
+        A recipe validates those against that stage's `Params` when it loads (e.g. region_confirm's
+        `tagger_with` against the `tagger` stage), so a typo inside them is caught before any work.
+        """
+        return {}
 
 
 class Stage:
