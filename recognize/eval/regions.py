@@ -32,28 +32,14 @@ ProgressFactory = Callable[[int], Any]
 
 
 def load_ground_truth(path: str | os.PathLike[str]):  # -> pycocotools.coco.COCO
-    """A COCO instances file, validated enough that errors are one line, not a traceback."""
+    """A COCO instances file, validated first (`recognize.eval.coco_ground_truth`): a malformed
+    file is one line naming the place, never a traceback from inside pycocotools."""
     from pycocotools.coco import COCO
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such COCO annotation file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a JSON file ({exc})") from None
-    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
-        raise InputError(f"{path}: a COCO file needs `images`, `annotations` and `categories`")
-    for i, image in enumerate(data["images"]):
-        if not {"id", "file_name", "width", "height"} <= image.keys():
-            raise InputError(f"{path}: images[{i}] needs id, file_name, width and height")
-    for i, ann in enumerate(data["annotations"]):
-        if not {"id", "image_id", "category_id", "bbox"} <= ann.keys():
-            raise InputError(f"{path}: annotations[{i}] needs id, image_id, category_id and bbox")
-        ann.setdefault("iscrowd", 0)
-        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
+    from recognize.eval.coco_ground_truth import read_ground_truth
+
     coco = COCO()
-    coco.dataset = data
+    coco.dataset = read_ground_truth(path)
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
