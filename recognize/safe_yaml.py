@@ -83,8 +83,9 @@ def read_file(path: str | Path) -> str:
 
 def compose(text: str) -> yaml.Node | None:
     """The checked node graph of a one-document YAML text (None when it is empty)."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # checks for unprintable characters already
         node = loader.get_single_node()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -93,7 +94,8 @@ def compose(text: str) -> yaml.Node | None:
     except RecursionError:
         raise YamlProblem(f"nested too deeply (more than {MAX_DEPTH} levels)") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is not None:
         check(node)
     return node

@@ -70,3 +70,8 @@ def test_large_files_are_not_read(tmp_path):
     path.write_bytes(b"#" * (safe_yaml.MAX_BYTES + 1))
     with pytest.raises(YamlProblem, match="larger than"):
         safe_yaml.read_file(path)
+
+
+def test_unprintable_characters_are_one_line():
+    with pytest.raises(YamlProblem, match="special characters are not allowed"):
+        safe_yaml.load("a: \x00\n")

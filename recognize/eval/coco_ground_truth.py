@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from recognize.errors import InputError
+from recognize.images import max_pixels
 
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
@@ -165,6 +166,11 @@ def validate_ground_truth(data: Any, source: str) -> dict[str, Any]:
     images = _unique(parsed.images, "images", source)
     categories = _unique(parsed.categories, "categories", source)
     _unique(parsed.annotations, "annotations", source)
+    limit = max_pixels()
+    for i, image in enumerate(parsed.images):
+        if image.width * image.height > limit:
+            raise InputError(f"{source}: images[{i}]: {image.width}x{image.height} is more than the limit of "
+                             f"{limit} pixels (RECOGNIZE_MAX_PIXELS)")
     for i, ann in enumerate(parsed.annotations):
         where = f"{source}: annotations[{i}]"
         if ann.image_id not in images:
@@ -174,6 +180,8 @@ def validate_ground_truth(data: Any, source: str) -> dict[str, Any]:
         image = images[ann.image_id]
         if isinstance(ann.segmentation, Rle):
             _check_rle(ann.segmentation, image, f"{where}.segmentation")
+        elif ann.segmentation is not None:
+            _check_polygons(ann.segmentation, image, f"{where}.segmentation")
     out = parsed.model_dump(mode="python", exclude_none=True)
     for ann in out["annotations"]:
         ann["bbox"] = list(ann["bbox"])
@@ -182,6 +190,17 @@ def validate_ground_truth(data: Any, source: str) -> dict[str, Any]:
         if isinstance(segmentation, dict):
             segmentation["size"] = list(segmentation["size"])
     return out
+
+
+def _check_polygons(polygons: list[list[float]], image: GtImage, where: str) -> None:
+    """Points stay near their image: pycocotools rasterises each edge point by point, so a vertex at
+    1e12 costs memory and time without bound (a whole image's width of slack each side is allowed)."""
+    for i, polygon in enumerate(polygons):
+        xs, ys = polygon[0::2], polygon[1::2]
+        if (min(xs) < -image.width or max(xs) > 2 * image.width
+                or min(ys) < -image.height or max(ys) > 2 * image.height):
+            raise InputError(f"{where}[{i}]: points far outside image {image.id} "
+                             f"({image.width}x{image.height}); polygons are in pixels of their image")
 
 
 def _check_rle(rle: Rle, image: GtImage, where: str) -> None:

@@ -78,6 +78,8 @@ CASES = [
     ("annotations.1.id", 1, r"annotations\[1\]\.id: 1 is used twice in `annotations`"),
     ("annotations.0.iscrowd", 2, r"annotations\[0\]\.iscrowd"),
     ("annotations.0.area", -1, r"annotations\[0\]\.area"),
+    ("annotations.1.segmentation", [[0, 0, 4, 0, 4, 1e12]], r"annotations\[1\]\.segmentation\[0\]: points far outside image 1"),
+    ("images.0.width", 10**9, r"images\[0\]: 1000000000x20 is more than the limit of \d+ pixels"),
     ("images.0.file_name", "a\x00.jpg", r"images\[0\]\.file_name: a file name cannot contain a NUL"),
 ]
 
