@@ -7,8 +7,8 @@ or a 16-bit PNG behaves the same in the CLI, in Python and on a Ray worker.
 from __future__ import annotations
 
 import glob
-import struct
 import os
+import struct
 import threading
 import warnings
 from collections.abc import Iterable

@@ -41,7 +41,7 @@ def describe_bad_checkpoint(path: str | os.PathLike[str]) -> str:
                 "or download the real file)")
     if lowered.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")) or b"<html" in lowered:
         return "an HTML page, not weights (an error or login page saved instead of the file?)"
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         try:
             with zipfile.ZipFile(path) as archive:
                 bad = archive.testzip()

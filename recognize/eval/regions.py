@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from recognize.errors import ImageError, InputError, RecognizeError
+from recognize.errors import ImageError, InputError
 from recognize.frame import Frame, mask_to_rle
 
 IouType = Literal["bbox", "segm"]
@@ -280,12 +280,15 @@ def read_frames(folder: str | os.PathLike[str]) -> list[Frame]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(f"{path}: not a JSON file ({exc})") from None
+        except RecursionError:
+            raise InputError(f"{path}: JSON nested too deeply") from None
         if not isinstance(data, dict) or "source" not in data or "schema_version" not in data:
             continue  # another output's JSON (e.g. a COCO file), not a Frame
         try:
             frames.append(Frame.model_validate(data))
-        except ValueError as exc:
-            raise RecognizeError(f"{path}: not a valid Frame ({str(exc).splitlines()[0]})") from None
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            detail = " ".join(str(exc).split("\n")[:2]) if str(exc) else type(exc).__name__
+            raise InputError(f"{path}: not a valid Frame ({detail})") from None
     if not frames:
         raise InputError(f"{folder}: no Frame JSON files (the per-image files `recognize run` writes)")
     return frames

@@ -17,7 +17,7 @@ RECIPE = "recipe: 1\nstages:\n  - use: brightness\noutputs:\n  - use: json\n"
 
 
 def recognize(*args, **env):
-    return subprocess.run([sys.executable, "-m", "recognize", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "recognize", *map(str, args)], check=False, capture_output=True, text=True,
                           env=cli_env(**env), timeout=120)
 
 

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from recognize.errors import InputError
-from recognize.eval.coco_ground_truth import read_ground_truth, rle_string_counts, validate_ground_truth
+from recognize.eval.coco_ground_truth import (
+    read_ground_truth,
+    rle_string_counts,
+    validate_ground_truth,
+)
 from recognize.eval.regions import load_ground_truth
 from recognize.frame import mask_to_rle
 
