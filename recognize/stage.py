@@ -23,22 +23,39 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 
 
 def _refuse_bool_for_number(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
-    """pydantic's lax mode reads `true` as 1 for an int field: a recipe typo would pass as a number."""
-    if isinstance(value, bool) and info.field_name is not None:
-        annotation = cls.model_fields[info.field_name].annotation
-        if _is_number_type(annotation):
-            raise ValueError("expected a number, got a boolean")
+    """pydantic's lax mode reads `true` as 1 for an int field: a recipe typo would pass as a number.
+    Also inside lists and mappings of numbers (`thresholds: {cat: true}`, `tile: [true, 512]`)."""
+    if info.field_name is None or not isinstance(value, (bool, list, tuple, dict)):
+        return value
+    leaves = _leaf_types(cls.model_fields[info.field_name].annotation)
+    if leaves & {int, float} and not leaves & {bool, Any} and _holds_bool(value):
+        raise ValueError("expected a number, got a boolean")
     return value
 
 
-def _is_number_type(annotation: Any) -> bool:
-    """int, float, or a union of them with None (bool itself is not a number here)."""
-    if annotation in (int, float):
-        return True
+def _leaf_types(annotation: Any, depth: int = 0) -> set[Any]:
+    """The scalar types an annotation is built from (`dict[str, float] | None` -> {str, float, None})."""
+    if depth > 8:
+        return {Any}
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _leaf_types(typing.get_args(annotation)[0], depth + 1)
+    if typing.get_origin(annotation) is typing.Literal:
+        return {type(v) for v in typing.get_args(annotation)}
     args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        kinds = [a for a in args if a is not type(None)]
-        return bool(kinds) and all(a in (int, float) for a in kinds)
+    if not args:
+        return {annotation}
+    return set().union(*(_leaf_types(a, depth + 1) for a in args))
+
+
+def _holds_bool(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, bool):
+        return True
+    if depth > 8:
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_bool(v, depth + 1) for v in value.values())
     return False
 
 

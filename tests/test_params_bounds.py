@@ -64,3 +64,17 @@ def test_booleans_are_not_numbers(name, cls, field, info):
 def test_json_indent_bomb_is_refused():
     with pytest.raises(ValidationError, match="less than or equal to 16"):
         plugins.get_stage("json").Params.model_validate({"indent": 100_000_000})
+
+
+@pytest.mark.parametrize("name,field,value", [
+    ("ram_plus", "thresholds", {"cat": True}),
+    ("tag2text", "delete_tag_index", [1, True]),
+])
+def test_booleans_inside_containers_of_numbers_are_refused(name, field, value):
+    with pytest.raises(ValidationError, match="expected a number, got a boolean"):
+        plugins.get_stage(name).Params.model_validate({field: value})
+
+
+def test_fields_that_take_any_value_still_take_booleans():
+    params = plugins.get_stage("region_confirm").Params.model_validate({"tagger_with": {"flag": True}})
+    assert params.tagger_with == {"flag": True}
