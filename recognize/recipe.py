@@ -151,11 +151,10 @@ def _check_stages(recipe: Recipe, locate: _Locator) -> None:
                 raise RecipeError(f"{where}: {spec.use!r} is an output; list it under `outputs:`")
             if section == "outputs" and not is_output:
                 raise RecipeError(f"{where}: {spec.use!r} is a {cls.kind} stage; list it under `stages:`")
-            _check_params(cls, spec.with_, (section, i, "with"), locate, registry)
+            _check_params(cls, spec.with_, (section, i, "with"), locate)
 
 
-def _check_params(cls: type[Stage], values: Any, prefix: tuple, locate: _Locator, registry: dict[str, Any],
-                  depth: int = 0) -> None:
+def _check_params(cls: type[Stage], values: Any, prefix: tuple, locate: _Locator, depth: int = 0) -> None:
     """Validate `values` as `cls.Params`, then every nested stage's parameters it names (`tagger_with`)."""
     try:
         params = cls.Params.model_validate(values)
@@ -163,12 +162,17 @@ def _check_params(cls: type[Stage], values: Any, prefix: tuple, locate: _Locator
         raise RecipeError(_first_error(exc, locate, prefix=prefix, params=cls.Params)) from None
     if depth > 4:  # a tagger whose tagger_with names a tagger ... : not a recipe anyone writes
         raise RecipeError(f"{locate(prefix)}: stages nested more than 4 levels deep")
+    from recognize import plugins
+
     for field, (name_field, stage_name) in params.nested_stages().items():
-        inner = registry.get(stage_name)
+        where = locate(prefix + (name_field,))
+        try:
+            inner = plugins.find_stage(stage_name)  # plain or `plugin:name`
+        except plugins.AmbiguousStageError as exc:
+            raise RecipeError(f"{where}: {exc}") from None
         if inner is None:
-            raise RecipeError(f"{locate(prefix + (name_field,))}: unknown stage {stage_name!r}"
-                              f"{_suggest(stage_name, registry)}")
-        _check_params(inner, getattr(params, field), prefix + (field,), locate, registry, depth + 1)
+            raise RecipeError(f"{where}: unknown stage {stage_name!r}{_suggest(stage_name, plugins.stages())}")
+        _check_params(inner, getattr(params, field), prefix + (field,), locate, depth + 1)
 
 
 def _suggest(name: str, registry: dict[str, Any]) -> str:

@@ -56,9 +56,11 @@ def test_recognize_home_on_a_file(tmp_path):
     ("<!DOCTYPE html><html><body>Sign in</body></html>", "an HTML page"),
 ])
 def test_checkpoint_that_is_not_weights(tmp_path, images, content, looks_like):
-    checkpoint = tmp_path / "ram_plus.pth"
+    """SAM: a stage whose only model file is the checkpoint (the tagger would first ask for its tag
+    lists, offline); every loader shares the reader, see tests/test_weights_file.py."""
+    checkpoint = tmp_path / "sam_vit_b.pth"
     checkpoint.write_text(content)
-    (tmp_path / "r.yaml").write_text(f"recipe: 1\nstages:\n  - use: ram_plus\n    with: {{checkpoint: {checkpoint}}}\n")
+    (tmp_path / "r.yaml").write_text(f"recipe: 1\nstages:\n  - use: sam\n    with: {{checkpoint: {checkpoint}}}\n")
     result = recognize("run", tmp_path / "r.yaml", images, "-o", tmp_path / "out",
                        RECOGNIZE_HOME=str(tmp_path / "cache"), RECOGNIZE_OFFLINE="1")
     line = one_line_error(result, 3)
