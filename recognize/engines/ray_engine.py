@@ -4,8 +4,10 @@ The stages are walked exactly as in the local engine (`recognize.engines.segment
 where the work runs differs. Image-scope segments run as `map_batches` over an actor pool, so each
 worker builds its stages (and loads their weights) once, and each batch goes through the same
 `run_batch` as locally (same failure policy: a bad image costs only itself, an error repeated on
-every image of a batch stops the run with one message). Dataset-scope stages run on the driver
-over every frame, as in the local engine. Frames travel as their JSON; workers read the images
+every image of a batch stops the run with one message). A dataset-scope stage that partitions
+its work (`Stage.partitioned`, e.g. `region_outliers` per tag) runs as a group-by on workers
+(`recognize.engines.ray_partition`), with the same result as locally; any other dataset-scope
+stage runs on the driver over every frame, as in the local engine. Frames travel as their JSON; workers read the images
 themselves, so the image files must be reachable from every node (a shared filesystem or object
 store mount).
 
@@ -143,7 +145,17 @@ class RayEngine:
 
     def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: list[Frame],
                     timer: StageTimer) -> list[Frame]:
-        with timer.phase(LOAD):
-            for stage in segment.stages:
+        """A partitioned stage runs as a group-by on workers; any other one on the driver."""
+        from recognize.engines.ray_partition import run_partitioned_on_ray
+
+        for stage in segment.stages:
+            if stage.partitioned:
+                with timer.stage(stage.name):
+                    frames = run_partitioned_on_ray(
+                        stage, stage_specs([stage])[0], frames, num_workers=self.num_workers,
+                        num_cpus_per_worker=self.num_cpus_per_worker, num_gpus_per_worker=self.num_gpus_per_worker)
+                continue
+            with timer.phase(LOAD):
                 stage.ensure_loaded()
-        return apply_stages(segment.stages, frames, timer)
+            frames = apply_stages([stage], frames, timer)
+        return frames
