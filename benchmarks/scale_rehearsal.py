@@ -12,7 +12,7 @@ planted far from its tag's centre. The module is also the plugin that registers 
 workers import it through RECOGNIZE_PLUGINS=scale_rehearsal). tests/engines/test_scale_rehearsal.py
 runs the same functions at a small N.
 
-Driver memory is the driver process's RSS (VmRSS, sampled every 50 ms; VmHWM for the peak): the
+Driver memory is the driver process's private resident memory (RssAnon, sampled every 50 ms): the
 figures compare it before the run (frames generated) with its peak during the run, for Ray and for
 the local engine, whose dataset stage holds every embedding in the driver.
 """
@@ -115,6 +115,13 @@ def register_stages(register):
 
 
 def rss_mb() -> float:
+    """The driver's private memory (RssAnon): its heap, not the pages of Ray's shared-memory object
+    store it maps when it puts objects there (those are the object store's budget, spilled to disk
+    when full)."""
+    return _status_kb("RssAnon") / 1024
+
+
+def vmrss_mb() -> float:
     return _status_kb("VmRSS") / 1024
 
 
@@ -165,7 +172,7 @@ def run_engine(engine: Any, frames: list[Frame], **params: Any) -> dict[str, Any
             dropped += sum(d.item == "region" for d in result.frame.dropped)
             digests.append(digest(result.frame))
     return {"seconds": time.perf_counter() - start, "rss_before_mb": before, "rss_peak_mb": peak.peak,
-            "rss_growth_mb": peak.peak - before, "dropped_regions": dropped, "digests": digests}
+            "rss_growth_mb": peak.peak - before, "vmrss_after_mb": vmrss_mb(), "dropped_regions": dropped, "digests": digests}
 
 
 def init_ray(workers: int) -> None:
@@ -196,6 +203,7 @@ def rehearse(frames: int, workers: int, compare: int, marker_dir: Path) -> dict[
     everything = list(synthetic_frames(frames))
     report["regions"] = sum(len(f.regions) for f in everything)
     report["driver_rss_with_frames_mb"] = rss_mb()
+    report["driver_vmrss_with_frames_mb"] = vmrss_mb()
     marker = marker_dir / "killed-full"
     full = run_engine(RayEngine(num_workers=workers), everything, kill_marker=str(marker),
                       kill_at=everything[len(everything) // 2].name)

@@ -131,7 +131,7 @@ class RayEngine:
             _StageWorker,
             fn_constructor_kwargs={"specs": stage_specs(segment.stages)},
             batch_size=pipeline.batch_size,
-            concurrency=self.num_workers,
+            compute=ray.data.ActorPoolStrategy(size=self.num_workers),
             num_cpus=self.num_cpus_per_worker,
             num_gpus=self.num_gpus_per_worker or None,
             batch_format="numpy",
