@@ -256,8 +256,8 @@ def markdown(report: dict[str, Any], command: str) -> str:
         f"**{report['full_equal']}** on all {report['frames']:,} frames, **{subset['equal']}** on a "
         f"{report['compare']:,}-frame subset; a worker was killed in both Ray runs "
         f"({ray['worker_killed']}, {subset['worker_killed']}) and the runs completed.",
-        f"- Driver memory is its private resident memory (RssAnon); the {report['frames']:,} input frames "
-        f"themselves take {report['driver_rss_with_frames_mb']:.0f} MB of it before either run. The embeddings "
+        f"- Driver memory is its private resident memory (RssAnon): {report['driver_rss_with_frames_mb']:.0f} MB "
+        f"before either run (Python, Ray's client and the {report['frames']:,} input frames as Frame objects). The embeddings "
         f"({report['regions']:,} x {report['dim']} float32 = {report['regions'] * report['dim'] * 4 / 2**20:.0f} MB) "
         "never reach the Ray driver; the local engine holds them all.",
         f"- Wall time: the Ray run took {ray['seconds'] / local['seconds']:.2f}x the local engine's on this "
