@@ -56,6 +56,9 @@ class SyntheticOutliers(RegionOutliers):
     def load(self) -> None:  # no tagger to load
         pass
 
+    def model_files(self) -> list:  # nor its files to check
+        return []
+
     def region_features(self, frames: list[Frame]) -> list[list[tuple[int, str, np.ndarray]]]:
         self._maybe_die(frames)
         features = []

@@ -36,12 +36,15 @@ from recognize.stage import Stage
 if TYPE_CHECKING:  # pragma: no cover
     from recognize.pipeline import Pipeline
 
-_ENV_VARS = ("RECOGNIZE_PLUGINS", "PYTHONPATH", "RECOGNIZE_HOME", "RECOGNIZE_OFFLINE", "RECOGNIZE_MAX_PIXELS")
+_ENV_VARS = ("RECOGNIZE_PLUGINS", "RECOGNIZE_LOAD_PLUGINS", "PYTHONPATH", "RECOGNIZE_HOME", "RECOGNIZE_OFFLINE",
+             "RECOGNIZE_MAX_PIXELS")
 
 
 def stage_specs(stages: list[Stage]) -> list[dict[str, Any]]:
     """How a worker rebuilds `stages` from the registry (stages travel by name and parameters)."""
-    return [{"use": stage.name, "with": stage.params.model_dump(mode="json")} for stage in stages]
+    from recognize.plugins import name_for
+
+    return [{"use": name_for(type(stage)), "with": stage.params.model_dump(mode="json")} for stage in stages]
 
 
 def build_stages(specs: list[dict[str, Any]]) -> list[Stage]:
