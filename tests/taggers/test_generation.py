@@ -56,6 +56,7 @@ LIMITS = {"max_length": 14, "min_length": 6, "eos_token_id": EOS, "pad_token_id"
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
+@pytest.mark.slow
 def test_greedy_is_transformers_greedy(seed, penalty):
     model, states = tiny_hf_decoder(seed)
     with torch.no_grad(), warnings.catch_warnings():

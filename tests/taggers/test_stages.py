@@ -124,6 +124,7 @@ def _tiny_encoder(tiny_clip) -> ClipTextEncoder:
     return ClipTextEncoder.open_clip_model(name, weights)
 
 
+@pytest.mark.slow
 def test_openset_ram_with_template_embeddings(ram_fixture, tiny_clip, small_images, tmp_path, monkeypatch):
     monkeypatch.setenv("RECOGNIZE_HOME", str(tmp_path / "home"))
     name, weights = tiny_clip

@@ -178,6 +178,7 @@ def test_tag_choice_is_strict_and_deletes(tiny):
     assert user_tag_string("dog,cat, red car") == "dog | cat |  red car"
 
 
+@pytest.mark.slow
 def test_tagger_and_captioner_share_one_model(tiny, images):
     shared_models.clear()
     tagger = Tag2TextTagger(**tiny["params"])
@@ -206,12 +207,14 @@ def test_the_captioner_alone_reports_its_tags_and_caption(tiny, images):
         assert alone.caption is not None
 
 
+@pytest.mark.slow
 def test_captions_of_a_batch_are_each_images_own(tiny, images):
     batched = Tag2TextCaption(**tiny["params"], vocab=tiny["vocab"], batch_size=4).caption_images(images)
     alone = [Tag2TextCaption(**tiny["params"], vocab=tiny["vocab"]).caption_images([image])[0] for image in images]
     assert batched == alone
 
 
+@pytest.mark.slow
 def test_batched_beam_search_is_fixed_not_the_official_quirk():
     """Official batched beam search captions image 1 from image 0's tags; ours captions it from its own."""
     folder = FIXTURES / "tag2text"
@@ -234,6 +237,7 @@ def test_batched_beam_search_is_fixed_not_the_official_quirk():
     assert quirk[1] == quirk[0] == expected_json["captions_beam3"][0] != expected_json["captions_beam3"][1]
 
 
+@pytest.mark.slow
 def test_caption_ids_batch_equals_one_by_one_for_every_strategy(tiny, images):
     model = tiny["model"].eval()
     captioner = Tag2TextCaption(**tiny["params"], vocab=tiny["vocab"])
@@ -251,6 +255,7 @@ def test_caption_ids_batch_equals_one_by_one_for_every_strategy(tiny, images):
     assert sampled[0] == sampled[1]
 
 
+@pytest.mark.slow
 def test_caption_from_frame_tags_and_user_tags(tiny, images):
     frames = [Frame.from_array(images[0]), Frame.from_array(images[1])]
     frames[0].tags = [Tag(name="dog"), Tag(name="red car")]
@@ -282,6 +287,7 @@ def test_delete_tag_index_param_and_thresholds(tiny, images):
     assert 1 not in [t.index for t in default[0].tags]
 
 
+@pytest.mark.slow
 def test_bfloat16_captions(tiny, images):
     stage = Tag2TextCaption(**tiny["params"], vocab=tiny["vocab"], dtype="bfloat16", num_beams=2, max_length=12)
     frames = stage([Frame.from_array(image) for image in images[:2]])
