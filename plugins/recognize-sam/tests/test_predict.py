@@ -33,6 +33,7 @@ def predictors(tiny_sam, images):
     return out
 
 
+@pytest.mark.slow
 def test_batched_embedding_equals_set_image(images, embeddings, predictors):
     for image, embedding, predictor in zip(images, embeddings, predictors):
         assert torch.equal(embedding.features, predictor.features)
@@ -42,6 +43,7 @@ def test_batched_embedding_equals_set_image(images, embeddings, predictors):
 
 @pytest.mark.parametrize("multimask", [True, False])
 @pytest.mark.parametrize("which, count", [(0, 4), (1, 2)], ids=["small", "big"])
+@pytest.mark.slow
 def test_masks_equal_sampredictor(tiny_sam, images, embeddings, predictors, multimask, which, count):
     image, embedding = images[which], embeddings[which]
     boxes = random_boxes(*image.shape[:2], count, seed=which)

@@ -43,6 +43,7 @@ def segmented(small_photo, big_photo, photos):
     return out, embedded
 
 
+@pytest.mark.slow
 def test_masks_have_the_image_size_and_scores(segmented):
     frames, embedded = segmented
     assert embedded == [2]  # one encoder call for the two frames that have regions (the stage's batch_size)
@@ -56,6 +57,7 @@ def test_masks_have_the_image_size_and_scores(segmented):
     assert frames[1].regions == [] and frames[1]._image is None  # no regions: no decoding, no embedding
 
 
+@pytest.mark.slow
 def test_chinese_names_follow_tags_onto_masks(segmented):
     for frame in (segmented[0][0], segmented[0][2]):
         *others, last = frame.regions
@@ -64,6 +66,7 @@ def test_chinese_names_follow_tags_onto_masks(segmented):
             assert region.tag_zh == ("狗" if region.tag == "dog" else None)
 
 
+@pytest.mark.slow
 def test_masks_are_rle_in_json_and_decode_back(segmented):
     for frame in (segmented[0][0], segmented[0][2]):
         data = json.loads(frame.to_json())
