@@ -31,8 +31,8 @@ def test_run_end_to_end(image_folder, tmp_path):
     assert result.returncode == 1, result.stderr  # one bad image: reported, others done
     assert "broken.png" in result.stderr and "Traceback" not in result.stderr
     assert "3 processed, 0 already done, 1 failed" in result.stderr
-    assert json.loads((out / "white.json").read_text())["regions"][0]["score"] == 0.4
-    assert (out / "sub" / "noise.annotated.jpg").is_file()
+    assert json.loads((out / "frames" / "white.png.json").read_text())["regions"][0]["score"] == 0.4
+    assert (out / "frames" / "sub" / "noise.png.annotated.jpg").is_file()
     assert json.loads((out / "summary.json").read_text())["counts"]["failed"] == 1
     (image_folder / "broken.png").unlink()
     again = recognize("run", recipe, image_folder, "-o", out, "--set", "stages.1.with.score=0.4")
