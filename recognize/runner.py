@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any, overload
 
 from recognize.atomic import remove_stale_temps, write_text
-from recognize.engines.local import FrameResult, LocalEngine, describe_error
+from recognize.engines.base import Engine, FrameResult, describe_error
+from recognize.engines.local import LocalEngine
 from recognize.engines.segment_store import PARTIAL_DIR
 from recognize.engines.segment_store import clear as clear_partial
+from recognize.engines.timing import FINISH, STARTUP, WRITE, StageTimer
 from recognize.errors import InputError, RecipeError, RecognizeError
 from recognize.frame import Frame
 from recognize.images import expand_inputs
@@ -57,6 +59,8 @@ class RunSummary:
     skipped: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: where the wall time went: startup, load, decode, stages, write, finish, retried, other
+    wall: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     started: str = ""
     finished: str = ""
@@ -82,6 +86,7 @@ class RunSummary:
             },
             "failures": self.failures,
             "timings": self.timings,
+            "wall": self.wall,
             "seconds": round(self.seconds, 3),
             "started": self.started,
             "finished": self.finished,
@@ -332,9 +337,13 @@ def run_to_folder(
     *,
     overwrite: bool = False,
     quiet: bool = False,
-    engine: Any = None,
+    engine: Engine | None = None,
+    startup_seconds: float | None = None,
 ) -> RunSummary:
     """Process `inputs` into `out_dir`; returns (and writes) the run summary.
+
+    `startup_seconds`: time spent before this call (the CLI passes the process's age), shown in
+    the summary's `wall` so it accounts for the whole run.
 
     Everything that can be refused is refused before a file is written or a model loaded: bad
     output names, colliding results, inputs inside OUT, an OUT made by another recipe.
@@ -342,6 +351,9 @@ def run_to_folder(
     from tqdm.auto import tqdm
 
     engine = engine or LocalEngine(progress=not quiet)
+    timer = StageTimer()
+    if startup_seconds:
+        timer.phases[STARTUP] += startup_seconds
     out = Path(out_dir)
     json_stage = next((s for s in pipeline.outputs if s.name == "json"), None) or JsonOutput()
     # json goes last: its file is the frame the dataset outputs read back
@@ -377,8 +389,8 @@ def run_to_folder(
         else:
             todo.append((path, name))
 
-    if todo and isinstance(engine, LocalEngine):
-        pipeline.load()  # missing weights fail now, in one line, before any image is touched
+    if todo:
+        engine.load(pipeline, timer)  # missing weights fail now, in one line, before any image is touched
     if manifest_needed:
         try:
             write_manifest(pipeline, recipe, out)
@@ -395,12 +407,13 @@ def run_to_folder(
         frame = result.frame
         if result.ok:
             try:
-                for stage in outputs:
-                    stage.write(frame, out)
-                record = {"name": frame.name, **source_identity(sources[frame.name]), "recipe": recipe_id,
-                          "files": {path.relative_to(out).as_posix(): path.stat().st_size
-                                    for stage in outputs for path in stage.files(frame, out)}}
-                journal.append(record)
+                with timer.phase(WRITE):
+                    for stage in outputs:
+                        stage.write(frame, out)
+                    record = {"name": frame.name, **source_identity(sources[frame.name]), "recipe": recipe_id,
+                              "files": {path.relative_to(out).as_posix(): path.stat().st_size
+                                        for stage in outputs for path in stage.files(frame, out)}}
+                    journal.append(record)
             except Exception as exc:  # noqa: BLE001 - a write error fails this image, not the run
                 result.error = f"writing outputs: {describe_error(exc)}"
         if result.ok:
@@ -415,7 +428,7 @@ def run_to_folder(
 
     frames = (Frame(source=str(path), name=name) for path, name in todo)
     try:
-        for _ in engine.run(pipeline, frames, on_result=on_result, checkpoint_dir=partial):
+        for _ in engine.run(pipeline, frames, on_result=on_result, checkpoint_dir=partial, timer=timer):
             pass
     finally:
         bar.close()
@@ -425,14 +438,16 @@ def run_to_folder(
     frame_files = FrameFiles([(json_stage.files(Frame(source=str(path), name=name), out)[0], str(path), name)
                               for path, name in items if _is_done(journal.records.get(name), path, out, recipe_id)])
     try:
-        for stage in outputs:
-            stage.finish(frame_files, out)
-        summary.seconds = time.perf_counter() - started
+        with timer.phase(FINISH):
+            for stage in outputs:
+                stage.finish(frame_files, out)
+        summary.seconds = time.perf_counter() - started + (startup_seconds or 0.0)
         summary.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         summary.timings = {
             name: {"seconds": round(seconds, 4), "per_image": round(seconds / max(summary.processed, 1), 4)}
-            for name, seconds in pipeline.timings.items()
+            for name, seconds in timer.stages.items()
         }
+        summary.wall = timer.wall(summary.seconds)
         write_text(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     except OSError as exc:
         raise _folder_error(out, exc, "write the dataset outputs") from None
