@@ -86,3 +86,109 @@ def test_failed_write_leaves_no_partial_file(test_stages, image_folder, tmp_path
     summary = run_to_folder(Pipeline([test_stages.Brightness()]), [image_folder / "white.png"], out, quiet=True)
     assert summary.failed == 1 and "disk full" in summary.failures[0]["error"]
     assert not (out / "frames" / "white.png.json").exists() and not list(out.rglob("*.part"))
+
+
+# -- issue 10: one producer per file, bounded memory ------------------------------------------
+import weakref  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from recognize import Region, Stage, Tag  # noqa: E402
+from recognize.errors import InputError, RecipeError  # noqa: E402
+from recognize.stage import OutputStage  # noqa: E402
+
+
+class MaskProbe(Stage):
+    """Adds a full-size mask per image and records how many masks of earlier batches are still alive."""
+
+    name = "mask_probe"
+    kind = "segmenter"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.masks: list[weakref.ref] = []
+        self.alive: list[int] = []
+
+    def process(self, frames):
+        self.alive.append(sum(ref() is not None for ref in self.masks))
+        for frame in frames:
+            h, w = frame.image.shape[:2]
+            mask = np.ones((h, w), dtype=bool)
+            self.masks.append(weakref.ref(mask))
+            frame.tags.append(Tag(name="thing", score=1.0))
+            frame.regions.append(Region(box=(0, 0, w, h), tag="thing", mask=mask))
+        return frames
+
+
+class SeenByFinish(OutputStage):
+    """A dataset output that checks what `finish` gets: a re-iterable sequence read from disk."""
+
+    name = "seen_by_finish"
+
+    def finish(self, frames, out_dir):
+        self.kind_of = type(frames).__name__
+        first = [(f.name, f.regions[0].mask.sum()) for f in frames]
+        second = [(f.name, f.regions[0].mask.sum()) for f in frames]
+        self.seen = first if first == second else None
+
+
+def many_images(folder, count):
+    from PIL import Image
+
+    folder.mkdir()
+    for i in range(count):
+        Image.new("RGB", (20, 10), (i, i, i)).save(folder / f"img{i:03d}.png")
+    return folder
+
+
+def test_memory_is_bounded_by_the_batch_not_the_dataset(tmp_path):
+    """Principle 4: a processed frame (and its mask) is dropped once written; `finish` streams frames
+    back from disk, twice if it needs to."""
+    probe, seen = MaskProbe(), SeenByFinish()
+    folder = many_images(tmp_path / "in", 24)
+    summary = run_to_folder(Pipeline([probe], [seen], batch_size=4), [folder], tmp_path / "out", quiet=True)
+    assert summary.processed == 24
+    assert len(probe.alive) == 6 and max(probe.alive) <= 4  # at most the batch in flight
+    assert seen.kind_of == "FrameFiles" and [n for n, _ in seen.seen] == [f"img{i:03d}.png" for i in range(24)]
+    assert all(area == 200 for _, area in seen.seen)
+
+
+def test_colliding_results_are_refused_before_anything_is_written(tmp_path):
+    """Principle 1: YOLO pairs images/x.jpg with labels/x.txt, so x.jpg beside x.png is refused up
+    front naming both; two outputs claiming one dataset file are a recipe error."""
+    from recognize import plugins
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(folder / "x.jpg")
+    Image.new("RGB", (8, 8)).save(folder / "x.png")
+    yolo = Pipeline([], [plugins.get_stage("yolo")()])
+    with pytest.raises(InputError) as info:
+        run_to_folder(yolo, [folder], tmp_path / "out", quiet=True)
+    assert "x.jpg" in str(info.value) and "x.png" in str(info.value) and "labels" in str(info.value)
+    assert not (tmp_path / "out").exists()
+    twice = Pipeline([], [plugins.get_stage("coco")(), plugins.get_stage("coco")()])
+    with pytest.raises(RecipeError, match=r"outputs\[1\].*outputs\[0\]"):
+        run_to_folder(twice, [folder], tmp_path / "out", quiet=True)
+    clash = Pipeline([], [plugins.get_stage("coco")(filename="labels"), plugins.get_stage("yolo")()])
+    with pytest.raises(RecipeError, match="labels"):
+        run_to_folder(clash, [folder], tmp_path / "out", quiet=True)
+
+
+def test_changed_recipe_or_source_is_redone_and_old_results_do_not_count(test_stages, tmp_path):
+    """Principle 2 in process: the journal records source identity and the recipe's fingerprint."""
+    folder = many_images(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    first = run_to_folder(Pipeline([test_stages.Brightness()]), [folder], out, quiet=True)
+    assert (first.processed, first.skipped) == (3, 0)
+    from PIL import Image
+
+    Image.new("RGB", (30, 10), (250, 250, 250)).save(folder / "img001.png")
+    again = run_to_folder(Pipeline([test_stages.Brightness()]), [folder], out, quiet=True)
+    assert (again.processed, again.skipped) == (1, 2)
+    assert Frame.from_json((out / "frames" / "img001.png.json").read_text()).tag_names == ["bright"]
+    with pytest.raises(InputError, match="different recipe"):
+        run_to_folder(Pipeline([test_stages.Brightness(cutoff=1)]), [folder], out, quiet=True)
