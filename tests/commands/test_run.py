@@ -222,7 +222,6 @@ def test_batch_size_and_device_work_without_a_settings_section(tmp_path):
 def test_bad_inputs_and_output_folders_are_one_line(tmp_path):
     """Principles 7-9: FIFOs, empty folders and globs, -o at or under a file, a full disk."""
     import os
-    import resource
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE)
@@ -237,12 +236,11 @@ def test_bad_inputs_and_output_folders_are_one_line(tmp_path):
     assert "afile" in one_line_error(recognize("run", recipe, tmp_path / "in", "-o", afile, "-q"))
     assert "afile" in one_line_error(recognize("run", recipe, tmp_path / "in", "-o", afile / "sub", "-q"))
 
-    def no_disk():  # writes fail with EFBIG, as on a full disk
-        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-
-    full = subprocess.run([sys.executable, "-m", "recognize", "run", str(recipe), str(tmp_path / "in"), "-o",
-                           str(tmp_path / "full"), "-q"], capture_output=True, text=True, env=cli_env(),
-                          timeout=120, preexec_fn=no_disk)
+    # a full disk: every write fails (EFBIG under RLIMIT_FSIZE=0) once the program has started
+    start_then_fill = ("import resource, sys\nfrom recognize import plugins\nfrom recognize.cli import main\n"
+                       "plugins.stages()\nresource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\nmain(sys.argv[1:])")
+    full = subprocess.run([sys.executable, "-c", start_then_fill, "run", str(recipe), str(tmp_path / "in"), "-o",
+                           str(tmp_path / "full"), "-q"], capture_output=True, text=True, env=cli_env(), timeout=120)
     assert full.returncode in (1, 2) and "Traceback" not in full.stderr, full.stderr
     assert full.stderr.strip().count("\n") == 0 and "full" in full.stderr
 
