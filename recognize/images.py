@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import os
-import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -182,6 +181,8 @@ def _contains(path: Path, folder: Path) -> bool:
 
 
 def _check_regular(path: Path, text: str) -> None:
+    import stat
+
     try:
         mode = path.stat().st_mode
     except OSError as exc:
