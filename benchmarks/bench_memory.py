@@ -101,8 +101,9 @@ def run(counts: list[int], size: int, batch: int, baseline: str | None) -> list[
                 recipe = tmp_path / "recipe.yaml"
                 recipe.write_text(f"recipe: 1\nsettings: {{batch_size: {batch}}}\n"
                                   f"stages:\n  - use: bench_disc_mask\n{outputs}")
+                plugins = sorted(str(p) for p in (Path(root) / "plugins").glob("*") if p.is_dir())
                 env = {**os.environ, "RECOGNIZE_PLUGINS": "bench_memory",
-                       "PYTHONPATH": os.pathsep.join([root, str(HERE), os.environ.get("PYTHONPATH", "")])}
+                       "PYTHONPATH": os.pathsep.join([root, *plugins, str(HERE), os.environ.get("PYTHONPATH", "")])}
                 for count in counts:
                     out = tmp_path / "out"
                     shutil.rmtree(out, ignore_errors=True)
