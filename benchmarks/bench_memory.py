@@ -76,10 +76,10 @@ def make_images(folder: Path, count: int, size: int) -> None:
         os.link(first, folder / f"img{i:05d}.png")  # same bytes, distinct files: cheap to make
 
 
-def peak_rss_mib(command: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(peak RSS MiB, seconds) of one subprocess."""
+def peak_rss_mib(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(peak RSS MiB, seconds) of one subprocess (run in `cwd`, so `-m recognize` finds PYTHONPATH's)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -108,7 +108,7 @@ def run(counts: list[int], size: int, batch: int, baseline: str | None) -> list[
                     out = tmp_path / "out"
                     shutil.rmtree(out, ignore_errors=True)
                     rss, seconds = peak_rss_mib([sys.executable, "-m", "recognize", "run", str(recipe),
-                                                 str(tmp_path / f"in{count}"), "-o", str(out), "-q"], env)
+                                                 str(tmp_path / f"in{count}"), "-o", str(out), "-q"], env, tmp_path)
                     rows.append({"version": version, "outputs": label, "images": count, "peak_rss_mib": rss,
                                  "seconds": seconds})
                     print(f"{version:14} {label:30} {count:5} images: peak RSS {rss:7.1f} MiB, {seconds:6.1f} s",

@@ -265,15 +265,15 @@ def check_claims(frames: Iterable[Frame], outputs: Sequence[OutputStage], out: P
 
 
 def _has_results(out: Path, journal: DoneJournal) -> bool:
-    """Whether OUT holds anything besides the manifest (and empty bookkeeping)."""
+    """Whether OUT holds results: a finished image, or any file that is not the run's bookkeeping
+    (a run whose images all failed, or that stopped before the first one, leaves none)."""
+    if journal.records:
+        return True
     try:
         entries = set(os.listdir(out))
     except OSError:
         return False
-    entries.discard(MANIFEST_FILE)
-    if STATE_DIR in entries and not journal.records:
-        entries.discard(STATE_DIR)
-    return bool(entries)
+    return bool(entries - {MANIFEST_FILE, SUMMARY_FILE, STATE_DIR, PARTIAL_DIR})
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:
