@@ -101,6 +101,7 @@ def cli(test_stages, cache_home):
     return build_cli()
 
 
+@pytest.mark.slow
 def test_generated_inputs_and_output_folders(cli, tmp_path):
     rng = random.Random(SEED)
     runner = CliRunner()

@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from clihelp import cli_env
+
+pytestmark = pytest.mark.subprocess
 
 RECIPE = """\
 recipe: 1
