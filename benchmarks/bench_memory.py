@@ -131,12 +131,12 @@ def report(rows: list[dict], counts: list[int], size: int, batch: int) -> str:
     lines = [
         SECTION,
         "",
-        f"`python benchmarks/bench_memory.py` ({time.strftime('%Y-%m-%d')}): `recognize run` in a fresh process per "
-        f"row, {size}x{size} images, one disc mask per image ({size * size / 2**20:.2f} MiB as booleans), batch "
-        f"{batch}. Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
+        (f"`python benchmarks/bench_memory.py` ({time.strftime('%Y-%m-%d')}): `recognize run` in a fresh process "
+         f"per row, {size}x{size} images, one disc mask per image ({size * size / 2**20:.2f} MiB as booleans), "
+         f"batch {batch}. Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}."),
         "",
-        f"| version | outputs | peak RSS MiB, {low} images | peak RSS MiB, {high} images | growth MiB | "
-        f"growth per extra image KiB |",
+        (f"| version | outputs | peak RSS MiB, {low} images | peak RSS MiB, {high} images | growth MiB | "
+         "growth per extra image KiB |"),
         "|---|---|---:|---:|---:|---:|",
     ]
     keyed = {(r["version"], r["outputs"], r["images"]): r["peak_rss_mib"] for r in rows}
@@ -144,14 +144,14 @@ def report(rows: list[dict], counts: list[int], size: int, batch: int) -> str:
         a, b = keyed[(version, label, low)], keyed[(version, label, high)]
         per = (b - a) * 1024 / (high - low)
         lines.append(f"| {version} | {label} | {a:.0f} | {b:.0f} | {b - a:+.0f} | {per:.1f} |")
-    lines += ["", "Growth per extra image should be far below the size of one mask: the runner keeps no frame "
-              "after writing it, and `coco` keeps RLE strings, not masks.", ""]
+    lines += ["", ("Growth per extra image should be far below the size of one mask: the runner keeps no frame "
+                   "after writing it, and `coco` keeps RLE strings, not masks."), ""]
     return "\n".join(lines)
 
 
 def write_section(text: str, path: Path) -> None:
     body = path.read_text(encoding="utf-8") if path.is_file() else "# recognize benchmarks\n"
-    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
+    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.DOTALL)
     body = pattern.sub(lambda _: text.rstrip("\n"), body) if pattern.search(body) else body.rstrip("\n") + "\n\n" + text
     path.write_text(body.rstrip("\n") + "\n", encoding="utf-8")
 

@@ -1,9 +1,14 @@
 import json
+import weakref
 
+import numpy as np
+import pytest
 
-from recognize import Frame
+from recognize import Frame, Region, Stage, Tag
+from recognize.errors import InputError, RecipeError
 from recognize.pipeline import Pipeline
 from recognize.runner import run_to_folder
+from recognize.stage import OutputStage
 
 
 def make_pipeline(test_stages, **kw):
@@ -89,14 +94,6 @@ def test_failed_write_leaves_no_partial_file(test_stages, image_folder, tmp_path
 
 
 # -- issue 10: one producer per file, bounded memory ------------------------------------------
-import weakref  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from recognize import Region, Stage, Tag  # noqa: E402
-from recognize.errors import InputError, RecipeError  # noqa: E402
-from recognize.stage import OutputStage  # noqa: E402
 
 
 class MaskProbe(Stage):

@@ -8,7 +8,6 @@ import sys
 import click
 
 
-
 @click.command("run")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
