@@ -93,7 +93,8 @@ class Pipeline:
         return self.timer.stages
 
     def load(self) -> None:
-        """Load every stage's models now instead of on first use."""
+        """Load every stage's models now instead of on first use. Every stage's model files are
+        checked (or downloaded) first, so an offline run names all missing files in one error."""
         _strict_engine().load(self)
 
     def process(self, frames: list[Frame]) -> list[Frame]:
