@@ -262,3 +262,31 @@ def test_a_killed_runs_temp_files_are_cleaned(tmp_path):
     stale.write_text('{"half": ')
     assert recognize("run", recipe, tmp_path / "in", "-o", out, "-q").returncode == 0
     assert not stale.exists()
+
+
+def test_a_read_only_output_folder_is_one_line(tmp_path):
+    """Principle 8: OUT that cannot be written is refused at start, in one line (exit 2)."""
+    import os
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)
+    image(tmp_path / "in" / "a.png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    mounted = False
+    if os.geteuid() == 0:  # root writes through permissions: use a read-only file system if we may mount one
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(locked)],
+                              capture_output=True, check=False)
+        if made.returncode != 0:
+            pytest.skip("running as root without permission to mount a read-only file system")
+        mounted = True
+    else:
+        locked.chmod(0o555)
+    try:
+        error = one_line_error(recognize("run", recipe, tmp_path / "in", "-o", locked / "out", "-q"))
+        assert "locked" in error and "-o" in error
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(locked)], check=False)
+        else:
+            locked.chmod(0o755)
