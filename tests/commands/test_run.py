@@ -22,7 +22,7 @@ outputs:
 
 def recognize(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "recognize", *map(str, args)], capture_output=True, text=True,
-                          env=cli_env(), cwd=cwd, timeout=120)
+                          env=cli_env(), cwd=cwd, timeout=120, check=False)
 
 
 def test_run_end_to_end(image_folder, tmp_path):
