@@ -4,8 +4,10 @@ The stages are walked exactly as in the local engine (`recognize.engines.segment
 where the work runs differs. Image-scope segments run as `map_batches` over an actor pool, so each
 worker builds its stages (and loads their weights) once, and each batch goes through the same
 `run_batch` as locally (same failure policy: a bad image costs only itself, an error repeated on
-every image of a batch stops the run with one message). Dataset-scope stages run on the driver
-over every frame, as in the local engine. Frames travel as their JSON; workers read the images
+every image of a batch stops the run with one message). A dataset-scope stage that partitions
+its work (`Stage.partitioned`, e.g. `region_outliers` per tag) runs as a group-by on workers
+(`recognize.engines.ray_partition`), with the same result as locally; any other dataset-scope
+stage runs on the driver over every frame, as in the local engine. Frames travel as their JSON; workers read the images
 themselves, so the image files must be reachable from every node (a shared filesystem or object
 store mount).
 
@@ -40,7 +42,9 @@ _ENV_VARS = ("RECOGNIZE_PLUGINS", "RECOGNIZE_LOAD_PLUGINS", "PYTHONPATH", "RECOG
 
 def stage_specs(stages: list[Stage]) -> list[dict[str, Any]]:
     """How a worker rebuilds `stages` from the registry (stages travel by name and parameters)."""
-    return [{"use": stage.name, "with": stage.params.model_dump(mode="json")} for stage in stages]
+    from recognize.plugins import name_for
+
+    return [{"use": name_for(type(stage)), "with": stage.params.model_dump(mode="json")} for stage in stages]
 
 
 def build_stages(specs: list[dict[str, Any]]) -> list[Stage]:
@@ -130,7 +134,7 @@ class RayEngine:
             _StageWorker,
             fn_constructor_kwargs={"specs": stage_specs(segment.stages)},
             batch_size=pipeline.batch_size,
-            concurrency=self.num_workers,
+            compute=ray.data.ActorPoolStrategy(size=self.num_workers),
             num_cpus=self.num_cpus_per_worker,
             num_gpus=self.num_gpus_per_worker or None,
             batch_format="numpy",
@@ -144,7 +148,17 @@ class RayEngine:
 
     def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: list[Frame],
                     timer: StageTimer) -> list[Frame]:
-        with timer.phase(LOAD):
-            for stage in segment.stages:
+        """A partitioned stage runs as a group-by on workers; any other one on the driver."""
+        from recognize.engines.ray_partition import run_partitioned_on_ray
+
+        for stage in segment.stages:
+            if stage.partitioned:
+                with timer.stage(stage.name):
+                    frames = run_partitioned_on_ray(
+                        stage, stage_specs([stage])[0], frames, num_workers=self.num_workers,
+                        num_cpus_per_worker=self.num_cpus_per_worker, num_gpus_per_worker=self.num_gpus_per_worker)
+                continue
+            with timer.phase(LOAD):
                 stage.ensure_loaded()
-        return apply_stages(segment.stages, frames, timer)
+            frames = apply_stages([stage], frames, timer)
+        return frames
