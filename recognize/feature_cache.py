@@ -107,8 +107,9 @@ class FeatureCache:
             self.hits += 1
             return entry[0]
 
-    def put(self, key: Hashable, value: Any) -> None:
-        size = size_of(value)
+    def put(self, key: Hashable, value: Any, size: int | None = None) -> None:
+        """Store `value` (its bytes measured by `size_of` unless `size` is given)."""
+        size = size_of(value) if size is None else size
         with self._lock:
             if size > self.max_bytes:
                 return  # larger than the whole cache: keeping it would evict everything else

@@ -24,6 +24,7 @@ BUILTIN_PLUGINS = (
     "recognize.commands.plugins",
     "recognize.commands.models",
     "recognize.commands.eval",
+    "recognize.commands.serve",
 )
 
 _lock = threading.RLock()
