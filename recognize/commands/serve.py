@@ -52,6 +52,7 @@ def serve_command(recipe, host, port, token, max_batch_size, max_wait_ms, max_qu
     Example:   curl -F images=@photo.jpg http://127.0.0.1:8000/v1/frames
     """
     import logging
+    import signal
 
     try:
         import uvicorn
@@ -83,7 +84,14 @@ def serve_command(recipe, host, port, token, max_batch_size, max_wait_ms, max_qu
     server = uvicorn.Server(config)
     click.echo(f"recognize serve: {recipe} on http://{host if ':' not in host else f'[{host}]'}:{port}/ "
                "(loading models; see /readyz)", err=True)
-    server.run()
+    # uvicorn drains on SIGTERM / SIGINT, then re-raises the signal to whatever handler was there
+    # before it; a drained shutdown is a clean exit, so that handler does nothing (exit status 0).
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if fatal:
         error = RecognizeError(f"cannot serve {recipe}: {fatal[0]}")
         error.exit_code = 3

@@ -6,6 +6,7 @@ subprocess through RECOGNIZE_PLUGINS=servestages (with tests/support on PYTHONPA
 
 from __future__ import annotations
 
+import os
 import threading
 
 import recognize
@@ -40,13 +41,14 @@ class Gate(Stage):
 
 
 class SlowLoad(Stage):
-    """Loads only once LOADED is set (or fails with a model-file error when LOAD_FAILS is set)."""
+    """Loads only once LOADED is set (or fails with a model-file error when LOAD_FAILS is set, or
+    at once when $SERVESTAGES_LOAD_FAILS is set: for a subprocess)."""
 
     name = "slow_load"
     kind = "filter"
 
     def load(self) -> None:
-        if not LOADED.wait(timeout=60) or LOAD_FAILS.is_set():
+        if os.environ.get("SERVESTAGES_LOAD_FAILS") or not LOADED.wait(timeout=60) or LOAD_FAILS.is_set():
             raise ModelFileError("weights.bin: not found; put it at /models/weights.bin")
 
     def process(self, frames: list[Frame]) -> list[Frame]:
