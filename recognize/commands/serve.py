@@ -9,7 +9,6 @@ from __future__ import annotations
 import click
 
 from recognize.errors import RecognizeError
-from recognize.hookspecs import hookimpl
 
 
 class ServeError(RecognizeError):
@@ -100,6 +99,5 @@ def serve_command(recipe, host, port, token, max_batch_size, max_wait_ms, max_qu
         raise RecognizeError(f"could not listen on {host}:{port} (see the log above)")
 
 
-@hookimpl
-def register_commands(cli):
+def add_commands(cli: click.Group) -> None:
     cli.add_command(serve_command)
