@@ -209,7 +209,7 @@ function renderSide(frame) {
   $("caption-section").hidden = !frame.caption;
   $("caption").textContent = frame.caption || "";
   const rows = Object.entries(state.timings).map(([stage, seconds]) =>
-    `<tr><td>${escapeHtml(stage)}</td><td>${state.reused.includes(stage) ? "reused" : `${(seconds * 1000).toFixed(0)} ms`}</td></tr>`);
+    `<tr><td>${escapeHtml(stage)}</td><td>${state.reused.includes(stage) ? "reused" : milliseconds(seconds)}</td></tr>`);
   $("timings").innerHTML = rows.join("");
   $("timings-section").hidden = !rows.length;
   window.recognizeView.tagsShown = frame.tags.length;
@@ -309,7 +309,9 @@ function buildControls(recipe) {
   const controls = [];
   for (const stage of recipe.stages) {
     for (const p of stage.settable) {
-      if (!/threshold/.test(p.name)) continue;
+      // thresholds, and any other probability-like number (bounded by 0 and 1)
+      const probability = p.minimum != null && p.maximum != null && p.minimum >= 0 && p.maximum <= 1;
+      if (!/threshold/.test(p.name) && !probability) continue;
       const key = `stages.${stage.index}.with.${p.name}`;
       const min = p.minimum ?? 0, max = p.maximum ?? 1, current = stage.params[p.name];
       const div = document.createElement("div");
@@ -329,6 +331,11 @@ function buildControls(recipe) {
   }
   if (!controls.length) controls.push(Object.assign(document.createElement("p"), { className: "muted", textContent: "This recipe has no thresholds to tune." }));
   box.replaceChildren(...controls);
+}
+
+function milliseconds(seconds) {
+  const ms = seconds * 1000;
+  return `${ms < 10 ? ms.toFixed(1) : ms.toFixed(0)} ms`;
 }
 
 function escapeHtml(text) {
