@@ -36,12 +36,14 @@ class ServeError(RecognizeError):
               help="Most images in one request.")
 @click.option("--feature-cache-mb", default=512.0, show_default=True, type=click.FloatRange(min=0),
               help="Image features (SAM, Grounding DINO) kept so re-asking about an image skips its encoder.")
+@click.option("--result-cache-mb", default=256.0, show_default=True, type=click.FloatRange(min=0),
+              help="Per-stage results kept so re-asking with another threshold re-runs only later stages.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
               help="Where models run (overrides the recipe).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def serve_command(recipe, host, port, token, max_batch_size, max_wait_ms, max_queue, max_upload_mb, max_pixels,
-                  max_images, feature_cache_mb, device, log_level):
+                  max_images, feature_cache_mb, result_cache_mb, device, log_level):
     """Serve RECIPE over HTTP until SIGTERM or Ctrl-C (then finish the requests in flight, exit 0).
 
     \b
@@ -65,7 +67,7 @@ def serve_command(recipe, host, port, token, max_batch_size, max_wait_ms, max_qu
         settings = ServeSettings(host=host, port=port, token=token or None, max_batch_size=max_batch_size,
                                  max_wait_ms=max_wait_ms, max_queue=max_queue, max_upload_mb=max_upload_mb,
                                  max_pixels=max_pixels, max_images=max_images, feature_cache_mb=feature_cache_mb,
-                                 device=device)
+                                 result_cache_mb=result_cache_mb, device=device)
     except ValidationError as exc:
         raise ServeError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
