@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from recognize.errors import RecipeError
 from recognize.feature_cache import content_key, feature_cache
@@ -36,7 +37,7 @@ from recognize.serve.batching import Runner, StageFailed, one_line
 from recognize.serve.guard import BodyTooLarge, Guard
 from recognize.serve.metrics import Metrics
 from recognize.serve.settings import ServeSettings
-from recognize.serve.uploads import UploadProblem, decode_image, read_body
+from recognize.serve.uploads import ParsedBody, UploadProblem, decode_image, read_body
 from recognize.serve.variants import Variants
 
 log = logging.getLogger("recognize.serve")
@@ -218,7 +219,14 @@ async def _serve(request: Request, state: ServerState, sets: list[str], annotate
     state.inflight += 1
     state.metrics.queue_depth.inc()
     try:
-        return await _until_done_or_gone(request, _work(request, state, sets, annotate))
+        try:
+            body = await read_body(request, settings.max_images)
+        except UploadProblem as problem:
+            raise Problem(problem.status, problem.reason) from None
+        except ClientDisconnect:
+            return Response(status_code=499)
+        # only now, with the body read, may the disconnect watcher read from the connection
+        return await _until_done_or_gone(request, _work(body, state, sets, annotate))
     finally:
         state.inflight -= 1
         state.metrics.queue_depth.dec()
@@ -241,12 +249,8 @@ async def _until_done_or_gone(request: Request, work: Any) -> Response:
             task.cancel()
 
 
-async def _work(request: Request, state: ServerState, sets: list[str], annotate: dict | None) -> Response:
+async def _work(body: ParsedBody, state: ServerState, sets: list[str], annotate: dict | None) -> Response:
     settings = state.settings
-    try:
-        body = await read_body(request, settings.max_images)
-    except UploadProblem as problem:
-        raise Problem(problem.status, problem.reason) from None
     allowed = {"set"} | ({"format", "chinese"} if annotate is not None else set())
     for key in body.fields:
         if key not in allowed:

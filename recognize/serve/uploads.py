@@ -74,12 +74,15 @@ def decode_image(upload: Upload, max_pixels: int) -> np.ndarray:
 async def read_body(request, max_images: int) -> ParsedBody:  # request: starlette.requests.Request
     """The uploads and text fields of a request (multipart form, or one raw image)."""
     from starlette.datastructures import UploadFile
+    from starlette.requests import ClientDisconnect
+
+    from recognize.serve.guard import BodyTooLarge
 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         try:
             form = await request.form(max_files=max_images, max_fields=64, max_part_size=64 * 1024)
-        except UploadProblem:
+        except (UploadProblem, ClientDisconnect, BodyTooLarge):
             raise
         except Exception as exc:  # noqa: BLE001 - starlette reports malformed forms in several ways
             reason = getattr(exc, "detail", None) or str(exc) or type(exc).__name__

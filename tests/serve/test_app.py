@@ -139,6 +139,12 @@ def test_limits_are_413(make_client, test_recipe) -> None:
 
     response = client.post("/v1/frames", content=chunks(), headers=PNG)  # no Content-Length: counted as it streams
     assert response.status_code == 413 and "byte limit" in one_line_error(response)
+    boundary = b"b0und"
+    form = (b"--b0und\r\nContent-Disposition: form-data; name=\"images\"; filename=\"n.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + buffer.getvalue() + b"\r\n--b0und--\r\n")
+    response = client.post("/v1/frames", content=iter([form[:5000], form[5000:]]),
+                           headers={"content-type": f"multipart/form-data; boundary={boundary.decode()}"})
+    assert response.status_code == 413 and "byte limit" in one_line_error(response)
     response = client.post("/v1/frames", content=png_bytes(size=(41, 60)), headers=PNG)
     assert response.status_code == 413 and "pixel limit" in one_line_error(response)
     three = [("images", (f"{i}.png", png_bytes(), "image/png")) for i in range(3)]
