@@ -45,13 +45,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=224, help="side of each square test image")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="alternate concurrent and sequential passes over this many slices of the images, so "
+                             "that load from other work on the machine hits both alike")
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds before the whole run gives up")
     parser.add_argument("--rss-bound-mib", type=float, default=64.0, help="allowed RSS growth after warm-up")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="intra-op threads of the server (and of the in-process run); default: torch's")
     parser.add_argument("--quick", action="store_true", help="4 clients x 4 requests")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.clients, args.requests = 4, 4
+        args.clients, args.requests, args.rounds = 4, 4, 2
     return args
 
 
@@ -154,10 +159,20 @@ def load(url: str, images: list[bytes], clients: int, deadline: float) -> dict:
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - start
-    return {"clients": clients, "requests": len(images), "errors": len(errors), "error_samples": errors[:3],
-            "wall_s": round(wall, 3), "throughput_rps": round(len(images) / wall, 3),
-            "p50_ms": round(1000 * percentile(latencies, 0.5), 1), "p95_ms": round(1000 * percentile(latencies, 0.95), 1),
+    return {"wall_s": time.perf_counter() - start, "latencies": latencies, "errors": errors, "requests": len(images),
+            "clients": clients}
+
+
+def summary(passes: list[dict]) -> dict:
+    """Several passes (rounds) of one kind, as one figure set."""
+    latencies = [x for p in passes for x in p["latencies"]]
+    errors = [e for p in passes for e in p["errors"]]
+    wall = sum(p["wall_s"] for p in passes)
+    requests = sum(p["requests"] for p in passes)
+    return {"clients": passes[0]["clients"], "requests": requests, "errors": len(errors), "error_samples": errors[:3],
+            "wall_s": round(wall, 3), "throughput_rps": round(requests / wall, 3),
+            "p50_ms": round(1000 * percentile(latencies, 0.5), 1),
+            "p95_ms": round(1000 * percentile(latencies, 0.95), 1),
             "mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else None}
 
 
@@ -180,21 +195,43 @@ def batch_sizes(before: str, after: str, stage: str) -> dict:
             "calls_merging_requests": int(calls - single)}
 
 
-def in_process_sequential(recipe: Path, images: list[bytes]) -> dict:
-    """The same images through `Pipeline`, one image per call, in this process (no HTTP)."""
+def merge_batching(parts: list[dict]) -> dict:
+    calls = sum(p["stage_calls"] for p in parts)
+    frames = sum((p["mean_frames_per_call"] or 0) * p["stage_calls"] for p in parts)
+    requests = sum((p["mean_requests_per_call"] or 0) * p["stage_calls"] for p in parts)
+    return {"stage_calls": calls, "mean_frames_per_call": round(frames / calls, 2) if calls else None,
+            "mean_requests_per_call": round(requests / calls, 2) if calls else None,
+            "calls_merging_requests": sum(p["calls_merging_requests"] for p in parts)}
+
+
+def in_process_sequential(recipe: Path, images: list[bytes], threads: int | None) -> dict:
+    """The same images through `Pipeline`, one image per call, in this process (no HTTP).
+
+    Run in a worker thread, as the server runs its stages: on a loaded machine torch's OpenMP pool
+    behaves very differently when driven from the main thread, which would skew the comparison."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
+    import torch
     from PIL import Image
 
     from recognize import Pipeline
 
+    if threads:
+        torch.set_num_threads(threads)
     pipeline = Pipeline.from_recipe(recipe)
     pipeline.load()
     arrays = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in images]
-    pipeline([arrays[0]])  # warm-up
-    start = time.perf_counter()
-    for array in arrays:
-        pipeline([array])
-    wall = time.perf_counter() - start
+
+    def work() -> float:
+        pipeline([arrays[0]])  # warm-up
+        start = time.perf_counter()
+        for array in arrays:
+            pipeline([array])
+        return time.perf_counter() - start
+
+    with ThreadPoolExecutor(1) as pool:
+        wall = pool.submit(work).result()
     return {"requests": len(arrays), "wall_s": round(wall, 3), "throughput_rps": round(len(arrays) / wall, 3)}
 
 
@@ -212,13 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                     "machine": machine()}
     total = args.clients * args.requests
-    images = test_images(total + 8, args.size)
-    warmup, images = images[:8], images[8:]
+    images = test_images(total + 2 * args.clients, args.size)
+    warmup, images = images[: 2 * args.clients], images[2 * args.clients :]
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         recipe = write_recipe(Path(tmp))
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "RECOGNIZE_HOME": str(Path(tmp) / "home"), "RECOGNIZE_OFFLINE": "1"}
+        if args.torch_threads:
+            env["OMP_NUM_THREADS"] = str(args.torch_threads)
         server = subprocess.Popen(
             [sys.executable, "-m", "recognize", "serve", str(recipe), "--host", "127.0.0.1", "--port", str(port),
              "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
@@ -237,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() > deadline:
                     raise SystemExit("server not ready before the deadline")
                 time.sleep(0.2)
-            load(url, warmup, min(args.clients, len(warmup)), deadline)  # warm-up: first calls, allocator growth
+            load(url, warmup, args.clients, deadline)  # warm-up: batch shapes, allocator arenas, thread pools
             rss_start = rss_mib(server.pid)
             samples: list[float] = []
             stop = threading.Event()
@@ -248,12 +287,19 @@ def main(argv: list[str] | None = None) -> int:
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            before = httpx.get(f"{url}/metrics").text
-            report["concurrent"] = load(url, images, args.clients, deadline)
-            after = httpx.get(f"{url}/metrics").text
-            report["concurrent"]["batching"] = batch_sizes(before, after, "ram")
-            report["sequential_http"] = load(url, images, 1, deadline)
-            report["sequential_http"]["batching"] = batch_sizes(after, httpx.get(f"{url}/metrics").text, "ram")
+            concurrent, sequential = [], []
+            batching = {"concurrent": [], "sequential": []}
+            for r in range(args.rounds):
+                chunk = images[r::args.rounds]
+                before = httpx.get(f"{url}/metrics").text
+                concurrent.append(load(url, chunk, args.clients, deadline))
+                middle = httpx.get(f"{url}/metrics").text
+                sequential.append(load(url, chunk, 1, deadline))
+                after = httpx.get(f"{url}/metrics").text
+                batching["concurrent"].append(batch_sizes(before, middle, "ram"))
+                batching["sequential"].append(batch_sizes(middle, after, "ram"))
+            report["concurrent"] = {**summary(concurrent), "batching": merge_batching(batching["concurrent"])}
+            report["sequential_http"] = {**summary(sequential), "batching": merge_batching(batching["sequential"])}
             stop.set()
             sampler.join()
             rss_end = rss_mib(server.pid)
@@ -267,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 server.kill()
                 report["server_exit_code"] = "killed"
-        report["sequential_in_process"] = in_process_sequential(recipe, images)
+        report["sequential_in_process"] = in_process_sequential(recipe, images, args.torch_threads)
     concurrent, sequential = report["concurrent"], report["sequential_http"]
     report["speedup_vs_sequential_http"] = round(concurrent["throughput_rps"] / sequential["throughput_rps"], 2)
     report["speedup_vs_in_process"] = round(concurrent["throughput_rps"]
