@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,9 @@ from recognize.frame import Frame
 from recognize.serve.metrics import Metrics
 from recognize.serve.variants import Variant
 from recognize.stage import Stage
+
+
+log = logging.getLogger("recognize.serve")
 
 
 class StageFailed(Exception):
@@ -80,6 +85,7 @@ class StageBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{stage.name}")
         self.worker: asyncio.Task | None = None
         self.queued_frames = 0
+        self.busy = False
 
     def start(self) -> None:
         if self.worker is None:
@@ -124,37 +130,52 @@ class StageBatcher:
             frames += len(item.frames)
         return items
 
+    @property
+    def idle(self) -> bool:
+        return not self.busy and self.queue.empty()
+
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             items = await self._collect()
-            for item in items:
-                self.queued_frames -= len(item.frames)
-                self.metrics.stage_queue.labels(self.stage.name).dec(len(item.frames))
-            items = [item for item in items if not item.future.done()]  # clients that left
-            if not items:
-                continue
-            frames = [frame for item in items for frame in item.frames]
-            backup = [copy_frame(f) for f in frames] if len(items) > 1 else None
-            self.metrics.batch_frames.labels(self.stage.name).observe(len(frames))
-            self.metrics.batch_requests.labels(self.stage.name).observe(len(items))
-            start = time.perf_counter()
+            self.busy = True
             try:
-                out = await loop.run_in_executor(self.executor, self._call, frames)
-            except Exception as exc:  # noqa: BLE001 - isolate the request that caused it
-                if backup is None:
-                    self._fail(items[0], exc)
-                    continue
-                await self._one_by_one(items, backup)
-                continue
-            seconds = time.perf_counter() - start
-            self.metrics.stage_seconds.labels(self.stage.name).observe(seconds)
-            offset = 0
-            for item in items:
-                n = len(item.frames)
-                if not item.future.done():
-                    item.future.set_result(StageResult(out[offset:offset + n], seconds, len(frames)))
-                offset += n
+                await self._run(items)
+            except Exception as exc:  # noqa: BLE001 - a bug here must fail requests, not hang them
+                log.exception("batcher of stage %r failed", self.stage.name)
+                for item in items:
+                    self._fail(item, exc)
+            finally:
+                self.busy = False
+
+    async def _run(self, items: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        for item in items:
+            self.queued_frames -= len(item.frames)
+            self.metrics.stage_queue.labels(self.stage.name).dec(len(item.frames))
+        items = [item for item in items if not item.future.done()]  # clients that left
+        if not items:
+            return
+        frames = [frame for item in items for frame in item.frames]
+        backup = [copy_frame(f) for f in frames] if len(items) > 1 else None
+        self.metrics.batch_frames.labels(self.stage.name).observe(len(frames))
+        self.metrics.batch_requests.labels(self.stage.name).observe(len(items))
+        start = time.perf_counter()
+        try:
+            out = await loop.run_in_executor(self.executor, self._call, frames)
+        except Exception as exc:  # noqa: BLE001 - isolate the request that caused it
+            if backup is None:
+                self._fail(items[0], exc)
+                return
+            await self._one_by_one(items, backup)
+            return
+        seconds = time.perf_counter() - start
+        self.metrics.stage_seconds.labels(self.stage.name).observe(seconds)
+        offset = 0
+        for item in items:
+            n = len(item.frames)
+            if not item.future.done():
+                item.future.set_result(StageResult(out[offset:offset + n], seconds, len(frames)))
+            offset += n
 
     async def _one_by_one(self, items: list[_Item], backup: list[Frame]) -> None:
         loop = asyncio.get_running_loop()
@@ -199,17 +220,28 @@ class RunResult:
 class Runner:
     """Runs variants for requests: one batcher per stage object, and the per-image result cache."""
 
-    def __init__(self, max_batch_size: int, max_wait_ms: float, result_cache_mb: float, metrics: Metrics) -> None:
+    def __init__(self, max_batch_size: int, max_wait_ms: float, result_cache_mb: float, metrics: Metrics,
+                 max_batchers: int = 64) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.metrics = metrics
         self.results = FeatureCache(int(result_cache_mb * 2**20))
-        self._batchers: dict[int, StageBatcher] = {}
+        self.max_batchers = max_batchers
+        self._batchers: OrderedDict[int, StageBatcher] = OrderedDict()
 
     def batcher(self, stage: Stage) -> StageBatcher:
+        """The batcher of `stage`; idle batchers of stages not used lately are closed (each holds a thread)."""
         found = self._batchers.get(id(stage))
-        if found is None or found.stage is not stage:
-            found = self._batchers[id(stage)] = StageBatcher(stage, self.max_batch_size, self.max_wait_s, self.metrics)
+        if found is not None and found.stage is stage:
+            self._batchers.move_to_end(id(stage))
+            return found
+        found = self._batchers[id(stage)] = StageBatcher(stage, self.max_batch_size, self.max_wait_s, self.metrics)
+        if len(self._batchers) > self.max_batchers:
+            for key, old in list(self._batchers.items())[:-1]:
+                if old.idle:
+                    del self._batchers[key]
+                    asyncio.get_running_loop().create_task(old.close())
+                    break
         return found
 
     @property

@@ -45,3 +45,20 @@ def test_runner_batches_concurrent_requests_and_reuses_prefixes(tmp_path, test_s
     assert count == [1.0]  # three requests, one brightness call
     assert again.reused == ["brightness"] and again.frames[0].source == "upload:again"
     assert again.frames[0].regions[0].score == 0.2
+
+
+def test_batchers_of_stages_no_longer_used_are_closed(tmp_path, test_stages) -> None:
+    """Every distinct threshold makes a stage object; their batchers (a thread each) must not pile up."""
+    variants = Variants(write_recipe(tmp_path, TEST_RECIPE), max_variants=2)
+
+    async def scenario():
+        runner = Runner(max_batch_size=4, max_wait_ms=0, result_cache_mb=0, metrics=Metrics(), max_batchers=4)
+        for i in range(10):
+            frame = Frame.from_array(np.full((8, 8, 3), i, np.uint8))
+            await runner.run(variants.get([f"stages.1.with.score=0.{i}"]), [frame], [str(i)])
+            await asyncio.sleep(0)
+        count = len(runner._batchers)
+        await runner.close()
+        return count
+
+    assert asyncio.run(scenario()) <= 5
