@@ -82,7 +82,11 @@ class Pipeline:
         return any(stage.scope == "dataset" for stage in self.stages)
 
     def load(self) -> None:
-        """Load every stage's models now instead of on first use."""
+        """Load every stage's models now instead of on first use. Every stage's model files are
+        checked (or downloaded) first, so an offline run names all missing files in one error."""
+        from recognize.hub import ensure_files
+
+        ensure_files([ref for stage in [*self.stages, *self.outputs] for ref in stage.model_files()])
         for stage in self.stages:
             stage.ensure_loaded()
 

@@ -69,8 +69,9 @@ class RayEngine:
 
         if ray.is_initialized():
             return
-        env_vars = {k: os.environ[k] for k in ("RECOGNIZE_PLUGINS", "PYTHONPATH", "RECOGNIZE_HOME",
-                                                "RECOGNIZE_OFFLINE", "RECOGNIZE_MAX_PIXELS") if k in os.environ}
+        env_vars = {k: os.environ[k] for k in ("RECOGNIZE_PLUGINS", "RECOGNIZE_LOAD_PLUGINS", "PYTHONPATH",
+                                                "RECOGNIZE_HOME", "RECOGNIZE_OFFLINE", "RECOGNIZE_MAX_PIXELS")
+                    if k in os.environ}
         ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
                  include_dashboard=False, runtime_env={"env_vars": env_vars} if env_vars else None)
 
