@@ -134,7 +134,7 @@ class FeatureCache:
         found: list[Any] = [self.get((token, key)) for key in keys]
         missing = [i for i, value in enumerate(found) if value is None]
         if missing:
-            for i, value in zip(missing, compute(missing)):
+            for i, value in zip(missing, compute(missing), strict=True):
                 found[i] = value
                 self.put((token, keys[i]), value)
         return found

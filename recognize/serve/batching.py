@@ -32,7 +32,6 @@ from recognize.serve.metrics import Metrics
 from recognize.serve.variants import Variant
 from recognize.stage import Stage
 
-
 log = logging.getLogger("recognize.serve")
 
 
@@ -281,7 +280,7 @@ class Runner:
                 continue
             result = await self.batcher(stage).submit([current[f] for f in todo])
             timings[stage.name] = timings.get(stage.name, 0.0) + result.seconds
-            for f, frame in zip(todo, result.frames):
+            for f, frame in zip(todo, result.frames, strict=True):
                 current[f], done[f] = frame, i + 1
                 if i < cacheable and self.results.enabled:
                     self.results.put((content_keys[f], prefixes[i]), copy_frame(frame), size=frame_bytes(frame))

@@ -71,7 +71,8 @@ class Guard:
             headers = dict(scope.get("headers") or [])
             if self.token is not None and scope["path"] not in OPEN_PATHS and not token_matches(headers, self.token):
                 # browsers get a login prompt for the page; API clients see Bearer
-                challenge = b'Basic realm="recognize serve"' if route in ("/", "/static") else b'Bearer realm="recognize"'
+                page = route in ("/", "/static")
+                challenge = b'Basic realm="recognize serve"' if page else b'Bearer realm="recognize"'
                 await _reply(send_status, 401, "missing or wrong token (send Authorization: Bearer TOKEN)",
                              [(b"www-authenticate", challenge)])
                 return

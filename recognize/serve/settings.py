@@ -31,7 +31,8 @@ class ServeSettings(BaseModel):
     max_pixels: int = Field(40_000_000, ge=1, description="largest image, in pixels (width x height)")
     max_images: int = Field(16, ge=1, description="most images in one request")
     feature_cache_mb: float = Field(512.0, ge=0, description="SAM / Grounding DINO image features kept for re-asks")
-    result_cache_mb: float = Field(256.0, ge=0, description="per-stage results kept so a re-ask re-runs only later stages")
+    result_cache_mb: float = Field(256.0, ge=0,
+                                   description="per-stage results kept so a re-ask re-runs only later stages")
     max_variants: int = Field(16, ge=1, description="distinct override sets kept built (models are shared anyway)")
     device: str | None = Field(None, description="overrides the recipe's device")
 

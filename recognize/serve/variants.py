@@ -126,7 +126,7 @@ class Variants:
 
         base = self.base
         stages = []
-        for i, (spec, stage) in enumerate(zip(base.recipe.stages, base.pipeline.stages)):
+        for i, (spec, stage) in enumerate(zip(base.recipe.stages, base.pipeline.stages, strict=True)):
             stages.append({"index": i, "use": spec.use, "kind": stage.kind, "scope": stage.scope,
                            "with": spec.with_, "params": stage.params.model_dump(mode="json"),
                            "settable": _settable_numbers(type(stage))})

@@ -82,7 +82,8 @@ def test_the_fuzzer_reached_every_route(api_schema) -> None:
 
     metrics = httpx.get(f"{SERVER['url']}/metrics").text
     answered = {}
-    for route, status, count in re.findall(r'recognize_requests_total\{route="([^"]+)",status="(\d+)"\} (\S+)', metrics):
+    pattern = r'recognize_requests_total\{route="([^"]+)",status="(\d+)"\} (\S+)'
+    for route, status, count in re.findall(pattern, metrics):
         answered.setdefault(route, {})[status] = float(count)
     for route in ("/v1/frames", "/v1/annotate", "/v1/recipe", "/v1/stages", "/healthz", "/metrics"):
         assert sum(answered.get(route, {}).values()) >= 1, route

@@ -116,14 +116,15 @@ def test_a_client_that_disconnects_frees_its_slot(slow_recipe) -> None:
         response = httpx.post(f"{server.url}/v1/frames", content=png_bytes(), headers={"content-type": "image/png"},
                               timeout=60)
         assert response.status_code == 200
-        assert 'recognize_requests_total{route="/v1/frames",status="499"} 1.0' in httpx.get(f"{server.url}/metrics").text
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'recognize_requests_total{route="/v1/frames",status="499"} 1.0' in metrics
     finally:
         server.stop()
 
 
 def test_cli_refuses_a_public_address_without_token(slow_recipe) -> None:
     result = subprocess.run([sys.executable, "-m", "recognize", "serve", str(slow_recipe), "--host", "0.0.0.0"],
-                            capture_output=True, text=True, env=env(), timeout=120)
+                            capture_output=True, text=True, env=env(), timeout=120, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--token" in result.stderr and "Traceback" not in result.stderr
 
@@ -147,7 +148,7 @@ def test_cli_token_from_the_environment(slow_recipe) -> None:
 
 def test_cli_bad_recipe_exits_2_and_missing_weights_exit_3(tmp_path) -> None:
     missing = subprocess.run([sys.executable, "-m", "recognize", "serve", str(tmp_path / "nope.yaml")],
-                             capture_output=True, text=True, env=env(), timeout=120)
+                             capture_output=True, text=True, env=env(), timeout=120, check=False)
     assert missing.returncode == 2 and "no such recipe file" in missing.stderr
     recipe = write_recipe(tmp_path, {**TEST_RECIPE, "stages": [{"use": "slow_load"}]})
     server = Server(recipe, SERVESTAGES_LOAD_FAILS="1")
@@ -160,5 +161,6 @@ def test_help_lists_serve_without_importing_fastapi() -> None:
     code = ("import sys; from recognize.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('fastapi' in sys.modules, 'uvicorn' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=120,
+                            check=True)
     assert "serve" in result.stdout and result.stdout.strip().endswith("False False")

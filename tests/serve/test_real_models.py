@@ -24,9 +24,8 @@ pytestmark = pytest.mark.slow
 def tiny_recipe(folder: Path, reference: Path) -> Path:
     """RAM fixture -> tiny Grounding DINO -> tiny SAM, with an annotated_image output."""
     from gd_support import make_vocab, randomize_, tiny_config
-    from safetensors.torch import save_model
-
     from recognize_grounding_dino.model import build_config, build_model, load_tokenizer
+    from safetensors.torch import save_model
 
     vocab = make_vocab(folder)
     config = tiny_config(len(load_tokenizer(vocab)))
@@ -72,9 +71,11 @@ def test_tag_ground_segment_over_http_reuses_image_encodings(tmp_path, reference
         stages = app.state.serve.variants.base.pipeline.stages
         swin = stages[1].detector.model.model.backbone.conv_encoder
         encoder_runs = {"grounding_dino": 0, "sam": 0}
-        swin.register_forward_hook(lambda *a: encoder_runs.__setitem__("grounding_dino", encoder_runs["grounding_dino"] + 1))
-        stages[2].segmenter.sam.image_encoder.register_forward_hook(
-            lambda *a: encoder_runs.__setitem__("sam", encoder_runs["sam"] + 1))
+        def counter(name):
+            return lambda *args: encoder_runs.__setitem__(name, encoder_runs[name] + 1)
+
+        swin.register_forward_hook(counter("grounding_dino"))
+        stages[2].segmenter.sam.image_encoder.register_forward_hook(counter("sam"))
 
         first = client.post("/v1/frames", files={"images": ("demo4.jpg", photo, "image/jpeg")})
         assert first.status_code == 200, first.text
