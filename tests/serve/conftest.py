@@ -84,12 +84,7 @@ def serve_stages(test_stages):
     for event in (servestages.GATE, servestages.LOADED, servestages.LOAD_FAILS):
         event.clear()
     servestages.CALLS.clear()
-    pm = plugins.get_plugin_manager()
-    if pm.get_plugin("servestages") is None:
-        pm.register(servestages, name="servestages")
-    plugins._registry_cache.clear()
-    yield servestages
-    servestages.GATE.set()  # never leave a worker thread waiting
-    servestages.LOADED.set()
-    pm.unregister(name="servestages")
-    plugins._registry_cache.clear()
+    with plugins.registered(servestages, name="servestages"):
+        yield servestages
+        servestages.GATE.set()  # never leave a worker thread waiting
+        servestages.LOADED.set()

@@ -7,6 +7,7 @@ stages; the number of examples per operation is bounded so the whole run takes w
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -28,11 +29,8 @@ def api_schema(tmp_path_factory):
     from recognize import plugins
     from recognize.serve import ServeSettings, create_app
 
-    pm = plugins.get_plugin_manager()
-    registered = pm.get_plugin("teststages") is None
-    if registered:
-        pm.register(teststages, name="teststages")
-    plugins._registry_cache.clear()
+    stack = contextlib.ExitStack()
+    stack.enter_context(plugins.registered(teststages, name="teststages"))
     recipe = write_recipe(tmp_path_factory.mktemp("fuzz"), TEST_RECIPE)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -59,9 +57,7 @@ def api_schema(tmp_path_factory):
     yield loaded
     server.should_exit = True
     thread.join(timeout=30)
-    if registered:
-        pm.unregister(name="teststages")
-    plugins._registry_cache.clear()
+    stack.close()
 
 
 SERVER: dict[str, str] = {}

@@ -86,7 +86,7 @@ def test_tag_ground_segment_over_http_reuses_image_encodings(tmp_path, reference
             assert region["mask"]["size"] == [frame["height"], frame["width"]] and region["mask_score"] is not None
         assert set(body["timings"]) == {"ram", "grounding_dino", "sam"} and body["reused"] == []
         assert encoder_runs == {"grounding_dino": 1, "sam": 1}
-        models = len(shared_models._models)
+        models = shared_models.keys()
 
         again = client.post("/v1/frames", params={"set": ["stages.1.with.box_threshold=0.3",
                                                           "stages.1.with.text_threshold=0.2"]},
@@ -94,7 +94,10 @@ def test_tag_ground_segment_over_http_reuses_image_encodings(tmp_path, reference
         assert again.status_code == 200, again.text
         assert again.json()["reused"] == ["ram"]
         assert encoder_runs == {"grounding_dino": 1, "sam": 1}  # neither image encoder ran again
-        assert len(shared_models._models) == models  # and no model was loaded again
+        assert shared_models.keys() == models  # and no model was loaded again:
+        variant = app.state.serve.variants.get(["stages.1.with.box_threshold=0.3", "stages.1.with.text_threshold=0.2"])
+        assert variant.stages[1] is not stages[1] and variant.stages[1].detector is stages[1].detector
+        assert variant.stages[0] is stages[0] and variant.stages[2] is stages[2]
         strict = again.json()["frames"][0]
         assert strict["tags"] == frame["tags"]
         assert all(r["score"] > 0.3 for r in strict["regions"])
