@@ -128,13 +128,20 @@ class Variants:
         stages = []
         for i, (spec, stage) in enumerate(zip(base.recipe.stages, base.pipeline.stages, strict=True)):
             stages.append({"index": i, "use": spec.use, "kind": stage.kind, "scope": stage.scope,
-                           "with": spec.with_, "params": stage.params.model_dump(mode="json"),
+                           "with": _redacted(spec.with_), "params": _redacted(stage.params.model_dump(mode="json")),
                            "settable": _settable_numbers(type(stage))})
-        outputs = [{"index": i, "use": spec.use, "with": spec.with_} for i, spec in enumerate(base.recipe.outputs)]
+        outputs = [{"index": i, "use": spec.use, "with": _redacted(spec.with_)}
+                   for i, spec in enumerate(base.recipe.outputs)]
         registry = plugins.stages()
         return {"name": base.pipeline.name, "source": Path(self.source).name,
                 "settings": base.recipe.settings.model_dump(mode="json"), "stages": stages, "outputs": outputs,
                 "annotated_image": "annotated_image" in registry}
+
+
+def _redacted(params: dict) -> dict:
+    """Parameters as a client may see them: server-side paths and configs are not disclosed."""
+    return {k: ("(set by the server)" if _FIXED.search(k) and isinstance(v, (str, dict)) else v)
+            for k, v in params.items()}
 
 
 def _settable_numbers(cls: type[Stage]) -> list[dict]:

@@ -53,3 +53,10 @@ def test_describe_lists_settable_numbers(tmp_path, test_stages) -> None:
     assert center["settable"] == [{"name": "score", "type": "number", "minimum": 0.0, "maximum": 1.0,
                                    "description": None}]
     assert not [p for p in described["stages"][0]["settable"] if p["name"] == "device"]
+
+
+def test_describe_does_not_disclose_server_paths(tmp_path, test_stages) -> None:
+    recipe = {**TEST_RECIPE, "outputs": [{"use": "annotated_image", "with": {"font": __file__, "quality": 80}}]}
+    described = Variants(write_recipe(tmp_path, recipe)).describe()
+    assert described["outputs"][0]["with"] == {"font": "(set by the server)", "quality": 80}
+    assert __file__ not in str(described)
