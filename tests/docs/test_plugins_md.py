@@ -109,4 +109,4 @@ def test_every_example_and_the_tutorial_run(scratch):
     assert "did you mean 'threshold'" in text and "exit code 2" in text
     assert "3 passed" in text  # the tutorial package's own tests
     assert "1\tsharp" in text and "1\tblurry" in text  # the count-tags command over the run's JSON
-    assert (work / "out" / "sharp.json").is_file() and (work / "py-out" / "summary.json").is_file()
+    assert (work / "out" / "frames" / "sharp.png.json").is_file() and (work / "py-out" / "summary.json").is_file()

@@ -97,6 +97,7 @@ def test_duplicate_policies(make_stage, photos):
     assert _max_iou(results["none"], same_tag=False) > 0.3
 
 
+@pytest.mark.slow
 def test_a_repeated_caption_is_encoded_once(make_stage, photos):
     stage = make_stage(classes=["grass", "water", "building"], box_threshold=0.99, batch_size=2)
     stage.ensure_loaded()
