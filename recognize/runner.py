@@ -45,6 +45,7 @@ class RunSummary:
     started: str = ""
     finished: str = ""
     engine: str = "local"
+    fast_modes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -57,6 +58,7 @@ class RunSummary:
             "recognize_version": __version__,
             "recipe": self.recipe,
             "engine": self.engine,
+            "fast_modes": self.fast_modes,
             "output_dir": self.output_dir,
             "counts": {
                 "inputs": self.inputs,
@@ -109,7 +111,12 @@ def run_to_folder(
         output_dir=str(out),
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         engine=getattr(engine, "name", type(engine).__name__),
+        fast_modes=pipeline.fast_modes(),
     )
+    if summary.fast_modes:  # never silent, even with --quiet: these outputs are not the exact path's
+        from recognize.fast_modes import describe_fast_modes
+
+        print(f"recognize: {describe_fast_modes(summary.fast_modes)}", file=sys.stderr)
     json_stage = next((s for s in pipeline.outputs if s.name == "json"), None) or JsonOutput()
     # json goes last: its file is the "this image is complete" marker
     outputs = [s for s in pipeline.outputs if s.name != "json"] + [json_stage]
