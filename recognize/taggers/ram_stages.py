@@ -26,7 +26,7 @@ from pydantic import Field
 from torch import nn
 
 from recognize.errors import ModelFileError, RecognizeError
-from recognize.taggers.checkpoint import load_official
+from recognize.taggers.checkpoint import load_official, parameters_on_meta
 from recognize.taggers.openset import (
     ClipTextEncoder,
     EmbeddingCache,
@@ -112,7 +112,8 @@ class Ram(TaggerStage):
         return ("ram", self.ram_config(), str(self.checkpoint_path().resolve()))
 
     def build_model(self) -> nn.Module:
-        model = build_model(self.ram_config())
+        with parameters_on_meta():  # no random init to overwrite: the checkpoint's tensors are assigned
+            model = build_model(self.ram_config())
         load_official(model, self.checkpoint_path(), model.key_spec())
         return model
 
