@@ -69,6 +69,35 @@ class Stage:
         self.ensure_loaded()
         return self.process(frames)
 
+    # -- partition contract (dataset scope; engines: recognize.engines.partition) -------------
+    # A dataset-scope stage whose work splits by a key (region_outliers: per tag) sets
+    # `partitioned = True` and implements the three steps below; engines may then run it as a
+    # group-by (the Ray engine: every step on workers, the driver holding only frame ids), and
+    # `recognize.engines.partition.run_partitioned` runs the same steps in one process, so both
+    # give the same result by construction. Items and results travel between processes
+    # (pickled). A stage that leaves `partitioned` False runs over every frame at once, on one
+    # machine, as before.
+    #: True when the stage implements `partition` / `process_group` / `apply_results`
+    partitioned: ClassVar[bool] = False
+
+    def partition(self, frames: list[Frame]) -> list[list[tuple[str, Any]]]:
+        """Per frame, the `(key, item)` pairs it contributes (e.g. `(tag, crop embedding)`).
+
+        Runs on workers, a batch of frames at a time, after `load()`; the items of a frame must
+        not depend on the other frames of the batch."""
+        raise NotImplementedError(f"{self.name} does not partition its work")
+
+    def process_group(self, key: str, items: list[Any]) -> list[Any]:
+        """One result per item of the group `key`. Items come in dataset order (frame order, then
+        the order `partition` gave them), whatever engine runs the stage. No `load()` is needed."""
+        raise NotImplementedError(f"{self.name} does not partition its work")
+
+    def apply_results(self, frame: Frame, results: list[Any]) -> Frame:
+        """Enrich `frame` from the results of its own items, in the order `partition` gave them
+        (an empty list when it contributed none). Returns the frame."""
+        raise NotImplementedError(f"{self.name} does not partition its work")
+    # -- end of partition contract ------------------------------------------------------------
+
     # -- pipeline-level defaults ---------------------------------------------------------
     def apply_defaults(self, **defaults: Any) -> None:
         """Set pipeline-wide values (device, batch size) on params the user did not set."""

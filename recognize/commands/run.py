@@ -44,7 +44,10 @@ def run_command(recipe, inputs, output, overrides, overwrite, quiet, batch_size,
         from recognize.engines.ray_engine import RayEngine
 
         engine_obj = RayEngine()
-    summary = run_to_folder(pipeline, inputs, output, overwrite=overwrite, quiet=quiet, engine=engine_obj)
+    from recognize.engines.timing import seconds_since_process_start
+
+    summary = run_to_folder(pipeline, inputs, output, overwrite=overwrite, quiet=quiet, engine=engine_obj,
+                            startup_seconds=seconds_since_process_start())
     parts = [f"{summary.processed} processed", f"{summary.skipped} already done", f"{summary.failed} failed"]
     click.echo(f"{', '.join(parts)} -> {output}", err=True)
     if summary.failed:

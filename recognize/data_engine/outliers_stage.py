@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -20,6 +19,7 @@ from recognize.data_engine.tagger_access import (
     TaggerParams,
     TaggerUser,
 )
+from recognize.engines.partition import run_partitioned
 from recognize.frame import Drop, Frame, Region
 from recognize.stage import StageParams
 
@@ -70,18 +70,24 @@ class RegionOutliers(TaggerUser):
             return np.asarray(self._clip.embed(crops), dtype=np.float32)
         return np.asarray(self.tagger.embed_images(crops), dtype=np.float32)
 
+    # -- partition contract: per tag, so the Ray engine clusters each tag on a worker ----------
+    partitioned: ClassVar[bool] = True
+
     def process(self, frames: list[Frame]) -> list[Frame]:
+        return run_partitioned(self, frames)
+
+    def region_features(self, frames: list[Frame]) -> list[list[tuple[int, str, np.ndarray]]]:
+        """Per frame, `(region index, tag, embedding)` of each region whose crop lies inside the
+        image; crops are embedded `batch_size` at a time across the given frames."""
         p = self.params
-        keys: dict[str, list[tuple[int, int]]] = defaultdict(list)  # tag -> (frame, region) of each crop
-        chunks: dict[str, list[np.ndarray]] = defaultdict(list)
-        outside: set[tuple[int, int]] = set()
-        pending: list[tuple[str, np.ndarray]] = []
+        features: list[list[tuple[int, str, np.ndarray]]] = [[] for _ in frames]
+        pending: list[tuple[int, int, str, np.ndarray]] = []
 
         def flush() -> None:
             if pending:
-                vectors = self.embed([crop for _, crop in pending])
-                for (tag, _), vector in zip(pending, vectors):
-                    chunks[tag].append(vector)
+                vectors = self.embed([crop for *_, crop in pending])
+                for (f, r, tag, _), vector in zip(pending, vectors):
+                    features[f].append((r, tag, np.asarray(vector, dtype=np.float32)))
                 pending.clear()
 
         for f, frame in enumerate(frames):
@@ -93,35 +99,34 @@ class RegionOutliers(TaggerUser):
                 try:
                     crop = crop_region(image, region.box, p.padding)
                 except ValueError:
-                    outside.add((f, r))
-                    continue
-                keys[region.tag].append((f, r))
-                pending.append((region.tag, crop))
+                    continue  # outside the image: no item, so `apply_results` drops it as such
+                pending.append((f, r, region.tag, crop))
                 if len(pending) >= p.batch_size:
                     flush()
             if not was_loaded:
                 frame.release_image()  # a million-image run must not keep every image decoded
         flush()
+        return features
 
-        embeddings = {tag: np.stack(vectors) for tag, vectors in chunks.items()}
-        results = find_outliers(embeddings, p.k, p.drop_fraction, p.seed, p.n_init, p.min_cluster_fraction)
-        verdict: dict[tuple[int, int], tuple[bool, float | None]] = {key: (False, None) for key in outside}
-        for tag, result in results.items():
-            dropped = set(result.dropped)
-            for i, key in enumerate(keys[tag]):
-                verdict[key] = (i not in dropped, float(result.distances[i]))
-        for f, frame in enumerate(frames):
-            self._apply(f, frame, verdict)
-        return frames
+    def partition(self, frames: list[Frame]) -> list[list[tuple[str, tuple[int, np.ndarray]]]]:
+        return [[(tag, (r, vector)) for r, tag, vector in found] for found in self.region_features(frames)]
 
-    def _apply(self, f: int, frame: Frame, verdict: dict[tuple[int, int], tuple[bool, float | None]]) -> None:
+    def process_group(self, key: str, items: list[tuple[int, np.ndarray]]) -> list[tuple[int, bool, float]]:
+        """One tag's crops: K-Means++ and the drop decision of each, as `(region index, keep, distance)`."""
+        p = self.params
+        embeddings = np.stack([vector for _, vector in items])
+        result = find_outliers({key: embeddings}, p.k, p.drop_fraction, p.seed, p.n_init, p.min_cluster_fraction)[key]
+        dropped = set(result.dropped)
+        return [(r, i not in dropped, float(result.distances[i])) for i, (r, _) in enumerate(items)]
+
+    def apply_results(self, frame: Frame, results: list[tuple[int, bool, float]]) -> Frame:
+        verdict: dict[int, tuple[bool, float | None]] = {r: (keep, distance) for r, keep, distance in results}
         kept: list[Region] = []
         lost: set[str] = set()
         for r, region in enumerate(frame.regions):
-            keep, distance = verdict.get((f, r), (True, None))
+            keep, distance = verdict.get(r, (False, None))  # no verdict: its crop was outside the image
             if keep:
-                if distance is not None:
-                    region.meta["outlier_distance"] = round(distance, 6)
+                region.meta["outlier_distance"] = round(distance, 6)
                 kept.append(region)
                 continue
             lost.add(region.tag)
@@ -135,6 +140,7 @@ class RegionOutliers(TaggerUser):
                 if tag.name in gone:
                     frame.dropped.append(Drop(item="tag", tag=tag.name, stage=self.name, reason=REASON_ALL_REJECTED))
             frame.tags = [t for t in frame.tags if t.name not in gone]
+        return frame
 
 
 # -- merge_tags -------------------------------------------------------------------------------

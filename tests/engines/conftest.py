@@ -1,0 +1,2 @@
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~10 s (e.g. starts a local Ray instance)")
