@@ -108,3 +108,33 @@ def test_depth_zero_is_the_plain_loop(files):
     frames = [Frame(source=str(p)) for p in files]
     out = list(prefetch(batched(frames, 2), depth=0, prepare=lambda f: pytest.fail("nothing is prepared ahead")))
     assert [len(b) for b in out] == [2, 2, 1]
+
+
+def test_the_local_engine_decodes_ahead_and_gives_the_same_results(test_stages, image_folder, monkeypatch):
+    """The hook-in point: `LocalEngine(prefetch=n)` decodes on the prefetch thread, same outputs."""
+    import recognize.images
+    from recognize.engines.local import LocalEngine
+    from recognize.images import expand_inputs
+    from recognize.pipeline import Pipeline
+
+    load_image = recognize.images.load_image
+    decoded_on: list[str] = []
+
+    def recording_load_image(*args, **kwargs):
+        decoded_on.append(threading.current_thread().name)
+        return load_image(*args, **kwargs)
+
+    monkeypatch.setattr(recognize.images, "load_image", recording_load_image)
+
+    def run(depth: int) -> list[tuple[list, list]]:
+        pipeline = Pipeline([test_stages.Brightness(), test_stages.CenterBox()], batch_size=1)
+        frames = [Frame(source=str(path), name=name) for path, name in expand_inputs([image_folder])]
+        results = list(LocalEngine(prefetch=depth).run(pipeline, frames))
+        return [(r.frame.tag_names, [x.box for x in r.frame.regions]) for r in results]
+
+    plain = run(0)
+    plain_threads, decoded_on[:] = list(decoded_on), []
+    ahead = run(2)
+    assert plain == ahead and len(plain) == 3
+    assert plain_threads and "recognize-prefetch" not in plain_threads  # the plain loop decodes in the batch
+    assert decoded_on and set(decoded_on) == {"recognize-prefetch"}  # with prefetch, all ahead on the thread

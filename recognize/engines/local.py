@@ -19,6 +19,7 @@ from recognize.engines.batches import apply_stages, run_batch
 from recognize.engines.segments import Segment, walk
 from recognize.engines.timing import LOAD, StageTimer
 from recognize.frame import Frame
+from recognize.prefetch import batched, prefetch
 
 if TYPE_CHECKING:  # pragma: no cover
     from recognize.pipeline import Pipeline
@@ -28,15 +29,17 @@ __all__ = ["FrameResult", "LocalEngine", "describe_error"]
 
 class LocalEngine:
     """`isolate=False` lets the first error propagate unchanged instead of failing just that
-    image (what a library call such as `Pipeline(...)(images)` wants)."""
+    image (what a library call such as `Pipeline(...)(images)` wants). `prefetch`: how many
+    batches ahead images are decoded on a background thread (`recognize.prefetch`; 0: none)."""
 
     name = "local"
 
-    def __init__(self, progress: bool = False, *, isolate: bool = True) -> None:
+    def __init__(self, progress: bool = False, *, isolate: bool = True, prefetch: int = 1) -> None:
         #: show a progress bar for the stages before a dataset-scope stage (the runner's bar
         #: only moves when frames are final)
         self.progress = progress
         self.isolate = isolate
+        self.prefetch = prefetch
 
     def load(self, pipeline: Pipeline, timer: StageTimer | None = None) -> None:
         """Load every stage's models now, so missing weights fail before any image is touched."""
@@ -62,13 +65,7 @@ class LocalEngine:
     # -- SegmentRunner --------------------------------------------------------------------
     def map_images(self, pipeline: Pipeline, segment: Segment, frames: Iterable[Frame],
                    timer: StageTimer) -> Iterator[FrameResult]:
-        batch: list[Frame] = []
-        for frame in frames:
-            batch.append(frame)
-            if len(batch) == pipeline.batch_size:
-                yield from run_batch(segment.stages, batch, timer, isolate=self.isolate)
-                batch = []
-        if batch:
+        for batch in prefetch(batched(frames, pipeline.batch_size), depth=self.prefetch):
             yield from run_batch(segment.stages, batch, timer, isolate=self.isolate)
 
     def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: list[Frame],
