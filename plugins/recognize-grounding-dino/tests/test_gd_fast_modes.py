@@ -48,6 +48,12 @@ def test_fast_mode_stays_close_to_the_exact_path(make_stage, photos, ram_tags, m
     assert active_fast_modes(exact) == {} and active_fast_modes(fast) == mode
     if mode.get("quantize"):
         assert fast.detector is not exact.detector  # a quantised model is never shared with the exact one
+        linear = {name: type(m.weight).__name__ for name, m in fast.detector.model.named_modules()
+                  if isinstance(m, torch.nn.Linear)}
+        text = [kind for name, kind in linear.items() if name.startswith("model.text_backbone")]
+        image = [kind for name, kind in linear.items() if not name.startswith("model.text_backbone")]
+        assert text and all(kind == "Parameter" for kind in text)  # the cached text encoder stays exact
+        assert image and all(kind != "Parameter" for kind in image)
     for (p_exact, b_exact), (p_fast, b_fast) in zip(_outputs(exact, photos[-1], tags), _outputs(fast, photos[-1], tags)):
         assert p_fast.dtype == torch.float32
         assert not torch.equal(p_exact, p_fast)  # the mode really changed the computation
