@@ -45,7 +45,8 @@ TINY_GD = {
                         "window_size": 7, "image_size": 224, "out_features": ["stage2", "stage3", "stage4"]},
     "text_config": {"model_type": "bert", "vocab_size": BERT_VOCAB_SIZE, "hidden_size": 32, "num_hidden_layers": 1,
                     "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 512},
-    "d_model": 256, "encoder_layers": 1, "decoder_layers": 1, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+    # 2 decoder layers: transformers 5 cannot tie the shared box head of a 1-layer decoder
+    "d_model": 256, "encoder_layers": 1, "decoder_layers": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
     "encoder_attention_heads": 4, "decoder_attention_heads": 4, "num_queries": 30,
 }
 TINY_SAM = {"encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": [1]}

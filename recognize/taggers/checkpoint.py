@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -209,19 +210,25 @@ def _compute_meta_buffers(model: nn.Module) -> None:
             module.init_non_persistent_buffers()
 
 
+_meta_state = threading.local()
+_original_register_parameter = nn.Module.register_parameter
+
+
+def _register_parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    _original_register_parameter(module, name, param)
+    if param is not None and getattr(_meta_state, "depth", 0) and not param.is_meta:
+        module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
-    """Inside the block, every parameter a module registers is moved to the meta device (its
-    initialisation then costs nothing); buffers are untouched. Load with `load_official`."""
-    register = nn.Module.register_parameter
+    """Inside the block, every parameter a module registers *in this thread* is moved to the meta
+    device (its initialisation then costs nothing); buffers are untouched. Load with `load_official`.
 
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register(module, name, param)
-        if param is not None and not param.is_meta:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    Other threads building modules meanwhile are unaffected (the switch is thread-local)."""
+    nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign]  # idempotent
+    _meta_state.depth = getattr(_meta_state, "depth", 0) + 1
     try:
         yield
     finally:
-        nn.Module.register_parameter = register  # type: ignore[method-assign]
+        _meta_state.depth -= 1

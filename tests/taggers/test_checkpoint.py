@@ -139,3 +139,27 @@ def test_meta_built_model_holds_exactly_the_checkpoint(fixture_name, request):
     lazy_buffers = dict(lazy.named_buffers())
     for name, buffer in eager.named_buffers():
         assert torch.equal(lazy_buffers[name], buffer), name
+
+
+def test_meta_building_is_limited_to_its_thread():
+    import threading
+
+    from recognize.taggers.checkpoint import parameters_on_meta
+
+    built = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def other_thread():
+        inside.wait(timeout=30)
+        built["other"] = torch.nn.Linear(2, 2)  # built while the main thread is inside the block
+        release.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with parameters_on_meta():
+        inside.set()
+        release.wait(timeout=30)
+        built["here"] = torch.nn.Linear(2, 2)
+    worker.join()
+    assert built["here"].weight.is_meta and not built["other"].weight.is_meta
+    assert not torch.nn.Linear(2, 2).weight.is_meta
