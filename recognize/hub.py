@@ -36,15 +36,19 @@ from recognize.atomic import write_text
 from recognize.errors import ModelFileError, RecognizeError
 
 __all__ = [
+    "FileRef",
     "ModelCard",
     "ModelFile",
     "cache_dir",
     "download",
+    "download_files",
     "ensure_file",
+    "ensure_files",
     "file_path",
     "file_state",
     "get_card",
     "is_offline",
+    "missing_files",
     "resolve_path",
     "sha256_file",
 ]
@@ -109,6 +113,22 @@ class ModelCard:
                 return item
         known = ", ".join(f.filename for f in self.files)
         raise ModelFileError(f"model {self.name!r} has no file {filename!r}; its files: {known}")
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One file of one registered card that a stage needs (`Stage.model_files()` lists them).
+
+    `optional`: needed only for some inputs (e.g. a tag list read only when a caption is given):
+    `recognize models download --recipe` fetches it, but a stage does not refuse to start without it.
+    """
+
+    card: str
+    filename: str
+    optional: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.card}/{self.filename}"
 
 
 # ----------------------------------------------------------------------------- locations
@@ -424,10 +444,10 @@ def download(
     if is_offline():
         missing = [f for f in card.files if not file_path(card, f.filename).exists()]
         if missing:
-            item = missing[0]
+            listed = "; ".join(f"{item.url} -> {file_path(card, item.filename)}" for item in missing)
             raise ModelFileError(
-                f"cannot download {item.filename} for model {card.name!r}: offline (RECOGNIZE_OFFLINE=1); "
-                f"download {item.url} and put it at {file_path(card, item.filename)}"
+                f"cannot download {len(missing)} file(s) of model {card.name!r}: offline (RECOGNIZE_OFFLINE=1); "
+                f"put each at its path: {listed}"
             )
     paths = []
     for item in card.files:
@@ -442,6 +462,55 @@ def download(
                 _sidecar(path).unlink(missing_ok=True)
         paths.append(_fetch(card, item, path, progress, timeout, attempts))
     return paths
+
+
+def _unique(refs: list[FileRef] | tuple[FileRef, ...]) -> list[FileRef]:
+    seen: dict[tuple[str, str], FileRef] = {}
+    for ref in refs:
+        key = (ref.card, ref.filename)
+        if key not in seen or (seen[key].optional and not ref.optional):
+            seen[key] = ref
+    return list(seen.values())
+
+
+def missing_files(refs: list[FileRef] | tuple[FileRef, ...]) -> list[FileRef]:
+    """The refs whose file is not in the cache (each card/file once; cheap: never hashes)."""
+    return [ref for ref in _unique(refs) if not file_path(ref.card, ref.filename).exists()]
+
+
+def _where(ref: FileRef) -> str:
+    item = get_card(ref.card).file(ref.filename)
+    return f"{item.url} -> {file_path(ref.card, ref.filename)}"
+
+
+def ensure_files(refs: list[FileRef] | tuple[FileRef, ...], download: bool = True,
+                 progress: bool = True) -> list[Path]:
+    """Verified local paths of every required ref, downloading what is missing when allowed.
+
+    Offline (or with `download=False`) one `ModelFileError` names every missing file, its URL and
+    where to put it, not just the first one. Optional refs are skipped here (fetched on need).
+    """
+    required = [ref for ref in _unique(refs) if not ref.optional]
+    missing = missing_files(required)
+    if missing and (is_offline() or not download):
+        why = "RECOGNIZE_OFFLINE=1" if is_offline() else "downloads are off"
+        listed = "; ".join(f"{ref} ({_where(ref)})" for ref in missing)
+        raise ModelFileError(
+            f"{len(missing)} model file{'s' if len(missing) > 1 else ''} missing and {why}: {listed}; run "
+            f"`recognize models download --recipe RECIPE` where you are online, or put each file at its path"
+        )
+    return [ensure_file(ref.card, ref.filename, download=download, progress=progress) for ref in required]
+
+
+def download_files(refs: list[FileRef] | tuple[FileRef, ...], progress: bool = True) -> list[Path]:
+    """Fetch (and verify) every ref, optional ones included: what `models download --recipe` does."""
+    refs = _unique(refs)
+    if is_offline():
+        missing = missing_files(refs)
+        if missing:
+            listed = "; ".join(f"{ref} ({_where(ref)})" for ref in missing)
+            raise ModelFileError(f"cannot download {len(missing)} file(s): offline (RECOGNIZE_OFFLINE=1): {listed}")
+    return [ensure_file(ref.card, ref.filename, download=True, progress=progress) for ref in refs]
 
 
 def resolve_path(value: str | os.PathLike[str] | None, card: str | ModelCard, filename: str) -> Path:

@@ -130,13 +130,15 @@ def apply_override(data: dict[str, Any], override: str, source: str = "<recipe>"
 def _check_stages(recipe: Recipe, locate: _Locator) -> None:
     from recognize import plugins
 
-    registry = plugins.stages()
     for section in ("stages", "outputs"):
         for i, spec in enumerate(getattr(recipe, section)):
-            cls = registry.get(spec.use)
             where = locate((section, i, "use"))
+            try:
+                cls = plugins.find_stage(spec.use)  # plain or `plugin:name`
+            except plugins.AmbiguousStageError as exc:
+                raise RecipeError(f"{where}: {exc}") from None
             if cls is None:
-                raise RecipeError(f"{where}: unknown stage {spec.use!r}{_suggest(spec.use, registry)}")
+                raise RecipeError(f"{where}: unknown stage {spec.use!r}{_suggest(spec.use, plugins.stages())}")
             is_output = issubclass(cls, OutputStage)
             if section == "stages" and is_output:
                 raise RecipeError(f"{where}: {spec.use!r} is an output; list it under `outputs:`")

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from recognize.capabilities import ImageEmbedder
 from recognize.data_engine.crops import crop_region
 from recognize.data_engine.outliers import find_outliers
 from recognize.data_engine.reasons import (
@@ -21,7 +22,8 @@ from recognize.data_engine.tagger_access import (
 )
 from recognize.engines.partition import run_partitioned
 from recognize.frame import Drop, Frame, Region
-from recognize.stage import StageParams
+from recognize.hub import FileRef
+from recognize.stage import StageKind, StageParams, StageScope
 
 
 class RegionOutliersParams(TaggerParams):
@@ -45,14 +47,21 @@ class RegionOutliers(TaggerUser):
     """Per tag over the whole dataset: cluster the crops and drop those farthest from their centres."""
 
     name: ClassVar[str] = "region_outliers"
-    kind: ClassVar[str] = "filter"
-    scope: ClassVar[str] = "dataset"
-    needs: ClassVar[tuple[str, ...]] = ("embed_images",)
+    kind: ClassVar[StageKind] = "filter"
+    scope: ClassVar[StageScope] = "dataset"
+    needs: ClassVar[tuple[type, ...]] = (ImageEmbedder,)
     Params: ClassVar[type[StageParams]] = RegionOutliersParams
 
     def __init__(self, params: StageParams | dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self._clip = None
+
+    def model_files(self) -> list[FileRef]:
+        """The tagger's files, or CLIP ViT-B/16's weights when `embedder: clip` uses the hub's."""
+        p = self.params
+        if p.embedder == "tagger":
+            return super().model_files()
+        return [FileRef("clip-vit-b-16", "ViT-B-16.pt")] if p.clip_checkpoint is None else []
 
     def load(self) -> None:
         if self.params.embedder == "tagger":

@@ -19,10 +19,12 @@ from typing import Annotated, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from recognize.capabilities import ImageScorer, missing_capabilities
 from recognize.data_engine.confirm import (
     ScoreFn,
 )
 from recognize.errors import RecognizeError
+from recognize.hub import FileRef
 from recognize.stage import Device, Stage, StageParams
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -34,8 +36,8 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 class TaggerUser(Stage):
     """Base of stages that run a tagger stage on crops (its model shared with the tagging stage)."""
 
-    #: what the tagger stage must offer this stage
-    needs: ClassVar[tuple[str, ...]] = ("score_images",)
+    #: what the tagger stage must offer this stage (`recognize.capabilities` protocols)
+    needs: ClassVar[tuple[type, ...]] = (ImageScorer,)
 
     def __init__(self, params: StageParams | dict[str, Any] | None = None, **kwargs: Any) -> None:
         instance = kwargs.pop("tagger", None) if isinstance(kwargs.get("tagger"), Stage) else None
@@ -52,17 +54,21 @@ class TaggerUser(Stage):
             from recognize import plugins
 
             stage = plugins.get_stage(self.params.tagger)(self.params.tagger_with)
-            for method in self.needs:
-                if not callable(getattr(stage, method, None)):
-                    raise RecognizeError(
-                        f"{self.name}: stage {self.params.tagger!r} is not a tagger with {method}(); "
-                        "use a tagger stage such as ram or ram_plus"
-                    )
+            lacking = missing_capabilities(stage, self.needs)
+            if lacking:
+                raise RecognizeError(
+                    f"{self.name}: stage {self.params.tagger!r} is not a tagger this stage can use (it is no "
+                    f"{' / '.join(lacking)}); use a tagger stage such as ram or ram_plus"
+                )
             # this stage's device (the pipeline's unless set here) and batch size reach the inner
             # tagger, unless `tagger_with` sets its own
             stage.apply_defaults(device=self.params.device, batch_size=self.params.batch_size)
             self._tagger = stage
         return self._tagger
+
+    def model_files(self) -> list[FileRef]:
+        """The tagger's files (it judges the crops)."""
+        return self.tagger.model_files()
 
     def apply_defaults(self, **defaults: Any) -> None:
         super().apply_defaults(**defaults)

@@ -36,7 +36,8 @@ from recognize.stage import Stage
 if TYPE_CHECKING:  # pragma: no cover
     from recognize.pipeline import Pipeline
 
-_ENV_VARS = ("RECOGNIZE_PLUGINS", "PYTHONPATH", "RECOGNIZE_HOME", "RECOGNIZE_OFFLINE", "RECOGNIZE_MAX_PIXELS")
+_ENV_VARS = ("RECOGNIZE_PLUGINS", "RECOGNIZE_LOAD_PLUGINS", "PYTHONPATH", "RECOGNIZE_HOME", "RECOGNIZE_OFFLINE",
+             "RECOGNIZE_MAX_PIXELS")
 
 
 def stage_specs(stages: list[Stage]) -> list[dict[str, Any]]:

@@ -12,26 +12,38 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from recognize.fast_modes import Precision, Quantization, autocast, cap_regions, quantize_linear_int8
 from recognize.frame import Drop, Frame, Region, Tag
-from recognize.stage import Device, Stage, StageParams, resolve_device, shared_models
-from recognize_grounding_dino.model import Detector
+from recognize.hub import FileRef
+from recognize.stage import (
+    Device,
+    Stage,
+    StageKind,
+    StageParams,
+    resolve_device,
+    shared_models,
+)
 from recognize_grounding_dino.cards import CHECKPOINTS
-from recognize_grounding_dino.prompts import Packing, Prompt
-from recognize_grounding_dino.transforms import preprocess
+
+if TYPE_CHECKING:  # pragma: no cover - these import torch/torchvision: loaded in load()/process() only
+    import torch
+
+    from recognize_grounding_dino.model import Detector
+    from recognize_grounding_dino.prompts import Packing, Prompt
+
+VOCAB_CARD, VOCAB_FILE = "bert-base-uncased-vocab", "vocab.txt"
 
 
 class GroundingDino(Stage):
     """Open-vocabulary boxes for an image's tags with Grounding DINO."""
 
     name: ClassVar[str] = "grounding_dino"
-    kind: ClassVar = "localizer"
+    kind: ClassVar[StageKind] = "localizer"
 
     class Params(StageParams):
         model: Literal["swint_ogc", "swinb"] = "swint_ogc"
@@ -55,13 +67,20 @@ class GroundingDino(Stage):
         max_regions: int | None = Field(
             None, ge=0, description="fast mode: keep only the N best-scoring boxes per image; the rest are dropped")
 
+    def model_files(self) -> list[FileRef]:
+        """The preset's official checkpoint and the BERT vocabulary, each unless a local file is given."""
+        card, filename = CHECKPOINTS[self.params.model]
+        refs = [] if self.params.checkpoint else [FileRef(card, filename)]
+        return refs if self.params.vocab else [*refs, FileRef(VOCAB_CARD, VOCAB_FILE)]
+
     def load(self) -> None:
         from recognize.hub import resolve_path
+        from recognize_grounding_dino.model import Detector
 
         p = self.params
         card, filename = CHECKPOINTS[p.model]
         checkpoint = resolve_path(p.checkpoint, card, filename)
-        vocab = resolve_path(p.vocab, "bert-base-uncased-vocab", "vocab.txt")
+        vocab = resolve_path(p.vocab, VOCAB_CARD, VOCAB_FILE)
         device = resolve_device(p.device)
         config = json.dumps(p.config, sort_keys=True) if isinstance(p.config, dict) else p.config
         key = ("grounding_dino", p.model, str(Path(checkpoint).resolve()), str(Path(vocab).resolve()), config, device,
@@ -73,7 +92,7 @@ class GroundingDino(Stage):
                 quantize_linear_int8(detector.model, include=lambda name: not name.startswith("model.text_backbone"))
             return detector
 
-        self.detector: Detector = shared_models.get(key, build)
+        self.detector: Detector = shared_models.get(key, build, owner=self)
         self._packings: dict[tuple[str, ...], Packing] = {}
 
     # -- prompts ------------------------------------------------------------------------
@@ -91,7 +110,15 @@ class GroundingDino(Stage):
         return tuple(dict.fromkeys(t.name for t in frame.tags))
 
     # -- the stage ----------------------------------------------------------------------
+    def unload(self) -> None:
+        super().unload()
+        self.detector = None
+
     def process(self, frames: list[Frame]) -> list[Frame]:
+        import torch
+
+        from recognize_grounding_dino.transforms import preprocess
+
         p = self.params
         vocabularies = [self._vocabulary(f) for f in frames]
         pixels: dict[int, torch.Tensor] = {}
@@ -125,6 +152,8 @@ class GroundingDino(Stage):
     def _select(self, probs: torch.Tensor, boxes: torch.Tensor, prompt: Prompt, frame: Frame,
                 vocabulary: tuple[str, ...]) -> list[tuple[np.ndarray, float, str, float]]:
         """Boxes of one image and caption -> (xyxy pixels, box score, tag, tag score) for boxes naming a tag."""
+        import torch
+
         p = self.params
         box_scores = probs.amax(-1)
         keep = box_scores > p.box_threshold

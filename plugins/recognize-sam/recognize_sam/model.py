@@ -11,36 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from segment_anything.build_sam import _build_sam, sam_model_registry
 from segment_anything.modeling import Sam as SamModel
 
 from recognize.errors import ModelFileError
+from recognize_sam.config import SamConfig
+
+__all__ = ["EMBED_DIMS", "SamConfig", "build_sam", "load_checkpoint"]
 
 #: Image-encoder width of each official variant; a checkpoint's width tells which variant it is.
 EMBED_DIMS = {"vit_h": 1280, "vit_l": 1024, "vit_b": 768}
 _PATCH_KEY = "image_encoder.patch_embed.proj.weight"
-
-
-class SamConfig(BaseModel):
-    """A custom image-encoder size (tests use a tiny one); the prompt encoder and decoder are SAM's own."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    encoder_embed_dim: int = Field(gt=0)
-    encoder_depth: int = Field(gt=0)
-    encoder_num_heads: int = Field(gt=0)
-    encoder_global_attn_indexes: tuple[int, ...] = ()
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SamConfig:
-        if self.encoder_embed_dim % self.encoder_num_heads:
-            raise ValueError("encoder_embed_dim must be a multiple of encoder_num_heads")
-        bad = [i for i in self.encoder_global_attn_indexes if not 0 <= i < self.encoder_depth]
-        if bad:
-            depth = self.encoder_depth
-            raise ValueError(f"encoder_global_attn_indexes {bad} are not blocks of a {depth}-block encoder")
-        return self
 
 
 def build_sam(model: str = "vit_h", config: SamConfig | None = None, seed: int | None = None) -> SamModel:

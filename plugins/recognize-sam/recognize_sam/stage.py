@@ -10,9 +10,17 @@ from pydantic import Field, model_validator
 
 from recognize.fast_modes import Precision, Quantization, autocast, cap_regions, quantize_linear_int8
 from recognize.frame import Frame
-from recognize.stage import Device, Stage, StageKind, StageParams, resolve_device, shared_models
-from recognize_sam.model import SamConfig, build_sam, load_checkpoint
-from recognize_sam.predict import BoxSegmenter
+from recognize.hub import FileRef
+from recognize.stage import (
+    Device,
+    Stage,
+    StageKind,
+    StageParams,
+    resolve_device,
+    shared_models,
+)
+from recognize_sam.cards import CHECKPOINTS
+from recognize_sam.config import SamConfig
 
 
 class SamParams(StageParams):
@@ -54,7 +62,19 @@ class Sam(Stage):
     Params: ClassVar[type[StageParams]] = SamParams
     params: SamParams
 
+    def model_files(self) -> list[FileRef]:
+        """The official checkpoint of `model`, unless `checkpoint` is given or the weights are random."""
+        p = self.params
+        if p.weights == "random" or p.checkpoint:
+            return []
+        card, filename = CHECKPOINTS[p.model]
+        return [FileRef(card, filename)]
+
     def load(self) -> None:
+        # torch and segment_anything are imported here, not at the top: registering stays light
+        from recognize_sam.model import build_sam, load_checkpoint
+        from recognize_sam.predict import BoxSegmenter
+
         p = self.params
         device = resolve_device(p.device)
         checkpoint = None if p.weights == "random" else self._checkpoint_path().resolve()
@@ -72,8 +92,12 @@ class Sam(Stage):
             return sam
 
         variant = p.config if p.config is not None else p.model
-        sam = shared_models.get(("sam", variant, source, device, p.quantize), build)
+        sam = shared_models.get(("sam", variant, source, device, p.quantize), build, owner=self)
         self.segmenter = BoxSegmenter(sam)
+
+    def unload(self) -> None:
+        super().unload()
+        self.segmenter = None
 
     def _checkpoint_path(self) -> Path:
         from recognize.hub import resolve_path
