@@ -95,9 +95,6 @@ class Pipeline:
     def load(self) -> None:
         """Load every stage's models now instead of on first use. Every stage's model files are
         checked (or downloaded) first, so an offline run names all missing files in one error."""
-        from recognize.hub import ensure_files
-
-        ensure_files([ref for stage in [*self.stages, *self.outputs] for ref in stage.model_files()])
         _strict_engine().load(self)
 
     def process(self, frames: list[Frame]) -> list[Frame]:

@@ -42,7 +42,7 @@ def run_command(recipe, inputs, output, overrides, overwrite, quiet, batch_size,
     if engine == "ray":
         from recognize.engines.ray_engine import RayEngine
 
-        engine_obj = RayEngine()
+        engine_obj = RayEngine(progress=not quiet)
     from recognize.engines.timing import seconds_since_process_start
 
     summary = run_to_folder(pipeline, inputs, output, overwrite=overwrite, quiet=quiet, engine=engine_obj,

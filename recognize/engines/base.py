@@ -5,6 +5,13 @@ A `Pipeline` describes the work (stages, outputs, settings); an engine runs it. 
 scheduler) needs no change anywhere else. Both built-in engines walk the stages the same way
 (`recognize.engines.segments`) and run image-scope batches the same way
 (`recognize.engines.batches`); they differ only in *where* a batch or a dataset-scope stage runs.
+
+Dataset-scope stages that partition their work (the partition contract in `recognize.stage.Stage`:
+`partitioned = True`, `partition` -> `process_group` per key -> `apply_results`) run as a group-by
+over their key: on the Ray engine each group's work happens on workers
+(`recognize.engines.ray_partition`), in one process on the local engine
+(`recognize.engines.partition`), with the same result. Other dataset-scope stages see every frame
+at once, in one process.
 """
 
 from __future__ import annotations

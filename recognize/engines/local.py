@@ -42,9 +42,14 @@ class LocalEngine:
         self.prefetch = prefetch
 
     def load(self, pipeline: Pipeline, timer: StageTimer | None = None) -> None:
-        """Load every stage's models now, so missing weights fail before any image is touched."""
+        """Load every stage's models now, so missing weights fail before any image is touched; every
+        stage's model files are checked (or downloaded) first, so an offline run names all missing
+        files in one error."""
+        from recognize.hub import ensure_files
+
         timer = timer if timer is not None else pipeline.timer
         with timer.phase(LOAD):
+            ensure_files([ref for stage in [*pipeline.stages, *pipeline.outputs] for ref in stage.model_files()])
             for stage in pipeline.stages:
                 stage.ensure_loaded()
 

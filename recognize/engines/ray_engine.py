@@ -42,7 +42,9 @@ _ENV_VARS = ("RECOGNIZE_PLUGINS", "RECOGNIZE_LOAD_PLUGINS", "PYTHONPATH", "RECOG
 
 def stage_specs(stages: list[Stage]) -> list[dict[str, Any]]:
     """How a worker rebuilds `stages` from the registry (stages travel by name and parameters)."""
-    return [{"use": stage.name, "with": stage.params.model_dump(mode="json")} for stage in stages]
+    from recognize.plugins import name_for
+
+    return [{"use": name_for(type(stage)), "with": stage.params.model_dump(mode="json")} for stage in stages]
 
 
 def build_stages(specs: list[dict[str, Any]]) -> list[Stage]:
@@ -132,7 +134,7 @@ class RayEngine:
             _StageWorker,
             fn_constructor_kwargs={"specs": stage_specs(segment.stages)},
             batch_size=pipeline.batch_size,
-            concurrency=self.num_workers,
+            compute=ray.data.ActorPoolStrategy(size=self.num_workers),
             num_cpus=self.num_cpus_per_worker,
             num_gpus=self.num_gpus_per_worker or None,
             batch_format="numpy",

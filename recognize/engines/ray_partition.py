@@ -69,6 +69,22 @@ def _process_group(group: dict[str, np.ndarray], spec: dict[str, Any]) -> dict[s
             "result": np.array([pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in results], dtype=object)}
 
 
+def frames_dataset(frames: list[Frame], block: int = 4096) -> Any:
+    """A Ray Dataset of `{pos, frame}` rows (the frames' JSON), put into the object store a block at a
+    time, so the driver never holds a second, serialised copy of every frame."""
+    import pyarrow as pa
+    import ray
+
+    refs = []
+    for start in range(0, len(frames), block):
+        part = frames[start : start + block]
+        refs.append(ray.put(pa.table({
+            "pos": pa.array(range(start, start + len(part)), type=pa.int64()),
+            "frame": pa.array([frame.to_json(indent=None) for frame in part], type=pa.large_string()),
+        })))
+    return ray.data.from_arrow_refs(refs)
+
+
 def run_partitioned_on_ray(stage: Stage, spec: dict[str, Any], frames: list[Frame], *, num_workers: int,
                            num_cpus_per_worker: float = 1, num_gpus_per_worker: float = 0) -> list[Frame]:
     """The stage over `frames` as a group-by on the current Ray instance; same result as locally."""
@@ -76,13 +92,10 @@ def run_partitioned_on_ray(stage: Stage, spec: dict[str, Any], frames: list[Fram
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    rows = [{"pos": position, "frame": frame.to_json(indent=None)} for position, frame in enumerate(frames)]
-    source = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // PARTITION_CHUNK + 1,
-                                                                      8 * num_workers)))
-    del rows
-    items = source.map_batches(
-        _Partitioner, fn_constructor_kwargs={"spec": spec}, batch_size=PARTITION_CHUNK, concurrency=num_workers,
-        num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker or None, batch_format="numpy",
+    items = frames_dataset(frames).map_batches(
+        _Partitioner, fn_constructor_kwargs={"spec": spec}, batch_size=PARTITION_CHUNK,
+        compute=ray.data.ActorPoolStrategy(size=num_workers), num_cpus=num_cpus_per_worker,
+        num_gpus=num_gpus_per_worker or None, batch_format="numpy",
     ).materialize()
     if items.count() == 0:
         return [stage.apply_results(frame, []) for frame in frames]

@@ -195,3 +195,26 @@ def test_runner_stops_with_one_message_and_summary_accounts_for_wall_time(test_s
     assert set(wall) >= {"startup", "load", "decode", "stages", "write", "finish", "retried", "other"}
     assert wall["startup"] == 0.5 and wall["stages"] == pytest.approx(data["timings"]["brightness"]["seconds"], abs=1e-3)
     assert sum(wall.values()) == pytest.approx(summary.seconds, abs=0.01)
+
+
+@pytest.mark.subprocess
+def test_cli_stops_with_one_line_and_the_summary_counts_start_up(image_folder, tmp_path):
+    import subprocess
+    import sys
+
+    from clihelp import cli_env
+
+    def recognize(recipe: str, out):
+        path = tmp_path / "recipe.yaml"
+        path.write_text(recipe)
+        return subprocess.run([sys.executable, "-m", "recognize", "run", str(path), str(image_folder), "-o", str(out),
+                               "--quiet"], capture_output=True, text=True, env=cli_env(), timeout=300, check=False)
+
+    stopped = recognize("recipe: 1\nsettings: {batch_size: 3}\nstages:\n  - use: explode\n    with: {'on': ''}\n",
+                        tmp_path / "a")
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+    assert stopped.stderr.count("exploded on purpose") == 1 and "failed on each of the 3 images" in stopped.stderr
+    done = recognize("recipe: 1\nstages: []\noutputs:\n  - use: json\n", tmp_path / "b")
+    assert done.returncode == 0, done.stderr
+    wall = json.loads((tmp_path / "b" / "summary.json").read_text())["wall"]
+    assert wall["startup"] > 0  # the interpreter and imports before the run, measured from the process's start
