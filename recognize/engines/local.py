@@ -30,7 +30,8 @@ __all__ = ["FrameResult", "LocalEngine", "describe_error"]
 class LocalEngine:
     """`isolate=False` lets the first error propagate unchanged instead of failing just that
     image (what a library call such as `Pipeline(...)(images)` wants). `prefetch`: how many
-    batches ahead images are decoded on a background thread (`recognize.prefetch`; 0: none)."""
+    batches ahead images are decoded on a background thread (`recognize.prefetch`; 0: none);
+    only with `isolate`, since library runs decode lazily (a frame no stage reads is never decoded)."""
 
     name = "local"
 
@@ -70,7 +71,8 @@ class LocalEngine:
     # -- SegmentRunner --------------------------------------------------------------------
     def map_images(self, pipeline: Pipeline, segment: Segment, frames: Iterable[Frame],
                    timer: StageTimer) -> Iterator[FrameResult]:
-        for batch in prefetch(batched(frames, pipeline.batch_size), depth=self.prefetch):
+        depth = self.prefetch if self.isolate else 0
+        for batch in prefetch(batched(frames, pipeline.batch_size), depth=depth):
             yield from run_batch(segment.stages, batch, timer, isolate=self.isolate)
 
     def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: list[Frame],
