@@ -75,7 +75,7 @@ def test_a_run_with_a_fast_mode_says_so(tmp_path):
                                  "-q", *extra], capture_output=True, text=True, timeout=300, env=env)
         assert result.returncode == 0, result.stderr
         outs[label] = (result.stderr, json.loads((out / "summary.json").read_text()),
-                       json.loads((out / "in.json").read_text()))
+                       json.loads((out / "frames" / "in.png.json").read_text()))
     (exact_err, exact_summary, exact_frame), (fast_err, fast_summary, fast_frame) = outs["exact"], outs["fast"]
     assert exact_summary["fast_modes"] == {} and "fast modes" not in exact_err
     assert fast_summary["fast_modes"] == {"grid_boxes": {"max_regions": 1}}
