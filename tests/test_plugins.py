@@ -436,7 +436,7 @@ def test_example_plugin_is_discovered_and_usable(installed_example, tmp_path):
     recipe.write_text("recipe: 1\nstages:\n  - use: recognize-color-tags:color_tags\n    with: {min_fraction: 0.5}\n")
     result = cli("run", recipe, tmp_path / "red.png", "-o", tmp_path / "out", "-q", env=env)
     assert result.returncode == 0, result.stderr
-    frame = json.loads((tmp_path / "out" / "red.json").read_text())
+    frame = json.loads((tmp_path / "out" / "frames" / "red.png.json").read_text())
     assert [(t["name"], t["source"]) for t in frame["tags"]] == [("red", "color_tags")]
 
 

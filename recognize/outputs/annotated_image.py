@@ -63,7 +63,7 @@ def _with_score(name: str, score: float | None, scores: bool) -> str:
 
 
 class AnnotatedImage(OutputStage):
-    """`OUT/<name>.annotated.jpg` (or `.png`): a picture a person can check at a glance."""
+    """`OUT/frames/<name>.annotated.jpg` (or `.png`): a picture a person can check at a glance."""
 
     name: ClassVar[str] = "annotated_image"
     Params: ClassVar[type[StageParams]] = AnnotatedImageParams

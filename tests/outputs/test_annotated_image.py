@@ -74,7 +74,7 @@ def test_write_produces_the_named_file(tmp_path: Path, frame_factory, fmt: str) 
     frame = frame_factory("sub/pic")
     stage = AnnotatedImage(format=fmt)
     (path,) = stage.files(frame, tmp_path)
-    assert path == tmp_path / "sub" / f"pic.annotated.{fmt}"
+    assert path == tmp_path / "frames" / "sub" / f"pic.annotated.{fmt}"
     stage.write(frame, tmp_path)
     with Image.open(path) as image:
         assert image.format == {"jpg": "JPEG", "png": "PNG"}[fmt] and image.width == 80 and image.height > 60
