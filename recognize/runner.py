@@ -41,6 +41,7 @@ from recognize.images import expand_inputs
 from recognize.outputs.json_output import JsonOutput, read_frame
 from recognize.outputs.paths import RUN_FILES
 from recognize.pipeline import Pipeline
+from recognize.sources import same_url, url_identity
 from recognize.stage import OutputStage
 
 SUMMARY_FILE = "summary.json"
@@ -102,16 +103,21 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def source_identity(path: Path) -> dict[str, Any]:
-    """What a finished result records about its source (path, size, mtime, content hash)."""
+def source_identity(path: Path | str) -> dict[str, Any]:
+    """What a finished result records about its source (path, size, mtime, content hash; for a URL
+    its size and ETag or mtime, see `recognize.sources.url_identity`)."""
+    if isinstance(path, str):
+        return url_identity(path)
     info = path.stat()
     return {"source": str(path.resolve()), "size": info.st_size, "mtime_ns": info.st_mtime_ns,
             "sha256": sha256_of(path)}
 
 
-def same_source(record: dict[str, Any], path: Path) -> bool:
+def same_source(record: dict[str, Any], path: Path | str) -> bool:
     """Whether `path` is the source `record` was made from: unchanged (path, size, mtime), or moved
-    or touched but with the same content (size and sha256)."""
+    or touched but with the same content (size and sha256); a URL: same URL, size and ETag."""
+    if isinstance(path, str):
+        return same_url(record, path)
     try:
         info = path.stat()
         if info.st_size != record.get("size"):
@@ -315,7 +321,7 @@ def write_manifest(pipeline: Pipeline, recipe: dict[str, Any], out: Path) -> Non
 
 
 # -- the run --------------------------------------------------------------------------------------
-def _is_done(record: dict[str, Any] | None, path: Path, out: Path, recipe_id: str) -> bool:
+def _is_done(record: dict[str, Any] | None, path: Path | str, out: Path, recipe_id: str) -> bool:
     if record is None or record.get("recipe") != recipe_id:
         return False
     files = record.get("files")
