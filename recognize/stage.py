@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
@@ -31,10 +31,63 @@ STAGE_SCOPES: tuple[str, ...] = typing.get_args(StageScope)
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 
+def _refuse_bool_for_number(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """pydantic's lax mode reads `true` as 1 for an int field: a recipe typo would pass as a number.
+    Also inside lists and mappings of numbers (`thresholds: {cat: true}`, `tile: [true, 512]`)."""
+    if info.field_name is None or not isinstance(value, (bool, list, tuple, dict)):
+        return value
+    leaves = _leaf_types(cls.model_fields[info.field_name].annotation)
+    if leaves & {int, float} and not leaves & {bool, Any} and _holds_bool(value):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+def _leaf_types(annotation: Any, depth: int = 0) -> set[Any]:
+    """The scalar types an annotation is built from (`dict[str, float] | None` -> {str, float, None})."""
+    if depth > 8:
+        return {Any}
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _leaf_types(typing.get_args(annotation)[0], depth + 1)
+    if typing.get_origin(annotation) is typing.Literal:
+        return {type(v) for v in typing.get_args(annotation)}
+    args = typing.get_args(annotation)
+    if not args:
+        return {annotation}
+    return set().union(*(_leaf_types(a, depth + 1) for a in args))
+
+
+def _holds_bool(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, bool):
+        return True
+    if depth > 8:
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_bool(v, depth + 1) for v in value.values())
+    return False
+
+
+#: A `field_validator("*", mode="before")` that refuses booleans for int/float fields; StageParams
+#: has it, other recipe models (settings) reuse it.
+no_bool_for_numbers = field_validator("*", mode="before")(_refuse_bool_for_number)
+
+
 class StageParams(BaseModel):
-    """Base for every stage's `Params`: unknown keys are errors, so typos are caught."""
+    """Base for every stage's `Params`: unknown keys are errors, so typos are caught; `true` is
+    not a number."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    _no_bools = no_bool_for_numbers
+
+    def nested_stages(self) -> dict[str, tuple[str, str]]:
+        """Fields that hold another stage's parameters: {params field: (name field, stage name)}.
+
+        A recipe validates those against that stage's `Params` when it loads (e.g. region_confirm's
+        `tagger_with` against the `tagger` stage), so a typo inside them is caught before any work.
+        """
+        return {}
 
 
 class Stage:

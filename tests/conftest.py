@@ -14,6 +14,11 @@ REFERENCE = Path(os.environ.get("RECOGNIZE_REFERENCE", REPO.parent / "shared" / 
 sys.path.insert(0, str(SUPPORT))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "subprocess: runs the `recognize` CLI in a subprocess")
+    config.addinivalue_line("markers", "slow: takes more than about 10 s")
+
+
 @pytest.fixture
 def reference() -> Path:
     if not REFERENCE.is_dir():

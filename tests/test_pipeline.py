@@ -69,4 +69,4 @@ def test_run_delegates_to_the_local_engine_and_times_through_its_timer(test_stag
     pipeline = Pipeline([test_stages.Brightness(), test_stages.CountDataset()], batch_size=2)
     list(pipeline.run([image_folder]))
     assert set(pipeline.timer.stages) == {"brightness", "count_dataset"} and pipeline.timings is pipeline.timer.stages
-    assert {"decode", "load"} <= set(pipeline.timer.phases)
+    assert "load" in pipeline.timer.phases  # library runs decode lazily, inside the stage that reads pixels

@@ -31,13 +31,13 @@ class RegionOutliersParams(TaggerParams):
                                                 "embedding, or CLIP image features")
     clip_model: str = Field("ViT-B-16", description="open_clip architecture when embedder is clip")
     clip_checkpoint: str | None = Field(None, description="CLIP weights (default: OpenAI ViT-B-16 from the hub)")
-    k: int = Field(3, ge=1, description="K-Means++ clusters per tag (fewer when a tag has fewer crops)")
+    k: int = Field(3, ge=1, le=1000, description="K-Means++ clusters per tag (fewer when a tag has fewer crops)")
     drop_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of each tag's crops dropped")
     min_cluster_fraction: Fraction = Field(
         0.1, description="clusters smaller than this share of a tag's crops are measured from the large ones"
     )
-    n_init: int = Field(4, ge=1, description="K-Means++ restarts")
-    seed: int = 0
+    n_init: int = Field(4, ge=1, le=100, description="K-Means++ restarts")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of K-Means++")
     drop_tags: Literal["none", "rejected"] = Field(
         "none", description="rejected: also drop an image's tag when all its regions were outliers"
     )

@@ -46,6 +46,10 @@ class TaggerUser(Stage):
             kwargs["tagger_with"] = instance.params.model_dump(exclude_unset=True)
         super().__init__(params, **kwargs)
         self._tagger: Stage | None = instance
+        if instance is None:  # a typo in tagger_with fails here, not when the first crop is judged
+            from recognize import plugins
+
+            plugins.get_stage(self.params.tagger).Params.model_validate(self.params.tagger_with)
 
     @property
     def tagger(self) -> Stage:
@@ -108,9 +112,13 @@ class TaggerParams(StageParams):
         default_factory=dict,
         description="the tagger's parameters; the same as the tagging stage's `with:` shares its model",
     )
-    padding: float = Field(0.1, ge=0.0, description="context around each box, as a fraction of its size per side")
+    padding: float = Field(0.1, ge=0.0, le=10.0,
+                           description="context around each box, as a fraction of its size per side")
     device: Device = "auto"
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=4096)
+
+    def nested_stages(self) -> dict[str, tuple[str, str]]:
+        return {"tagger_with": ("tagger", self.tagger)}
 
 
 # -- region_confirm ---------------------------------------------------------------------------

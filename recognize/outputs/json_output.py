@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from pydantic import Field
+
 from recognize.atomic import write_text
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
@@ -18,7 +20,7 @@ from recognize.stage import OutputStage, StageParams
 
 
 class JsonParams(StageParams):
-    indent: int | None = 2
+    indent: int | None = Field(2, ge=0, le=16, description="JSON indent; None: one line")
 
 
 class JsonOutput(OutputStage):

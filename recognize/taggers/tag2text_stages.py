@@ -67,20 +67,20 @@ class Tag2TextCaptionParams(Tag2TextParams):
         "predicted", description="caption from the tags this model predicts, or from the frame's tags"
     )
     user_tags: str | None = Field(None, description="caption from these tags instead ('a,b' -> 'a | b')")
-    num_beams: int = Field(3, ge=1, description="beam width; 1: greedy")
-    max_length: int = Field(50, ge=5, description="longest caption in tokens, the 4 prompt tokens included")
-    min_length: int = Field(10, ge=0, description="shortest caption in tokens, the 4 prompt tokens included")
+    num_beams: int = Field(3, ge=1, le=64, description="beam width; 1: greedy")
+    max_length: int = Field(50, ge=5, le=512, description="longest caption in tokens, the 4 prompt tokens included")
+    min_length: int = Field(10, ge=0, le=512, description="shortest caption in tokens, the 4 prompt tokens included")
     sample: bool = Field(False, description="nucleus sampling instead of beam search")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="nucleus size when sampling")
     repetition_penalty: float | None = Field(
-        None, gt=0.0, description="None: official (1.0 for beam/greedy, 1.1 when sampling)"
+        None, gt=0.0, le=100.0, description="None: official (1.0 for beam/greedy, 1.1 when sampling)"
     )
     beam_length_normalization: Literal["official", "generated"] = Field(
         "official",
         description="official: score / full length incl. prompt (transformers 4.31, the reference); "
         "generated: score / generated length (newer transformers)",
     )
-    seed: int | None = Field(None, description="seed of the sampler")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="seed of the sampler")
     vocab: str | None = Field(None, description="BERT vocab.txt (default: bert-base-uncased from the hub)")
 
     @model_validator(mode="after")

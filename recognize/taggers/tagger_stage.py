@@ -82,7 +82,7 @@ class TaggerParams(StageParams):
     tag_list: str | None = Field(None, description="tag list file (default: the official one)")
     device: Device = "auto"
     dtype: DType = "float32"
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=4096)
 
 
 class TaggerStage(Stage):

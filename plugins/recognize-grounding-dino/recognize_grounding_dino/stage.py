@@ -55,10 +55,10 @@ class GroundingDino(Stage):
         classes: list[str] | None = Field(None, description="fixed class list; default: each frame's tags")
         nms: Literal["per_tag", "cross_tag", "none"] = "per_tag"
         nms_threshold: float = Field(0.5, ge=0.0, le=1.0)
-        image_size: int = Field(800, ge=32, description="short side the image is resized to (reference: 800)")
-        max_size: int | None = Field(1333, ge=32, description="cap on the long side (reference: 1333)")
+        image_size: int = Field(800, ge=32, le=4096, description="short side the image is resized to (reference: 800)")
+        max_size: int | None = Field(1333, ge=32, le=8192, description="cap on the long side (reference: 1333)")
         device: Device = "auto"
-        batch_size: int = Field(1, ge=1)
+        batch_size: int = Field(1, ge=1, le=4096)
 
     def model_files(self) -> list[FileRef]:
         """The preset's official checkpoint and the BERT vocabulary, each unless a local file is given."""

@@ -62,14 +62,12 @@ def _listing(keys: list[str], limit: int = 3) -> str:
 
 def load_checkpoint(sam: SamModel, path: str | Path, expected: str = "SAM") -> SamModel:
     """Load an official SAM state dict into `sam`: safe unpickling, no missing/unexpected/reshaped keys."""
+    from recognize.weights_file import read_weights
+
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: SAM checkpoint not found") from None
-    except Exception as error:  # a corrupt file or one that needs an unsafe pickle
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(f"{path}: not a loadable SAM checkpoint ({reason})") from None
+    if not path.exists():
+        raise ModelFileError(f"{path}: SAM checkpoint not found")
+    state = read_weights(path, "SAM checkpoint", mmap=False)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(f"{path}: not a SAM checkpoint (expected a state dict of tensors)")
 
