@@ -12,10 +12,9 @@ import pytest
 
 from recognize.errors import ImageError, InputError
 from recognize.images import expand_inputs, load_image
+from recognize.pipeline import Pipeline
 from recognize.runner import run_to_folder
 from recognize.sources import is_url, url_name
-
-from recognize.pipeline import Pipeline
 
 
 def make_pipeline(test_stages):

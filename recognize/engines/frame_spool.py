@@ -10,6 +10,7 @@ again, so it stays in memory as is (library calls with arrays are small by natur
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -65,7 +66,5 @@ class FrameSpool:
         self.path.unlink(missing_ok=True)
 
     def __del__(self) -> None:  # pragma: no cover - best effort when a run is abandoned
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             self.close()
-        except Exception:
-            pass

@@ -26,7 +26,6 @@ from recognize.engines.partition import PARTITION_CHUNK, check_group, check_part
 from recognize.frame import Frame
 from recognize.stage import Stage
 
-
 _INDEX_BITS = 20  # sort key = frame position << 20 | item index (a frame has < 10^6 items)
 
 

@@ -9,12 +9,12 @@ ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.slow
 
-from clihelp import SUPPORT  # noqa: E402
+from clihelp import SUPPORT
 
-from recognize.engines.base import RunStopped  # noqa: E402
-from recognize.engines.ray_engine import RayEngine  # noqa: E402
-from recognize.pipeline import Pipeline  # noqa: E402
-from recognize.runner import run_to_folder  # noqa: E402
+from recognize.engines.base import RunStopped
+from recognize.engines.ray_engine import RayEngine
+from recognize.pipeline import Pipeline
+from recognize.runner import run_to_folder
 
 
 @pytest.fixture(scope="module")
