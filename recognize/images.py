@@ -119,7 +119,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """
     from recognize.sources import is_url, open_url
 
-    if isinstance(path, str) and is_url(path):
+    if isinstance(path, str) and is_url(path):  # a file:// URL is a local path (expand_inputs strips it)
         url = path
         try:
             return _decode(open_url(url), url)
@@ -195,7 +195,7 @@ def expand_inputs(
     from recognize import sources
 
     for item in inputs:
-        text = str(item)
+        text = sources.local_path(str(item))
         path = Path(text)
         if sources.is_url(text):
             found.append((text, name_from_parts(sources.url_name(text))))  # type: ignore[arg-type]

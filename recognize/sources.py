@@ -35,6 +35,15 @@ def is_url(text: str) -> bool:
     return bool(sep) and scheme.isascii() and scheme.replace("+", "").isalnum() and scheme.lower() != "file"
 
 
+def local_path(text: str) -> str:
+    """`file:///a/b.jpg` -> `/a/b.jpg` (fsspec's local scheme is a plain path to us); anything else as is."""
+    if text.lower().startswith("file://"):
+        from urllib.parse import unquote
+
+        return unquote(text[len("file://"):])
+    return text
+
+
 def url_name(url: str) -> tuple[str, ...]:
     """The output-name parts of a URL: its host and path (`example.com/a/b.jpg`), no query."""
     _, _, rest = url.partition("://")

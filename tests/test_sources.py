@@ -50,6 +50,15 @@ def test_an_image_is_read_over_http(http_root):
         load_image(f"{http_root}/missing.png")
 
 
+def test_fsspec_schemes_other_than_http_read_too(image_folder):
+    fsspec = pytest.importorskip("fsspec")
+    with fsspec.open("memory://bucket/white.png", "wb") as handle:  # fsspec's in-memory filesystem
+        handle.write((image_folder / "white.png").read_bytes())
+    assert load_image("memory://bucket/white.png").shape == (40, 60, 3)
+    local = f"file://{image_folder / 'white.png'}"
+    assert expand_inputs([local]) == [(image_folder / "white.png", "white.png")]
+
+
 def test_list_file_mixes_relative_paths_and_urls(test_stages, image_folder, http_root, tmp_path):
     listing = image_folder / "list.txt"
     listing.write_text(f"# two local files and one URL\nwhite.png\n\nsub/noise.png\n{http_root}/black.jpg\n")
