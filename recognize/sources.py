@@ -53,9 +53,9 @@ def url_name(url: str) -> tuple[str, ...]:
 
 def read_url(url: str) -> bytes:
     """The bytes at `url`, or an `OSError` with a one-line reason (what the image reader expects)."""
-    import fsspec
-
     try:
+        import fsspec
+
         with fsspec.open(url, "rb") as handle:
             return handle.read()
     except (OSError, ValueError) as exc:
