@@ -91,3 +91,32 @@ def test_a_resumed_ray_run_skips_by_identity_from_the_shards(local_ray, test_sta
     from recognize.outputs.shards import read_shards
 
     assert sorted(f.name for f in read_shards(out)) == ["black.jpg", "extra.png", "sub/noise.png", "white.png"]
+
+
+def test_ray_workers_read_urls_from_a_list_file(local_ray, test_stages, image_folder, tmp_path):
+    """Inputs need no shared filesystem: each worker opens the URLs itself (HTTP on loopback)."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(image_folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        root = f"http://127.0.0.1:{server.server_address[1]}"
+        listing = tmp_path / "urls.txt"
+        listing.write_text(f"{root}/white.png\n{root}/sub/noise.png\n{root}/missing.png\n")
+
+        def pipeline():
+            return Pipeline([test_stages.Brightness(), test_stages.CenterBox()], batch_size=2)
+
+        local = run_to_folder(pipeline(), [listing], tmp_path / "local", quiet=True)
+        remote = run_to_folder(pipeline(), [listing], tmp_path / "ray", quiet=True, engine=RayEngine(num_workers=2))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert results(tmp_path / "local") == results(tmp_path / "ray") and len(results(tmp_path / "ray")) == 2
+    assert (remote.processed, remote.failed) == (local.processed, local.failed) == (2, 1)
