@@ -39,9 +39,9 @@ class LocalEngine:
         self.isolate = isolate
 
     def load(self, pipeline: Pipeline, timer: StageTimer | None = None) -> None:
-        """Load every stage's models now, so missing weights fail before any image is touched.
-        Every stage's model files are checked (or downloaded) first, so an offline run names all
-        missing files in one error."""
+        """Load every stage's models now, so missing weights fail before any image is touched; every
+        stage's model files are checked (or downloaded) first, so an offline run names all missing
+        files in one error."""
         from recognize.hub import ensure_files
 
         timer = timer if timer is not None else pipeline.timer

@@ -103,8 +103,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Data engine report",
         "",
-        f"{report['images']} images: {t['tags_kept']} image tags and {t['regions_kept']} regions kept; "
-        f"{t['tags_dropped']} image tags and {t['regions_dropped']} regions dropped.",
+        (f"{report['images']} images: {t['tags_kept']} image tags and {t['regions_kept']} regions kept; "
+         f"{t['tags_dropped']} image tags and {t['regions_dropped']} regions dropped."),
         "",
         "| tag | images | regions kept | regions dropped | image tags dropped |",
         "|---|---:|---:|---:|---:|",
@@ -120,8 +120,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             for r in e["reasons"]:
                 span = f"{_num(r.get('min_value'))} .. {_num(r.get('max_value'))}" if "min_value" in r else ""
                 lines.append(f"| {e['tag']} | {r['stage']} | {r['item']} | {r['reason']} | {r['count']} | {span} |")
-        lines += ["", "Values: the crop's tagger score for `region_confirm`, the distance to the cluster "
-                  "centre for `region_outliers`."]
+        lines += ["", ("Values: the crop's tagger score for `region_confirm`, the distance to the cluster "
+                       "centre for `region_outliers`.")]
     return "\n".join(lines) + "\n"
 
 
