@@ -75,9 +75,10 @@ class LocalEngine:
         for batch in prefetch(batched(frames, pipeline.batch_size), depth=depth):
             yield from run_batch(segment.stages, batch, timer, isolate=self.isolate)
 
-    def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: list[Frame],
+    def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: Iterable[Frame],
                     timer: StageTimer) -> list[Frame]:
+        """Every frame in this process's memory at once (what one machine can hold)."""
         with timer.phase(LOAD):
             for stage in segment.stages:
                 stage.ensure_loaded()
-        return apply_stages(segment.stages, frames, timer)
+        return apply_stages(segment.stages, list(frames), timer)
