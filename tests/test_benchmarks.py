@@ -38,6 +38,8 @@ def positive(value) -> bool:
 def test_every_stage_has_timings_flops_and_a_baseline(quick_run):
     results, _ = quick_run
     assert results["errors"] == []
+    # the baseline's Grounding DINO is the official code (its own venv, built on first use: minutes)
+    assert results["settings"]["grounding_dino_baseline"] == "official rf-groundingdino"
     assert positive(results["matmul"]["gflops"])
     assert list(results["stages"]) == STAGES
     for name, entry in results["stages"].items():
