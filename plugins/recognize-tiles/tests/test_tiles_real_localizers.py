@@ -82,3 +82,12 @@ def tiny_grounding_dino(tmp_path_factory):
 @pytest.mark.slow
 def test_grounding_dino_tiled(tiny_grounding_dino, photo):
     assert_tiling_maps_boxes_back({"use": "grounding_dino", "with": tiny_grounding_dino}, photo)
+
+
+@pytest.mark.slow
+def test_owlv2_tiled(photo):
+    pytest.importorskip("recognize_owlv2")
+    sys.path.insert(0, str(PLUGINS / "recognize-owlv2" / "tests"))
+    from owl_support import TINY
+
+    assert_tiling_maps_boxes_back({"use": "owlv2", "with": {**TINY, "box_threshold": 0.3, "nms": "none"}}, photo)
