@@ -144,3 +144,11 @@ def test_recipe_builds_the_stage_and_names_bad_keys(tmp_path):
     recipe.write_text("recipe: 1\nstages:\n  - use: sam2\n    with: {model: hiera_tiny, threshold: 0.5}\n")
     with pytest.raises(RecipeError, match=r"stages\[0\]\.with\.threshold"):
         Pipeline.from_recipe(recipe)
+
+
+@pytest.mark.parametrize("name", ["tag_ground_segment_sam2", "tag_ground_segment_cpu"])
+def test_shipped_recipes_build(name):
+    from sam2_support import REPO
+
+    stages = Pipeline.from_recipe(REPO / "recipes" / f"{name}.yaml").stages
+    assert [s.name for s in stages][-1] == "sam2" and isinstance(stages[-1], Sam2)

@@ -145,3 +145,13 @@ def test_recipe_error_names_the_inner_parameter(blob_plugin, tmp_path):
     recipe.write_text("recipe: 1\nstages:\n  - use: tiled\n    with:\n      localizer: {use: colour_blobs}\n")
     (stage,) = Pipeline.from_recipe(recipe).stages
     assert isinstance(stage, Tiled) and stage.inner.name == "colour_blobs"
+
+
+def test_shipped_tiled_recipe_builds():
+    from pathlib import Path
+
+    pytest.importorskip("recognize_grounding_dino")
+    recipe = Path(__file__).resolve().parents[3] / "recipes" / "tag_ground_segment_tiled.yaml"
+    stages = Pipeline.from_recipe(recipe).stages
+    tiled = next(s for s in stages if isinstance(s, Tiled))
+    assert tiled.inner.name == "grounding_dino" and tiled.params.tile == (800, 800)
