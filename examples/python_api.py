@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from recognize import Pipeline
-from recognize.taggers.stages import RamPlus
+from recognize.taggers.ram_stages import RamPlus
 
 
 def main(inputs: list[str]) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
+from recognize.recipe import Recipe, build_stage, load_recipe, pipeline_name
 from recognize.stage import Device, OutputStage, Stage
 
 ImageLike = Any  # Frame | path | numpy array | PIL.Image
@@ -60,11 +61,20 @@ class Pipeline:
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def from_recipe(cls, path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Pipeline:
-        """Build from a YAML recipe; `overrides` are `--set`-style `dotted.path=value` strings."""
-        from recognize.recipe import build_pipeline, load_recipe
-
-        return build_pipeline(load_recipe(path, overrides))
+    def from_recipe(cls, recipe: str | os.PathLike[str] | Recipe, overrides: Sequence[str] = ()) -> Pipeline:
+        """Build from a YAML recipe file (or a loaded `Recipe`); `overrides` are `--set`-style
+        `dotted.path=value` strings."""
+        if not isinstance(recipe, Recipe):
+            recipe = load_recipe(recipe, overrides)
+        elif overrides:
+            raise ValueError("overrides apply to a recipe file; pass the path, not a loaded Recipe")
+        return cls(
+            [build_stage(s) for s in recipe.stages],
+            [build_stage(s) for s in recipe.outputs],  # type: ignore[misc]
+            batch_size=recipe.settings.batch_size,
+            device=recipe.settings.device,
+            name=pipeline_name(recipe),
+        )
 
     # -- running --------------------------------------------------------------------------
     @property

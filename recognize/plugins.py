@@ -19,11 +19,8 @@ from recognize.errors import RecognizeError
 BUILTIN_PLUGINS = (
     "recognize.outputs.builtin",
     "recognize.taggers.builtin",
-    "recognize.region_plugin",
-    "recognize.commands.run",
-    "recognize.commands.plugins",
-    "recognize.commands.models",
-    "recognize.commands.eval",
+    "recognize.data_engine.plugin",
+    "recognize.commands.builtin",
 )
 
 _lock = threading.RLock()

@@ -209,18 +209,12 @@ class _Locator:
 
 # -- building --------------------------------------------------------------------------------
 def build_stage(spec: StageSpec) -> Stage:
+    """The stage a recipe entry describes (its parameters are validated again by the stage)."""
     from recognize import plugins
 
     return plugins.get_stage(spec.use)(spec.with_)
 
 
-def build_pipeline(recipe: Recipe):  # -> Pipeline (import cycle kept out of the signature)
-    from recognize.pipeline import Pipeline
-
-    return Pipeline(
-        [build_stage(s) for s in recipe.stages],
-        [build_stage(s) for s in recipe.outputs],  # type: ignore[misc]
-        batch_size=recipe.settings.batch_size,
-        device=recipe.settings.device,
-        name=recipe.name or (Path(recipe.source).stem if recipe.source else None),
-    )
+def pipeline_name(recipe: Recipe) -> str | None:
+    """The recipe's `name:`, else its file's stem."""
+    return recipe.name or (Path(recipe.source).stem if recipe.source else None)

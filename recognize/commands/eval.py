@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 
-from recognize.hookspecs import hookimpl
 
 
 def _progress(quiet: bool, desc: str):
@@ -197,6 +196,6 @@ def regions_command(annotations, recipe, images, predictions, iou_type, override
         click.echo(report.rstrip("\n"))
 
 
-@hookimpl
-def register_commands(cli: Any) -> None:
+def add_commands(cli: Any) -> None:
+    """Called by `recognize.commands.builtin` when the CLI is built."""
     cli.add_command(eval_group)

@@ -10,7 +10,6 @@ import click
 from recognize import hub
 from recognize.cli import RecognizeGroup
 from recognize.errors import InputError, RecognizeError
-from recognize.hookspecs import hookimpl
 
 
 def _card(name: str) -> hub.ModelCard:
@@ -117,6 +116,6 @@ def model_path(name: str, filename: str | None) -> None:
         click.echo(str(path))
 
 
-@hookimpl
-def register_commands(cli: Any) -> None:
+def add_commands(cli: Any) -> None:
+    """Called by `recognize.commands.builtin` when the CLI is built."""
     cli.add_command(models)

@@ -7,7 +7,6 @@ from dataclasses import asdict
 
 import click
 
-from recognize.hookspecs import hookimpl
 
 
 @click.command("plugins")
@@ -30,6 +29,6 @@ def plugins_command(as_json):
                 click.echo(f"  {label}: {', '.join(names)}")
 
 
-@hookimpl
-def register_commands(cli):
+def add_commands(cli):
+    """Called by `recognize.commands.builtin` when the CLI is built."""
     cli.add_command(plugins_command)

@@ -7,7 +7,6 @@ import sys
 
 import click
 
-from recognize.hookspecs import hookimpl
 
 
 @click.command("run")
@@ -31,7 +30,7 @@ def run_command(recipe, inputs, output, overrides, overwrite, quiet, batch_size,
     OUT/summary.json. Unreadable images are reported and skipped (exit code 1). Images whose
     outputs already exist are skipped, so an interrupted run resumes where it stopped.
     """
-    from recognize.recipe import build_pipeline, load_recipe
+    from recognize.pipeline import Pipeline
     from recognize.runner import run_to_folder
 
     overrides = list(overrides)
@@ -39,7 +38,7 @@ def run_command(recipe, inputs, output, overrides, overwrite, quiet, batch_size,
         overrides.append(f"settings.batch_size={batch_size}")
     if device is not None:
         overrides.append(f"settings.device={device}")
-    pipeline = build_pipeline(load_recipe(recipe, overrides))
+    pipeline = Pipeline.from_recipe(recipe, overrides)
     engine_obj = None
     if engine == "ray":
         from recognize.engines.ray_engine import RayEngine
@@ -89,7 +88,7 @@ def _type_name(annotation) -> str:
     return text.replace("typing.", "")
 
 
-@hookimpl
-def register_commands(cli):
+def add_commands(cli):
+    """Called by `recognize.commands.builtin` when the CLI is built."""
     cli.add_command(run_command)
     cli.add_command(stages_command)

@@ -1,6 +1,6 @@
 """Built-in taggers, registered through the same hooks as third-party plugins.
 
-Stages: `ram`, `ram_plus` (recognize.taggers.stages) and the Tag2Text stages. Models: the cards
+Stages: `ram`, `ram_plus` (recognize.taggers.ram_stages) and the Tag2Text stages. Models: the cards
 of `recognize.taggers.cards` (checkpoints, tag lists, vocab, CLIP weights).
 """
 
@@ -14,7 +14,7 @@ from recognize.hookspecs import hookimpl
 
 @hookimpl
 def register_stages(register: Callable[[type], None]) -> None:
-    from recognize.taggers.stages import Ram, RamPlus
+    from recognize.taggers.ram_stages import Ram, RamPlus
     from recognize.taggers.tag2text_stages import Tag2TextCaption, Tag2TextTagger
 
     for stage in (Ram, RamPlus, Tag2TextTagger, Tag2TextCaption):

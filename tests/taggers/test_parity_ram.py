@@ -21,7 +21,7 @@ from recognize.frame import Frame
 from recognize.stage import shared_models
 from recognize.taggers.checkpoint import load_official
 from recognize.taggers.ram import RamConfig, build_model
-from recognize.taggers.stages import Ram, RamPlus
+from recognize.taggers.ram_stages import Ram, RamPlus
 from recognize.taggers.vocabulary import Vocabulary
 
 

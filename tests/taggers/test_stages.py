@@ -13,7 +13,7 @@ from recognize.errors import ModelFileError, RecognizeError
 from recognize.frame import Frame
 from recognize.stage import shared_models
 from recognize.taggers.openset import ClipTextEncoder, EmbeddingCache, name_embeddings, template_sentences
-from recognize.taggers.stages import Ram, RamPlus
+from recognize.taggers.ram_stages import Ram, RamPlus
 
 
 def _stage(folder, cls=RamPlus, **params):

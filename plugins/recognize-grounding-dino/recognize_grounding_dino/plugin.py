@@ -7,20 +7,6 @@ from typing import Any
 
 import recognize
 
-_BASE = "https://huggingface.co/ShilongLiu/GroundingDINO/resolve/main/"
-_HOME = "https://github.com/IDEA-Research/GroundingDINO"
-
-#: Model card and file of each preset's official checkpoint (here, not in `model`, so that
-#: registering the cards does not import torch).
-CHECKPOINTS = {
-    "swint_ogc": ("groundingdino_swint_ogc", "groundingdino_swint_ogc.pth"),
-    "swinb": ("groundingdino_swinb_cogcoor", "groundingdino_swinb_cogcoor.pth"),
-}
-_TRAINED = {
-    "swint_ogc": "Swin-T, trained on O365, GoldG, Cap4M",
-    "swinb": "Swin-B, trained on COCO, O365, GoldG, Cap4M, OpenImage, ODinW-35, RefCOCO",
-}
-
 
 @recognize.hookimpl
 def register_stages(register: Callable[[type], None]) -> None:
@@ -31,14 +17,7 @@ def register_stages(register: Callable[[type], None]) -> None:
 
 @recognize.hookimpl
 def register_models(register: Callable[[Any], None]) -> None:
-    from recognize.hub import ModelCard, ModelFile
+    from recognize_grounding_dino.cards import cards
 
-    for preset, (card, filename) in CHECKPOINTS.items():
-        register(ModelCard(
-            name=card,
-            files=(ModelFile(filename, _BASE + filename),),
-            description=f"Grounding DINO {_TRAINED[preset]} (official weights; no published sha256). "
-                        "Text encoder vocab: the bert-base-uncased-vocab card.",
-            homepage=_HOME,
-            license="Apache-2.0",
-        ))
+    for card in cards():
+        register(card)

@@ -21,7 +21,7 @@ from pydantic import Field
 from recognize.frame import Drop, Frame, Region, Tag
 from recognize.stage import Device, Stage, StageParams, resolve_device, shared_models
 from recognize_grounding_dino.model import Detector
-from recognize_grounding_dino.plugin import CHECKPOINTS
+from recognize_grounding_dino.cards import CHECKPOINTS
 from recognize_grounding_dino.prompts import Packing, Prompt
 from recognize_grounding_dino.transforms import preprocess
 

@@ -13,11 +13,16 @@ import yaml
 from PIL import Image
 
 from recognize import plugins
-from recognize.recipe import apply_override, build_pipeline, load_recipe
+from recognize.data_engine.reasons import (
+    REASON_ALL_REJECTED,
+    REASON_NOT_CONFIRMED,
+    REASON_OUTLIER,
+)
+from recognize.pipeline import Pipeline
+from recognize.recipe import apply_override, load_recipe
 from recognize.runner import run_to_folder
-from recognize.regions import REASON_ALL_REJECTED, REASON_NOT_CONFIRMED, REASON_OUTLIER
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 RECIPE = RECIPES / "data_engine.yaml"
 
 #: the recipe with its models swapped for test stages (the colour tagger accepts `image_size`)
@@ -45,7 +50,7 @@ def test_data_engine_recipe_validates():
     assert [s.use for s in recipe.stages] == ["ram_plus", "merge_tags", "grounding_dino", "region_confirm",
                                              "region_outliers"]
     assert [s.use for s in recipe.outputs] == ["coco", "tags_jsonl", "data_engine_report"]
-    pipeline = build_pipeline(recipe)
+    pipeline = Pipeline.from_recipe(recipe)
     assert pipeline.has_dataset_stage
 
 
@@ -99,7 +104,7 @@ def test_data_engine_recipe_runs(fakes, tmp_path):
     vocab.write_text("red\ngreen\nblue\ndoor\nwall\n", encoding="utf-8")
     overrides = [*FAKE_MODELS, f"stages.1.with.captions={captions}", f"stages.1.with.vocabulary={vocab}",
                  "stages.4.with.padding=0.0"]
-    pipeline = build_pipeline(load_recipe(RECIPE, overrides))
+    pipeline = Pipeline.from_recipe(load_recipe(RECIPE, overrides))
     out = tmp_path / "out"
     summary = run_to_folder(pipeline, [folder], out, quiet=True)
     assert summary.processed == 12 and not summary.failures
@@ -139,6 +144,6 @@ def test_data_engine_recipe_runs(fakes, tmp_path):
 
     # a resumed run reads the frames back from their JSON: same dataset files, nothing recomputed
     before = {name: (out / name).read_text() for name in ("coco.json", "tags.jsonl", "report.json", "report.md")}
-    again = run_to_folder(build_pipeline(load_recipe(RECIPE, overrides)), [folder], out, quiet=True)
+    again = run_to_folder(Pipeline.from_recipe(load_recipe(RECIPE, overrides)), [folder], out, quiet=True)
     assert again.skipped == 12 and again.processed == 0
     assert {name: (out / name).read_text() for name in before} == before

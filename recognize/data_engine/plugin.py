@@ -10,9 +10,11 @@ from recognize.hookspecs import hookimpl
 
 @hookimpl
 def register_stages(register: Callable[[type], None]) -> None:
-    from recognize.region_stages import STAGES
+    from recognize.data_engine.confirm_stage import RegionConfirm
+    from recognize.data_engine.merge_tags_stage import MergeTags
+    from recognize.data_engine.outliers_stage import RegionOutliers
 
-    for stage in STAGES:
+    for stage in (MergeTags, RegionConfirm, RegionOutliers):
         register(stage)
 
 

@@ -12,21 +12,22 @@ import pytest
 from PIL import Image
 
 from recognize import Frame, Region, Tag, plugins
-from recognize.errors import RecognizeError
-from recognize.pipeline import Pipeline
-from recognize.region_stages import MergeTags, RegionConfirm, RegionOutliers
-from recognize.regions import (
+from recognize.data_engine import crop_region, find_outliers
+from recognize.data_engine.confirm_stage import RegionConfirm
+from recognize.data_engine.merge_tags_stage import MergeTags
+from recognize.data_engine.outliers_stage import RegionOutliers
+from recognize.data_engine.reasons import (
     REASON_ALL_REJECTED,
     REASON_NO_CONFIRMED_REGION,
     REASON_NOT_CONFIRMED,
     REASON_OUTLIER,
     REASON_OUTSIDE,
-    crop_region,
-    find_outliers,
 )
+from recognize.errors import RecognizeError
+from recognize.pipeline import Pipeline
 from recognize.stage import shared_models
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REFERENCE = Path(os.environ.get("RECOGNIZE_REFERENCE", REPO.parent / "shared" / "reference"))
 RAM_FIXTURE = REFERENCE / "fixtures" / "ram"
 
