@@ -40,9 +40,9 @@ def cli() -> None:
 
 
 def build_cli() -> click.Group:
-    from recognize.plugins import get_plugin_manager
+    from recognize.plugins import call_hook
 
-    get_plugin_manager().hook.register_commands(cli=cli)
+    call_hook("register_commands", cli=cli)  # a plugin whose hook raises is reported, not fatal
     return cli
 
 

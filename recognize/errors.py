@@ -27,3 +27,9 @@ class ModelFileError(RecognizeError):
     """A weight or asset file that is missing, partial or corrupt; the message says where to put it."""
 
     exit_code = 3
+
+
+class SettingError(RecognizeError):
+    """An environment setting (RECOGNIZE_MAX_PIXELS, RECOGNIZE_HOME, ...) with a value that cannot work."""
+
+    exit_code = 2

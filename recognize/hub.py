@@ -24,6 +24,7 @@ import json
 import os
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -33,24 +34,37 @@ from pathlib import Path
 from tqdm import tqdm
 
 from recognize.atomic import write_text
-from recognize.errors import ModelFileError, RecognizeError
+from recognize.errors import ModelFileError, RecognizeError, SettingError
 
 __all__ = [
+    "DownloadLimits",
+    "FileRef",
     "ModelCard",
     "ModelFile",
     "cache_dir",
     "download",
+    "download_files",
     "ensure_file",
+    "ensure_files",
     "file_path",
     "file_state",
     "get_card",
     "is_offline",
+    "missing_files",
     "resolve_path",
     "sha256_file",
 ]
 
 #: Seconds a stalled connection may stay silent before the attempt counts as interrupted.
 DEFAULT_TIMEOUT = 60.0
+#: Seconds one file's download may take in all, attempts included (RECOGNIZE_DOWNLOAD_DEADLINE).
+#: 6 hours: the largest checkpoint (~3 GB) at 150 KB/s; a slower link is better served by hand.
+DEFAULT_DEADLINE = 6 * 3600.0
+#: Bytes per second below which a transfer counts as stalled (RECOGNIZE_DOWNLOAD_MIN_RATE), measured
+#: over RECOGNIZE_DOWNLOAD_RATE_WINDOW seconds, as curl's --speed-limit/--speed-time: a server that
+#: trickles a byte a second never trips the per-read timeout but would never finish.
+DEFAULT_MIN_RATE = 1024.0
+DEFAULT_RATE_WINDOW = 60.0
 #: Transfer attempts per file; each later attempt resumes from the `.part` file.
 DEFAULT_ATTEMPTS = 3
 _CHUNK = 1 << 20
@@ -111,18 +125,85 @@ class ModelCard:
         raise ModelFileError(f"model {self.name!r} has no file {filename!r}; its files: {known}")
 
 
+@dataclass(frozen=True)
+class FileRef:
+    """One file of one registered card that a stage needs (`Stage.model_files()` lists them).
+
+    `optional`: needed only for some inputs (e.g. a tag list read only when a caption is given):
+    `recognize models download --recipe` fetches it, but a stage does not refuse to start without it.
+    """
+
+    card: str
+    filename: str
+    optional: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.card}/{self.filename}"
+
+
 # ----------------------------------------------------------------------------- locations
 
 
 def cache_dir() -> Path:
-    """$RECOGNIZE_HOME, else $XDG_CACHE_HOME/recognize, else ~/.cache/recognize."""
+    """$RECOGNIZE_HOME, else $XDG_CACHE_HOME/recognize, else ~/.cache/recognize.
+
+    Raises `SettingError` (one line) when the setting names a file, or a path under a file."""
     home = os.environ.get("RECOGNIZE_HOME")
     if home:
-        return Path(home).expanduser()
+        return _usable_folder(Path(home).expanduser(), f"RECOGNIZE_HOME={home}")
     xdg = os.environ.get("XDG_CACHE_HOME")
     if xdg:
-        return Path(xdg).expanduser() / "recognize"
-    return Path.home() / ".cache" / "recognize"
+        return _usable_folder(Path(xdg).expanduser() / "recognize", f"XDG_CACHE_HOME={xdg}")
+    return _usable_folder(Path.home() / ".cache" / "recognize", "the cache folder")
+
+
+def _usable_folder(path: Path, setting: str) -> Path:
+    """`path` if it is a folder or can become one (no file in the way)."""
+    for place in (path, *path.parents):
+        if place.exists():
+            if not place.is_dir():
+                where = "is a file" if place == path else f"is under {place}, which is a file"
+                raise SettingError(f"{setting}: {path} {where}; point it at a folder (it is created if missing)")
+            return path
+    return path
+
+
+def _env_seconds(name: str, default: float, allow_zero: bool = False) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
+        kind = "a number >= 0" if allow_zero else "a positive number"
+        raise SettingError(f"{name}={raw!r}: expected {kind} (default {default:g})")
+    return value
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """How long a download may take: per read, in total, and the slowest acceptable rate.
+
+    From the environment: RECOGNIZE_DOWNLOAD_TIMEOUT (seconds of silence), RECOGNIZE_DOWNLOAD_DEADLINE
+    (seconds per file, all attempts), RECOGNIZE_DOWNLOAD_MIN_RATE (bytes/s; 0 turns the check off)
+    over RECOGNIZE_DOWNLOAD_RATE_WINDOW seconds.
+    """
+
+    timeout: float = DEFAULT_TIMEOUT
+    deadline: float = DEFAULT_DEADLINE
+    min_rate: float = DEFAULT_MIN_RATE
+    rate_window: float = DEFAULT_RATE_WINDOW
+
+    @classmethod
+    def from_env(cls, timeout: float | None = None) -> DownloadLimits:
+        return cls(
+            timeout=timeout if timeout is not None else _env_seconds("RECOGNIZE_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT),
+            deadline=_env_seconds("RECOGNIZE_DOWNLOAD_DEADLINE", DEFAULT_DEADLINE),
+            min_rate=_env_seconds("RECOGNIZE_DOWNLOAD_MIN_RATE", DEFAULT_MIN_RATE, allow_zero=True),
+            rate_window=_env_seconds("RECOGNIZE_DOWNLOAD_RATE_WINDOW", DEFAULT_RATE_WINDOW),
+        )
 
 
 def is_offline() -> bool:
@@ -278,8 +359,15 @@ def _range_start(response: http.client.HTTPResponse) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _transfer(item: ModelFile, path: Path, state: _Resume, progress: bool, timeout: float) -> None:
-    """One attempt: fetch the rest of `item` into the .part file (raises _Interrupted if cut short)."""
+class _TooSlow(Exception):
+    """The total deadline passed: no further attempt."""
+
+
+def _transfer(item: ModelFile, path: Path, state: _Resume, progress: bool, limits: DownloadLimits,
+              deadline_at: float) -> None:
+    """One attempt: fetch the rest of `item` into the .part file (raises _Interrupted if cut short,
+    _TooSlow when the total deadline passes)."""
+    timeout = max(0.001, min(limits.timeout, deadline_at - time.monotonic()))
     part = _part(path)
     offset = part.stat().st_size if part.exists() else 0
     if item.size is not None and offset > item.size:
@@ -331,10 +419,12 @@ def _transfer(item: ModelFile, path: Path, state: _Resume, progress: bool, timeo
             total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
             desc=item.filename, file=sys.stderr, disable=not progress, leave=True,
         )
+        window_start, window_bytes = time.monotonic(), received
         with bar, open(part, mode) as out:
             try:
                 while True:
-                    chunk = response.read(_CHUNK)
+                    # read1: whatever one recv brings, so a trickling server is measured, not waited on
+                    chunk = response.read1(_CHUNK)
                     if not chunk:
                         break
                     out.write(chunk)
@@ -342,6 +432,17 @@ def _transfer(item: ModelFile, path: Path, state: _Resume, progress: bool, timeo
                     received += len(chunk)
                     state.hashed = received
                     bar.update(len(chunk))
+                    now = time.monotonic()
+                    if now > deadline_at:
+                        raise _TooSlow(f"not finished after {limits.deadline:g} s "
+                                       f"({received} of {total if total is not None else '?'} bytes; "
+                                       "RECOGNIZE_DOWNLOAD_DEADLINE)")
+                    if now - window_start >= limits.rate_window:
+                        rate = (received - window_bytes) / (now - window_start)
+                        if rate < limits.min_rate:
+                            raise _Interrupted(f"slower than {limits.min_rate:g} bytes/s for "
+                                               f"{limits.rate_window:g} s (RECOGNIZE_DOWNLOAD_MIN_RATE)")
+                        window_start, window_bytes = now, received
             except (http.client.HTTPException, OSError) as exc:
                 out.flush()
                 raise _Interrupted(f"connection lost after {received} bytes ({_one_line(exc)})") from exc
@@ -352,9 +453,40 @@ def _transfer(item: ModelFile, path: Path, state: _Resume, progress: bool, timeo
             raise _Interrupted(f"connection closed after {received} of {total} bytes")
 
 
-def _fetch(card: ModelCard, item: ModelFile, path: Path, progress: bool, timeout: float, attempts: int) -> Path:
+def _fetch(card: ModelCard, item: ModelFile, path: Path, progress: bool, limits: DownloadLimits,
+           attempts: int) -> Path:
     """Download `item` to `path` under the lock; resume, verify, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _writable_cache(path):
+            return _fetch_locked(card, item, path, progress, limits, attempts)
+    except _CacheNotWritable as exc:
+        raise ModelFileError(
+            f"cannot write {item.filename} into the cache at {path.parent} ({exc}); set RECOGNIZE_HOME to a "
+            f"writable folder, or put the file there by hand"
+        ) from None
+
+
+class _CacheNotWritable(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _writable_cache(path: Path) -> Iterator[None]:
+    """OS errors about the cache folder itself (read-only, full, permissions) as one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _CacheNotWritable(exc.strerror or str(exc)) from None
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, (ConnectionError, TimeoutError)) or exc.filename is None:
+            raise
+        raise _CacheNotWritable(f"{exc.strerror or exc}: {exc.filename}") from None
+
+
+def _fetch_locked(card: ModelCard, item: ModelFile, path: Path, progress: bool, limits: DownloadLimits,
+                  attempts: int) -> Path:
     part = _part(path)
     with _locked(path, progress):
         if path.exists():  # another process finished it while we waited
@@ -362,12 +494,20 @@ def _fetch(card: ModelCard, item: ModelFile, path: Path, progress: bool, timeout
             return path
         state = _Resume()
         reason = ""
+        deadline_at = time.monotonic() + limits.deadline
         for _ in range(max(1, attempts)):
             try:
-                _transfer(item, path, state, progress, timeout)
+                _transfer(item, path, state, progress, limits, deadline_at)
                 break
             except _Interrupted as exc:
                 reason = str(exc)
+                if time.monotonic() > deadline_at:
+                    break
+            except _TooSlow as exc:
+                raise ModelFileError(
+                    f"download of {item.filename} from {item.url} stopped: {exc}; run it again to resume from "
+                    f"{part}, raise the deadline, or put the file at {path}"
+                ) from None
         else:
             raise ModelFileError(
                 f"download of {item.filename} from {item.url} was interrupted ({reason}); run it again to resume "
@@ -409,25 +549,29 @@ def ensure_file(card: str | ModelCard, filename: str, download: bool = True, pro
             f"missing {item.filename} for model {card.name!r}: run `recognize models download {card.name}`, "
             f"or download {item.url} and put it at {path}"
         )
-    return _fetch(card, item, path, progress, DEFAULT_TIMEOUT, DEFAULT_ATTEMPTS)
+    return _fetch(card, item, path, progress, DownloadLimits.from_env(), DEFAULT_ATTEMPTS)
 
 
 def download(
     card: str | ModelCard,
     progress: bool = True,
     *,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float | None = None,
     attempts: int = DEFAULT_ATTEMPTS,
 ) -> list[Path]:
-    """Fetch every file of `card` into the cache (an explicit request: a corrupt cached copy is replaced)."""
+    """Fetch every file of `card` into the cache (an explicit request: a corrupt cached copy is replaced).
+
+    `timeout` (seconds of silence per read) defaults to RECOGNIZE_DOWNLOAD_TIMEOUT; the total deadline
+    and minimum rate come from the environment (see `DownloadLimits`)."""
     card = get_card(card)
+    limits = DownloadLimits.from_env(timeout)
     if is_offline():
         missing = [f for f in card.files if not file_path(card, f.filename).exists()]
         if missing:
-            item = missing[0]
+            listed = "; ".join(f"{item.url} -> {file_path(card, item.filename)}" for item in missing)
             raise ModelFileError(
-                f"cannot download {item.filename} for model {card.name!r}: offline (RECOGNIZE_OFFLINE=1); "
-                f"download {item.url} and put it at {file_path(card, item.filename)}"
+                f"cannot download {len(missing)} file(s) of model {card.name!r}: offline (RECOGNIZE_OFFLINE=1); "
+                f"put each at its path: {listed}"
             )
     paths = []
     for item in card.files:
@@ -440,8 +584,57 @@ def download(
             except ModelFileError:
                 path.unlink()
                 _sidecar(path).unlink(missing_ok=True)
-        paths.append(_fetch(card, item, path, progress, timeout, attempts))
+        paths.append(_fetch(card, item, path, progress, limits, attempts))
     return paths
+
+
+def _unique(refs: list[FileRef] | tuple[FileRef, ...]) -> list[FileRef]:
+    seen: dict[tuple[str, str], FileRef] = {}
+    for ref in refs:
+        key = (ref.card, ref.filename)
+        if key not in seen or (seen[key].optional and not ref.optional):
+            seen[key] = ref
+    return list(seen.values())
+
+
+def missing_files(refs: list[FileRef] | tuple[FileRef, ...]) -> list[FileRef]:
+    """The refs whose file is not in the cache (each card/file once; cheap: never hashes)."""
+    return [ref for ref in _unique(refs) if not file_path(ref.card, ref.filename).exists()]
+
+
+def _where(ref: FileRef) -> str:
+    item = get_card(ref.card).file(ref.filename)
+    return f"{item.url} -> {file_path(ref.card, ref.filename)}"
+
+
+def ensure_files(refs: list[FileRef] | tuple[FileRef, ...], download: bool = True,
+                 progress: bool = True) -> list[Path]:
+    """Verified local paths of every required ref, downloading what is missing when allowed.
+
+    Offline (or with `download=False`) one `ModelFileError` names every missing file, its URL and
+    where to put it, not just the first one. Optional refs are skipped here (fetched on need).
+    """
+    required = [ref for ref in _unique(refs) if not ref.optional]
+    missing = missing_files(required)
+    if missing and (is_offline() or not download):
+        why = "RECOGNIZE_OFFLINE=1" if is_offline() else "downloads are off"
+        listed = "; ".join(f"{ref} ({_where(ref)})" for ref in missing)
+        raise ModelFileError(
+            f"{len(missing)} model file{'s' if len(missing) > 1 else ''} missing and {why}: {listed}; run "
+            f"`recognize models download --recipe RECIPE` where you are online, or put each file at its path"
+        )
+    return [ensure_file(ref.card, ref.filename, download=download, progress=progress) for ref in required]
+
+
+def download_files(refs: list[FileRef] | tuple[FileRef, ...], progress: bool = True) -> list[Path]:
+    """Fetch (and verify) every ref, optional ones included: what `models download --recipe` does."""
+    refs = _unique(refs)
+    if is_offline():
+        missing = missing_files(refs)
+        if missing:
+            listed = "; ".join(f"{ref} ({_where(ref)})" for ref in missing)
+            raise ModelFileError(f"cannot download {len(missing)} file(s): offline (RECOGNIZE_OFFLINE=1): {listed}")
+    return [ensure_file(ref.card, ref.filename, download=True, progress=progress) for ref in refs]
 
 
 def resolve_path(value: str | os.PathLike[str] | None, card: str | ModelCard, filename: str) -> Path:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import glob
 import os
+import struct
+import threading
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from recognize.errors import ImageError, InputError
+from recognize.errors import ImageError, InputError, SettingError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif")
 
@@ -24,7 +27,40 @@ DEFAULT_MAX_PIXELS = 178_956_970
 
 
 def max_pixels() -> int:
-    return int(os.environ.get("RECOGNIZE_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    """The pixel limit in force: RECOGNIZE_MAX_PIXELS (a positive whole number), else the default."""
+    raw = os.environ.get("RECOGNIZE_MAX_PIXELS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise SettingError(f"RECOGNIZE_MAX_PIXELS={raw!r}: expected a positive whole number of pixels, "
+                           f"e.g. {DEFAULT_MAX_PIXELS} (the default)")
+    return value
+
+
+_pillow_limit_lock = threading.Lock()
+
+
+def _allow_in_pillow(limit: int) -> None:
+    """Let Pillow open headers up to `limit` pixels; our own check (from the header) refuses more.
+
+    Why not set and restore `Image.MAX_IMAGE_PIXELS` around each open, as before: it is one global,
+    so two threads with different limits raced and one could restore the other's value. Here it is
+    only ever raised, once, to what the configured limit needs (Pillow refuses above twice its value),
+    and never lowered; what is too big is decided per call from the header, before decoding.
+    """
+    with _pillow_limit_lock:
+        current = Image.MAX_IMAGE_PIXELS
+        if current is not None and 2 * current < limit:
+            Image.MAX_IMAGE_PIXELS = limit // 2 + 1
+
+
+# Pillow warns for anything over MAX_IMAGE_PIXELS; our limit already refuses what matters, and a
+# warning per large photo on stderr tells the user nothing they can act on.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def as_rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:
@@ -86,27 +122,34 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, not an image")
     limit = max_pixels()
-    previous = Image.MAX_IMAGE_PIXELS
+    _allow_in_pillow(limit)
     try:
-        Image.MAX_IMAGE_PIXELS = limit
         with Image.open(path) as image:
-            if image.width * image.height > limit:
-                raise ImageError(f"{path}: {image.width}x{image.height} exceeds the {limit}-pixel limit")
+            if image.width * image.height > limit:  # from the header: nothing is decoded yet
+                raise ImageError(f"{path}: {image.width}x{image.height} pixels is more than the limit of "
+                                 f"{limit} pixels (RECOGNIZE_MAX_PIXELS); refused as a possible decompression bomb")
             image.load()
             image = ImageOps.exif_transpose(image)
             return to_rgb(image)
     except ImageError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: refused as a decompression bomb ({exc})") from None
+    except Image.DecompressionBombError:
+        # Pillow's own check (twice its global limit, which is at least ours): still over our limit
+        raise ImageError(f"{path}: more than the limit of {limit} pixels (RECOGNIZE_MAX_PIXELS); "
+                         "refused as a possible decompression bomb") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (or an unsupported format)") from None
+    except MemoryError:
+        raise ImageError(f"{path}: too large to decode in the memory available") from None
     except OSError as exc:
-        raise ImageError(f"{path}: unreadable image ({exc})") from None
-    except (ValueError, SyntaxError) as exc:
-        raise ImageError(f"{path}: corrupt image ({exc})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+        raise ImageError(f"{path}: unreadable image ({_one_line(exc)})") from None
+    except (ValueError, SyntaxError, TypeError, IndexError, struct.error, ZeroDivisionError) as exc:
+        # Pillow's plugins raise these for malformed headers (bad TIFF tags, odd EXIF)
+        raise ImageError(f"{path}: corrupt image ({_one_line(exc) or type(exc).__name__})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:

@@ -3,22 +3,24 @@
     Pipeline([Ram(threshold=0.7), GroundingDino(), Sam()])     # Python
     Pipeline.from_recipe("recipes/tag_ground_segment.yaml")    # YAML, same object
 
+A Pipeline is the *description* of a job (stages, outputs, settings); engines run it
+(`recognize.engines`: local in this process, Ray on a cluster). `run()`, `process()` and
+calling the pipeline are conveniences over the local engine that raise the first error.
 Image-scope stages see batches; a dataset-scope stage sees every frame at once, so the frames
-before it are gathered first. Writing files is the runner's job (`recognize.runner`); a
-Pipeline only computes.
+before it are gathered first. Writing files is the runner's job (`recognize.runner`).
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from recognize.engines.local import LocalEngine
+from recognize.engines.timing import StageTimer
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
 from recognize.recipe import Recipe, build_stage, load_recipe, pipeline_name
@@ -28,7 +30,10 @@ ImageLike = Any  # Frame | path | numpy array | PIL.Image
 
 
 class Pipeline:
-    """Stages run in order on batches of Frames; outputs are kept for the runner."""
+    """The description of a job: stages in order, output stages (for the runner), batch size and device.
+
+    Running belongs to an engine (`recognize.engines.base.Engine`); the methods below run it on
+    the local engine. `timer` collects the seconds of those runs."""
 
     def __init__(
         self,
@@ -52,7 +57,8 @@ class Pipeline:
         self.batch_size = batch_size
         self.device = device
         self.name = name
-        self.timings: dict[str, float] = defaultdict(float)
+        #: seconds per stage and phase of the runs started through `run()`/`__call__`/`process()`
+        self.timer = StageTimer()
         # The device is a pipeline-wide default. The batch size is not passed down: the pipeline
         # hands each stage `batch_size` frames, and a stage's own `batch_size` caps its forward
         # passes (SAM vit_h at batch 8 would not fit in 24 GB).
@@ -76,49 +82,33 @@ class Pipeline:
             name=pipeline_name(recipe),
         )
 
-    # -- running --------------------------------------------------------------------------
+    # -- running (delegated to the local engine) -----------------------------------------
     @property
     def has_dataset_stage(self) -> bool:
         return any(stage.scope == "dataset" for stage in self.stages)
 
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per stage of the runs started through this pipeline (`timer.stages`)."""
+        return self.timer.stages
+
     def load(self) -> None:
-        """Load every stage's models now instead of on first use."""
-        for stage in self.stages:
-            stage.ensure_loaded()
+        """Load every stage's models now instead of on first use. Every stage's model files are
+        checked (or downloaded) first, so an offline run names all missing files in one error."""
+        _strict_engine().load(self)
 
     def process(self, frames: list[Frame]) -> list[Frame]:
-        """Run every stage over `frames`, which are taken to be the whole dataset.
+        """Run every stage over `frames`, which are taken to be the whole dataset; the first error raises.
 
         Image-scope stages get `batch_size` frames at a time; dataset-scope stages get all.
         """
-        for stage in self.stages:
-            if stage.scope == "dataset":
-                frames = self._timed(stage, frames)
-            else:
-                result: list[Frame] = []
-                for start in range(0, len(frames), self.batch_size):
-                    result.extend(self._timed(stage, frames[start : start + self.batch_size]))
-                frames = result
-        return frames
+        return [result.frame for result in _strict_engine().run(self, frames)]
 
     def process_batch(self, frames: list[Frame]) -> list[Frame]:
-        """Run the image-scope stages on one batch (the pipeline must have no dataset stage)."""
+        """`process` for one batch of a pipeline without dataset-scope stages."""
         if self.has_dataset_stage:
             raise RecognizeError("process_batch needs a pipeline without dataset-scope stages; use process()")
-        for stage in self.stages:
-            frames = self._timed(stage, frames)
-        return frames
-
-    def _timed(self, stage: Stage, frames: list[Frame]) -> list[Frame]:
-        if not frames:
-            return frames
-        stage.ensure_loaded()  # loading time is reported separately from per-image time
-        start = time.perf_counter()
-        out = stage(frames)
-        self.timings[stage.name] += time.perf_counter() - start
-        if out is None:
-            raise RecognizeError(f"stage {stage.name!r} returned None instead of the frames")
-        return out
+        return self.process(frames)
 
     def __call__(self, images: ImageLike | Iterable[ImageLike]) -> list[Frame]:
         """Process images in memory: Frames, paths, numpy arrays or PIL images. Returns Frames."""
@@ -130,23 +120,14 @@ class Pipeline:
         """Files, folders and globs in; processed Frames out, in input order.
 
         Without dataset-scope stages the frames stream batch by batch; with one, all are
-        gathered first. An unreadable image raises `ImageError`; the CLI runner skips it instead.
+        gathered first. An unreadable image raises `ImageError`; the CLI runner (and an engine
+        used directly, `LocalEngine().run(pipeline, frames)`) reports and skips it instead.
         """
         from recognize.images import expand_inputs
 
-        items = expand_inputs(inputs)
-        frames = (Frame(source=str(path), name=name) for path, name in items)
-        if self.has_dataset_stage:
-            yield from self.process(list(frames))
-            return
-        batch: list[Frame] = []
-        for frame in frames:
-            batch.append(frame)
-            if len(batch) == self.batch_size:
-                yield from self.process_batch(batch)
-                batch = []
-        if batch:
-            yield from self.process_batch(batch)
+        frames = (Frame(source=str(path), name=name) for path, name in expand_inputs(inputs))
+        for result in _strict_engine().run(self, frames):
+            yield result.frame
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -160,6 +141,10 @@ class Pipeline:
     def __repr__(self) -> str:
         inner = ", ".join(repr(s) for s in [*self.stages, *self.outputs])
         return f"Pipeline([{inner}])"
+
+
+def _strict_engine() -> LocalEngine:
+    return LocalEngine(isolate=False)
 
 
 def _is_pil(value: Any) -> bool:

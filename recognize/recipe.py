@@ -23,8 +23,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from recognize import safe_yaml
 from recognize.errors import RecipeError
-from recognize.stage import Device, OutputStage, Stage
+from recognize.stage import Device, OutputStage, Stage, no_bool_for_numbers
 
 RECIPE_VERSION = 1
 
@@ -39,8 +40,10 @@ class StageSpec(BaseModel):
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=4096)
     device: Device | None = None
+
+    _no_bools = no_bool_for_numbers
 
 
 class Recipe(BaseModel):
@@ -62,20 +65,24 @@ def load_recipe(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
     """Read, override (`dotted.path=value`) and validate a recipe file."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"{path}: no such recipe file")
-    text = path.read_text(encoding="utf-8")
+        what = "is a folder, not a recipe file" if path.is_dir() else "no such recipe file"
+        raise RecipeError(f"{path}: {what}")
+    try:
+        text = safe_yaml.read_file(path)
+    except safe_yaml.YamlProblem as exc:
+        raise RecipeError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from None
     return parse_recipe(text, source=str(path), overrides=overrides)
 
 
 def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Validate a recipe's text (bounded YAML: see `recognize.safe_yaml`), overrides applied."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(f"{source}{where}: YAML syntax error: {problem}") from None
+        node = safe_yaml.compose(text)
+        data = safe_yaml.construct(node)
+    except safe_yaml.YamlProblem as exc:
+        raise RecipeError(f"{exc.where(source)}: {exc}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe is a mapping with `recipe: 1` and `stages:`; got {type(data).__name__}")
     for override in overrides:
@@ -99,8 +106,8 @@ def apply_override(data: dict[str, Any], override: str, source: str = "<recipe>"
         raise RecipeError(f"--set {override!r}: expected KEY=VALUE, e.g. stages.0.with.threshold=0.7")
     parts = key.strip().split(".")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = safe_yaml.load(raw) if raw.strip() else ""
+    except safe_yaml.YamlProblem:
         value = raw
     target: Any = data
     for depth, part in enumerate(parts):
@@ -130,22 +137,42 @@ def apply_override(data: dict[str, Any], override: str, source: str = "<recipe>"
 def _check_stages(recipe: Recipe, locate: _Locator) -> None:
     from recognize import plugins
 
-    registry = plugins.stages()
     for section in ("stages", "outputs"):
         for i, spec in enumerate(getattr(recipe, section)):
-            cls = registry.get(spec.use)
             where = locate((section, i, "use"))
+            try:
+                cls = plugins.find_stage(spec.use)  # plain or `plugin:name`
+            except plugins.AmbiguousStageError as exc:
+                raise RecipeError(f"{where}: {exc}") from None
             if cls is None:
-                raise RecipeError(f"{where}: unknown stage {spec.use!r}{_suggest(spec.use, registry)}")
+                raise RecipeError(f"{where}: unknown stage {spec.use!r}{_suggest(spec.use, plugins.stages())}")
             is_output = issubclass(cls, OutputStage)
             if section == "stages" and is_output:
                 raise RecipeError(f"{where}: {spec.use!r} is an output; list it under `outputs:`")
             if section == "outputs" and not is_output:
                 raise RecipeError(f"{where}: {spec.use!r} is a {cls.kind} stage; list it under `stages:`")
-            try:
-                cls.Params.model_validate(spec.with_)
-            except ValidationError as exc:
-                raise RecipeError(_first_error(exc, locate, prefix=(section, i, "with"), params=cls.Params)) from None
+            _check_params(cls, spec.with_, (section, i, "with"), locate)
+
+
+def _check_params(cls: type[Stage], values: Any, prefix: tuple, locate: _Locator, depth: int = 0) -> None:
+    """Validate `values` as `cls.Params`, then every nested stage's parameters it names (`tagger_with`)."""
+    try:
+        params = cls.Params.model_validate(values)
+    except ValidationError as exc:
+        raise RecipeError(_first_error(exc, locate, prefix=prefix, params=cls.Params)) from None
+    if depth > 4:  # a tagger whose tagger_with names a tagger ... : not a recipe anyone writes
+        raise RecipeError(f"{locate(prefix)}: stages nested more than 4 levels deep")
+    from recognize import plugins
+
+    for field, (name_field, stage_name) in params.nested_stages().items():
+        where = locate(prefix + (name_field,))
+        try:
+            inner = plugins.find_stage(stage_name)  # plain or `plugin:name`
+        except plugins.AmbiguousStageError as exc:
+            raise RecipeError(f"{where}: {exc}") from None
+        if inner is None:
+            raise RecipeError(f"{where}: unknown stage {stage_name!r}{_suggest(stage_name, plugins.stages())}")
+        _check_params(inner, getattr(params, field), prefix + (field,), locate, depth + 1)
 
 
 def _suggest(name: str, registry: dict[str, Any]) -> str:
@@ -171,8 +198,11 @@ def _first_error(exc: ValidationError, locate: _Locator, prefix: tuple, params: 
     if kind == "missing":
         return f"{where}: required field is missing{more}"
     got = err.get("input")
-    got_text = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-    return f"{where}: {err['msg']}{got_text}{more}"
+    got_repr = repr(got)
+    got_repr = got_repr if len(got_repr) <= 60 else got_repr[:57] + "..."
+    got_text = f" (got {got_repr})" if not isinstance(got, (dict, list)) else ""
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}{got_text}{more}"
 
 
 class _Locator:

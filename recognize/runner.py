@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from recognize.atomic import write_text
-from recognize.engines.local import FrameResult, LocalEngine, describe_error
+from recognize.engines.base import Engine, FrameResult, describe_error
+from recognize.engines.local import LocalEngine
 from recognize.engines.segment_store import PARTIAL_DIR
 from recognize.engines.segment_store import clear as clear_partial
+from recognize.engines.timing import FINISH, STARTUP, WRITE, StageTimer
 from recognize.errors import InputError, RecognizeError
 from recognize.frame import Frame
 from recognize.images import expand_inputs
@@ -41,6 +43,8 @@ class RunSummary:
     skipped: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: where the wall time went: startup, load, decode, stages, write, finish, retried, other
+    wall: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     started: str = ""
     finished: str = ""
@@ -66,6 +70,7 @@ class RunSummary:
             },
             "failures": self.failures,
             "timings": self.timings,
+            "wall": self.wall,
             "seconds": round(self.seconds, 3),
             "started": self.started,
             "finished": self.finished,
@@ -91,12 +96,19 @@ def run_to_folder(
     *,
     overwrite: bool = False,
     quiet: bool = False,
-    engine: Any = None,
+    engine: Engine | None = None,
+    startup_seconds: float | None = None,
 ) -> RunSummary:
-    """Process `inputs` into `out_dir`; returns (and writes) the run summary."""
+    """Process `inputs` into `out_dir`; returns (and writes) the run summary.
+
+    `startup_seconds`: time spent before this call (the CLI passes the process's age), shown in
+    the summary's `wall` so it accounts for the whole run."""
     from tqdm.auto import tqdm
 
     engine = engine or LocalEngine(progress=not quiet)
+    timer = StageTimer()
+    if startup_seconds:
+        timer.phases[STARTUP] += startup_seconds
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     partial = out / PARTIAL_DIR
@@ -127,8 +139,8 @@ def run_to_folder(
         else:
             todo.append(frame)
 
-    if todo and isinstance(engine, LocalEngine):
-        pipeline.load()  # missing weights fail now, in one line, before any image is touched
+    if todo:
+        engine.load(pipeline, timer)  # missing weights fail now, in one line, before any image is touched
 
     bar = tqdm(
         total=len(todo), unit="img", disable=quiet or not todo, file=sys.stderr, dynamic_ncols=True,
@@ -138,8 +150,9 @@ def run_to_folder(
     def on_result(result: FrameResult) -> None:
         if result.ok:
             try:
-                for stage in outputs:
-                    stage.write(result.frame, out)
+                with timer.phase(WRITE):
+                    for stage in outputs:
+                        stage.write(result.frame, out)
             except Exception as exc:  # noqa: BLE001 - a write error fails this image, not the run
                 result.error = f"writing outputs: {describe_error(exc)}"
         if result.ok:
@@ -153,7 +166,7 @@ def run_to_folder(
         bar.update(1)
 
     try:
-        for _ in engine.run(pipeline, todo, on_result=on_result, checkpoint_dir=partial):
+        for _ in engine.run(pipeline, todo, on_result=on_result, checkpoint_dir=partial, timer=timer):
             pass
     finally:
         bar.close()
@@ -161,15 +174,17 @@ def run_to_folder(
 
     order = {name: i for i, (_, name) in enumerate(items)}
     all_frames.sort(key=lambda f: order.get(f.name or "", len(order)))
-    for stage in outputs:
-        stage.finish(all_frames, out)
+    with timer.phase(FINISH):
+        for stage in outputs:
+            stage.finish(all_frames, out)
 
-    summary.seconds = time.perf_counter() - started
+    summary.seconds = time.perf_counter() - started + (startup_seconds or 0.0)
     summary.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     summary.timings = {
         name: {"seconds": round(seconds, 4), "per_image": round(seconds / max(summary.processed, 1), 4)}
-        for name, seconds in pipeline.timings.items()
+        for name, seconds in timer.stages.items()
     }
+    summary.wall = timer.wall(summary.seconds)
     write_text(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     return summary
 

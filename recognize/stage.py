@@ -6,24 +6,88 @@ Built-in stages and third-party ones are the same kind of object, registered thr
 
 from __future__ import annotations
 
+import re
 import threading
+import typing
+import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
+from recognize.errors import RecognizeError
 from recognize.frame import Frame
 
+if TYPE_CHECKING:  # pragma: no cover
+    from recognize.hub import FileRef
+
+#: What a stage does; `kind: ClassVar[StageKind] = "tagger"` in every stage; STAGE_KINDS lists them.
 StageKind = Literal["tagger", "localizer", "segmenter", "captioner", "filter", "output"]
 StageScope = Literal["image", "dataset"]
+#: the allowed values, as registration checks them (`output` belongs to `OutputStage`s only)
+STAGE_KINDS: tuple[str, ...] = typing.get_args(StageKind)
+STAGE_SCOPES: tuple[str, ...] = typing.get_args(StageScope)
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 
+def _refuse_bool_for_number(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """pydantic's lax mode reads `true` as 1 for an int field: a recipe typo would pass as a number.
+    Also inside lists and mappings of numbers (`thresholds: {cat: true}`, `tile: [true, 512]`)."""
+    if info.field_name is None or not isinstance(value, (bool, list, tuple, dict)):
+        return value
+    leaves = _leaf_types(cls.model_fields[info.field_name].annotation)
+    if leaves & {int, float} and not leaves & {bool, Any} and _holds_bool(value):
+        raise ValueError("expected a number, got a boolean")
+    return value
+
+
+def _leaf_types(annotation: Any, depth: int = 0) -> set[Any]:
+    """The scalar types an annotation is built from (`dict[str, float] | None` -> {str, float, None})."""
+    if depth > 8:
+        return {Any}
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _leaf_types(typing.get_args(annotation)[0], depth + 1)
+    if typing.get_origin(annotation) is typing.Literal:
+        return {type(v) for v in typing.get_args(annotation)}
+    args = typing.get_args(annotation)
+    if not args:
+        return {annotation}
+    return set().union(*(_leaf_types(a, depth + 1) for a in args))
+
+
+def _holds_bool(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, bool):
+        return True
+    if depth > 8:
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_bool(v, depth + 1) for v in value.values())
+    return False
+
+
+#: A `field_validator("*", mode="before")` that refuses booleans for int/float fields; StageParams
+#: has it, other recipe models (settings) reuse it.
+no_bool_for_numbers = field_validator("*", mode="before")(_refuse_bool_for_number)
+
+
 class StageParams(BaseModel):
-    """Base for every stage's `Params`: unknown keys are errors, so typos are caught."""
+    """Base for every stage's `Params`: unknown keys are errors, so typos are caught; `true` is
+    not a number."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    _no_bools = no_bool_for_numbers
+
+    def nested_stages(self) -> dict[str, tuple[str, str]]:
+        """Fields that hold another stage's parameters: {params field: (name field, stage name)}.
+
+        A recipe validates those against that stage's `Params` when it loads (e.g. region_confirm's
+        `tagger_with` against the `tagger` stage), so a typo inside them is caught before any work.
+        """
+        return {}
 
 
 class Stage:
@@ -41,11 +105,10 @@ class Stage:
 
     def __init__(self, params: StageParams | dict[str, Any] | None = None, **kwargs: Any) -> None:
         if isinstance(params, StageParams):
-            if kwargs:
-                params = params.model_copy(update=kwargs)
-            self.params = self.Params.model_validate(params.model_dump())
-        else:
-            self.params = self.Params.model_validate({**(params or {}), **kwargs})
+            # only the fields the caller set count as set: pipeline defaults (device) still apply to
+            # the others, and describe()/the manifest show what was given, as with a dict
+            params = params.model_dump(exclude_unset=True)
+        self.params = self.Params.model_validate({**(params or {}), **kwargs})
         self._loaded = False
         self._load_lock = threading.Lock()
 
@@ -53,13 +116,31 @@ class Stage:
     def load(self) -> None:
         """Load weights and other heavy state. Called once, before the first `process`."""
 
+    def model_files(self) -> list[FileRef]:
+        """The hub files this stage needs with its current parameters (`recognize.hub.FileRef`s).
+
+        A parameter that points at a local file replaces the hub file, which is then not listed.
+        `recognize models download --recipe` fetches these, and `ensure_loaded` checks them all
+        before `load()`, so an offline run names every missing file at once.
+        """
+        return []
+
     def ensure_loaded(self) -> None:
         if self._loaded:
             return
         with self._load_lock:
             if not self._loaded:
+                from recognize.hub import ensure_files
+
+                ensure_files(self.model_files())
                 self.load()
                 self._loaded = True
+
+    def unload(self) -> None:
+        """Drop this stage's hold on shared models (freed once no stage holds them); `load()` runs again on next use."""
+        with self._load_lock:
+            shared_models.release(self)
+            self._loaded = False
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         """Enrich `frames` (a batch for image-scope stages, every frame for dataset-scope ones)."""
@@ -68,6 +149,35 @@ class Stage:
     def __call__(self, frames: list[Frame]) -> list[Frame]:
         self.ensure_loaded()
         return self.process(frames)
+
+    # -- partition contract (dataset scope; engines: recognize.engines.partition) -------------
+    # A dataset-scope stage whose work splits by a key (region_outliers: per tag) sets
+    # `partitioned = True` and implements the three steps below; engines may then run it as a
+    # group-by (the Ray engine: every step on workers, the driver holding only frame ids), and
+    # `recognize.engines.partition.run_partitioned` runs the same steps in one process, so both
+    # give the same result by construction. Items and results travel between processes
+    # (pickled). A stage that leaves `partitioned` False runs over every frame at once, on one
+    # machine, as before.
+    #: True when the stage implements `partition` / `process_group` / `apply_results`
+    partitioned: ClassVar[bool] = False
+
+    def partition(self, frames: list[Frame]) -> list[list[tuple[str, Any]]]:
+        """Per frame, the `(key, item)` pairs it contributes (e.g. `(tag, crop embedding)`).
+
+        Runs on workers, a batch of frames at a time, after `load()`; the items of a frame must
+        not depend on the other frames of the batch."""
+        raise NotImplementedError(f"{self.name} does not partition its work")
+
+    def process_group(self, key: str, items: list[Any]) -> list[Any]:
+        """One result per item of the group `key`. Items come in dataset order (frame order, then
+        the order `partition` gave them), whatever engine runs the stage. No `load()` is needed."""
+        raise NotImplementedError(f"{self.name} does not partition its work")
+
+    def apply_results(self, frame: Frame, results: list[Any]) -> Frame:
+        """Enrich `frame` from the results of its own items, in the order `partition` gave them
+        (an empty list when it contributed none). Returns the frame."""
+        raise NotImplementedError(f"{self.name} does not partition its work")
+    # -- end of partition contract ------------------------------------------------------------
 
     # -- pipeline-level defaults ---------------------------------------------------------
     def apply_defaults(self, **defaults: Any) -> None:
@@ -80,7 +190,10 @@ class Stage:
                 self.params.model_fields_set.discard(key)
 
     def describe(self) -> dict[str, Any]:
-        return {"use": self.name, "with": self.params.model_dump(mode="json", exclude_unset=True)}
+        """The recipe entry that rebuilds this stage (`plugin:name` when two plugins share the name)."""
+        from recognize.plugins import name_for
+
+        return {"use": name_for(type(self)), "with": self.params.model_dump(mode="json", exclude_unset=True)}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.model_dump(exclude_unset=True).items())
@@ -111,38 +224,168 @@ class OutputStage(Stage):
 
 
 def resolve_device(device: str) -> str:
-    """`auto` -> cuda if available, else mps, else cpu."""
+    """`auto` -> cuda if available, else mps, else cpu; `cuda` -> `cuda:<current>` (see `normalize_device`)."""
     if device != "auto":
-        return device
+        return normalize_device(device)
     import torch
 
     if torch.cuda.is_available():
-        return "cuda"
+        return normalize_device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+_CUDA = re.compile(r"^cuda(:\d+)?$")
+
+
+def normalize_device(device: Any) -> str:
+    """One spelling per device: `cuda` and `cuda:0` (when 0 is current) are the same GPU, so the
+    same key in `SharedModels`. A `torch.device` becomes its string."""
+    text = str(device)
+    match = _CUDA.match(text)
+    if match is None or match.group(1):
+        return text
+    index = 0
+    import sys
+
+    torch = sys.modules.get("torch")  # only a process that already uses torch can have a current GPU
+    if torch is not None and torch.cuda.is_available():
+        index = torch.cuda.current_device()
+    return f"cuda:{index}"
+
+
+def _key(key: Any) -> Any:
+    """`key` with every device spelled one way (tuples are walked; other values pass through)."""
+    if isinstance(key, tuple):
+        return tuple(_key(part) for part in key)
+    if isinstance(key, str) and _CUDA.match(key):
+        return normalize_device(key)
+    if type(key).__name__ == "device" and type(key).__module__ == "torch":
+        return normalize_device(key)
+    return key
+
+
+class _Entry:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loading: int | None = None  # thread id while the factory runs
+        self.value: Any = None
+        self.ready = False
+        self.owners: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.pinned = False  # asked for without an owner: kept until evict()/clear()
 
 
 class SharedModels:
     """Process-wide pool so stages that need the same weights share one copy in memory.
 
     The tagger that tags images and the `region_confirm` stage that re-checks crops ask for
-    the same key and get the same module.
+    the same key and get the same module. Why per-key locks: a 5 GB checkpoint loading must not
+    hold up a different model's load, and a loader may itself ask the pool for another model.
+    Why owners: a model is held while a stage that asked for it lives (or until it calls
+    `release`/`Stage.unload`); when the last one goes, the model is evicted, so a notebook that
+    builds pipeline after pipeline does not keep every model of every earlier one on the GPU.
+    Devices in keys are normalised (`cuda` == `cuda:0` when 0 is the current GPU).
     """
 
     def __init__(self) -> None:
-        self._models: dict[Any, Any] = {}
-        self._lock = threading.Lock()
+        self._entries: dict[Any, _Entry] = {}
+        # guards `_entries` only, never held while a model loads; re-entrant because a garbage-collected
+        # owner's finalizer (`_drop_dead`) may run in this thread while it holds the lock
+        self._lock = threading.RLock()
 
-    def get(self, key: Any, factory: Callable[[], Any]) -> Any:
+    def get(self, key: Any, factory: Callable[[], Any], owner: Any = None) -> Any:
+        """The model under `key`, built by `factory` on first request; `owner` (usually the stage)
+        holds it until the owner is released or garbage-collected. Without an owner the model
+        stays until `evict(key)` or `clear()`."""
+        key = _key(key)
+        while True:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is None:
+                    entry = self._entries[key] = _Entry()
+                self._hold(key, entry, owner)
+            if entry.loading == threading.get_ident():
+                raise RecognizeError(f"the loader of shared model {key!r} asks the pool for itself")
+            with entry.lock:
+                if entry.ready:
+                    return entry.value
+                with self._lock:
+                    orphaned = self._entries.get(key) is not entry  # its load failed, or it was evicted
+                if orphaned:
+                    continue
+                entry.loading = threading.get_ident()
+                try:
+                    entry.value = factory()
+                    entry.ready = True
+                    return entry.value
+                except BaseException:
+                    with self._lock:
+                        if self._entries.get(key) is entry:
+                            del self._entries[key]  # the next request (or a waiting one) tries again
+                    raise
+                finally:
+                    entry.loading = None
+
+    def _hold(self, key: Any, entry: _Entry, owner: Any) -> None:
+        if owner is None:
+            entry.pinned = True
+            return
+        if owner not in entry.owners:
+            entry.owners.add(owner)
+            weakref.finalize(owner, self._drop_dead, key, entry)
+
+    def _drop_dead(self, key: Any, entry: _Entry) -> None:
         with self._lock:
-            if key not in self._models:
-                self._models[key] = factory()
-            return self._models[key]
+            if self._entries.get(key) is entry and not entry.pinned and not _alive(entry):
+                del self._entries[key]
+
+    def release(self, owner: Any) -> None:
+        """`owner` no longer needs its models; each one no other owner holds is evicted."""
+        with self._lock:
+            for key, entry in list(self._entries.items()):
+                if owner in entry.owners:
+                    entry.owners.discard(owner)
+                    if not entry.pinned and not _alive(entry):
+                        del self._entries[key]
+        _free_gpu_cache()
+
+    def evict(self, key: Any) -> bool:
+        """Forget the model under `key` whoever holds it; True if there was one."""
+        with self._lock:
+            found = self._entries.pop(_key(key), None) is not None
+        _free_gpu_cache()
+        return found
 
     def clear(self) -> None:
+        """Forget every model (tests; a notebook that wants its GPU memory back)."""
         with self._lock:
-            self._models.clear()
+            self._entries.clear()
+        _free_gpu_cache()
+
+    def keys(self) -> list[Any]:
+        with self._lock:
+            return [k for k, e in self._entries.items() if e.ready]
+
+    def __contains__(self, key: Any) -> bool:
+        with self._lock:
+            entry = self._entries.get(_key(key))
+            return entry is not None and entry.ready
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+
+def _alive(entry: _Entry) -> bool:
+    return any(True for _ in entry.owners)  # iterating skips owners already collected
+
+
+def _free_gpu_cache() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 shared_models = SharedModels()

@@ -14,6 +14,11 @@ REFERENCE = Path(os.environ.get("RECOGNIZE_REFERENCE", REPO.parent / "shared" / 
 sys.path.insert(0, str(SUPPORT))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "subprocess: runs the `recognize` CLI in a subprocess")
+    config.addinivalue_line("markers", "slow: takes more than about 10 s")
+
+
 @pytest.fixture
 def reference() -> Path:
     if not REFERENCE.is_dir():
@@ -26,6 +31,22 @@ def photos(reference) -> list[Path]:
     return sorted((reference / "data" / "images").rglob("*.jpg"))
 
 
+#: The project's own plugin distributions: the suite loads these and no other installed plugin, so it
+#: passes whichever third-party plugins (examples/recognize-color-tags, ...) happen to be installed.
+PROJECT_PLUGINS = "recognize-grounding-dino,recognize-sam"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def only_project_plugins():
+    from recognize import plugins
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RECOGNIZE_LOAD_PLUGINS", PROJECT_PLUGINS)
+        plugins.reset()
+        yield
+    plugins.reset()
+
+
 @pytest.fixture
 def test_stages():
     """Register the deterministic test stages (tests/support/teststages.py) for this test."""
@@ -33,13 +54,8 @@ def test_stages():
 
     from recognize import plugins
 
-    pm = plugins.get_plugin_manager()
-    if pm.get_plugin("teststages") is None:
-        pm.register(teststages, name="teststages")
-    plugins._registry_cache.clear()
-    yield teststages
-    pm.unregister(name="teststages")
-    plugins._registry_cache.clear()
+    with plugins.registered(teststages, name="teststages"):
+        yield teststages
 
 
 @pytest.fixture

@@ -57,3 +57,15 @@ def test_frames_pass_through(test_stages):
     frame = Frame.from_array(np.full((3, 3, 3), 200, np.uint8), source="mem")
     out = Pipeline([test_stages.Brightness()])(frame)
     assert out[0] is frame and frame.tag_names == ["bright"]
+
+
+def test_no_stages_returns_the_frames(image_folder):
+    frames = list(Pipeline([]).run([image_folder]))
+    assert [f.name for f in frames] == ["black", "sub/noise", "white"] and all(not f.tags for f in frames)
+
+
+def test_run_delegates_to_the_local_engine_and_times_through_its_timer(test_stages, image_folder):
+    pipeline = Pipeline([test_stages.Brightness(), test_stages.CountDataset()], batch_size=2)
+    list(pipeline.run([image_folder]))
+    assert set(pipeline.timer.stages) == {"brightness", "count_dataset"} and pipeline.timings is pipeline.timer.stages
+    assert {"decode", "load"} <= set(pipeline.timer.phases)

@@ -94,14 +94,33 @@ def list_models(as_json: bool) -> None:
 
 
 @models.command("download")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1)
+@click.option("--recipe", "recipes", multiple=True, type=click.Path(dir_okay=False),
+              help="Download every file this recipe's stages need with its parameters (repeatable).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
-def download_models(names: tuple[str, ...], progress: bool) -> None:
-    """Download (resuming partial files) and verify every file of each NAME."""
+def download_models(names: tuple[str, ...], recipes: tuple[str, ...], progress: bool) -> None:
+    """Download (resuming partial files) and verify every file of each NAME, or of each --recipe.
+
+    A recipe's stages declare the files they need (`Stage.model_files()`): its checkpoint, tag
+    lists, vocabularies, CLIP weights..., except those a parameter points at a local file for.
+    """
+    if not names and not recipes:
+        raise InputError("give model NAMEs or --recipe RECIPE (see `recognize models list`)")
     cards = [_card(name) for name in names]
+    refs = [ref for recipe in recipes for ref in recipe_files(recipe)]
     for card in cards:
         for path in hub.download(card, progress=progress):
             click.echo(str(path))
+    for path in hub.download_files(refs, progress=progress):
+        click.echo(str(path))
+
+
+def recipe_files(recipe: str) -> list[hub.FileRef]:
+    """Every hub file the recipe's stages and outputs need with their parameters (building is cheap)."""
+    from recognize.pipeline import Pipeline
+
+    pipeline = Pipeline.from_recipe(recipe)
+    return [ref for stage in [*pipeline.stages, *pipeline.outputs] for ref in stage.model_files()]
 
 
 @models.command("path")

@@ -8,7 +8,6 @@ import sys
 import click
 
 
-
 @click.command("run")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
@@ -43,8 +42,11 @@ def run_command(recipe, inputs, output, overrides, overwrite, quiet, batch_size,
     if engine == "ray":
         from recognize.engines.ray_engine import RayEngine
 
-        engine_obj = RayEngine()
-    summary = run_to_folder(pipeline, inputs, output, overwrite=overwrite, quiet=quiet, engine=engine_obj)
+        engine_obj = RayEngine(progress=not quiet)
+    from recognize.engines.timing import seconds_since_process_start
+
+    summary = run_to_folder(pipeline, inputs, output, overwrite=overwrite, quiet=quiet, engine=engine_obj,
+                            startup_seconds=seconds_since_process_start())
     parts = [f"{summary.processed} processed", f"{summary.skipped} already done", f"{summary.failed} failed"]
     click.echo(f"{', '.join(parts)} -> {output}", err=True)
     if summary.failed:
@@ -55,27 +57,19 @@ def run_command(recipe, inputs, output, overrides, overwrite, quiet, batch_size,
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stages_command(name, as_json):
-    """List the stages a recipe can use, or show one stage's parameters."""
+    """List the stages a recipe can use, or show one stage's parameters.
+
+    NAME is a stage's name, or `PLUGIN:NAME` where two plugins register one name.
+    Each parameter is shown with its type, allowed values and default.
+    """
     from recognize import plugins
 
-    registry = plugins.stages()
     if name:
         cls = plugins.get_stage(name)
-        schema = cls.Params.model_json_schema()
-        if as_json:
-            click.echo(json.dumps({"name": name, "kind": cls.kind, "scope": cls.scope, "params": schema}, indent=2))
-            return
-        click.echo(f"{name} ({cls.kind}, {cls.scope} scope)")
-        doc = (cls.__doc__ or "").strip().splitlines()
-        if doc:
-            click.echo(f"  {doc[0]}")
-        for field, info in cls.Params.model_fields.items():
-            default = "required" if info.is_required() else f"default {info.default!r}"
-            desc = f"  {info.description}" if info.description else ""
-            click.echo(f"  {field}: {_type_name(info.annotation)} ({default}){desc}")
+        _show_stage(name, cls, as_json)
         return
-    rows = [{"name": n, "kind": c.kind, "scope": c.scope, "summary": (c.__doc__ or "").strip().split("\n")[0]}
-            for n, c in sorted(registry.items())]
+    rows = [{"name": shown, "kind": c.kind, "scope": c.scope, "summary": (c.__doc__ or "").strip().split("\n")[0]}
+            for shown, c in sorted(plugins.stages().items())]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -83,9 +77,31 @@ def stages_command(name, as_json):
         click.echo(f"{row['name']:<22} {row['kind']:<10} {row['summary']}")
 
 
-def _type_name(annotation) -> str:
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    return text.replace("typing.", "")
+def _show_stage(name, cls, as_json):
+    from recognize.commands.param_words import describe_field, type_words
+
+    fields = cls.Params.model_fields
+    if as_json:
+        params = {field: {"type": type_words(info.annotation), "required": info.is_required(),
+                          "default": None if info.is_required() else _json_default(info),
+                          "description": info.description} for field, info in fields.items()}
+        click.echo(json.dumps({"name": name, "kind": cls.kind, "scope": cls.scope, "params": params,
+                               "schema": cls.Params.model_json_schema()}, indent=2))
+        return
+    click.echo(f"{name} ({cls.kind}, {cls.scope} scope)")
+    doc = (cls.__doc__ or "").strip().splitlines()
+    if doc:
+        click.echo(f"  {doc[0]}")
+    if not fields:
+        click.echo("  no parameters")
+    for field, info in fields.items():
+        click.echo(f"  {describe_field(field, info)}")
+
+
+def _json_default(info):
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(object).dump_python(info.get_default(call_default_factory=True), mode="json")
 
 
 def add_commands(cli):

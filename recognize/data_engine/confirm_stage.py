@@ -21,7 +21,7 @@ from recognize.data_engine.tagger_access import (
     tagger_scorer,
 )
 from recognize.frame import Drop, Frame, Region
-from recognize.stage import StageParams
+from recognize.stage import StageKind, StageParams
 
 
 class RegionConfirmParams(TaggerParams):
@@ -42,7 +42,7 @@ class RegionConfirm(TaggerUser):
     """Re-check each region: keep it only if the tagger predicts its tag on the region's crop."""
 
     name: ClassVar[str] = "region_confirm"
-    kind: ClassVar[str] = "filter"
+    kind: ClassVar[StageKind] = "filter"
     Params: ClassVar[type[StageParams]] = RegionConfirmParams
 
     def load(self) -> None:

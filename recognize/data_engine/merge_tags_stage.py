@@ -16,7 +16,8 @@ from recognize.data_engine.given_tags import (
     vocabulary_index,
 )
 from recognize.frame import Frame
-from recognize.stage import Stage, StageParams
+from recognize.hub import FileRef
+from recognize.stage import Stage, StageKind, StageParams
 
 
 class MergeTagsParams(StageParams):
@@ -37,7 +38,7 @@ class MergeTags(Stage):
     """The union of the predicted tags and the tags given with each image (sidecars, captions JSONL)."""
 
     name: ClassVar[str] = "merge_tags"
-    kind: ClassVar[str] = "filter"
+    kind: ClassVar[StageKind] = "filter"
     Params: ClassVar[type[StageParams]] = MergeTagsParams
 
     def __init__(self, params: StageParams | dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -46,6 +47,14 @@ class MergeTags(Stage):
         self._names: list[str] | None = None
         self._index: dict[str, tuple[int, str]] | None = None  # case-folded name -> (class index, spelling)
         self._parser: CaptionParser | None = None
+
+    def model_files(self) -> list[FileRef]:
+        """The official RAM tag list when no `vocabulary` is given: needed to start with
+        `only_vocabulary`, else only once a caption is parsed (so optional)."""
+        p = self.params
+        if p.vocabulary is not None or not (p.only_vocabulary or p.parse_captions or p.parse_frame_caption):
+            return []
+        return [FileRef("ram-tag-lists", "ram_tag_list.txt", optional=not p.only_vocabulary)]
 
     def load(self) -> None:
         if self.params.captions is not None:

@@ -19,10 +19,12 @@ from typing import Annotated, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from recognize.capabilities import ImageScorer, missing_capabilities
 from recognize.data_engine.confirm import (
     ScoreFn,
 )
 from recognize.errors import RecognizeError
+from recognize.hub import FileRef
 from recognize.stage import Device, Stage, StageParams
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -34,8 +36,8 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 class TaggerUser(Stage):
     """Base of stages that run a tagger stage on crops (its model shared with the tagging stage)."""
 
-    #: what the tagger stage must offer this stage
-    needs: ClassVar[tuple[str, ...]] = ("score_images",)
+    #: what the tagger stage must offer this stage (`recognize.capabilities` protocols)
+    needs: ClassVar[tuple[type, ...]] = (ImageScorer,)
 
     def __init__(self, params: StageParams | dict[str, Any] | None = None, **kwargs: Any) -> None:
         instance = kwargs.pop("tagger", None) if isinstance(kwargs.get("tagger"), Stage) else None
@@ -44,6 +46,10 @@ class TaggerUser(Stage):
             kwargs["tagger_with"] = instance.params.model_dump(exclude_unset=True)
         super().__init__(params, **kwargs)
         self._tagger: Stage | None = instance
+        if instance is None:  # a typo in tagger_with fails here, not when the first crop is judged
+            from recognize import plugins
+
+            plugins.get_stage(self.params.tagger).Params.model_validate(self.params.tagger_with)
 
     @property
     def tagger(self) -> Stage:
@@ -52,17 +58,21 @@ class TaggerUser(Stage):
             from recognize import plugins
 
             stage = plugins.get_stage(self.params.tagger)(self.params.tagger_with)
-            for method in self.needs:
-                if not callable(getattr(stage, method, None)):
-                    raise RecognizeError(
-                        f"{self.name}: stage {self.params.tagger!r} is not a tagger with {method}(); "
-                        "use a tagger stage such as ram or ram_plus"
-                    )
+            lacking = missing_capabilities(stage, self.needs)
+            if lacking:
+                raise RecognizeError(
+                    f"{self.name}: stage {self.params.tagger!r} is not a tagger this stage can use (it is no "
+                    f"{' / '.join(lacking)}); use a tagger stage such as ram or ram_plus"
+                )
             # this stage's device (the pipeline's unless set here) and batch size reach the inner
             # tagger, unless `tagger_with` sets its own
             stage.apply_defaults(device=self.params.device, batch_size=self.params.batch_size)
             self._tagger = stage
         return self._tagger
+
+    def model_files(self) -> list[FileRef]:
+        """The tagger's files (it judges the crops)."""
+        return self.tagger.model_files()
 
     def apply_defaults(self, **defaults: Any) -> None:
         super().apply_defaults(**defaults)
@@ -102,9 +112,13 @@ class TaggerParams(StageParams):
         default_factory=dict,
         description="the tagger's parameters; the same as the tagging stage's `with:` shares its model",
     )
-    padding: float = Field(0.1, ge=0.0, description="context around each box, as a fraction of its size per side")
+    padding: float = Field(0.1, ge=0.0, le=10.0,
+                           description="context around each box, as a fraction of its size per side")
     device: Device = "auto"
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=4096)
+
+    def nested_stages(self) -> dict[str, tuple[str, str]]:
+        return {"tagger_with": ("tagger", self.tagger)}
 
 
 # -- region_confirm ---------------------------------------------------------------------------

@@ -1,76 +1,104 @@
 """The Ray engine: the same Pipeline on Ray Data, from a laptop to a cluster.
 
-Image-scope stages run as `map_batches` over an actor pool, so each worker builds its stages
-(and loads their weights) once. Dataset-scope stages run on the driver over every frame, as
-in the local engine. Frames travel as their JSON; workers read the images themselves, so
-the image files must be reachable from every node (a shared filesystem or object store mount).
+The stages are walked exactly as in the local engine (`recognize.engines.segments.walk`); only
+where the work runs differs. Image-scope segments run as `map_batches` over an actor pool, so each
+worker builds its stages (and loads their weights) once, and each batch goes through the same
+`run_batch` as locally (same failure policy: a bad image costs only itself, an error repeated on
+every image of a batch stops the run with one message). A dataset-scope stage that partitions
+its work (`Stage.partitioned`, e.g. `region_outliers` per tag) runs as a group-by on workers
+(`recognize.engines.ray_partition`), with the same result as locally; any other dataset-scope
+stage runs on the driver over every frame, as in the local engine. Frames travel as their JSON; workers read the images
+themselves, so the image files must be reachable from every node (a shared filesystem or object
+store mount).
 
 Point it at a cluster with `RAY_ADDRESS=ray://head:10001 recognize run ... --engine ray`
 (or `ray.init(...)` yourself before calling); without one, a local Ray instance is started.
+Stage and load seconds in the timings are summed over workers.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
-from itertools import groupby
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recognize.engines.local import FrameResult, LocalEngine, run_dataset_segment
-from recognize.engines.segment_store import SegmentStore
+from recognize.engines.base import FrameResult, ResultCallback, RunStopped
+from recognize.engines.batches import apply_stages, run_batch
+from recognize.engines.segments import Segment, walk
+from recognize.engines.timing import LOAD, STARTUP, StageTimer
 from recognize.frame import Frame
-from recognize.pipeline import Pipeline
 from recognize.stage import Stage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from recognize.pipeline import Pipeline
+
+_ENV_VARS = ("RECOGNIZE_PLUGINS", "RECOGNIZE_LOAD_PLUGINS", "PYTHONPATH", "RECOGNIZE_HOME", "RECOGNIZE_OFFLINE",
+             "RECOGNIZE_MAX_PIXELS")
+
+
+def stage_specs(stages: list[Stage]) -> list[dict[str, Any]]:
+    """How a worker rebuilds `stages` from the registry (stages travel by name and parameters)."""
+    from recognize.plugins import name_for
+
+    return [{"use": name_for(type(stage)), "with": stage.params.model_dump(mode="json")} for stage in stages]
+
+
+def build_stages(specs: list[dict[str, Any]]) -> list[Stage]:
+    from recognize import plugins
+
+    return [plugins.get_stage(spec["use"])(spec["with"]) for spec in specs]
 
 
 class _StageWorker:
-    """A Ray Data actor: builds the given image-scope stages once, then processes batches."""
+    """A Ray Data actor: builds the given image-scope stages once, then runs batches through them."""
 
-    def __init__(self, specs: list[dict[str, Any]], batch_size: int) -> None:
-        from recognize import plugins
-
-        stages = [plugins.get_stage(spec["use"])(spec["with"]) for spec in specs]
-        self.pipeline = Pipeline(stages, batch_size=batch_size)
-        self.engine = LocalEngine()
+    def __init__(self, specs: list[dict[str, Any]]) -> None:
+        self.stages = build_stages(specs)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        frames = [_frame_from_json(text) for text in batch["frame"]]
-        before = dict(self.pipeline.timings)
-        results = list(self.engine._batch(self.pipeline, self.pipeline.stages, frames, None))
-        spent = {k: v - before.get(k, 0.0) for k, v in self.pipeline.timings.items()}
-        share = json.dumps({k: v / max(len(results), 1) for k, v in spent.items()})
+        frames = [Frame.from_json(text) for text in batch["frame"]]
+        timer = StageTimer()
+        stopped = ""
+        try:
+            results = run_batch(self.stages, frames, timer)
+        except RunStopped as exc:  # sent back as data: the driver raises it once, as one line
+            results, stopped = [FrameResult(frame, str(exc)) for frame in frames], str(exc)
+        timings = [json.dumps(timer.to_dict())] + [""] * (len(results) - 1)
         return {
             "frame": np.array([r.frame.to_json(indent=None) for r in results], dtype=object),
             "error": np.array([r.error or "" for r in results], dtype=object),
-            "timings": np.array([share] * len(results), dtype=object),
+            "stopped": np.array([stopped] * len(results), dtype=object),
+            "timings": np.array(timings, dtype=object),
         }
-
-
-def _frame_from_json(text: str) -> Frame:
-    return Frame.from_json(text)
 
 
 class RayEngine:
     name = "ray"
 
     def __init__(self, num_workers: int | None = None, address: str | None = None,
-                 num_cpus_per_worker: float = 1, num_gpus_per_worker: float = 0) -> None:
+                 num_cpus_per_worker: float = 1, num_gpus_per_worker: float = 0, progress: bool = False) -> None:
         self.num_workers = num_workers or int(os.environ.get("RECOGNIZE_RAY_WORKERS", "1"))
         self.address = address or os.environ.get("RAY_ADDRESS")
         self.num_cpus_per_worker = num_cpus_per_worker
         self.num_gpus_per_worker = num_gpus_per_worker
+        self.progress = progress
+
+    def load(self, pipeline: Pipeline, timer: StageTimer | None = None) -> None:
+        """Start (or connect to) Ray now. Models load in the workers, once each, not on the driver."""
+        timer = timer if timer is not None else pipeline.timer
+        with timer.phase(STARTUP):
+            self._init()
 
     def _init(self) -> None:
         import ray
 
         if ray.is_initialized():
             return
-        env_vars = {k: os.environ[k] for k in ("RECOGNIZE_PLUGINS", "PYTHONPATH", "RECOGNIZE_HOME",
-                                                "RECOGNIZE_OFFLINE", "RECOGNIZE_MAX_PIXELS") if k in os.environ}
+        env_vars = {k: os.environ[k] for k in _ENV_VARS if k in os.environ}
         ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
                  include_dashboard=False, runtime_env={"env_vars": env_vars} if env_vars else None)
 
@@ -78,77 +106,59 @@ class RayEngine:
         self,
         pipeline: Pipeline,
         frames: Iterable[Frame],
-        on_result: Callable[[FrameResult], None] | None = None,
+        *,
+        on_result: ResultCallback | None = None,
         checkpoint_dir: Path | None = None,
+        timer: StageTimer | None = None,
     ) -> Iterator[FrameResult]:
-        """Same contract as `LocalEngine.run`."""
-        self._init()
-        rows = [{"frame": f.to_json(indent=None)} for f in frames]
-        if not rows:
-            return
-        segments = [(scope, list(group)) for scope, group in groupby(pipeline.stages, key=lambda s: s.scope)]
-        failed: list[FrameResult] = []
-        current: list[Frame] | None = None
-        for index, (scope, stages) in enumerate(segments):
-            last = index == len(segments) - 1
-            if scope == "dataset":
-                survivors = current if current is not None else [Frame.from_json(r["frame"]) for r in rows]
-                survivors = run_dataset_segment(pipeline, stages, survivors,
-                                                SegmentStore(None if last else checkpoint_dir, index))
-                current = survivors
-                rows = [{"frame": f.to_json(indent=None)} for f in survivors]
-                continue
-            kept: list[Frame] = []
-            store = SegmentStore(None if last else checkpoint_dir, index)
-            pending, reused = [], []
-            for row in rows:
-                frame = Frame.from_json(row["frame"])
-                done = store.load(frame)
-                (pending if done is None else reused).append(row if done is None else done)
-            kept.extend(reused)
-            for result in self._map(pipeline, stages, pending):
-                if result.ok:
-                    if not last:
-                        store.save(result.frame)
-                    kept.append(result.frame)
-                    if last and on_result is not None:
-                        on_result(result)
-                    if last:
-                        yield result
-                else:
-                    failed.append(result)
-                    if on_result is not None:
-                        on_result(result)
-                    yield result
-            current = kept
-            rows = [{"frame": f.to_json(indent=None)} for f in kept]
-        if segments[-1][0] == "dataset":
-            for frame in current or []:
-                result = FrameResult(frame)
-                if on_result is not None:
-                    on_result(result)
-                yield result
+        """See `recognize.engines.base.Engine.run`."""
+        timer = timer if timer is not None else pipeline.timer
+        self.load(pipeline, timer)
+        return walk(pipeline, frames, self, timer=timer, on_result=on_result, checkpoint_dir=checkpoint_dir,
+                    progress=self.progress)
 
-    def _map(self, pipeline: Pipeline, stages: list[Stage], rows: list[dict[str, str]]) -> Iterator[FrameResult]:
+    # -- SegmentRunner --------------------------------------------------------------------
+    def map_images(self, pipeline: Pipeline, segment: Segment, frames: Iterable[Frame],
+                   timer: StageTimer) -> Iterator[FrameResult]:
+        rows = [{"frame": frame.to_json(indent=None)} for frame in frames]
         if not rows:
             return
         import ray.data
 
         context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True
+        context.execution_options.preserve_order = True  # results in input order, as the walk expects
         context.enable_progress_bars = False
-        specs = [{"use": s.name, "with": s.params.model_dump(mode="json")} for s in stages]
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * self.num_workers)))
+        del rows
         mapped = dataset.map_batches(
             _StageWorker,
-            fn_constructor_kwargs={"specs": specs, "batch_size": pipeline.batch_size},
+            fn_constructor_kwargs={"specs": stage_specs(segment.stages)},
             batch_size=pipeline.batch_size,
-            concurrency=self.num_workers,
+            compute=ray.data.ActorPoolStrategy(size=self.num_workers),
             num_cpus=self.num_cpus_per_worker,
             num_gpus=self.num_gpus_per_worker or None,
             batch_format="numpy",
         )
         for row in mapped.iter_rows():
-            for name, seconds in json.loads(row["timings"]).items():
-                pipeline.timings[name] += seconds
+            if row["stopped"]:
+                raise RunStopped(row["stopped"])
+            if row["timings"]:
+                timer.merge(json.loads(row["timings"]))
             yield FrameResult(Frame.from_json(row["frame"]), row["error"] or None)
+
+    def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: list[Frame],
+                    timer: StageTimer) -> list[Frame]:
+        """A partitioned stage runs as a group-by on workers; any other one on the driver."""
+        from recognize.engines.ray_partition import run_partitioned_on_ray
+
+        for stage in segment.stages:
+            if stage.partitioned:
+                with timer.stage(stage.name):
+                    frames = run_partitioned_on_ray(
+                        stage, stage_specs([stage])[0], frames, num_workers=self.num_workers,
+                        num_cpus_per_worker=self.num_cpus_per_worker, num_gpus_per_worker=self.num_gpus_per_worker)
+                continue
+            with timer.phase(LOAD):
+                stage.ensure_loaded()
+            frames = apply_stages([stage], frames, timer)
+        return frames

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from recognize.errors import ImageError, InputError, RecognizeError
+from recognize.errors import ImageError, InputError
 from recognize.frame import Frame, mask_to_rle
 
 IouType = Literal["bbox", "segm"]
@@ -32,28 +32,14 @@ ProgressFactory = Callable[[int], Any]
 
 
 def load_ground_truth(path: str | os.PathLike[str]):  # -> pycocotools.coco.COCO
-    """A COCO instances file, validated enough that errors are one line, not a traceback."""
+    """A COCO instances file, validated first (`recognize.eval.coco_ground_truth`): a malformed
+    file is one line naming the place, never a traceback from inside pycocotools."""
     from pycocotools.coco import COCO
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such COCO annotation file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a JSON file ({exc})") from None
-    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
-        raise InputError(f"{path}: a COCO file needs `images`, `annotations` and `categories`")
-    for i, image in enumerate(data["images"]):
-        if not {"id", "file_name", "width", "height"} <= image.keys():
-            raise InputError(f"{path}: images[{i}] needs id, file_name, width and height")
-    for i, ann in enumerate(data["annotations"]):
-        if not {"id", "image_id", "category_id", "bbox"} <= ann.keys():
-            raise InputError(f"{path}: annotations[{i}] needs id, image_id, category_id and bbox")
-        ann.setdefault("iscrowd", 0)
-        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
+    from recognize.eval.coco_ground_truth import read_ground_truth
+
     coco = COCO()
-    coco.dataset = data
+    coco.dataset = read_ground_truth(path)
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
@@ -294,12 +280,15 @@ def read_frames(folder: str | os.PathLike[str]) -> list[Frame]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(f"{path}: not a JSON file ({exc})") from None
+        except RecursionError:
+            raise InputError(f"{path}: JSON nested too deeply") from None
         if not isinstance(data, dict) or "source" not in data or "schema_version" not in data:
             continue  # another output's JSON (e.g. a COCO file), not a Frame
         try:
             frames.append(Frame.model_validate(data))
-        except ValueError as exc:
-            raise RecognizeError(f"{path}: not a valid Frame ({str(exc).splitlines()[0]})") from None
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            detail = " ".join(str(exc).split("\n")[:2]) if str(exc) else type(exc).__name__
+            raise InputError(f"{path}: not a valid Frame ({detail})") from None
     if not frames:
         raise InputError(f"{folder}: no Frame JSON files (the per-image files `recognize run` writes)")
     return frames

@@ -42,9 +42,11 @@ def find_tagger(stages: Sequence[Stage], name: str | None = None) -> Stage:
     """The stage to evaluate: the one named `name`, else the first tagger."""
     for stage in stages:
         if (name is None and stage.kind == "tagger") or (name is not None and stage.name == name):
-            if not callable(getattr(stage, "score_images", None)):
-                raise RecognizeError(f"stage {stage.name!r} has no score_images(), so it cannot be scored for mAP; "
-                                     "name another stage with --stage")
+            from recognize.capabilities import ImageScorer
+
+            if not isinstance(stage, ImageScorer):
+                raise RecognizeError(f"stage {stage.name!r} has no score_images() (it is no ImageScorer), so it "
+                                     "cannot be scored for mAP; name another stage with --stage")
             return stage
     used = ", ".join(f"{s.name} ({s.kind})" for s in stages) or "none"
     wanted = f"stage named {name!r}" if name else "tagger stage"

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class CocoParams(StageParams):
     filename: str = Field("coco.json", description="file name inside the output folder")
     image_root: str | None = Field(None, description="folder that `file_name` is relative to")
-    indent: int | None = None
+    indent: int | None = Field(None, ge=0, le=16, description="JSON indent; None: one line")
 
 
 class CocoOutput(OutputStage):

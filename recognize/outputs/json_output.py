@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+from pydantic import Field
+
 from recognize.atomic import write_text
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
@@ -17,7 +19,7 @@ from recognize.stage import OutputStage, StageParams
 
 
 class JsonParams(StageParams):
-    indent: int | None = 2
+    indent: int | None = Field(2, ge=0, le=16, description="JSON indent; None: one line")
 
 
 class JsonOutput(OutputStage):

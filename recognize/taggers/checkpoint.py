@@ -21,11 +21,8 @@ equal; otherwise a one-line `ModelFileError` says what is wrong.
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -39,24 +36,13 @@ DROPPED_BUFFERS = ("relative_position_index", "attn_mask")
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read an official checkpoint file as a flat state dict (see module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such checkpoint file")
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # legacy (non-zip) serialisation cannot be memory-mapped
-            if "mmap" not in str(exc) and "zip" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path}: refused: holds objects other than tensors ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path}: corrupt or truncated checkpoint ({first}); download it again") from None
-    return unwrap_state_dict(obj, str(path))
+    """Read an official checkpoint file as a flat state dict (see module docstring).
+
+    Bad files (text, HTML, LFS pointers, truncated archives, pickled objects) are one-line
+    `ModelFileError`s from `recognize.weights_file.read_weights`."""
+    from recognize.weights_file import read_weights
+
+    return unwrap_state_dict(read_weights(path, "checkpoint"), str(path))
 
 
 def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -179,7 +179,7 @@ class ClipTextEncoder:
             try:
                 model = build_model_from_openai_state_dict(state, cast_dtype=None).float()
             except (KeyError, RuntimeError, ValueError) as exc:
-                raise ModelFileError(f"{path}: not OpenAI CLIP ViT-B/16 weights ({exc})") from None
+                raise ModelFileError(f"{path}: not OpenAI CLIP ViT-B/16 weights ({_first_line(exc)})") from None
             model.visual = nn.Identity()  # text tower only
             return model
 
@@ -198,10 +198,14 @@ class ClipTextEncoder:
             raise ModelFileError(f"{path}: no such CLIP weights file")
 
         def build() -> nn.Module:
+            from recognize.weights_file import read_weights
+
             try:
                 return open_clip.create_model(model_name, pretrained=str(path), device="cpu")
-            except RuntimeError as exc:
-                raise ModelFileError(f"{path}: not weights for open_clip model {model_name!r} ({exc})") from None
+            except Exception as exc:  # noqa: BLE001 - open_clip passes on torch's errors of any type
+                read_weights(path, "CLIP checkpoint", mmap=False)  # a bad file: says what it looks like
+                raise ModelFileError(f"{path}: not weights for open_clip model {model_name!r} "
+                                     f"({_first_line(exc)})") from None
 
         identity = f"open_clip:{model_name}:{sha256_file(path)}"
         return cls(build, open_clip.get_tokenizer(model_name), identity, device=device)
@@ -219,19 +223,37 @@ class ClipTextEncoder:
 
 def read_clip_state(path: Path) -> dict[str, torch.Tensor]:
     """OpenAI ships a TorchScript archive: read its tensors with `torch.jit.load` (TorchScript's own
-    restricted loader, no Python pickle); a plain state dict goes through `torch.load(weights_only=True)`."""
+    restricted loader, no Python pickle); a plain state dict goes through `read_weights`
+    (`torch.load(weights_only=True)`, one-line errors that say what a bad file looks like)."""
+    from recognize.weights_file import describe_bad_checkpoint, read_weights
+
+    if _is_torchscript(path):
+        try:
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception:  # noqa: BLE001 - TorchScript raises RuntimeError and others for damaged archives
+            raise ModelFileError(f"{path}: unreadable CLIP weights: {describe_bad_checkpoint(path)}") from None
+    obj = read_weights(path, "CLIP checkpoint", mmap=False)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelFileError(f"{path}: not CLIP weights (expected a state dict of tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A zip whose entries hold TorchScript code (`<name>/code/...`), as OpenAI's CLIP releases."""
+    import zipfile
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-            obj = obj["state_dict"]
-        if isinstance(obj, dict):
-            return {k.removeprefix("module."): v for k, v in obj.items()}
-    except Exception:  # noqa: BLE001 - a TorchScript archive is refused by torch.load(weights_only=True)
-        pass
-    try:
-        return torch.jit.load(str(path), map_location="cpu").state_dict()
-    except Exception as exc:  # noqa: BLE001
-        raise ModelFileError(f"{path}: unreadable CLIP weights ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 class EmbeddingCache:

@@ -18,27 +18,41 @@ Tag indices of open-set tags are positions in the given list.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
-from torch import nn
 
 from recognize.errors import ModelFileError, RecognizeError
-from recognize.taggers.checkpoint import load_official
-from recognize.taggers.openset import (
-    ClipTextEncoder,
-    EmbeddingCache,
-    description_embeddings,
-    name_embeddings,
-    read_descriptions,
+from recognize.hub import FileRef
+from recognize.taggers.tagger_stage import (
+    Probability,
+    TaggerParams,
+    TaggerStage,
+    config_asset,
 )
-from recognize.taggers.ram import RAM, RamConfig, build_model
-from recognize.taggers.tagger_stage import Probability, TaggerParams, TaggerStage, config_asset
-from recognize.taggers.vocabulary import OPENSET_THRESHOLD, Vocabulary, read_tag_list, read_thresholds
+from recognize.taggers.vocabulary import (
+    OPENSET_THRESHOLD,
+    Vocabulary,
+    read_tag_list,
+    read_thresholds,
+)
+
+if TYPE_CHECKING:  # pragma: no cover - the model modules import torch: loaded on first use only
+    import torch
+    from torch import nn
+
+    from recognize.taggers.openset import ClipTextEncoder, EmbeddingCache
+    from recognize.taggers.ram import RamConfig
 
 TAG_LISTS_CARD = "ram-tag-lists"
+CLIP_CARD, CLIP_FILE = "clip-vit-b-16", "ViT-B-16.pt"
+#: (parameter, fixture-config key, file of the tag-lists card) of the closed-set vocabulary
+_CLOSED_SET_FILES = (
+    ("tag_list", "tag_list", "ram_tag_list.txt"),
+    ("tag_list_zh", "tag_list_chinese", "ram_tag_list_chinese.txt"),
+    ("threshold_file", "threshold_file", "ram_tag_list_threshold.txt"),
+)
 
 
 class RamParams(TaggerParams):
@@ -78,6 +92,8 @@ class Ram(TaggerStage):
         return self._config_memo[1]
 
     def _read_ram_config(self) -> RamConfig:
+        from recognize.taggers.ram import RamConfig
+
         data = self._config_data()
         if data is None:
             return RamConfig.released(self.variant, self.params.image_size)
@@ -93,14 +109,31 @@ class Ram(TaggerStage):
     def image_size(self) -> int:
         return self.ram_config().image_size
 
+    def _config_asset(self, key: str) -> Path | None:
+        if self.params.config is None:
+            return None
+        return config_asset(Path(self.params.config), (self._config_data() or {}).get(key))
+
     def _asset(self, value: str | None, key: str, filename: str) -> Path:
         from recognize.hub import resolve_path
 
-        if value is None and self.params.config is not None:
-            found = config_asset(Path(self.params.config), (self._config_data() or {}).get(key))
+        if value is None:
+            found = self._config_asset(key)
             if found is not None:
                 return found
         return resolve_path(value, TAG_LISTS_CARD, filename)
+
+    def model_files(self) -> list[FileRef]:
+        """Checkpoint; closed set: tag lists and thresholds; open set: CLIP ViT-B/16 (each unless given)."""
+        p = self.params
+        refs = [] if p.checkpoint else [FileRef(self.card, f"{self.card}.pth")]
+        if p.tags is None and not getattr(p, "descriptions", None):
+            for param, key, filename in _CLOSED_SET_FILES:
+                if getattr(p, param) is None and self._config_asset(key) is None:
+                    refs.append(FileRef(TAG_LISTS_CARD, filename))
+        elif self.text_encoder is None and p.clip_model == "ViT-B-16" and p.clip_checkpoint is None:
+            refs.append(FileRef(CLIP_CARD, CLIP_FILE))
+        return refs
 
     def checkpoint_path(self) -> Path:
         from recognize.hub import resolve_path
@@ -112,6 +145,9 @@ class Ram(TaggerStage):
         return ("ram", self.ram_config(), str(self.checkpoint_path().resolve()))
 
     def build_model(self) -> nn.Module:
+        from recognize.taggers.checkpoint import load_official
+        from recognize.taggers.ram import build_model
+
         model = build_model(self.ram_config())
         load_official(model, self.checkpoint_path(), model.key_spec())
         return model
@@ -125,7 +161,6 @@ class Ram(TaggerStage):
         return Vocabulary(names, zh, thresholds)
 
     def build_vocabulary(self, model: nn.Module) -> Vocabulary:
-        assert isinstance(model, RAM)
         names = self.openset_names()
         if names is None and not getattr(self.params, "descriptions", None):
             vocab = self.closed_vocabulary()
@@ -165,6 +200,8 @@ class Ram(TaggerStage):
         return names
 
     def encoder(self) -> ClipTextEncoder:
+        from recognize.taggers.openset import ClipTextEncoder
+
         if self.text_encoder is None:
             p = self.params
             if p.clip_model == "ViT-B-16":
@@ -176,9 +213,13 @@ class Ram(TaggerStage):
         return self.text_encoder
 
     def _cache(self) -> EmbeddingCache | None:
+        from recognize.taggers.openset import EmbeddingCache
+
         return EmbeddingCache() if self.params.embedding_cache else None
 
     def openset_embeddings(self, names: list[str] | None) -> tuple[list[str], torch.Tensor]:
+        from recognize.taggers.openset import name_embeddings
+
         assert names is not None
         return names, name_embeddings(names, self.encoder(), self._cache())
 
@@ -194,6 +235,8 @@ class RamPlus(Ram):
     def openset_embeddings(self, names: list[str] | None) -> tuple[list[str], torch.Tensor]:
         if self.params.descriptions is None:
             return super().openset_embeddings(names)  # one description per tag: its template ensemble
+        from recognize.taggers.openset import description_embeddings, read_descriptions
+
         items = read_descriptions(self.params.descriptions)
         if names is not None:
             by_name = dict(items)

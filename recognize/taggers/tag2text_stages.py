@@ -25,21 +25,31 @@ that bug is not reproduced).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
-from torch import nn
 
 from recognize.errors import ModelFileError
 from recognize.frame import Frame
+from recognize.hub import FileRef
 from recognize.stage import StageKind
-from recognize.taggers.checkpoint import load_official
-from recognize.taggers.tag2text import CaptionSettings, Tag2Text, Tag2TextConfig
-from recognize.taggers.tagger_stage import TaggerParams, TaggerStage, config_asset
-from recognize.taggers.tokenizer import VOCAB_CARD, VOCAB_FILE, CaptionTokenizer
+from recognize.taggers.tagger_stage import (
+    TaggerParams,
+    TaggerStage,
+    config_asset,
+    inference_mode,
+)
 from recognize.taggers.vocabulary import Vocabulary, read_tag_list
+
+if TYPE_CHECKING:  # pragma: no cover - the model modules import torch: loaded on first use only
+    import torch
+    from torch import nn
+
+    from recognize.taggers.tag2text import CaptionSettings, Tag2TextConfig
+
+#: the BERT WordPiece vocabulary card (the same as `recognize.taggers.tokenizer`'s, which imports torch)
+VOCAB_CARD, VOCAB_FILE = "bert-base-uncased-vocab", "vocab.txt"
 
 CARD = "tag2text_swin_14m"
 TAG_LISTS_CARD = "ram-tag-lists"
@@ -57,20 +67,20 @@ class Tag2TextCaptionParams(Tag2TextParams):
         "predicted", description="caption from the tags this model predicts, or from the frame's tags"
     )
     user_tags: str | None = Field(None, description="caption from these tags instead ('a,b' -> 'a | b')")
-    num_beams: int = Field(3, ge=1, description="beam width; 1: greedy")
-    max_length: int = Field(50, ge=5, description="longest caption in tokens, the 4 prompt tokens included")
-    min_length: int = Field(10, ge=0, description="shortest caption in tokens, the 4 prompt tokens included")
+    num_beams: int = Field(3, ge=1, le=64, description="beam width; 1: greedy")
+    max_length: int = Field(50, ge=5, le=512, description="longest caption in tokens, the 4 prompt tokens included")
+    min_length: int = Field(10, ge=0, le=512, description="shortest caption in tokens, the 4 prompt tokens included")
     sample: bool = Field(False, description="nucleus sampling instead of beam search")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="nucleus size when sampling")
     repetition_penalty: float | None = Field(
-        None, gt=0.0, description="None: official (1.0 for beam/greedy, 1.1 when sampling)"
+        None, gt=0.0, le=100.0, description="None: official (1.0 for beam/greedy, 1.1 when sampling)"
     )
     beam_length_normalization: Literal["official", "generated"] = Field(
         "official",
         description="official: score / full length incl. prompt (transformers 4.31, the reference); "
         "generated: score / generated length (newer transformers)",
     )
-    seed: int | None = Field(None, description="seed of the sampler")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="seed of the sampler")
     vocab: str | None = Field(None, description="BERT vocab.txt (default: bert-base-uncased from the hub)")
 
     @model_validator(mode="after")
@@ -93,6 +103,8 @@ class Tag2TextTagger(TaggerStage):
         key = (self.params.config, self.params.image_size)
         memo = getattr(self, "_config_memo", None)
         if memo is None or memo[0] != key:
+            from recognize.taggers.tag2text import Tag2TextConfig
+
             data = self._config_data()
             if data is None:
                 config = Tag2TextConfig.released(self.params.image_size)
@@ -113,27 +125,37 @@ class Tag2TextTagger(TaggerStage):
 
         return resolve_path(self.params.checkpoint, CARD, f"{CARD}.pth")
 
+    def _config_tag_list(self) -> Path | None:
+        if self.params.tag_list is not None or self.params.config is None:
+            return None
+        return config_asset(Path(self.params.config), (self._config_data() or {}).get("tag_list"))
+
     def tag_list_path(self) -> Path:
         from recognize.hub import resolve_path
 
-        if self.params.tag_list is None and self.params.config is not None:
-            found = config_asset(Path(self.params.config), (self._config_data() or {}).get("tag_list"))
-            if found is not None:
-                return found
-        return resolve_path(self.params.tag_list, TAG_LISTS_CARD, TAG_LIST_FILE)
+        return self._config_tag_list() or resolve_path(self.params.tag_list, TAG_LISTS_CARD, TAG_LIST_FILE)
+
+    def model_files(self) -> list[FileRef]:
+        """The checkpoint and the Tag2Text tag list, each unless a local file is given."""
+        refs = [] if self.params.checkpoint else [FileRef(CARD, f"{CARD}.pth")]
+        if self.params.tag_list is None and self._config_tag_list() is None:
+            refs.append(FileRef(TAG_LISTS_CARD, TAG_LIST_FILE))
+        return refs
 
     # -- TaggerStage hooks ---------------------------------------------------------------
     def model_key(self) -> tuple[Any, ...]:
         return ("tag2text", self.model_config(), str(self.checkpoint_path().resolve()))
 
     def build_model(self) -> nn.Module:
+        from recognize.taggers.checkpoint import load_official
+        from recognize.taggers.tag2text import Tag2Text
+
         model = Tag2Text(self.model_config())
         load_official(model, self.checkpoint_path(), model.key_spec())
         model.tie_weights()
         return model
 
     def build_vocabulary(self, model: nn.Module) -> Vocabulary:
-        assert isinstance(model, Tag2Text)
         names = read_tag_list(self.tag_list_path())
         if len(names) != model.config.num_classes:
             raise ModelFileError(
@@ -170,13 +192,21 @@ class Tag2TextCaption(Tag2TextTagger):
     kind: ClassVar[StageKind] = "captioner"  # type: ignore[assignment]
     Params: ClassVar[type[Tag2TextCaptionParams]] = Tag2TextCaptionParams
 
+    def model_files(self) -> list[FileRef]:
+        """The tagger's files and the BERT vocabulary of the caption decoder (unless `vocab` is given)."""
+        refs = super().model_files()
+        return refs if self.params.vocab else [*refs, FileRef(VOCAB_CARD, VOCAB_FILE)]
+
     def load(self) -> None:
         super().load()
         from recognize.hub import resolve_path
+        from recognize.taggers.tokenizer import CaptionTokenizer
 
         self.tokenizer = CaptionTokenizer(resolve_path(self.params.vocab, VOCAB_CARD, VOCAB_FILE))
 
     def settings(self) -> CaptionSettings:
+        from recognize.taggers.tag2text import CaptionSettings
+
         p = self.params
         return CaptionSettings(
             num_beams=p.num_beams,
@@ -196,14 +226,14 @@ class Tag2TextCaption(Tag2TextTagger):
         if self.params.tags == "frame":
             return [" | ".join(tag.name for tag in frame.tags) for frame in frames]
         # tags: predicted. The captioner also reports the tags it predicted: one Swin pass gives tags and caption
-        scores = torch.sigmoid(self.model.logits(image_tokens).float()).cpu().numpy()
+        scores = self.model.logits(image_tokens).float().sigmoid().cpu().numpy()
         predicted = self.tags_for_scores(scores)
         for frame, tags in zip(frames, predicted):
             known = {tag.name for tag in frame.tags}
             frame.tags.extend(tag for tag in tags if tag.name not in known)
         return [" | ".join(tag.name for tag in tags) for tags in predicted]
 
-    @torch.inference_mode()
+    @inference_mode
     def caption_images(self, images: list[np.ndarray], tag_texts: list[str] | None = None) -> list[tuple[str, str]]:
         """(tag string, caption) per image; `tag_texts` None: the stage's `tags` / `user_tags` choice."""
         self.ensure_loaded()
@@ -223,7 +253,7 @@ class Tag2TextCaption(Tag2TextTagger):
             results.extend((text, self.tokenizer.caption(row, prompt)) for text, row in zip(texts, ids))
         return results
 
-    @torch.inference_mode()
+    @inference_mode
     def process(self, frames: list[Frame]) -> list[Frame]:
         if not frames:
             return frames

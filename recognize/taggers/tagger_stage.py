@@ -17,25 +17,48 @@ Public helpers for later stages (evaluation, region re-check, outlier clustering
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
-import torch
 from pydantic import Field
-from torch import nn
 
 from recognize.errors import ModelFileError
 from recognize.frame import Frame, Tag
-from recognize.stage import Device, Stage, StageParams, resolve_device, shared_models
-from recognize.taggers.preprocess import preprocess
-from recognize.taggers.vocabulary import Vocabulary
+from recognize.stage import (
+    Device,
+    Stage,
+    StageKind,
+    StageParams,
+    resolve_device,
+    shared_models,
+)
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported on first use: registering stays light
+    import torch
+    from torch import nn
+
+    from recognize.taggers.vocabulary import Vocabulary
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 DType = Literal["float32", "bfloat16", "float16"]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def inference_mode(function: _F) -> _F:
+    """`torch.inference_mode()` as a decorator that imports torch only when the method runs."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def config_asset(config: Path, value: str | None) -> Path | None:
@@ -59,11 +82,11 @@ class TaggerParams(StageParams):
     tag_list: str | None = Field(None, description="tag list file (default: the official one)")
     device: Device = "auto"
     dtype: DType = "float32"
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, le=4096)
 
 
 class TaggerStage(Stage):
-    kind: ClassVar[Literal["tagger"]] = "tagger"
+    kind: ClassVar[StageKind] = "tagger"
     Params: ClassVar[type[StageParams]] = TaggerParams
 
     def __init__(self, params: StageParams | dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -98,6 +121,8 @@ class TaggerStage(Stage):
     # -- loading -------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        import torch
+
         return torch.device(resolve_device(self.params.device))
 
     def _config_data(self) -> dict[str, Any] | None:
@@ -114,7 +139,9 @@ class TaggerStage(Stage):
 
     @property
     def dtype(self) -> torch.dtype:
-        return _DTYPES[self.params.dtype]
+        import torch
+
+        return getattr(torch, self.params.dtype)
 
     def load(self) -> None:
         device, dtype = self.device, self.dtype
@@ -122,7 +149,7 @@ class TaggerStage(Stage):
         def factory() -> nn.Module:
             return self.build_model().eval().to(device=device, dtype=dtype).requires_grad_(False)
 
-        self.model = shared_models.get((*self.model_key(), str(device), str(dtype)), factory)
+        self.model = shared_models.get((*self.model_key(), str(device), str(dtype)), factory, owner=self)
         base = self.build_vocabulary(self.model)
         self.vocabulary = base.with_thresholds(self.params.threshold, self.params.thresholds)
         allowed = self.vocabulary.allowed_mask(self.params.include, self.params.exclude)
@@ -130,10 +157,16 @@ class TaggerStage(Stage):
         self.allowed = allowed
 
     # -- public API ----------------------------------------------------------------------
+    def unload(self) -> None:
+        super().unload()
+        self.model = None
+
     def pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        from recognize.taggers.preprocess import preprocess
+
         return preprocess(images, self.image_size).to(device=self.device, dtype=self.dtype)
 
-    @torch.inference_mode()
+    @inference_mode
     def score_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Sigmoid scores [B, C] for every class of the active vocabulary, one forward per batch."""
         self.ensure_loaded()
@@ -141,17 +174,19 @@ class TaggerStage(Stage):
         for start in range(0, len(images), self.params.batch_size):
             chunk = images[start : start + self.params.batch_size]
             logits = self.logits(self.model, self.pixels(chunk))
-            out.append(torch.sigmoid(logits.float()).cpu().numpy())
+            out.append(logits.float().sigmoid().cpu().numpy())
         n = len(self.vocabulary) if self.vocabulary is not None else 0
         return np.concatenate(out) if out else np.zeros((0, n), dtype=np.float32)
 
-    @torch.inference_mode()
+    @inference_mode
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """L2-normalised image embeddings [B, D] (for clustering crops)."""
         self.ensure_loaded()
         out = []
         for start in range(0, len(images), self.params.batch_size):
             emb = self.embedding(self.model, self.pixels(images[start : start + self.params.batch_size])).float()
+            import torch
+
             out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 

@@ -14,7 +14,7 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from recognize import hookimpl, hub, plugins
+from recognize import Stage, StageParams, hookimpl, hub, plugins
 from recognize.commands.models import models
 from recognize.hub import ModelCard, ModelFile
 
@@ -62,12 +62,28 @@ def tiny_card(served, tmp_path, monkeypatch):
             register(card)
             register(broken)
 
-    pm = plugins.get_plugin_manager()
-    pm.register(Plugin(), name="tiny-test-models")
-    plugins._registry_cache.clear()
-    yield card
-    pm.unregister(name="tiny-test-models")
-    plugins._registry_cache.clear()
+        @hookimpl
+        def register_stages(self, register):
+            register(TinyWeights)
+
+    with plugins.registered(Plugin(), name="tiny-test-models"):
+        yield card
+
+
+class TinyWeights(Stage):
+    """Needs `weights.bin` of the tiny-test card, unless `weights` names a local file."""
+
+    name = "tiny_weights"
+    kind = "filter"
+
+    class Params(StageParams):
+        weights: str | None = None
+
+    def model_files(self) -> list[hub.FileRef]:
+        return [] if self.params.weights else [hub.FileRef("tiny-test", "weights.bin")]
+
+    def process(self, frames):
+        return frames
 
 
 def run(*args: str):
@@ -151,3 +167,58 @@ def test_real_cli_models_path_missing(tmp_path, monkeypatch):
     assert result.exit_code == 3
     [line] = result.stderr.splitlines()
     assert "vocab.txt" in line and str(tmp_path / "home" / "models" / "bert-base-uncased-vocab") in line
+
+
+#: what recipes/tag.yaml (RAM++) and recipes/tag_ground_segment.yaml need from the hub
+RAM_FILES = ("ram_plus_swin_large_14m.pth", "ram_tag_list.txt", "ram_tag_list_chinese.txt", "ram_tag_list_threshold.txt")
+RECIPE_FILES = (*RAM_FILES, "groundingdino_swint_ogc.pth", "vocab.txt", "sam_vit_h_4b8939.pth")
+
+
+def test_download_recipe_fetches_what_its_stages_need(tiny_card, tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("recipe: 1\nstages:\n  - use: tiny_weights\n")
+    result = run("download", "--no-progress", "--recipe", str(recipe))
+    assert result.exit_code == 0, result.output
+    target = hub.file_path(tiny_card, "weights.bin")
+    assert result.stdout.strip() == str(target) and target.read_bytes() == PAYLOAD
+
+    local = tmp_path / "local.yaml"
+    local.write_text(f"recipe: 1\nstages:\n  - use: tiny_weights\n    with: {{weights: {target}}}\n")
+    result = run("download", "--recipe", str(local))
+    assert result.exit_code == 0 and result.stdout == ""  # a local file: nothing to fetch
+
+
+def test_download_needs_a_name_or_a_recipe(tiny_card):
+    result = run("download")
+    assert result.exit_code == 2 and "--recipe" in result.stderr
+
+
+def test_download_recipe_offline_names_every_missing_file(tmp_path, monkeypatch):
+    from recognize.cli import build_cli
+
+    monkeypatch.setenv("RECOGNIZE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RECOGNIZE_OFFLINE", "1")
+    result = CliRunner().invoke(build_cli(), ["models", "download", "--recipe", "recipes/tag_ground_segment.yaml"])
+    assert result.exit_code == 3
+    [line] = result.stderr.splitlines()
+    for filename in RECIPE_FILES:
+        assert filename in line
+
+
+@pytest.mark.subprocess
+def test_offline_run_names_every_missing_file_at_once(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    env = {**os.environ, "RECOGNIZE_HOME": str(tmp_path / "home"), "RECOGNIZE_OFFLINE": "1"}
+    for recipe, files in (("recipes/tag.yaml", RAM_FILES), ("recipes/tag_ground_segment.yaml", RECIPE_FILES)):
+        out = tmp_path / recipe.replace("/", "_")
+        done = subprocess.run([sys.executable, "-m", "recognize", "run", recipe, str(tmp_path / "img.png"),
+                               "-o", str(out), "-q"], env=env, capture_output=True, text=True, timeout=300,
+                              check=False)
+        assert done.returncode == 3, done.stderr
+        [line] = done.stderr.splitlines()[-1:]
+        assert f"{len(files)} model files missing and RECOGNIZE_OFFLINE=1" in line
+        for filename in files:
+            assert filename in line
+        assert str(tmp_path / "home" / "models") in line

@@ -6,8 +6,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+pytestmark = pytest.mark.slow
+
 from clihelp import SUPPORT  # noqa: E402
 
+from recognize.engines.base import RunStopped  # noqa: E402
 from recognize.engines.ray_engine import RayEngine  # noqa: E402
 from recognize.pipeline import Pipeline  # noqa: E402
 from recognize.runner import run_to_folder  # noqa: E402
@@ -46,3 +49,17 @@ def test_ray_equals_local(local_ray, test_stages, image_folder, tmp_path, worker
     assert len(results(tmp_path / "ray")) == 3
     assert sorted(f["name"] for f in local.failures) == sorted(f["name"] for f in remote.failures) == ["boom", "broken"]
     assert remote.engine == "ray" and set(remote.timings) >= {"brightness", "center_box"}
+
+
+def test_no_stages_runs_on_ray_as_locally(local_ray, image_folder, tmp_path):
+    (image_folder / "broken.jpg").write_bytes(b"nope")
+    local = run_to_folder(Pipeline([]), [image_folder], tmp_path / "local", quiet=True)
+    remote = run_to_folder(Pipeline([]), [image_folder], tmp_path / "ray", quiet=True, engine=RayEngine())
+    assert results(tmp_path / "local") == results(tmp_path / "ray") and len(results(tmp_path / "ray")) == 3
+    assert [f["name"] for f in local.failures] == [f["name"] for f in remote.failures] == ["broken"]
+
+
+def test_an_error_on_every_image_stops_the_ray_run_once(local_ray, test_stages, image_folder, tmp_path):
+    with pytest.raises(RunStopped, match="'explode' failed on each of the 3 images"):
+        run_to_folder(Pipeline([test_stages.Explode(on="")], batch_size=3), [image_folder], tmp_path / "ray",
+                      quiet=True, engine=RayEngine())

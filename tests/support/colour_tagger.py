@@ -79,18 +79,11 @@ def registered() -> Iterator[None]:
 
     from recognize import plugins
 
-    pm = plugins.get_plugin_manager()
-    pairs = (("colour_tagger", sys.modules[__name__]), ("teststages", teststages))
-    for name, plugin in pairs:
-        if pm.get_plugin(name) is None:
-            pm.register(plugin, name=name)
-    plugins._registry_cache.clear()
     shared_models.clear()
     BUILDS.clear()
-    try:
-        yield
-    finally:
-        for name, _ in pairs:
-            pm.unregister(name=name)
-        plugins._registry_cache.clear()
-        shared_models.clear()
+    with plugins.registered(sys.modules[__name__], name="colour_tagger"), \
+            plugins.registered(teststages, name="teststages"):
+        try:
+            yield
+        finally:
+            shared_models.clear()

@@ -89,13 +89,5 @@ def registered() -> Iterator[None]:
     """This module registered as a plugin in-process, for one test."""
     from recognize import plugins
 
-    pm = plugins.get_plugin_manager()
-    module = sys.modules[__name__]
-    if pm.get_plugin("evalstages") is None:
-        pm.register(module, name="evalstages")
-    plugins._registry_cache.clear()
-    try:
+    with plugins.registered(sys.modules[__name__], name="evalstages"):
         yield
-    finally:
-        pm.unregister(name="evalstages")
-        plugins._registry_cache.clear()

@@ -118,17 +118,10 @@ def load_tokenizer(vocab: str | Path) -> Any:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a `.pth`/`.pt` (weights only) or `.safetensors` checkpoint; `{'model': ...}` unwrapped."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from recognize.weights_file import read_weights
 
-            data: Any = load_file(str(path))
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(f"{path}: cannot read the checkpoint ({first})") from None
+    path = Path(path)
+    data: Any = read_weights(path, "Grounding DINO checkpoint", mmap=False)
     for wrapper in ("model", "state_dict"):
         if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
             data = data[wrapper]

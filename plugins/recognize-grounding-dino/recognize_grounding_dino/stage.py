@@ -12,25 +12,37 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from recognize.frame import Drop, Frame, Region, Tag
-from recognize.stage import Device, Stage, StageParams, resolve_device, shared_models
-from recognize_grounding_dino.model import Detector
+from recognize.hub import FileRef
+from recognize.stage import (
+    Device,
+    Stage,
+    StageKind,
+    StageParams,
+    resolve_device,
+    shared_models,
+)
 from recognize_grounding_dino.cards import CHECKPOINTS
-from recognize_grounding_dino.prompts import Packing, Prompt
-from recognize_grounding_dino.transforms import preprocess
+
+if TYPE_CHECKING:  # pragma: no cover - these import torch/torchvision: loaded in load()/process() only
+    import torch
+
+    from recognize_grounding_dino.model import Detector
+    from recognize_grounding_dino.prompts import Packing, Prompt
+
+VOCAB_CARD, VOCAB_FILE = "bert-base-uncased-vocab", "vocab.txt"
 
 
 class GroundingDino(Stage):
     """Open-vocabulary boxes for an image's tags with Grounding DINO."""
 
     name: ClassVar[str] = "grounding_dino"
-    kind: ClassVar = "localizer"
+    kind: ClassVar[StageKind] = "localizer"
 
     class Params(StageParams):
         model: Literal["swint_ogc", "swinb"] = "swint_ogc"
@@ -43,23 +55,30 @@ class GroundingDino(Stage):
         classes: list[str] | None = Field(None, description="fixed class list; default: each frame's tags")
         nms: Literal["per_tag", "cross_tag", "none"] = "per_tag"
         nms_threshold: float = Field(0.5, ge=0.0, le=1.0)
-        image_size: int = Field(800, ge=32, description="short side the image is resized to (reference: 800)")
-        max_size: int | None = Field(1333, ge=32, description="cap on the long side (reference: 1333)")
+        image_size: int = Field(800, ge=32, le=4096, description="short side the image is resized to (reference: 800)")
+        max_size: int | None = Field(1333, ge=32, le=8192, description="cap on the long side (reference: 1333)")
         device: Device = "auto"
-        batch_size: int = Field(1, ge=1)
+        batch_size: int = Field(1, ge=1, le=4096)
+
+    def model_files(self) -> list[FileRef]:
+        """The preset's official checkpoint and the BERT vocabulary, each unless a local file is given."""
+        card, filename = CHECKPOINTS[self.params.model]
+        refs = [] if self.params.checkpoint else [FileRef(card, filename)]
+        return refs if self.params.vocab else [*refs, FileRef(VOCAB_CARD, VOCAB_FILE)]
 
     def load(self) -> None:
         from recognize.hub import resolve_path
+        from recognize_grounding_dino.model import Detector
 
         p = self.params
         card, filename = CHECKPOINTS[p.model]
         checkpoint = resolve_path(p.checkpoint, card, filename)
-        vocab = resolve_path(p.vocab, "bert-base-uncased-vocab", "vocab.txt")
+        vocab = resolve_path(p.vocab, VOCAB_CARD, VOCAB_FILE)
         device = resolve_device(p.device)
         config = json.dumps(p.config, sort_keys=True) if isinstance(p.config, dict) else p.config
         key = ("grounding_dino", p.model, str(Path(checkpoint).resolve()), str(Path(vocab).resolve()), config, device)
         self.detector: Detector = shared_models.get(
-            key, lambda: Detector.load(p.model, checkpoint, vocab, config=p.config, device=device))
+            key, lambda: Detector.load(p.model, checkpoint, vocab, config=p.config, device=device), owner=self)
         self._packings: dict[tuple[str, ...], Packing] = {}
 
     # -- prompts ------------------------------------------------------------------------
@@ -77,7 +96,15 @@ class GroundingDino(Stage):
         return tuple(dict.fromkeys(t.name for t in frame.tags))
 
     # -- the stage ----------------------------------------------------------------------
+    def unload(self) -> None:
+        super().unload()
+        self.detector = None
+
     def process(self, frames: list[Frame]) -> list[Frame]:
+        import torch
+
+        from recognize_grounding_dino.transforms import preprocess
+
         p = self.params
         vocabularies = [self._vocabulary(f) for f in frames]
         pixels: dict[int, torch.Tensor] = {}
@@ -109,6 +136,8 @@ class GroundingDino(Stage):
     def _select(self, probs: torch.Tensor, boxes: torch.Tensor, prompt: Prompt, frame: Frame,
                 vocabulary: tuple[str, ...]) -> list[tuple[np.ndarray, float, str, float]]:
         """Boxes of one image and caption -> (xyxy pixels, box score, tag, tag score) for boxes naming a tag."""
+        import torch
+
         p = self.params
         box_scores = probs.amax(-1)
         keep = box_scores > p.box_threshold

@@ -74,7 +74,7 @@ def test_missing_or_foreign_weights_are_one_line_errors(tiny_checkpoint, tiny, t
     # pickled Python objects are refused: checkpoints load with weights_only=True
     pickled = tmp_path / "pickled.pth"
     torch.save({"model": {}, "args": argparse.Namespace(lr=1)}, pickled)
-    with pytest.raises(ModelFileError, match="cannot read the checkpoint"):
+    with pytest.raises(ModelFileError, match=r"refused: .* objects other than tensors \(argparse\.Namespace\)"):
         read_state_dict(pickled)
 
 

@@ -26,6 +26,15 @@ def test_the_entry_point_registers_the_stage_and_model_cards():
     assert sorted(info.models) == ["groundingdino_swinb_cogcoor", "groundingdino_swint_ogc"]
 
 
+def test_the_stage_declares_checkpoint_and_vocab():
+    files = [(r.card, r.filename) for r in GroundingDino().model_files()]
+    assert files == [("groundingdino_swint_ogc", "groundingdino_swint_ogc.pth"), ("bert-base-uncased-vocab", "vocab.txt")]
+    assert GroundingDino(checkpoint="/w/gd.pth", vocab="/w/vocab.txt").model_files() == []  # local files
+    cards = plugins.model_cards()
+    for ref in GroundingDino(model="swinb").model_files():
+        cards[ref.card].file(ref.filename)
+
+
 def test_a_recipe_builds_and_runs_the_stage(tmp_path, tiny_checkpoint, vocab, tiny, photos):
     yaml = pytest.importorskip("yaml")
     from recognize import Pipeline

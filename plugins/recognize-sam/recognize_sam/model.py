@@ -11,36 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from segment_anything.build_sam import _build_sam, sam_model_registry
 from segment_anything.modeling import Sam as SamModel
 
 from recognize.errors import ModelFileError
+from recognize_sam.config import SamConfig
+
+__all__ = ["EMBED_DIMS", "SamConfig", "build_sam", "load_checkpoint"]
 
 #: Image-encoder width of each official variant; a checkpoint's width tells which variant it is.
 EMBED_DIMS = {"vit_h": 1280, "vit_l": 1024, "vit_b": 768}
 _PATCH_KEY = "image_encoder.patch_embed.proj.weight"
-
-
-class SamConfig(BaseModel):
-    """A custom image-encoder size (tests use a tiny one); the prompt encoder and decoder are SAM's own."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    encoder_embed_dim: int = Field(gt=0)
-    encoder_depth: int = Field(gt=0)
-    encoder_num_heads: int = Field(gt=0)
-    encoder_global_attn_indexes: tuple[int, ...] = ()
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SamConfig:
-        if self.encoder_embed_dim % self.encoder_num_heads:
-            raise ValueError("encoder_embed_dim must be a multiple of encoder_num_heads")
-        bad = [i for i in self.encoder_global_attn_indexes if not 0 <= i < self.encoder_depth]
-        if bad:
-            depth = self.encoder_depth
-            raise ValueError(f"encoder_global_attn_indexes {bad} are not blocks of a {depth}-block encoder")
-        return self
 
 
 def build_sam(model: str = "vit_h", config: SamConfig | None = None, seed: int | None = None) -> SamModel:
@@ -81,14 +62,12 @@ def _listing(keys: list[str], limit: int = 3) -> str:
 
 def load_checkpoint(sam: SamModel, path: str | Path, expected: str = "SAM") -> SamModel:
     """Load an official SAM state dict into `sam`: safe unpickling, no missing/unexpected/reshaped keys."""
+    from recognize.weights_file import read_weights
+
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: SAM checkpoint not found") from None
-    except Exception as error:  # a corrupt file or one that needs an unsafe pickle
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(f"{path}: not a loadable SAM checkpoint ({reason})") from None
+    if not path.exists():
+        raise ModelFileError(f"{path}: SAM checkpoint not found")
+    state = read_weights(path, "SAM checkpoint", mmap=False)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(f"{path}: not a SAM checkpoint (expected a state dict of tensors)")
 

@@ -9,9 +9,17 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from recognize.frame import Frame
-from recognize.stage import Device, Stage, StageKind, StageParams, resolve_device, shared_models
-from recognize_sam.model import SamConfig, build_sam, load_checkpoint
-from recognize_sam.predict import BoxSegmenter
+from recognize.hub import FileRef
+from recognize.stage import (
+    Device,
+    Stage,
+    StageKind,
+    StageParams,
+    resolve_device,
+    shared_models,
+)
+from recognize_sam.cards import CHECKPOINTS
+from recognize_sam.config import SamConfig
 
 
 class SamParams(StageParams):
@@ -23,10 +31,10 @@ class SamParams(StageParams):
     weights: Literal["checkpoint", "random"] = Field(
         "checkpoint", description="`random`: seeded random initialisation, for tests and benchmarks only"
     )
-    seed: int = Field(0, description="seed of the random initialisation")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the random initialisation")
     multimask: bool = Field(True, description="decode 3 candidates per box and keep the best-scoring one")
     device: Device = "auto"
-    batch_size: int = Field(1, ge=1, description="images per image-encoder call")
+    batch_size: int = Field(1, ge=1, le=4096, description="images per image-encoder call")
 
     @model_validator(mode="after")
     def _weights_known(self) -> SamParams:
@@ -47,7 +55,19 @@ class Sam(Stage):
     Params: ClassVar[type[StageParams]] = SamParams
     params: SamParams
 
+    def model_files(self) -> list[FileRef]:
+        """The official checkpoint of `model`, unless `checkpoint` is given or the weights are random."""
+        p = self.params
+        if p.weights == "random" or p.checkpoint:
+            return []
+        card, filename = CHECKPOINTS[p.model]
+        return [FileRef(card, filename)]
+
     def load(self) -> None:
+        # torch and segment_anything are imported here, not at the top: registering stays light
+        from recognize_sam.model import build_sam, load_checkpoint
+        from recognize_sam.predict import BoxSegmenter
+
         p = self.params
         device = resolve_device(p.device)
         checkpoint = None if p.weights == "random" else self._checkpoint_path().resolve()
@@ -60,8 +80,13 @@ class Sam(Stage):
             expected = p.model if p.config is None else "custom"
             return load_checkpoint(build_sam(p.model, p.config), checkpoint, expected=expected).to(device)
 
-        sam = shared_models.get(("sam", p.config if p.config is not None else p.model, source, device), build)
+        sam = shared_models.get(("sam", p.config if p.config is not None else p.model, source, device), build,
+                                owner=self)
         self.segmenter = BoxSegmenter(sam)
+
+    def unload(self) -> None:
+        super().unload()
+        self.segmenter = None
 
     def _checkpoint_path(self) -> Path:
         from recognize.hub import resolve_path

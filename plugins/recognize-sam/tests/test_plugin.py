@@ -27,3 +27,9 @@ def test_stage_and_model_cards_are_registered():
         assert file.url == url and file.filename == url.rsplit("/", 1)[1]
     info = next(i for i in plugins.plugin_infos() if i.name == "recognize-sam")
     assert info.stages == ["sam"] and sorted(info.models) == sorted(expected) and not info.builtin
+
+
+def test_stage_declares_the_checkpoint_it_needs():
+    assert [(r.card, r.filename) for r in Sam().model_files()] == [("sam_vit_h", "sam_vit_h_4b8939.pth")]
+    assert Sam(checkpoint="/weights/sam.pth").model_files() == []  # a local file: nothing to download
+    assert Sam(weights="random").model_files() == []

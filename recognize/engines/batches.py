@@ -1,0 +1,163 @@
+"""One batch through image-scope stages, with failures isolated to the image that caused them.
+
+Policy (what both engines do with a batch whose stages raise):
+
+* A batch that fails is retried one image at a time, so one bad image costs only itself; each
+  frame is restored to its state before the batch first (a stage may have enriched some frames).
+* Out of memory (`MemoryError`, torch's `OutOfMemoryError`, "out of memory" runtime errors) is
+  not retried image by image blindly: memory is released and the batch is split in halves,
+  which is what lowers peak memory; only a single image that still runs out fails on its own.
+* A failure that repeats on every image of a batch of two or more, each tried alone, with the
+  same exception type and message, is not these images' fault (a programming error, a model that
+  cannot run on this device): the run stops with one `RunStopped` message naming the stage,
+  instead of reporting the same error for every image of the dataset.
+* Errors while *loading* a stage (missing weights, bad config) are not per-image problems either:
+  they propagate and stop the run.
+* Timings: the time of an attempt that failed goes to the `retried` phase once; stages are
+  charged only for the attempts whose frames they returned, so a retry never counts twice.
+
+`KeyboardInterrupt` and other `BaseException`s are never caught.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import sys
+from collections.abc import Sequence
+
+from recognize.engines.base import FrameResult, RunStopped, describe_error
+from recognize.engines.timing import DECODE, LOAD, StageTimer
+from recognize.errors import ImageError, RecognizeError
+from recognize.frame import Frame
+from recognize.stage import Stage
+
+_STATE_FIELDS = ("tags", "regions", "caption", "dropped", "meta")
+
+
+class StageFailed(Exception):
+    """A stage raised on some frames; carries the stage's name for the one-line message."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(stage, cause)
+        self.stage = stage
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {describe_error(self.cause)}"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, torch's (CUDA/MPS) OutOfMemoryError, or a runtime error that says so."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def release_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer) -> list[Frame]:
+    """Run `stages` in order on `frames` (raises what a stage raises), each stage timed."""
+    for stage in stages:
+        if not frames:
+            return frames
+        with timer.stage(stage.name):
+            out = stage(frames)
+        if out is None:
+            raise RecognizeError(f"stage {stage.name!r} returned None instead of the frames")
+        if len(out) != len(frames):
+            raise RecognizeError(f"stage {stage.name!r} returned {len(out)} frames for {len(frames)}; "
+                                 "a stage returns every frame it was given, in order")
+        frames = out
+    return frames
+
+
+def run_batch(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer, *, isolate: bool = True) -> list[FrameResult]:
+    """One FrameResult per frame of `frames`, in order.
+
+    Images are decoded first (an unreadable one fails alone), stages are loaded (a loading error
+    raises), then the stages run. `isolate=False` lets the first error propagate unchanged (the
+    library's `Pipeline.__call__`); otherwise failures follow the policy in this module's docstring.
+    """
+    results: list[FrameResult | None] = [None] * len(frames)
+    readable: list[int] = []
+    with timer.phase(DECODE):
+        for i, frame in enumerate(frames):
+            try:
+                frame.image  # noqa: B018 - decode now: a bad file is reported, not raised mid-stage
+            except ImageError as exc:
+                if not isolate:
+                    raise
+                results[i] = FrameResult(frame, str(exc))
+            else:
+                readable.append(i)
+    with timer.phase(LOAD):
+        for stage in stages:
+            stage.ensure_loaded()  # a loading error stops the run: it is not this image's fault
+    todo = [frames[i] for i in readable]
+    if isolate:
+        done = _isolated(stages, todo, timer)
+    else:
+        done = [FrameResult(frame) for frame in apply_stages(stages, todo, timer)]
+    for i, result in zip(readable, done):
+        results[i] = result
+    return results  # type: ignore[return-value]
+
+
+def _isolated(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer) -> list[FrameResult]:
+    if not frames:
+        return []
+    saved = [_snapshot(frame) for frame in frames]
+    attempt = timer.child()
+    try:
+        out = _apply_named(stages, frames, attempt)
+    except StageFailed as failure:
+        timer.write_off(attempt)
+        for frame, state in zip(frames, saved):
+            _restore(frame, state)
+        if len(frames) == 1:
+            return [FrameResult(frames[0], str(failure))]
+        if is_out_of_memory(failure.cause):
+            release_memory()
+            half = (len(frames) + 1) // 2
+            results = _isolated(stages, frames[:half], timer) + _isolated(stages, frames[half:], timer)
+        else:
+            results = [result for frame in frames for result in _isolated(stages, [frame], timer)]
+        _stop_if_repeated(results, failure)
+        return results
+    timer.merge(attempt)
+    return [FrameResult(frame) for frame in out]
+
+
+def _apply_named(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer) -> list[Frame]:
+    current = ""
+    try:
+        for stage in stages:
+            current = stage.name
+            frames = apply_stages([stage], frames, timer)
+    except Exception as exc:  # noqa: BLE001 - any stage error is isolated to its frames by the caller
+        raise StageFailed(current, exc) from exc
+    return frames
+
+
+def _stop_if_repeated(results: list[FrameResult], failure: StageFailed) -> None:
+    errors = {result.error for result in results}
+    if len(results) > 1 and None not in errors and len(errors) == 1:
+        hint = (" (out of memory even one image at a time: lower the stage's batch_size or use another device)"
+                if is_out_of_memory(failure.cause) else "")
+        raise RunStopped(f"stage {failure.stage!r} failed on each of the {len(results)} images of a batch, "
+                         f"each tried alone, with the same error, so the run stopped{hint}: {errors.pop()}")
+
+
+def _snapshot(frame: Frame) -> dict:
+    return {name: copy.deepcopy(getattr(frame, name)) for name in _STATE_FIELDS}
+
+
+def _restore(frame: Frame, state: dict) -> None:
+    for name, value in state.items():
+        setattr(frame, name, value)

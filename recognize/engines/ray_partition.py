@@ -1,0 +1,122 @@
+"""A partitioned dataset-scope stage as a Ray Data group-by (see `recognize.engines.partition`).
+
+1. `partition` runs in an actor pool (each actor builds and loads the stage once) over the frames'
+   JSON, a chunk of frames per call, and emits one row per item: key, frame position, item index
+   and the pickled item. The items (e.g. crop embeddings) stay in the object store.
+2. `groupby(key).map_groups` runs `process_group` on workers, each group's items sorted into
+   dataset order first, so a group sees exactly what `run_partitioned` gives it in one process.
+3. The results (small: e.g. keep/drop and a distance per region) come back sorted by frame and
+   are applied to each frame with `apply_results` as they stream in.
+
+Workers lost mid-way cost only their in-flight batch: Ray Data restarts a dead actor and
+retries its batch, and retries a lost group task; the steps are deterministic, so a retried
+batch or group gives the same items and results.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from recognize.engines.partition import PARTITION_CHUNK, check_group, check_partition
+from recognize.frame import Frame
+from recognize.stage import Stage
+
+
+_INDEX_BITS = 20  # sort key = frame position << 20 | item index (a frame has < 10^6 items)
+
+
+def _build(spec: dict[str, Any]) -> Stage:
+    from recognize import plugins
+
+    return plugins.get_stage(spec["use"])(spec["with"])
+
+
+class _Partitioner:
+    """Ray Data actor: step 1 for a batch of frames."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.stage = _build(spec)
+        self.stage.ensure_loaded()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        frames = [Frame.from_json(text) for text in batch["frame"]]
+        per_frame = self.stage.partition(frames)
+        check_partition(self.stage, frames, per_frame)
+        keys, positions, indices, items = [], [], [], []
+        for position, found in zip(batch["pos"], per_frame):
+            for index, (key, item) in enumerate(found):
+                keys.append(str(key))
+                positions.append(int(position))
+                indices.append(index)
+                items.append(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+        return {"key": np.array(keys, dtype=object), "pos": np.array(positions, dtype=np.int64),
+                "idx": np.array(indices, dtype=np.int64), "item": np.array(items, dtype=object)}
+
+
+def _process_group(group: dict[str, np.ndarray], spec: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Ray Data group function: step 2 for one key."""
+    stage = _build(spec)
+    order = np.lexsort((group["idx"], group["pos"]))  # dataset order, as in one process
+    key = str(group["key"][0])
+    items = [pickle.loads(group["item"][i]) for i in order]
+    results = stage.process_group(key, items)
+    check_group(stage, key, items, results)
+    return {"pos": group["pos"][order], "order": (group["pos"][order] << _INDEX_BITS) + group["idx"][order],
+            "result": np.array([pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in results], dtype=object)}
+
+
+def frames_dataset(frames: list[Frame], block: int = 4096) -> Any:
+    """A Ray Dataset of `{pos, frame}` rows (the frames' JSON), put into the object store a block at a
+    time, so the driver never holds a second, serialised copy of every frame."""
+    import pyarrow as pa
+    import ray
+
+    refs = []
+    for start in range(0, len(frames), block):
+        part = frames[start : start + block]
+        refs.append(ray.put(pa.table({
+            "pos": pa.array(range(start, start + len(part)), type=pa.int64()),
+            "frame": pa.array([frame.to_json(indent=None) for frame in part], type=pa.large_string()),
+        })))
+    return ray.data.from_arrow_refs(refs)
+
+
+def run_partitioned_on_ray(stage: Stage, spec: dict[str, Any], frames: list[Frame], *, num_workers: int,
+                           num_cpus_per_worker: float = 1, num_gpus_per_worker: float = 0) -> list[Frame]:
+    """The stage over `frames` as a group-by on the current Ray instance; same result as locally."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    items = frames_dataset(frames).map_batches(
+        _Partitioner, fn_constructor_kwargs={"spec": spec}, batch_size=PARTITION_CHUNK,
+        compute=ray.data.ActorPoolStrategy(size=num_workers), num_cpus=num_cpus_per_worker,
+        num_gpus=num_gpus_per_worker or None, batch_format="numpy",
+    ).materialize()
+    if items.count() == 0:
+        return [stage.apply_results(frame, []) for frame in frames]
+    # few shuffle partitions: a group must fit one worker anyway, and each partition costs tasks
+    parts = max(1, min(4 * num_workers, len(frames) // PARTITION_CHUNK + 1))
+    results = items.groupby("key", num_partitions=parts).map_groups(
+        _process_group, fn_kwargs={"spec": spec}, batch_format="numpy", num_cpus=num_cpus_per_worker)
+    step = len(frames) / parts
+    boundaries = [int(i * step) << _INDEX_BITS for i in range(1, parts)]
+    ordered = results.sort("order", boundaries=boundaries or None)
+    return list(_apply_in_order(stage, frames, ordered.iter_rows()))
+
+
+def _apply_in_order(stage: Stage, frames: list[Frame], rows: Iterator[dict[str, Any]]) -> Iterator[Frame]:
+    position = 0
+    mine: list[Any] = []
+    for row in rows:
+        while position < row["pos"]:
+            yield stage.apply_results(frames[position], mine)
+            position, mine = position + 1, []
+        mine.append(pickle.loads(row["result"]))
+    while position < len(frames):
+        yield stage.apply_results(frames[position], mine)
+        position, mine = position + 1, []

@@ -1,0 +1,220 @@
+"""The local engine, the segment walk and the batch failure policy (recognize.engines.*)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from recognize import Frame, Stage, StageParams, Tag
+from recognize.engines.base import Engine, RunStopped
+from recognize.engines.local import LocalEngine
+from recognize.engines.ray_engine import RayEngine
+from recognize.engines.segments import split_segments
+from recognize.engines.timing import RETRIED, StageTimer
+from recognize.pipeline import Pipeline
+from recognize.runner import run_to_folder
+
+
+class FakeClock:
+    """Time that moves only when a stage says so: timings are checked without a wall clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = FakeClock()
+
+
+class Tick(Stage):
+    """Costs one clock second per frame and tags each frame once."""
+
+    name = "tick"
+    kind = "tagger"
+
+    def process(self, frames):
+        CLOCK.now += len(frames)
+        for frame in frames:
+            frame.tags.append(Tag(name="ticked"))
+        return frames
+
+
+class FailOn(Stage):
+    """Raises `error` for a batch holding a frame whose source contains `on` ("" = every frame)."""
+
+    name = "fail_on"
+    kind = "filter"
+
+    class Params(StageParams):
+        on: str = "boom"
+        error: str = "runtime"  # runtime | type | memory
+        max_frames: int = 0  # with error=memory: fail only batches larger than this
+
+    def __init__(self, params=None, **kwargs):
+        super().__init__(params, **kwargs)
+        self.batch_sizes: list[int] = []
+
+    def process(self, frames):
+        self.batch_sizes.append(len(frames))
+        p = self.params
+        if p.error == "memory":
+            if len(frames) > p.max_frames:
+                raise MemoryError("cannot allocate")
+            return frames
+        if any(p.on in frame.source for frame in frames):
+            if p.error == "type":
+                raise TypeError("process() got an unexpected keyword argument 'x'")
+            raise RuntimeError("exploded on purpose")
+        return frames
+
+
+class CountCalls(Stage):
+    """Counts the frames it is given (checks what a resumed run recomputes)."""
+
+    name = "count_calls"
+    kind = "filter"
+    seen: list[str] = []
+
+    def process(self, frames):
+        CountCalls.seen.extend(frame.name or "" for frame in frames)
+        return frames
+
+
+class DatasetSize(Stage):
+    name = "dataset_size"
+    kind = "filter"
+    scope = "dataset"
+
+    def process(self, frames):
+        for frame in frames:
+            frame.meta["dataset_size"] = len(frames)
+        return frames
+
+
+def frames(*sources: str) -> list[Frame]:
+    return [Frame.from_array(np.full((4, 4, 3), 100, np.uint8), source=s, name=s) for s in sources]
+
+
+def test_both_engines_meet_the_protocol():
+    assert isinstance(LocalEngine(), Engine) and isinstance(RayEngine(), Engine)
+
+
+def test_segments_group_consecutive_scopes_and_no_stages_is_one_empty_segment():
+    segments = split_segments([Tick(), FailOn(), DatasetSize(), Tick()])
+    assert [(s.scope, [x.name for x in s.stages], s.last) for s in segments] == [
+        ("image", ["tick", "fail_on"], False), ("dataset", ["dataset_size"], False), ("image", ["tick"], True)]
+    (empty,) = split_segments([])
+    assert empty.scope == "image" and empty.stages == [] and empty.last
+
+
+def test_no_stages_reads_images_and_reports_unreadable_ones(image_folder):
+    (image_folder / "broken.jpg").write_bytes(b"nope")
+    from recognize.images import expand_inputs
+
+    todo = [Frame(source=str(path), name=name) for path, name in expand_inputs([image_folder])]
+    results = list(LocalEngine().run(Pipeline([]), todo))
+    assert sorted((r.frame.name, r.ok) for r in results) == [
+        ("black", True), ("broken", False), ("sub/noise", True), ("white", True)]
+
+
+def test_one_bad_image_costs_only_itself_and_names_the_stage():
+    pipeline = Pipeline([Tick(), FailOn(on="boom")], batch_size=4)
+    results = list(LocalEngine().run(pipeline, frames("a", "boom", "b", "c")))
+    assert [(r.frame.name, r.error) for r in results] == [
+        ("a", None), ("boom", "fail_on: RuntimeError: exploded on purpose"), ("b", None), ("c", None)]
+    assert [t.name for t in results[0].frame.tags] == ["ticked"]  # restored before the retry: not tagged twice
+
+
+def test_an_error_on_every_image_of_a_batch_stops_the_run_once():
+    failing = FailOn(on="", error="type")
+    pipeline = Pipeline([Tick(), failing], batch_size=3)
+    seen = []
+    with pytest.raises(RunStopped, match=r"'fail_on' failed on each of the 3 images.*TypeError: process\(\) got"):
+        list(LocalEngine().run(pipeline, frames("a", "b", "c", "d", "e", "f"), on_result=seen.append))
+    assert seen == [] and failing.batch_sizes == [3, 1, 1, 1]  # stopped after the first batch
+
+
+def test_out_of_memory_splits_the_batch_instead_of_going_image_by_image():
+    oom = FailOn(error="memory", max_frames=2)
+    results = list(LocalEngine().run(Pipeline([oom], batch_size=4), frames("a", "b", "c", "d")))
+    assert all(r.ok for r in results) and oom.batch_sizes == [4, 2, 2]
+
+
+def test_out_of_memory_on_single_images_stops_with_a_hint():
+    oom = FailOn(error="memory", max_frames=0)
+    with pytest.raises(RunStopped, match="out of memory even one image at a time"):
+        list(LocalEngine().run(Pipeline([oom], batch_size=4), frames("a", "b", "c", "d")))
+    assert oom.batch_sizes == [4, 2, 1, 1]
+
+
+def test_retries_are_timed_once():
+    CLOCK.now = 0.0
+    timer = StageTimer(clock=CLOCK)
+    pipeline = Pipeline([Tick(), FailOn(on="boom")], batch_size=4)
+    results = list(LocalEngine().run(pipeline, frames("a", "boom", "b", "c"), timer=timer))
+    assert sum(r.ok for r in results) == 3
+    # batch of 4 (4 s, failed) + the boom image alone (1 s, failed) are written off once;
+    # the stage is charged for the three single-image attempts it produced results in
+    assert timer.stages["tick"] == 3.0 and timer.phases[RETRIED] == 5.0
+    assert timer.total == CLOCK.now == 8.0
+
+
+def test_failed_frames_never_reach_a_dataset_stage_and_survivors_keep_input_order():
+    pipeline = Pipeline([FailOn(on="boom"), DatasetSize(), Tick()], batch_size=2)
+    results = list(LocalEngine().run(pipeline, frames("a", "boom", "b")))
+    assert [(r.frame.name, r.ok) for r in results] == [("boom", False), ("a", True), ("b", True)]
+    assert [r.frame.meta.get("dataset_size") for r in results] == [None, 2, 2]
+
+
+def test_a_rerun_reuses_the_checkpoint_in_front_of_a_dataset_stage(tmp_path):
+    CountCalls.seen = []
+    pipeline = Pipeline([CountCalls(), DatasetSize()], batch_size=2)
+    first = [r.frame.meta for r in LocalEngine().run(pipeline, frames("a", "b", "c"), checkpoint_dir=tmp_path)]
+    assert CountCalls.seen == ["a", "b", "c"] and sorted(p.name for p in (tmp_path / "segment0").iterdir()) == [
+        "a.json", "b.json", "c.json"]
+    again = [r.frame.meta for r in LocalEngine().run(pipeline, frames("a", "b", "c"), checkpoint_dir=tmp_path)]
+    assert CountCalls.seen == ["a", "b", "c"] and again == first
+
+
+def test_pipeline_call_is_strict_and_raises_the_stage_error():
+    with pytest.raises(RuntimeError, match="exploded on purpose"):
+        Pipeline([FailOn(on="boom")])(frames("boom"))
+
+
+def test_runner_stops_with_one_message_and_summary_accounts_for_wall_time(test_stages, image_folder, tmp_path):
+    with pytest.raises(RunStopped):
+        run_to_folder(Pipeline([test_stages.Explode(on="")], batch_size=3), [image_folder], tmp_path / "x", quiet=True)
+    summary = run_to_folder(Pipeline([test_stages.Brightness()]), [image_folder], tmp_path / "out", quiet=True,
+                            startup_seconds=0.5)
+    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    wall = data["wall"]
+    assert set(wall) >= {"startup", "load", "decode", "stages", "write", "finish", "retried", "other"}
+    assert wall["startup"] == 0.5 and wall["stages"] == pytest.approx(data["timings"]["brightness"]["seconds"], abs=1e-3)
+    assert sum(wall.values()) == pytest.approx(summary.seconds, abs=0.01)
+
+
+@pytest.mark.subprocess
+def test_cli_stops_with_one_line_and_the_summary_counts_start_up(image_folder, tmp_path):
+    import subprocess
+    import sys
+
+    from clihelp import cli_env
+
+    def recognize(recipe: str, out):
+        path = tmp_path / "recipe.yaml"
+        path.write_text(recipe)
+        return subprocess.run([sys.executable, "-m", "recognize", "run", str(path), str(image_folder), "-o", str(out),
+                               "--quiet"], capture_output=True, text=True, env=cli_env(), timeout=300, check=False)
+
+    stopped = recognize("recipe: 1\nsettings: {batch_size: 3}\nstages:\n  - use: explode\n    with: {'on': ''}\n",
+                        tmp_path / "a")
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr
+    assert stopped.stderr.count("exploded on purpose") == 1 and "failed on each of the 3 images" in stopped.stderr
+    done = recognize("recipe: 1\nstages: []\noutputs:\n  - use: json\n", tmp_path / "b")
+    assert done.returncode == 0, done.stderr
+    wall = json.loads((tmp_path / "b" / "summary.json").read_text())["wall"]
+    assert wall["startup"] > 0  # the interpreter and imports before the run, measured from the process's start
