@@ -53,7 +53,7 @@ def test_masks_have_the_image_size_and_scores(segmented):
             assert isinstance(region.mask_score, float) and np.isfinite(region.mask_score)
             assert region.source == "test"  # the localizer's region, enriched in place
         assert any(region.mask.any() for region in frame.regions)
-    assert frames[1].regions == [] and frames[1]._image is None  # no regions: no decoding, no embedding
+    assert frames[1].regions == [] and frames[1].meta == {}  # no regions: no decoding (the one call above had 2)
 
 
 def test_chinese_names_follow_tags_onto_masks(segmented):

@@ -34,10 +34,14 @@ class LocalizerSpec(BaseModel):
 
 def stage_class(name: str) -> type:
     from recognize import plugins
+    from recognize.errors import RecognizeError
 
-    registry = plugins.stages()
-    stage = registry.get(name)
+    try:
+        stage = plugins.find_stage(name)  # plain or `plugin:name`
+    except RecognizeError as error:  # two plugins register the plain name: the message lists the choices
+        raise ValueError(str(error)) from None
     if stage is None:
+        registry = plugins.stages()
         localizers = sorted(n for n, cls in registry.items() if cls.kind == "localizer" and n != "tiled")
         close = difflib.get_close_matches(name, localizers, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
