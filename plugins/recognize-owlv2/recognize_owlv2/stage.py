@@ -11,6 +11,7 @@ import torch
 from pydantic import Field, model_validator
 
 from recognize.frame import Frame, Region, Tag
+from recognize.hub import FileRef
 from recognize.stage import Device, Stage, StageKind, StageParams, resolve_device, shared_models
 from recognize_owlv2.cards import Variant
 
@@ -56,6 +57,15 @@ class Owlv2(Stage):
     Params: ClassVar[type[StageParams]] = Owlv2Params
     params: Owlv2Params
 
+    def model_files(self) -> list[FileRef]:
+        """The released weights of `model`, unless `checkpoint` is given or the weights are random."""
+        from recognize_owlv2.cards import WEIGHTS, card_name
+
+        p = self.params
+        if p.weights == "random" or p.checkpoint:
+            return []
+        return [FileRef(card_name(p.model), WEIGHTS)]
+
     def load(self) -> None:
         from transformers import Owlv2ImageProcessor
 
@@ -73,9 +83,13 @@ class Owlv2(Stage):
             expected = f"OWLv2 {p.model}" if p.config is None else "OWLv2 custom"
             return load_checkpoint(build_owlv2(p.model, p.config), checkpoint, expected=expected).to(self.device)
 
-        self.model = shared_models.get(("owlv2", architecture, source, self.device), build)
+        self.model = shared_models.get(("owlv2", architecture, source, self.device), build, owner=self)
         size = image_size(self.model)
         self.processor = Owlv2ImageProcessor(size={"height": size, "width": size})
+
+    def unload(self) -> None:
+        super().unload()
+        self.model = None
 
     def _checkpoint_path(self) -> Path:
         from recognize.hub import resolve_path

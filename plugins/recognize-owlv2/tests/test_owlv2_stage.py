@@ -90,3 +90,24 @@ def test_recipe_error_names_the_parameter(tmp_path):
     recipe.write_text(f"recipe: 1\nstages:\n  - use: owlv2\n    with: {json.dumps(TINY)}\n")
     (stage,) = Pipeline.from_recipe(recipe).stages
     assert isinstance(stage, Owlv2) and stage.params.config == TINY_CONFIG
+
+
+def test_model_files_name_the_released_weights_only_when_they_are_used(tmp_path):
+    from recognize.hub import FileRef
+
+    assert Owlv2().model_files() == [FileRef("owlv2_base_patch16_ensemble", "model.safetensors")]
+    assert Owlv2(model="large_patch14_ensemble").model_files() == [FileRef("owlv2_large_patch14_ensemble",
+                                                                           "model.safetensors")]
+    assert Owlv2(**TINY).model_files() == [] and Owlv2(checkpoint=str(tmp_path / "w.safetensors")).model_files() == []
+
+
+def test_tiled_owlv2_checks_the_inner_files_before_loading(tmp_path, monkeypatch):
+    pytest.importorskip("recognize_tiles")
+    from recognize_tiles import Tiled
+
+    monkeypatch.setenv("RECOGNIZE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RECOGNIZE_OFFLINE", "1")
+    stage = Tiled(localizer={"use": "owlv2", "with": {"model": "base_patch16"}})
+    assert [ref.card for ref in stage.model_files()] == ["owlv2_base_patch16"]
+    with pytest.raises(ModelFileError, match="owlv2-base-patch16/resolve/main/model.safetensors"):
+        stage.ensure_loaded()

@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from recognize.frame import Frame
+from recognize.hub import FileRef
 from recognize.stage import Device, Stage, StageKind, StageParams, resolve_device, shared_models
 from recognize_sam2.cards import Release, Variant
 from recognize_sam2.model import Sam2Config
@@ -49,6 +50,15 @@ class Sam2(Stage):
     Params: ClassVar[type[StageParams]] = Sam2Params
     params: Sam2Params
 
+    def model_files(self) -> list[FileRef]:
+        """The official checkpoint of `model` and `release`, unless `checkpoint` is given or the weights are random."""
+        from recognize_sam2.cards import card_name, checkpoint_filename
+
+        p = self.params
+        if p.weights == "random" or p.checkpoint:
+            return []
+        return [FileRef(card_name(p.model, p.release), checkpoint_filename(p.model, p.release))]
+
     def load(self) -> None:
         from recognize_sam2.model import build_sam2, load_checkpoint
         from recognize_sam2.predict import BoxSegmenter
@@ -66,8 +76,12 @@ class Sam2(Stage):
             expected = f"SAM {p.release} {p.model}" if p.config is None else "SAM 2 custom"
             return load_checkpoint(build_sam2(p.model, p.release, p.config), checkpoint, expected=expected).to(device)
 
-        sam = shared_models.get(("sam2", architecture, source, device), build)
+        sam = shared_models.get(("sam2", architecture, source, device), build, owner=self)
         self.segmenter = BoxSegmenter(sam)
+
+    def unload(self) -> None:
+        super().unload()
+        self.segmenter = None
 
     def _checkpoint_path(self) -> Path:
         from recognize.hub import resolve_path

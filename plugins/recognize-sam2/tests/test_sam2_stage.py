@@ -152,3 +152,11 @@ def test_shipped_recipes_build(name):
 
     stages = Pipeline.from_recipe(REPO / "recipes" / f"{name}.yaml").stages
     assert [s.name for s in stages][-1] == "sam2" and isinstance(stages[-1], Sam2)
+
+
+def test_model_files_name_the_official_checkpoint_only_when_it_is_used(tmp_path):
+    from recognize.hub import FileRef
+
+    assert Sam2(model="hiera_tiny").model_files() == [FileRef("sam2.1_hiera_tiny", "sam2.1_hiera_tiny.pt")]
+    assert Sam2(model="hiera_large", release="2").model_files() == [FileRef("sam2_hiera_large", "sam2_hiera_large.pt")]
+    assert Sam2(**TINY).model_files() == [] and Sam2(checkpoint=str(tmp_path / "x.pt")).model_files() == []

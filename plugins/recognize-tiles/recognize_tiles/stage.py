@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from recognize.frame import Frame, Region
+from recognize.hub import FileRef
 from recognize.stage import Device, Stage, StageKind, StageParams
 from recognize_tiles.inner import LocalizerSpec, stage_class
 
@@ -73,8 +74,16 @@ class Tiled(Stage):
         super().apply_defaults(**defaults)
         self.inner.apply_defaults(**defaults)
 
+    def model_files(self) -> list[FileRef]:
+        """The inner localizer's files: checked (and fetched by `models download --recipe`) like its own."""
+        return self.inner.model_files()
+
     def load(self) -> None:
         self.inner.ensure_loaded()
+
+    def unload(self) -> None:
+        super().unload()
+        self.inner.unload()
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         for frame in frames:
