@@ -27,14 +27,14 @@ class Owlv2Params(StageParams):
     weights: Literal["checkpoint", "random"] = Field(
         "checkpoint", description="`random`: seeded random initialisation, for tests and benchmarks only"
     )
-    seed: int = Field(0, description="seed of the random initialisation")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the random initialisation")
     box_threshold: float = Field(0.1, ge=0.0, le=1.0, description="keep boxes whose best query scores above this")
     classes: list[str] | None = Field(None, description="fixed class list; default: each frame's tags")
     query_template: str = Field("{}", description="text around each tag, e.g. 'a photo of a {}'")
     nms: Literal["per_tag", "cross_tag", "none"] = "per_tag"
     nms_threshold: float = Field(0.3, ge=0.0, le=1.0, description="IoU above which a lower-scored box is dropped")
     device: Device = "auto"
-    batch_size: int = Field(1, ge=1, description="images per forward pass")
+    batch_size: int = Field(1, ge=1, le=4096, description="images per forward pass")
 
     @model_validator(mode="after")
     def _consistent(self) -> Owlv2Params:

@@ -25,10 +25,10 @@ class Sam2Params(StageParams):
     weights: Literal["checkpoint", "random"] = Field(
         "checkpoint", description="`random`: seeded random initialisation, for tests and benchmarks only",
     )
-    seed: int = Field(0, description="seed of the random initialisation")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the random initialisation")
     multimask: bool = Field(True, description="decode 3 candidates per box and keep the best-scoring one")
     device: Device = "auto"
-    batch_size: int = Field(1, ge=1, description="images per image-encoder call")
+    batch_size: int = Field(1, ge=1, le=4096, description="images per image-encoder call")
 
     @model_validator(mode="after")
     def _weights_known(self) -> Sam2Params:

@@ -34,7 +34,7 @@ class TiledParams(StageParams):
         "nms", description="duplicates: `nms` keeps the best box, `nmm` merges overlapping boxes into one"
     )
     iou_threshold: float = Field(0.5, ge=0.0, le=1.0, description="boxes of one tag overlapping more are duplicates")
-    batch_size: int = Field(1, ge=1, description="slices per localizer call")
+    batch_size: int = Field(1, ge=1, le=4096, description="slices per localizer call")
     device: Device = Field("auto", description="passed on to the localizer unless it sets its own")
 
     @field_validator("tile", "overlap", mode="before")
@@ -44,8 +44,8 @@ class TiledParams(StageParams):
 
     @model_validator(mode="after")
     def _sizes(self) -> TiledParams:
-        if min(self.tile) < 1:
-            raise ValueError("tile sizes must be positive")
+        if min(self.tile) < 32 or max(self.tile) > 16384:
+            raise ValueError(f"tile {self.tile}: sizes must be between 32 and 16384 pixels")
         if min(self.overlap) < 0 or any(o >= t for o, t in zip(self.overlap, self.tile)):
             raise ValueError(f"overlap {self.overlap} must be >= 0 and smaller than the tile {self.tile}")
         return self
