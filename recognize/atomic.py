@@ -1,9 +1,15 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never a half-written one."""
+"""Atomic file writes: a reader sees the old file or the whole new one, never a half-written one.
+
+The temp file sits beside its target as `.<name>.<pid>.<random>.part`; a process killed mid-write
+(`kill -9`, power loss) leaves it behind, and `remove_stale_temps` deletes those of processes that
+are gone (a concurrent run's temps, whose process is alive, are left alone).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +24,8 @@ def _file_mode() -> int:
 
 
 _FILE_MODE = _file_mode()
+TEMP_SUFFIX = ".part"
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[A-Za-z0-9_]+\.part$")
 
 
 @contextlib.contextmanager
@@ -25,7 +33,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", encoding: str | 
     """Open a temp file beside `path`; on success fsync and rename it over `path`, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent)
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
@@ -48,3 +56,30 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_write(path, "wb") as handle:
         handle.write(data)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: leave its files alone
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
+    """Delete the temp files `atomic_write` left under `folder` (recursively) in processes that no
+    longer run; returns how many. Unreadable sub-folders are skipped."""
+    removed = 0
+    for root, _dirs, files in os.walk(folder, onerror=lambda _: None):
+        for name in files:
+            match = _TEMP_NAME.match(name)
+            if match is None or _alive(int(match.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(root, name))
+                removed += 1
+    return removed

@@ -157,48 +157,139 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     return np.asarray(open_image(path))
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, str]]:
+def expand_inputs(
+    inputs: Iterable[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None
+) -> list[tuple[Path, str]]:
     """Files, folders (recursive, by image extension) and globs -> (path, output name) pairs.
 
-    The output name is the file's stem, or for files found in a folder its path relative to that
-    folder without suffix, so two `img.jpg` in different sub-folders do not collide. Remaining
-    collisions get `-2`, `-3`... Raises `InputError` when an input matches nothing.
+    The output name is the file's name, extension included, or for files found in a folder (or by
+    a glob) its path relative to that folder (or to the glob's fixed prefix): `sub/img.jpg`, so
+    two `img.jpg` in different sub-folders, or `img.jpg` beside `img.png`, do not collide.
+    Unsafe characters are escaped (`recognize.outputs.paths.name_from_parts`). Names that still
+    collide (the same file name given twice from different places) get `-2`, `-3`... before the
+    extension, in input order.
+
+    `exclude` is the output folder: nothing inside it is ever an input (a run's results must not
+    become inputs of the next run). Raises `InputError` for an input that matches no image (a
+    missing path, an empty folder, an empty glob) and for anything that is not a regular file
+    (a FIFO would block the run forever).
     """
+    from recognize.outputs.paths import name_from_parts
+
+    skip = Path(exclude).resolve() if exclude is not None else None
     found: list[tuple[Path, str]] = []
     for item in inputs:
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            found.extend((p, p.relative_to(path).with_suffix("").as_posix()) for p in files)
-        elif path.exists():
-            found.append((path, path.stem))
+            if skip is not None and _inside(path.resolve(), skip):
+                raise InputError(f"{text}: is the output folder {exclude} or inside it; outputs are never "
+                                 "inputs (choose another -o)")
+            files = _scan_folder(path, skip)
+            if not files:
+                where = " outside the output folder" if skip is not None and _contains(path.resolve(), skip) else ""
+                raise InputError(f"{text}: the folder holds no image file{where} "
+                                 f"({', '.join(IMAGE_EXTENSIONS)})")
+            found.extend((p, name_from_parts(p.relative_to(path).parts)) for p in files)
+        elif path.exists() or path.is_symlink():
+            _check_regular(path, text)
+            if skip is not None and _inside(path.resolve(), skip):
+                raise InputError(f"{text}: is inside the output folder {exclude}; outputs are never inputs "
+                                 "(choose another -o, or copy the file out)")
+            found.append((path, name_from_parts((path.name,))))
         elif glob.has_magic(text):
-            matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            base = _glob_base(text)
+            matches = []
+            for match in sorted(glob.glob(text, recursive=True)):
+                candidate = Path(match)
+                if candidate.is_dir() or (skip is not None and _inside(candidate.resolve(), skip)):
+                    continue
+                _check_regular(candidate, match)
+                matches.append(candidate)
             if not matches:
                 raise InputError(f"{text}: the pattern matches no file")
-            found.extend((p, p.stem) for p in matches)
+            found.extend((p, name_from_parts(_relative_parts(p, base))) for p in matches)
         else:
             raise InputError(f"{text}: no such file or folder")
     return _dedupe_names(found)
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _contains(path: Path, folder: Path) -> bool:
+    """Whether `folder` (the output folder) lies inside `path` (an input folder)."""
+    return path in folder.parents
+
+
+def _check_regular(path: Path, text: str) -> None:
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise InputError(f"{text}: cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else \
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+        raise InputError(f"{text}: {kind}, not an image file; give regular files only")
+
+
+def _scan_folder(folder: Path, skip: Path | None) -> list[Path]:
+    """Image files under `folder`, sorted, without following links to folders and without
+    descending into the output folder. Non-regular files with an image extension are refused."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder, onerror=None):
+        here = Path(root)
+        if skip is not None:
+            dirs[:] = [d for d in dirs if not _inside((here / d).resolve(), skip)]
+        dirs.sort()
+        for name in files:
+            candidate = here / name
+            if candidate.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            _check_regular(candidate, str(candidate))
+            found.append(candidate)
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+def _glob_base(pattern: str) -> Path:
+    """The fixed folder a glob starts from (`photos/**/*.jpg` -> `photos`)."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _relative_parts(path: Path, base: Path) -> tuple[str, ...]:
+    try:
+        return path.relative_to(base).parts
+    except ValueError:
+        return (path.name,)
+
+
 def _dedupe_names(found: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
     seen_paths: set[Path] = set()
-    used: dict[str, int] = {}
+    used: set[str] = {name for _, name in found}
+    taken: set[str] = set()
     result = []
     for path, name in found:
         resolved = path.resolve()
         if resolved in seen_paths:
             continue
         seen_paths.add(resolved)
-        if name in used:
-            used[name] += 1
-            candidate = f"{name}-{used[name]}"
-            while candidate in used:
-                used[name] += 1
-                candidate = f"{name}-{used[name]}"
+        if name in taken:
+            stem, dot, ext = name.rpartition(".")
+            if not dot or "/" in ext or not stem or stem.endswith("/"):
+                stem, dot, ext = name, "", ""
+            count = 2
+            while (candidate := f"{stem}-{count}{dot}{ext}") in used or candidate in taken:
+                count += 1
             name = candidate
-        used.setdefault(name, 1)
+        taken.add(name)
         result.append((path, name))
     return result

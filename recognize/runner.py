@@ -1,37 +1,53 @@
 """`recognize run`: a Pipeline over files, writing every output atomically and resumably.
 
-Per image the output stages write their files, then `OUT/<name>.json` last: a JSON file on
-disk means that image is complete, so a re-run (after a crash or `kill`) skips it and reads
-its Frame back for dataset-level outputs. `OUT/summary.json` is written at the end.
+Layout (see `recognize.outputs.paths`): per-image results under `OUT/frames/`, dataset files
+(`coco.json`, ...) and the run's own files (`manifest.json`, `summary.json`) at the top, so no
+input name can make two producers share a path.
+
+Resume is by identity, not by name: when an image's outputs are written, the runner appends a
+line to `OUT/.recognize/done.jsonl` with the source's path, size, mtime and sha256, the recipe's
+fingerprint and the size of every file written. A re-run skips an image only when that record
+matches: same recipe, same source (unchanged path, size and mtime, or the same content), files
+intact. Anything else is processed again, so a changed photo is redone and another folder's
+`x.png` is never reported as done.
+
+Memory is bounded by the batch: processed frames are written and dropped; dataset-level outputs
+read the frames back from `OUT/frames/` one at a time when the run ends (`FrameFiles`).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from recognize.atomic import write_text
+from recognize.atomic import remove_stale_temps, write_text
 from recognize.engines.base import Engine, FrameResult, describe_error
 from recognize.engines.local import LocalEngine
 from recognize.engines.segment_store import PARTIAL_DIR
 from recognize.engines.segment_store import clear as clear_partial
 from recognize.engines.timing import FINISH, STARTUP, WRITE, StageTimer
-from recognize.errors import InputError, RecognizeError
+from recognize.errors import InputError, RecipeError, RecognizeError
 from recognize.frame import Frame
 from recognize.images import expand_inputs
 from recognize.outputs.json_output import JsonOutput, read_frame
+from recognize.outputs.paths import RUN_FILES
 from recognize.pipeline import Pipeline
 from recognize.stage import OutputStage
 
 SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.json"
+#: the runner's bookkeeping inside OUT
+STATE_DIR = ".recognize"
+DONE_FILE = "done.jsonl"
 
 
 @dataclass
@@ -77,16 +93,241 @@ class RunSummary:
         }
 
 
-def read_done_frame(frame: Frame, outputs: Sequence[OutputStage], json_stage: OutputStage, out_dir: Path) -> Frame | None:
-    """The Frame a previous run finished (every output file present, its JSON readable), else None."""
-    if not all(path.is_file() for stage in outputs for path in stage.files(frame, out_dir)):
-        return None
+# -- identity of a source and of a finished result ------------------------------------------------
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_identity(path: Path) -> dict[str, Any]:
+    """What a finished result records about its source (path, size, mtime, content hash)."""
+    info = path.stat()
+    return {"source": str(path.resolve()), "size": info.st_size, "mtime_ns": info.st_mtime_ns,
+            "sha256": sha256_of(path)}
+
+
+def same_source(record: dict[str, Any], path: Path) -> bool:
+    """Whether `path` is the source `record` was made from: unchanged (path, size, mtime), or moved
+    or touched but with the same content (size and sha256)."""
     try:
-        done = read_frame(json_stage.files(frame, out_dir)[0])
-    except RecognizeError:  # a damaged file just means "redo this image"
+        info = path.stat()
+        if info.st_size != record.get("size"):
+            return False
+        if str(path.resolve()) == record.get("source") and info.st_mtime_ns == record.get("mtime_ns"):
+            return True
+        return sha256_of(path) == record.get("sha256")
+    except OSError:
+        return False
+
+
+def recipe_of(pipeline: Pipeline) -> dict[str, Any]:
+    """What decides the results (not batch size or device)."""
+    described = pipeline.describe()
+    return json.loads(json.dumps({"stages": described["stages"], "outputs": described["outputs"]}))
+
+
+def fingerprint(recipe: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
+class DoneJournal:
+    """`OUT/.recognize/done.jsonl`: one line per finished image; the last line for a name wins.
+
+    Appending a line is the last step of an image, so a process killed before it leaves an image
+    that the next run redoes; a torn last line is ignored.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / STATE_DIR / DONE_FILE
+        self.records: dict[str, dict[str, Any]] = {}
+        self._handle = None
+
+    def read(self) -> DoneJournal:
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return self
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("name"), str):
+                self.records[record["name"]] = record
+        return self
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("a", encoding="utf-8")
+        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        self.records[record["name"]] = record
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class FrameFiles(Sequence[Frame]):
+    """The run's finished frames, read back from `OUT/frames/` one at a time (in input order).
+
+    What `OutputStage.finish` gets: iterating it (as often as needed) never holds more than one
+    frame in memory."""
+
+    def __init__(self, entries: list[tuple[Path, str, str]]) -> None:
+        self._entries = entries  # (frame json, source path, name)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @overload
+    def __getitem__(self, index: int) -> Frame: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> FrameFiles: ...
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return FrameFiles(self._entries[index])
+        json_path, source, name = self._entries[index]
+        frame = read_frame(json_path)
+        frame.source, frame.name = source, name  # the source may have moved since it was processed
+        return frame
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i in range(len(self._entries)):
+            yield self[i]
+
+
+# -- the output folder ----------------------------------------------------------------------------
+def _folder_error(out: Path, exc: OSError, doing: str) -> RecognizeError:
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return RecognizeError(f"{out}: cannot {doing}: {reason} (free some space, or choose another -o)")
+    return InputError(f"{out}: cannot {doing}: {reason} (choose another -o folder)")
+
+
+def prepare_output_folder(out: Path) -> None:
+    """Create OUT and prove it is a writable folder, before any model is loaded."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: -o must be a folder, and this is a file (choose another -o)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _folder_error(out, exc, "create the output folder") from None
+    try:
+        write_text(out / STATE_DIR / "write-test", "ok\n")
+        (out / STATE_DIR / "write-test").unlink()
+    except OSError as exc:
+        raise _folder_error(out, exc, "write into the output folder") from None
+
+
+def check_output_layout(outputs: Sequence[OutputStage]) -> None:
+    """Every dataset-level name in OUT has one producer: no output may write a run file or a name
+    another output writes. A recipe error (exit 2) naming the outputs."""
+    owners: dict[str, str] = {name: "the run itself" for name in RUN_FILES}
+    for index, stage in enumerate(outputs):
+        for name in stage.run_files():
+            where = f"outputs[{index}] ({stage.name})"
+            if name in owners:
+                raise RecipeError(f"{where}: writes {name!r}, which {owners[name]} also writes; "
+                                  "give one of them another `filename`, or drop the duplicate output")
+            owners[name] = where
+
+
+def check_claims(frames: Iterable[Frame], outputs: Sequence[OutputStage], out: Path) -> None:
+    """Refuse, before anything is written, a run in which two images (or two outputs) would write
+    the same per-image file, or one would write a file where another needs a folder."""
+    owner: dict[str, str] = {}
+    folders: dict[str, str] = {}
+    for frame in frames:
+        for stage in outputs:
+            for path in stage.claims(frame, out):
+                key = path.as_posix()
+                if key in owner or key in folders:
+                    other = owner.get(key) or folders[key]
+                    raise InputError(f"{frame.source} and {other} would both write {path}; "
+                                     "rename one of them or run them into different -o folders")
+                owner[key] = frame.source
+                for parent in path.parents:
+                    parent_key = parent.as_posix()
+                    if parent_key in owner:
+                        raise InputError(f"{frame.source} and {owner[parent_key]} would both write {parent}; "
+                                         "rename one of them or run them into different -o folders")
+                    if parent == out or parent_key in folders:
+                        break
+                    folders[parent_key] = frame.source
+
+
+def _has_results(out: Path, journal: DoneJournal) -> bool:
+    """Whether OUT holds results: a finished image, or any file that is not the run's bookkeeping
+    (a run whose images all failed, or that stopped before the first one, leaves none)."""
+    if journal.records:
+        return True
+    try:
+        entries = set(os.listdir(out))
+    except OSError:
+        return False
+    return bool(entries - {MANIFEST_FILE, SUMMARY_FILE, STATE_DIR, PARTIAL_DIR})
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
-    done.name = frame.name
-    return done
+    return data if isinstance(data, dict) and isinstance(data.get("pipeline"), dict) else None
+
+
+def check_manifest(recipe: dict[str, Any], out: Path, journal: DoneJournal, overwrite: bool) -> bool:
+    """May this run write into OUT? Returns whether the manifest must be (re)written.
+
+    A folder with results of another recipe, or with files but no readable manifest (not made by
+    `recognize run`, or damaged), is refused unless `--overwrite`; an OUT holding nothing but the
+    manifest of a run that failed before any image is free to use."""
+    manifest = read_manifest(out)
+    if overwrite or not _has_results(out, journal):
+        return manifest is None or manifest["pipeline"] != recipe
+    if manifest is None:
+        raise InputError(
+            f"{out} is not empty and has no readable {MANIFEST_FILE}, so its files may come from another recipe; "
+            "use --overwrite to write into it anyway, or another -o folder"
+        )
+    if manifest["pipeline"] != recipe:
+        raise InputError(
+            f"{out} holds results of a different recipe or settings (see {out / MANIFEST_FILE}); "
+            "use --overwrite to redo them, or another -o folder"
+        )
+    return False
+
+
+def write_manifest(pipeline: Pipeline, recipe: dict[str, Any], out: Path) -> None:
+    from recognize import __version__
+
+    write_text(out / MANIFEST_FILE, json.dumps({"recognize_version": __version__, "recipe": pipeline.name,
+                                                "fingerprint": fingerprint(recipe), "pipeline": recipe},
+                                               indent=2, ensure_ascii=False))
+
+
+# -- the run --------------------------------------------------------------------------------------
+def _is_done(record: dict[str, Any] | None, path: Path, out: Path, recipe_id: str) -> bool:
+    if record is None or record.get("recipe") != recipe_id:
+        return False
+    files = record.get("files")
+    if not isinstance(files, dict) or not files:
+        return False
+    for relative, size in files.items():
+        try:
+            if (out / relative).stat().st_size != size:
+                return False
+        except OSError:
+            return False
+    return same_source(record, path)
 
 
 def run_to_folder(
@@ -102,7 +343,11 @@ def run_to_folder(
     """Process `inputs` into `out_dir`; returns (and writes) the run summary.
 
     `startup_seconds`: time spent before this call (the CLI passes the process's age), shown in
-    the summary's `wall` so it accounts for the whole run."""
+    the summary's `wall` so it accounts for the whole run.
+
+    Everything that can be refused is refused before a file is written or a model loaded: bad
+    output names, colliding results, inputs inside OUT, an OUT made by another recipe.
+    """
     from tqdm.auto import tqdm
 
     engine = engine or LocalEngine(progress=not quiet)
@@ -110,101 +355,101 @@ def run_to_folder(
     if startup_seconds:
         timer.phases[STARTUP] += startup_seconds
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    json_stage = next((s for s in pipeline.outputs if s.name == "json"), None) or JsonOutput()
+    # json goes last: its file is the frame the dataset outputs read back
+    outputs = [s for s in pipeline.outputs if s.name != "json"] + [json_stage]
+    check_output_layout(outputs)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: -o must be a folder, and this is a file (choose another -o)")
+    items = expand_inputs(inputs, exclude=out)
+    check_claims((Frame(source=str(path), name=name) for path, name in items), outputs, out)
+    prepare_output_folder(out)
+    remove_stale_temps(out)  # what a killed run left half-written
+
+    recipe = recipe_of(pipeline)
+    recipe_id = fingerprint(recipe)
+    journal = DoneJournal(out).read()
+    manifest_needed = check_manifest(recipe, out, journal, overwrite)
     partial = out / PARTIAL_DIR
-    check_manifest(pipeline, out, overwrite)
-    if overwrite:
-        clear_partial(partial)
+    if overwrite or manifest_needed:
+        clear_partial(partial)  # intermediate results of other settings
+
     started = time.perf_counter()
     summary = RunSummary(
         recipe=pipeline.name,
         output_dir=str(out),
+        inputs=len(items),
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         engine=getattr(engine, "name", type(engine).__name__),
     )
-    json_stage = next((s for s in pipeline.outputs if s.name == "json"), None) or JsonOutput()
-    # json goes last: its file is the "this image is complete" marker
-    outputs = [s for s in pipeline.outputs if s.name != "json"] + [json_stage]
-
-    items = expand_inputs(inputs)
-    summary.inputs = len(items)
-    all_frames: list[Frame] = []
-    todo: list[Frame] = []
+    todo: list[tuple[Path, str]] = []
     for path, name in items:
-        frame = Frame(source=str(path), name=name)
-        done = None if overwrite else read_done_frame(frame, outputs, json_stage, out)
-        if done is not None:
-            all_frames.append(done)
+        if not overwrite and _is_done(journal.records.get(name), path, out, recipe_id):
             summary.skipped += 1
         else:
-            todo.append(frame)
+            todo.append((path, name))
 
     if todo:
         engine.load(pipeline, timer)  # missing weights fail now, in one line, before any image is touched
+    if manifest_needed:
+        try:
+            write_manifest(pipeline, recipe, out)
+        except OSError as exc:
+            raise _folder_error(out, exc, f"write {MANIFEST_FILE}") from None
 
     bar = tqdm(
         total=len(todo), unit="img", disable=quiet or not todo, file=sys.stderr, dynamic_ncols=True,
         desc=pipeline.name or "run",
     )
+    sources = {name: path for path, name in todo}
 
     def on_result(result: FrameResult) -> None:
+        frame = result.frame
         if result.ok:
             try:
                 with timer.phase(WRITE):
                     for stage in outputs:
-                        stage.write(result.frame, out)
+                        stage.write(frame, out)
+                    record = {"name": frame.name, **source_identity(sources[frame.name]), "recipe": recipe_id,
+                              "files": {path.relative_to(out).as_posix(): path.stat().st_size
+                                        for stage in outputs for path in stage.files(frame, out)}}
+                    journal.append(record)
             except Exception as exc:  # noqa: BLE001 - a write error fails this image, not the run
                 result.error = f"writing outputs: {describe_error(exc)}"
         if result.ok:
             summary.processed += 1
-            all_frames.append(result.frame)
-            result.frame.release_image()
         else:
-            summary.failures.append({"source": result.frame.source, "name": result.frame.name or "",
-                                     "error": result.error or ""})
-            bar.write(f"skipped {result.frame.source}: {result.error}", file=sys.stderr)
+            summary.failures.append({"source": frame.source, "name": frame.name or "", "error": result.error or ""})
+            bar.write(f"skipped {frame.source}: {result.error}", file=sys.stderr)
+        frame.release_image()
+        for region in frame.regions:  # a caller may still hold the frame; the masks are on disk now
+            region.mask = None
         bar.update(1)
 
+    frames = (Frame(source=str(path), name=name) for path, name in todo)
     try:
-        for _ in engine.run(pipeline, todo, on_result=on_result, checkpoint_dir=partial, timer=timer):
+        for _ in engine.run(pipeline, frames, on_result=on_result, checkpoint_dir=partial, timer=timer):
             pass
     finally:
         bar.close()
+        journal.close()
     clear_partial(partial)  # every frame is final now
 
-    order = {name: i for i, (_, name) in enumerate(items)}
-    all_frames.sort(key=lambda f: order.get(f.name or "", len(order)))
-    with timer.phase(FINISH):
-        for stage in outputs:
-            stage.finish(all_frames, out)
-
-    summary.seconds = time.perf_counter() - started + (startup_seconds or 0.0)
-    summary.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    summary.timings = {
-        name: {"seconds": round(seconds, 4), "per_image": round(seconds / max(summary.processed, 1), 4)}
-        for name, seconds in timer.stages.items()
-    }
-    summary.wall = timer.wall(summary.seconds)
-    write_text(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
+    frame_files = FrameFiles([(json_stage.files(Frame(source=str(path), name=name), out)[0], str(path), name)
+                              for path, name in items if _is_done(journal.records.get(name), path, out, recipe_id)])
+    try:
+        with timer.phase(FINISH):
+            for stage in outputs:
+                stage.finish(frame_files, out)
+        summary.seconds = time.perf_counter() - started + (startup_seconds or 0.0)
+        summary.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        summary.timings = {
+            name: {"seconds": round(seconds, 4), "per_image": round(seconds / max(summary.processed, 1), 4)}
+            for name, seconds in timer.stages.items()
+        }
+        summary.wall = timer.wall(summary.seconds)
+        write_text(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
+    except OSError as exc:
+        raise _folder_error(out, exc, "write the dataset outputs") from None
     return summary
 
-
-def check_manifest(pipeline: Pipeline, out: Path, overwrite: bool) -> None:
-    """OUT/manifest.json records the recipe; resuming into OUT with another recipe is refused."""
-    from recognize import __version__
-
-    path = out / MANIFEST_FILE
-    described = pipeline.describe()
-    recipe = {"stages": described["stages"], "outputs": described["outputs"]}  # not batch size or device
-    if path.is_file() and not overwrite:
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8")).get("pipeline")
-        except (OSError, ValueError):
-            previous = None
-        if previous is not None and previous != json.loads(json.dumps(recipe)):
-            raise InputError(
-                f"{out} holds results of a different recipe or settings (see {path}); "
-                "use --overwrite to redo them, or another -o folder"
-            )
-    write_text(path, json.dumps({"recognize_version": __version__, "recipe": pipeline.name, "pipeline": recipe},
-                                indent=2, ensure_ascii=False))

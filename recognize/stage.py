@@ -10,7 +10,7 @@ import re
 import threading
 import typing
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -206,6 +206,11 @@ class OutputStage(Stage):
     `files(frame, out_dir)` names what `write` produces for one frame (a resumed run checks
     they all exist); `finish(frames, out_dir)` writes dataset-level files once all frames are
     known (e.g. one COCO file). Writes must be atomic: use `recognize.atomic.atomic_write`.
+
+    Every file has one producer: per-image files go under `OUT/frames/`
+    (`recognize.outputs.paths.output_path`) or a folder the stage names in `run_files`;
+    `run_files` lists the names the stage writes directly in OUT, and the runner refuses a
+    recipe whose outputs (or the run itself) claim the same name.
     """
 
     kind: ClassVar[StageKind] = "output"
@@ -213,11 +218,24 @@ class OutputStage(Stage):
     def files(self, frame: Frame, out_dir: Path) -> list[Path]:
         return []
 
+    def claims(self, frame: Frame, out_dir: Path) -> list[Path]:
+        """Every per-image path this stage writes for `frame`, at `write` or at `finish`."""
+        return self.files(frame, out_dir)
+
+    def run_files(self) -> list[str]:
+        """Plain names this stage writes directly in OUT (dataset files, its own folders)."""
+        return []
+
     def write(self, frame: Frame, out_dir: Path) -> None:
         """Write the per-frame files."""
 
-    def finish(self, frames: list[Frame], out_dir: Path) -> None:
-        """Write dataset-level files (all frames of the run, resumed ones included)."""
+    def finish(self, frames: Sequence[Frame], out_dir: Path) -> None:
+        """Write dataset-level files from every frame of the run, resumed ones included.
+
+        `frames` is a read-only sequence that the runner reads back from the per-image results
+        on disk, one frame at a time, so memory does not grow with the dataset: iterate it
+        (more than once if needed) and keep only what the file needs (no pixels, masks as RLE).
+        """
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         return frames

@@ -67,15 +67,57 @@ def test_arrays_are_normalised():
 
 def test_expand_inputs_folders_globs_and_names(image_folder, tmp_path):
     items = expand_inputs([image_folder])
-    assert [name for _, name in items] == ["black", "sub/noise", "white"]  # sorted, recursive, images only
+    assert [name for _, name in items] == ["black.jpg", "sub/noise.png", "white.png"]  # sorted, recursive, images only
     again = expand_inputs([image_folder / "white.png", str(image_folder / "*.png")])
-    assert [name for _, name in again] == ["white"]  # the same file twice is processed once
+    assert [name for _, name in again] == ["white.png"]  # the same file twice is processed once
     other = tmp_path / "other"
     other.mkdir()
     save(Image.new("RGB", (4, 4)), other / "white.png")
     both = expand_inputs([image_folder / "white.png", other / "white.png"])
-    assert [name for _, name in both] == ["white", "white-2"]
+    assert [name for _, name in both] == ["white.png", "white-2.png"]
     with pytest.raises(InputError, match="no such file"):
         expand_inputs([tmp_path / "nope"])
     with pytest.raises(InputError, match="matches no file"):
         expand_inputs([str(tmp_path / "*.webp")])
+
+
+def test_expand_inputs_names_are_distinct_and_safe(tmp_path):
+    """Every file gets its own name: extensions kept, `\\` and `%` escaped, dot names kept."""
+    folder = tmp_path / "in"
+    (folder / "a").mkdir(parents=True)
+    for name in ["x.jpg", "x.png", "a\\b.jpg", "a%5Cb.jpg", "..jpg", "summary.jpg", "a/b.jpg"]:
+        save(Image.new("RGB", (4, 4)), folder / name, format="PNG")
+    names = [name for _, name in expand_inputs([folder])]
+    assert sorted(names) == ["..jpg", "a%255Cb.jpg", "a%5Cb.jpg", "a/b.jpg", "summary.jpg", "x.jpg", "x.png"]
+    assert len(set(names)) == len(names)
+    deep = expand_inputs([str(folder / "**" / "*.jpg")])  # a glob names files from its fixed folder
+    assert "a/b.jpg" in [name for _, name in deep]
+
+
+def test_expand_inputs_never_takes_the_output_folder(tmp_path):
+    folder = tmp_path / "in"
+    (folder / "out" / "frames").mkdir(parents=True)
+    save(Image.new("RGB", (4, 4)), folder / "x.jpg")
+    save(Image.new("RGB", (4, 4)), folder / "out" / "frames" / "x.jpg.annotated.jpg")
+    assert [name for _, name in expand_inputs([folder], exclude=folder / "out")] == ["x.jpg"]
+    assert [name for _, name in expand_inputs([str(folder / "**" / "*.jpg")], exclude=folder / "out")] == ["x.jpg"]
+    with pytest.raises(InputError, match="output folder"):
+        expand_inputs([folder], exclude=folder)
+    with pytest.raises(InputError, match="inside the output folder"):
+        expand_inputs([folder / "out" / "frames" / "x.jpg.annotated.jpg"], exclude=folder / "out")
+
+
+def test_expand_inputs_refuses_empty_folders_and_non_regular_files(tmp_path):
+    import os
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no image here")
+    with pytest.raises(InputError, match="no image file"):
+        expand_inputs([empty])
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="FIFO"):
+        expand_inputs([fifo])  # refused at once: opening it would block forever
+    with pytest.raises(InputError, match="FIFO"):
+        expand_inputs([tmp_path])

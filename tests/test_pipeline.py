@@ -20,7 +20,8 @@ def test_call_on_arrays_pil_and_paths(test_stages, image_folder):
 def test_run_streams_in_input_order(test_stages, image_folder):
     pipeline = Pipeline([test_stages.Brightness()], batch_size=2)
     frames = list(pipeline.run([image_folder]))
-    assert [(f.name, f.tag_names) for f in frames] == [("black", ["dark"]), ("sub/noise", ["dark"]), ("white", ["bright"])]
+    assert [(f.name, f.tag_names) for f in frames] == [("black.jpg", ["dark"]), ("sub/noise.png", ["dark"]),
+                                                            ("white.png", ["bright"])]
     assert set(pipeline.timings) == {"brightness"}
 
 
@@ -61,11 +62,11 @@ def test_frames_pass_through(test_stages):
 
 def test_no_stages_returns_the_frames(image_folder):
     frames = list(Pipeline([]).run([image_folder]))
-    assert [f.name for f in frames] == ["black", "sub/noise", "white"] and all(not f.tags for f in frames)
+    assert [f.name for f in frames] == ["black.jpg", "sub/noise.png", "white.png"] and all(not f.tags for f in frames)
 
 
 def test_run_delegates_to_the_local_engine_and_times_through_its_timer(test_stages, image_folder):
     pipeline = Pipeline([test_stages.Brightness(), test_stages.CountDataset()], batch_size=2)
     list(pipeline.run([image_folder]))
     assert set(pipeline.timer.stages) == {"brightness", "count_dataset"} and pipeline.timings is pipeline.timer.stages
-    assert {"decode", "load"} <= set(pipeline.timer.phases)
+    assert "load" in pipeline.timer.phases  # library runs decode lazily, inside the stage that reads pixels

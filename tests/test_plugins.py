@@ -298,7 +298,7 @@ def test_broken_plugins_are_reported_and_skipped(broken_plugins_dir, bright_imag
     recipe.write_text("recipe: 1\nstages:\n  - use: brightness\n")
     run = cli("run", recipe, bright_image, "-o", tmp_path / "out", "-q", env=env)
     assert run.returncode == 0, run.stderr
-    assert json.loads((tmp_path / "out" / "white.json").read_text())["tags"][0]["name"] == "bright"
+    assert json.loads((tmp_path / "out" / "frames" / "white.png.json").read_text())["tags"][0]["name"] == "bright"
     for name in BROKEN_MODULES:
         assert name in run.stderr  # each one named in a warning, none fatal
     assert "Traceback" not in run.stderr
@@ -398,7 +398,7 @@ def test_installed_plugins_that_clash_or_break_leave_the_rest_working(clash_site
         out = tmp_path / use.replace(":", "_")
         run = cli("run", recipe, bright_image, "-o", out, "-q", env=env)
         assert run.returncode == 0, run.stderr
-        assert [t["name"] for t in json.loads((out / "white.json").read_text())["tags"]] == [tag]
+        assert [t["name"] for t in json.loads((out / "frames" / "white.png.json").read_text())["tags"]] == [tag]
 
     other = tmp_path / "other.yaml"
     other.write_text("recipe: 1\nstages:\n  - use: center_box\noutputs:\n  - use: json\n")
@@ -436,7 +436,7 @@ def test_example_plugin_is_discovered_and_usable(installed_example, tmp_path):
     recipe.write_text("recipe: 1\nstages:\n  - use: recognize-color-tags:color_tags\n    with: {min_fraction: 0.5}\n")
     result = cli("run", recipe, tmp_path / "red.png", "-o", tmp_path / "out", "-q", env=env)
     assert result.returncode == 0, result.stderr
-    frame = json.loads((tmp_path / "out" / "red.json").read_text())
+    frame = json.loads((tmp_path / "out" / "frames" / "red.png.json").read_text())
     assert [(t["name"], t["source"]) for t in frame["tags"]] == [("red", "color_tags")]
 
 

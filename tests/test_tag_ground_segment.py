@@ -58,7 +58,7 @@ def test_tag_ground_segment_cli(tmp_path, reference, tiny_grounding_dino):
 
     total = 0
     for name in ("demo2", "demo4"):
-        frame = Frame.from_json((out / f"{name}.json").read_text())
+        frame = Frame.from_json((out / "frames" / f"{name}.jpg.json").read_text())
         assert frame.tags and frame.regions
         names = {t.name for t in frame.tags}
         zh = {t.name: t.name_zh for t in frame.tags}
@@ -67,11 +67,11 @@ def test_tag_ground_segment_cli(tmp_path, reference, tiny_grounding_dino):
             x0, y0, x1, y1 = region.box
             assert 0 <= x0 <= x1 <= frame.width and 0 <= y0 <= y1 <= frame.height
             assert region.mask is not None and region.mask.shape == (frame.height, frame.width)
-        raw = json.loads((out / f"{name}.json").read_text())
+        raw = json.loads((out / "frames" / f"{name}.jpg.json").read_text())
         from recognize.frame import rle_to_mask
 
         for region, stored in zip(frame.regions, raw["regions"]):
             assert (rle_to_mask(stored["mask"]) == region.mask).all()
-        assert (out / f"{name}.annotated.jpg").is_file()
+        assert (out / "frames" / f"{name}.jpg.annotated.jpg").is_file()
         total += len(frame.regions)
     assert len(json.loads((out / "coco.json").read_text())["annotations"]) == total

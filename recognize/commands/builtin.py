@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "recognize.commands.plugins",
     "recognize.commands.models",
     "recognize.commands.eval",
+    "recognize.commands.serve",
 )
 
 

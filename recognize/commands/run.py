@@ -12,7 +12,8 @@ import click
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", "output", default="recognize-out", show_default=True,
-              help="Folder for per-image JSON, the recipe's outputs and summary.json.")
+              help="Folder for the results: per-image results in OUT/frames/, the recipe's dataset files, "
+                   "summary.json. When OUT lies inside an input folder, it is skipped when that folder is scanned.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set stages.1.with.box_threshold=0.3 (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs already exist (default: skip them).")
@@ -25,19 +26,22 @@ import click
 def run_command(recipe, inputs, output, overrides, overwrite, quiet, batch_size, device, engine):
     """Run RECIPE on INPUTS (image files, folders searched recursively, or globs).
 
-    Writes OUT/<name>.json per image (the Frame schema), the recipe's outputs and
-    OUT/summary.json. Unreadable images are reported and skipped (exit code 1). Images whose
-    outputs already exist are skipped, so an interrupted run resumes where it stopped.
+    Writes OUT/frames/<name>.json per image (the Frame schema; <name> is the image's path
+    relative to its input folder), the recipe's outputs and OUT/summary.json. Unreadable images
+    are reported and skipped (exit code 1). An image already finished in OUT from the same
+    source file with the same recipe is skipped, so an interrupted run resumes where it stopped;
+    a changed source is processed again.
     """
     from recognize.pipeline import Pipeline
+    from recognize.recipe import load_recipe
     from recognize.runner import run_to_folder
 
-    overrides = list(overrides)
-    if batch_size is not None:
-        overrides.append(f"settings.batch_size={batch_size}")
-    if device is not None:
-        overrides.append(f"settings.device={device}")
-    pipeline = Pipeline.from_recipe(recipe, overrides)
+    loaded = load_recipe(recipe, list(overrides))
+    # set on the loaded recipe, not as `--set settings...`: a recipe without `settings:` takes them too
+    changes = {key: value for key, value in (("batch_size", batch_size), ("device", device)) if value is not None}
+    if changes:
+        loaded.settings = loaded.settings.model_copy(update=changes)
+    pipeline = Pipeline.from_recipe(loaded)
     engine_obj = None
     if engine == "ray":
         from recognize.engines.ray_engine import RayEngine

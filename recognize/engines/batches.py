@@ -86,16 +86,19 @@ def run_batch(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer, *
     """
     results: list[FrameResult | None] = [None] * len(frames)
     readable: list[int] = []
-    with timer.phase(DECODE):
-        for i, frame in enumerate(frames):
-            try:
-                frame.image  # noqa: B018 - decode now: a bad file is reported, not raised mid-stage
-            except ImageError as exc:
-                if not isolate:
-                    raise
-                results[i] = FrameResult(frame, str(exc))
-            else:
-                readable.append(i)
+    if not isolate:
+        # Library use: stages decode lazily (a frame nobody looks at is never decoded, e.g. SAM on a
+        # frame without regions) and a bad file raises where it is read, like any other error.
+        readable = list(range(len(frames)))
+    else:
+        with timer.phase(DECODE):
+            for i, frame in enumerate(frames):
+                try:
+                    frame.image  # noqa: B018 - decode now: a bad file is reported, not raised mid-stage
+                except ImageError as exc:
+                    results[i] = FrameResult(frame, str(exc))
+                else:
+                    readable.append(i)
     with timer.phase(LOAD):
         for stage in stages:
             stage.ensure_loaded()  # a loading error stops the run: it is not this image's fault

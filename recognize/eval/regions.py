@@ -268,12 +268,13 @@ def _finish(frames: list[Frame], bar: Any) -> list[Frame]:
 
 
 def read_frames(folder: str | os.PathLike[str]) -> list[Frame]:
-    """The Frames a `recognize run` wrote (`OUT/**/<name>.json`, summary.json excluded)."""
+    """The Frames a `recognize run` wrote (`OUT/frames/**/<name>.json`; any folder of Frame JSON files)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such predictions folder")
     frames = []
-    for path in sorted(folder.rglob("*.json")):
+    root = folder / "frames" if (folder / "frames").is_dir() else folder  # a run's per-image results
+    for path in sorted(root.rglob("*.json")):
         if path.name == "summary.json" and path.parent == folder:
             continue
         try:

@@ -1,7 +1,9 @@
 """The `annotated_image` output: the picture with its boxes, masks, labels, tags and caption.
 
 Boxes, masks and "tag score" labels are drawn by supervision's annotators on
-`Frame.to_detections()`; a band below the image lists the image-level tags and the caption,
+`Frame.to_detections()` (masks semi-transparent in their tag's colour; labels placed with
+supervision's `smart_position`, so crowded boxes do not pile their labels on each other); a band
+below the image lists the image-level tags, the caption and a colour legend of the region tags,
 wrapped to the image's width. Colours follow the tag name (a hash), so `dog` has the same
 colour in every image of a run. Chinese names (`chinese: true`) need a CJK font: when none is
 found the stage draws English names and says so once in the log, it never fails.
@@ -63,7 +65,7 @@ def _with_score(name: str, score: float | None, scores: bool) -> str:
 
 
 class AnnotatedImage(OutputStage):
-    """`OUT/<name>.annotated.jpg` (or `.png`): a picture a person can check at a glance."""
+    """`OUT/frames/<name>.annotated.jpg` (or `.png`): a picture a person can check at a glance."""
 
     name: ClassVar[str] = "annotated_image"
     Params: ClassVar[type[StageParams]] = AnnotatedImageParams
@@ -158,21 +160,68 @@ class AnnotatedImage(OutputStage):
             sections.append(("Caption", frame.caption))
         width = image.width
         size = max(12, round(width / 60))
-        font = _load_font(find_font(" ".join(s for _, s in sections) + "Tags Caption", p.font), size)
+        legend = self._legend(frame, chinese) if (p.masks or p.boxes) else []
+        text = " ".join(s for _, s in sections) + "".join(label for label, _ in legend) + "Tags Caption Legend"
+        font = _load_font(find_font(text, p.font), size)
         margin = max(6, size // 2)
         line_height = round(size * 1.3)
         lines: list[tuple[str, tuple[int, int, int]]] = []
         for heading, text in sections:
             lines.append((heading + ":", _PANEL_HEADING))
             lines += [(line, _PANEL_TEXT) for line in wrap_text(text, font, width - 2 * margin)]
-        band = Image.new("RGB", (width, 2 * margin + line_height * len(lines)), _PANEL_BACKGROUND)
+        rows = layout_legend(legend, font, size, width - 2 * margin) if legend else []
+        if rows:
+            lines.append(("Legend:", _PANEL_HEADING))
+        band = Image.new("RGB", (width, 2 * margin + line_height * (len(lines) + len(rows))), _PANEL_BACKGROUND)
         draw = ImageDraw.Draw(band)
         for i, (line, color) in enumerate(lines):
             draw.text((margin, margin + i * line_height), line, fill=color, font=font)
+        swatch = max(8, round(size * 0.8))
+        for r, row in enumerate(rows):
+            y = margin + (len(lines) + r) * line_height
+            for x, label, color in row:
+                top = y + (line_height - swatch) // 2 - max(1, size // 10)
+                draw.rectangle((margin + x, top, margin + x + swatch, top + swatch), fill=color, outline=_PANEL_TEXT)
+                draw.text((margin + x + swatch + size // 3, y), label, fill=_PANEL_TEXT, font=font)
         out = Image.new("RGB", (width, image.height + band.height))
         out.paste(image.convert("RGB"), (0, 0))
         out.paste(band, (0, image.height))
         return out
+
+
+    def _legend(self, frame: Frame, chinese: bool) -> list[tuple[str, tuple[int, int, int]]]:
+        """One entry per region tag: its name (and count) and the colour its boxes and masks have."""
+        import supervision as sv
+
+        palette = sv.ColorPalette.DEFAULT
+        counts: dict[str, int] = {}
+        names_zh: dict[str, str] = {}
+        for region in frame.regions:
+            counts[region.tag] = counts.get(region.tag, 0) + 1
+            if region.tag_zh:
+                names_zh.setdefault(region.tag, region.tag_zh)
+        items = []
+        for tag, count in counts.items():
+            name = names_zh.get(tag, tag) if chinese else tag
+            color = palette.by_idx(tag_color_index(tag, len(palette.colors))).as_rgb()
+            items.append((f"{name} ×{count}" if count > 1 else name, color))
+        return items
+
+
+def layout_legend(items: list[tuple[str, tuple[int, int, int]]], font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+                  size: int, max_width: int) -> list[list[tuple[int, str, tuple[int, int, int]]]]:
+    """Legend entries (swatch + label) packed left to right into rows no wider than `max_width`."""
+    swatch, gap = max(8, round(size * 0.8)), size
+    rows: list[list[tuple[int, str, tuple[int, int, int]]]] = [[]]
+    x = 0
+    for label, color in items:
+        width = swatch + size // 3 + round(font.getlength(label))
+        if rows[-1] and x + width > max_width:
+            rows.append([])
+            x = 0
+        rows[-1].append((x, label, color))
+        x += width + gap
+    return rows if rows[0] else []
 
 
 @functools.lru_cache(maxsize=32)  # one parse per font file and size, not one per image

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from recognize.atomic import write_text
 from recognize.frame import Frame, mask_to_rle
-from recognize.outputs.paths import dataset_file_name, image_size
+from recognize.outputs.paths import check_plain_name, dataset_file_name, image_size
 from recognize.stage import OutputStage, StageParams
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,11 @@ class CocoParams(StageParams):
     filename: str = Field("coco.json", description="file name inside the output folder")
     image_root: str | None = Field(None, description="folder that `file_name` is relative to")
     indent: int | None = Field(None, ge=0, le=16, description="JSON indent; None: one line")
+
+    @field_validator("filename")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return check_plain_name(value)
 
 
 class CocoOutput(OutputStage):
@@ -46,30 +52,27 @@ class CocoOutput(OutputStage):
     def path(self, out_dir: Path) -> Path:
         return Path(out_dir) / self.params.filename
 
-    def finish(self, frames: list[Frame], out_dir: Path) -> None:
+    def run_files(self) -> list[str]:
+        return [self.params.filename]
+
+    def finish(self, frames: Sequence[Frame], out_dir: Path) -> None:
         dataset = self.build(frames)
         write_text(self.path(out_dir), json.dumps(dataset, indent=self.params.indent, ensure_ascii=False) + "\n")
 
     # -- building the dataset ------------------------------------------------------------
-    def build(self, frames: list[Frame]) -> dict[str, Any]:
-        """The COCO dict for `frames` (see the module docstring for the field choices)."""
-        names_zh: dict[str, str] = {}
-        for frame in frames:
-            for region in frame.regions:
-                if region.tag_zh and region.tag not in names_zh:
-                    names_zh[region.tag] = region.tag_zh
-        tags = sorted({region.tag for frame in frames for region in frame.regions})
-        category_id = {tag: i + 1 for i, tag in enumerate(tags)}
-        categories = []
-        for tag in tags:
-            category: dict[str, Any] = {"id": category_id[tag], "name": tag, "supercategory": "tag"}
-            if tag in names_zh:
-                category["name_zh"] = names_zh[tag]
-            categories.append(category)
+    def build(self, frames: Iterable[Frame]) -> dict[str, Any]:
+        """The COCO dict for `frames` (see the module docstring for the field choices).
 
+        One pass over `frames` (the runner streams them from disk): annotations keep the tag name
+        until the category ids, which depend on every tag, are known at the end.
+        """
+        names_zh: dict[str, str] = {}
         images: list[dict[str, Any]] = []
         annotations: list[dict[str, Any]] = []
         for image_id, frame in enumerate(frames, start=1):
+            for region in frame.regions:
+                if region.tag_zh and region.tag not in names_zh:
+                    names_zh[region.tag] = region.tag_zh
             width, height = image_size(frame)
             record: dict[str, Any] = {
                 "id": image_id,
@@ -86,8 +89,18 @@ class CocoOutput(OutputStage):
             images.append(record)
             for region in frame.regions:
                 annotations.append(
-                    self._annotation(len(annotations) + 1, image_id, category_id[region.tag], region, (height, width))
+                    self._annotation(len(annotations) + 1, image_id, region.tag, region, (height, width))
                 )
+        tags = sorted({annotation["category_id"] for annotation in annotations})
+        category_id = {tag: i + 1 for i, tag in enumerate(tags)}
+        for annotation in annotations:
+            annotation["category_id"] = category_id[annotation["category_id"]]
+        categories = []
+        for tag in tags:
+            category: dict[str, Any] = {"id": category_id[tag], "name": tag, "supercategory": "tag"}
+            if tag in names_zh:
+                category["name_zh"] = names_zh[tag]
+            categories.append(category)
         return {
             "info": {"description": "written by recognize (coco output)"},
             "licenses": [],
@@ -97,7 +110,7 @@ class CocoOutput(OutputStage):
         }
 
     @staticmethod
-    def _annotation(ann_id: int, image_id: int, cat_id: int, region, hw: tuple[int, int]) -> dict[str, Any]:
+    def _annotation(ann_id: int, image_id: int, cat_id: int | str, region, hw: tuple[int, int]) -> dict[str, Any]:
         x1, y1, x2, y2 = (float(v) for v in region.box)
         annotation: dict[str, Any] = {
             "id": ann_id,

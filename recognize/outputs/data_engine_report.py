@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from recognize.atomic import write_text
 from recognize.frame import Frame
+from recognize.outputs.paths import check_plain_name
 from recognize.stage import OutputStage, StageParams
 
 
 class ReportParams(StageParams):
     filename: str = Field("report", description="base name of report.json and report.md")
+
+    @field_validator("filename")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return check_plain_name(value, extra_suffixes=(".json", ".md"))
 
 
 @dataclass
@@ -49,16 +56,24 @@ class _TagStats:
         return sum(r.count for (_, kind, _), r in self.drops.items() if kind == item)
 
 
-def build_report(frames: list[Frame]) -> dict[str, Any]:
-    """The report dict: totals, then one entry per tag (most regions first, then by name)."""
+def build_report(frames: Iterable[Frame]) -> dict[str, Any]:
+    """The report dict: totals, then one entry per tag (most regions first, then by name).
+
+    One pass over `frames` (the runner streams them from disk), keeping only counts."""
     stats: dict[str, _TagStats] = defaultdict(_TagStats)
+    images = 0
+    totals = {"tags_kept": 0, "regions_kept": 0, "tags_dropped": 0, "regions_dropped": 0}
     for frame in frames:
+        images += 1
+        totals["tags_kept"] += len(frame.tags)
+        totals["regions_kept"] += len(frame.regions)
         for name in dict.fromkeys(frame.tag_names):
             stats[name].images += 1
         for region in frame.regions:
             stats[region.tag].regions += 1
         for drop in frame.dropped:
             stats[drop.tag].drops[(drop.stage, drop.item, drop.reason)].add(drop.value)
+            totals[f"{drop.item}s_dropped"] += 1
 
     def entry(tag: str, s: _TagStats) -> dict[str, Any]:
         return {
@@ -75,16 +90,7 @@ def build_report(frames: list[Frame]) -> dict[str, Any]:
         }
 
     tags = [entry(tag, s) for tag, s in sorted(stats.items(), key=lambda kv: (-kv[1].regions, -kv[1].images, kv[0]))]
-    return {
-        "images": len(frames),
-        "totals": {
-            "tags_kept": sum(len(f.tags) for f in frames),
-            "regions_kept": sum(len(f.regions) for f in frames),
-            "tags_dropped": sum(1 for f in frames for d in f.dropped if d.item == "tag"),
-            "regions_dropped": sum(1 for f in frames for d in f.dropped if d.item == "region"),
-        },
-        "tags": tags,
-    }
+    return {"images": images, "totals": totals, "tags": tags}
 
 
 def _num(value: float | None) -> str:
@@ -97,8 +103,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Data engine report",
         "",
-        f"{report['images']} images: {t['tags_kept']} image tags and {t['regions_kept']} regions kept; "
-        f"{t['tags_dropped']} image tags and {t['regions_dropped']} regions dropped.",
+        (f"{report['images']} images: {t['tags_kept']} image tags and {t['regions_kept']} regions kept; "
+         f"{t['tags_dropped']} image tags and {t['regions_dropped']} regions dropped."),
         "",
         "| tag | images | regions kept | regions dropped | image tags dropped |",
         "|---|---:|---:|---:|---:|",
@@ -114,8 +120,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             for r in e["reasons"]:
                 span = f"{_num(r.get('min_value'))} .. {_num(r.get('max_value'))}" if "min_value" in r else ""
                 lines.append(f"| {e['tag']} | {r['stage']} | {r['item']} | {r['reason']} | {r['count']} | {span} |")
-        lines += ["", "Values: the crop's tagger score for `region_confirm`, the distance to the cluster "
-                  "centre for `region_outliers`."]
+        lines += ["", ("Values: the crop's tagger score for `region_confirm`, the distance to the cluster "
+                       "centre for `region_outliers`.")]
     return "\n".join(lines) + "\n"
 
 
@@ -125,7 +131,10 @@ class DataEngineReport(OutputStage):
     name: ClassVar[str] = "data_engine_report"
     Params: ClassVar[type[StageParams]] = ReportParams
 
-    def finish(self, frames: list[Frame], out_dir: Path) -> None:
+    def run_files(self) -> list[str]:
+        return [self.params.filename + ".json", self.params.filename + ".md"]
+
+    def finish(self, frames: Sequence[Frame], out_dir: Path) -> None:
         report = build_report(frames)
         base = Path(out_dir) / self.params.filename
         write_text(base.with_name(base.name + ".json"), json.dumps(report, indent=2, ensure_ascii=False) + "\n")

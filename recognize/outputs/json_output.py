@@ -1,11 +1,12 @@
-"""The `json` output: `OUT/<name>.json`, exactly `Frame.to_json()` (the versioned Frame schema).
+"""The `json` output: `OUT/frames/<name>.json`, exactly `Frame.to_json()` (the versioned Frame schema).
 
-The runner writes this file last for each image, so its presence marks the image as complete
-and a re-run can read the frame back with `Frame.from_json` instead of processing it again.
+The runner writes this file last for each image and reads it back (`read_frame`) for the
+dataset-level outputs, one frame at a time, instead of keeping every frame in memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -34,7 +35,7 @@ class JsonOutput(OutputStage):
     def write(self, frame: Frame, out_dir: Path) -> None:
         write_text(output_path(frame, out_dir, ".json"), frame.to_json(indent=self.params.indent) + "\n")
 
-    def finish(self, frames: list[Frame], out_dir: Path) -> None:
+    def finish(self, frames: Sequence[Frame], out_dir: Path) -> None:
         """Nothing dataset-level: every frame already has its own file."""
 
 

@@ -10,14 +10,15 @@ score and the stage that produced it (a tag given with the image has no score); 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from recognize.atomic import atomic_write
 from recognize.frame import Frame
-from recognize.outputs.paths import dataset_file_name, image_size
+from recognize.outputs.paths import check_plain_name, dataset_file_name, image_size
 from recognize.stage import OutputStage, StageParams
 
 
@@ -25,6 +26,11 @@ class TagsJsonlParams(StageParams):
     filename: str = Field("tags.jsonl", description="file name inside the output folder")
     image_root: str | None = Field(None, description="folder that `image` is relative to")
     include_dropped: bool = Field(True, description="list each image's dropped tags and regions")
+
+    @field_validator("filename")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return check_plain_name(value)
 
 
 class TagsJsonl(OutputStage):
@@ -35,6 +41,9 @@ class TagsJsonl(OutputStage):
 
     def path(self, out_dir: Path) -> Path:
         return Path(out_dir) / self.params.filename
+
+    def run_files(self) -> list[str]:
+        return [self.params.filename]
 
     def record(self, frame: Frame) -> dict[str, Any]:
         width, height = image_size(frame)
@@ -56,7 +65,7 @@ class TagsJsonl(OutputStage):
             record["dropped"] = [d.model_dump(mode="json", exclude_none=True) for d in frame.dropped]
         return record
 
-    def finish(self, frames: list[Frame], out_dir: Path) -> None:
+    def finish(self, frames: Sequence[Frame], out_dir: Path) -> None:
         with atomic_write(self.path(out_dir)) as handle:
             for frame in frames:
                 handle.write(json.dumps(self.record(frame), ensure_ascii=False) + "\n")

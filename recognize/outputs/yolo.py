@@ -1,5 +1,9 @@
 """The `yolo` output: `OUT/labels/<name>.txt` per image, plus `OUT/data.yaml` and `OUT/classes.txt`.
 
+`<name>` is the image's output name without its extension, the way Ultralytics pairs
+`images/a/x.jpg` with `labels/a/x.txt`; two images that differ only by extension (`x.jpg`, `x.png`)
+would share a label file, so such a run is refused before it starts.
+
 Each line is `cls cx cy w h` (normalised), or `cls x1 y1 x2 y2 ...` (a normalised polygon,
 one line per connected part, holes bridged) for a region with a mask; supervision writes the
 lines (`detections_to_yolo_annotations`, its mask -> polygon helpers).
@@ -16,7 +20,7 @@ before the run has seen all tags. Two designs, chosen by the `classes` parameter
   image is decoded). A re-run with more images renumbers consistently, as all files are
   rewritten together.
 
-`copy_images: true` also copies each source image to `OUT/images/<name><suffix>` so that OUT
+`copy_images: true` also copies each source image to `OUT/images/<name>` so that OUT
 is a dataset Ultralytics can train on directly (`data.yaml` then names `images` as train/val).
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -34,7 +39,7 @@ from pydantic import Field, field_validator
 from recognize.atomic import atomic_write, write_text
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
-from recognize.outputs.paths import image_size, output_path
+from recognize.outputs.paths import image_size, named_path, output_name
 from recognize.stage import OutputStage, StageParams
 
 log = logging.getLogger(__name__)
@@ -66,10 +71,20 @@ class YoloOutput(OutputStage):
 
     # -- paths ---------------------------------------------------------------------------
     def label_path(self, frame: Frame, out_dir: Path) -> Path:
-        return output_path(frame, Path(out_dir) / "labels", ".txt")
+        return named_path(frame, Path(out_dir) / "labels", ".txt", drop_extension=True)
 
     def image_path(self, frame: Frame, out_dir: Path) -> Path:
-        return output_path(frame, Path(out_dir) / "images", Path(frame.source).suffix or ".png")
+        suffix = Path(frame.source).suffix if Path(frame.source).is_file() else ".png"
+        return named_path(frame, Path(out_dir) / "images", "" if output_name(frame).endswith(suffix) else suffix)
+
+    def claims(self, frame: Frame, out_dir: Path) -> list[Path]:
+        found = [self.label_path(frame, out_dir)]
+        if self.params.copy_images:
+            found.append(self.image_path(frame, out_dir))
+        return found
+
+    def run_files(self) -> list[str]:
+        return ["labels", "classes.txt", "data.yaml", *(["images"] if self.params.copy_images else [])]
 
     def files(self, frame: Frame, out_dir: Path) -> list[Path]:
         found = []
@@ -86,9 +101,9 @@ class YoloOutput(OutputStage):
         if self.params.classes is not None:
             self._write_labels(frame, out_dir, self.params.classes)
 
-    def finish(self, frames: list[Frame], out_dir: Path) -> None:
+    def finish(self, frames: Sequence[Frame], out_dir: Path) -> None:
         classes = self.params.classes
-        if classes is None:
+        if classes is None:  # two passes over the frames the runner streams from disk
             classes = sorted({region.tag for frame in frames for region in frame.regions})
             for frame in frames:
                 self._write_labels(frame, out_dir, classes)

@@ -118,7 +118,7 @@ def test_no_stages_reads_images_and_reports_unreadable_ones(image_folder):
     todo = [Frame(source=str(path), name=name) for path, name in expand_inputs([image_folder])]
     results = list(LocalEngine().run(Pipeline([]), todo))
     assert sorted((r.frame.name, r.ok) for r in results) == [
-        ("black", True), ("broken", False), ("sub/noise", True), ("white", True)]
+        ("black.jpg", True), ("broken.jpg", False), ("sub/noise.png", True), ("white.png", True)]
 
 
 def test_one_bad_image_costs_only_itself_and_names_the_stage():

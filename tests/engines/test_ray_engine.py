@@ -47,7 +47,7 @@ def test_ray_equals_local(local_ray, test_stages, image_folder, tmp_path, worker
     remote = run_to_folder(pipeline(), [image_folder], tmp_path / "ray", quiet=True, engine=RayEngine(num_workers=workers))
     assert results(tmp_path / "local") == results(tmp_path / "ray")
     assert len(results(tmp_path / "ray")) == 3
-    assert sorted(f["name"] for f in local.failures) == sorted(f["name"] for f in remote.failures) == ["boom", "broken"]
+    assert sorted(f["name"] for f in local.failures) == sorted(f["name"] for f in remote.failures) == ["boom.png", "broken.jpg"]
     assert remote.engine == "ray" and set(remote.timings) >= {"brightness", "center_box"}
 
 
@@ -56,7 +56,7 @@ def test_no_stages_runs_on_ray_as_locally(local_ray, image_folder, tmp_path):
     local = run_to_folder(Pipeline([]), [image_folder], tmp_path / "local", quiet=True)
     remote = run_to_folder(Pipeline([]), [image_folder], tmp_path / "ray", quiet=True, engine=RayEngine())
     assert results(tmp_path / "local") == results(tmp_path / "ray") and len(results(tmp_path / "ray")) == 3
-    assert [f["name"] for f in local.failures] == [f["name"] for f in remote.failures] == ["broken"]
+    assert [f["name"] for f in local.failures] == [f["name"] for f in remote.failures] == ["broken.jpg"]
 
 
 def test_an_error_on_every_image_stops_the_ray_run_once(local_ray, test_stages, image_folder, tmp_path):

@@ -74,7 +74,7 @@ def test_write_produces_the_named_file(tmp_path: Path, frame_factory, fmt: str) 
     frame = frame_factory("sub/pic")
     stage = AnnotatedImage(format=fmt)
     (path,) = stage.files(frame, tmp_path)
-    assert path == tmp_path / "sub" / f"pic.annotated.{fmt}"
+    assert path == tmp_path / "frames" / "sub" / f"pic.annotated.{fmt}"
     stage.write(frame, tmp_path)
     with Image.open(path) as image:
         assert image.format == {"jpg": "JPEG", "png": "PNG"}[fmt] and image.width == 80 and image.height > 60
@@ -142,3 +142,52 @@ def test_real_photo(tmp_path: Path) -> None:
     stage.write(frame, tmp_path)
     with Image.open(stage.files(frame, tmp_path)[0]) as image:
         assert image.width == w and image.height > h
+
+
+def test_the_panel_has_a_colour_legend_of_region_tags(frame_factory) -> None:
+    frame = frame_factory(scale=4)
+    frame.regions.append(frame.regions[0].model_copy())
+    stage = AnnotatedImage()
+    with_legend = np.asarray(stage.render(frame))
+    assert [label for label, _ in stage._legend(frame, chinese=False)] == ["dog ×2", "ball", "grass"]
+    assert [label for label, _ in stage._legend(frame, chinese=True)] == ["狗 ×2", "球", "grass"]
+    panel = with_legend[240:]
+    for tag in ("dog", "ball", "grass"):  # a solid swatch of each tag's colour is in the band
+        assert (np.abs(panel.astype(int) - palette_rgb(tag)).sum(axis=2) == 0).sum() >= 25, tag
+    plain = np.asarray(AnnotatedImage(boxes=False, masks=False).render(frame))
+    assert plain.shape[0] < with_legend.shape[0]  # no regions drawn: no legend
+
+
+def test_legend_rows_wrap_to_the_width() -> None:
+    font = ImageFont.load_default(14)
+    items = [(f"tag number {i}", (i, i, i)) for i in range(12)]
+    rows = ai.layout_legend(items, font, 14, 300)
+    assert len(rows) > 1 and sum(len(r) for r in rows) == 12
+    for row in rows:
+        assert row[0][0] == 0
+        last_x, label, _ = row[-1]
+        assert last_x + 11 + 4 + font.getlength(label) <= 300 or len(row) == 1
+
+
+CJK_FONT = fonts.find_font("狗球")
+
+
+@pytest.mark.skipif(CJK_FONT is None, reason="no CJK font installed (CI installs fonts-noto-cjk); "
+                                             "test_chinese_without_a_cjk_font_falls_back_to_english checks the warning")
+def test_chinese_names_render_with_a_real_cjk_font(frame_factory, caplog) -> None:
+    frame = frame_factory(scale=4)
+    with caplog.at_level(logging.WARNING):
+        chinese = np.asarray(AnnotatedImage(chinese=True).render(frame))
+    english = np.asarray(AnnotatedImage(chinese=False).render(frame))
+    assert not [r for r in caplog.records if "font" in r.message]
+    assert fonts.covers(CJK_FONT, "狗球")
+    # the same layout with other glyphs: the picture and band differ where the names are drawn
+    assert chinese.shape[1] == english.shape[1]
+    assert (np.abs(chinese[:240].astype(int) - english[:240].astype(int)).sum(axis=2) > 60).sum() > 50
+    # a CJK glyph rendered with that font has ink (not an empty "tofu" box drawn by a font without it)
+    glyph = Image.new("L", (40, 40), 0)
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(glyph).text((4, 4), "狗", fill=255, font=ImageFont.truetype(CJK_FONT, 30))
+    ink = np.asarray(glyph) > 128
+    assert 40 < ink.sum() < 900

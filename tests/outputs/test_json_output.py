@@ -17,7 +17,7 @@ def test_writes_frame_json_under_its_name(tmp_path: Path, frame_factory) -> None
     frame = frame_factory("sub/img")
     stage = JsonOutput()
     (path,) = stage.files(frame, tmp_path)
-    assert path == tmp_path / "sub" / "img.json" and not path.exists()
+    assert path == tmp_path / "frames" / "sub" / "img.json" and not path.exists()
     stage.write(frame, tmp_path)
     assert path.read_text(encoding="utf-8") == frame.to_json() + "\n"
     back = read_frame(path)
@@ -25,21 +25,21 @@ def test_writes_frame_json_under_its_name(tmp_path: Path, frame_factory) -> None
     assert (back.regions[0].mask == frame.regions[0].mask).all()
     assert back._image is None  # a frame read back has no pixels until asked for
     stage.finish([frame], tmp_path)
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["sub", "sub/img.json"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["frames", "frames/sub", "frames/sub/img.json"]
 
 
 def test_output_file_is_readable_like_a_plain_file(tmp_path: Path, frame_factory) -> None:
     JsonOutput().write(frame_factory("a"), tmp_path)
     umask = os.umask(0)
     os.umask(umask)
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "frames" / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path, frame_factory, monkeypatch) -> None:
     frame = frame_factory("a")
     stage = JsonOutput()
     stage.write(frame, tmp_path)
-    before = (tmp_path / "a.json").read_bytes()
+    before = (tmp_path / "frames" / "a.json").read_bytes()
     frame.caption = "changed"
 
     def boom(fd: int) -> None:
@@ -48,23 +48,27 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path, frame_fa
     monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(OSError):
         stage.write(frame, tmp_path)
-    assert (tmp_path / "a.json").read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert (tmp_path / "frames" / "a.json").read_bytes() == before
+    assert [p.name for p in (tmp_path / "frames").iterdir()] == ["a.json"]
 
 
-def test_name_falls_back_to_source_stem_and_stays_inside_out() -> None:
-    assert output_name(Frame(source="/x/y/photo.final.jpg")) == "photo.final"
+def test_name_falls_back_to_source_name_and_stays_inside_out() -> None:
+    assert output_name(Frame(source="/x/y/photo.final.jpg")) == "photo.final.jpg"
+    assert output_name(Frame(source="/x/y/a\\b%.jpg")) == "a%5Cb%25.jpg"  # escaped, distinct from a/b.jpg
+    assert output_name(Frame(source="/x/y/..jpg")) == "..jpg"
     with pytest.raises(RecognizeError, match="inside the output folder"):
         output_name(Frame(source="a.jpg", name="../escape"))
     with pytest.raises(RecognizeError, match="inside the output folder"):
         output_name(Frame(source="a.jpg", name="/abs/path"))
+    with pytest.raises(RecognizeError, match="inside the output folder"):
+        output_name(Frame(source="a.jpg", name="a/../../b"))
     with pytest.raises(RecognizeError, match="frame.name"):
         output_name(Frame(source="<array>"))
 
 
 def test_indent_param_and_unknown_params(tmp_path: Path, frame_factory) -> None:
     JsonOutput(indent=None).write(frame_factory("a"), tmp_path)
-    assert (tmp_path / "a.json").read_text().count("\n") == 1
+    assert (tmp_path / "frames" / "a.json").read_text().count("\n") == 1
     with pytest.raises(ValueError, match="intend"):
         JsonOutput(intend=2)
 

@@ -7,6 +7,7 @@ RECOGNIZE_PLUGINS=teststages (with this folder on PYTHONPATH).
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
 import recognize
 from recognize import Frame, Region, Stage, StageParams, Tag
@@ -43,7 +44,7 @@ class CenterBox(Stage):
     kind = "localizer"
 
     class Params(StageParams):
-        score: float = 0.9
+        score: float = Field(0.9, ge=0.0, le=1.0)
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         for frame in frames:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from recognize.errors import ModelFileError, RecognizeError
+from recognize.feature_cache import content_key, feature_cache
 from recognize_grounding_dino.convert import is_official, official_to_transformers, strip_prefix
 from recognize_grounding_dino.prompts import Packing, Prompt, pack_prompts
 
@@ -231,9 +232,12 @@ def reuse_image_features(model: torch.nn.Module) -> Iterator[None]:
     backbone = model.model.backbone
     computed: list[tuple[torch.Tensor, Any, Any]] = []
 
+    def compute(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> tuple[list, list]:
+        return type(backbone).forward(backbone, pixel_values, pixel_mask)
+
     def forward(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> tuple[list, list]:
         if not computed or computed[0][0] is not pixel_values:
-            computed[:] = [(pixel_values, *type(backbone).forward(backbone, pixel_values, pixel_mask))]
+            computed[:] = [(pixel_values, *_cached_backbone(backbone, compute, pixel_values, pixel_mask))]
         _, features, positions = computed[0]
         return list(features), list(positions)  # fresh lists: the model appends its extra levels to them
 
@@ -242,6 +246,28 @@ def reuse_image_features(model: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         backbone.__dict__.pop("forward", None)
+
+
+def _cached_backbone(backbone: torch.nn.Module, compute: Any, pixel_values: torch.Tensor,
+                     pixel_mask: torch.Tensor) -> tuple[list, list]:
+    """The backbone's (features, positions), row by row from `recognize.feature_cache` when it is on:
+    a photo asked about again with other tags or thresholds does not re-run Swin."""
+    if not feature_cache.enabled:
+        return compute(pixel_values, pixel_mask)
+    keys = [content_key(pixel_values[i], pixel_mask[i]) for i in range(pixel_values.shape[0])]
+
+    def rows(todo: list[int]) -> list[tuple[list, list]]:
+        pick = torch.tensor(todo, device=pixel_values.device)
+        features, positions = compute(pixel_values.index_select(0, pick), pixel_mask.index_select(0, pick))
+        return [([(f[j : j + 1].clone(), m[j : j + 1].clone()) for f, m in features],
+                 [p[j : j + 1].clone() for p in positions]) for j in range(len(todo))]
+
+    found = feature_cache.compute_many(backbone, keys, rows)
+    levels = len(found[0][0])
+    features = [(torch.cat([row[0][k][0] for row in found]), torch.cat([row[0][k][1] for row in found]))
+                for k in range(levels)]
+    positions = [torch.cat([row[1][k] for row in found]) for k in range(levels)]
+    return features, positions
 
 
 class Detector:

@@ -181,3 +181,26 @@ def test_a_checkpoint_for_another_model_is_a_one_line_error(tiny_checkpoint, voc
         stage.ensure_loaded()
     message = str(error.value)
     assert "\n" not in message and "unexpected" in message and str(tiny_checkpoint) in message
+
+
+def test_feature_cache_skips_swin_when_only_thresholds_change(make_stage, photos, ram_tags, monkeypatch):
+    """The same photo asked again with other thresholds and tags: the image backbone does not re-run."""
+    from recognize.feature_cache import feature_cache
+
+    monkeypatch.setattr(feature_cache, "max_bytes", 256 * 2**20)
+    loose, strict = make_stage(box_threshold=0.1, text_threshold=0.1), make_stage(box_threshold=0.4)
+    loose.ensure_loaded()
+    strict.ensure_loaded()
+    assert loose.detector is strict.detector  # one model in memory for both threshold sets
+    swin = loose.detector.model.model.backbone.conv_encoder
+    calls = []
+    hook = swin.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        cached = [loose([_tagged(photos[-1], ram_tags[:6])])[0], strict([_tagged(photos[-1], ram_tags[6:12])])[0]]
+        monkeypatch.setattr(feature_cache, "max_bytes", 0)
+        fresh = strict([_tagged(photos[-1], ram_tags[6:12])])[0]
+    finally:
+        hook.remove()
+        feature_cache.clear()
+    assert len(calls) == 2  # the first image and the uncached call only
+    assert [r.box for r in cached[1].regions] == [r.box for r in fresh.regions]

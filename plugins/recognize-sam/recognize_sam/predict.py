@@ -20,6 +20,8 @@ import torch
 from segment_anything.modeling import Sam as SamModel
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from recognize.feature_cache import content_key, feature_cache
+
 
 @dataclass
 class ImageEmbedding:
@@ -49,9 +51,14 @@ class BoxSegmenter:
     def device(self) -> torch.device:
         return self.sam.device
 
-    @torch.inference_mode()
     def embed(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
-        """Embed RGB uint8 HxWx3 images in one encoder batch."""
+        """Embed RGB uint8 HxWx3 images in one encoder batch; an image seen before (same pixels,
+        same model) reuses its embedding when `recognize.feature_cache` is on."""
+        keys = [content_key(image) for image in images] if feature_cache.enabled else [""] * len(images)
+        return feature_cache.compute_many(self.sam, keys, lambda todo: self._embed([images[i] for i in todo]))
+
+    @torch.inference_mode()
+    def _embed(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
         if not images:
             return []
         batch, sizes = [], []

@@ -151,3 +151,26 @@ def test_recipe_builds_the_stage_and_names_bad_keys(tmp_path):
     recipe.write_text("recipe: 1\nstages:\n  - use: sam\n    with: {model: vit_h, threshold: 0.5}\n")
     with pytest.raises(RecipeError, match=r"stages\[0\]\.with\.threshold"):
         Pipeline.from_recipe(recipe)
+
+
+def test_feature_cache_skips_the_image_encoder_for_a_photo_seen_before(small_photo, monkeypatch):
+    """Other boxes on the same photo (e.g. other localizer thresholds) reuse the image embedding."""
+    from recognize.feature_cache import feature_cache
+
+    monkeypatch.setattr(feature_cache, "max_bytes", 64 * 2**20)
+    stage = Sam(**TINY)
+    stage.ensure_loaded()
+    encoder_calls = []
+    hook = stage.segmenter.sam.image_encoder.register_forward_hook(lambda *args: encoder_calls.append(1))
+    try:
+        first = stage([frame_with_regions(small_photo, 2, 0)])[0]
+        second = stage([frame_with_regions(small_photo, 3, 5)])[0]
+        monkeypatch.setattr(feature_cache, "max_bytes", 0)
+        fresh = stage([frame_with_regions(small_photo, 3, 5)])[0]
+    finally:
+        hook.remove()
+        feature_cache.clear()
+    assert len(encoder_calls) == 2  # the first and the uncached call, not the second
+    assert len(first.regions) == 2 and len(second.regions) == 3
+    for cached, computed in zip(second.regions, fresh.regions):
+        np.testing.assert_array_equal(cached.mask, computed.mask)
