@@ -44,7 +44,7 @@ def test_tiled_recipe_cli(tmp_path):
 
     from recognize import Frame
 
-    frame = Frame.from_json((out / "demo4.json").read_text())
+    frame = Frame.from_json((out / "frames" / "demo4.jpg.json").read_text())
     assert frame.tags and frame.regions
     zh = {t.name: t.name_zh for t in frame.tags}
     for region in frame.regions:
