@@ -5,9 +5,15 @@ model, tags the image with RAM/RAM++ at batch 1, joins all tags into one Groundi
 (`"a, b, c."`, cut by the tokenizer at 256 tokens), keeps boxes over the box threshold, runs NMS,
 then `SamPredictor.set_image` + `predict_torch` on all boxes, in plain fp32 eager PyTorch.
 
-Everything here uses the very model classes and checkpoint files our stages use, so the ratio
-between the two measures the way of working, not two implementations. Each function builds its
-model from the file (load) and runs it on one image (infer); the caller times the two apart.
+RAM/RAM++/Tag2Text and SAM use the very model classes and checkpoint files our stages use (the
+official RAM code is not on the package index; SAM's is `segment_anything`'s own). Grounding DINO
+runs the official model code (rf-groundingdino) by default, in a process of its own in its own venv
+(`official_env.py`, `official_gdino_worker.py`), since it needs transformers<5: `load` starts that
+process, which builds and loads the model as the demo does (so load includes a process start, as
+the demo's per-photo script does), `infer` sends it one photo. Its checkpoint is the same
+architecture with seeded random weights written by the official code in the official layout.
+Each function builds its model from the file (load) and runs it on one image (infer); the caller
+times the two apart.
 """
 
 from __future__ import annotations
@@ -53,8 +59,58 @@ def tagger(kit: Kit, stage: str, include: tuple[str, ...] | None = None, thresho
 
 
 # -- Grounding DINO ---------------------------------------------------------------------------------
+def official_grounding_dino(kit: Kit, box_threshold: float = 0.25, text_threshold: float = 0.2):
+    """(load, infer(image, tags)) through the official code in its own process (see module docstring)."""
+    import json
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from bench_models import official_worker_env
+    from official_env import official_python
+
+    python = official_python()
+    spec = kit.official_gdino_spec()
+    worker = Path(__file__).resolve().parent / "official_gdino_worker.py"
+    short, long = kit.gd_size
+
+    def load() -> Any:
+        errors = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen([str(python), str(worker), "serve", str(spec)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=errors, text=True, env=official_worker_env())
+        if not proc.stdout.readline().startswith("ready"):
+            proc.wait()
+            errors.seek(0)
+            raise RuntimeError(f"official Grounding DINO failed to load: {errors.read().strip()[-3000:]}")
+        return proc, errors
+
+    def infer(loaded: Any, image: np.ndarray, tags: list[str]) -> tuple[np.ndarray, list[str]]:
+        proc, errors = loaded
+        with tempfile.NamedTemporaryFile(suffix=".npy", delete=False) as file:
+            np.save(file, image)
+        job = {"image": file.name, "tags": list(tags), "box_threshold": box_threshold,
+               "text_threshold": text_threshold, "size": short, "max_size": long}
+        proc.stdin.write(json.dumps(job) + "\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        proc.wait()
+        Path(file.name).unlink()
+        if not line:
+            errors.seek(0)
+            raise RuntimeError(f"official Grounding DINO failed: {errors.read().strip()[-3000:]}")
+        found = json.loads(line)
+        return np.asarray(found["boxes"], dtype=np.float32).reshape(-1, 4), found["phrases"]
+
+    return load, infer
+
+
 def grounding_dino(kit: Kit, box_threshold: float = 0.25, text_threshold: float = 0.2):
-    """(load, infer(image, tags)) as the demo: one caption of all tags, truncated at 256 tokens."""
+    """(load, infer(image, tags)) as the demo: one caption of all tags, truncated at 256 tokens.
+
+    The official code unless the kit says otherwise; this function's own body is the same steps on
+    our transformers-based model classes (`--gdino-baseline ours`)."""
+    if kit.official_gdino:
+        return official_grounding_dino(kit, box_threshold, text_threshold)
     import torchvision
     from recognize_grounding_dino.model import build_config, build_model, load_tokenizer
     from recognize_grounding_dino.transforms import preprocess

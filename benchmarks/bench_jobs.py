@@ -356,7 +356,7 @@ def _engine_result(summary: Any, seconds: float, workers: int) -> dict[str, Any]
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job description (see `run.py`) and return its numbers."""
-    kit = Kit(quick=job["quick"], cache=Path(job["cache"]))
+    kit = Kit(quick=job["quick"], cache=Path(job["cache"]), official_gdino=job.get("official_gdino", True))
     kind = job["kind"]
     if kind == "prepare":
         kit.prepare(job["stages"])

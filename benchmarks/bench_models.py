@@ -55,7 +55,8 @@ TINY_GD = {
                         "window_size": 7, "image_size": 224, "out_features": ["stage2", "stage3", "stage4"]},
     "text_config": {"model_type": "bert", "vocab_size": BERT_VOCAB_SIZE, "hidden_size": 32, "num_hidden_layers": 1,
                     "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 512},
-    "d_model": 256, "encoder_layers": 1, "decoder_layers": 1, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+    # 2 decoder layers: transformers 5 cannot tie the shared box head of a 1-layer decoder
+    "d_model": 256, "encoder_layers": 1, "decoder_layers": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
     "encoder_attention_heads": 4, "decoder_attention_heads": 4, "num_queries": 30,
 }
 TINY_SAM = {"encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": [1]}
@@ -82,6 +83,8 @@ class Kit:
 
     quick: bool
     cache: Path
+    #: the baseline's Grounding DINO: the official code (rf-groundingdino, own venv) or our model classes
+    official_gdino: bool = True
 
     # -- sizes ---------------------------------------------------------------------------
     def describe(self, stage: str) -> str:
@@ -137,6 +140,23 @@ class Kit:
             params["config"] = config
         return params
 
+    def official_gdino_spec(self) -> Path:
+        """The official worker's spec (sizes, vocab, checkpoint), its seeded random checkpoint written
+        by the official code itself, in the official layout, once."""
+        import json
+
+        from official_env import official_python
+
+        python = official_python()
+        spec = {"vocab": str(self.vocab()), "config": TINY_GD if self.quick else None}
+
+        def write_checkpoint(path: Path) -> None:
+            run_official_worker(python, "write", {**spec, "checkpoint": str(path)})
+
+        checkpoint = self._file("grounding_dino_official_random.pth", write_checkpoint)
+        return self._file("grounding_dino_official_spec.json",
+                          lambda p: p.write_text(json.dumps({**spec, "checkpoint": str(checkpoint)})))
+
     def sam_params(self) -> dict[str, Any]:
         config = TINY_SAM if self.quick else None
         checkpoint = self._file("sam_random.pth", lambda p: write_sam_checkpoint(config, p))
@@ -182,6 +202,8 @@ class Kit:
         """Write every missing random checkpoint now (outside any timing)."""
         for stage in stages:
             self.stage_params(stage)
+            if stage == "grounding_dino" and self.official_gdino:
+                self.official_gdino_spec()
 
 
 # -- random checkpoints in each model's own layout --------------------------------------------------
@@ -211,6 +233,28 @@ def write_gd_checkpoint(config: dict[str, Any] | None, path: Path) -> None:
 
     model = _seeded(lambda: build_model(build_config("swint_ogc", config)))
     torch.save(model.state_dict(), path)
+
+
+def official_worker_env() -> dict[str, str]:
+    """PYTHONPATH for the official worker: this checkout's packages first (the venv sees site-packages)."""
+    repo = Path(__file__).resolve().parents[1]
+    paths = [str(repo), str(repo / "plugins" / "recognize-grounding-dino"), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
+def run_official_worker(python: Path, command: str, spec: dict[str, Any]) -> None:
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
+        json.dump(spec, file)
+    worker = Path(__file__).resolve().parent / "official_gdino_worker.py"
+    result = subprocess.run([str(python), str(worker), command, file.name], capture_output=True, text=True,
+                            env=official_worker_env())
+    Path(file.name).unlink()
+    if result.returncode != 0:
+        raise RuntimeError(f"official Grounding DINO worker ({command}) failed: {result.stderr.strip()[-3000:]}")
 
 
 def write_sam_checkpoint(config: dict[str, Any] | None, path: Path) -> None:

@@ -5,11 +5,13 @@ ellipses covering 1-25% of the image (object-like: few runs per column, as SAM m
 stored as COCO RLE exactly as `recognize run` writes them. Reports raw and gzip sizes per image.
 
     python benchmarks/bench_storage.py
+    python benchmarks/bench_storage.py OUT     # bytes per image of a real run's `shards` output
 """
 
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import numpy as np
 
@@ -38,7 +40,29 @@ def frame_bytes(width: int, height: int, regions: int, masks: bool, rng: np.rand
     return len(data), len(gzip.compress(data))
 
 
+def run_folder_bytes(out: Path) -> str:
+    """Bytes per image of a real run's `shards` output: shard bytes / finished images in its journal."""
+    import json
+
+    from recognize.outputs.shards import shard_files
+
+    shards = shard_files(out)
+    records = [json.loads(line) for line in (out / ".recognize" / "done.jsonl").read_text().splitlines()]
+    done = {r["name"] for r in records if not r.get("error")}
+    raw = sum(p.stat().st_size for p in shards)
+    packed = sum(len(gzip.compress(p.read_bytes())) for p in shards)
+    regions = sum(len(json.loads(line)["regions"]) for p in shards for line in p.read_text().splitlines())
+    return (f"{out}: {len(done)} images, {regions} regions, {len(shards)} shards: "
+            f"{raw / len(done) / 1024:.1f} KiB/img JSONL, {packed / len(done) / 1024:.1f} KiB/img gzip, "
+            f"journal {(out / '.recognize' / 'done.jsonl').stat().st_size / len(done):.0f} B/img")
+
+
 def main() -> None:
+    import sys
+
+    if len(sys.argv) > 1:  # python benchmarks/bench_storage.py OUT: measure a real run's shards
+        print(run_folder_bytes(Path(sys.argv[1])))
+        return
     rng = np.random.default_rng(0)
     print("| image | regions | masks | JSON KiB/img | gzip KiB/img |\n|---|---:|---|---:|---:|")
     for width, height in ((1024, 768), (4000, 3000)):

@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="images of the engine benchmark (default: 8, two batches of 4; quick: 2)")
     parser.add_argument("--ray-workers", default="1,2", help="Ray worker counts for the engine benchmark")
     parser.add_argument("--cache", type=Path, default=None, help="folder of the random checkpoints")
+    parser.add_argument("--gdino-baseline", choices=["official", "ours"], default="official",
+                        help="the baseline's Grounding DINO: the official code (rf-groundingdino in its own venv, "
+                             "see official_env.py) or our model classes")
     args = parser.parse_args(argv)
     args.stage_list = [s for s in args.stages.split(",") if s]
     unknown = sorted(set(args.stage_list) - set(STAGES))
@@ -177,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
-    kit = Kit(quick=args.quick, cache=args.cache)
+    kit = Kit(quick=args.quick, cache=args.cache, official_gdino=args.gdino_baseline == "official")
     originals = image_paths(args.images)
     paths = image_folder(originals, tmp, QUICK_MAX_SIDE if args.quick else None)
     folder = paths[0].parent
-    base = {"quick": args.quick, "cache": str(args.cache)}
+    base = {"quick": args.quick, "cache": str(args.cache), "official_gdino": kit.official_gdino}
     errors: list[str] = []
     results: dict[str, Any] = {
         "schema": 1,
@@ -191,7 +194,8 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
                      "recipe_repeats": args.recipe_repeats, "engine_images": args.engine_images, "stages": args.stage_list,
                      "parts": args.parts, "tags": list(TAGS), "boxes": kit.boxes,
                      "image_files": [p.name for p in originals],
-                     "image_max_side": QUICK_MAX_SIDE if args.quick else None, "grounding_dino_size": list(kit.gd_size)},
+                     "image_max_side": QUICK_MAX_SIDE if args.quick else None, "grounding_dino_size": list(kit.gd_size),
+                     "grounding_dino_baseline": "official rf-groundingdino" if kit.official_gdino else "ours"},
     }
     _warm_imports()
     results["machine"] = machine()

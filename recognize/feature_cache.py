@@ -65,6 +65,24 @@ def size_of(value: Any) -> int:
     return 64
 
 
+def numeric_mode() -> str:
+    """The autocast state in force ("" when none): one model run under fp32 and under bf16 autocast
+    (a fast mode) gives different features, which must not be served to each other."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return ""
+    modes = []
+    for device in ("cpu", "cuda"):
+        try:
+            if torch.is_autocast_enabled(device):
+                modes.append(f"{device}:{torch.get_autocast_dtype(device)}")
+        except (AttributeError, RuntimeError, TypeError):  # older torch: no per-device query
+            continue
+    return ",".join(modes)
+
+
 class FeatureCache:
     """Thread-safe LRU cache bounded by the bytes of what it holds."""
 
@@ -130,7 +148,7 @@ class FeatureCache:
         `compute(indices_of_missing)` call (so a batch stays one batch) and stored."""
         if not self.enabled:
             return compute(list(range(len(keys))))
-        token = owner_token(owner)
+        token = (owner_token(owner), numeric_mode())
         found: list[Any] = [self.get((token, key)) for key in keys]
         missing = [i for i, value in enumerate(found) if value is None]
         if missing:

@@ -13,6 +13,7 @@ import threading
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -116,15 +117,28 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     Raises `ImageError` with a one-line reason for missing, unreadable, truncated, non-image and
     oversized files.
     """
+    from recognize.sources import is_url, open_url
+
+    if isinstance(path, str) and is_url(path):  # a file:// URL is a local path (expand_inputs strips it)
+        url = path
+        try:
+            return _decode(open_url(url), url)
+        except OSError as exc:
+            raise ImageError(f"{url}: {exc}") from None
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
-    if path.is_dir():
+    return _decode(path, str(path))
+
+
+def _decode(file: Any, path: str) -> Image.Image:
+    """Decode `file` (a path or a file object) named `path` in messages."""
+    if isinstance(file, Path) and file.is_dir():
         raise ImageError(f"{path}: is a folder, not an image")
     limit = max_pixels()
     _allow_in_pillow(limit)
     try:
-        with Image.open(path) as image:
+        with Image.open(file) as image:
             if image.width * image.height > limit:  # from the header: nothing is decoded yet
                 raise ImageError(f"{path}: {image.width}x{image.height} pixels is more than the limit of "
                                  f"{limit} pixels (RECOGNIZE_MAX_PIXELS); refused as a possible decompression bomb")
@@ -178,10 +192,20 @@ def expand_inputs(
 
     skip = Path(exclude).resolve() if exclude is not None else None
     found: list[tuple[Path, str]] = []
+    from recognize import sources
+
     for item in inputs:
-        text = str(item)
+        text = sources.local_path(str(item))
         path = Path(text)
-        if path.is_dir():
+        if sources.is_url(text):
+            found.append((text, name_from_parts(sources.url_name(text))))  # type: ignore[arg-type]
+        elif sources.is_list_file(path):
+            found.extend(expand_inputs(sources.read_list_file(path), exclude=exclude))
+        elif sources.is_manifest(path):
+            for source, name in sources.read_manifest(path):
+                for found_path, derived in expand_inputs([source], exclude=exclude):
+                    found.append((found_path, name_from_parts(tuple(name.split("/"))) if name else derived))
+        elif path.is_dir():
             if skip is not None and _inside(path.resolve(), skip):
                 raise InputError(f"{text}: is the output folder {exclude} or inside it; outputs are never "
                                  "inputs (choose another -o)")
@@ -273,12 +297,12 @@ def _relative_parts(path: Path, base: Path) -> tuple[str, ...]:
 
 
 def _dedupe_names(found: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
-    seen_paths: set[Path] = set()
+    seen_paths: set[Path | str] = set()
     used: set[str] = {name for _, name in found}
     taken: set[str] = set()
     result = []
     for path, name in found:
-        resolved = path.resolve()
+        resolved = path if isinstance(path, str) else path.resolve()  # a URL is its own identity
         if resolved in seen_paths:
             continue
         seen_paths.add(resolved)

@@ -129,6 +129,12 @@ class Pipeline:
         for result in _strict_engine().run(self, frames):
             yield result.frame
 
+    def fast_modes(self) -> dict[str, dict[str, Any]]:
+        """Stage name -> its opt-in fast modes that are on (`recognize.fast_modes`); `{}` on the exact path."""
+        from recognize.fast_modes import active_fast_modes
+
+        return {stage.name: modes for stage in self.stages if (modes := active_fast_modes(stage))}
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -41,6 +41,7 @@ from recognize.images import expand_inputs
 from recognize.outputs.json_output import JsonOutput, read_frame
 from recognize.outputs.paths import RUN_FILES
 from recognize.pipeline import Pipeline
+from recognize.sources import same_url, url_identity
 from recognize.stage import OutputStage
 
 SUMMARY_FILE = "summary.json"
@@ -65,6 +66,7 @@ class RunSummary:
     started: str = ""
     finished: str = ""
     engine: str = "local"
+    fast_modes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def failed(self) -> int:
@@ -77,6 +79,7 @@ class RunSummary:
             "recognize_version": __version__,
             "recipe": self.recipe,
             "engine": self.engine,
+            "fast_modes": self.fast_modes,
             "output_dir": self.output_dir,
             "counts": {
                 "inputs": self.inputs,
@@ -102,16 +105,21 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def source_identity(path: Path) -> dict[str, Any]:
-    """What a finished result records about its source (path, size, mtime, content hash)."""
+def source_identity(path: Path | str) -> dict[str, Any]:
+    """What a finished result records about its source (path, size, mtime, content hash; for a URL
+    its size and ETag or mtime, see `recognize.sources.url_identity`)."""
+    if isinstance(path, str):
+        return url_identity(path)
     info = path.stat()
     return {"source": str(path.resolve()), "size": info.st_size, "mtime_ns": info.st_mtime_ns,
             "sha256": sha256_of(path)}
 
 
-def same_source(record: dict[str, Any], path: Path) -> bool:
+def same_source(record: dict[str, Any], path: Path | str) -> bool:
     """Whether `path` is the source `record` was made from: unchanged (path, size, mtime), or moved
-    or touched but with the same content (size and sha256)."""
+    or touched but with the same content (size and sha256); a URL: same URL, size and ETag."""
+    if isinstance(path, str):
+        return same_url(record, path)
     try:
         info = path.stat()
         if info.st_size != record.get("size"):
@@ -315,11 +323,16 @@ def write_manifest(pipeline: Pipeline, recipe: dict[str, Any], out: Path) -> Non
 
 
 # -- the run --------------------------------------------------------------------------------------
-def _is_done(record: dict[str, Any] | None, path: Path, out: Path, recipe_id: str) -> bool:
-    if record is None or record.get("recipe") != recipe_id:
+def _is_done(record: dict[str, Any] | None, path: Path | str, out: Path, recipe_id: str,
+             sizes: dict[str, int] | None = None) -> bool:
+    """Whether `record` is a finished image of this recipe whose files are intact: each per-image
+    file has its recorded size, each append-only file (a shard) still reaches the end of the
+    image's line. `sizes` caches the shards' sizes (many images share one shard)."""
+    if record is None or record.get("recipe") != recipe_id or record.get("error"):
         return False
     files = record.get("files")
-    if not isinstance(files, dict) or not files:
+    appended = record.get("appended") or {}
+    if not isinstance(files, dict) or not isinstance(appended, dict) or not (files or appended):
         return False
     for relative, size in files.items():
         try:
@@ -327,7 +340,53 @@ def _is_done(record: dict[str, Any] | None, path: Path, out: Path, recipe_id: st
                 return False
         except OSError:
             return False
+    for relative, span in appended.items():
+        size = None if sizes is None else sizes.get(relative)
+        if size is None:
+            try:
+                size = (out / relative).stat().st_size
+            except OSError:
+                size = -1
+            if sizes is not None:
+                sizes[relative] = size
+        if not isinstance(span, list) or len(span) != 2 or size < span[1]:
+            return False
     return same_source(record, path)
+
+
+def _span(record: dict[str, Any]) -> tuple[str, int, int]:
+    shard, (start, end) = next(iter(record["appended"].items()))
+    return shard, start, end
+
+
+class ShardFrames(Sequence[Frame]):
+    """The run's finished frames read back from the shards (`recognize.outputs.shards`), in input
+    order, by the byte spans the done journal recorded: what `finish` gets when the run writes
+    no per-image JSON files."""
+
+    def __init__(self, out: Path, entries: list[tuple[str, int, int, str, str]]) -> None:
+        self._out, self._entries = out, entries  # (shard, start, end, source, name)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return ShardFrames(self._out, self._entries[index])
+        return next(iter(ShardFrames(self._out, [self._entries[index]])))
+
+    def __iter__(self) -> Iterator[Frame]:
+        from recognize.outputs.shards import read_line
+
+        handles: dict[str, Any] = {}
+        try:
+            for shard, start, end, source, name in self._entries:
+                frame = read_line(self._out, shard, start, end, handles)
+                frame.source, frame.name = source, name
+                yield frame
+        finally:
+            for handle in handles.values():
+                handle.close()
 
 
 def run_to_folder(
@@ -355,9 +414,13 @@ def run_to_folder(
     if startup_seconds:
         timer.phases[STARTUP] += startup_seconds
     out = Path(out_dir)
-    json_stage = next((s for s in pipeline.outputs if s.name == "json"), None) or JsonOutput()
-    # json goes last: its file is the frame the dataset outputs read back
-    outputs = [s for s in pipeline.outputs if s.name != "json"] + [json_stage]
+    shard_stage = next((s for s in pipeline.outputs if s.name == "shards"), None)
+    json_stage = next((s for s in pipeline.outputs if s.name == "json"), None)
+    if json_stage is None and shard_stage is None:
+        json_stage = JsonOutput()
+    # json (or shards) go last: their record is the frame the dataset outputs read back
+    outputs = [s for s in pipeline.outputs if s.name not in ("json", "shards")]
+    outputs += [s for s in (json_stage, shard_stage) if s is not None]
     check_output_layout(outputs)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: -o must be a folder, and this is a file (choose another -o)")
@@ -381,10 +444,16 @@ def run_to_folder(
         inputs=len(items),
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         engine=getattr(engine, "name", type(engine).__name__),
+        fast_modes=pipeline.fast_modes(),
     )
+    if summary.fast_modes:  # never silent, even with --quiet: these outputs are not the exact path's
+        from recognize.fast_modes import describe_fast_modes
+
+        print(f"recognize: {describe_fast_modes(summary.fast_modes)}", file=sys.stderr)
     todo: list[tuple[Path, str]] = []
+    shard_sizes: dict[str, int] = {}
     for path, name in items:
-        if not overwrite and _is_done(journal.records.get(name), path, out, recipe_id):
+        if not overwrite and _is_done(journal.records.get(name), path, out, recipe_id, shard_sizes):
             summary.skipped += 1
         else:
             todo.append((path, name))
@@ -413,9 +482,17 @@ def run_to_folder(
                     record = {"name": frame.name, **source_identity(sources[frame.name]), "recipe": recipe_id,
                               "files": {path.relative_to(out).as_posix(): path.stat().st_size
                                         for stage in outputs for path in stage.files(frame, out)}}
+                    if shard_stage is not None:
+                        record["appended"] = shard_stage.appended(frame, out)
                     journal.append(record)
             except Exception as exc:  # noqa: BLE001 - a write error fails this image, not the run
                 result.error = f"writing outputs: {describe_error(exc)}"
+        if not result.ok:  # recorded once, with its error; a re-run tries it again
+            try:
+                journal.append({"name": frame.name, "source": frame.source, "recipe": recipe_id,
+                                "error": result.error})
+            except OSError:
+                pass
         if result.ok:
             summary.processed += 1
         else:
@@ -435,8 +512,14 @@ def run_to_folder(
         journal.close()
     clear_partial(partial)  # every frame is final now
 
-    frame_files = FrameFiles([(json_stage.files(Frame(source=str(path), name=name), out)[0], str(path), name)
-                              for path, name in items if _is_done(journal.records.get(name), path, out, recipe_id)])
+    finished = [(path, name, journal.records[name]) for path, name in items
+                if _is_done(journal.records.get(name), path, out, recipe_id, {})]  # shards grew: fresh sizes
+    frame_files: Sequence[Frame]
+    if json_stage is not None:
+        frame_files = FrameFiles([(json_stage.files(Frame(source=str(path), name=name), out)[0], str(path), name)
+                                  for path, name, _ in finished])
+    else:
+        frame_files = ShardFrames(out, [(*_span(record), str(path), name) for path, name, record in finished])
     try:
         with timer.phase(FINISH):
             for stage in outputs:

@@ -95,3 +95,22 @@ def test_thread_safe_puts() -> None:
     for t in threads:
         t.join()
     assert cache.bytes_used <= 64 * 50 and len(cache) <= 50
+
+
+def test_features_under_autocast_are_kept_apart_from_exact_ones() -> None:
+    import torch
+
+    cache = FeatureCache(max_bytes=10_000)
+    owner = Model()
+    calls: list[str] = []
+
+    def compute(todo):
+        calls.append(str(torch.get_autocast_dtype("cpu")) if torch.is_autocast_enabled("cpu") else "fp32")
+        return [np.zeros(4, np.float32) for _ in todo]
+
+    cache.compute_many(owner, ["a"], compute)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cache.compute_many(owner, ["a"], compute)  # a bf16 fast mode must not get the fp32 features
+        cache.compute_many(owner, ["a"], compute)
+    cache.compute_many(owner, ["a"], compute)
+    assert calls == ["fp32", "torch.bfloat16"]

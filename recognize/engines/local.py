@@ -19,6 +19,7 @@ from recognize.engines.batches import apply_stages, run_batch
 from recognize.engines.segments import Segment, walk
 from recognize.engines.timing import LOAD, StageTimer
 from recognize.frame import Frame
+from recognize.prefetch import batched, prefetch
 
 if TYPE_CHECKING:  # pragma: no cover
     from recognize.pipeline import Pipeline
@@ -28,15 +29,18 @@ __all__ = ["FrameResult", "LocalEngine", "describe_error"]
 
 class LocalEngine:
     """`isolate=False` lets the first error propagate unchanged instead of failing just that
-    image (what a library call such as `Pipeline(...)(images)` wants)."""
+    image (what a library call such as `Pipeline(...)(images)` wants). `prefetch`: how many
+    batches ahead images are decoded on a background thread (`recognize.prefetch`; 0: none);
+    only with `isolate`, since library runs decode lazily (a frame no stage reads is never decoded)."""
 
     name = "local"
 
-    def __init__(self, progress: bool = False, *, isolate: bool = True) -> None:
+    def __init__(self, progress: bool = False, *, isolate: bool = True, prefetch: int = 1) -> None:
         #: show a progress bar for the stages before a dataset-scope stage (the runner's bar
         #: only moves when frames are final)
         self.progress = progress
         self.isolate = isolate
+        self.prefetch = prefetch
 
     def load(self, pipeline: Pipeline, timer: StageTimer | None = None) -> None:
         """Load every stage's models now, so missing weights fail before any image is touched; every
@@ -67,18 +71,14 @@ class LocalEngine:
     # -- SegmentRunner --------------------------------------------------------------------
     def map_images(self, pipeline: Pipeline, segment: Segment, frames: Iterable[Frame],
                    timer: StageTimer) -> Iterator[FrameResult]:
-        batch: list[Frame] = []
-        for frame in frames:
-            batch.append(frame)
-            if len(batch) == pipeline.batch_size:
-                yield from run_batch(segment.stages, batch, timer, isolate=self.isolate)
-                batch = []
-        if batch:
+        depth = self.prefetch if self.isolate else 0
+        for batch in prefetch(batched(frames, pipeline.batch_size), depth=depth):
             yield from run_batch(segment.stages, batch, timer, isolate=self.isolate)
 
-    def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: list[Frame],
+    def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: Iterable[Frame],
                     timer: StageTimer) -> list[Frame]:
+        """Every frame in this process's memory at once (what one machine can hold)."""
         with timer.phase(LOAD):
             for stage in segment.stages:
                 stage.ensure_loaded()
-        return apply_stages(segment.stages, frames, timer)
+        return apply_stages(segment.stages, list(frames), timer)

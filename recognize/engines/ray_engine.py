@@ -28,6 +28,7 @@ import numpy as np
 
 from recognize.engines.base import FrameResult, ResultCallback, RunStopped
 from recognize.engines.batches import apply_stages, run_batch
+from recognize.engines.frame_spool import FrameSpool
 from recognize.engines.segments import Segment, walk
 from recognize.engines.timing import LOAD, STARTUP, StageTimer
 from recognize.frame import Frame
@@ -120,16 +121,16 @@ class RayEngine:
     # -- SegmentRunner --------------------------------------------------------------------
     def map_images(self, pipeline: Pipeline, segment: Segment, frames: Iterable[Frame],
                    timer: StageTimer) -> Iterator[FrameResult]:
-        rows = [{"frame": frame.to_json(indent=None)} for frame in frames]
-        if not rows:
-            return
         import ray.data
 
+        from recognize.engines.ray_partition import frames_dataset
+
+        dataset = frames_dataset(frames, block=max(1, pipeline.batch_size))
+        if dataset is None:
+            return
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # results in input order, as the walk expects
         context.enable_progress_bars = False
-        dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * self.num_workers)))
-        del rows
         mapped = dataset.map_batches(
             _StageWorker,
             fn_constructor_kwargs={"specs": stage_specs(segment.stages)},
@@ -146,19 +147,41 @@ class RayEngine:
                 timer.merge(json.loads(row["timings"]))
             yield FrameResult(Frame.from_json(row["frame"]), row["error"] or None)
 
-    def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: list[Frame],
-                    timer: StageTimer) -> list[Frame]:
-        """A partitioned stage runs as a group-by on workers; any other one on the driver."""
+    def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: FrameSpool,
+                    timer: StageTimer) -> Iterator[Frame]:
+        """A partitioned stage runs as a group-by on workers, its frames streamed from and back to
+        disk (`FrameSpool`), so the driver holds none of them; any other one on the driver."""
         from recognize.engines.ray_partition import run_partitioned_on_ray
 
-        for stage in segment.stages:
-            if stage.partitioned:
-                with timer.stage(stage.name):
-                    frames = run_partitioned_on_ray(
-                        stage, stage_specs([stage])[0], frames, num_workers=self.num_workers,
-                        num_cpus_per_worker=self.num_cpus_per_worker, num_gpus_per_worker=self.num_gpus_per_worker)
-                continue
-            with timer.phase(LOAD):
-                stage.ensure_loaded()
-            frames = apply_stages([stage], frames, timer)
-        return frames
+        current: Iterable[Frame] = frames
+        scratch: list[FrameSpool] = []
+        try:
+            for i, stage in enumerate(segment.stages):
+                if i:  # the previous stage's output, spooled, is the next one's input
+                    scratch.append(FrameSpool().extend(current, like=frames))
+                    current = scratch[-1]
+                if stage.partitioned:
+                    with timer.stage(stage.name):
+                        out = run_partitioned_on_ray(
+                            stage, stage_specs([stage])[0], current, num_workers=self.num_workers,
+                            num_cpus_per_worker=self.num_cpus_per_worker,
+                            num_gpus_per_worker=self.num_gpus_per_worker)
+                    current = _timed(out, timer, stage.name)
+                    continue
+                with timer.phase(LOAD):
+                    stage.ensure_loaded()
+                current = apply_stages([stage], list(current), timer)
+            yield from current
+        finally:
+            for spool in scratch:
+                spool.close()
+
+
+def _timed(frames: Iterator[Frame], timer: StageTimer, name: str) -> Iterator[Frame]:
+    """`frames`, the time spent producing each counted to stage `name` (the group-by's results stream)."""
+    while True:
+        with timer.stage(name):
+            frame = next(frames, None)
+        if frame is None:
+            return
+        yield frame

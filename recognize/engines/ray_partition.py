@@ -16,7 +16,8 @@ batch or group gives the same items and results.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sized
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,6 @@ import numpy as np
 from recognize.engines.partition import PARTITION_CHUNK, check_group, check_partition
 from recognize.frame import Frame
 from recognize.stage import Stage
-
 
 _INDEX_BITS = 20  # sort key = frame position << 20 | item index (a frame has < 10^6 items)
 
@@ -69,54 +69,64 @@ def _process_group(group: dict[str, np.ndarray], spec: dict[str, Any]) -> dict[s
             "result": np.array([pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in results], dtype=object)}
 
 
-def frames_dataset(frames: list[Frame], block: int = 4096) -> Any:
+def frames_dataset(frames: Iterable[Frame], block: int = 4096) -> Any:
     """A Ray Dataset of `{pos, frame}` rows (the frames' JSON), put into the object store a block at a
-    time, so the driver never holds a second, serialised copy of every frame."""
+    time as `frames` is read, so the driver never holds every frame, nor a serialised copy of them;
+    None when there are no frames."""
     import pyarrow as pa
     import ray
 
-    refs = []
-    for start in range(0, len(frames), block):
-        part = frames[start : start + block]
+    refs, start = [], 0
+    iterator = iter(frames)
+    while part := list(islice(iterator, block)):
         refs.append(ray.put(pa.table({
             "pos": pa.array(range(start, start + len(part)), type=pa.int64()),
             "frame": pa.array([frame.to_json(indent=None) for frame in part], type=pa.large_string()),
         })))
-    return ray.data.from_arrow_refs(refs)
+        start += len(part)
+    return ray.data.from_arrow_refs(refs) if refs else None
 
 
-def run_partitioned_on_ray(stage: Stage, spec: dict[str, Any], frames: list[Frame], *, num_workers: int,
-                           num_cpus_per_worker: float = 1, num_gpus_per_worker: float = 0) -> list[Frame]:
-    """The stage over `frames` as a group-by on the current Ray instance; same result as locally."""
+def run_partitioned_on_ray(stage: Stage, spec: dict[str, Any], frames: Sized | Iterable[Frame], *,
+                           num_workers: int, num_cpus_per_worker: float = 1,
+                           num_gpus_per_worker: float = 0) -> Iterator[Frame]:
+    """The stage over `frames` as a group-by on the current Ray instance; same result as locally.
+
+    `frames` is read twice, in order (a `FrameSpool` or a list): once into the object store, once
+    to apply each frame's results as they stream back; the enriched frames are yielded in order."""
     import ray.data
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    items = frames_dataset(frames).map_batches(
+    count = len(frames)  # type: ignore[arg-type]
+    source = frames_dataset(frames, block=4 * PARTITION_CHUNK)
+    if source is None:
+        return iter(())
+    items = source.map_batches(
         _Partitioner, fn_constructor_kwargs={"spec": spec}, batch_size=PARTITION_CHUNK,
         compute=ray.data.ActorPoolStrategy(size=num_workers), num_cpus=num_cpus_per_worker,
         num_gpus=num_gpus_per_worker or None, batch_format="numpy",
     ).materialize()
     if items.count() == 0:
-        return [stage.apply_results(frame, []) for frame in frames]
+        return (stage.apply_results(frame, []) for frame in frames)
     # few shuffle partitions: a group must fit one worker anyway, and each partition costs tasks
-    parts = max(1, min(4 * num_workers, len(frames) // PARTITION_CHUNK + 1))
+    parts = max(1, min(4 * num_workers, count // PARTITION_CHUNK + 1))
     results = items.groupby("key", num_partitions=parts).map_groups(
         _process_group, fn_kwargs={"spec": spec}, batch_format="numpy", num_cpus=num_cpus_per_worker)
-    step = len(frames) / parts
+    step = count / parts
     boundaries = [int(i * step) << _INDEX_BITS for i in range(1, parts)]
     ordered = results.sort("order", boundaries=boundaries or None)
-    return list(_apply_in_order(stage, frames, ordered.iter_rows()))
+    return _apply_in_order(stage, iter(frames), ordered.iter_rows())
 
 
-def _apply_in_order(stage: Stage, frames: list[Frame], rows: Iterator[dict[str, Any]]) -> Iterator[Frame]:
-    position = 0
-    mine: list[Any] = []
+def _apply_in_order(stage: Stage, frames: Iterator[Frame], rows: Iterator[dict[str, Any]]) -> Iterator[Frame]:
+    """Each frame with its results (rows sorted by frame position), frames read one at a time."""
+    position, mine = 0, []
     for row in rows:
         while position < row["pos"]:
-            yield stage.apply_results(frames[position], mine)
+            yield stage.apply_results(next(frames), mine)
             position, mine = position + 1, []
         mine.append(pickle.loads(row["result"]))
-    while position < len(frames):
-        yield stage.apply_results(frames[position], mine)
-        position, mine = position + 1, []
+    for frame in frames:
+        yield stage.apply_results(frame, mine)
+        mine = []

@@ -268,10 +268,15 @@ def _finish(frames: list[Frame], bar: Any) -> list[Frame]:
 
 
 def read_frames(folder: str | os.PathLike[str]) -> list[Frame]:
-    """The Frames a `recognize run` wrote (`OUT/frames/**/<name>.json`; any folder of Frame JSON files)."""
+    """The Frames a `recognize run` wrote: its shards (`OUT/shards/part-*.jsonl`, the `shards`
+    output), else its per-image files (`OUT/frames/**/<name>.json`; any folder of Frame JSON files)."""
+    from recognize.outputs.shards import read_shards, shard_files
+
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such predictions folder")
+    if shard_files(folder):
+        return list(read_shards(folder))
     frames = []
     root = folder / "frames" if (folder / "frames").is_dir() else folder  # a run's per-image results
     for path in sorted(root.rglob("*.json")):

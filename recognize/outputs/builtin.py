@@ -8,9 +8,10 @@ from recognize.hookspecs import hookimpl
 from recognize.outputs.annotated_image import AnnotatedImage
 from recognize.outputs.coco import CocoOutput
 from recognize.outputs.json_output import JsonOutput
+from recognize.outputs.shards import ShardsOutput
 from recognize.outputs.yolo import YoloOutput
 
-OUTPUTS = (JsonOutput, AnnotatedImage, CocoOutput, YoloOutput)
+OUTPUTS = (JsonOutput, AnnotatedImage, CocoOutput, YoloOutput, ShardsOutput)
 
 
 @hookimpl

@@ -11,6 +11,16 @@ API:
 - `map_state_dict(state, spec, expected_shapes)` -> (`{model key: tensor}`, `LoadReport`): the whole
   check, usable with meta tensors (the manifest tests run it on shapes only).
 - `load_official(model, checkpoint, spec) -> LoadReport`: map, then `load_state_dict(strict=True)`.
+- `parameters_on_meta()`: a context in which modules get their parameters on the meta device (no
+  memory, no random initialisation) while buffers are built for real; `load_official` then assigns
+  the checkpoint's tensors (`assign=True`) and checks that no meta tensor is left.
+
+Why build on meta: a released tagger is ~0.5-1 GB of fp32 parameters; building it normally fills
+them with random values (seconds of `trunc_normal_` on 2 cores) only for `load_state_dict` to copy
+the checkpoint over them, so peak memory held the weights twice. With meta parameters and the
+memory-mapped checkpoint assigned in place, the weights are read once, lazily, from the file's
+pages. Buffers stay real because the constructor computes them (Swin's relative position index and
+attention masks are not in the checkpoint).
 
 Why strict: the official loader uses `load_state_dict(strict=False)`, so a wrong or truncated file
 silently leaves random weights. Here every model key must be found with the right shape, every
@@ -20,8 +30,10 @@ equal; otherwise a one-line `ModelFileError` says what is wrong.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -168,4 +180,41 @@ def load_official(
         raise RuntimeError(f"key map of {spec.model_name} does not cover {_examples(unmapped)}")
     mapped, report = map_state_dict(state, spec, expected, source)
     model.load_state_dict(mapped, strict=True, assign=any(v.is_meta for v in own.values()))
+    _compute_meta_buffers(model)
+    left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if left:  # a programming error: a tensor neither in the checkpoint nor computed by the constructor
+        raise RuntimeError(f"{spec.model_name}: tensors left without values after loading: {_examples(left)}")
     return report
+
+
+def _compute_meta_buffers(model: nn.Module) -> None:
+    """Buffers a constructor computed from a meta parameter's device (timm's Swin attention masks)
+    are meta too: recompute them, now that the parameters are real, through timm's convention
+    (`init_non_persistent_buffers()`, what `timm.models.reinit_non_persistent_buffers` calls)."""
+    for module in model.modules():
+        if hasattr(module, "init_non_persistent_buffers") and any(b.is_meta for b in module.buffers(recurse=False)):
+            module.init_non_persistent_buffers()
+
+
+_meta_state = threading.local()
+_original_register_parameter = nn.Module.register_parameter
+
+
+def _register_parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    _original_register_parameter(module, name, param)
+    if param is not None and getattr(_meta_state, "depth", 0) and not param.is_meta:
+        module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Inside the block, every parameter a module registers *in this thread* is moved to the meta
+    device (its initialisation then costs nothing); buffers are untouched. Load with `load_official`.
+
+    Other threads building modules meanwhile are unaffected (the switch is thread-local)."""
+    nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign]  # idempotent
+    _meta_state.depth = getattr(_meta_state, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _meta_state.depth -= 1

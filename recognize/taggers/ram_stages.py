@@ -145,10 +145,11 @@ class Ram(TaggerStage):
         return ("ram", self.ram_config(), str(self.checkpoint_path().resolve()))
 
     def build_model(self) -> nn.Module:
-        from recognize.taggers.checkpoint import load_official
+        from recognize.taggers.checkpoint import load_official, parameters_on_meta
         from recognize.taggers.ram import build_model
 
-        model = build_model(self.ram_config())
+        with parameters_on_meta():  # no random init to overwrite: the checkpoint's tensors are assigned
+            model = build_model(self.ram_config())
         load_official(model, self.checkpoint_path(), model.key_spec())
         return model
 

@@ -172,6 +172,30 @@ def test_regions_from_a_predictions_folder(run_cli, tmp_path):
     assert json.loads((tmp_path / "eval" / "regions_summary.json").read_text())["metrics"]["bbox"]["AP"] == pytest.approx(1.0)
 
 
+def test_regions_from_a_run_folders_shards(run_cli, tmp_path):
+    """`recognize eval` reads the `shards` output (OUT/shards/part-*.jsonl); a torn last line is skipped."""
+    from recognize.frame import Frame, Region
+
+    shards = tmp_path / "run" / "shards"
+    shards.mkdir(parents=True)
+    frames = [Frame(source=f"/data/{n}.jpg", name=f"{n}.jpg", width=20, height=20,
+                    regions=[Region(tag="cat", box=(0, 0, 10, 10), score=0.8)]) for n in ("a", "b")]
+    (shards / "part-00000.jsonl").write_text(frames[0].to_json(indent=None) + "\n")
+    (shards / "part-00001.jsonl").write_text(frames[1].to_json(indent=None) + "\n" + '{"source": "/da')
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({
+        "images": [{"id": 7, "file_name": "a.jpg", "width": 20, "height": 20},
+                   {"id": 8, "file_name": "b.jpg", "width": 20, "height": 20}],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [0, 0, 10, 10]},
+                        {"id": 2, "image_id": 8, "category_id": 3, "bbox": [0, 0, 10, 10]}],
+        "categories": [{"id": 3, "name": "cat"}],
+    }))
+    result = run_cli("eval", "regions", "--predictions", tmp_path / "run", "--annotations", gt, "-o", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    assert "have no prediction" not in result.output
+    assert json.loads((tmp_path / "eval" / "regions_summary.json").read_text())["metrics"]["bbox"]["AP"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize(("annots", "extra", "message"), [
     ("x,red\ny,teapot\n", [], "annots.txt:2: tag 'teapot' is not in the taglist"),
     ("x,red\nnope,red\n", ["--require-all-images"], "1 of 2 annotated images are not in"),

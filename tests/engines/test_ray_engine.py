@@ -1,6 +1,7 @@
 """The Ray engine gives the same outputs as the local engine (on a local 2-CPU Ray instance)."""
 
 import json
+import re
 
 import pytest
 
@@ -8,12 +9,12 @@ ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.slow
 
-from clihelp import SUPPORT  # noqa: E402
+from clihelp import SUPPORT
 
-from recognize.engines.base import RunStopped  # noqa: E402
-from recognize.engines.ray_engine import RayEngine  # noqa: E402
-from recognize.pipeline import Pipeline  # noqa: E402
-from recognize.runner import run_to_folder  # noqa: E402
+from recognize.engines.base import RunStopped
+from recognize.engines.ray_engine import RayEngine
+from recognize.pipeline import Pipeline
+from recognize.runner import run_to_folder
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +64,59 @@ def test_an_error_on_every_image_stops_the_ray_run_once(local_ray, test_stages, 
     with pytest.raises(RunStopped, match="'explode' failed on each of the 3 images"):
         run_to_folder(Pipeline([test_stages.Explode(on="")], batch_size=3), [image_folder], tmp_path / "ray",
                       quiet=True, engine=RayEngine())
+
+
+def test_progress_shows_images_per_second_and_eta_across_the_cluster(local_ray, test_stages, image_folder,
+                                                                       tmp_path, capsys):
+    """The runner's bar counts every worker's images as they become final on the driver."""
+    pipeline = Pipeline([test_stages.Brightness(), test_stages.CenterBox()], batch_size=1)
+    run_to_folder(pipeline, [image_folder], tmp_path / "out", quiet=False, engine=RayEngine(num_workers=2))
+    err = capsys.readouterr().err
+    assert "3/3" in err
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d, +[\d.]+(img/s|s/img)\]", err), err  # elapsed<ETA, rate
+
+
+def test_a_resumed_ray_run_skips_by_identity_from_the_shards(local_ray, test_stages, image_folder, tmp_path):
+    from recognize import plugins
+
+    def pipeline():
+        return Pipeline([test_stages.Brightness(), test_stages.CenterBox(), test_stages.CountDataset()],
+                        [plugins.get_stage("shards")(frames_per_shard=2)], batch_size=2)
+
+    out = tmp_path / "out"
+    first = run_to_folder(pipeline(), [image_folder], out, quiet=True, engine=RayEngine(num_workers=2))
+    (image_folder / "extra.png").write_bytes((image_folder / "white.png").read_bytes())
+    second = run_to_folder(pipeline(), [image_folder], out, quiet=True, engine=RayEngine(num_workers=2))
+    assert (first.processed, second.processed, second.skipped) == (3, 1, 3)
+    from recognize.outputs.shards import read_shards
+
+    assert sorted(f.name for f in read_shards(out)) == ["black.jpg", "extra.png", "sub/noise.png", "white.png"]
+
+
+def test_ray_workers_read_urls_from_a_list_file(local_ray, test_stages, image_folder, tmp_path):
+    """Inputs need no shared filesystem: each worker opens the URLs itself (HTTP on loopback)."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(image_folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        root = f"http://127.0.0.1:{server.server_address[1]}"
+        listing = tmp_path / "urls.txt"
+        listing.write_text(f"{root}/white.png\n{root}/sub/noise.png\n{root}/missing.png\n")
+
+        def pipeline():
+            return Pipeline([test_stages.Brightness(), test_stages.CenterBox()], batch_size=2)
+
+        local = run_to_folder(pipeline(), [listing], tmp_path / "local", quiet=True)
+        remote = run_to_folder(pipeline(), [listing], tmp_path / "ray", quiet=True, engine=RayEngine(num_workers=2))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert results(tmp_path / "local") == results(tmp_path / "ray") and len(results(tmp_path / "ray")) == 2
+    assert (remote.processed, remote.failed) == (local.processed, local.failed) == (2, 1)

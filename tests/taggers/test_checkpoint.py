@@ -108,3 +108,58 @@ def test_bias_tables_of_another_window_are_resampled(ram_plus_fixture, state):
     assert table.shape == (81, 2) and torch.isfinite(table).all()
     source = state["visual_encoder.layers.0.blocks.0.attn.relative_position_bias_table"].view(13, 13, 2)
     assert torch.allclose(table.view(9, 9, 2)[4, 4], source[6, 6], atol=1e-4)  # the centre stays put
+
+
+# -- building on meta: no random init, the checkpoint's tensors assigned ---------------------------
+
+
+@pytest.mark.parametrize("fixture_name", ["ram_fixture", "ram_plus_fixture"])
+def test_meta_built_model_holds_exactly_the_checkpoint(fixture_name, request):
+    from recognize.taggers.checkpoint import parameters_on_meta
+
+    folder = request.getfixturevalue(fixture_name)
+    config = RamConfig.from_fixture_config(folder / "config.json")
+    with parameters_on_meta():
+        lazy = build_model(config)
+    assert all(p.is_meta for p in lazy.parameters())
+    assert not torch.nn.Linear(2, 2).weight.is_meta  # the patch ends with the block
+    report = load_official(lazy, folder / "checkpoint.pth", lazy.key_spec())
+    eager = build_model(config)
+    load_official(eager, folder / "checkpoint.pth", eager.key_spec())
+
+    state = read_checkpoint(folder / "checkpoint.pth")
+    key_map = lazy.key_spec().key_map
+    lazy_state, eager_state = lazy.state_dict(), eager.state_dict()
+    assert not any(t.is_meta for t in [*lazy.parameters(), *lazy.buffers()])
+    for key, tensor in lazy_state.items():
+        if key_map[key] not in report.adapted:
+            assert torch.equal(tensor, state[key_map[key]]), key  # the parameter IS the checkpoint's tensor
+        assert torch.equal(tensor, eager_state[key]), key
+    # buffers the constructor computes (Swin's attention masks and position index) are computed again
+    lazy_buffers = dict(lazy.named_buffers())
+    for name, buffer in eager.named_buffers():
+        assert torch.equal(lazy_buffers[name], buffer), name
+
+
+def test_meta_building_is_limited_to_its_thread():
+    import threading
+
+    from recognize.taggers.checkpoint import parameters_on_meta
+
+    built = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def other_thread():
+        inside.wait(timeout=30)
+        built["other"] = torch.nn.Linear(2, 2)  # built while the main thread is inside the block
+        release.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with parameters_on_meta():
+        inside.set()
+        release.wait(timeout=30)
+        built["here"] = torch.nn.Linear(2, 2)
+    worker.join()
+    assert built["here"].weight.is_meta and not built["other"].weight.is_meta
+    assert not torch.nn.Linear(2, 2).weight.is_meta

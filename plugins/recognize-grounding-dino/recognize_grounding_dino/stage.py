@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from recognize.fast_modes import Precision, Quantization, autocast, cap_regions, quantize_linear_int8
 from recognize.frame import Drop, Frame, Region, Tag
 from recognize.hub import FileRef
 from recognize.stage import (
@@ -59,6 +60,12 @@ class GroundingDino(Stage):
         max_size: int | None = Field(1333, ge=32, le=8192, description="cap on the long side (reference: 1333)")
         device: Device = "auto"
         batch_size: int = Field(1, ge=1, le=4096)
+        # fast modes (recognize.fast_modes): the defaults are the exact path
+        dtype: Precision = Field("float32", description="fast mode: autocast the model to bfloat16/float16")
+        quantize: Quantization = Field(
+            "none", description="fast mode: int8: torchao int8 Linear layers in the image backbone and transformer")
+        max_regions: int | None = Field(
+            None, ge=0, description="fast mode: keep only the N best-scoring boxes per image; the rest are dropped")
 
     def model_files(self) -> list[FileRef]:
         """The preset's official checkpoint and the BERT vocabulary, each unless a local file is given."""
@@ -76,9 +83,16 @@ class GroundingDino(Stage):
         vocab = resolve_path(p.vocab, VOCAB_CARD, VOCAB_FILE)
         device = resolve_device(p.device)
         config = json.dumps(p.config, sort_keys=True) if isinstance(p.config, dict) else p.config
-        key = ("grounding_dino", p.model, str(Path(checkpoint).resolve()), str(Path(vocab).resolve()), config, device)
-        self.detector: Detector = shared_models.get(
-            key, lambda: Detector.load(p.model, checkpoint, vocab, config=p.config, device=device), owner=self)
+        key = ("grounding_dino", p.model, str(Path(checkpoint).resolve()), str(Path(vocab).resolve()), config, device,
+               p.quantize)
+
+        def build() -> Detector:
+            detector = Detector.load(p.model, checkpoint, vocab, config=p.config, device=device)
+            if p.quantize == "int8":  # the text encoder runs once per caption (cached): not worth quantising
+                quantize_linear_int8(detector.model, include=lambda name: not name.startswith("model.text_backbone"))
+            return detector
+
+        self.detector: Detector = shared_models.get(key, build, owner=self)
         self._packings: dict[tuple[str, ...], Packing] = {}
 
     # -- prompts ------------------------------------------------------------------------
@@ -124,13 +138,15 @@ class GroundingDino(Stage):
         for (prompts, _shape), members in jobs.items():
             for start in range(0, len(members), p.batch_size):
                 chunk = members[start:start + p.batch_size]
-                results = self.detector.detect(torch.stack([pixels[i] for i in chunk]), prompts)
+                with autocast(self.detector.device, p.dtype):
+                    results = self.detector.detect(torch.stack([pixels[i] for i in chunk]), prompts)
                 for prompt, (probs, boxes) in zip(prompts, results):
                     for row, i in enumerate(chunk):
                         found[i].extend(self._select(probs[row], boxes[row], prompt, frames[i], vocabularies[i]))
 
         for i, detections in found.items():
             self._add_regions(frames[i], detections)
+            cap_regions(frames[i], p.max_regions, self.name)
         return frames
 
     def _select(self, probs: torch.Tensor, boxes: torch.Tensor, prompt: Prompt, frame: Frame,

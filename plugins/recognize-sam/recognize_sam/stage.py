@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from recognize.fast_modes import Precision, Quantization, autocast, cap_regions, quantize_linear_int8
 from recognize.frame import Frame
 from recognize.hub import FileRef
 from recognize.stage import (
@@ -25,7 +26,8 @@ from recognize_sam.config import SamConfig
 class SamParams(StageParams):
     """How to build SAM and decode boxes. A `config` with `weights: random` gives a tiny test model."""
 
-    model: Literal["vit_h", "vit_l", "vit_b"] = Field("vit_h", description="official SAM variant")
+    model: Literal["vit_h", "vit_l", "vit_b"] = Field(
+        "vit_h", description="official SAM variant; vit_b is the light one (~1/7 of vit_h's encoder FLOPs), for CPUs")
     checkpoint: str | None = Field(None, description="local checkpoint path; default: the cached official file")
     config: SamConfig | None = Field(None, description="custom image-encoder size instead of `model`")
     weights: Literal["checkpoint", "random"] = Field(
@@ -35,6 +37,11 @@ class SamParams(StageParams):
     multimask: bool = Field(True, description="decode 3 candidates per box and keep the best-scoring one")
     device: Device = "auto"
     batch_size: int = Field(1, ge=1, le=4096, description="images per image-encoder call")
+    # fast modes (recognize.fast_modes): the defaults are the exact path
+    dtype: Precision = Field("float32", description="fast mode: autocast the model to bfloat16/float16")
+    quantize: Quantization = Field("none", description="fast mode: int8: torchao int8 Linear layers in the image encoder")
+    max_regions: int | None = Field(
+        None, ge=0, description="fast mode: segment only the N best-scoring regions per image; the rest are dropped")
 
     @model_validator(mode="after")
     def _weights_known(self) -> SamParams:
@@ -76,12 +83,16 @@ class Sam(Stage):
 
         def build() -> Any:
             if checkpoint is None:
-                return build_sam(p.model, p.config, seed=p.seed).to(device)
-            expected = p.model if p.config is None else "custom"
-            return load_checkpoint(build_sam(p.model, p.config), checkpoint, expected=expected).to(device)
+                sam = build_sam(p.model, p.config, seed=p.seed).to(device)
+            else:
+                expected = p.model if p.config is None else "custom"
+                sam = load_checkpoint(build_sam(p.model, p.config), checkpoint, expected=expected).to(device)
+            if p.quantize == "int8":  # the encoder holds ~all of SAM's FLOPs; the decoder runs per box, small
+                quantize_linear_int8(sam.image_encoder)
+            return sam
 
-        sam = shared_models.get(("sam", p.config if p.config is not None else p.model, source, device), build,
-                                owner=self)
+        variant = p.config if p.config is not None else p.model
+        sam = shared_models.get(("sam", variant, source, device, p.quantize), build, owner=self)
         self.segmenter = BoxSegmenter(sam)
 
     def unload(self) -> None:
@@ -95,14 +106,19 @@ class Sam(Stage):
         return resolve_path(self.params.checkpoint, card_for(self.params.model), CHECKPOINTS[self.params.model][1])
 
     def process(self, frames: list[Frame]) -> list[Frame]:
+        for frame in frames:
+            cap_regions(frame, self.params.max_regions, self.name)
         todo = [frame for frame in frames if frame.regions]
         size = self.params.batch_size
+        device, dtype = self.segmenter.device, self.params.dtype
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
-            embeddings = self.segmenter.embed([frame.image for frame in chunk])
+            with autocast(device, dtype):
+                embeddings = self.segmenter.embed([frame.image for frame in chunk])
             for frame, embedding in zip(chunk, embeddings):
                 boxes = np.array([region.box for region in frame.regions], dtype=np.float64)
-                result = self.segmenter.segment(embedding, boxes, multimask=self.params.multimask)
+                with autocast(device, dtype):
+                    result = self.segmenter.segment(embedding, boxes, multimask=self.params.multimask)
                 names_zh = {tag.name: tag.name_zh for tag in frame.tags if tag.name_zh}
                 for region, mask, score in zip(frame.regions, result.masks, result.scores):
                     region.mask = mask

@@ -1,0 +1,107 @@
+"""The baseline's Grounding DINO: the official model code (rf-groundingdino), the demo's way.
+
+Runs inside the official environment (`official_env.py`), never in the benchmark process.
+
+    python official_gdino_worker.py write SPEC.json   # seeded random official model -> its checkpoint file
+    python official_gdino_worker.py serve SPEC.json   # build + load, print `ready <load s>`, then one job
+
+`serve` is one demo run for one photo: it builds the model (`build_model(SLConfig)` for the
+released swint_ogc config, or the tiny test sizes) and loads the checkpoint as the demo's
+`load_model` does (`torch.load` + `load_state_dict(clean_state_dict(...), strict=False)`), says
+it is ready, reads one JSON job on stdin (image .npy, tags, thresholds) and answers with one JSON
+line: the demo's boxes (xyxy pixels, after NMS 0.5), their phrases and the inference seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "plugins" / "recognize-grounding-dino" / "tests"))  # gd_support
+
+
+class _Patch:  # what gd_support.official_tiny_model needs of pytest's monkeypatch
+    @staticmethod
+    def setattr(target, name, value):
+        setattr(target, name, value)
+
+
+def build(spec: dict) -> torch.nn.Module:
+    import groundingdino.models.GroundingDINO.groundingdino as official
+    from transformers import BertConfig, BertModel
+
+    from recognize_grounding_dino.model import load_tokenizer
+
+    tokenizer = load_tokenizer(spec["vocab"])
+    if spec.get("config"):
+        from gd_support import official_tiny_model
+
+        return official_tiny_model(tokenizer, spec["config"], _Patch())
+    import groundingdino
+    from groundingdino.models import build_model
+    from groundingdino.util.slconfig import SLConfig
+
+    # the official code downloads bert-base-uncased here; offline, the same architecture from its config
+    official.get_tokenlizer.get_tokenlizer = lambda _name: tokenizer
+    official.get_tokenlizer.get_pretrained_language_model = lambda _name: BertModel(BertConfig())
+    args = SLConfig.fromfile(str(Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinT_OGC.py"))
+    args.device = "cpu"
+    return build_model(args).eval()
+
+
+def write(spec: dict) -> None:
+    torch.manual_seed(0)
+    model = build(spec)
+    with torch.no_grad():  # official init zeroes the box heads: fill every tensor so all paths compute
+        generator = torch.Generator().manual_seed(0)
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.02)
+    torch.save({"model": model.state_dict()}, spec["checkpoint"])
+
+
+def serve(spec: dict) -> None:
+    import groundingdino.datasets.transforms as T
+    import torchvision
+    from groundingdino.util.utils import clean_state_dict, get_phrases_from_posmap
+    from PIL import Image
+
+    start = time.perf_counter()
+    model = build(spec)
+    checkpoint = torch.load(spec["checkpoint"], map_location="cpu", weights_only=True)
+    model.load_state_dict(clean_state_dict(checkpoint["model"]), strict=False)
+    model.eval()
+    print(f"ready {time.perf_counter() - start:.6f}", flush=True)
+
+    job = json.loads(sys.stdin.readline())
+    start = time.perf_counter()
+    image = np.load(job["image"])
+    transform = T.Compose([T.RandomResize([job["size"]], max_size=job["max_size"]), T.ToTensor(),
+                           T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    pixels, _ = transform(Image.fromarray(image), None)
+    caption = ", ".join(job["tags"]).lower().strip()
+    caption = caption if caption.endswith(".") else caption + "."
+    with torch.no_grad():
+        outputs = model(pixels[None], captions=[caption])
+    logits = outputs["pred_logits"].sigmoid()[0]
+    boxes = outputs["pred_boxes"][0]
+    keep = logits.max(dim=1)[0] > job["box_threshold"]
+    logits, boxes = logits[keep], boxes[keep]
+    tokenized = model.tokenizer(caption)
+    phrases = [get_phrases_from_posmap(row > job["text_threshold"], tokenized, model.tokenizer) for row in logits]
+    height, width = image.shape[:2]
+    cx, cy, w, h = boxes.unbind(-1)
+    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * torch.tensor([width, height, width, height])
+    kept = torchvision.ops.nms(xyxy, logits.max(dim=1)[0], 0.5).tolist()
+    print(json.dumps({"boxes": xyxy[kept].tolist(), "phrases": [phrases[i] for i in kept],
+                      "infer_s": time.perf_counter() - start}), flush=True)
+
+
+if __name__ == "__main__":
+    {"write": write, "serve": serve}[sys.argv[1]](json.loads(Path(sys.argv[2]).read_text()))

@@ -1,0 +1,102 @@
+"""Opt-in fast modes: lower-precision compute, int8 Linear layers, a cap on regions per image.
+
+Why they exist: the exact fp32 path cannot go far below its FLOP limit (SAM vit_h is ~6 TFLOP per
+photo), so trading a little fidelity for speed must be possible, but never by accident. Every fast
+mode is a stage parameter whose default is the exact path; `active_fast_modes(stage)` reads them
+back so a run can say which are on (`summary.json` -> `fast_modes`, one line on stderr), and
+`recognize eval compare` measures what a mode changes on the user's own photos.
+
+Stage parameters recognised here (any stage may declare them; the default is the exact path):
+- `dtype`: `float32` (exact), `bfloat16` or `float16`. SAM and Grounding DINO run under
+  `torch.autocast` (weights stay fp32; matmuls and convolutions run in the low precision,
+  reductions and norms in fp32); taggers cast their weights (`TaggerParams.dtype`). bf16 pays off
+  on CPUs with AMX (`amx_bf16` in /proc/cpuinfo) and on GPUs; on CPUs without it bf16 matmuls were
+  measured SLOWER than fp32.
+- `quantize`: `none` (exact) or `int8`: torchao's dynamic int8 activation + int8 weight
+  quantisation of the heavy `nn.Linear` layers (CPUs with VNNI / AMX-int8, and GPUs).
+- `max_regions`: keep the N best-scoring regions of a frame; the others go to `frame.dropped`
+  with `REASON_MAX_REGIONS`, so a capped result can always be audited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, Literal
+
+from recognize.errors import RecognizeError
+from recognize.frame import Drop, Frame
+
+Precision = Literal["float32", "bfloat16", "float16"]
+Quantization = Literal["none", "int8"]
+
+REASON_MAX_REGIONS = "over max_regions (lower score)"
+
+#: parameter name -> its exact (default) value; any other value is a fast mode
+EXACT_VALUES: dict[str, Any] = {"dtype": "float32", "quantize": "none", "max_regions": None}
+
+
+def active_fast_modes(stage: Any) -> dict[str, Any]:
+    """The fast-mode parameters of `stage` that are not at their exact value (`{}` on the exact path)."""
+    params = getattr(stage, "params", None)
+    fields = type(params).model_fields if params is not None else {}
+    return {name: getattr(params, name) for name, exact in EXACT_VALUES.items()
+            if name in fields and getattr(params, name) != exact}
+
+
+def describe_fast_modes(modes: dict[str, dict[str, Any]]) -> str:
+    """One line for stderr: `fast modes on (outputs may differ from the exact path): sam dtype=bfloat16`."""
+    parts = [f"{stage} " + " ".join(f"{k}={v}" for k, v in values.items()) for stage, values in modes.items()]
+    return "fast modes on (outputs may differ from the exact path): " + "; ".join(parts)
+
+
+def torch_dtype(name: Precision) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def autocast(device: Any, dtype: Precision) -> contextlib.AbstractContextManager[Any]:
+    """`torch.autocast` for a low `dtype` on `device`; a no-op context on the exact float32 path."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch_dtype(dtype))
+
+
+def quantize_linear_int8(module: Any, include: Callable[[str], bool] | None = None) -> Any:
+    """Replace the weights of `module`'s `nn.Linear` layers (those whose qualified name `include`
+    accepts) by torchao int8 tensors with dynamic int8 activations; in place, returns `module`."""
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError:
+        raise RecognizeError("quantize: int8 needs torchao: pip install torchao") from None
+    import torch
+
+    def wanted(layer: Any, name: str) -> bool:
+        return isinstance(layer, torch.nn.Linear) and (include is None or include(name))
+
+    quantize_(module, Int8DynamicActivationInt8WeightConfig(), filter_fn=wanted)
+    return module
+
+
+def cap_regions(frame: Frame, max_regions: int | None, stage: str) -> int:
+    """Keep the `max_regions` best-scoring regions of `frame` (ties: earlier first), in their order;
+    the rest are recorded in `frame.dropped`. Returns how many were dropped."""
+    if max_regions is None or len(frame.regions) <= max_regions:
+        return 0
+    order = sorted(range(len(frame.regions)),
+                   key=lambda i: -frame.regions[i].score if frame.regions[i].score is not None else float("inf"))
+    keep = set(order[:max_regions])
+    kept, dropped = [], 0
+    for i, region in enumerate(frame.regions):
+        if i in keep:
+            kept.append(region)
+        else:
+            frame.dropped.append(Drop(item="region", tag=region.tag, stage=stage, reason=REASON_MAX_REGIONS,
+                                      value=region.score, box=region.box))
+            dropped += 1
+    frame.regions = kept
+    return dropped
+

@@ -1,0 +1,140 @@
+"""recognize.prefetch: the next batches decode on a thread while the current one is processed."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from recognize.errors import ImageError
+from recognize.frame import Frame
+from recognize.prefetch import batched, prefetch
+
+
+@pytest.fixture
+def files(tmp_path):
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(np.full((20 + i, 30, 3), 40 * i, np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_same_batches_in_order_each_frame_decoded_before_handed_over(files):
+    frames = [Frame(source=str(p), name=p.stem) for p in files]
+    prepared_on: dict[str, str] = {}
+
+    def prepare(frame: Frame) -> None:
+        frame.image  # noqa: B018
+        prepared_on[frame.name] = threading.current_thread().name
+
+    seen = []
+    for batch in prefetch(batched(frames, 2), depth=1, prepare=prepare):
+        assert all(frame.name in prepared_on for frame in batch)
+        seen.append([frame.name for frame in batch])
+        assert all(frame.height == 20 + int(frame.name[-1]) for frame in batch)  # decoded: size known
+    assert seen == [["img0", "img1"], ["img2", "img3"], ["img4"]]
+    assert set(prepared_on.values()) == {"recognize-prefetch"}
+
+
+def test_the_next_batch_is_prepared_while_the_current_one_is_processed(files):
+    frames = [Frame(source=str(p), name=p.stem) for p in files[:4]]
+    second_started = threading.Event()
+
+    def prepare(frame: Frame) -> None:
+        if frame.name == "img2":
+            second_started.set()
+        frame.image  # noqa: B018
+
+    for index, batch in enumerate(prefetch(batched(frames, 2), depth=1, prepare=prepare)):
+        if index == 0:  # still "computing" batch 0: batch 1 must get prepared meanwhile
+            assert second_started.wait(timeout=30), "the next batch was not prepared during this one"
+
+
+def test_at_most_depth_batches_wait_ahead(files):
+    frames = [Frame(source=str(p), name=p.stem) for p in files]
+    prepared = []
+    lock = threading.Lock()
+
+    def prepare(frame: Frame) -> None:
+        with lock:
+            prepared.append(frame.name)
+
+    iterator = prefetch(batched(frames, 1), depth=2, prepare=prepare)
+    first = next(iterator)
+    assert first[0].name == "img0"
+    # the worker may be preparing one more batch than it can hand over: 1 consumed + 2 queued + 1 blocked
+    for _ in range(100):
+        threading.Event().wait(0.01)
+    assert len(prepared) <= 4
+    assert [b[0].name for b in iterator] == ["img1", "img2", "img3", "img4"]
+
+
+def test_an_unreadable_image_fails_in_the_consumer_with_its_own_error(files, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    frames = [Frame(source=str(files[0])), Frame(source=str(bad)), Frame(source=str(files[1]))]
+    batches = list(prefetch(batched(frames, 3), depth=1))
+    assert len(batches) == 1
+    good, broken, other = batches[0]
+    assert good.image.shape == (20, 30, 3) and other.image.shape == (21, 30, 3)
+    with pytest.raises(ImageError, match="bad.png"):
+        broken.image  # noqa: B018
+
+
+def test_an_error_of_the_source_reaches_the_consumer(files):
+    def source():
+        yield [Frame(source=str(files[0]))]
+        raise ValueError("listing failed")
+
+    iterator = prefetch(source(), depth=1)
+    assert len(next(iterator)) == 1
+    with pytest.raises(ValueError, match="listing failed"):
+        next(iterator)
+
+
+def test_closing_early_stops_the_thread(files):
+    frames = [Frame(source=str(p)) for p in files]
+    iterator = prefetch(batched(frames, 1), depth=1)
+    next(iterator)
+    iterator.close()
+    assert not any(t.name == "recognize-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_depth_zero_is_the_plain_loop(files):
+    frames = [Frame(source=str(p)) for p in files]
+    out = list(prefetch(batched(frames, 2), depth=0, prepare=lambda f: pytest.fail("nothing is prepared ahead")))
+    assert [len(b) for b in out] == [2, 2, 1]
+
+
+def test_the_local_engine_decodes_ahead_and_gives_the_same_results(test_stages, image_folder, monkeypatch):
+    """The hook-in point: `LocalEngine(prefetch=n)` decodes on the prefetch thread, same outputs."""
+    import recognize.images
+    from recognize.engines.local import LocalEngine
+    from recognize.images import expand_inputs
+    from recognize.pipeline import Pipeline
+
+    load_image = recognize.images.load_image
+    decoded_on: list[str] = []
+
+    def recording_load_image(*args, **kwargs):
+        decoded_on.append(threading.current_thread().name)
+        return load_image(*args, **kwargs)
+
+    monkeypatch.setattr(recognize.images, "load_image", recording_load_image)
+
+    def run(depth: int) -> list[tuple[list, list]]:
+        pipeline = Pipeline([test_stages.Brightness(), test_stages.CenterBox()], batch_size=1)
+        frames = [Frame(source=str(path), name=name) for path, name in expand_inputs([image_folder])]
+        results = list(LocalEngine(prefetch=depth).run(pipeline, frames))
+        return [(r.frame.tag_names, [x.box for x in r.frame.regions]) for r in results]
+
+    plain = run(0)
+    plain_threads, decoded_on[:] = list(decoded_on), []
+    ahead = run(2)
+    assert plain == ahead and len(plain) == 3
+    assert plain_threads and "recognize-prefetch" not in plain_threads  # the plain loop decodes in the batch
+    assert decoded_on and set(decoded_on) == {"recognize-prefetch"}  # with prefetch, all ahead on the thread
