@@ -176,3 +176,59 @@ def sam(kit: Kit):
         return masks[:, 0].numpy()
 
     return load, infer
+
+
+# -- SAM 2 ------------------------------------------------------------------------------------------
+def sam2(kit: Kit):
+    """(load, infer(image, boxes)): sam2's `build_sam2` + `SAM2ImagePredictor`, `predict(box=...)` per box
+    (the Grounded-SAM-2 demo passes all boxes to one `predict`; per box is what our parity tests compare)."""
+    from sam2.build_sam import build_sam2
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from recognize_sam2.cards import config_name
+
+    params = kit.sam2_params()
+    config = params.get("config")
+
+    def load() -> Any:
+        if config is not None:
+            from recognize_sam2.model import Sam2Config, build_sam2 as ours, load_checkpoint
+
+            model = load_checkpoint(ours(config=Sam2Config(**config)), params["checkpoint"])
+        else:
+            model = build_sam2(config_name(params["model"], "2.1"), params["checkpoint"], device="cpu")
+        return SAM2ImagePredictor(model)
+
+    def infer(predictor: Any, image: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
+        predictor.set_image(image)
+        return [predictor.predict(box=box, multimask_output=True)[0] for box in boxes]
+
+    return load, infer
+
+
+# -- OWLv2 ------------------------------------------------------------------------------------------
+def owlv2(kit: Kit, threshold: float = 0.1):
+    """(load, infer(image, tags)): transformers' documented OWLv2 use, model built and loaded per image."""
+    from safetensors.torch import load_file
+    from transformers import Owlv2ForObjectDetection, Owlv2ImageProcessor
+
+    from recognize_owlv2.model import build_config
+    from recognize_owlv2.queries import tokenize
+
+    params = kit.owlv2_params()
+
+    def load() -> Any:
+        model = Owlv2ForObjectDetection(build_config(params["model"], params.get("config")))
+        model.load_state_dict(load_file(params["checkpoint"]))
+        size = model.config.vision_config.image_size
+        return model.eval(), Owlv2ImageProcessor(size={"height": size, "width": size})
+
+    def infer(loaded: Any, image: np.ndarray, tags: list[str]) -> Any:
+        model, processor = loaded
+        ids, mask = tokenize(tags)
+        pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+        return processor.post_process_object_detection(out, threshold=threshold, target_sizes=[image.shape[:2]])
+
+    return load, infer

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from bench_models import BOXES, TAGS, Kit, boxes_for
+from bench_models import BOXES, LOCALIZERS, SEGMENTERS, TAGS, Kit, boxes_for
 from pydantic import Field
 
 from recognize.frame import Frame, Region, Tag
@@ -84,9 +84,9 @@ def stage_frames(stage: str, images: list[np.ndarray], boxes: int) -> list[Frame
     frames = []
     for i, image in enumerate(images):
         frame = Frame.from_array(image, source=f"image{i}")
-        if stage in ("grounding_dino", "sam"):
+        if stage in LOCALIZERS + SEGMENTERS:
             frame.tags = [Tag(name=t) for t in TAGS]
-        if stage == "sam":
+        if stage in SEGMENTERS:
             found = boxes_for(*image.shape[:2], boxes)
             frame.regions = [Region(box=tuple(map(float, b)), tag=TAGS[j % len(TAGS)]) for j, b in enumerate(found)]
         frames.append(frame)
@@ -132,6 +132,12 @@ def baseline_for(kit: Kit, stage: str):
     if stage == "sam":
         load, run = bench_baseline.sam(kit)
         return load, lambda m, img: run(m, img, boxes_for(*img.shape[:2], kit.boxes))
+    if stage == "sam2":
+        load, run = bench_baseline.sam2(kit)
+        return load, lambda m, img: run(m, img, boxes_for(*img.shape[:2], kit.boxes))
+    if stage in ("owlv2", "tiled"):  # tiled: its baseline is the whole-image pass alone (the cost of tiling)
+        load, run = bench_baseline.owlv2(kit)
+        return load, lambda m, img: run(m, img, list(TAGS))
     return bench_baseline.tagger(kit, stage)
 
 

@@ -28,7 +28,17 @@ TAG_DATA = REFERENCE / "data" / "ram" / "data"
 #: The full run's defaults (`run.py` without `--images` / `--repeats`).
 DEFAULT_IMAGES = 4
 DEFAULT_REPEATS = 2
-STAGES = ("ram", "ram_plus", "tag2text", "grounding_dino", "sam")
+STAGES = ("ram", "ram_plus", "tag2text", "grounding_dino", "sam", "sam2", "owlv2", "tiled")
+#: What a run measures unless `--stages` names others: the plugin distributions' second localizer,
+#: second segmenter and tiling are measured on request (`--stages sam2,owlv2,tiled`).
+DEFAULT_STAGES = ("ram", "ram_plus", "tag2text", "grounding_dino", "sam")
+#: Stages that locate the fixed TAGS, and stages that segment fixed boxes.
+LOCALIZERS = ("grounding_dino", "owlv2", "tiled")
+SEGMENTERS = ("sam", "sam2")
+#: SAM 2 is measured at the CPU recipe's size (hiera_large, the stage's default, costs several times more).
+SAM2_MODEL = "hiera_tiny"
+#: `tiled`: OWLv2 on 960 px slices with 20% overlap (its own input size), plus the whole image.
+TILE, OVERLAP = 960, 192
 #: The tags every image gets (they exist in all vocabularies, the tiny RAM++ fixture's 64 included), so
 #: Grounding DINO reads the same caption in our stage and in the baseline whatever the random weights say.
 TAGS = ("accessory", "airplane window", "airport", "alarm clock", "alley", "alpaca", "album cover", "actor")
@@ -50,6 +60,13 @@ TINY_GD = {
     "encoder_attention_heads": 4, "decoder_attention_heads": 4, "num_queries": 30,
 }
 TINY_SAM = {"encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": [1]}
+TINY_SAM2 = {"embed_dim": 8, "num_heads": 1, "stages": [1, 1, 2, 1], "global_att_blocks": [3]}
+TINY_OWLV2 = {
+    "projection_dim": 32,
+    "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1},
+    "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
+                      "patch_size": 16, "image_size": 128},
+}
 
 
 def default_cache() -> Path:
@@ -72,9 +89,12 @@ class Kit:
     # -- sizes ---------------------------------------------------------------------------
     def describe(self, stage: str) -> str:
         if self.quick:
-            return {"grounding_dino": "tiny", "sam": "tiny"}.get(stage, "tiny fixture")
+            return {"grounding_dino": "tiny", "sam": "tiny", "sam2": "tiny", "owlv2": "tiny",
+                    "tiled": "tiny owlv2, 128 px tiles"}.get(stage, "tiny fixture")
         return {"ram": "Swin-L 384", "ram_plus": "Swin-L 384", "tag2text": "Swin-B 384",
-                "grounding_dino": "swint_ogc 800", "sam": "vit_h"}[stage]
+                "grounding_dino": "swint_ogc 800", "sam": "vit_h", "sam2": SAM2_MODEL,
+                "owlv2": "base_patch16_ensemble 960",
+                "tiled": f"owlv2 base 960, tiles {TILE}/{OVERLAP} + whole"}[stage]
 
     @property
     def boxes(self) -> int:
@@ -145,11 +165,37 @@ class Kit:
             params["config"] = config
         return params
 
+    def sam2_params(self) -> dict[str, Any]:
+        config = TINY_SAM2 if self.quick else None
+        checkpoint = self._file(f"sam2_{SAM2_MODEL}_random.pt", lambda p: write_sam2_checkpoint(config, p))
+        params: dict[str, Any] = {"model": SAM2_MODEL, "checkpoint": str(checkpoint)}
+        if config is not None:
+            params["config"] = config
+        return params
+
+    def owlv2_params(self) -> dict[str, Any]:
+        config = TINY_OWLV2 if self.quick else None
+        checkpoint = self._file("owlv2_random.safetensors", lambda p: write_owlv2_checkpoint(config, p))
+        params: dict[str, Any] = {"model": "base_patch16_ensemble", "checkpoint": str(checkpoint)}
+        if config is not None:
+            params["config"] = config
+        return params
+
+    def tiled_params(self) -> dict[str, Any]:
+        tile, overlap = (128, 32) if self.quick else (TILE, OVERLAP)
+        return {"tile": tile, "overlap": overlap, "localizer": {"use": "owlv2", "with": self.owlv2_params()}}
+
     def stage_params(self, stage: str) -> dict[str, Any]:
         if stage == "grounding_dino":
             return self.gd_params()
         if stage == "sam":
             return self.sam_params()
+        if stage == "sam2":
+            return self.sam2_params()
+        if stage == "owlv2":
+            return self.owlv2_params()
+        if stage == "tiled":
+            return self.tiled_params()
         return self.tagger_params(stage)
 
     def prepare(self, stages: list[str]) -> None:
@@ -216,6 +262,24 @@ def write_sam_checkpoint(config: dict[str, Any] | None, path: Path) -> None:
 
     sam = build_sam("vit_h", SamConfig(**config) if config else None, seed=0)
     torch.save(sam.state_dict(), path)
+
+
+def write_sam2_checkpoint(config: dict[str, Any] | None, path: Path) -> None:
+    """Random SAM 2 weights in Meta's layout ({"model": state_dict})."""
+    from recognize_sam2.model import Sam2Config, build_sam2
+
+    sam = build_sam2(SAM2_MODEL, "2.1", Sam2Config(**config) if config else None, seed=0)
+    torch.save({"model": sam.state_dict()}, path)
+
+
+def write_owlv2_checkpoint(config: dict[str, Any] | None, path: Path) -> None:
+    """Random OWLv2 weights as the hub's model.safetensors holds them."""
+    from safetensors.torch import save_file
+
+    from recognize_owlv2.model import build_owlv2
+
+    model = build_owlv2("base_patch16_ensemble", config, seed=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
 def write_vocab(path: Path) -> None:

@@ -34,6 +34,7 @@ import bench_report
 from bench_models import (
     DEFAULT_IMAGES,
     DEFAULT_REPEATS,
+    DEFAULT_STAGES,
     STAGES,
     TAGS,
     Kit,
@@ -50,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny models, 1 image, 1 repeat (for the tests)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="output path without suffix")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {', '.join(STAGES)}")
+    parser.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                        help=f"comma-separated subset of {', '.join(STAGES)} (default: {', '.join(DEFAULT_STAGES)})")
     parser.add_argument("--images", type=int, default=None, help="images per measurement (default: 4; quick: 1)")
     parser.add_argument("--repeats", type=int, default=None, help="timed passes per measurement (default: 2; quick: 1)")
     parser.add_argument("--recipe-repeats", type=int, default=1, help="passes of the recipe benchmark")

@@ -28,7 +28,7 @@ def photos(reference) -> list[Path]:
 
 #: The project's own plugin distributions: the suite loads these and no other installed plugin, so it
 #: passes whichever third-party plugins (examples/recognize-color-tags, ...) happen to be installed.
-PROJECT_PLUGINS = "recognize-grounding-dino,recognize-sam"
+PROJECT_PLUGINS = "recognize-grounding-dino,recognize-sam,recognize-sam2,recognize-owlv2,recognize-tiles"
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -85,3 +85,26 @@ def test_markdown_report_has_the_tables(quick_run):
     assert "| recognize Pipeline, batch 4" in markdown and "| baseline: demo per image" in markdown
     assert "| ray | 2 |" in markdown
     assert "Speedup (baseline s/img" in markdown
+
+
+@pytest.mark.slow
+def test_plugin_stages_are_measured_on_request(tmp_path):
+    """`--stages sam2,owlv2,tiled`: the plugin distributions' stages, each against its own baseline."""
+    for module in ("recognize_sam2", "recognize_owlv2", "recognize_tiles"):
+        pytest.importorskip(module)
+    if not (REFERENCE / "data" / "images").is_dir():
+        pytest.skip(f"reference photos not found under {REFERENCE}")
+    env = {**os.environ, "RECOGNIZE_BENCH_CACHE": str(tmp_path / "cache"), "RECOGNIZE_REFERENCE": str(REFERENCE)}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--stages", "sam2,owlv2,tiled",
+                           "--skip", "recipe,engines", "--out", str(tmp_path / "results")],
+                          capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["errors"] == [] and list(results["stages"]) == ["sam2", "owlv2", "tiled"]
+    for name, entry in results["stages"].items():
+        ours, base = entry["ours"], entry["baseline"]
+        for key in ("load_s", "flops", "s_per_img_b1", "peak_rss_mb"):
+            assert positive(ours[key]), (name, key, ours[key])
+        assert positive(base["s_per_img"]) and positive(base["peak_rss_mb"])
+    # tiling runs the localizer on every slice and on the whole image: more work than the whole image alone
+    assert results["stages"]["tiled"]["ours"]["flops"] > results["stages"]["owlv2"]["ours"]["flops"]

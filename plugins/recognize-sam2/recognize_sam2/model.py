@@ -1,0 +1,156 @@
+"""Building SAM 2 from the sam2 package's own configs, and loading official checkpoints strictly.
+
+`sam2.build_sam.build_sam2` composes a hydra config, instantiates it and loads the checkpoint;
+on a mismatch it logs the key list and raises a bare `RuntimeError()`. We compose and
+instantiate the same config with the same overrides (so the model is the one `build_sam2`
+gives), then load the weights ourselves: `weights_only=True`, every key accounted for, and a
+one-line `ModelFileError` that says what does not fit and which checkpoint it looks like.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from recognize.errors import ModelFileError
+from recognize_sam2.cards import VARIANTS, config_name
+
+#: `build_sam2(apply_postprocessing=True)`'s overrides (its default, and what SAM2ImagePredictor users get):
+#: a single-mask prediction falls back to the best multimask candidate when it is not stable.
+POSTPROCESSING = [
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+]
+
+#: (trunk width, trunk blocks) of each official variant: a checkpoint's shapes tell which one it is.
+TRUNK_SIZES = {"hiera_tiny": (96, 12), "hiera_small": (96, 16), "hiera_base_plus": (112, 24), "hiera_large": (144, 48)}
+_PATCH_KEY = "image_encoder.trunk.patch_embed.proj.weight"
+_RELEASE_21_KEY = "no_obj_embed_spatial"  # SAM 2.1 added it; SAM 2 checkpoints lack it
+
+
+class Sam2Config(BaseModel):
+    """A custom Hiera trunk (tests use a tiny one) on SAM 2.1 hiera tiny's config; the rest is SAM 2's own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    embed_dim: int = Field(gt=0, description="width of the first Hiera stage; it doubles at each of the 4 stages")
+    num_heads: int = Field(gt=0, description="heads of the first stage; they double at each stage")
+    stages: tuple[int, int, int, int] = Field(description="blocks per stage")
+    global_att_blocks: tuple[int, ...] = ()
+    window_spec: tuple[int, int, int, int] = (8, 4, 14, 7)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Sam2Config:
+        if self.embed_dim % self.num_heads:
+            raise ValueError("embed_dim must be a multiple of num_heads")
+        if min(self.stages) < 1:
+            raise ValueError("every stage needs at least one block")
+        depth = sum(self.stages)
+        bad = [i for i in self.global_att_blocks if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f"global_att_blocks {bad} are not blocks of a {depth}-block trunk")
+        # Hiera pools (q_stride) in the first block of stages 2-4 and cannot do that in a global block
+        firsts = {sum(self.stages[:i]) for i in (1, 2, 3)}
+        pooled = sorted(firsts & set(self.global_att_blocks))
+        if pooled:
+            raise ValueError(f"global_att_blocks {pooled} start a stage, where Hiera pools; use later blocks")
+        return self
+
+    def overrides(self) -> list[str]:
+        trunk = "model.image_encoder.trunk"
+        channels = [self.embed_dim * 2**i for i in reversed(range(4))]
+        return [
+            f"{trunk}.embed_dim={self.embed_dim}",
+            f"{trunk}.num_heads={self.num_heads}",
+            f"{trunk}.stages={list(self.stages)}",
+            f"{trunk}.global_att_blocks={list(self.global_att_blocks)}",
+            f"++{trunk}.window_spec={list(self.window_spec)}",
+            f"model.image_encoder.neck.backbone_channel_list={channels}",
+        ]
+
+
+def build_sam2(
+    model: str = "hiera_large", release: str = "2.1", config: Sam2Config | None = None, seed: int | None = None
+) -> torch.nn.Module:
+    """SAM 2 (`model` variant of `release`, or `config` when given) with freshly initialised weights.
+
+    With `seed`, the initialisation is reproducible and leaves the global RNG untouched.
+    """
+    import sam2  # noqa: F401  (initialises hydra with the package's config module)
+    from hydra import compose
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    overrides = list(POSTPROCESSING)
+    if config is not None:
+        model, release = "hiera_tiny", "2.1"
+        overrides += config.overrides()
+    cfg = compose(config_name=config_name(model, release), overrides=overrides)
+    OmegaConf.resolve(cfg)
+
+    if seed is None:
+        sam = instantiate(cfg.model, _recursive_=True)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            sam = instantiate(cfg.model, _recursive_=True)
+    return sam.eval()
+
+
+def describe_checkpoint(state: dict[str, torch.Tensor]) -> str | None:
+    """`SAM 2.1 hiera_small` when the state's trunk has an official variant's width and depth."""
+    weight = state.get(_PATCH_KEY)
+    if not isinstance(weight, torch.Tensor):
+        return None
+    blocks = {key.split(".")[3] for key in state if key.startswith("image_encoder.trunk.blocks.")}
+    size = (weight.shape[0], len(blocks))
+    variant = next((name for name in VARIANTS if TRUNK_SIZES[name] == size), None)
+    if variant is None:
+        return None
+    return f"SAM {'2.1' if _RELEASE_21_KEY in state else '2'} {variant}"
+
+
+def _listing(keys: list[str], limit: int = 3) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: SAM 2 checkpoint not found") from None
+    except Exception as error:  # a corrupt file or one that needs an unsafe pickle
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(f"{path}: not a loadable SAM 2 checkpoint ({reason})") from None
+    # Meta's files hold {"model": state_dict}; a bare state dict (what torch.save(model.state_dict()) writes) is fine too
+    state = loaded.get("model", loaded) if isinstance(loaded, dict) else loaded
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path}: not a SAM 2 checkpoint (expected {{'model': state dict of tensors}})")
+    return state
+
+
+def load_checkpoint(sam: torch.nn.Module, path: str | Path, expected: str = "SAM 2") -> torch.nn.Module:
+    """Load an official SAM 2 checkpoint into `sam`: safe unpickling, no missing/unexpected/reshaped keys."""
+    path = Path(path)
+    state = _read_state(path)
+    own = sam.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    reshaped = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if missing or unexpected or reshaped:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing keys ({_listing(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys ({_listing(unexpected)})")
+        if reshaped:
+            problems.append(f"{len(reshaped)} keys of another shape ({_listing(reshaped)})")
+        found = describe_checkpoint(state)
+        hint = f"; it looks like a {found} checkpoint" if found and found != expected else ""
+        raise ModelFileError(f"{path} does not fit {expected}: {'; '.join(problems)}{hint}")
+    sam.load_state_dict(state, strict=True)
+    return sam

@@ -1,0 +1,69 @@
+"""tag -> box -> mask through the CLI with SAM 2 as the segmenter (tiny random models of the real
+classes: the RAM fixture in the official format, a tiny Grounding DINO, a tiny SAM 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sam2_support import REFERENCE, TINY_CONFIG
+
+PLUGINS = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_grounding_dino(tmp_path_factory):
+    pytest.importorskip("recognize_grounding_dino")
+    sys.path.insert(0, str(PLUGINS / "recognize-grounding-dino" / "tests"))
+    from gd_support import make_vocab, randomize_, tiny_config
+    from safetensors.torch import save_model
+
+    from recognize_grounding_dino.model import build_config, build_model, load_tokenizer
+
+    folder = tmp_path_factory.mktemp("gd")
+    vocab = make_vocab(folder)
+    config = tiny_config(len(load_tokenizer(vocab)))
+    save_model(randomize_(build_model(build_config("swint_ogc", config)), seed=0), str(folder / "tiny.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config))
+    return {"checkpoint": str(folder / "tiny.safetensors"), "config": str(folder / "config.json"), "vocab": str(vocab)}
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_tag_ground_segment_sam2_cli(tmp_path, tiny_grounding_dino):
+    ram = REFERENCE / "fixtures" / "ram"
+    photo = REFERENCE / "data" / "images" / "demo" / "demo4.jpg"
+    if not (ram / "checkpoint.pth").is_file() or not photo.is_file():
+        pytest.skip(f"reference fixtures not found under {REFERENCE}")
+    recipe = tmp_path / "tgs2.yaml"
+    recipe.write_text(json.dumps({  # JSON is YAML
+        "recipe": 1,
+        "settings": {"batch_size": 1, "device": "cpu"},
+        "stages": [
+            {"use": "ram", "with": {"config": str(ram / "config.json"), "checkpoint": str(ram / "checkpoint.pth")}},
+            {"use": "grounding_dino", "with": {**tiny_grounding_dino, "box_threshold": 0.0, "text_threshold": 0.0,
+                                               "image_size": 128, "max_size": 192}},
+            {"use": "sam2", "with": {"config": TINY_CONFIG, "weights": "random"}},
+        ],
+        "outputs": [{"use": "coco"}],
+    }))
+    out = tmp_path / "out"
+    env = dict(os.environ, RECOGNIZE_HOME=str(tmp_path / "home"), RECOGNIZE_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "recognize", "run", str(recipe), str(photo), "-o", str(out), "-q"],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr
+
+    from recognize import Frame
+
+    frame = Frame.from_json((out / "frames" / "demo4.jpg.json").read_text())
+    assert frame.tags and frame.regions
+    zh = {t.name: t.name_zh for t in frame.tags}
+    for region in frame.regions:
+        assert region.tag in zh and region.tag_zh == zh[region.tag]
+        assert region.mask is not None and region.mask.shape == (frame.height, frame.width)
+        assert region.mask_score is not None
+    assert len(json.loads((out / "coco.json").read_text())["annotations"]) == len(frame.regions)
