@@ -33,7 +33,7 @@ SHARD_PATTERN = re.compile(r"part-(\d{5,})\.jsonl$")
 
 class ShardsParams(StageParams):
     folder: str = Field("shards", description="folder inside the output folder that holds the shards")
-    frames_per_shard: int = Field(10_000, ge=1, description="frames per shard before the next one starts")
+    frames_per_shard: int = Field(10_000, ge=1, le=10_000_000, description="frames per shard before the next one starts")
 
     @field_validator("folder")
     @classmethod

@@ -36,7 +36,7 @@ def test_types_allowed_values_and_defaults():
     assert "  nms: one of 'per_tag', 'cross_tag', 'none'; default: 'per_tag'\n" in out
     assert "  box_threshold: number (>= 0.0, <= 1.0); default: 0.35\n" in out
     assert "  checkpoint: text or none; default: none. local checkpoint" in out
-    assert "  max_size: integer or none (>= 32); default: 1333." in out
+    assert "  max_size: integer or none (>= 32, <= 8192); default: 1333." in out
     ram = stages("ram").stdout
     assert "  threshold: number (>= 0.0, <= 1.0) or none; default: none." in ram
     assert "  exclude: list of text; default: []." in ram
@@ -47,7 +47,7 @@ def test_json_gives_types_defaults_and_schema():
     data = json.loads(stages("sam", "--json").stdout)
     assert data["kind"] == "segmenter" and data["params"]["model"] == {
         "type": "one of 'vit_h', 'vit_l', 'vit_b'", "required": False, "default": "vit_h",
-        "description": "official SAM variant"}
+        "description": "official SAM variant; vit_b is the light one (~1/7 of vit_h's encoder FLOPs), for CPUs"}
     assert data["params"]["config"]["default"] is None and "properties" in data["schema"]
 
 

@@ -65,7 +65,7 @@ class GroundingDino(Stage):
         quantize: Quantization = Field(
             "none", description="fast mode: int8: torchao int8 Linear layers in the image backbone and transformer")
         max_regions: int | None = Field(
-            None, ge=0, description="fast mode: keep only the N best-scoring boxes per image; the rest are dropped")
+            None, ge=0, le=100_000, description="fast mode: keep only the N best-scoring boxes per image; the rest are dropped")
 
     def model_files(self) -> list[FileRef]:
         """The preset's official checkpoint and the BERT vocabulary, each unless a local file is given."""

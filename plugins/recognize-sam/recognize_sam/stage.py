@@ -41,7 +41,7 @@ class SamParams(StageParams):
     dtype: Precision = Field("float32", description="fast mode: autocast the model to bfloat16/float16")
     quantize: Quantization = Field("none", description="fast mode: int8: torchao int8 Linear layers in the image encoder")
     max_regions: int | None = Field(
-        None, ge=0, description="fast mode: segment only the N best-scoring regions per image; the rest are dropped")
+        None, ge=0, le=100_000, description="fast mode: segment only the N best-scoring regions per image; the rest are dropped")
 
     @model_validator(mode="after")
     def _weights_known(self) -> SamParams:
