@@ -6,6 +6,8 @@ without the extra installed.
 
 from __future__ import annotations
 
+import socket
+
 import click
 
 from recognize.errors import RecognizeError
@@ -13,6 +15,18 @@ from recognize.errors import RecognizeError
 
 class ServeError(RecognizeError):
     exit_code = 2
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Refuse a busy or unusable address before the models load (minutes for big ones): uvicorn
+    only binds after its start-up, then exits with its own status 3, which here means weights."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                         "(choose another --port or --host)") from None
 
 
 @click.command("serve")
@@ -79,6 +93,7 @@ def serve_command(recipe, host, port, token, max_batch_size, max_wait_ms, max_qu
         if server is not None:
             server.should_exit = True
 
+    check_can_listen(host, port)
     app = create_app(recipe, settings, on_fatal=on_fatal)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None,
                             server_header=False, access_log=log_level == "debug")
@@ -90,6 +105,9 @@ def serve_command(recipe, host, port, token, max_batch_size, max_wait_ms, max_qu
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run()
+    except SystemExit:  # uvicorn's own start-up failure, logged above: the address taken since the check
+        if not fatal:
+            raise ServeError(f"could not listen on {host}:{port} (see the log above)") from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -164,3 +164,18 @@ def test_help_lists_serve_without_importing_fastapi() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), timeout=120,
                             check=True)
     assert "serve" in result.stdout and result.stdout.strip().endswith("False False")
+
+
+def test_cli_busy_port_is_one_line_exit_2_before_loading(tmp_path) -> None:
+    recipe = write_recipe(tmp_path, {**TEST_RECIPE, "stages": [{"use": "slow_load"}]})
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "recognize", "serve", str(recipe), "--port", str(port)],
+                                capture_output=True, text=True, env=env(SERVESTAGES_LOAD_FAILS="1"), timeout=120,
+                                check=False)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot listen on 127.0.0.1:{port}"), result.stderr
+    assert "Traceback" not in result.stderr
