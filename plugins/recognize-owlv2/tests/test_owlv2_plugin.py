@@ -26,3 +26,14 @@ def test_stage_and_model_cards_are_registered():
         assert file.url == url and file.filename == "model.safetensors"
     info = next(i for i in plugins.plugin_infos() if i.name == "recognize-owlv2")
     assert info.stages == ["owlv2"] and sorted(info.models) == sorted(expected) and not info.builtin
+
+
+def test_registering_the_stage_does_not_import_torch():
+    # `recognize stages` / `recognize --help` load every plugin: torch (~1 s) waits for a model load
+    import subprocess
+    import sys
+
+    code = ("import sys; from recognize_owlv2.plugin import register_stages; register_stages(lambda stage: None);"
+            "from recognize_owlv2.stage import Owlv2Params; Owlv2Params(); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.strip() == "False"
