@@ -31,6 +31,7 @@ from recognize.engines.batches import apply_stages, run_batch
 from recognize.engines.frame_spool import FrameSpool
 from recognize.engines.segments import Segment, walk
 from recognize.engines.timing import LOAD, STARTUP, StageTimer
+from recognize.errors import RecognizeError
 from recognize.frame import Frame
 from recognize.stage import Stage
 
@@ -63,16 +64,18 @@ class _StageWorker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         frames = [Frame.from_json(text) for text in batch["frame"]]
         timer = StageTimer()
-        stopped = ""
+        stopped, code = "", RunStopped.exit_code
         try:
             results = run_batch(self.stages, frames, timer)
-        except RunStopped as exc:  # sent back as data: the driver raises it once, as one line
-            results, stopped = [FrameResult(frame, str(exc)) for frame in frames], str(exc)
+        except RecognizeError as exc:  # sent back as data: the driver raises it once, as one line
+            # RunStopped, or a stage that cannot load (a corrupt checkpoint: exit code 3)
+            results, stopped, code = [FrameResult(frame, str(exc)) for frame in frames], str(exc), exc.exit_code
         timings = [json.dumps(timer.to_dict())] + [""] * (len(results) - 1)
         return {
             "frame": np.array([r.frame.to_json(indent=None) for r in results], dtype=object),
             "error": np.array([r.error or "" for r in results], dtype=object),
             "stopped": np.array([stopped] * len(results), dtype=object),
+            "stopped_code": np.array([code] * len(results), dtype=np.int64),
             "timings": np.array(timings, dtype=object),
         }
 
@@ -89,8 +92,15 @@ class RayEngine:
         self.progress = progress
 
     def load(self, pipeline: Pipeline, timer: StageTimer | None = None) -> None:
-        """Start (or connect to) Ray now. Models load in the workers, once each, not on the driver."""
+        """Check (or download) every stage's model files, then start (or connect to) Ray. Models
+        load in the workers, once each, not on the driver; the files are checked here because the
+        workers read them from the same (shared) filesystem, so missing weights are one line
+        before Ray starts, as with the local engine."""
+        from recognize.hub import ensure_files
+
         timer = timer if timer is not None else pipeline.timer
+        with timer.phase(LOAD):
+            ensure_files([ref for stage in [*pipeline.stages, *pipeline.outputs] for ref in stage.model_files()])
         with timer.phase(STARTUP):
             self._init()
 
@@ -142,7 +152,9 @@ class RayEngine:
         )
         for row in mapped.iter_rows():
             if row["stopped"]:
-                raise RunStopped(row["stopped"])
+                stopped = RunStopped(row["stopped"])
+                stopped.exit_code = int(row["stopped_code"])
+                raise stopped
             if row["timings"]:
                 timer.merge(json.loads(row["timings"]))
             yield FrameResult(Frame.from_json(row["frame"]), row["error"] or None)

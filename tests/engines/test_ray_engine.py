@@ -120,3 +120,25 @@ def test_ray_workers_read_urls_from_a_list_file(local_ray, test_stages, image_fo
         server.server_close()
     assert results(tmp_path / "local") == results(tmp_path / "ray") and len(results(tmp_path / "ray")) == 2
     assert (remote.processed, remote.failed) == (local.processed, local.failed) == (2, 1)
+
+
+def test_missing_weights_are_one_error_before_ray_starts(local_ray, cache_home, image_folder, tmp_path):
+    from recognize import plugins
+    from recognize.errors import ModelFileError
+
+    with pytest.raises(ModelFileError, match="missing"):
+        run_to_folder(Pipeline([plugins.get_stage("ram")()]), [image_folder], tmp_path / "ray", quiet=True,
+                      engine=RayEngine())
+    assert not (tmp_path / "ray" / "manifest.json").exists()
+
+
+def test_a_stage_that_cannot_load_on_a_worker_stops_the_run_with_its_exit_code(local_ray, reference, image_folder,
+                                                                               tmp_path):
+    from recognize import plugins
+
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    ram = plugins.get_stage("ram")(config=str(reference / "fixtures" / "ram" / "config.json"), checkpoint=str(broken))
+    with pytest.raises(RunStopped, match="broken.pth") as stopped:
+        run_to_folder(Pipeline([ram]), [image_folder], tmp_path / "ray", quiet=True, engine=RayEngine())
+    assert stopped.value.exit_code == 3 and "\n" not in str(stopped.value)
