@@ -497,7 +497,9 @@ def run_to_folder(
             summary.processed += 1
         else:
             summary.failures.append({"source": frame.source, "name": frame.name or "", "error": result.error or ""})
-            bar.write(f"skipped {frame.source}: {result.error}", file=sys.stderr)
+            error = result.error or ""  # an unreadable file's message already starts with its path
+            bar.write(f"skipped {error if error.startswith(f'{frame.source}: ') else f'{frame.source}: {error}'}",
+                      file=sys.stderr)
         frame.release_image()
         for region in frame.regions:  # a caller may still hold the frame; the masks are on disk now
             region.mask = None

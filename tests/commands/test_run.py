@@ -35,6 +35,8 @@ def test_run_end_to_end(image_folder, tmp_path):
     result = recognize("run", recipe, image_folder, "-o", out, "--set", "stages.1.with.score=0.4")
     assert result.returncode == 1, result.stderr  # one bad image: reported, others done
     assert "broken.png" in result.stderr and "Traceback" not in result.stderr
+    (skipped,) = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert skipped.count("broken.png") == 1, skipped  # the path once, then why
     assert "3 processed, 0 already done, 1 failed" in result.stderr
     assert json.loads((out / "frames" / "white.png.json").read_text())["regions"][0]["score"] == 0.4
     assert (out / "frames" / "sub" / "noise.png.annotated.jpg").is_file()
