@@ -24,7 +24,6 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from recognize.feature_cache import FeatureCache
 from recognize.frame import Frame
@@ -285,6 +284,3 @@ class Runner:
                 if i < cacheable and self.results.enabled:
                     self.results.put((content_keys[f], prefixes[i]), copy_frame(frame), size=frame_bytes(frame))
         return RunResult(current, timings, reused)
-
-    def cache_stats(self) -> dict[str, Any]:
-        return {"entries": len(self.results), "bytes": self.results.bytes_used}
