@@ -16,6 +16,7 @@ import pickle
 import re
 import struct
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,25 @@ def _read_safetensors(path: Path, what: str) -> dict[str, Any]:
         raise ModelFileError(f"{path}: the {what} does not fit in memory") from None
     except Exception:  # noqa: BLE001 - safetensors raises its own SafetensorError and others
         raise ModelFileError(f"{path}: not a readable {what}: {describe_bad_checkpoint(path)}") from None
+
+
+def strict_mismatch(own: Mapping[str, Any], state: Mapping[str, Any], limit: int = 3) -> list[str]:
+    """Why `state` cannot be loaded strictly into a module whose state dict is `own`: the missing,
+    unexpected and reshaped keys, counted and a few named (empty when it fits). Why not let
+    `load_state_dict` say it: its message is one line per key, thousands for the wrong model."""
+
+    def listing(keys: list[str]) -> str:
+        more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+        return ", ".join(keys[:limit]) + more
+
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    reshaped = sorted(k for k in own.keys() & state.keys() if tuple(own[k].shape) != tuple(state[k].shape))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({listing(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({listing(unexpected)})")
+    if reshaped:
+        problems.append(f"{len(reshaped)} keys of another shape ({listing(reshaped)})")
+    return problems

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from recognize.errors import ModelFileError
+from recognize.weights_file import read_weights, strict_mismatch
 
 #: The released architectures (the config.json of each hub repository); the ensemble and
 #: self-trained base checkpoints share one architecture.
@@ -64,24 +65,8 @@ def image_size(model: torch.nn.Module) -> int:
     return int(model.config.vision_config.image_size)
 
 
-def _listing(keys: list[str], limit: int = 3) -> str:
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelFileError(f"{path}: OWLv2 checkpoint not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a corrupt file or one that needs an unsafe pickle
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(f"{path}: not a loadable OWLv2 checkpoint ({reason})") from None
+    state = read_weights(path, "OWLv2 checkpoint")
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(f"{path}: not an OWLv2 checkpoint (expected a state dict of tensors)")
     return {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)}
@@ -99,17 +84,8 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, expected: str = "O
     path = Path(path)
     state = _read_state(path)
     own = model.state_dict()
-    missing = sorted(own.keys() - state.keys())
-    unexpected = sorted(state.keys() - own.keys())
-    reshaped = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
-    if missing or unexpected or reshaped:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing keys ({_listing(missing)})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected keys ({_listing(unexpected)})")
-        if reshaped:
-            problems.append(f"{len(reshaped)} keys of another shape ({_listing(reshaped)})")
+    problems = strict_mismatch(own, state)
+    if problems:
         found = describe_checkpoint(state)
         hint = f"; it looks like {found} checkpoint" if found else ""
         raise ModelFileError(f"{path} does not fit {expected}: {'; '.join(problems)}{hint}")

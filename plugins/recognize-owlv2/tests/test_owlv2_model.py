@@ -82,9 +82,12 @@ def test_unsafe_pickle_and_garbage_are_refused(tmp_path):
     torch.save({"w": NotWeights()}, unsafe)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not weights")
-    for path in (unsafe, garbage):
-        with pytest.raises(ModelFileError, match="not a loadable OWLv2 checkpoint") as info:
+    html = tmp_path / "login.bin"
+    html.write_bytes(b"<!DOCTYPE html><html>sign in</html>")
+    for path, says in ((unsafe, "refused: the OWLv2 checkpoint holds Python objects"),
+                       (garbage, "not a readable OWLv2 checkpoint"), (html, "an HTML page")):
+        with pytest.raises(ModelFileError, match=says) as info:
             load_checkpoint(fresh(), path)
         assert "\n" not in str(info.value)
-    with pytest.raises(ModelFileError, match="checkpoint not found"):
+    with pytest.raises(ModelFileError, match="no such OWLv2 checkpoint file"):
         load_checkpoint(fresh(), tmp_path / "nowhere.safetensors")

@@ -55,14 +55,9 @@ def _variant_of(state: dict[str, torch.Tensor]) -> str | None:
     return next((name for name, dim in EMBED_DIMS.items() if dim == weight.shape[0]), None)
 
 
-def _listing(keys: list[str], limit: int = 3) -> str:
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def load_checkpoint(sam: SamModel, path: str | Path, expected: str = "SAM") -> SamModel:
     """Load an official SAM state dict into `sam`: safe unpickling, no missing/unexpected/reshaped keys."""
-    from recognize.weights_file import read_weights
+    from recognize.weights_file import read_weights, strict_mismatch
 
     path = Path(path)
     if not path.exists():
@@ -72,17 +67,8 @@ def load_checkpoint(sam: SamModel, path: str | Path, expected: str = "SAM") -> S
         raise ModelFileError(f"{path}: not a SAM checkpoint (expected a state dict of tensors)")
 
     own = sam.state_dict()
-    missing = sorted(own.keys() - state.keys())
-    unexpected = sorted(state.keys() - own.keys())
-    reshaped = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
-    if missing or unexpected or reshaped:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing keys ({_listing(missing)})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected keys ({_listing(unexpected)})")
-        if reshaped:
-            problems.append(f"{len(reshaped)} keys of another shape ({_listing(reshaped)})")
+    problems = strict_mismatch(own, state)
+    if problems:
         variant = _variant_of(state)
         hint = f"; it looks like a {variant} checkpoint" if variant and variant != expected else ""
         raise ModelFileError(f"{path} does not fit SAM {expected}: {'; '.join(problems)}{hint}")

@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recognize.errors import ModelFileError
+from recognize.weights_file import read_weights, strict_mismatch
 from recognize_sam2.cards import VARIANTS, config_name
 
 #: `build_sam2(apply_postprocessing=True)`'s overrides (its default, and what SAM2ImagePredictor users get):
@@ -113,19 +114,8 @@ def describe_checkpoint(state: dict[str, torch.Tensor]) -> str | None:
     return f"SAM {'2.1' if _RELEASE_21_KEY in state else '2'} {variant}"
 
 
-def _listing(keys: list[str], limit: int = 3) -> str:
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: SAM 2 checkpoint not found") from None
-    except Exception as error:  # a corrupt file or one that needs an unsafe pickle
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(f"{path}: not a loadable SAM 2 checkpoint ({reason})") from None
+    loaded = read_weights(path, "SAM 2 checkpoint", mmap=False)
     # Meta's files hold {"model": state_dict}; a bare state dict (what torch.save(model.state_dict()) writes) is fine too
     state = loaded.get("model", loaded) if isinstance(loaded, dict) else loaded
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -138,17 +128,8 @@ def load_checkpoint(sam: torch.nn.Module, path: str | Path, expected: str = "SAM
     path = Path(path)
     state = _read_state(path)
     own = sam.state_dict()
-    missing = sorted(own.keys() - state.keys())
-    unexpected = sorted(state.keys() - own.keys())
-    reshaped = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
-    if missing or unexpected or reshaped:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing keys ({_listing(missing)})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected keys ({_listing(unexpected)})")
-        if reshaped:
-            problems.append(f"{len(reshaped)} keys of another shape ({_listing(reshaped)})")
+    problems = strict_mismatch(own, state)
+    if problems:
         found = describe_checkpoint(state)
         hint = f"; it looks like a {found} checkpoint" if found and found != expected else ""
         raise ModelFileError(f"{path} does not fit {expected}: {'; '.join(problems)}{hint}")

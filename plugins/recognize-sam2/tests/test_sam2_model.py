@@ -110,19 +110,21 @@ def test_another_variant_is_named(tmp_path):
 def test_unsafe_pickle_is_refused(tmp_path):
     path = tmp_path / "unsafe.pt"
     torch.save({"model": NotWeights()}, path)
-    with pytest.raises(ModelFileError, match="not a loadable SAM 2 checkpoint") as info:
+    with pytest.raises(ModelFileError, match="refused: the SAM 2 checkpoint holds Python objects") as info:
         load_checkpoint(fresh_tiny(), path)
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("content", [b"not a checkpoint at all", None])
-def test_garbage_or_missing_file(tmp_path, content):
+@pytest.mark.parametrize(("content", "says"), [(b"not a checkpoint at all", "a text file"),
+                                               (b"<!DOCTYPE html><html>sign in</html>", "an HTML page"),
+                                               (None, "no such SAM 2 checkpoint file")])
+def test_garbage_or_missing_file(tmp_path, content, says):
     path = tmp_path / "bad.pt"
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(ModelFileError) as info:
         load_checkpoint(fresh_tiny(), path)
-    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert str(path) in str(info.value) and says in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("saved", [[torch.zeros(1)], {"model": {"a": 1}}, {}])
