@@ -47,6 +47,28 @@ def check_override(override: str) -> None:
                           "by the server's recipe")
 
 
+def check_not_nested(override: str, recipe: Recipe) -> None:
+    """Refuse an override of a nested stage (region_confirm's `tagger` / `tagger_with`, tiled's
+    `localizer`): its name-checked parameters would let a request pick weights, files or
+    hardware one level down (`tagger_with={checkpoint: /etc/passwd}`), or load another model."""
+    from recognize import plugins
+
+    key = override.partition("=")[0].strip()
+    match = _SETTABLE.match(key)
+    if match is None:  # check_override refused it already
+        return
+    section, index, name = match.group(1), int(match.group(2)), match.group(3)
+    specs = recipe.stages if section == "stages" else recipe.outputs
+    if index >= len(specs):
+        return
+    spec = specs[index]
+    params = plugins.get_stage(spec.use).Params.model_validate(spec.with_)
+    nested = {part for field, (name_field, _) in params.nested_stages().items() for part in (field, name_field)}
+    if name in nested or isinstance(spec.with_.get(name), dict):
+        raise RecipeError(f"set {key}: {name!r} selects a stage or its parameters and is fixed by the server's "
+                          "recipe; set numbers of the stages themselves")
+
+
 def spec_key(spec: StageSpec, device: str | None) -> str:
     """One string per distinct stage configuration (what makes two stage objects interchangeable)."""
     return json.dumps({"use": spec.use, "with": spec.with_, "device": device}, sort_keys=True, default=str)
@@ -94,6 +116,8 @@ class Variants:
             check_override(override)
         settings = [f"settings.device={self.device_override}"] if self.device_override else []
         recipe = parse_recipe(self.text, source=self.source, overrides=[*settings, *key])
+        for override in key:
+            check_not_nested(override, recipe)
         device = recipe.settings.device
         with self._lock:
             stages = [self._stage(spec, device) for spec in recipe.stages]

@@ -60,3 +60,16 @@ def test_describe_does_not_disclose_server_paths(tmp_path, test_stages) -> None:
     described = Variants(write_recipe(tmp_path, recipe)).describe()
     assert described["outputs"][0]["with"] == {"font": "(set by the server)", "quality": 80}
     assert __file__ not in str(described)
+
+
+@pytest.mark.parametrize("override", ["stages.2.with.tagger_with={checkpoint: /etc/passwd}",
+                                      "stages.2.with.tagger=tag2text",
+                                      "stages.3.with.localizer={use: center_box, with: {score: 0.1}}"])
+def test_nested_stage_specs_cannot_be_overridden(tmp_path, test_stages, override) -> None:
+    recipe = {**TEST_RECIPE, "stages": [{"use": "brightness"}, {"use": "center_box"},
+                                        {"use": "region_confirm", "with": {"tagger": "ram"}},
+                                        {"use": "tiled", "with": {"localizer": {"use": "center_box"}}}]}
+    variants = Variants(write_recipe(tmp_path, recipe))
+    with pytest.raises(RecipeError, match="fixed by the server's recipe"):
+        variants.get([override])
+    assert variants.get(["stages.2.with.threshold=0.2"]).stages[2].params.threshold == 0.2
