@@ -44,3 +44,15 @@ def test_cli_lists_the_distribution_and_its_cards():
     )
     assert models.returncode == 0, models.stderr
     assert "sam2.1_hiera_large" in models.stdout and "sam2_hiera_tiny" in models.stdout
+
+
+def test_registering_the_stage_does_not_import_torch():
+    # `recognize stages` / `recognize --help` load every plugin: torch (~1 s) waits for a model load
+    import subprocess
+    import sys
+
+    code = ("import sys; from recognize_sam2.plugin import register_stages; register_stages(lambda stage: None);"
+            "from recognize_sam2.stage import Sam2Params; Sam2Params(config={'embed_dim': 8, 'num_heads': 1, "
+            "'stages': [1, 1, 1, 1]}, weights='random'); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.strip() == "False"
