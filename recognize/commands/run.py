@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from recognize.errors import InputError
+
 
 @click.command("run")
 @click.argument("recipe", type=click.Path(dir_okay=False))
@@ -44,6 +46,11 @@ def run_command(recipe, inputs, output, overrides, overwrite, quiet, batch_size,
     pipeline = Pipeline.from_recipe(loaded)
     engine_obj = None
     if engine == "ray":
+        try:
+            import ray.data  # noqa: F401 - the engine imports it when the run starts; say it now, in one line
+        except ImportError as exc:
+            raise InputError(f"--engine ray needs Ray Data ({exc.name or 'ray'} is missing): "
+                             "pip install 'recognize[ray]'") from None
         from recognize.engines.ray_engine import RayEngine
 
         engine_obj = RayEngine(progress=not quiet)

@@ -295,3 +295,17 @@ def test_a_read_only_output_folder_is_one_line(tmp_path):
             subprocess.run(["umount", str(locked)], check=False)
         else:
             locked.chmod(0o755)
+
+
+def test_engine_ray_without_ray_is_one_line(image_folder, tmp_path):
+    # a `ray` package that cannot be imported, first on the path: what a machine without the extra sees
+    (tmp_path / "noray" / "ray").mkdir(parents=True)
+    (tmp_path / "noray" / "ray" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'ray'\", name='ray')\n")
+    recipe = tmp_path / "demo.yaml"
+    recipe.write_text(RECIPE)
+    env = cli_env()
+    env["PYTHONPATH"] = f"{tmp_path / 'noray'}:{env['PYTHONPATH']}"
+    result = subprocess.run([sys.executable, "-m", "recognize", "run", str(recipe), str(image_folder), "-o",
+                             str(tmp_path / "out"), "--engine", "ray"], capture_output=True, text=True, env=env,
+                            timeout=600, check=False)
+    assert "pip install 'recognize[ray]'" in one_line_error(result)
