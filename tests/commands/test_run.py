@@ -1,6 +1,5 @@
 """The CLI through a subprocess, as a user runs it."""
 
-import pytest
 import json
 import subprocess
 import sys
