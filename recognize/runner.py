@@ -427,12 +427,14 @@ def run_to_folder(
     items = expand_inputs(inputs, exclude=out)
     check_claims((Frame(source=str(path), name=name) for path, name in items), outputs, out)
     prepare_output_folder(out)
-    remove_stale_temps(out)  # what a killed run left half-written
 
     recipe = recipe_of(pipeline)
     recipe_id = fingerprint(recipe)
     journal = DoneJournal(out).read()
     manifest_needed = check_manifest(recipe, out, journal, overwrite)
+    # only now that OUT is known to be ours (or --overwrite): never walk (and delete in) a folder
+    # that is refused, such as a mistyped `-o ~`
+    remove_stale_temps(out)  # what a killed run left half-written
     partial = out / PARTIAL_DIR
     if overwrite or manifest_needed:
         clear_partial(partial)  # intermediate results of other settings

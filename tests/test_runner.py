@@ -189,3 +189,16 @@ def test_changed_recipe_or_source_is_redone_and_old_results_do_not_count(test_st
     assert Frame.from_json((out / "frames" / "img001.png.json").read_text()).tag_names == ["bright"]
     with pytest.raises(InputError, match="different recipe"):
         run_to_folder(Pipeline([test_stages.Brightness(cutoff=1)]), [folder], out, quiet=True)
+
+
+def test_a_refused_output_folder_is_left_untouched(test_stages, image_folder, tmp_path):
+    # someone else's folder (a mistyped -o): refused, and nothing in it deleted, not even what looks
+    # like a temp file of a killed run (pid 2**22 + 1 is above Linux's pid_max)
+    theirs = tmp_path / "theirs"
+    (theirs / "deep").mkdir(parents=True)
+    (theirs / "notes.txt").write_text("mine")
+    temp = theirs / "deep" / f".data.json.{2**22 + 1}.abc123.part"
+    temp.write_text("looks like ours")
+    with pytest.raises(InputError, match="no readable manifest.json"):
+        run_to_folder(Pipeline([test_stages.Brightness()]), [image_folder], theirs, quiet=True)
+    assert temp.read_text() == "looks like ours"
