@@ -7,12 +7,18 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
 from recognize.frame import Frame, Region, Tag
 from recognize.hub import FileRef
-from recognize.stage import Device, Stage, StageKind, StageParams, resolve_device, shared_models
+from recognize.stage import (
+    Device,
+    Stage,
+    StageKind,
+    StageParams,
+    resolve_device,
+    shared_models,
+)
 from recognize_owlv2.cards import Variant
 
 
@@ -111,9 +117,16 @@ class Owlv2(Stage):
                 self._add_regions(frame, vocabulary, boxes, scores, labels)
         return frames
 
-    @torch.inference_mode()
     def detect(self, images: list[np.ndarray], vocabularies: list[tuple[str, ...]]) -> list[tuple[np.ndarray, ...]]:
         """Per image: xyxy pixel boxes, scores and query indices of the boxes above the threshold."""
+        import torch  # here, not at import: registering the stage must stay light
+
+        with torch.inference_mode():
+            return self._detect(images, vocabularies)
+
+    def _detect(self, images: list[np.ndarray], vocabularies: list[tuple[str, ...]]) -> list[tuple[np.ndarray, ...]]:
+        import torch
+
         from recognize_owlv2.queries import CONTEXT, tokenize
 
         pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)

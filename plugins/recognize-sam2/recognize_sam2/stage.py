@@ -10,9 +10,16 @@ from pydantic import Field, model_validator
 
 from recognize.frame import Frame
 from recognize.hub import FileRef
-from recognize.stage import Device, Stage, StageKind, StageParams, resolve_device, shared_models
+from recognize.stage import (
+    Device,
+    Stage,
+    StageKind,
+    StageParams,
+    resolve_device,
+    shared_models,
+)
 from recognize_sam2.cards import Release, Variant
-from recognize_sam2.model import Sam2Config
+from recognize_sam2.config import Sam2Config
 
 
 class Sam2Params(StageParams):
