@@ -214,6 +214,11 @@ class OutputStage(Stage):
     """
 
     kind: ClassVar[StageKind] = "output"
+    #: An append-only output (the `shards` log) adds whole records to files it keeps open, located
+    #: by the done journal, instead of writing each file atomically; a record torn by a killed run
+    #: has no journal entry and is cut off by the next run. `recognize.testing` checks such an output
+    #: for whole records rather than whole files.
+    append_only: ClassVar[bool] = False
 
     def files(self, frame: Frame, out_dir: Path) -> list[Path]:
         return []

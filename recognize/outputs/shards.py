@@ -10,7 +10,10 @@ line is located by the done journal (`OUT/.recognize/done.jsonl`: shard, start a
 resume checks one journal line and one shard's size per image (no listing of any folder), and
 the dataset outputs (`coco`, `yolo`, ...) read their frames back from the shards, in input order.
 Add `json` too for per-image files as well. A line a killed run half wrote has no journal entry:
-the image is redone into a later shard and readers skip the torn line (`read_shards`).
+the image is redone into a later shard, readers skip the torn line (`read_shards`), and the next run
+cuts it off (`cut_torn_tail`), so no partial record outlives the run after the kill. This is an
+append-only log, not a set of atomically replaced files (`OutputStage.append_only`): a kill costs
+at most the line in flight, never a whole shard of finished images.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class ShardsOutput(OutputStage):
 
     name: ClassVar[str] = "shards"
     Params: ClassVar[type[StageParams]] = ShardsParams
+    append_only: ClassVar[bool] = True
 
     def __init__(self, params: Any = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -82,7 +86,10 @@ class ShardsOutput(OutputStage):
         if self._handle is None:
             folder = out_dir / self.params.folder
             folder.mkdir(parents=True, exist_ok=True)
-            numbers = [int(m.group(1)) for p in folder.iterdir() if (m := SHARD_PATTERN.match(p.name))]
+            shards = [p for p in folder.iterdir() if SHARD_PATTERN.match(p.name)]
+            for shard in shards:
+                cut_torn_tail(shard)
+            numbers = [int(m.group(1)) for p in shards if (m := SHARD_PATTERN.match(p.name))]
             self._path = folder / f"part-{max(numbers, default=-1) + 1:05d}.jsonl"
             self._handle = self._path.open("xb")
             self._count = 0
@@ -92,6 +99,27 @@ class ShardsOutput(OutputStage):
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+def cut_torn_tail(shard: Path) -> int:
+    """Cut a line a killed run half wrote off the end of `shard` (it has no journal entry: its image
+    is redone); returns the bytes removed. Whole lines are never touched."""
+    with shard.open("r+b") as handle:
+        size = handle.seek(0, 2)
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            handle.seek(start)
+            chunk = handle.read(end - start)
+            if end == size and chunk.endswith(b"\n"):
+                return 0
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        handle.truncate(end)
+        return size - end
 
 
 def read_line(out_dir: Path, shard: str, start: int, end: int, handles: dict[str, IO[bytes]]) -> Frame:

@@ -230,7 +230,11 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def check_output(stage: OutputStage, frames: Sequence[Frame], out_dir: str | os.PathLike[str] | None = None) -> None:
     """An output stage writes what `files()` names, atomically (a crash before the final rename leaves
     no file at all, never a partial one), idempotently (writing again gives the same bytes) and
-    never changes the frames it writes."""
+    never changes the frames it writes.
+
+    An append-only output (`OutputStage.append_only`, e.g. `shards`) keeps its files open and adds
+    whole records, located by the run's done journal: for it, every file must end with a whole
+    record (no torn line) instead, and writing again may append (readers take the last record)."""
     if not isinstance(stage, OutputStage):
         _fail(stage, "an output must subclass recognize.OutputStage")
     with contextlib.ExitStack() as stack:
@@ -248,7 +252,11 @@ def check_output(stage: OutputStage, frames: Sequence[Frame], out_dir: str | os.
             with contextlib.suppress(SimulatedCrash):
                 stage.finish(list(frames), crashed)
         left = sorted(_snapshot(crashed))
-        if left:
+        if stage.append_only:
+            torn = [name for name, data in _snapshot(crashed).items() if data and not data.endswith(b"\n")]
+            if torn:
+                _fail(stage, f"an append-only output left torn records in {torn}; append whole lines")
+        elif left:
             _fail(stage, f"left {left} behind when the process died before committing; write through "
                          "recognize.atomic (atomic_write / write_text / write_bytes) so a file is whole or absent")
 
@@ -266,7 +274,7 @@ def check_output(stage: OutputStage, frames: Sequence[Frame], out_dir: str | os.
             stage.write(frame, out)
         stage.finish(list(frames), out)
         second = _snapshot(out) if out.is_dir() else {}
-        if first != second:
+        if first != second and not stage.append_only:
             changed = sorted(k for k in set(first) | set(second) if first.get(k) != second.get(k))
             _fail(stage, f"writing the same frames again changed {changed}; outputs must be idempotent "
                          "(a resumed run rewrites them)")

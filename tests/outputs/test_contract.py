@@ -8,7 +8,7 @@ import pytest
 from recognize import plugins
 from recognize.data_engine.reasons import REASON_NOT_CONFIRMED
 from recognize.frame import Drop
-from recognize.testing import ContractViolation, check_stage
+from recognize.testing import check_stage
 
 from .conftest import make_frame
 
@@ -23,12 +23,7 @@ def frames():
     return made
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(
-        raises=ContractViolation, strict=True,
-        reason="shards appends to OUT/shards/part-*.jsonl in place: a crash leaves a partial part file "
-               "(found by this check; reported to the lead)")) if name == "shards" else name
-    for name in BUILTIN_OUTPUTS])
+@pytest.mark.parametrize("name", BUILTIN_OUTPUTS)
 def test_builtin_outputs_keep_the_contract(name, tmp_path):
     stage_cls = plugins.get_stage(name)
     check_stage(stage_cls, frames(), out_dir=tmp_path)

@@ -8,7 +8,7 @@ import json
 from recognize import plugins
 from recognize.eval.regions import read_frames
 from recognize.frame import Frame
-from recognize.outputs.shards import read_shards, shard_files
+from recognize.outputs.shards import cut_torn_tail, read_shards, shard_files
 from recognize.pipeline import Pipeline
 from recognize.runner import run_to_folder
 
@@ -56,6 +56,7 @@ def test_resume_from_shards_by_identity_and_a_torn_line_is_redone(test_stages, i
     shard.write_bytes(shard.read_bytes()[:-20])  # a run killed while writing its last line
     resumed = run_to_folder(pipeline(test_stages, shards(size=10)), [image_folder], out, quiet=True)
     assert (resumed.processed, resumed.skipped) == (1, 2) and len(shard_files(out)) == 2
+    assert all(s.read_bytes().endswith(b"\n") for s in shard_files(out))  # the torn line was cut off
     frames = list(read_shards(out))
     assert sorted(f.name for f in frames) == ["black.jpg", "sub/noise.png", "white.png"]
     assert all(isinstance(f, Frame) and f.regions for f in frames)
@@ -69,3 +70,12 @@ def test_yolo_reads_the_shards_and_json_adds_per_image_files(test_stages, image_
     assert (out / "classes.txt").read_text().split() == ["bright", "dark"]
     labels = sorted(p.name for p in out.rglob("*.txt") if p.name != "classes.txt")
     assert len(labels) == 3
+
+
+def test_cut_torn_tail_keeps_whole_lines_only(tmp_path):
+    shard = tmp_path / "part-00000.jsonl"
+    shard.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c"')
+    assert cut_torn_tail(shard) == 4 and shard.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+    assert cut_torn_tail(shard) == 0 and shard.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+    shard.write_bytes(b'{"only torn')
+    assert cut_torn_tail(shard) == 11 and shard.read_bytes() == b""

@@ -150,6 +150,18 @@ class Meddling(OutputStage):
         frame.caption = "written"
 
 
+class TornLog(OutputStage):
+    """An append-only log that writes the line break before each record: its file ends torn."""
+
+    name = "torn_log"
+    append_only = True
+
+    def write(self, frame, out_dir):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with (Path(out_dir) / "log.jsonl").open("a") as handle:
+            handle.write("\n" + json.dumps({"name": frame.name}))
+
+
 @pytest.mark.parametrize("stage, frames, rule", [
     (BatchMean, None, "vs one by one"),
     (Reversing, None, "in order"),
@@ -160,6 +172,7 @@ class Meddling(OutputStage):
     (Timestamped, None, "idempotent"),
     (Forgetful, None, "did not write"),
     (Meddling, None, "must not change the frames"),
+    (TornLog, None, "torn records"),
 ])
 def test_each_broken_rule_is_caught_and_named(stage, frames, rule):
     given = tagged_frames() if frames == "tagged" else None

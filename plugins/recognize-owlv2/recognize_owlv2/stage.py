@@ -11,7 +11,14 @@ from pydantic import Field, model_validator
 
 from recognize.frame import Frame, Region, Tag
 from recognize.hub import FileRef
-from recognize.stage import Device, Stage, StageKind, StageParams, resolve_device, shared_models
+from recognize.stage import (
+    Device,
+    Stage,
+    StageKind,
+    StageParams,
+    resolve_device,
+    shared_models,
+)
 from recognize_owlv2.cards import Variant
 
 
@@ -112,44 +119,48 @@ class Owlv2(Stage):
 
     def detect(self, images: list[np.ndarray], vocabularies: list[tuple[str, ...]]) -> list[tuple[np.ndarray, ...]]:
         """Per image: xyxy pixel boxes, scores and query indices of the boxes above the threshold."""
+        import torch  # here, not at import: registering the stage must stay light
+
+        with torch.inference_mode():
+            return self._detect(images, vocabularies)
+
+    def _detect(self, images: list[np.ndarray], vocabularies: list[tuple[str, ...]]) -> list[tuple[np.ndarray, ...]]:
         import torch
 
         from recognize_owlv2.queries import CONTEXT, tokenize
 
-        with torch.inference_mode():
-            pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
-            most = max(len(v) for v in vocabularies)
-            # queries padded to the batch's longest list with all-zero ids, which OWLv2 masks out
-            # (its query mask is "first token > 0"); the lone attended position keeps attention finite
-            ids = torch.zeros(len(images), most, CONTEXT, dtype=torch.long)
-            mask = torch.zeros(len(images), most, CONTEXT, dtype=torch.long)
-            mask[..., 0] = 1
-            for i, vocabulary in enumerate(vocabularies):
-                ids[i, : len(vocabulary)], mask[i, : len(vocabulary)] = tokenize(vocabulary,
-                                                                                 self.params.query_template)
-            out = self.model(
-                input_ids=ids.flatten(0, 1).to(self.device),
-                attention_mask=mask.flatten(0, 1).to(self.device),
-                pixel_values=pixels,
-            )
-            results = []
-            for i, (image, vocabulary) in enumerate(zip(images, vocabularies)):
-                best, labels = out.logits[i, :, : len(vocabulary)].float().max(-1)
-                scores = best.sigmoid()
-                keep = scores > self.params.box_threshold
-                height, width = image.shape[:2]
-                side = float(max(height, width))  # boxes are relative to the padded square
-                cx, cy, w, h = out.pred_boxes[i][keep].float().unbind(-1)
-                xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * side
-                xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
-                xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
-                inside = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])  # boxes wholly in the padding go
-                results.append((
-                    xyxy[inside].cpu().numpy().astype(np.float64),
-                    scores[keep][inside].cpu().numpy(),
-                    labels[keep][inside].cpu().numpy(),
-                ))
-            return results
+        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+        most = max(len(v) for v in vocabularies)
+        # queries padded to the batch's longest list with all-zero ids, which OWLv2 masks out
+        # (its query mask is "first token > 0"); the lone attended position keeps attention finite
+        ids = torch.zeros(len(images), most, CONTEXT, dtype=torch.long)
+        mask = torch.zeros(len(images), most, CONTEXT, dtype=torch.long)
+        mask[..., 0] = 1
+        for i, vocabulary in enumerate(vocabularies):
+            ids[i, : len(vocabulary)], mask[i, : len(vocabulary)] = tokenize(vocabulary, self.params.query_template)
+        out = self.model(
+            input_ids=ids.flatten(0, 1).to(self.device),
+            attention_mask=mask.flatten(0, 1).to(self.device),
+            pixel_values=pixels,
+        )
+        results = []
+        for i, (image, vocabulary) in enumerate(zip(images, vocabularies)):
+            best, labels = out.logits[i, :, : len(vocabulary)].float().max(-1)
+            scores = best.sigmoid()
+            keep = scores > self.params.box_threshold
+            height, width = image.shape[:2]
+            side = float(max(height, width))  # boxes are relative to the padded square
+            cx, cy, w, h = out.pred_boxes[i][keep].float().unbind(-1)
+            xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * side
+            xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
+            xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
+            inside = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])  # boxes wholly in the padding go
+            results.append((
+                xyxy[inside].cpu().numpy().astype(np.float64),
+                scores[keep][inside].cpu().numpy(),
+                labels[keep][inside].cpu().numpy(),
+            ))
+        return results
 
     def _add_regions(self, frame: Frame, vocabulary: tuple[str, ...], boxes: np.ndarray, scores: np.ndarray,
                      labels: np.ndarray) -> None:

@@ -14,6 +14,8 @@ from recognize.images import load_image
 from recognize_owlv2 import Owlv2
 from recognize_owlv2.queries import tokenize
 
+pytestmark = pytest.mark.parity
+
 TAGS = ["dog", "traffic light", "person", "a photo of a cat", "grass"]
 
 

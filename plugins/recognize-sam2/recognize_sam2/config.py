@@ -1,8 +1,5 @@
-"""The custom Hiera trunk a recipe may give instead of an official variant (tests use a tiny one).
-
-Its own module, without torch: the stage's parameters use it, and registering the stage (what
-`recognize stages` and `recognize --help` do for every plugin) must not import torch.
-"""
+"""`Sam2Config`: a custom Hiera trunk for tests, apart from `model` so that validating a recipe (and
+registering the stage) imports neither torch nor sam2."""
 
 from __future__ import annotations
 

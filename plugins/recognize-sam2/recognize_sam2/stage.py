@@ -10,7 +10,14 @@ from pydantic import Field, model_validator
 
 from recognize.frame import Frame
 from recognize.hub import FileRef
-from recognize.stage import Device, Stage, StageKind, StageParams, resolve_device, shared_models
+from recognize.stage import (
+    Device,
+    Stage,
+    StageKind,
+    StageParams,
+    resolve_device,
+    shared_models,
+)
 from recognize_sam2.cards import Release, Variant
 from recognize_sam2.config import Sam2Config
 
