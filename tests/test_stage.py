@@ -283,7 +283,7 @@ def test_every_declared_file_is_on_a_registered_card():
     from recognize.hub import get_card
 
     for name in ("ram", "ram_plus", "tag2text", "tag2text_caption", "region_confirm", "region_outliers",
-                 "merge_tags", "grounding_dino", "sam"):
+                 "merge_tags", "grounding_dino", "sam", "sam2", "owlv2"):
         for ref in plugins.get_stage(name)().model_files():
             get_card(ref.card).file(ref.filename)
 
