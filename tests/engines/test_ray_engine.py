@@ -142,3 +142,22 @@ def test_a_stage_that_cannot_load_on_a_worker_stops_the_run_with_its_exit_code(l
     with pytest.raises(RunStopped, match="broken.pth") as stopped:
         run_to_folder(Pipeline([ram]), [image_folder], tmp_path / "ray", quiet=True, engine=RayEngine())
     assert stopped.value.exit_code == 3 and "\n" not in str(stopped.value)
+
+
+def test_worker_threads_share_this_machines_cores_on_a_local_instance(monkeypatch):
+    import os
+
+    from recognize.engines.ray_engine import RayEngine
+    from recognize.errors import SettingError
+
+    monkeypatch.delenv("RECOGNIZE_RAY_THREADS", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cores = os.cpu_count() or 1
+    assert RayEngine(num_workers=1).worker_threads() == cores
+    assert RayEngine(num_workers=cores * 2).worker_threads() == 1
+    assert RayEngine(num_workers=1, address="ray://head:10001").worker_threads() is None  # Ray's own setting
+    monkeypatch.setenv("RECOGNIZE_RAY_THREADS", "3")
+    assert RayEngine(num_workers=1).worker_threads() == 3
+    monkeypatch.setenv("RECOGNIZE_RAY_THREADS", "many")
+    with pytest.raises(SettingError, match="RECOGNIZE_RAY_THREADS"):
+        RayEngine(num_workers=1).worker_threads()
