@@ -449,12 +449,14 @@ def test_registering_every_stage_imports_no_heavy_library():
         from recognize import plugins
         assert plugins.plugin_problems() == [], plugins.plugin_problems()
         names = set(plugins.stages()) | set(plugins.model_cards())
-        assert {"ram", "tag2text_caption", "region_outliers", "grounding_dino", "sam"} <= names, names
-        heavy = [m for m in ("torch", "torchvision", "transformers", "segment_anything", "timm", "open_clip",
-                             "tokenizers", "click") if m in sys.modules]
+        assert {"ram", "tag2text_caption", "region_outliers", "grounding_dino", "sam", "sam2", "owlv2",
+                "tiled"} <= names, names
+        heavy = [m for m in ("torch", "torchvision", "transformers", "segment_anything", "sam2", "timm",
+                             "open_clip", "tokenizers", "click") if m in sys.modules]
         print(",".join(heavy))
     """)
-    env = dict(os.environ, RECOGNIZE_LOAD_PLUGINS="recognize-grounding-dino,recognize-sam")
+    env = dict(os.environ, RECOGNIZE_LOAD_PLUGINS="recognize-grounding-dino,recognize-sam,recognize-sam2,"
+                                                  "recognize-owlv2,recognize-tiles")
     env.pop("RECOGNIZE_PLUGINS", None)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600,
                             check=False)
