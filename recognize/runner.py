@@ -37,6 +37,7 @@ from recognize.engines.segment_store import clear as clear_partial
 from recognize.engines.timing import FINISH, STARTUP, WRITE, StageTimer
 from recognize.errors import InputError, RecipeError, RecognizeError
 from recognize.frame import Frame
+from recognize.hub import sha256_file
 from recognize.images import expand_inputs
 from recognize.outputs.json_output import JsonOutput, read_frame
 from recognize.outputs.paths import RUN_FILES
@@ -97,14 +98,6 @@ class RunSummary:
 
 
 # -- identity of a source and of a finished result ------------------------------------------------
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def source_identity(path: Path | str) -> dict[str, Any]:
     """What a finished result records about its source (path, size, mtime, content hash; for a URL
     its size and ETag or mtime, see `recognize.sources.url_identity`)."""
@@ -112,7 +105,7 @@ def source_identity(path: Path | str) -> dict[str, Any]:
         return url_identity(path)
     info = path.stat()
     return {"source": str(path.resolve()), "size": info.st_size, "mtime_ns": info.st_mtime_ns,
-            "sha256": sha256_of(path)}
+            "sha256": sha256_file(path)}
 
 
 def same_source(record: dict[str, Any], path: Path | str) -> bool:
@@ -126,7 +119,7 @@ def same_source(record: dict[str, Any], path: Path | str) -> bool:
             return False
         if str(path.resolve()) == record.get("source") and info.st_mtime_ns == record.get("mtime_ns"):
             return True
-        return sha256_of(path) == record.get("sha256")
+        return sha256_file(path) == record.get("sha256")
     except OSError:
         return False
 
