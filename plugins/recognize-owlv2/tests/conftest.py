@@ -10,11 +10,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `owl_support` (t
 from owl_support import REFERENCE, TINY_CONFIG  # noqa: E402
 
 
-def pytest_configure(config):
-    # registered here until the project registers them centrally (harmless if it already does)
-    config.addinivalue_line("markers", "slow: takes more than ~10 s on a 2-core CPU")
-    config.addinivalue_line("markers", "subprocess: runs the `recognize` CLI in a subprocess")
-
 
 @pytest.fixture(scope="session")
 def photos() -> dict[str, Path]:

@@ -33,9 +33,3 @@ def tiny_sam2():
     from recognize_sam2.model import Sam2Config, build_sam2
 
     return build_sam2(config=Sam2Config(**TINY_CONFIG), seed=0)
-
-
-def pytest_configure(config):
-    # registered here until the project registers them centrally (harmless if it already does)
-    config.addinivalue_line("markers", "slow: takes more than ~10 s on a 2-core CPU")
-    config.addinivalue_line("markers", "subprocess: runs the `recognize` CLI in a subprocess")

@@ -9,11 +9,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # for `blob_localizer` (tests run with --import-mode=importlib)
 
 
-def pytest_configure(config):
-    # registered here until the project registers them centrally (harmless if it already does)
-    config.addinivalue_line("markers", "slow: takes more than ~10 s on a 2-core CPU")
-    config.addinivalue_line("markers", "subprocess: runs the `recognize` CLI in a subprocess")
-
 
 @pytest.fixture
 def blob_plugin(monkeypatch):
