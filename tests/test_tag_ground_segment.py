@@ -19,18 +19,9 @@ sys.path.insert(0, str(REPO / "plugins" / "recognize-grounding-dino" / "tests"))
 
 @pytest.fixture(scope="module")
 def tiny_grounding_dino(tmp_path_factory):
-    from gd_support import make_vocab, randomize_, tiny_config
-    from safetensors.torch import save_model
+    from gd_support import write_tiny_checkpoint
 
-    from recognize_grounding_dino.model import build_config, build_model, load_tokenizer
-
-    folder = tmp_path_factory.mktemp("gd")
-    vocab = make_vocab(folder)
-    config = tiny_config(len(load_tokenizer(vocab)))
-    model = randomize_(build_model(build_config("swint_ogc", config)), seed=0)
-    save_model(model, str(folder / "tiny.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config))
-    return {"checkpoint": str(folder / "tiny.safetensors"), "config": str(folder / "config.json"), "vocab": str(vocab)}
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("gd"))
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ image encodings: neither image encoder runs again, and no model is loaded twice.
 from __future__ import annotations
 
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -23,21 +22,15 @@ pytestmark = pytest.mark.slow
 
 def tiny_recipe(folder: Path, reference: Path) -> Path:
     """RAM fixture -> tiny Grounding DINO -> tiny SAM, with an annotated_image output."""
-    from gd_support import make_vocab, randomize_, tiny_config
-    from recognize_grounding_dino.model import build_config, build_model, load_tokenizer
-    from safetensors.torch import save_model
+    from gd_support import write_tiny_checkpoint
 
-    vocab = make_vocab(folder)
-    config = tiny_config(len(load_tokenizer(vocab)))
-    save_model(randomize_(build_model(build_config("swint_ogc", config)), seed=0), str(folder / "gd.safetensors"))
-    (folder / "gd.json").write_text(json.dumps(config))
+    gd = write_tiny_checkpoint(folder / "gd")
     ram = reference / "fixtures" / "ram"
     return write_recipe(folder, {
         "recipe": 1, "name": "tiny_tag_ground_segment", "settings": {"batch_size": 4, "device": "cpu"},
         "stages": [
             {"use": "ram", "with": {"config": str(ram / "config.json"), "checkpoint": str(ram / "checkpoint.pth")}},
-            {"use": "grounding_dino", "with": {"checkpoint": str(folder / "gd.safetensors"),
-                                               "config": str(folder / "gd.json"), "vocab": str(vocab),
+            {"use": "grounding_dino", "with": {**gd,
                                                "box_threshold": 0.2, "text_threshold": 0.1,
                                                "image_size": 160, "max_size": 240}},
             {"use": "sam", "with": {"config": {"encoder_embed_dim": 32, "encoder_depth": 1, "encoder_num_heads": 2,

@@ -83,13 +83,16 @@ def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 def official_tiny_model(tokenizer: Any, config: dict[str, Any], monkeypatch: Any) -> torch.nn.Module:
     """The official GroundingDINO module tree (rf-groundingdino) with `config`'s sizes, built
     the way `build_groundingdino` builds it, with the tokenizer and a local BERT instead of downloads."""
-    from transformers import BertConfig, BertModel
-
     import groundingdino.models.GroundingDINO.groundingdino as official
     from groundingdino.models.GroundingDINO.backbone.backbone import Joiner
-    from groundingdino.models.GroundingDINO.backbone.position_encoding import build_position_encoding
-    from groundingdino.models.GroundingDINO.backbone.swin_transformer import SwinTransformer
+    from groundingdino.models.GroundingDINO.backbone.position_encoding import (
+        build_position_encoding,
+    )
+    from groundingdino.models.GroundingDINO.backbone.swin_transformer import (
+        SwinTransformer,
+    )
     from groundingdino.models.GroundingDINO.transformer import build_transformer
+    from transformers import BertConfig, BertModel
 
     text = {k: v for k, v in config["text_config"].items() if k != "model_type"}
     monkeypatch.setattr(official.get_tokenlizer, "get_tokenlizer", lambda _name: tokenizer)
@@ -117,3 +120,20 @@ def official_tiny_model(tokenizer: Any, config: dict[str, Any], monkeypatch: Any
         text_encoder_type="bert-base-uncased", sub_sentence_present=True, max_text_len=256,
     )
     return model.eval()
+
+
+def write_tiny_checkpoint(folder: Path, seed: int = 0) -> dict[str, str]:
+    """A tiny seeded random Grounding DINO saved as a user gives one (safetensors weights, a config
+    JSON, a vocab): the `checkpoint`, `config` and `vocab` of a `grounding_dino` stage's `with:`.
+    The chain tests of the core, `serve` and the other plugins build theirs here."""
+    import json
+
+    from recognize_grounding_dino.model import build_config, build_model, load_tokenizer
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = make_vocab(folder)
+    config = tiny_config(len(load_tokenizer(vocab)))
+    save_model(randomize_(build_model(build_config("swint_ogc", config)), seed=seed), str(folder / "tiny.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config))
+    return {"checkpoint": str(folder / "tiny.safetensors"), "config": str(folder / "config.json"), "vocab": str(vocab)}

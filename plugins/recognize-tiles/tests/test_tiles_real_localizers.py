@@ -4,16 +4,15 @@ offset. The expected boxes are computed here by cutting the slices by hand."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from recognize_tiles import Tiled
 
 from recognize import Frame, Pipeline, Tag
 from recognize.images import load_image
-from recognize_tiles import Tiled
 
 PLUGINS = Path(__file__).resolve().parents[2]
 REFERENCE = PLUGINS.parent.parent / "shared" / "reference"
@@ -64,19 +63,9 @@ def assert_tiling_maps_boxes_back(localizer: dict, image: np.ndarray) -> None:
 def tiny_grounding_dino(tmp_path_factory):
     pytest.importorskip("recognize_grounding_dino")
     sys.path.insert(0, str(PLUGINS / "recognize-grounding-dino" / "tests"))
-    from gd_support import make_vocab, randomize_, tiny_config
-    from safetensors.torch import save_model
+    from gd_support import write_tiny_checkpoint
 
-    from recognize_grounding_dino.model import build_config, build_model, load_tokenizer
-
-    folder = tmp_path_factory.mktemp("gd")
-    vocab = make_vocab(folder)
-    config = tiny_config(len(load_tokenizer(vocab)))
-    model = randomize_(build_model(build_config("swint_ogc", config)), seed=0)
-    save_model(model, str(folder / "tiny.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config))
-    return {"checkpoint": str(folder / "tiny.safetensors"), "config": str(folder / "config.json"), "vocab": str(vocab),
-            "box_threshold": 0.0, "text_threshold": 0.0, "image_size": 128, "max_size": 192}
+    return {**write_tiny_checkpoint(tmp_path_factory.mktemp("gd")), "box_threshold": 0.0, "text_threshold": 0.0, "image_size": 128, "max_size": 192}
 
 
 @pytest.mark.slow
