@@ -10,6 +10,7 @@ that call them. Each check states one rule of the contract written in docs/plugi
         check_stage(lambda: MyStage(threshold=0.3), sample_frames())
 
 A failed rule is an `AssertionError` whose message says which rule and how to fix the stage.
+`run_recipe` runs a recipe through the real `recognize run` command, for end-to-end tests.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ from recognize.testing.checks import (
     check_stage,
     sample_frames,
 )
+from recognize.testing.cli import RecipeRun, run_recipe
 
 __all__ = [
     "ContractViolation",
+    "RecipeRun",
     "assert_frames_equal",
     "check_batch_independence",
     "check_frames",
     "check_output",
     "check_params",
     "check_stage",
+    "run_recipe",
     "sample_frames",
 ]

@@ -4,13 +4,13 @@ classes: the RAM fixture in the official format, a tiny Grounding DINO, a tiny S
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from sam2_support import REFERENCE, TINY_CONFIG
+
+from recognize.testing import run_recipe
 
 PLUGINS = Path(__file__).resolve().parents[2]
 
@@ -31,8 +31,7 @@ def test_tag_ground_segment_sam2_cli(tmp_path, tiny_grounding_dino):
     photo = REFERENCE / "data" / "images" / "demo" / "demo4.jpg"
     if not (ram / "checkpoint.pth").is_file() or not photo.is_file():
         pytest.skip(f"reference fixtures not found under {REFERENCE}")
-    recipe = tmp_path / "tgs2.yaml"
-    recipe.write_text(json.dumps({  # JSON is YAML
+    run = run_recipe({
         "recipe": 1,
         "settings": {"batch_size": 1, "device": "cpu"},
         "stages": [
@@ -42,16 +41,11 @@ def test_tag_ground_segment_sam2_cli(tmp_path, tiny_grounding_dino):
             {"use": "sam2", "with": {"config": TINY_CONFIG, "weights": "random"}},
         ],
         "outputs": [{"use": "coco"}],
-    }))
-    out = tmp_path / "out"
-    env = dict(os.environ, RECOGNIZE_HOME=str(tmp_path / "home"), RECOGNIZE_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-m", "recognize", "run", str(recipe), str(photo), "-o", str(out), "-q"],
-                            capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, result.stderr
+    }, [photo], tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    out = run.out_dir
 
-    from recognize import Frame
-
-    frame = Frame.from_json((out / "frames" / "demo4.jpg.json").read_text())
+    frame = run.frame("demo4.jpg")
     assert frame.tags and frame.regions
     zh = {t.name: t.name_zh for t in frame.tags}
     for region in frame.regions:
