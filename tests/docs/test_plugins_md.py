@@ -107,6 +107,6 @@ def test_every_example_and_the_tutorial_run(scratch):
     assert "recognize-blur-check 0.1.0 (installed)" in text and "stages: blur_check" in text
     assert "blurry" in text and "threshold" in text
     assert "did you mean 'threshold'" in text and "exit code 2" in text
-    assert "3 passed" in text  # the tutorial package's own tests
+    assert "4 passed" in text  # the tutorial package's own tests
     assert "1\tsharp" in text and "1\tblurry" in text  # the count-tags command over the run's JSON
     assert (work / "out" / "frames" / "sharp.png.json").is_file() and (work / "py-out" / "summary.json").is_file()
