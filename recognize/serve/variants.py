@@ -47,10 +47,11 @@ def check_override(override: str) -> None:
                           "by the server's recipe")
 
 
-def check_not_nested(override: str, recipe: Recipe) -> None:
-    """Refuse an override of a nested stage (region_confirm's `tagger` / `tagger_with`, tiled's
-    `localizer`): its name-checked parameters would let a request pick weights, files or
-    hardware one level down (`tagger_with={checkpoint: /etc/passwd}`), or load another model."""
+def check_settable(override: str, recipe: Recipe) -> None:
+    """Refuse an override of anything but a number that tunes the result (`settable_numbers`): by
+    type, not by name, so a nested stage spec (region_confirm's `tagger_with`, tiled's `localizer`),
+    a choice of model, a string or a plugin's own path-like parameter can never be set by a request,
+    whatever it is called (`tagger_with={checkpoint: /etc/passwd}` would load a server-side path)."""
     from recognize import plugins
 
     key = override.partition("=")[0].strip()
@@ -61,12 +62,10 @@ def check_not_nested(override: str, recipe: Recipe) -> None:
     specs = recipe.stages if section == "stages" else recipe.outputs
     if index >= len(specs):
         return
-    spec = specs[index]
-    params = plugins.get_stage(spec.use).Params.model_validate(spec.with_)
-    nested = {part for field, (name_field, _) in params.nested_stages().items() for part in (field, name_field)}
-    if name in nested or isinstance(spec.with_.get(name), dict):
-        raise RecipeError(f"set {key}: {name!r} selects a stage or its parameters and is fixed by the server's "
-                          "recipe; set numbers of the stages themselves")
+    settable = [number["name"] for number in settable_numbers(plugins.get_stage(specs[index].use))]
+    if name not in settable:
+        raise RecipeError(f"set {key}: {name!r} is fixed by the server's recipe; a request sets only the numbers "
+                          f"that tune results ({', '.join(settable) or 'none for this stage'})")
 
 
 def spec_key(spec: StageSpec, device: str | None) -> str:
@@ -117,7 +116,7 @@ class Variants:
         settings = [f"settings.device={self.device_override}"] if self.device_override else []
         recipe = parse_recipe(self.text, source=self.source, overrides=[*settings, *key])
         for override in key:
-            check_not_nested(override, recipe)
+            check_settable(override, recipe)
         device = recipe.settings.device
         with self._lock:
             stages = [self._stage(spec, device) for spec in recipe.stages]
@@ -153,7 +152,7 @@ class Variants:
         for i, (spec, stage) in enumerate(zip(base.recipe.stages, base.pipeline.stages, strict=True)):
             stages.append({"index": i, "use": spec.use, "kind": stage.kind, "scope": stage.scope,
                            "with": _redacted(spec.with_), "params": _redacted(stage.params.model_dump(mode="json")),
-                           "settable": _settable_numbers(type(stage))})
+                           "settable": settable_numbers(type(stage))})
         outputs = [{"index": i, "use": spec.use, "with": _redacted(spec.with_)}
                    for i, spec in enumerate(base.recipe.outputs)]
         registry = plugins.stages()
@@ -168,8 +167,9 @@ def _redacted(params: dict) -> dict:
             for k, v in params.items()}
 
 
-def _settable_numbers(cls: type[Stage]) -> list[dict]:
-    """Numeric parameters a request may set, with their bounds (the page draws sliders for these)."""
+def settable_numbers(cls: type[Stage]) -> list[dict]:
+    """The parameters a request may set: the stage's numbers, with their bounds (the page draws a
+    slider for each), except those that size the work or pick weights or hardware (`_FIXED`)."""
     schema = cls.Params.model_json_schema()
     out = []
     for name, prop in schema.get("properties", {}).items():

@@ -73,3 +73,14 @@ def test_nested_stage_specs_cannot_be_overridden(tmp_path, test_stages, override
     with pytest.raises(RecipeError, match="fixed by the server's recipe"):
         variants.get([override])
     assert variants.get(["stages.2.with.threshold=0.2"]).stages[2].params.threshold == 0.2
+
+
+def test_only_numbers_are_settable_whatever_a_parameter_is_called(tmp_path, test_stages) -> None:
+    recipe = {**TEST_RECIPE, "stages": [{"use": "brightness"}, {"use": "center_box"},
+                                        {"use": "region_confirm", "with": {"tagger": "ram"}}]}
+    variants = Variants(write_recipe(tmp_path, recipe))
+    # a choice (a string) passes the name check but is not a number that tunes results
+    check_override("stages.2.with.drop_tags=unconfirmed")
+    with pytest.raises(RecipeError, match="'drop_tags' is fixed by the server's recipe"):
+        variants.get(["stages.2.with.drop_tags=unconfirmed"])
+    assert variants.get(["stages.2.with.padding=0.2"]).stages[2].params.padding == 0.2
