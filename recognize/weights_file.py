@@ -166,3 +166,16 @@ def strict_mismatch(own: Mapping[str, Any], state: Mapping[str, Any], limit: int
     if reshaped:
         problems.append(f"{len(reshaped)} keys of another shape ({listing(reshaped)})")
     return problems
+
+
+def load_strictly(module: Any, state: Mapping[str, Any], path: str | os.PathLike[str], expected: str,
+                  looks_like: str | None = None) -> Any:
+    """Load `state` into `module` with no missing, unexpected or reshaped key, else one
+    `ModelFileError` naming the file, what it should have been (`expected`) and, when known, what it
+    looks like instead (`looks_like`, e.g. "a SAM vit_b"). Returns `module`."""
+    problems = strict_mismatch(module.state_dict(), state)
+    if problems:
+        hint = f"; it looks like {looks_like} checkpoint" if looks_like else ""
+        raise ModelFileError(f"{path} does not fit {expected}: {'; '.join(problems)}{hint}")
+    module.load_state_dict(state, strict=True)
+    return module

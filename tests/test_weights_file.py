@@ -117,3 +117,21 @@ def test_every_loader_says_what_a_text_file_is(tmp_path):
         with pytest.raises(ModelFileError) as info:
             load(path)
         assert "a text file (14 bytes) starting '404: Not Found'" in str(info.value), load
+
+
+def test_load_strictly_loads_a_fitting_state_and_names_the_misfit_in_one_line(tmp_path):
+    import torch
+
+    from recognize.errors import ModelFileError
+    from recognize.weights_file import load_strictly
+
+    module = torch.nn.Linear(3, 2)
+    state = {"weight": torch.ones(2, 3), "bias": torch.zeros(2)}
+    assert load_strictly(module, state, tmp_path / "w.pt", "a 3->2 layer") is module
+    assert torch.equal(module.weight, torch.ones(2, 3))
+    with pytest.raises(ModelFileError) as error:
+        load_strictly(module, {"weight": torch.ones(4, 3)}, tmp_path / "w.pt", "a 3->2 layer", looks_like="a 3->4")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'w.pt'} does not fit a 3->2 layer: ")
+    assert "1 missing keys (bias)" in message and "1 keys of another shape (weight)" in message
+    assert message.endswith("; it looks like a 3->4 checkpoint")

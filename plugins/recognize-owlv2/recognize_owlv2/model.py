@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from recognize.errors import ModelFileError
-from recognize.weights_file import read_weights, strict_mismatch
+from recognize.weights_file import load_strictly, read_weights
 
 #: The released architectures (the config.json of each hub repository); the ensemble and
 #: self-trained base checkpoints share one architecture.
@@ -83,11 +83,4 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, expected: str = "O
     """Load a released OWLv2 checkpoint into `model`: no missing, unexpected or reshaped keys."""
     path = Path(path)
     state = _read_state(path)
-    own = model.state_dict()
-    problems = strict_mismatch(own, state)
-    if problems:
-        found = describe_checkpoint(state)
-        hint = f"; it looks like {found} checkpoint" if found else ""
-        raise ModelFileError(f"{path} does not fit {expected}: {'; '.join(problems)}{hint}")
-    model.load_state_dict(state, strict=True)
-    return model
+    return load_strictly(model, state, path, expected, looks_like=describe_checkpoint(state))

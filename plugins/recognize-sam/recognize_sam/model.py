@@ -57,7 +57,7 @@ def _variant_of(state: dict[str, torch.Tensor]) -> str | None:
 
 def load_checkpoint(sam: SamModel, path: str | Path, expected: str = "SAM") -> SamModel:
     """Load an official SAM state dict into `sam`: safe unpickling, no missing/unexpected/reshaped keys."""
-    from recognize.weights_file import read_weights, strict_mismatch
+    from recognize.weights_file import load_strictly, read_weights
 
     path = Path(path)
     if not path.exists():
@@ -65,12 +65,6 @@ def load_checkpoint(sam: SamModel, path: str | Path, expected: str = "SAM") -> S
     state = read_weights(path, "SAM checkpoint", mmap=False)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(f"{path}: not a SAM checkpoint (expected a state dict of tensors)")
-
-    own = sam.state_dict()
-    problems = strict_mismatch(own, state)
-    if problems:
-        variant = _variant_of(state)
-        hint = f"; it looks like a {variant} checkpoint" if variant and variant != expected else ""
-        raise ModelFileError(f"{path} does not fit SAM {expected}: {'; '.join(problems)}{hint}")
-    sam.load_state_dict(state, strict=True)
-    return sam
+    variant = _variant_of(state)
+    return load_strictly(sam, state, path, f"SAM {expected}",
+                         looks_like=f"a {variant}" if variant and variant != expected else None)

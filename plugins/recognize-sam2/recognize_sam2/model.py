@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from recognize.errors import ModelFileError
-from recognize.weights_file import read_weights, strict_mismatch
+from recognize.weights_file import load_strictly, read_weights
 from recognize_sam2.cards import VARIANTS, config_name
 from recognize_sam2.config import Sam2Config
 
@@ -86,11 +86,5 @@ def load_checkpoint(sam: torch.nn.Module, path: str | Path, expected: str = "SAM
     """Load an official SAM 2 checkpoint into `sam`: safe unpickling, no missing/unexpected/reshaped keys."""
     path = Path(path)
     state = _read_state(path)
-    own = sam.state_dict()
-    problems = strict_mismatch(own, state)
-    if problems:
-        found = describe_checkpoint(state)
-        hint = f"; it looks like a {found} checkpoint" if found and found != expected else ""
-        raise ModelFileError(f"{path} does not fit {expected}: {'; '.join(problems)}{hint}")
-    sam.load_state_dict(state, strict=True)
-    return sam
+    found = describe_checkpoint(state)
+    return load_strictly(sam, state, path, expected, looks_like=f"a {found}" if found and found != expected else None)
