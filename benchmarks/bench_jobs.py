@@ -18,15 +18,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
-from bench_models import BOXES, LOCALIZERS, SEGMENTERS, TAGS, Kit, boxes_for
-from pydantic import Field
+from bench_models import LOCALIZERS, SEGMENTERS, TAGS, Kit, boxes_for
 
 from recognize.frame import Frame, Region, Tag
-from recognize.stage import Stage, StageParams
+from recognize.stage import Stage
 
 #: Recipe thresholds: random weights give meaningless scores, so everything passes and the cap of
 #: `Kit.boxes` regions per image gives our pipeline and the baseline the same amount of SAM work.
@@ -50,21 +49,6 @@ def memory_mb() -> dict[str, float]:
 
 def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
-
-
-class TopRegions(Stage):
-    """Keeps each frame's `k` best-scoring regions (the benchmark's cap on SAM's work)."""
-
-    name: ClassVar[str] = "bench_top_regions"
-    kind: ClassVar = "filter"
-
-    class Params(StageParams):
-        k: int = Field(BOXES, ge=0)
-
-    def process(self, frames: list[Frame]) -> list[Frame]:
-        for frame in frames:
-            frame.regions = sorted(frame.regions, key=lambda r: -(r.score or 0.0))[: self.params.k]
-        return frames
 
 
 def make_stage(kit: Kit, stage: str, **params: Any) -> Stage:
@@ -217,14 +201,15 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
 
 
 def recipe_ours(kit: Kit, folder: Path) -> dict[str, Any]:
-    """ram_plus -> grounding_dino -> (top regions) -> sam as one Pipeline over the folder, batch 4."""
+    """ram_plus -> grounding_dino (its `max_regions` cap) -> sam as one Pipeline over the folder, batch 4."""
     from recognize.pipeline import Pipeline
 
     reset_peak()
     pipeline = Pipeline(
         [make_stage(kit, "ram_plus", include=list(TAGS), threshold=0.0),
-         make_stage(kit, "grounding_dino", box_threshold=RECIPE_BOX_THRESHOLD, text_threshold=RECIPE_TEXT_THRESHOLD),
-         TopRegions(k=kit.boxes), make_stage(kit, "sam")],
+         make_stage(kit, "grounding_dino", box_threshold=RECIPE_BOX_THRESHOLD, text_threshold=RECIPE_TEXT_THRESHOLD,
+                    max_regions=kit.boxes),
+         make_stage(kit, "sam")],
         batch_size=4, device="cpu", name="tag_ground_segment")
     load_s = _timed(pipeline.load)
     start = time.perf_counter()
