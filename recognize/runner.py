@@ -213,19 +213,35 @@ def _folder_error(out: Path, exc: OSError, doing: str) -> RecognizeError:
     return InputError(f"{out}: cannot {doing}: {reason} (choose another -o folder)")
 
 
-def prepare_output_folder(out: Path) -> None:
-    """Create OUT and prove it is a writable folder, before any model is loaded."""
+def prepare_output_folder(out: Path) -> list[Path]:
+    """Create OUT and prove it is a writable folder, before any model is loaded. Returns the
+    folders it created (OUT and its missing parents, deepest first), for `remove_if_empty`."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: -o must be a folder, and this is a file (choose another -o)")
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    state = out / STATE_DIR
+    state_created = not state.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _folder_error(out, exc, "create the output folder") from None
     try:
-        write_text(out / STATE_DIR / "write-test", "ok\n")
-        (out / STATE_DIR / "write-test").unlink()
+        write_text(state / "write-test", "ok\n")
+        (state / "write-test").unlink()
+        if state_created:
+            state.rmdir()  # the probe leaves nothing behind
     except OSError as exc:
         raise _folder_error(out, exc, "write into the output folder") from None
+    return created
+
+
+def remove_if_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders a run created when it failed before writing anything into them."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            return
 
 
 def check_output_layout(outputs: Sequence[OutputStage]) -> None:
@@ -419,7 +435,7 @@ def run_to_folder(
         raise InputError(f"{out}: -o must be a folder, and this is a file (choose another -o)")
     items = expand_inputs(inputs, exclude=out)
     check_claims((Frame(source=str(path), name=name) for path, name in items), outputs, out)
-    prepare_output_folder(out)
+    created = prepare_output_folder(out)
 
     recipe = recipe_of(pipeline)
     recipe_id = fingerprint(recipe)
@@ -454,7 +470,11 @@ def run_to_folder(
             todo.append((path, name))
 
     if todo:
-        engine.load(pipeline, timer)  # missing weights fail now, in one line, before any image is touched
+        try:
+            engine.load(pipeline, timer)  # missing weights fail now, in one line, before any image is touched
+        except BaseException:
+            remove_if_empty(created)  # a run that could not start leaves no empty -o folder behind
+            raise
     if manifest_needed:
         try:
             write_manifest(pipeline, recipe, out)

@@ -176,6 +176,7 @@ def test_missing_manifest_refuses_and_failed_start_does_not_block(tmp_path, cach
     fresh = tmp_path / "fresh"
     failed = recognize("run", weights, tmp_path / "in", "-o", fresh, "-q")
     assert failed.returncode == 3 and "Traceback" not in failed.stderr, failed.stderr
+    assert not fresh.exists()  # a run that could not start leaves no folder behind
     fixed = recognize("run", recipe, tmp_path / "in", "-o", fresh, "-q")
     assert fixed.returncode == 0 and "1 processed" in fixed.stderr, fixed.stderr
 
