@@ -31,7 +31,7 @@ from typing import Any
 
 from recognize.engines.base import FrameResult, RunStopped, describe_error
 from recognize.engines.batches import run_batch
-from recognize.engines.timing import DECODE, LOAD, StageTimer
+from recognize.engines.timing import DECODE, LOAD, STARTUP, StageTimer
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
 from recognize.prefetch import decode
@@ -72,20 +72,16 @@ class StageActor:
 
     def _load(self, specs: list[dict[str, Any]]) -> None:
         try:
-            with self.load_timer.phase(LOAD):
+            with self.load_timer.phase(STARTUP):  # the worker's imports: torch, the stages' plugins
                 self._use_threads()
                 self.stages = build_stages(specs)
+            with self.load_timer.phase(LOAD):
                 for stage in self.stages:
                     stage.ensure_loaded()
         except BaseException as exc:  # noqa: BLE001 - raised again by each call, on the driver
             self.load_error = exc
         finally:
             self.loaded.set()
-
-    def ready(self) -> bool:
-        """Blocks until the models are loaded (for callers that want to wait for the pool)."""
-        self.loaded.wait()
-        return self.load_error is None
 
     def run(self, texts: list[str]) -> dict[str, Any]:
         """One batch (frames as JSON) through the stages: each frame's JSON and error, the batch's
