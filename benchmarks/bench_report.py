@@ -109,9 +109,9 @@ def engine_table(results: dict[str, Any]) -> list[str]:
         ]) + " |")
     walls = {key: r["wall"] for key, r in engines.items() if isinstance(r, dict) and r.get("wall")}
     if walls:
-        rows += ["", "Where the median runs' wall time went (`summary.json` `wall`; a Ray worker's load, decode and "
-                 "stage seconds are its own, so they may overlap each other):", ""]
-        names = [name for name in next(iter(walls.values()))]
+        rows += ["", ("Where the median runs' wall time went (`summary.json` `wall`; a Ray worker's start-up, load, "
+                      "decode and stage seconds are its own, so they may overlap each other):"), ""]
+        names = list(next(iter(walls.values())))
         rows += ["| engine | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         rows += ["| " + key + " | " + " | ".join(_num(wall.get(name)) for name in names) + " |"
                  for key, wall in walls.items()]

@@ -20,7 +20,6 @@ Stage and load seconds in the timings are summed over workers.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
