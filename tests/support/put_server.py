@@ -14,7 +14,8 @@ from pathlib import Path
 
 class PutHandler(http.server.SimpleHTTPRequestHandler):
     """GET/HEAD from `directory` (SimpleHTTPRequestHandler); PUT stores the body (plain or chunked)
-    at the path, replacing the file whole; a folder that is read-only answers 403."""
+    at the path, replacing the file whole, and logs the path in `server.puts`; a path containing
+    `refuse` answers 403 (an upload the server denies)."""
 
     def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
         target = Path(self.translate_path(self.path))
@@ -29,14 +30,14 @@ class PutHandler(http.server.SimpleHTTPRequestHandler):
                 self.rfile.readline()
         else:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_name(f".{target.name}.upload")
-            part.write_bytes(bytes(body))
-            os.replace(part, target)
-        except OSError:
-            self.send_error(403, "cannot store this path")
+        if "refuse" in self.path:
+            self.send_error(403, "uploads under this name are forbidden")
             return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(f".{target.name}.upload")
+        part.write_bytes(bytes(body))
+        os.replace(part, target)
+        self.server.puts.append(self.path)  # type: ignore[attr-defined]
         self.send_response(201)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -46,14 +47,17 @@ class PutHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def put_server(root: Path) -> Iterator[str]:
-    """Serve `root` on 127.0.0.1; yields the base URL."""
+def put_server(root: Path) -> Iterator[http.server.ThreadingHTTPServer]:
+    """Serve `root` on 127.0.0.1; yields the server, with `.url` (its base URL) and `.puts` (the
+    paths PUT so far, in order)."""
     handler = functools.partial(PutHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    server.puts = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield server
     finally:
         server.shutdown()
         server.server_close()
