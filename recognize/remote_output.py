@@ -200,15 +200,25 @@ class RemoteFolder:
         return [str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries]
 
     def remove(self, relatives: list[str]) -> None:
-        """Delete objects (missing ones are fine)."""
+        """Delete objects (missing ones are fine); a name that is a folder goes with all it holds
+        (an output's own folder, such as YOLO's `labels/`)."""
         if not relatives:
             return
-        paths = [self.path(relative) for relative in relatives]
-        with self._talking("delete", relatives[0] if len(relatives) == 1 else f"{relatives[0]} (and more)"):
+        where = relatives[0] if len(relatives) == 1 else f"{relatives[0]} (and {len(relatives) - 1} more)"
+        with self._talking("delete", where):
             try:
-                existing = [path for path in paths if self.fs.exists(path)]
-                if existing:
-                    self.fs.rm(existing)
+                files, folders = [], []
+                for relative in relatives:
+                    path = self.path(relative)
+                    if self.fs.isdir(path):
+                        folders.append(path)
+                    elif self.fs.exists(path):
+                        files.append(path)
+                for folder in folders:
+                    self.fs.rm(folder, recursive=True)
+                files = [path for path in files if not any(path.startswith(f"{folder}/") for folder in folders)]
+                if files:
+                    self.fs.rm(files)
             except NotImplementedError:
                 raise InputError(f"-o {self.url}: this filesystem cannot delete files, so --overwrite cannot "
                                  "remove the earlier run's files; delete them on the server, or choose another -o"
@@ -232,11 +242,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _backend_package(scheme: str) -> str:
-    """The package that gives fsspec this scheme (`s3` -> `s3fs`), from fsspec's own registry."""
+    """What to pip install for this scheme (`s3` -> `s3fs`), from fsspec's own registry."""
     from fsspec.registry import known_implementations
 
     spec = known_implementations.get(scheme) or {}
-    return str(spec.get("class", "")).split(".", 1)[0] or f"an fsspec backend for {scheme}://"
+    package = str(spec.get("class", "")).split(".", 1)[0]
+    if package == "fsspec":  # built into fsspec, needing an extra (http: aiohttp)
+        return '"fsspec[http]"' if scheme in ("http", "https") else f'"fsspec[{scheme}]"'
+    return package or f"an fsspec backend for {scheme}://"
 
 
 def _records(journal: bytes) -> dict[str, dict[str, Any]]:
@@ -360,8 +373,7 @@ def _owned_files(manifest: dict[str, Any] | None, records: dict[str, dict[str, A
         try:
             from recognize import plugins
 
-            stage = plugins.get_stage(entry["use"])(**(entry.get("with") or {}))
-            names = [name for name in stage.run_files() if name != getattr(stage.params, "folder", None)]
+            names = plugins.get_stage(entry["use"])(**(entry.get("with") or {})).run_files()
         except Exception:  # noqa: BLE001 - a plugin no longer installed: its files stay
             continue
         owned.update(dict.fromkeys(names))
