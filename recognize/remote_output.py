@@ -169,9 +169,9 @@ class RemoteFolder:
             return
         if self.local:  # fsspec's local put copies in place: a reader could see half a file
             for source, relative in files:
-                with self._talking("write", relative):
-                    with source.open("rb") as handle, atomic_write(self.path(relative), "wb") as target:
-                        shutil.copyfileobj(handle, target, 1 << 20)
+                with self._talking("write", relative), source.open("rb") as handle, \
+                        atomic_write(self.path(relative), "wb") as target:
+                    shutil.copyfileobj(handle, target, 1 << 20)
             return
         where = files[0][1] if len(files) == 1 else f"{files[0][1]} (and {len(files) - 1} more)"
         with self._talking("upload", where):
@@ -374,7 +374,7 @@ def _owned_files(manifest: dict[str, Any] | None, records: dict[str, dict[str, A
             from recognize import plugins
 
             names = plugins.get_stage(entry["use"])(**(entry.get("with") or {})).run_files()
-        except Exception:  # noqa: BLE001 - a plugin no longer installed: its files stay
+        except Exception:  # noqa: BLE001, S112 - a plugin no longer installed: its files stay
             continue
         owned.update(dict.fromkeys(names))
     owned.update(dict.fromkeys([SUMMARY_FILE, MANIFEST_FILE]))
@@ -382,7 +382,7 @@ def _owned_files(manifest: dict[str, Any] | None, records: dict[str, dict[str, A
 
 
 def _prepare_staging(remote: RemoteFolder, staging: Path, segments: list[tuple[str, bytes]],
-                     recipe_id: str) -> tuple[int, list[str]]:
+                     records: dict[str, dict[str, Any]], recipe_id: str) -> tuple[int, list[str]]:
     """Make the staging folder hold the remote run's state; returns (synced journal bytes, segment hashes)."""
     hashes = [hashlib.sha256(data).hexdigest() for _, data in segments]
     synced = sum(len(data) for _, data in segments)
@@ -401,7 +401,7 @@ def _prepare_staging(remote: RemoteFolder, staging: Path, segments: list[tuple[s
         for _, data in segments:
             handle.write(data)
     needed: dict[str, None] = {}
-    for record in _records(b"".join(data for _, data in segments)).values():
+    for record in records.values():
         if record.get("recipe") == recipe_id and not record.get("error"):
             needed.update(dict.fromkeys(_data_of(record)))
     for relative in needed:  # missing ones are simply redone by the run
@@ -446,12 +446,12 @@ def run_to_url(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], url
         records = _records(b"".join(data for _, data in segments))
         if overwrite:
             remote.remove(_owned_files(manifest, records) + [name for name, _ in segments])
-            segments, manifest = [], None
+            segments, records, manifest = [], {}, None
             if staging.exists():
                 shutil.rmtree(staging)
         else:
             _check_remote(remote.url, recipe, manifest, records, [] if records else remote.names())
-        synced, hashes = _prepare_staging(remote, staging, segments, recipe_id)
+        synced, hashes = _prepare_staging(remote, staging, segments, records, recipe_id)
         if manifest is None or manifest.get("pipeline") != recipe:
             write_manifest(pipeline, recipe, staging)
             remote.upload([(staging / MANIFEST_FILE, MANIFEST_FILE)])

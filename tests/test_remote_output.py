@@ -247,3 +247,17 @@ def test_an_upload_the_server_refuses_stops_the_run_in_one_line(stages, images, 
     named = [json.loads(line)["name"] for p in (server.root / "run" / ".recognize" / "done").iterdir()
              for line in p.read_text().splitlines()]
     assert "refuse.png" not in named and set(named) <= set(NAMES)  # the journal names only uploaded files
+
+
+def test_a_url_the_server_will_not_store_is_refused_before_any_image(stages, images, home, server):
+    with pytest.raises(InputError, match=r"/refused/run/manifest.json: cannot upload \(ClientResponseError: 403"):
+        run_to_output(pipeline(stages), [images], f"{server.url}/refused/run", quiet=True)
+    assert not (server.root / "refused").exists() and not list(home.rglob("part-*.jsonl"))
+
+
+def test_a_bad_sync_interval_is_a_setting_error(stages, images, home, server, monkeypatch):
+    from recognize.errors import SettingError
+
+    monkeypatch.setenv("RECOGNIZE_SYNC_SECONDS", "soon")
+    with pytest.raises(SettingError, match="RECOGNIZE_SYNC_SECONDS=soon"):
+        run_to_output(pipeline(stages), [images], f"{server.url}/run", quiet=True)

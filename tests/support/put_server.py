@@ -17,7 +17,7 @@ class PutHandler(http.server.SimpleHTTPRequestHandler):
     at the path, replacing the file whole, and logs the path in `server.puts`; a path containing
     `refuse` answers 403 (an upload the server denies)."""
 
-    def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+    def do_PUT(self) -> None:
         target = Path(self.translate_path(self.path))
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body = bytearray()
