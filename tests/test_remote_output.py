@@ -261,3 +261,29 @@ def test_a_bad_sync_interval_is_a_setting_error(stages, images, home, server, mo
     monkeypatch.setenv("RECOGNIZE_SYNC_SECONDS", "soon")
     with pytest.raises(SettingError, match="RECOGNIZE_SYNC_SECONDS=soon"):
         run_to_output(pipeline(stages), [images], f"{server.url}/run", quiet=True)
+
+
+@pytest.mark.slow
+def test_the_ray_engine_writes_to_a_url_like_the_local_one(stages, images, home, server, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    from clihelp import SUPPORT
+
+    from recognize.engines.ray_engine import RayEngine
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RECOGNIZE_PLUGINS": "teststages", "PYTHONPATH": os.environ["PYTHONPATH"]}})
+    try:
+        def run():
+            return Pipeline([stages.Brightness(), stages.CenterBox(), stages.CountDataset()],
+                            [plugins.get_stage("shards")(frames_per_shard=2), plugins.get_stage("coco")()],
+                            batch_size=2)
+
+        run_to_folder(run(), [images], tmp_path / "local", quiet=True)
+        summary = run_to_output(run(), [images], f"{server.url}/ray", quiet=True, engine=RayEngine(num_workers=2))
+    finally:
+        ray.shutdown()
+    assert (summary.processed, summary.engine) == (5, "ray")
+    remote = server.root / "ray"
+    assert json.loads((remote / "coco.json").read_text()) == json.loads((tmp_path / "local" / "coco.json").read_text())
+    assert [f.to_json() for f in read_shards(remote)] == [f.to_json() for f in read_shards(tmp_path / "local")]
