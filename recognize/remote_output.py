@@ -39,6 +39,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -252,17 +253,42 @@ def _backend_package(scheme: str) -> str:
     return package or f"an fsspec backend for {scheme}://"
 
 
-def _records(journal: bytes) -> dict[str, dict[str, Any]]:
-    """The journal's last record per image name (as `DoneJournal.read`)."""
-    records: dict[str, dict[str, Any]] = {}
-    for line in journal.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("name"), str):
-            records[record["name"]] = record
-    return records
+@dataclass
+class RemoteJournal:
+    """The remote done journal, read segment by segment into a local file (never whole in memory)."""
+
+    path: Path  # the segments, concatenated, on this machine's disk
+    hashes: list[str] = field(default_factory=list)  # sha256 of each segment, in order
+    size: int = 0
+    images: int = 0  # lines that name an image
+    data: dict[str, None] = field(default_factory=dict)  # every file a line names (what --overwrite deletes)
+    ours: dict[str, None] = field(default_factory=dict)  # files of this recipe's finished images
+
+    @classmethod
+    def download(cls, remote: RemoteFolder, path: Path, recipe_id: str) -> RemoteJournal:
+        journal = cls(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            for _, segment in remote.segments():
+                handle.write(segment)
+                journal.hashes.append(hashlib.sha256(segment).hexdigest())
+                journal.size += len(segment)
+                for line in segment.splitlines():
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+                        continue
+                    journal.images += 1
+                    named = dict.fromkeys(_data_of(record))
+                    journal.data.update(named)
+                    if record.get("recipe") == recipe_id and not record.get("error"):
+                        journal.ours.update(named)
+        return journal
+
+    def segment_names(self) -> list[str]:
+        return [segment_name(number) for number in range(len(self.hashes))]
 
 
 def _data_of(record: dict[str, Any]) -> list[str]:
@@ -349,10 +375,10 @@ def _read_staging_state(staging: Path) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
-def _check_remote(url: str, recipe: dict[str, Any], manifest: dict[str, Any] | None,
-                  records: dict[str, dict[str, Any]], names: list[str]) -> None:
+def _check_remote(url: str, recipe: dict[str, Any], manifest: dict[str, Any] | None, images: int,
+                  names: list[str]) -> None:
     """`recognize.runner.check_manifest`'s refusals for a remote OUT (messages name the URL)."""
-    has_results = bool(records) or bool(set(names) - {MANIFEST_FILE, SUMMARY_FILE, STATE_DIR, PARTIAL_DIR})
+    has_results = images > 0 or bool(set(names) - {MANIFEST_FILE, SUMMARY_FILE, STATE_DIR, PARTIAL_DIR})
     if not has_results:
         return
     if manifest is None:
@@ -363,12 +389,10 @@ def _check_remote(url: str, recipe: dict[str, Any], manifest: dict[str, Any] | N
                          "use --overwrite to redo them, or another -o")
 
 
-def _owned_files(manifest: dict[str, Any] | None, records: dict[str, dict[str, Any]]) -> list[str]:
-    """The remote files an earlier run owns (what `--overwrite` deletes): what its journal names and
-    the dataset files its manifest's outputs write."""
-    owned: dict[str, None] = {}
-    for record in records.values():
-        owned.update(dict.fromkeys(_data_of(record)))
+def _owned_files(manifest: dict[str, Any] | None, journal: RemoteJournal) -> list[str]:
+    """The remote files an earlier run owns (what `--overwrite` deletes): what its journal names, the
+    dataset files its manifest's outputs write, and the journal itself."""
+    owned: dict[str, None] = dict(journal.data)
     for entry in (manifest or {}).get("pipeline", {}).get("outputs", []) if isinstance(manifest, dict) else []:
         try:
             from recognize import plugins
@@ -377,37 +401,28 @@ def _owned_files(manifest: dict[str, Any] | None, records: dict[str, dict[str, A
         except Exception:  # noqa: BLE001, S112 - a plugin no longer installed: its files stay
             continue
         owned.update(dict.fromkeys(names))
-    owned.update(dict.fromkeys([SUMMARY_FILE, MANIFEST_FILE]))
+    owned.update(dict.fromkeys([SUMMARY_FILE, *journal.segment_names(), MANIFEST_FILE]))
     return list(owned)
 
 
-def _prepare_staging(remote: RemoteFolder, staging: Path, segments: list[tuple[str, bytes]],
-                     records: dict[str, dict[str, Any]], recipe_id: str) -> tuple[int, list[str]]:
-    """Make the staging folder hold the remote run's state; returns (synced journal bytes, segment hashes)."""
-    hashes = [hashlib.sha256(data).hexdigest() for _, data in segments]
-    synced = sum(len(data) for _, data in segments)
-    journal = staging / STATE_DIR / DONE_FILE
+def _prepare_staging(remote: RemoteFolder, staging: Path, journal: RemoteJournal) -> None:
+    """Make the staging folder hold the remote run's state (see the module doc)."""
+    local = staging / STATE_DIR / DONE_FILE
     state = _read_staging_state(staging)
-    current = (state.get("url") == remote.url and state.get("segments") == hashes and state.get("synced") == synced
-               and journal.is_file() and journal.stat().st_size >= synced)
+    current = (state.get("url") == remote.url and state.get("segments") == journal.hashes
+               and state.get("synced") == journal.size and local.is_file() and local.stat().st_size >= journal.size)
     if current:  # this machine's earlier run: its files are here; lines never uploaded are redone
-        with journal.open("r+b") as handle:
-            handle.truncate(synced)
-        return synced, hashes
+        with local.open("r+b") as handle:
+            handle.truncate(journal.size)
+        journal.path.unlink(missing_ok=True)
+        return
     if staging.exists():
         shutil.rmtree(staging)
     (staging / STATE_DIR).mkdir(parents=True)
-    with atomic_write(journal, "wb") as handle:
-        for _, data in segments:
-            handle.write(data)
-    needed: dict[str, None] = {}
-    for record in records.values():
-        if record.get("recipe") == recipe_id and not record.get("error"):
-            needed.update(dict.fromkeys(_data_of(record)))
-    for relative in needed:  # missing ones are simply redone by the run
+    os.replace(journal.path, local)
+    for relative in journal.ours:  # missing ones are simply redone by the run
         remote.download(relative, staging / relative)
-    save_staging_state(staging, remote.url, hashes, synced)
-    return synced, hashes
+    save_staging_state(staging, remote.url, journal.hashes, journal.size)
 
 
 def _finished_outputs(pipeline: Pipeline, staging: Path, since_ns: int) -> list[tuple[Path, str]]:
@@ -434,6 +449,7 @@ def run_to_url(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], url
     interval = sync_seconds()
     recipe = recipe_of(pipeline)
     recipe_id = fingerprint(recipe)
+    download = staging.with_name(f"{staging.name}.journal.part")
     try:  # before the run: a URL that cannot be used is bad input (exit 2), as a local -o
         manifest_bytes = remote.read(MANIFEST_FILE)
         try:
@@ -442,16 +458,16 @@ def run_to_url(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], url
             manifest = None
         if not (isinstance(manifest, dict) and isinstance(manifest.get("pipeline"), dict)):
             manifest = None
-        segments = list(remote.segments())
-        records = _records(b"".join(data for _, data in segments))
+        journal = RemoteJournal.download(remote, download, recipe_id)
         if overwrite:
-            remote.remove(_owned_files(manifest, records) + [name for name, _ in segments])
-            segments, records, manifest = [], {}, None
+            remote.remove(_owned_files(manifest, journal))
+            journal, manifest = RemoteJournal(download), None
+            download.write_bytes(b"")
             if staging.exists():
                 shutil.rmtree(staging)
         else:
-            _check_remote(remote.url, recipe, manifest, records, [] if records else remote.names())
-        synced, hashes = _prepare_staging(remote, staging, segments, records, recipe_id)
+            _check_remote(remote.url, recipe, manifest, journal.images, [] if journal.images else remote.names())
+        _prepare_staging(remote, staging, journal)
         if manifest is None or manifest.get("pipeline") != recipe:
             write_manifest(pipeline, recipe, staging)
             remote.upload([(staging / MANIFEST_FILE, MANIFEST_FILE)])
@@ -464,8 +480,10 @@ def run_to_url(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], url
     except OSError as exc:
         raise RecognizeError(f"{staging}: cannot stage the run for {url} ({_one_line(exc)}); "
                              "check RECOGNIZE_HOME") from None
+    finally:
+        download.unlink(missing_ok=True)  # moved into the staging folder, or not needed
 
-    sync = JournalSync(remote, staging, synced=synced, segments=hashes, interval=interval)
+    sync = JournalSync(remote, staging, synced=journal.size, segments=list(journal.hashes), interval=interval)
     try:
         summary = run_to_folder(pipeline, inputs, staging, overwrite=overwrite, on_journal=sync.on_journal,
                                 **options)
