@@ -441,12 +441,43 @@ def _finished_outputs(pipeline: Pipeline, staging: Path, since_ns: int) -> list[
     return found
 
 
+@contextlib.contextmanager
+def _one_run_per_staging(staging: Path, url: str) -> Iterator[None]:
+    """An exclusive lock on `<staging>.lock`: two runs on one machine must not share a staging folder
+    (the remote has no lock: runs on two machines writing one URL are the user's to avoid)."""
+    import fcntl
+
+    try:
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(staging.with_name(f"{staging.name}.lock"), "a")  # noqa: SIM115 - held for the run
+    except OSError as exc:
+        raise RecognizeError(f"{staging}: cannot stage the run for {url} ({_one_line(exc)}); "
+                             "check RECOGNIZE_HOME") from None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"another recognize run on this machine is writing {url}; "
+                             "wait for it to finish, or choose another -o") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def run_to_url(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], url: str, *,
                overwrite: bool = False, **options: Any) -> RunSummary:
     """`run_to_folder` into a local staging folder, mirrored to `url` (see the module doc)."""
     remote = RemoteFolder(url)
     staging = staging_folder(remote.url)
     interval = sync_seconds()
+    with _one_run_per_staging(staging, remote.url):
+        return _run_staged(pipeline, inputs, remote, staging, interval, overwrite=overwrite, **options)
+
+
+def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], remote: RemoteFolder, staging: Path,
+                interval: float, *, overwrite: bool, **options: Any) -> RunSummary:
+    url = remote.url
     recipe = recipe_of(pipeline)
     recipe_id = fingerprint(recipe)
     download = staging.with_name(f"{staging.name}.journal.part")

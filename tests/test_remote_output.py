@@ -255,6 +255,21 @@ def test_a_url_the_server_will_not_store_is_refused_before_any_image(stages, ima
     assert not (server.root / "refused").exists() and not list(home.rglob("part-*.jsonl"))
 
 
+def test_two_runs_on_one_machine_cannot_share_a_staging_folder(stages, images, home, server):
+    import fcntl
+
+    from recognize.remote_output import staging_folder
+
+    url = f"{server.url}/run"
+    staging = staging_folder(url)
+    staging.parent.mkdir(parents=True)
+    with open(staging.with_name(f"{staging.name}.lock"), "a") as held:  # what a running run holds
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(InputError, match=f"another recognize run on this machine is writing {url}"):
+            run_to_output(pipeline(stages), [images], url, quiet=True)
+    assert run_to_output(pipeline(stages), [images], url, quiet=True).processed == 5
+
+
 def test_a_bad_sync_interval_is_a_setting_error(stages, images, home, server, monkeypatch):
     from recognize.errors import SettingError
 
