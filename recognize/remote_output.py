@@ -2,8 +2,9 @@
 
 Object stores cannot append to an object or rename one, and a reader must never see half an object.
 So the run writes into a local staging folder (`$RECOGNIZE_HOME/outputs/<hash of the URL>`) exactly
-as it writes a local `-o` (`recognize.runner.run_to_folder`, unchanged), and this module mirrors
-that folder with whole-object uploads (`put_file`, never a streaming write) of immutable things only:
+as it writes a local `-o` (`recognize.runner.run_to_folder`, whose only hook for this is `on_journal`),
+and this module mirrors that folder with whole-object uploads (`put_file`: an object appears whole or
+not at all, never an open remote file written in pieces) of immutable things only:
 
 - before any image: `manifest.json` (which also proves the URL is writable before models load);
 - at each sync point (every `RECOGNIZE_SYNC_SECONDS`, default 30, and at the end): the per-image
@@ -11,7 +12,8 @@ that folder with whole-object uploads (`put_file`, never a streaming write) of i
   object `.recognize/done/NNNNN.jsonl` (a journal segment). A shard is closed once the journal
   points past it (the `shards` output never appends to a shard after starting the next one); lines
   pointing into the open shard wait for the next sync, so a segment only ever names uploaded data;
-- at the end: the last shard and segment, the dataset outputs (`coco.json`, ...), `summary.json`.
+- at the end: the last shard and segment, the dataset outputs (`coco.json`, ...), `summary.json`;
+  when an error or Ctrl-C stops the run, the last shard and segment (what is finished is kept).
 
 The remote layout is the local one, except that the journal is a series of segments instead of one
 appended `done.jsonl`.
