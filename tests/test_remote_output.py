@@ -188,8 +188,11 @@ def test_a_resume_on_the_same_machine_reuses_its_staging_and_redoes_what_was_nev
 
 def test_another_recipe_is_refused_and_overwrite_removes_the_earlier_runs_files(stages, images, home, s3_bucket):
     url = f"{s3_bucket.url}/run"
-    run_to_output(pipeline(stages), [images], url, quiet=True)
-    assert s3_bucket.exists(f"{url}/coco.json") and s3_bucket.exists(f"{url}/shards/part-00000.jsonl")
+    first = pipeline(stages)
+    first.outputs.append(plugins.get_stage("yolo")())  # its own folder (labels/), written when the run ends
+    run_to_output(first, [images], url, quiet=True)
+    for name in ("coco.json", "shards/part-00000.jsonl", "labels/im0.txt", "classes.txt"):
+        assert s3_bucket.exists(f"{url}/{name}"), name
     other = Pipeline([stages.Brightness()], [plugins.get_stage("json")()], batch_size=2)
     with pytest.raises(InputError, match=f"{url} holds results of a different recipe"):
         run_to_output(other, [images], url, quiet=True)
