@@ -9,10 +9,11 @@ travel as their JSON; workers read the images themselves.
 
 Why plain actors, not Ray Data's `map_batches` (what this engine used until 2026-12-01): for an
 image-scope segment Ray Data only adds fixed costs on the critical path. Its streaming executor
-spent 2-3 s before it even started the actor, the actor then imported `ray.data` (pyarrow,
-pandas: ~2 s on this 2-core machine) besides torch, and it loaded the models only on the first
-batch, after decoding that batch: one worker ran at 0.6-0.73x of the local engine on 8 photos
-(benchmarks/results.md, "Ray engine: plain actors"). A pool is started by `RayEngine.load()`,
+started the actor 3.6-4.8 s into the run (on a loaded 2-core machine), the actor then imported
+`ray.data` (pyarrow, pandas) besides torch, and it loaded the models only on the first batch,
+after decoding that batch: the first batch computed ~9 s later than the local engine's would,
+against ~4-5 s with this pool (benchmarks/results.md, "Ray engine: plain actors instead of Ray
+Data for image stages"). A pool is started by `RayEngine.load()`,
 as soon as Ray is up, so the workers' start-up and model loading overlap the driver's own
 preparation. The dataset-scope group-by stays on Ray Data (`recognize.engines.ray_partition`),
 where its shuffle is the point.
