@@ -4,8 +4,9 @@
     python benchmarks/bench_chain_start.py --before OLD --after . --mode full --runs 2 --images 1
 
 `recipes/tag_ground_segment.yaml` at its default settings (RAM++ Swin-L -> Grounding DINO swint_ogc ->
-SAM vit_h), pointed at the benchmark's random checkpoints at the official sizes, in the official
-formats (`bench_models.Kit`: RAM++ and SAM as released, Grounding DINO in the IDEA-Research layout),
+SAM vit_h, batch size 2, SAM batch 1), pointed at the benchmark's random checkpoints at the official
+sizes, in the official formats (`bench_models.Kit`: RAM++ and SAM as released, Grounding DINO in the
+IDEA-Research layout), with the fixed work of the other benchmarks (8 tags, `--boxes` boxes per photo),
 run as a user runs it: `recognize run RECIPE PHOTO -o OUT` in a fresh process, the two trees
 alternating so a machine that gets busier slows both alike.
 
@@ -84,17 +85,20 @@ main()
 """
 
 
-def chain_recipe(folder: Path) -> Path:
-    """The chain recipe, unchanged but for the stages' file paths (the benchmark's random checkpoints)."""
-    from bench_models import Kit, default_cache
+def chain_recipe(folder: Path, boxes: int) -> Path:
+    """The chain recipe, unchanged but for the stages' file paths (the benchmark's random checkpoints)
+    and, since random weights find nothing at real thresholds, the benchmark's fixed work: RAM++ reports
+    the 8 fixed `TAGS` (threshold 0), Grounding DINO keeps every box up to `boxes` per photo (`max_regions`)."""
+    from bench_models import TAGS, Kit, default_cache
 
     kit = Kit(quick=False, cache=default_cache())
     recipe = yaml.safe_load((HERE.parent / "recipes" / "tag_ground_segment.yaml").read_text())
     gd = kit.gd_params()
     official_gd = json.loads(kit.official_gdino_spec().read_text())["checkpoint"]
     files = {
-        "ram_plus": {k: v for k, v in kit.tagger_params("ram_plus").items()},
-        "grounding_dino": {"checkpoint": official_gd, "vocab": gd["vocab"]},
+        "ram_plus": {**kit.tagger_params("ram_plus"), "include": list(TAGS), "threshold": 0.0},
+        "grounding_dino": {"checkpoint": official_gd, "vocab": gd["vocab"], "box_threshold": 0.0,
+                           "text_threshold": 0.0, "max_regions": boxes},
         "sam": {"checkpoint": kit.sam_params()["checkpoint"]},
     }
     for stage in recipe["stages"]:
@@ -174,13 +178,14 @@ def main() -> None:
     parser.add_argument("--mode", choices=["start", "full"], default="start")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--images", type=int, default=1, help="photos per run (the largest first)")
+    parser.add_argument("--boxes", type=int, default=20, help="boxes per photo reaching SAM")
     parser.add_argument("--json", type=Path, help="also write every run's raw numbers here")
     args = parser.parse_args()
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     photos = sorted(IMAGES, key=lambda p: -p.stat().st_size)[: args.images]
     with tempfile.TemporaryDirectory(prefix="bench_chain_") as tmp:
         work = Path(tmp)
-        recipe = chain_recipe(work)
+        recipe = chain_recipe(work, args.boxes)
         runs: dict[str, list[dict]] = {name: [] for name in trees}
         for _ in range(args.runs):
             for name, tree in trees.items():
