@@ -11,7 +11,9 @@ run as a user runs it: `recognize run RECIPE PHOTO -o OUT` in a fresh process, t
 alternating so a machine that gets busier slows both alike.
 
 - `--mode start`: cold start = from starting the command to the first stage starting on the first
-  photo (the process is ended there). Reported: that time, and the process's peak RSS at that moment.
+  photo (the process is ended there). Reported: that time, the CPU seconds the process had used by
+  then (user + system, all threads: what a busy shared machine does not inflate), and the process's
+  peak RSS at that moment.
 - `--mode full`: the whole run on `--images` photos: peak RSS of the process (`wait4`'s `ru_maxrss`, its
   VmHWM), `summary.json`'s `wall`, and the peak as it stood when each stage and phase started and ended
   (the step where it jumps is where the peak comes from).
@@ -52,7 +54,8 @@ def _mem():
     return found
 
 def _event(kind, what, name):
-    _log.write(json.dumps({"event": kind, "what": what, "name": name, "t": time.time(), **_mem()}) + "\n")
+    _log.write(json.dumps({"event": kind, "what": what, "name": name, "t": time.time(),
+                           "cpu": time.process_time(), **_mem()}) + "\n")
     _log.flush()
 
 from recognize.engines import timing
@@ -133,7 +136,7 @@ def run_once(tree: Path, recipe: Path, images: list[Path], work: Path, stop: boo
     first = next((e for e in events if e["what"] == "stage" and e["event"] == "enter"), None)
     if first is None:
         raise RuntimeError(f"{tree}: no stage started (exit {proc.returncode}): {stderr[-2000:]}")
-    result = {"cold_start_s": first["t"] - start, "peak_rss_mib": usage.ru_maxrss / 1024,
+    result = {"cold_start_s": first["t"] - start, "cold_start_cpu_s": first["cpu"], "peak_rss_mib": usage.ru_maxrss / 1024,
               "peak_at_first_stage_mib": first["vmhwm"], "seconds": ended - start,
               "events": [{**e, "t": round(e["t"] - start, 3)} for e in events]}
     summary = out / "summary.json"
@@ -192,7 +195,9 @@ def main() -> None:
                 runs[name].append(run_once(tree, recipe, photos, work, stop=args.mode == "start"))
     print(f"CPU: {cpu()}; torch threads default; Python {platform.python_version()}; mode {args.mode}; "
           f"{args.runs} runs each, alternating; photos: {', '.join(p.name for p in photos)}\n")
-    keys = ["cold_start_s", "peak_at_first_stage_mib"] if args.mode == "start" else ["cold_start_s", "peak_rss_mib", "seconds"]
+    keys = ["cold_start_s", "cold_start_cpu_s", "peak_at_first_stage_mib"]
+    if args.mode == "full":
+        keys = ["cold_start_s", "cold_start_cpu_s", "peak_rss_mib", "seconds"]
     print("| | " + " | ".join(keys) + " |\n|---|" + "---:|" * len(keys))
     for name in trees:
         print(f"| {name} | " + " | ".join(f"{statistics.median(r[k] for r in runs[name]):.2f}" for k in keys) + " |")

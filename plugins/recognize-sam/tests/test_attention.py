@@ -23,9 +23,13 @@ def _pair(dim: int, heads: int, size: int, seed: int) -> tuple[Attention, Attent
 
 
 # (dim, heads, tokens per side, batch): a windowed block's 14 x 14, a global block's 64 x 64 (vit_b
-# heads, narrower), a non-square batch of 2
+# heads, narrower), a non-square batch of 2; chunk_bytes: all heads at once, or 1 or 2 (batch x head)
+# rows per step
 @pytest.mark.parametrize("dim, heads, size, batch", [(64, 4, 14, 3), (96, 2, 64, 1), (48, 3, 20, 2)])
-def test_lean_attention_equals_segment_anything_bit_for_bit(dim, heads, size, batch):
+@pytest.mark.parametrize("rows_per_step", [None, 1, 2])
+def test_lean_attention_equals_segment_anything_bit_for_bit(dim, heads, size, batch, rows_per_step, monkeypatch):
+    per_row = (size * size) ** 2 * 4
+    monkeypatch.setattr(LeanAttention, "chunk_bytes", None if rows_per_step is None else rows_per_step * per_row)
     original, lean = _pair(dim, heads, size, seed=size)
     assert type(lean) is LeanAttention
     x = torch.randn(batch, size, size, dim)
@@ -44,15 +48,28 @@ def test_lean_attention_without_relative_positions():
         assert torch.equal(original(x), lean(x))
 
 
-def test_lean_attention_under_autocast_matches_segment_anything():
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+def test_lean_attention_under_autocast_matches_segment_anything(chunk_bytes, monkeypatch):
     """The fast modes' autocast: softmax stays out of place (float32), so the same bits here too."""
+    monkeypatch.setattr(LeanAttention, "chunk_bytes", chunk_bytes)
     original, lean = _pair(32, 2, 14, seed=3)
     x = torch.randn(1, 14, 14, 32)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(original(x), lean(x))
 
 
-def test_built_encoder_uses_lean_attention_and_equals_the_original_encoder():
+def test_lean_attention_takes_heads_a_few_at_a_time_on_cpu(monkeypatch):
+    lean = use_lean_attention(Attention(64, num_heads=8, use_rel_pos=True, input_size=(64, 64)))
+    q = torch.zeros(8, 64 * 64, 8)
+    monkeypatch.setattr(LeanAttention, "chunk_bytes", 256 * 2**20)
+    assert lean._rows_per_step(q) == 4  # 64 MiB per head: 4 heads per step (vit_h's global blocks alike)
+    monkeypatch.setattr(LeanAttention, "chunk_bytes", None)
+    assert lean._rows_per_step(q) == 8
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+def test_built_encoder_uses_lean_attention_and_equals_the_original_encoder(chunk_bytes, monkeypatch):
+    monkeypatch.setattr(LeanAttention, "chunk_bytes", chunk_bytes)
     sam = build_sam(config=SamConfig(**TINY_CONFIG), seed=0)
     attentions = [m for m in sam.image_encoder.modules() if isinstance(m, Attention)]
     assert attentions and all(type(m) is LeanAttention for m in attentions)
