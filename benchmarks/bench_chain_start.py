@@ -18,6 +18,10 @@ alternating so a machine that gets busier slows both alike.
   VmHWM), `summary.json`'s `wall`, and the peak as it stood when each stage and phase started and ended
   (the step where it jumps is where the peak comes from).
 
+Memory-mapped weights are file pages: they count in RSS while resident, but under memory pressure
+the kernel drops them (and reads them again when touched), which lowers VmHWM; the log's `rssanon` /
+`rssfile` show it. Measure peaks on a machine with memory to spare.
+
 The hook (`_HOOK`) wraps `recognize.engines.timing.StageTimer.stage`/`phase` in the measured process
 and appends one JSON line per event to a log; it changes nothing else. A script, not a test.
 """
@@ -49,8 +53,8 @@ def _mem():
     found = {}
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                found[line[:5].lower()] = int(line.split()[1]) // 1024
+            if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")):
+                found[line.split(":")[0].lower()] = int(line.split()[1]) // 1024
     return found
 
 def _event(kind, what, name):
