@@ -216,3 +216,74 @@ def test_shard_extent_is_bytes_or_rows_and_minus_one_when_unreadable(tmp_path):
     jsonl = tmp_path / "part-00000.jsonl"
     jsonl.write_bytes(b"{}\n")
     assert shard_extent(jsonl) == 3
+
+
+# -- through the CLI ------------------------------------------------------------------------------
+def cli(*args, **env):
+    import subprocess
+    import sys
+
+    from clihelp import cli_env
+
+    return subprocess.run([sys.executable, "-m", "recognize", "run", *map(str, args), "-q"], env=cli_env(**env),
+                          capture_output=True, text=True, timeout=600)
+
+
+def shard_recipe(tmp_path, fmt="parquet"):
+    path = tmp_path / f"{fmt}.yaml"
+    path.write_text("recipe: 1\nsettings: {batch_size: 1}\nstages:\n  - use: brightness\n  - use: center_box\n"
+                    "  - use: box_mask\n  - use: die_on\noutputs:\n"
+                    f"  - use: shards\n    with: {{format: {fmt}, frames_per_shard: 3, rows_per_group: 2}}\n"
+                    "  - use: coco\n")
+    return path
+
+
+def numbered_images(folder, n=12):
+    from PIL import Image
+
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((24, 32, 3), i * 20, np.uint8)).save(folder / f"img{i:02d}.png")
+    return folder
+
+
+@pytest.mark.subprocess
+def test_a_killed_parquet_run_resumes_to_the_outputs_of_an_uninterrupted_one(tmp_path):
+    import signal
+
+    images = numbered_images(tmp_path / "images")
+    recipe = shard_recipe(tmp_path)
+    whole = tmp_path / "whole"
+    assert cli(recipe, images, "-o", whole).returncode == 0
+    out = tmp_path / "out"
+    killed = cli(recipe, images, "-o", out, TEST_DIE_ON="img07")  # SIGKILL while shard 2 (img06..) is open
+    assert killed.returncode == -signal.SIGKILL
+    assert [p.name for p in shard_files(out)] == ["part-00000.parquet", "part-00001.parquet"]
+    assert len(list((out / "shards").glob(".part-00002.parquet.*.partial"))) == 1  # unreadable: no footer yet
+    assert "img06.png" in {r["name"] for r in journal(out)}  # journaled, but its shard never closed
+
+    again = cli(recipe, images, "-o", out)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["counts"]["skipped"], summary["counts"]["processed"]) == (6, 6)  # img06 was redone
+    assert [p.name for p in shard_files(out)] == [f"part-0000{i}.parquet" for i in (0, 1, 3, 4)]
+    assert not list((out / "shards").glob("*.partial"))  # the dead run's partial shard was removed
+    assert json.loads((out / "coco.json").read_text()) == json.loads((whole / "coco.json").read_text())
+    assert [f.to_json() for f in read_shards(out)] == [f.to_json() for f in read_shards(whole)]
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_overwrite_removes_the_old_shards(tmp_path, fmt):
+    images = numbered_images(tmp_path / "images", n=7)
+    recipe = shard_recipe(tmp_path, fmt)
+    out = tmp_path / "out"
+    assert cli(recipe, images, "-o", out).returncode == 0
+    (out / "shards" / "notes.txt").write_text("mine")  # not a shard: left alone
+    again = cli(recipe, images, "-o", out, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in shard_files(out)] == [f"part-0000{i}.{fmt}" for i in range(3)]  # not 00003..00005
+    assert (out / "shards" / "notes.txt").read_text() == "mine"
+    assert sorted(r["name"] for r in journal(out)) == [f"img{i:02d}.png" for i in range(7)]  # old spans gone
+    assert len(list(read_shards(out))) == 7
+    assert len(json.loads((out / "coco.json").read_text())["images"]) == 7
