@@ -92,6 +92,12 @@ def parquet_schema() -> Any:
     ], metadata={b"recognize": b"Frame shard: frame = Frame JSON without masks; masks in regions[].mask"})
 
 
+#: columns whose min/max a query engine can use to skip row groups; not the long strings (the frame's
+#: JSON, RLE counts, captions), whose min/max would bloat every footer and skip nothing
+STATISTICS_COLUMNS = ["name", "source", "width", "height", "tags.list.element.name", "tags.list.element.score",
+                      "regions.list.element.label", "regions.list.element.score"]
+
+
 def frame_row(frame: Frame) -> dict[str, Any]:
     """One Parquet row of `frame` (see `parquet_schema`); `row_frame` gives the very same Frame back."""
     data = frame.model_dump(mode="json")
@@ -151,7 +157,8 @@ class _ParquetShard:
         self._rows_per_group = rows_per_group
         self._buffer: list[dict[str, Any]] = []
         self._rows = 0
-        self._writer = pq.ParquetWriter(self.partial, parquet_schema(), compression="zstd")
+        self._writer = pq.ParquetWriter(self.partial, parquet_schema(), compression="zstd",
+                                        write_statistics=STATISTICS_COLUMNS)
 
     def append(self, frame: Frame) -> tuple[int, int]:
         self._buffer.append(frame_row(frame))
