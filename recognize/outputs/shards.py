@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -42,7 +43,7 @@ from typing import IO, Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from recognize.atomic import _alive as process_alive
-from recognize.errors import InputError
+from recognize.errors import InputError, RecipeError
 from recognize.frame import Frame
 from recognize.outputs.paths import check_plain_name
 from recognize.stage import OutputStage, StageParams
@@ -198,6 +199,9 @@ class ShardsOutput(OutputStage):
 
     def __init__(self, params: Any = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
+        if self.params.format == "parquet" and importlib.util.find_spec("pyarrow") is None:
+            raise RecipeError("shards: format parquet needs pyarrow: pip install 'recognize[parquet]' "
+                              "(or use format: jsonl)")
         self._shard: _JsonlShard | _ParquetShard | None = None
         self._count = 0
         self._last: dict[str, tuple[str, int, int]] = {}  # name -> (shard, start, end) of its record
