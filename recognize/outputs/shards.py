@@ -176,18 +176,16 @@ class _ParquetShard:
             self._buffer = []
 
     def close(self) -> None:
+        """Write the footer and rename the shard into place. On failure the `.partial` file stays: its
+        images have no readable shard (the next run redoes them), and it holds its number until a
+        later run has numbered past it and deletes it, so that number is never given to another shard."""
         try:
             self._flush()
+        finally:
             self._writer.close()
-            with self.partial.open("rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(self.partial, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                self._writer.close()
-            with contextlib.suppress(OSError):
-                self.partial.unlink()  # its images have no readable shard: the next run redoes them
-            raise
+        with self.partial.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self.partial, self.path)
 
 
 class ShardsOutput(OutputStage):

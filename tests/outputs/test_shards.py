@@ -203,6 +203,26 @@ def test_a_parquet_shard_left_open_by_a_killed_run_is_redone_and_its_number_neve
     assert sorted(f.name for f in read_shards(out)) == ["black.jpg", "sub/noise.png", "white.png"]
 
 
+def test_a_parquet_shard_that_fails_to_close_keeps_its_number_from_any_later_shard(tmp_path, monkeypatch):
+    import os
+
+    stage = parquet_shards(size=10)
+    stage.write(make_frame("a"), tmp_path)
+
+    def disk_gone(*_args):
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "replace", disk_gone)
+        with pytest.raises(OSError):
+            stage.finish([], tmp_path)
+    assert shard_files(tmp_path) == [] and len(list((tmp_path / "shards").glob(".part-00000.parquet.*.partial"))) == 1
+    later = parquet_shards(size=10)
+    later.write(make_frame("b"), tmp_path)
+    later.finish([], tmp_path)
+    assert [p.name for p in shard_files(tmp_path)] == ["part-00001.parquet"]  # a record naming 00000 stays dead
+
+
 def test_shard_extent_is_bytes_or_rows_and_minus_one_when_unreadable(tmp_path):
     stage = parquet_shards(size=10)
     for frame in varied_frames():
