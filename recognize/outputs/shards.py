@@ -324,6 +324,9 @@ class _JsonlReader:
         self._handle.seek(start)
         return Frame.from_json(self._handle.read(end - start).decode("utf-8"))
 
+    def forget(self) -> None:
+        """Nothing held between reads."""
+
     def close(self) -> None:
         self._handle.close()
 
@@ -354,6 +357,10 @@ class _ParquetReader:
         row = start - self._starts[group]
         return row_frame(self._rows[0][row], self._rows[1][row])
 
+    def forget(self) -> None:
+        """Drop the decoded row group (another shard is being read now)."""
+        self._group, self._rows = -1, ([], [])
+
     def close(self) -> None:
         self._file.close()
 
@@ -373,6 +380,9 @@ def read_span(out_dir: Path, shard: str, start: int, end: int, handles: dict[str
                 old.close()
             handles.clear()
         reader = handles[shard] = open_shard(Path(out_dir) / shard)
+    for other in handles.values():  # one decoded Parquet row group in memory, not one per open shard
+        if other is not reader:
+            other.forget()
     return reader.frame(start, end)
 
 
