@@ -541,7 +541,10 @@ def run_to_folder(
     finally:
         bar.close()
         if isinstance(shard_stage, ShardsOutput):
-            shard_stage.close()  # a Parquet shard becomes readable (renamed into place) only when closed
+            try:
+                shard_stage.close()  # a Parquet shard becomes readable (renamed into place) only when closed
+            except OSError as exc:
+                raise _folder_error(out, exc, "close the last shard") from None
         journal.close()
     clear_partial(partial)  # every frame is final now
 
