@@ -11,9 +11,10 @@ API:
 - `map_state_dict(state, spec, expected_shapes)` -> (`{model key: tensor}`, `LoadReport`): the whole
   check, usable with meta tensors (the manifest tests run it on shapes only).
 - `load_official(model, checkpoint, spec) -> LoadReport`: map, then `load_state_dict(strict=True)`.
-- `parameters_on_meta()` (defined in `recognize.meta_init`): a context in which modules get their parameters on the meta device (no
-  memory, no random initialisation) while buffers are built for real; `load_official` then assigns
-  the checkpoint's tensors (`assign=True`) and checks that no meta tensor is left.
+- `parameters_on_meta()` (from `recognize.meta_init`, shared with SAM and Grounding DINO): a context in
+  which modules get their parameters on the meta device (no memory, no random initialisation) while
+  buffers are built for real; `load_official` then assigns the checkpoint's tensors (`assign=True`)
+  and checks that no meta tensor is left.
 
 Why build on meta: a released tagger is ~0.5-1 GB of fp32 parameters; building it normally fills
 them with random values (seconds of `trunc_normal_` on 2 cores) only for `load_state_dict` to copy
