@@ -103,6 +103,17 @@ def ours_forward(detector, pixels: torch.Tensor, caption: str):
     return forward
 
 
+def plain_detector(detector):
+    """Our detector's weights in transformers' own classes, without `lean_layers`: ours before issue 11."""
+    from transformers import GroundingDinoForObjectDetection
+
+    from recognize_grounding_dino.model import Detector
+
+    plain = GroundingDinoForObjectDetection(detector.model.config).eval()
+    plain.load_state_dict(detector.model.state_dict())
+    return Detector(plain, detector.tokenizer)
+
+
 def flops_of(forward) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -118,6 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also one profiled forward per side (parts + ops)")
     parser.add_argument("--quick", action="store_true", help="tiny model, small photos (checks the script runs)")
+    parser.add_argument("--plain", action="store_true",
+                        help="also time transformers' own classes without lean_layers (ours before issue 11)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed forwards per side first (default 1)")
     parser.add_argument("--cache", type=Path, default=default_cache())
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
@@ -141,35 +155,49 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         report["tokens"] = len(detector.tokenizer(caption)["input_ids"])
         inputs = [preprocess(Frame(source=str(p)).image, short, long)[None] for p in image_paths(args.images)]
+        sides = {"ours": detector}
+        if args.plain:
+            sides["plain"] = plain_detector(detector)
         first = ours_forward(detector, inputs[0], caption)
-        first()  # warm-up, both sides
-        official(inputs[0], caption)
-        report["flops"] = flops_of(first)
-        ours_s, official_s = [], []
+        report["flops"] = flops_of(first)  # also our first forward
+        for _ in range(args.warmup):
+            for name, model in sides.items():
+                ours_forward(model, inputs[0], caption)()
+            official(inputs[0], caption)
+        times: dict[str, list[float]] = {name: [] for name in [*sides, "official"]}
+        parts: dict[str, list[dict]] = {name: [] for name in times}
         for repeat in range(args.repeats):
             for i, pixels in enumerate(inputs):
-                forward = ours_forward(detector, pixels, caption)
-                if (repeat + i) % 2 == 0:
-                    mine, theirs = timed(forward), official(pixels, caption)["forward_s"]
-                else:
-                    theirs, mine = official(pixels, caption)["forward_s"], timed(forward)
-                ours_s.append(mine)
-                official_s.append(theirs)
-                report["images"].append({"shape": list(pixels.shape), "ours_s": mine, "official_s": theirs})
-                print(f"image {i} {tuple(pixels.shape[2:])}: ours {mine:.2f} s, official {theirs:.2f} s", flush=True)
+                order = list(times)
+                if (repeat + i) % 2:
+                    order.reverse()
+                row = {"shape": list(pixels.shape)}
+                for name in order:
+                    if name == "official":
+                        reply = official(pixels, caption, parts=True)
+                        row[name], part = reply["forward_s"], reply["parts"]
+                    else:
+                        model = sides[name]
+                        part = part_times(model.model, ours_forward(model, pixels, caption))
+                        row[name] = part["total"]
+                    times[name].append(row[name])
+                    parts[name].append(part)
+                report["images"].append(row)
+                print(f"image {i} {tuple(pixels.shape[2:])}: " + ", ".join(f"{n} {row[n]:.2f} s" for n in times), flush=True)
+        report["parts"] = {name: {key: statistics.median(p.get(key, 0.0) for p in runs) for key in runs[0]}
+                           for name, runs in parts.items()}
         if args.profile:
             forward = ours_forward(detector, inputs[0], caption)
             report["profile"] = {"ours": {"parts": part_times(detector.model, forward), "ops": op_table(forward)},
                                  "official": official(inputs[0], caption, profile=True)}
+            report["profile"]["ours"].pop("parts")
     finally:
         official.close()
     gflops = report["matmul"]["gflops"]
-    ours, theirs = statistics.median(ours_s), statistics.median(official_s)
-    report["summary"] = {"ours_s": ours, "official_s": theirs, "official_over_ours": theirs / ours,
-                         "gflop": report["flops"] / 1e9,
-                         "ours_pct_matmul": 100 * report["flops"] / ours / 1e9 / gflops,
-                         "official_pct_matmul": 100 * report["flops"] / theirs / 1e9 / gflops,
-                         "load_average_end": list(os.getloadavg())}
+    report["summary"] = {"gflop": report["flops"] / 1e9, "load_average_end": list(os.getloadavg()), "sides": {
+        name: {"s": statistics.median(values), "pct_matmul": 100 * report["flops"] / statistics.median(values) / 1e9 / gflops,
+               "official_over_this": statistics.median(times["official"]) / statistics.median(values)}
+        for name, values in times.items()}}
     print(render(report))
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
@@ -183,15 +211,15 @@ def render(report: dict) -> str:
              f"fp32 matmul {m['gflops']:.0f} GFLOP/s; load average {report['machine']['load_average'][0]:.1f} -> "
              f"{s['load_average_end'][0]:.1f}",
              f"input {report['images'][0]['shape']}, caption {report['tokens']} tokens, {s['gflop']:.1f} GFLOP/forward",
-             "", "| | s/forward (median) | % of fp32 matmul rate |", "|---|---:|---:|",
-             f"| ours | {s['ours_s']:.2f} | {s['ours_pct_matmul']:.0f}% |",
-             f"| official | {s['official_s']:.2f} | {s['official_pct_matmul']:.0f}% |",
-             f"| official / ours | {s['official_over_ours']:.2f}x | |"]
+             "", "| | s/forward (median) | % of fp32 matmul rate | official s / this s |", "|---|---:|---:|---:|"]
+    for name, side in s["sides"].items():
+        lines.append(f"| {name} | {side['s']:.2f} | {side['pct_matmul']:.0f}% | {side['official_over_this']:.2f}x |")
+    names = list(report["parts"])
+    lines += ["", "| part (inclusive s, median) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for part in [*PARTS, "total"]:
+        lines.append(f"| {part} | " + " | ".join(f"{report['parts'][n].get(part, 0):.2f}" for n in names) + " |")
     if "profile" in report:
         ours, theirs = report["profile"]["ours"], report["profile"]["official"]
-        lines += ["", "| part (inclusive s) | ours | official |", "|---|---:|---:|"]
-        for part in [*PARTS, "total"]:
-            lines.append(f"| {part} | {ours['parts'].get(part, 0):.2f} | {theirs['parts'].get(part, 0):.2f} |")
         for side, data in (("ours", ours), ("official", theirs)):
             lines += ["", f"{side}: | op | calls | self s | share |", "|---|---:|---:|---:|"]
             lines += [f"| `{o['op']}` | {o['calls']} | {o['self_s']:.2f} | {100 * o['share']:.1f}% |" for o in data["ops"]]

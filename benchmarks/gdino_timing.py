@@ -18,7 +18,7 @@ import torch
 PARTS = {
     "backbone (swin + positions)": ("Joiner", "GroundingDinoConvModel"),
     "swin blocks": ("SwinTransformerBlock", "SwinLayer"),
-    "bert": ("BertModel", "CachedBertModel"),
+    "bert": ("BertModelWarper", "BertModel", "CachedBertModel"),
     "encoder deformable layers": ("DeformableTransformerEncoderLayer", "GroundingDinoDeformableLayer"),
     "encoder text layers": ("TransformerEncoderLayer", "GroundingDinoTextEnhancerLayer"),
     "encoder fusion layers": ("BiAttentionBlock", "GroundingDinoFusionLayer"),

@@ -124,9 +124,12 @@ def bench(spec: dict) -> None:
             with torch.no_grad():
                 return model(pixels, captions=[job["caption"]] * pixels.shape[0])
 
-        reply: dict = {"forward_s": timed(forward)}
+        if job.get("parts"):
+            reply: dict = {"parts": part_times(model, forward)}
+            reply["forward_s"] = reply["parts"]["total"]
+        else:
+            reply = {"forward_s": timed(forward)}
         if job.get("profile"):
-            reply["parts"] = part_times(model, forward)
             reply["ops"] = op_table(forward)
         if job.get("outputs"):
             out = forward()
