@@ -35,8 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_models import TAGS, Kit, default_cache, image_paths, official_worker_env  # noqa: E402
-from gdino_timing import PARTS, op_table, part_times, timed  # noqa: E402
+from bench_models import TAGS, Kit, default_cache, image_paths, official_worker_env
+from gdino_timing import PARTS, op_table, part_times
 
 #: 20 tags spelled with words the benchmark vocab holds whole (a real BERT vocab holds most tags
 #: whole too), so the caption's token count is a realistic ~60.
@@ -105,9 +105,8 @@ def ours_forward(detector, pixels: torch.Tensor, caption: str):
 
 def plain_detector(detector):
     """Our detector's weights in transformers' own classes, without `lean_layers`: ours before issue 11."""
-    from transformers import GroundingDinoForObjectDetection
-
     from recognize_grounding_dino.model import Detector
+    from transformers import GroundingDinoForObjectDetection
 
     plain = GroundingDinoForObjectDetection(detector.model.config).eval()
     plain.load_state_dict(detector.model.state_dict())
@@ -137,10 +136,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from bench_jobs import matmul
-
-    from recognize.frame import Frame
     from recognize_grounding_dino.model import Detector
     from recognize_grounding_dino.transforms import preprocess
+
+    from recognize.frame import Frame
 
     kit = Kit(quick=args.quick, cache=args.cache)
     spec_path = kit.official_gdino_spec()
@@ -206,10 +205,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def render(report: dict) -> str:
     s, m = report["summary"], report["matmul"]
-    lines = [f"CPU {report['machine']['cpu']} ({', '.join(report['machine']['flags'])}), "
-             f"{report['machine']['threads']} threads, torch {report['machine']['torch']}; "
-             f"fp32 matmul {m['gflops']:.0f} GFLOP/s; load average {report['machine']['load_average'][0]:.1f} -> "
-             f"{s['load_average_end'][0]:.1f}",
+    lines = [(f"CPU {report['machine']['cpu']} ({', '.join(report['machine']['flags'])}), "
+              f"{report['machine']['threads']} threads, torch {report['machine']['torch']}; "
+              f"fp32 matmul {m['gflops']:.0f} GFLOP/s; load average {report['machine']['load_average'][0]:.1f} -> "
+              f"{s['load_average_end'][0]:.1f}"),
              f"input {report['images'][0]['shape']}, caption {report['tokens']} tokens, {s['gflop']:.1f} GFLOP/forward",
              "", "| | s/forward (median) | % of fp32 matmul rate | official s / this s |", "|---|---:|---:|---:|"]
     for name, side in s["sides"].items():

@@ -40,11 +40,13 @@ def part_times(model: torch.nn.Module, fn: Callable[[], Any]) -> dict[str, float
         if part is None:
             continue
 
-        def pre(mod, _args, key=id(module), part=part):
+        key = id(module)
+
+        def pre(mod, _args, key=key, part=part):
             depth[part] += 1
             starts[key] = time.perf_counter()
 
-        def post(mod, _args, _out, key=id(module), part=part):
+        def post(mod, _args, _out, key=key, part=part):
             depth[part] -= 1
             elapsed = time.perf_counter() - starts.pop(key)
             if depth[part] == 0:

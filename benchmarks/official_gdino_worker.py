@@ -34,9 +34,8 @@ class _Patch:  # what gd_support.official_tiny_model needs of pytest's monkeypat
 
 def build(spec: dict) -> torch.nn.Module:
     import groundingdino.models.GroundingDINO.groundingdino as official
-    from transformers import BertConfig, BertModel
-
     from recognize_grounding_dino.model import load_tokenizer
+    from transformers import BertConfig, BertModel
 
     tokenizer = load_tokenizer(spec["vocab"])
     if spec.get("config"):
@@ -120,9 +119,9 @@ def bench(spec: dict) -> None:
         job = json.loads(line)
         pixels = torch.from_numpy(np.load(job["pixels"]))
 
-        def forward():
+        def forward(pixels=pixels, caption=job["caption"]):
             with torch.no_grad():
-                return model(pixels, captions=[job["caption"]] * pixels.shape[0])
+                return model(pixels, captions=[caption] * pixels.shape[0])
 
         if job.get("parts"):
             reply: dict = {"parts": part_times(model, forward)}

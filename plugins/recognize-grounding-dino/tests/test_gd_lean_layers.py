@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from gd_support import randomize_
-
 from recognize_grounding_dino.lean_layers import DeformableSampling, lean
 from recognize_grounding_dino.model import build_config, build_model
 
@@ -62,7 +61,7 @@ def test_outputs_equal_transformers(pair, tokenizer, padded):
 
 def test_a_changed_weight_is_used(pair, tokenizer):
     """The fused q/k/v weight is cached: changing one projection in place must reach the output."""
-    ours, plain = pair
+    ours, _plain = pair
     ids = tokenizer(["dog ."], return_tensors="pt")["input_ids"]
     pixels = torch.randn(1, 3, 96, 96)
     before = _run(ours, pixels, ids).pred_boxes

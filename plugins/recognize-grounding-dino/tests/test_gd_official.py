@@ -15,13 +15,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from recognize import Frame
-from recognize.stage import shared_models
 from gd_parity import compare_per_proposal, official_selection, ours_selection
 from recognize_grounding_dino.model import Detector
 from recognize_grounding_dino.stage import GroundingDino
 from recognize_grounding_dino.transforms import preprocess
+
+from recognize import Frame
+from recognize.stage import shared_models
 
 pytestmark = [pytest.mark.parity, pytest.mark.slow, pytest.mark.subprocess]
 
@@ -67,7 +67,7 @@ def test_the_checkpoint_exercises_box_regression(official_checkpoint, official_r
     """The official init zeroes the last layer of every box MLP, so a freshly initialised checkpoint
     would compare only the encoder's boxes; this one has seeded random values there."""
     state = torch.load(official_checkpoint, map_location="cpu", weights_only=True)["model"]
-    heads = [k for k in state if k.endswith("bbox_embed.0.layers.2.weight") or k.endswith("enc_out_bbox_embed.layers.2.weight")]
+    heads = [k for k in state if k.endswith(("bbox_embed.0.layers.2.weight", "enc_out_bbox_embed.layers.2.weight"))]
     assert heads and all(state[k].abs().min() > 0 for k in heads)
     _detector, _image, _prompts, reference = official_run
     moved = (torch.from_numpy(reference["boxes_0_0"]) - torch.from_numpy(reference["selected_boxes_0_0"])).abs()
