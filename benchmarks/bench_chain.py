@@ -108,6 +108,7 @@ def reference_photo(python: Path, spec: Path, photo: Path, out: Path) -> dict[st
     named["other"] = max(0.0, wall - sum(named.values()))  # interpreter exit, and what the marks miss
     return {"photo": photo.name, "seconds": wall, "parts": named, "cold_start": found["cold_start"],
             "tags": found["tags"], "regions": found["boxes"], "masks": found["masks"], "peak_rss_mb": peak,
+            "peak_rss_mb_inside": found["peak_rss_mb"],  # VmHWM read by the demo itself: a cross-check
             "threads": found["threads"], "files": sorted(p.name for p in out.iterdir())}
 
 
