@@ -23,7 +23,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -411,11 +411,15 @@ def run_to_folder(
     quiet: bool = False,
     engine: Engine | None = None,
     startup_seconds: float | None = None,
+    on_journal: Callable[[], None] | None = None,
 ) -> RunSummary:
     """Process `inputs` into `out_dir`; returns (and writes) the run summary.
 
     `startup_seconds`: time spent before this call (the CLI passes the process's age), shown in
     the summary's `wall` so it accounts for the whole run.
+
+    `on_journal`: called after each image's done-journal line is written (an `-o URL` run uploads
+    what the new lines point at: `recognize.remote_output`); what it raises stops the run.
 
     Everything that can be refused is refused before a file is written or a model loaded: bad
     output names, colliding results, inputs inside OUT, an OUT made by another recipe.
@@ -524,6 +528,8 @@ def run_to_folder(
         for region in frame.regions:  # a caller may still hold the frame; the masks are on disk now
             region.mask = None
         bar.update(1)
+        if on_journal is not None:
+            on_journal()
 
     frames = (Frame(source=str(path), name=name) for path, name in todo)
     try:
