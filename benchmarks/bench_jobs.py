@@ -27,6 +27,7 @@ from bench_models import LOCALIZERS, SEGMENTERS, TAGS, Kit, boxes_for
 from recognize.frame import Frame, Region, Tag
 from recognize.stage import Stage
 
+
 def memory_mb() -> dict[str, float]:
     """Current and peak resident memory of this process, in MiB."""
     found: dict[str, float] = {}

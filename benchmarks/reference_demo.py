@@ -66,31 +66,31 @@ def _now() -> float:
     return _AGE0 + time.perf_counter() - _T0
 
 
-import json  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import json
+import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import cv2  # noqa: E402
-import groundingdino.datasets.transforms as T  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-import torchvision.transforms as TS  # noqa: E402
-from groundingdino.util.utils import clean_state_dict, get_phrases_from_posmap  # noqa: E402
-from official_gdino_worker import build as build_grounding_dino  # noqa: E402
-from PIL import Image  # noqa: E402
-from segment_anything import SamPredictor, sam_model_registry  # noqa: E402
-from segment_anything.build_sam import _build_sam  # noqa: E402
+import cv2
+import groundingdino.datasets.transforms as T
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torchvision
+import torchvision.transforms as TS
+from groundingdino.util.utils import clean_state_dict, get_phrases_from_posmap
+from official_gdino_worker import build as build_grounding_dino
+from PIL import Image
+from segment_anything import SamPredictor, sam_model_registry
+from segment_anything.build_sam import _build_sam
 
-from recognize.taggers.checkpoint import load_official  # noqa: E402
-from recognize.taggers.ram import build_model as build_ram  # noqa: E402
-from recognize.taggers.ram_stages import RamPlus  # noqa: E402
+from recognize.taggers.checkpoint import load_official
+from recognize.taggers.ram import build_model as build_ram
+from recognize.taggers.ram_stages import RamPlus
 
 IMPORTED = _now()
 
