@@ -17,6 +17,7 @@ reaped with `os.wait4`, so its peak RSS is that process's own (`ru_maxrss`), imp
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -47,13 +48,16 @@ def chain_env() -> dict[str, str]:
 
 def fast_mode(matmul: dict[str, Any] | None) -> dict[str, Any]:
     """The best fast mode measured for this machine: bf16 autocast on Grounding DINO and SAM where a
-    bf16 matmul beats fp32 (AMX, avx512_bf16, GPUs), else torchao int8 Linear layers."""
+    bf16 matmul beats fp32 (AMX, avx512_bf16, GPUs), else torchao int8 Linear layers (if installed)."""
     fp32, bf16 = (matmul or {}).get("gflops"), (matmul or {}).get("gflops_bf16")
     if fp32 and bf16 and bf16 > fp32:
         return {"name": "bf16 autocast", "grounding_dino": {"dtype": "bfloat16"}, "sam": {"dtype": "bfloat16"},
                 "why": f"bf16 matmul {bf16:.0f} GFLOP/s > fp32 {fp32:.0f}"}
+    slower = f"bf16 matmul {bf16 or 0:.0f} GFLOP/s <= fp32 {fp32 or 0:.0f}: bf16 would be slower"
+    if importlib.util.find_spec("torchao") is None:
+        return {"name": "none (exact)", "grounding_dino": {}, "sam": {}, "why": f"{slower}, and torchao is missing"}
     return {"name": "int8 (torchao)", "grounding_dino": {"quantize": "int8"}, "sam": {"quantize": "int8"},
-            "why": f"bf16 matmul {bf16 or 0:.0f} GFLOP/s <= fp32 {fp32 or 0:.0f}: bf16 would be slower"}
+            "why": slower}
 
 
 def recipe(kit: Kit, fast: dict[str, Any] | None = None) -> dict[str, Any]:
