@@ -149,6 +149,12 @@ def recipe_table(results: dict[str, Any]) -> list[str]:
                     f"matmul rate {_num(mm.get('gflops'), 1)} GFLOP/s (fast bf16 row: ÷ the bf16 rate "
                     f"{_num(mm.get('gflops_bf16'), 1)}); compute = the three stages' seconds per photo, wall = all of "
                     "s/photo.")
+    cap = (results.get("settings") or {}).get("boxes")
+    found = ref.get("regions_per_img")
+    if cap and found is not None and found < cap:
+        rows.append(f"Boxes: the random Grounding DINO checkpoint left {found:.1f} box(es) per photo after NMS, below "
+                    f"the cap of {cap}, on every row alike (equal work, but less SAM decoding and mask drawing than "
+                    "real weights would give).")
     why = (chain.get("fast_mode") or {}).get("why")
     if why:
         rows.append(f"Fast mode chosen from the measured matmul rates: {why}.")
