@@ -41,6 +41,7 @@ from recognize.hub import sha256_file
 from recognize.images import expand_inputs
 from recognize.outputs.json_output import JsonOutput, read_frame
 from recognize.outputs.paths import RUN_FILES
+from recognize.outputs.shards import ShardsOutput, remove_shards, shard_extent
 from recognize.pipeline import Pipeline
 from recognize.sources import same_url, url_identity
 from recognize.stage import OutputStage
@@ -176,6 +177,12 @@ class DoneJournal:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+    def reset(self) -> None:
+        """Forget every record (`--overwrite` with shards: the spans they name are deleted)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+        self.records.clear()
 
 
 class FrameFiles(Sequence[Frame]):
@@ -340,7 +347,8 @@ def _is_done(record: dict[str, Any] | None, path: Path | str, out: Path, recipe_
              sizes: dict[str, int] | None = None) -> bool:
     """Whether `record` is a finished image of this recipe whose files are intact: each per-image
     file has its recorded size, each append-only file (a shard) still reaches the end of the
-    image's line. `sizes` caches the shards' sizes (many images share one shard)."""
+    image's record (`recognize.outputs.shards.shard_extent`). `sizes` caches the shards' extents
+    (many images share one shard)."""
     if record is None or record.get("recipe") != recipe_id or record.get("error"):
         return False
     files = record.get("files")
@@ -356,10 +364,7 @@ def _is_done(record: dict[str, Any] | None, path: Path | str, out: Path, recipe_
     for relative, span in appended.items():
         size = None if sizes is None else sizes.get(relative)
         if size is None:
-            try:
-                size = (out / relative).stat().st_size
-            except OSError:
-                size = -1
+            size = shard_extent(out / relative)  # bytes of a JSONL shard, rows of a Parquet one
             if sizes is not None:
                 sizes[relative] = size
         if not isinstance(span, list) or len(span) != 2 or size < span[1]:
@@ -389,12 +394,12 @@ class ShardFrames(Sequence[Frame]):
         return next(iter(ShardFrames(self._out, [self._entries[index]])))
 
     def __iter__(self) -> Iterator[Frame]:
-        from recognize.outputs.shards import read_line
+        from recognize.outputs.shards import read_span
 
         handles: dict[str, Any] = {}
         try:
             for shard, start, end, source, name in self._entries:
-                frame = read_line(self._out, shard, start, end, handles)
+                frame = read_span(self._out, shard, start, end, handles)
                 frame.source, frame.name = source, name
                 yield frame
         finally:
@@ -456,6 +461,9 @@ def run_to_folder(
     partial = out / PARTIAL_DIR
     if overwrite or manifest_needed:
         clear_partial(partial)  # intermediate results of other settings
+    if overwrite and shard_stage is not None:  # the old shards would only grow the disk; their
+        remove_shards(out / shard_stage.params.folder)  # journal records (spans in them) go too
+        journal.reset()
 
     started = time.perf_counter()
     summary = RunSummary(
@@ -537,6 +545,11 @@ def run_to_folder(
             pass
     finally:
         bar.close()
+        if isinstance(shard_stage, ShardsOutput):
+            try:
+                shard_stage.close()  # a Parquet shard becomes readable (renamed into place) only when closed
+            except OSError as exc:
+                raise _folder_error(out, exc, "close the last shard") from None
         journal.close()
     clear_partial(partial)  # every frame is final now
 

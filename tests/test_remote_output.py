@@ -305,3 +305,26 @@ def test_the_ray_engine_writes_to_a_url_like_the_local_one(stages, images, home,
     remote = server.root / "ray"
     assert json.loads((remote / "coco.json").read_text()) == json.loads((tmp_path / "local" / "coco.json").read_text())
     assert [f.to_json() for f in read_shards(remote)] == [f.to_json() for f in read_shards(tmp_path / "local")]
+
+
+def test_parquet_shards_go_up_closed_also_when_a_run_is_interrupted(stages, images, home, server, tmp_path,
+                                                                    monkeypatch):
+    def parquet_pipeline():
+        outputs = [plugins.get_stage("shards")(frames_per_shard=2, format="parquet"), plugins.get_stage("coco")()]
+        return Pipeline([stages.Brightness(), stages.CenterBox(), stages.BoxMask(), InterruptOn()], outputs,
+                        batch_size=1)
+
+    reference = tmp_path / "reference"
+    run_to_folder(parquet_pipeline(), [images], reference, quiet=True)
+    url = f"{server.url}/run"
+    monkeypatch.setenv("TEST_INTERRUPT_ON", NAMES[3])
+    with pytest.raises(KeyboardInterrupt):
+        run_to_output(parquet_pipeline(), [images], url, quiet=True)
+    remote = server.root / "run"
+    assert [f.name for f in read_shards(remote)] == NAMES[:3]  # the open shard was closed (renamed) and went up
+    monkeypatch.delenv("TEST_INTERRUPT_ON")
+    shutil.rmtree(home)
+    resumed = run_to_output(parquet_pipeline(), [images], url, quiet=True)
+    assert (resumed.processed, resumed.skipped) == (2, 3)
+    assert json.loads((remote / "coco.json").read_text()) == json.loads((reference / "coco.json").read_text())
+    assert [f.to_json() for f in read_shards(remote)] == [f.to_json() for f in read_shards(reference)]
