@@ -64,6 +64,9 @@ class RunSummary:
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
     #: where the wall time went: startup, load, decode, stages, write, finish, retried, other
     wall: dict[str, float] = field(default_factory=dict)
+    #: seconds from process start (the CLI; from the call in a library run) until the first stage
+    #: began on the first batch: what a user waits before any model runs (local engine; else None)
+    cold_start: float | None = None
     seconds: float = 0.0
     started: str = ""
     finished: str = ""
@@ -92,6 +95,7 @@ class RunSummary:
             "failures": self.failures,
             "timings": self.timings,
             "wall": self.wall,
+            "cold_start": None if self.cold_start is None else round(self.cold_start, 3),
             "seconds": round(self.seconds, 3),
             "started": self.started,
             "finished": self.finished,
@@ -429,6 +433,7 @@ def run_to_folder(
 
     engine = engine or LocalEngine(progress=not quiet)
     timer = StageTimer()
+    entered = timer.clock()
     if startup_seconds:
         timer.phases[STARTUP] += startup_seconds
     out = Path(out_dir)
@@ -567,6 +572,8 @@ def run_to_folder(
             for name, seconds in timer.stages.items()
         }
         summary.wall = timer.wall(summary.seconds)
+        if timer.first_stage_at is not None and summary.engine == "local":  # Ray workers keep their own clocks
+            summary.cold_start = timer.first_stage_at - entered + (startup_seconds or 0.0)
         write_text(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     except OSError as exc:
         raise _folder_error(out, exc, "write the dataset outputs") from None
