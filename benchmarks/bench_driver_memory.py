@@ -6,8 +6,8 @@ What is measured: the peak resident memory (ru_maxrss, from `os.wait4`) of a `re
 process, for a fresh run and for a resume of the same folder with every image done, at each input
 count; growth per input is the slope between the smallest and each larger count. The images cost
 no pixels and no model: the recipe has no stage and one `shards` output (no per-image files), and
-the N inputs are hard links to one 8x8 PNG (distinct paths, so none is deduplicated; one inode, so
-10^6 inputs take ~70 MB of folder entries, not 10^6 files' data), listed in a JSONL manifest with
+the N inputs are hard links to a few 8x8 PNGs (distinct paths, so none is deduplicated; one inode per
+50,000 links, so 10^6 inputs take folder entries, not 10^6 files' data), listed in a JSONL manifest with
 one row per image. So what grows with N is the driver's own bookkeeping: the input list, the name
 and claim checks, the done journal, the list of finished images.
 
@@ -36,22 +36,27 @@ def make_inputs(folder: Path, count: int) -> Path:
     manifest = folder / f"manifest-{count}.jsonl"
     if manifest.exists():
         return manifest
-    seed = folder / "seed.png"
-    if not seed.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        from PIL import Image
-
-        Image.new("RGB", (8, 8), (90, 90, 90)).save(seed)
+    folder.mkdir(parents=True, exist_ok=True)
     with (folder / "partial.jsonl").open("w", encoding="utf-8") as rows:
         for i in range(count):
             sub = folder / "links" / f"d{i // 1000:05d}"
             link = sub / f"i{i:07d}.png"
             if not link.exists():
                 sub.mkdir(parents=True, exist_ok=True)
-                os.link(seed, link)
+                os.link(_seed(folder, i // 50_000), link)
             rows.write(json.dumps({"path": link.relative_to(folder).as_posix()}) + "\n")
     (folder / "partial.jsonl").rename(manifest)
     return manifest
+
+
+def _seed(folder: Path, number: int) -> Path:
+    """One 8x8 PNG per 50,000 links (a file system caps the links to one file: ext4 at 65,000)."""
+    seed = folder / f"seed-{number:04d}.png"
+    if not seed.exists():
+        from PIL import Image
+
+        Image.new("RGB", (8, 8), (90, 90, 90)).save(seed)
+    return seed
 
 
 def run_cli(code: Path, recipe: Path, manifest: Path, out: Path) -> dict[str, float]:

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from recognize.errors import RecognizeError
 from recognize.frame import Frame
 from recognize.images import dedupe_names, iter_inputs
 from recognize.sources import is_url
@@ -96,9 +97,15 @@ class RunInputs:
     def expand(cls, inputs: Iterable[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None,
                directory: str | os.PathLike[str] | None = None) -> RunInputs:
         """`recognize.images.expand_inputs` into a table: same pairs, same order, same errors."""
-        table = cls(directory)
+        try:
+            table = cls(directory)
+        except (OSError, sqlite3.Error) as exc:
+            raise _scratch_error(exc, directory) from None
         try:
             table._fill(inputs, exclude)
+        except sqlite3.Error as exc:  # disk full (an OSError here is the inputs' own, not the table's)
+            table.close()
+            raise _scratch_error(exc, directory) from None
         except BaseException:
             table.close()
             raise
@@ -214,6 +221,14 @@ class RunInputs:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _scratch_error(exc: BaseException, directory: str | os.PathLike[str] | None) -> RecognizeError:
+    """One line for a temporary folder that cannot take the table (full, read-only, missing)."""
+    where = directory or os.environ.get("TMPDIR") or "the temporary folder"
+    reason = (getattr(exc, "strerror", None) or str(exc)).strip()
+    return RecognizeError(f"cannot write the run's list of inputs in {where} ({reason}); the disk may be full: "
+                          "free some space there, or set TMPDIR to a folder with room")
 
 
 class EntryTable(Sequence[tuple[Any, ...]]):
