@@ -31,7 +31,7 @@ from recognize.frame import Frame
 from recognize.images import dedupe_names, iter_inputs
 from recognize.sources import is_url
 
-_CHUNK = 10_000  # rows per insert or fetch
+_CHUNK = 2_000  # rows per insert or fetch (a few hundred KB of Python objects)
 
 
 class DiskSet:

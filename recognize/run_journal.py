@@ -160,7 +160,7 @@ class DoneJournal:
                 if record is not None:
                     rows.append((record["name"], start, len(raw.rstrip(b"\n"))))
                 start += len(raw)
-                if len(rows) >= 10_000:
+                if len(rows) >= 2_000:
                     self._db.executemany("INSERT OR REPLACE INTO done (name, start, length) VALUES (?, ?, ?)", rows)
                     rows.clear()
             self._db.executemany("INSERT OR REPLACE INTO done (name, start, length) VALUES (?, ?, ?)", rows)
