@@ -31,6 +31,7 @@ from recognize.frame import Frame
 from recognize.images import dedupe_names, iter_inputs
 from recognize.sources import is_url
 
+_PREFIX = "recognize-run-"  # then the pid of the run that owns the folder
 _CHUNK = 2_000  # rows per insert or fetch (a few hundred KB of Python objects)
 
 
@@ -84,7 +85,8 @@ class RunInputs:
     deletes the file."""
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        self._folder = Path(tempfile.mkdtemp(prefix="recognize-run-", dir=directory))
+        self._folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=directory))
+        remove_stale_scratch(self._folder.parent)
         self.path = self._folder / "inputs.sqlite"
         self._db = sqlite3.connect(self.path, check_same_thread=False)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-16000", "temp_store=FILE"):
@@ -221,6 +223,24 @@ class RunInputs:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def remove_stale_scratch(directory: Path) -> int:
+    """Delete the scratch folders that runs killed before their end (SIGKILL, power loss) left in
+    `directory`; returns how many. A folder of a live process, or of another user, is left alone."""
+    from recognize.atomic import _alive
+
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        pid = name[len(_PREFIX):].split("-", 1)[0] if name.startswith(_PREFIX) else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(directory / name, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _scratch_error(exc: BaseException, directory: str | os.PathLike[str] | None) -> RecognizeError:

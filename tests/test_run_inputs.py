@@ -4,6 +4,7 @@ driver whose memory does not grow with the number of inputs."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,17 @@ def _frame(path, name):
     from recognize.frame import Frame
 
     return Frame(source=str(path), name=name)
+
+
+def test_a_killed_runs_scratch_table_is_removed_by_the_next_run(tmp_path):
+    image(tmp_path / "in" / "x.png")
+    gone = tmp_path / "tmp" / f"recognize-run-{2**22 + 1}-abc"  # above Linux's pid_max: no such process
+    alive = tmp_path / "tmp" / f"recognize-run-{os.getpid()}-def"
+    for folder in (gone, alive):
+        folder.mkdir(parents=True)
+        (folder / "inputs.sqlite").write_bytes(b"x" * 100)
+    (tmp_path / "tmp" / "recognize-run-notes.txt").write_text("not ours")
+    with RunInputs.expand([tmp_path / "in"], directory=tmp_path / "tmp") as table:
+        assert list(table) == [(tmp_path / "in" / "x.png", "x.png")]
+    assert not gone.exists() and alive.exists() and (tmp_path / "tmp" / "recognize-run-notes.txt").exists()
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == sorted([alive.name, "recognize-run-notes.txt"])
