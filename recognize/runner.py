@@ -12,7 +12,10 @@ intact. Anything else is processed again, so a changed photo is redone and anoth
 `x.png` is never reported as done.
 
 Memory is bounded by the batch: processed frames are written and dropped; dataset-level outputs
-read the frames back from `OUT/frames/` one at a time when the run ends (`FrameFiles`).
+read the frames back from `OUT/frames/` one at a time when the run ends (`FrameFiles`). Nor does
+the driver's memory grow with the number of inputs: what it must know about all of them (the
+inputs, their names and claimed files, which are to do, the finished ones) is a scratch table on
+disk (`recognize.run_inputs`), and the journal is looked up through an index (`recognize.run_journal`).
 """
 
 from __future__ import annotations
