@@ -106,6 +106,7 @@ def main() -> None:
             out = args.work / f"out-{label.replace(' ', '_')}-{n}"
             shutil.rmtree(out, ignore_errors=True)
             fresh = run_cli(code, recipe, manifests[n], out)
+            print(json.dumps({"version": label, "inputs": n, "fresh": fresh}), file=sys.stderr, flush=True)
             resume = run_cli(code, recipe, manifests[n], out)
             assert (fresh["processed"], resume["skipped"]) == (n, n), (fresh, resume)
             rows.append({"version": label, "inputs": n, "fresh": fresh, "resume": resume})
