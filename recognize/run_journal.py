@@ -118,6 +118,14 @@ class DoneJournal:
             self._writer = None
         self._close_index()
 
+    def reset(self) -> None:
+        """Forget every record (`--overwrite` with shards: the spans they name are deleted): the
+        journal and its index go; the next `append` starts both afresh."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+        self._reset_index()
+        self._indexed = 0
+
     # -- the index ---------------------------------------------------------------------------
     def _open_index(self) -> None:
         self.index_path.parent.mkdir(parents=True, exist_ok=True)

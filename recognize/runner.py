@@ -26,7 +26,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +43,7 @@ from recognize.frame import Frame
 from recognize.hub import sha256_file
 from recognize.outputs.json_output import JsonOutput, read_frame
 from recognize.outputs.paths import RUN_FILES
+from recognize.outputs.shards import ShardsOutput, remove_shards, shard_extent
 from recognize.pipeline import Pipeline
 from recognize.run_inputs import RunInputs
 from recognize.run_journal import DONE_FILE, STATE_DIR, DoneJournal
@@ -305,7 +306,8 @@ def _is_done(record: dict[str, Any] | None, path: Path | str, out: Path, recipe_
              sizes: dict[str, int] | None = None) -> bool:
     """Whether `record` is a finished image of this recipe whose files are intact: each per-image
     file has its recorded size, each append-only file (a shard) still reaches the end of the
-    image's line. `sizes` caches the shards' sizes (many images share one shard)."""
+    image's record (`recognize.outputs.shards.shard_extent`). `sizes` caches the shards' extents
+    (many images share one shard)."""
     if record is None or record.get("recipe") != recipe_id or record.get("error"):
         return False
     files = record.get("files")
@@ -321,10 +323,7 @@ def _is_done(record: dict[str, Any] | None, path: Path | str, out: Path, recipe_
     for relative, span in appended.items():
         size = None if sizes is None else sizes.get(relative)
         if size is None:
-            try:
-                size = (out / relative).stat().st_size
-            except OSError:
-                size = -1
+            size = shard_extent(out / relative)  # bytes of a JSONL shard, rows of a Parquet one
             if sizes is not None:
                 sizes[relative] = size
         if not isinstance(span, list) or len(span) != 2 or size < span[1]:
@@ -354,12 +353,12 @@ class ShardFrames(Sequence[Frame]):
         return next(iter(ShardFrames(self._out, [self._entries[index]])))
 
     def __iter__(self) -> Iterator[Frame]:
-        from recognize.outputs.shards import read_line
+        from recognize.outputs.shards import read_span
 
         handles: dict[str, Any] = {}
         try:
             for shard, start, end, source, name in self._entries:
-                frame = read_line(self._out, shard, start, end, handles)
+                frame = read_span(self._out, shard, start, end, handles)
                 frame.source, frame.name = source, name
                 yield frame
         finally:
@@ -376,11 +375,15 @@ def run_to_folder(
     quiet: bool = False,
     engine: Engine | None = None,
     startup_seconds: float | None = None,
+    on_journal: Callable[[], None] | None = None,
 ) -> RunSummary:
     """Process `inputs` into `out_dir`; returns (and writes) the run summary.
 
     `startup_seconds`: time spent before this call (the CLI passes the process's age), shown in
     the summary's `wall` so it accounts for the whole run.
+
+    `on_journal`: called after each image's done-journal line is written (an `-o URL` run uploads
+    what the new lines point at: `recognize.remote_output`); what it raises stops the run.
 
     Everything that can be refused is refused before a file is written or a model loaded: bad
     output names, colliding results, inputs inside OUT, an OUT made by another recipe.
@@ -404,7 +407,7 @@ def run_to_folder(
     journal = DoneJournal(out)  # looked up through its index on disk
     try:
         return _run(pipeline, items, journal, out, outputs, json_stage, shard_stage, engine=engine, timer=timer,
-                    overwrite=overwrite, quiet=quiet, startup_seconds=startup_seconds)
+                    overwrite=overwrite, quiet=quiet, startup_seconds=startup_seconds, on_journal=on_journal)
     finally:
         journal.close()
         items.close()
@@ -412,7 +415,8 @@ def run_to_folder(
 
 def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, outputs: list[OutputStage],
          json_stage: OutputStage | None, shard_stage: OutputStage | None, *, engine: Engine, timer: StageTimer,
-         overwrite: bool, quiet: bool, startup_seconds: float | None) -> RunSummary:
+         overwrite: bool, quiet: bool, startup_seconds: float | None,
+         on_journal: Callable[[], None] | None) -> RunSummary:
     """`run_to_folder` once its inputs are listed (on disk); the caller closes `items` and `journal`."""
     from tqdm.auto import tqdm
 
@@ -430,6 +434,9 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
     partial = out / PARTIAL_DIR
     if overwrite or manifest_needed:
         clear_partial(partial)  # intermediate results of other settings
+    if overwrite and shard_stage is not None:  # the old shards would only grow the disk; their
+        remove_shards(out / shard_stage.params.folder)  # journal records (spans in them) go too
+        journal.reset()
 
     started = time.perf_counter()
     summary = RunSummary(
@@ -499,6 +506,8 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
         for region in frame.regions:  # a caller may still hold the frame; the masks are on disk now
             region.mask = None
         bar.update(1)
+        if on_journal is not None:
+            on_journal()
 
     todo = items.todo()
     frames = (Frame(source=str(path), name=name) for path, name in todo)
@@ -509,6 +518,11 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
         bar.close()
         frames.close()
         todo.close()  # its connection to the table, even when the engine stopped early
+        if isinstance(shard_stage, ShardsOutput):
+            try:
+                shard_stage.close()  # a Parquet shard becomes readable (renamed into place) only when closed
+            except OSError as exc:
+                raise _folder_error(out, exc, "close the last shard") from None
         journal.close()
     clear_partial(partial)  # every frame is final now
 

@@ -84,3 +84,17 @@ def test_a_damaged_index_is_rebuilt_and_no_journal_means_no_files(tmp_path):
     journal = DoneJournal(tmp_path).read()
     assert journal.get("a") == record("a")
     journal.close()
+
+
+def test_reset_forgets_every_record_and_the_next_append_starts_afresh(tmp_path):
+    journal = DoneJournal(tmp_path)
+    journal.append(record("a"))
+    journal.reset()
+    assert journal.get("a") is None and not journal.has_records()
+    assert not (tmp_path / ".recognize" / "done.jsonl").exists()
+    assert not (tmp_path / ".recognize" / "done.index.sqlite").exists()
+    journal.append(record("b"))
+    journal.close()
+    again = DoneJournal(tmp_path).read()
+    assert again.get("a") is None and again.get("b") == record("b")
+    again.close()

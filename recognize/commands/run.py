@@ -15,7 +15,10 @@ from recognize.errors import InputError
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", "output", default="recognize-out", show_default=True,
               help="Folder for the results: per-image results in OUT/frames/, the recipe's dataset files, "
-                   "summary.json. When OUT lies inside an input folder, it is skipped when that folder is scanned.")
+                   "summary.json. When OUT lies inside an input folder, it is skipped when that folder is scanned. "
+                   "May be an fsspec URL (s3://bucket/run, gs://..., az://..., http(s)://...; install s3fs, gcsfs "
+                   "or adlfs): the run stages files under RECOGNIZE_HOME and uploads finished ones as it goes "
+                   "(docs/scale.md).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set stages.1.with.box_threshold=0.3 (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs already exist (default: skip them).")
@@ -36,7 +39,7 @@ def run_command(recipe, inputs, output, overrides, overwrite, quiet, batch_size,
     """
     from recognize.pipeline import Pipeline
     from recognize.recipe import load_recipe
-    from recognize.runner import run_to_folder
+    from recognize.remote_output import run_to_output
 
     loaded = load_recipe(recipe, list(overrides))
     # set on the loaded recipe, not as `--set settings...`: a recipe without `settings:` takes them too
@@ -56,7 +59,7 @@ def run_command(recipe, inputs, output, overrides, overwrite, quiet, batch_size,
         engine_obj = RayEngine(progress=not quiet)
     from recognize.engines.timing import seconds_since_process_start
 
-    summary = run_to_folder(pipeline, inputs, output, overwrite=overwrite, quiet=quiet, engine=engine_obj,
+    summary = run_to_output(pipeline, inputs, output, overwrite=overwrite, quiet=quiet, engine=engine_obj,
                             startup_seconds=seconds_since_process_start())
     parts = [f"{summary.processed} processed", f"{summary.skipped} already done", f"{summary.failed} failed"]
     click.echo(f"{', '.join(parts)} -> {output}", err=True)

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from recognize.engines.base import RunStopped
 from recognize.engines.partition import PARTITION_CHUNK, check_group, check_partition
+from recognize.errors import RecognizeError
 from recognize.frame import Frame
 from recognize.stage import Stage
 
@@ -35,14 +37,31 @@ def _build(spec: dict[str, Any]) -> Stage:
     return plugins.get_stage(spec["use"])(spec["with"])
 
 
+#: key and position of the row a `_Partitioner` whose stage could not load emits instead of items: it
+#: sorts first, so the driver stops the run with its one-line message (`_apply_in_order`)
+_STOPPED_KEY, _STOPPED_POS = "\x00recognize:stopped", -1
+
+
 class _Partitioner:
-    """Ray Data actor: step 1 for a batch of frames."""
+    """Ray Data actor: step 1 for a batch of frames.
+
+    A stage that cannot load (a corrupt checkpoint) is not raised from `__init__`: Ray would retry the
+    actor, then show its multi-line traceback. As `ray_engine._StageWorker` does, the error travels
+    back as data (one row per batch) and the driver raises it once, as one line with its exit code."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.stage = _build(spec)
-        self.stage.ensure_loaded()
+        self.stopped: tuple[str, int] | None = None
+        try:
+            self.stage.ensure_loaded()
+        except RecognizeError as exc:
+            self.stopped = (str(exc), exc.exit_code)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.stopped is not None:
+            return {"key": np.array([_STOPPED_KEY], dtype=object), "pos": np.array([_STOPPED_POS], dtype=np.int64),
+                    "idx": np.array([0], dtype=np.int64),
+                    "item": np.array([pickle.dumps(self.stopped)], dtype=object)}
         frames = [Frame.from_json(text) for text in batch["frame"]]
         per_frame = self.stage.partition(frames)
         check_partition(self.stage, frames, per_frame)
@@ -59,9 +78,11 @@ class _Partitioner:
 
 def _process_group(group: dict[str, np.ndarray], spec: dict[str, Any]) -> dict[str, np.ndarray]:
     """Ray Data group function: step 2 for one key."""
+    key = str(group["key"][0])
+    if key == _STOPPED_KEY:  # the stage could not load: pass its error on, once
+        return {"pos": group["pos"][:1], "order": group["pos"][:1], "result": group["item"][:1]}
     stage = _build(spec)
     order = np.lexsort((group["idx"], group["pos"]))  # dataset order, as in one process
-    key = str(group["key"][0])
     items = [pickle.loads(group["item"][i]) for i in order]
     results = stage.process_group(key, items)
     check_group(stage, key, items, results)
@@ -123,6 +144,11 @@ def _apply_in_order(stage: Stage, frames: Iterator[Frame], rows: Iterator[dict[s
     """Each frame with its results (rows sorted by frame position), frames read one at a time."""
     position, mine = 0, []
     for row in rows:
+        if row["pos"] == _STOPPED_POS:
+            message, code = pickle.loads(row["result"])
+            stopped = RunStopped(message)
+            stopped.exit_code = code
+            raise stopped
         while position < row["pos"]:
             yield stage.apply_results(next(frames), mine)
             position, mine = position + 1, []

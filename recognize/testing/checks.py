@@ -253,7 +253,9 @@ def check_output(stage: OutputStage, frames: Sequence[Frame], out_dir: str | os.
                 stage.finish(list(frames), crashed)
         left = sorted(_snapshot(crashed))
         if stage.append_only:
-            torn = [name for name, data in _snapshot(crashed).items() if data and not data.endswith(b"\n")]
+            # hidden files are no records: a Parquet shard still being written is `.part-N.parquet.<pid>.partial`
+            torn = [name for name, data in _snapshot(crashed).items()
+                    if data and not data.endswith(b"\n") and not Path(name).name.startswith(".")]
             if torn:
                 _fail(stage, f"an append-only output left torn records in {torn}; append whole lines")
         elif left:

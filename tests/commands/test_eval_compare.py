@@ -69,3 +69,18 @@ def test_compare_errors_are_one_line(tmp_path):
     (tmp_path / "plain").mkdir()
     not_a_run = recognize("eval", "compare", tmp_path / "plain", recipe, tmp_path, "-o", tmp_path / "y")
     assert not_a_run.returncode == 2 and "without summary.json" in not_a_run.stderr
+
+
+@pytest.mark.subprocess
+def test_compare_reads_parquet_and_jsonl_shards_of_run_folders(image_folder, tmp_path):
+    for fmt in ("parquet", "jsonl"):
+        recipe = tmp_path / f"{fmt}.yaml"
+        recipe.write_text(RECIPE + f"outputs:\n  - use: shards\n    with: {{format: {fmt}}}\n")
+        run = recognize("run", recipe, image_folder, "-o", tmp_path / fmt, "-q")
+        assert run.returncode == 0, run.stderr
+        assert not (tmp_path / fmt / "frames").exists() and list((tmp_path / fmt / "shards").glob(f"*.{fmt}"))
+    result = recognize("eval", "compare", tmp_path / "parquet", tmp_path / "jsonl", "-o", tmp_path / "cmp", "-q")
+    assert result.returncode == 0, result.stderr
+    overall = json.loads((tmp_path / "cmp" / "compare.json").read_text())["overall"]
+    assert (overall["images"], overall["regions_a"], overall["matched"]) == (3, 9, 9)
+    assert overall["mean_box_iou"] == pytest.approx(1.0) and overall["mean_mask_iou"] == pytest.approx(1.0)

@@ -43,3 +43,27 @@ def test_partitioned_stage_on_ray_equals_local_and_survives_a_killed_worker(loca
     assert local["dropped_regions"] > 0 and remote["digest"] == local["digest"]
     assert remote["frames"] == local["frames"] == 600
 
+
+
+def test_a_tagger_that_cannot_load_in_a_partition_worker_is_the_local_engines_one_line_error(local_ray, reference,
+                                                                                           tmp_path):
+    from recognize import plugins
+    from recognize.engines.base import RunStopped
+    from recognize.engines.ray_engine import stage_specs
+    from recognize.engines.ray_partition import run_partitioned_on_ray
+    from recognize.errors import ModelFileError
+    from recognize.frame import Frame, Region
+
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    stage = plugins.get_stage("region_outliers")(
+        tagger="ram", tagger_with={"config": str(reference / "fixtures" / "ram" / "config.json"),
+                                   "checkpoint": str(broken)})
+    with pytest.raises(ModelFileError) as local:  # what the local engine reports (exit code 3)
+        plugins.get_stage("region_outliers")(stage.params).ensure_loaded()
+    frames = [Frame(source=f"/img{i}.png", name=f"img{i}", width=8, height=8,
+                    regions=[Region(box=(0.0, 0.0, 4.0, 4.0), tag="cat")]) for i in range(5)]
+    with pytest.raises(RunStopped) as stopped:
+        list(run_partitioned_on_ray(stage, stage_specs([stage])[0], frames, num_workers=1))
+    assert str(stopped.value) == str(local.value) and "\n" not in str(stopped.value)
+    assert "broken.pth" in str(stopped.value) and stopped.value.exit_code == local.value.exit_code == 3
