@@ -24,12 +24,11 @@ import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
 from recognize.images import dedupe_names, iter_inputs
-from recognize.sources import is_url
 
 _PREFIX = "recognize-run-"  # then the pid of the run that owns the folder
 _CHUNK = 2_000  # rows per insert or fetch (a few hundred KB of Python objects)
@@ -218,7 +217,7 @@ class RunInputs:
         finally:
             shutil.rmtree(self._folder, ignore_errors=True)
 
-    def __enter__(self) -> RunInputs:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -46,7 +46,7 @@ from recognize.outputs.paths import RUN_FILES
 from recognize.outputs.shards import ShardsOutput, remove_shards, shard_extent
 from recognize.pipeline import Pipeline
 from recognize.run_inputs import RunInputs
-from recognize.run_journal import DONE_FILE, STATE_DIR, DoneJournal
+from recognize.run_journal import DONE_FILE, STATE_DIR, DoneJournal  # noqa: F401 - DONE_FILE re-exported (remote_output)
 from recognize.sources import same_url, url_identity
 from recognize.stage import OutputStage
 
