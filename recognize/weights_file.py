@@ -172,10 +172,13 @@ def load_strictly(module: Any, state: Mapping[str, Any], path: str | os.PathLike
                   looks_like: str | None = None) -> Any:
     """Load `state` into `module` with no missing, unexpected or reshaped key, else one
     `ModelFileError` naming the file, what it should have been (`expected`) and, when known, what it
-    looks like instead (`looks_like`, e.g. "a SAM vit_b"). Returns `module`."""
+    looks like instead (`looks_like`, e.g. "a SAM vit_b"). A module built with its parameters on the
+    meta device (`recognize.meta_init.parameters_on_meta`) gets `state`'s tensors assigned. Returns `module`."""
+    from recognize.meta_init import assign_state
+
     problems = strict_mismatch(module.state_dict(), state)
     if problems:
         hint = f"; it looks like {looks_like} checkpoint" if looks_like else ""
         raise ModelFileError(f"{path} does not fit {expected}: {'; '.join(problems)}{hint}")
-    module.load_state_dict(state, strict=True)
+    assign_state(module, state)
     return module

@@ -11,9 +11,10 @@ API:
 - `map_state_dict(state, spec, expected_shapes)` -> (`{model key: tensor}`, `LoadReport`): the whole
   check, usable with meta tensors (the manifest tests run it on shapes only).
 - `load_official(model, checkpoint, spec) -> LoadReport`: map, then `load_state_dict(strict=True)`.
-- `parameters_on_meta()`: a context in which modules get their parameters on the meta device (no
-  memory, no random initialisation) while buffers are built for real; `load_official` then assigns
-  the checkpoint's tensors (`assign=True`) and checks that no meta tensor is left.
+- `parameters_on_meta()` (from `recognize.meta_init`, shared with SAM and Grounding DINO): a context in
+  which modules get their parameters on the meta device (no memory, no random initialisation) while
+  buffers are built for real; `load_official` then assigns the checkpoint's tensors (`assign=True`)
+  and checks that no meta tensor is left.
 
 Why build on meta: a released tagger is ~0.5-1 GB of fp32 parameters; building it normally fills
 them with random values (seconds of `trunc_normal_` on 2 cores) only for `load_state_dict` to copy
@@ -30,16 +31,15 @@ equal; otherwise a one-line `ModelFileError` says what is wrong.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from recognize.errors import ModelFileError
+from recognize.meta_init import parameters_on_meta  # noqa: F401 - re-exported (defined there, shared with SAM and Grounding DINO)
 
 Adapter = Callable[[str, torch.Tensor, torch.Size], "torch.Tensor | None"]
 
@@ -194,27 +194,3 @@ def _compute_meta_buffers(model: nn.Module) -> None:
     for module in model.modules():
         if hasattr(module, "init_non_persistent_buffers") and any(b.is_meta for b in module.buffers(recurse=False)):
             module.init_non_persistent_buffers()
-
-
-_meta_state = threading.local()
-_original_register_parameter = nn.Module.register_parameter
-
-
-def _register_parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-    _original_register_parameter(module, name, param)
-    if param is not None and getattr(_meta_state, "depth", 0) and not param.is_meta:
-        module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-
-@contextlib.contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Inside the block, every parameter a module registers *in this thread* is moved to the meta
-    device (its initialisation then costs nothing); buffers are untouched. Load with `load_official`.
-
-    Other threads building modules meanwhile are unaffected (the switch is thread-local)."""
-    nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign]  # idempotent
-    _meta_state.depth = getattr(_meta_state, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _meta_state.depth -= 1

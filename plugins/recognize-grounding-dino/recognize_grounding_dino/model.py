@@ -75,19 +75,24 @@ def build_config(model: str, config: str | Path | Mapping[str, Any] | None = Non
         raise RecognizeError(f"grounding_dino config: {error}") from None
 
 
-def build_model(config: Any, init_weights: bool = True) -> torch.nn.Module:
+def build_model(config: Any, init_weights: bool = True, on_meta: bool = False) -> torch.nn.Module:
     """An eval-mode `GroundingDinoForObjectDetection`; `init_weights=False` skips the random init
-    (the weights are about to be loaded anyway)."""
+    (the weights are about to be loaded anyway); `on_meta` also puts the parameters on the meta device
+    (no memory at all until `load_weights` assigns the checkpoint's tensors; `recognize.meta_init`)."""
     from transformers import GroundingDinoForObjectDetection
 
-    context: Any = contextlib.nullcontext()
-    if not init_weights:
+    from recognize.meta_init import parameters_on_meta
+
+    context: Any = contextlib.ExitStack()
+    if not init_weights or on_meta:
         try:
             from transformers.modeling_utils import no_init_weights
 
-            context = no_init_weights()
+            context.enter_context(no_init_weights())
         except ImportError:  # pragma: no cover - moved in some transformers releases
             pass
+    if on_meta:
+        context.enter_context(parameters_on_meta())
     try:
         with context:
             model = GroundingDinoForObjectDetection(config)
@@ -122,7 +127,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     from recognize.weights_file import read_weights
 
     path = Path(path)
-    data: Any = read_weights(path, "Grounding DINO checkpoint", mmap=False)
+    data: Any = read_weights(path, "Grounding DINO checkpoint")  # memory-mapped where the file allows
     for wrapper in ("model", "state_dict"):
         if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
             data = data[wrapper]
@@ -136,7 +141,9 @@ def _fill_tied(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     stored once (transformers' save_pretrained does that): fill the other names from it."""
     groups: dict[tuple[int, tuple[int, ...]], list[str]] = {}
     for key, tensor in model.state_dict(keep_vars=True).items():
-        groups.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(key)
+        # meta tensors have no data: a shared one is the same Parameter object under several names
+        identity = id(tensor) if tensor.is_meta else tensor.data_ptr()
+        groups.setdefault((identity, tuple(tensor.shape)), []).append(key)
     for names in groups.values():
         present = [n for n in names if n in state]
         if present and len(present) < len(names):
@@ -146,7 +153,8 @@ def _fill_tied(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Load an official or transformers-layout state dict; anything missing, unknown or of the
-    wrong shape is an error (no silent partial load)."""
+    wrong shape is an error (no silent partial load). Into a model built `on_meta` the tensors are
+    assigned, not copied (the official layout's fused q/k/v tensors split into views, no copy)."""
     state = strip_prefix(state_dict)
     unknown: list[str] = []
     if is_official(state):
@@ -162,7 +170,12 @@ def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
         parts = [f"{len(items)} {what} (first: {items[0]})" for what, items in
                  (("missing", missing), ("unexpected", unexpected), ("of the wrong shape", wrong)) if items]
         raise ModelFileError(f"{source}: does not fit this Grounding DINO model: {'; '.join(parts)}")
-    model.load_state_dict(state, strict=True)
+    from recognize.meta_init import assign_state
+
+    for key, tensor in state.items():
+        if tensor.is_meta:  # taken from the model by `align_backbone_layout`: a parameter no forward reads
+            state[key] = torch.zeros(tensor.shape, dtype=tensor.dtype)
+    assign_state(model, state)
 
 
 class _TextEncodingCache:
@@ -289,7 +302,7 @@ class Detector:
              config: str | Path | Mapping[str, Any] | None = None, device: str = "cpu") -> Detector:
         """Build from the config, then load `checkpoint` strictly (official or transformers keys)."""
         tokenizer = load_tokenizer(vocab)
-        network = build_model(build_config(model, config), init_weights=False)
+        network = build_model(build_config(model, config), on_meta=True)
         load_weights(network, read_state_dict(checkpoint), str(checkpoint))
         return cls(network, tokenizer, device)
 

@@ -86,3 +86,64 @@ def test_the_vocab_must_keep_bert_delimiter_ids(vocab, tmp_path):
     with pytest.raises(ModelFileError, match=r"'\.' must have id 1012"):
         load_tokenizer(moved)
     assert load_tokenizer(vocab).convert_tokens_to_ids("?") == 1029
+
+
+# -- building on meta: no init, the checkpoint's tensors assigned (recognize.meta_init) -----------------
+def _all_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+
+
+def _outputs(model: torch.nn.Module, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    pixels = torch.randn(1, 3, 96, 128)
+    ids = torch.tensor([tokenizer("cat . dog .")["input_ids"]])
+    with torch.inference_mode():
+        out = model(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids),
+                    token_type_ids=torch.zeros_like(ids))
+    return out.logits, out.pred_boxes
+
+
+def test_meta_built_model_holds_exactly_what_an_eager_load_holds(tiny_checkpoint, tiny, tokenizer):
+    config = build_config("swint_ogc", tiny)
+    eager = build_model(config, init_weights=False)
+    load_weights(eager, read_state_dict(tiny_checkpoint), "eager")
+    state = read_state_dict(tiny_checkpoint)
+    lazy = build_model(config, on_meta=True)
+    assert all(p.is_meta for p in lazy.parameters())
+    assert not any(b.is_meta for b in lazy.buffers())  # computed by the constructors, real
+    load_weights(lazy, state, "lazy")
+    lazy_tensors, eager_tensors = _all_tensors(lazy), _all_tensors(eager)
+    assert lazy_tensors.keys() == eager_tensors.keys()
+    assert not any(t.is_meta for t in lazy_tensors.values())
+    for name, tensor in eager_tensors.items():
+        assert torch.equal(lazy_tensors[name], tensor), name
+        assert lazy_tensors[name].dtype == tensor.dtype, name
+    # the box head stored once is one tensor under every decoder layer's name, as in the eager load
+    stored = {lazy_tensors[k].data_ptr() for k in state if k in lazy_tensors}
+    assert all(t.data_ptr() in stored for k, t in lazy.state_dict().items() if "bbox_embed" in k)
+    for got, expected in zip(_outputs(lazy, tokenizer), _outputs(eager, tokenizer)):
+        assert torch.equal(got, expected)
+
+
+def test_meta_built_model_without_the_unread_swin_norm(tiny_checkpoint, tiny, tokenizer):
+    """Official files lack transformers 5's final Swin `layernorm` (no forward reads it): the meta
+    build fills it with zeros (the eager one keeps uninitialised memory); outputs are the same."""
+    from recognize_grounding_dino.convert import _SWIN_UNREAD
+
+    config = build_config("swint_ogc", tiny)
+    eager = build_model(config, init_weights=False)
+    load_weights(eager, read_state_dict(tiny_checkpoint), "eager")
+    state = {k: v for k, v in read_state_dict(tiny_checkpoint).items() if not _SWIN_UNREAD.match(k)}
+    lazy = build_model(config, on_meta=True)
+    load_weights(lazy, state, "official-like")
+    assert not any(t.is_meta for t in _all_tensors(lazy).values())
+    for got, expected in zip(_outputs(lazy, tokenizer), _outputs(eager, tokenizer)):
+        assert torch.equal(got, expected)
+
+
+def test_meta_built_model_keeps_the_one_line_errors(tiny_checkpoint, tiny):
+    state = load_file(str(tiny_checkpoint))
+    model = build_model(build_config("swint_ogc", tiny), on_meta=True)
+    partial = {k: v for k, v in state.items() if "text_projection" not in k}
+    with pytest.raises(ModelFileError, match=r"missing \(first: model.text_projection"):
+        load_weights(model, partial, "partial.pth")

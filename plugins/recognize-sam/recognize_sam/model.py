@@ -4,6 +4,14 @@ segment-anything's `build_sam*` helpers load with a plain `torch.load` (arbitrar
 report a mismatch as a multi-page traceback. We build the bare architecture with those same
 builders and load the weights ourselves: `weights_only=True`, every key accounted for, and a
 one-line `ModelFileError` that says what does not fit.
+
+Two deliberate differences from `build_sam*`, neither changing a bit of the output:
+- a model about to receive a checkpoint is built with its parameters on the meta device
+  (`build_sam(..., on_meta=True)`; `recognize.meta_init`) and gets the memory-mapped checkpoint's
+  tensors assigned: segment-anything initialises vit_h's 2.5 GB of weights randomly first (seconds),
+  and its loader held them twice;
+- the image encoder's attention is `recognize_sam.attention.LeanAttention` (in-place relative-position
+  adds and softmax: one 1 GiB attention matrix alive per global block instead of three).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from segment_anything.build_sam import _build_sam, sam_model_registry
 from segment_anything.modeling import Sam as SamModel
 
 from recognize.errors import ModelFileError
+from recognize_sam.attention import use_lean_attention
 from recognize_sam.config import SamConfig
 
 __all__ = ["EMBED_DIMS", "SamConfig", "build_sam", "load_checkpoint"]
@@ -24,10 +33,13 @@ EMBED_DIMS = {"vit_h": 1280, "vit_l": 1024, "vit_b": 768}
 _PATCH_KEY = "image_encoder.patch_embed.proj.weight"
 
 
-def build_sam(model: str = "vit_h", config: SamConfig | None = None, seed: int | None = None) -> SamModel:
+def build_sam(model: str = "vit_h", config: SamConfig | None = None, seed: int | None = None,
+              on_meta: bool = False) -> SamModel:
     """The SAM architecture (`model` variant, or `config` when given) with freshly initialised weights.
 
-    With `seed`, the initialisation is reproducible and leaves the global RNG untouched.
+    With `seed`, the initialisation is reproducible and leaves the global RNG untouched. With
+    `on_meta`, the parameters are meta tensors (no memory, no initialisation): only for a model
+    `load_checkpoint` fills next. Buffers are real either way (the pixel statistics are no checkpoint's).
     """
     def build() -> SamModel:
         if config is not None:
@@ -39,13 +51,18 @@ def build_sam(model: str = "vit_h", config: SamConfig | None = None, seed: int |
             )
         return sam_model_registry[model](checkpoint=None)
 
-    if seed is None:
+    if on_meta:
+        from recognize.meta_init import parameters_on_meta
+
+        with parameters_on_meta():
+            sam = build()
+    elif seed is None:
         sam = build()
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             sam = build()
-    return sam.eval()
+    return use_lean_attention(sam).eval()
 
 
 def _variant_of(state: dict[str, torch.Tensor]) -> str | None:
@@ -56,13 +73,15 @@ def _variant_of(state: dict[str, torch.Tensor]) -> str | None:
 
 
 def load_checkpoint(sam: SamModel, path: str | Path, expected: str = "SAM") -> SamModel:
-    """Load an official SAM state dict into `sam`: safe unpickling, no missing/unexpected/reshaped keys."""
+    """Load an official SAM state dict into `sam`: safe unpickling, no missing/unexpected/reshaped keys.
+
+    The file is memory-mapped; into a model built `on_meta` its tensors are assigned, not copied."""
     from recognize.weights_file import load_strictly, read_weights
 
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: SAM checkpoint not found")
-    state = read_weights(path, "SAM checkpoint", mmap=False)
+    state = read_weights(path, "SAM checkpoint")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelFileError(f"{path}: not a SAM checkpoint (expected a state dict of tensors)")
     variant = _variant_of(state)

@@ -86,7 +86,8 @@ class Sam(Stage):
                 sam = build_sam(p.model, p.config, seed=p.seed).to(device)
             else:
                 expected = p.model if p.config is None else "custom"
-                sam = load_checkpoint(build_sam(p.model, p.config), checkpoint, expected=expected).to(device)
+                # parameters on meta: the checkpoint's memory-mapped tensors are assigned, no random init first
+                sam = load_checkpoint(build_sam(p.model, p.config, on_meta=True), checkpoint, expected=expected).to(device)
             if p.quantize == "int8":  # the encoder holds ~all of SAM's FLOPs; the decoder runs per box, small
                 quantize_linear_int8(sam.image_encoder)
             return sam

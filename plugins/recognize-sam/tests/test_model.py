@@ -20,8 +20,8 @@ def saved_tiny(tmp_path, tiny_sam):
     return path
 
 
-def fresh_tiny(seed: int = 1):
-    return build_sam(config=SamConfig(**TINY_CONFIG), seed=seed)
+def fresh_tiny(seed: int = 1, on_meta: bool = False):
+    return build_sam(config=SamConfig(**TINY_CONFIG), seed=seed, on_meta=on_meta)
 
 
 def test_seeded_build_is_reproducible_and_leaves_global_rng_alone(tiny_sam):
@@ -46,6 +46,48 @@ def test_strict_load_round_trip(saved_tiny, tiny_sam):
     loaded = load_checkpoint(fresh_tiny(seed=5), saved_tiny)
     for (name, a), b in zip(tiny_sam.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_meta_built_model_loads_exactly_what_an_eager_build_loads(saved_tiny, tiny_sam):
+    """Built on meta and assigned from the memory-mapped file: tensor for tensor (buffers included) the
+    model segment-anything's way (random init, then copy) gives, with no meta tensor left."""
+    lazy = fresh_tiny(on_meta=True)
+    assert all(p.is_meta for p in lazy.parameters())
+    assert not any(b.is_meta for b in lazy.buffers())  # pixel statistics: computed, in no checkpoint
+    load_checkpoint(lazy, saved_tiny)
+    eager = load_checkpoint(fresh_tiny(seed=5), saved_tiny)
+    assert not any(t.is_meta for t in [*lazy.parameters(), *lazy.buffers()])
+    lazy_tensors = {**dict(lazy.named_parameters()), **dict(lazy.named_buffers())}
+    eager_tensors = {**dict(eager.named_parameters()), **dict(eager.named_buffers())}
+    assert lazy_tensors.keys() == eager_tensors.keys()
+    assert {"pixel_mean", "pixel_std", "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"} <= lazy_tensors.keys()
+    for name, tensor in eager_tensors.items():
+        assert torch.equal(lazy_tensors[name], tensor), name
+        assert lazy_tensors[name].dtype == tensor.dtype and lazy_tensors[name].is_contiguous(), name
+    assert all(p.requires_grad == q.requires_grad for p, q in zip(lazy.parameters(), eager.parameters()))
+    image = torch.randn(1, 3, 1024, 1024)
+    with torch.inference_mode():
+        assert torch.equal(lazy.image_encoder(image), eager.image_encoder(image))
+
+
+def test_meta_built_model_takes_the_models_dtype(tmp_path, tiny_sam):
+    """A float16 file loaded into the float32 model: float32 tensors, as a copy into real parameters gives."""
+    path = tmp_path / "half.pth"
+    torch.save({k: v.half() for k, v in tiny_sam.state_dict().items()}, path)
+    lazy, eager = load_checkpoint(fresh_tiny(on_meta=True), path), load_checkpoint(fresh_tiny(), path)
+    for (name, a), b in zip(lazy.state_dict().items(), eager.state_dict().values()):
+        assert a.dtype == torch.float32 and torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("on_meta", [False, True])
+def test_mismatch_is_one_line_error_for_either_build(tmp_path, tiny_sam, on_meta):
+    state = dict(tiny_sam.state_dict())
+    state.pop("mask_decoder.iou_token.weight")
+    path = tmp_path / "edited.pth"
+    torch.save(state, path)
+    with pytest.raises(ModelFileError, match="1 missing keys") as info:
+        load_checkpoint(fresh_tiny(on_meta=on_meta), path, expected="custom")
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(

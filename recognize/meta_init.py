@@ -1,0 +1,77 @@
+"""Building a model without initialising its weights: parameters on the meta device, then assigned.
+
+Why: a released model is 0.5-2.5 GB of fp32 parameters. Building it normally fills them with
+random values (seconds of `trunc_normal_`/`kaiming_uniform_` on 2 cores; SAM vit_h's are the most)
+only for `load_state_dict` to copy the checkpoint over them, so peak memory held the weights twice.
+Built inside `parameters_on_meta()` the parameters cost nothing; loading then assigns the
+checkpoint's own tensors (`load_state_dict(assign=True)`, see `assign_state`), which, read from a
+memory-mapped file, are the file's pages, read once, lazily. Buffers stay real because constructors
+compute them (position indices, attention masks, pixel statistics): most are not in checkpoints.
+
+Used by the RAM/RAM++ loaders (`recognize.taggers.checkpoint`), SAM and Grounding DINO.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["assign_state", "parameters_on_meta", "tensors_left_on_meta"]
+
+_meta_state = threading.local()
+_original_register_parameter = nn.Module.register_parameter
+
+
+def _register_parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    _original_register_parameter(module, name, param)
+    if param is not None and getattr(_meta_state, "depth", 0) and not param.is_meta:
+        module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Inside the block, every parameter a module registers *in this thread* is moved to the meta
+    device (its initialisation then costs nothing); buffers are untouched.
+
+    Other threads building modules meanwhile are unaffected (the switch is thread-local)."""
+    nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign]  # idempotent
+    _meta_state.depth = getattr(_meta_state, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _meta_state.depth -= 1
+
+
+def assign_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """`load_state_dict(state, strict=True)`, assigning the given tensors where `module` holds meta
+    tensors (built in `parameters_on_meta`), copying into them otherwise (`assign=False`).
+
+    Assigned tensors take the module's dtype first and are made contiguous, so the model computes
+    with exactly the tensors a copy into freshly built parameters would have given (a float16 file
+    loaded into a float32 model stays float32, as with a copy); for the usual contiguous float32
+    file both are no-ops and the file's own tensors are kept. Raises `RuntimeError` if a meta tensor
+    is left (a tensor neither in `state` nor computed by the constructor: a programming error)."""
+    own = module.state_dict(keep_vars=True)
+    if not any(t.is_meta for t in own.values()):
+        module.load_state_dict(state, strict=True)
+        return
+    fitted = {}
+    for key, tensor in state.items():
+        target = own.get(key)
+        if target is not None and tensor.dtype != target.dtype:
+            tensor = tensor.to(target.dtype)
+        fitted[key] = tensor.contiguous()
+    module.load_state_dict(fitted, strict=True, assign=True)
+    left = tensors_left_on_meta(module)
+    if left:
+        raise RuntimeError(f"{type(module).__name__}: tensors left without values after loading: {', '.join(left[:3])}")
+
+
+def tensors_left_on_meta(module: nn.Module) -> list[str]:
+    """Names of the parameters and buffers of `module` that are still meta tensors."""
+    return [name for name, t in [*module.named_parameters(remove_duplicate=False),
+                                 *module.named_buffers(remove_duplicate=False)] if t.is_meta]
