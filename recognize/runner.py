@@ -412,7 +412,8 @@ def run_to_folder(
     journal = DoneJournal(out)  # looked up through its index on disk
     try:
         return _run(pipeline, items, journal, out, outputs, json_stage, shard_stage, engine=engine, timer=timer,
-                    overwrite=overwrite, quiet=quiet, startup_seconds=startup_seconds, on_journal=on_journal)
+                    overwrite=overwrite, quiet=quiet, startup_seconds=startup_seconds, on_journal=on_journal,
+                    entered=entered)
     finally:
         journal.close()
         items.close()
@@ -421,8 +422,9 @@ def run_to_folder(
 def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, outputs: list[OutputStage],
          json_stage: OutputStage | None, shard_stage: OutputStage | None, *, engine: Engine, timer: StageTimer,
          overwrite: bool, quiet: bool, startup_seconds: float | None,
-         on_journal: Callable[[], None] | None) -> RunSummary:
-    """`run_to_folder` once its inputs are listed (on disk); the caller closes `items` and `journal`."""
+         on_journal: Callable[[], None] | None, entered: float) -> RunSummary:
+    """`run_to_folder` once its inputs are listed (on disk); the caller closes `items` and `journal`.
+    `entered`: the timer's clock when `run_to_folder` was called (the origin of `cold_start`)."""
     from tqdm.auto import tqdm
 
     check_claims(items.frames(), outputs, out, owner=items.claim_map("claimed_files", out),
