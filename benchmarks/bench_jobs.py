@@ -1,11 +1,12 @@
 """One measurement each: a job runs in its own process and returns a dict of numbers.
 
-Kinds: `prepare` (write the random checkpoints), `matmul` (the machine's fp32 matmul GFLOP/s),
-`stage` (one stage and its baseline), `recipe` (tag -> ground -> segment over a folder, ours and the
-baseline) and `engine` (a tagging
-recipe on the local engine or on Ray with 1 and 2 workers). Ours and the baseline share one process
-and run interleaved, so a machine that slows down affects both; peak memory is the process's
-high-water mark (`VmHWM`), reset between the two sides (Linux `clear_refs`), imports included.
+Kinds: `prepare` (write the random checkpoints), `matmul` (the machine's fp32 and bf16 matmul
+GFLOP/s), `stage` (one stage and its baseline), `chain` (tag -> ground -> segment over a folder:
+`recognize run` against the demo per photo, `bench_chain.py`), `chain_flops` (the chain's FLOPs per
+photo, when the stage table lacks them) and `engine` (a tagging recipe on the local engine or on Ray
+with 1 and 2 workers). In a stage job ours and the baseline share one process and run interleaved,
+so a machine that slows down affects both; peak memory is the process's high-water mark (`VmHWM`),
+reset between the two sides (Linux `clear_refs`), imports included.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,6 @@ from bench_models import LOCALIZERS, SEGMENTERS, TAGS, Kit, boxes_for
 
 from recognize.frame import Frame, Region, Tag
 from recognize.stage import Stage
-
-#: Recipe thresholds: random weights give meaningless scores, so everything passes and the cap of
-#: `Kit.boxes` regions per image gives our pipeline and the baseline the same amount of SAM work.
-RECIPE_BOX_THRESHOLD = 0.0
-RECIPE_TEXT_THRESHOLD = 0.0
 
 
 def memory_mb() -> dict[str, float]:
@@ -79,22 +74,28 @@ def stage_frames(stage: str, images: list[np.ndarray], boxes: int) -> list[Frame
 
 # -- jobs -------------------------------------------------------------------------------------------
 def matmul(quick: bool) -> dict[str, Any]:
-    """fp32 GFLOP/s of a square matmul with every torch thread: this machine's practical limit."""
+    """fp32 and bf16 GFLOP/s of a square matmul with every torch thread: this machine's practical limits
+    (bf16 runs ~3x fp32 on CPUs with AMX and slower than fp32 on CPUs without native bf16 GEMMs)."""
     n = 1024 if quick else 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    budget = 0.5 if quick else 3.0
+    fp32 = _matmul_rate(n, torch.float32, budget)
+    bf16 = _matmul_rate(n, torch.bfloat16, budget)
+    return {"n": n, "runs": fp32["runs"], "threads": torch.get_num_threads(), "gflops": fp32["typical"],
+            "gflops_best": fp32["best"], "gflops_bf16": bf16["typical"], "gflops_bf16_best": bf16["best"]}
+
+
+def _matmul_rate(n: int, dtype: torch.dtype, budget: float) -> dict[str, float]:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     for _ in range(2):
         a @ b
     runs, start = 0, time.perf_counter()
-    budget = 0.5 if quick else 3.0
     times = []
     while time.perf_counter() - start < budget or runs < 3:
         t = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - t)
         runs += 1
-    best = 2 * n**3 / min(times) / 1e9
-    typical = 2 * n**3 / _median(times) / 1e9
-    return {"n": n, "runs": runs, "threads": torch.get_num_threads(), "gflops": typical, "gflops_best": best}
+    return {"runs": runs, "best": 2 * n**3 / min(times) / 1e9, "typical": 2 * n**3 / _median(times) / 1e9}
 
 
 def reset_peak() -> bool:
@@ -200,99 +201,6 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
     }
 
 
-def recipe_ours(kit: Kit, folder: Path) -> dict[str, Any]:
-    """ram_plus -> grounding_dino (its `max_regions` cap) -> sam as one Pipeline over the folder, batch 4."""
-    from recognize.pipeline import Pipeline
-
-    reset_peak()
-    pipeline = Pipeline(
-        [make_stage(kit, "ram_plus", include=list(TAGS), threshold=0.0),
-         make_stage(kit, "grounding_dino", box_threshold=RECIPE_BOX_THRESHOLD, text_threshold=RECIPE_TEXT_THRESHOLD,
-                    max_regions=kit.boxes),
-         make_stage(kit, "sam")],
-        batch_size=4, device="cpu", name="tag_ground_segment")
-    load_s = _timed(pipeline.load)
-    start = time.perf_counter()
-    frames = list(pipeline.run([folder]))
-    seconds = time.perf_counter() - start
-    result = {"images": len(frames), "load_s": load_s, "seconds": seconds, "s_per_img": seconds / len(frames),
-              "tags_per_img": _mean(len(f.tags) for f in frames), "regions_per_img": _mean(len(f.regions) for f in frames),
-              "masks_per_img": _mean(sum(r.mask is not None for r in f.regions) for f in frames),
-              "stage_seconds": dict(pipeline.timings), **memory_mb()}
-    del pipeline, frames
-    from recognize.stage import shared_models
-
-    shared_models.clear()
-    gc.collect()
-    return result
-
-
-def recipe_baseline(kit: Kit, folder: Path) -> dict[str, Any]:
-    """The demo script once per image: every model built and loaded for each image."""
-    import bench_baseline
-
-    from recognize.images import expand_inputs, load_image
-
-    reset_peak()
-    tag_load, tag_infer = bench_baseline.tagger(kit, "ram_plus", include=TAGS, threshold=0.0)
-    gd_load, gd_infer = bench_baseline.grounding_dino(kit, RECIPE_BOX_THRESHOLD, RECIPE_TEXT_THRESHOLD)
-    sam_load, sam_infer = bench_baseline.sam(kit)
-    paths = [p for p, _ in expand_inputs([folder])]
-    load_s = infer_s = 0.0
-    tags, regions, masks = [], [], []
-    start = time.perf_counter()
-    for path in paths:
-        image = load_image(path)
-        found_tags = _timed_step(tag_load, tag_infer, image)
-        detected = _timed_step(gd_load, gd_infer, image, found_tags.value)
-        boxes = detected.value[0][: kit.boxes]  # torchvision NMS returns boxes by decreasing score
-        found_masks = _timed_step(sam_load, sam_infer, image, boxes)
-        for step in (found_tags, detected, found_masks):
-            load_s += step.load_s
-            infer_s += step.infer_s
-        tags.append(len(found_tags.value))
-        regions.append(len(boxes))
-        masks.append(len(found_masks.value))
-    seconds = time.perf_counter() - start
-    return {"images": len(paths), "load_s": load_s / len(paths), "infer_s_per_img": infer_s / len(paths),
-            "seconds": seconds, "s_per_img": seconds / len(paths), "tags_per_img": _mean(tags),
-            "regions_per_img": _mean(regions), "masks_per_img": _mean(masks), **memory_mb()}
-
-
-def recipe_pair(kit: Kit, folder: Path, repeats: int) -> dict[str, Any]:
-    """Both recipe runs in one process, back to back (order alternating per repeat); medians kept."""
-    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "baseline": []}
-    imports_mb = memory_mb()["rss_mb"]
-    for r in range(repeats):
-        order = ("baseline", "ours") if r % 2 == 0 else ("ours", "baseline")
-        for side in order:
-            runs[side].append((recipe_ours if side == "ours" else recipe_baseline)(kit, folder))
-    result = {}
-    for side, found in runs.items():
-        best = sorted(found, key=lambda run: run["s_per_img"])[len(found) // 2]  # the median run
-        result[side] = {**best, "runs_s_per_img": [run["s_per_img"] for run in found], "rss_imports_mb": imports_mb}
-    return result
-
-
-@dataclass
-class _Step:
-    value: Any
-    load_s: float
-    infer_s: float
-
-
-def _timed_step(load, infer, *args: Any) -> _Step:
-    """Build + load a model, run `infer(model, *args)`, drop the model; the two times apart."""
-    start = time.perf_counter()
-    model = load()
-    loaded = time.perf_counter()
-    value = infer(model, *args)
-    done = time.perf_counter()
-    del model
-    gc.collect()
-    return _Step(value, loaded - start, done - loaded)
-
-
 def _mean(values) -> float:
     values = list(values)
     return float(np.mean(values)) if values else float("nan")
@@ -350,8 +258,14 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         return matmul(job["quick"])
     if kind == "stage":
         return stage_pair(kit, job["stage"], [Path(p) for p in job["paths"]], job["repeats"])
-    if kind == "recipe":
-        return recipe_pair(kit, Path(job["folder"]), job["repeats"])
+    if kind == "chain":
+        import bench_chain
+
+        return bench_chain.chain_pair(kit, Path(job["folder"]), job["repeats"], job["fast"])
+    if kind == "chain_flops":
+        import bench_chain
+
+        return bench_chain.chain_flops(kit, Path(job["photo"]))
     if kind == "engine":
         return engines(kit, Path(job["folder"]), job["engine"], job.get("workers", [1, 2]))
     raise ValueError(f"unknown job kind {kind!r}")

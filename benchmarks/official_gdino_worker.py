@@ -34,9 +34,8 @@ class _Patch:  # what gd_support.official_tiny_model needs of pytest's monkeypat
 
 def build(spec: dict) -> torch.nn.Module:
     import groundingdino.models.GroundingDINO.groundingdino as official
-    from transformers import BertConfig, BertModel
-
     from recognize_grounding_dino.model import load_tokenizer
+    from transformers import BertConfig, BertModel
 
     tokenizer = load_tokenizer(spec["vocab"])
     if spec.get("config"):
@@ -103,5 +102,39 @@ def serve(spec: dict) -> None:
                       "infer_s": time.perf_counter() - start}), flush=True)
 
 
+def bench(spec: dict) -> None:
+    """Model loaded once; then one JSON job per stdin line (a preprocessed pixel tensor .npy and a
+    caption): the forward's seconds, and on request its per-part times and operator table.
+    `bench_gdino_official.py` sends our side's very tensor and caption, job by job, interleaved."""
+    from gdino_timing import op_table, part_times, timed
+    from groundingdino.util.utils import clean_state_dict
+
+    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    model = build(spec)
+    checkpoint = torch.load(spec["checkpoint"], map_location="cpu", weights_only=True)
+    model.load_state_dict(clean_state_dict(checkpoint["model"]), strict=False)
+    model.eval()
+    print(json.dumps({"ready": True, "threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        job = json.loads(line)
+        pixels = torch.from_numpy(np.load(job["pixels"]))
+
+        def forward(pixels=pixels, caption=job["caption"]):
+            with torch.no_grad():
+                return model(pixels, captions=[caption] * pixels.shape[0])
+
+        if job.get("parts"):
+            reply: dict = {"parts": part_times(model, forward)}
+            reply["forward_s"] = reply["parts"]["total"]
+        else:
+            reply = {"forward_s": timed(forward)}
+        if job.get("profile"):
+            reply["ops"] = op_table(forward)
+        if job.get("outputs"):
+            out = forward()
+            np.save(job["outputs"], np.concatenate([out["pred_logits"].numpy(), out["pred_boxes"].numpy()], -1))
+        print(json.dumps(reply), flush=True)
+
+
 if __name__ == "__main__":
-    {"write": write, "serve": serve}[sys.argv[1]](json.loads(Path(sys.argv[2]).read_text()))
+    {"write": write, "serve": serve, "bench": bench}[sys.argv[1]](json.loads(Path(sys.argv[2]).read_text()))

@@ -31,6 +31,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import bench_report
+from bench_chain import CHAIN_STAGES
 from bench_models import (
     DEFAULT_IMAGES,
     DEFAULT_REPEATS,
@@ -43,6 +44,10 @@ from bench_models import (
 )
 
 PARTS = ("stages", "recipe", "engines")
+#: the /proc/cpuinfo flags that decide which kernels run (fp32 FMA widths, bf16 and int8 paths)
+COMPUTE_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+                 "amx_tile", "amx_bf16", "amx_int8")
+
 #: Quick mode shrinks the photos to this long side (tiny models would time the image resize only).
 QUICK_MAX_SIDE = 256
 
@@ -163,11 +168,13 @@ def machine() -> dict[str, Any]:
     import transformers
 
     cpu = platform.processor() or "?"
+    flags: list[str] = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or "?"):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
     except OSError:
         pass
     memory = None
@@ -175,7 +182,8 @@ def machine() -> dict[str, Any]:
         memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "platform": platform.platform(),
+    return {"cpu": cpu, "cpu_flags": [f for f in COMPUTE_FLAGS if f in flags], "cores": os.cpu_count(),
+            "memory_gib": memory, "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "segment_anything": version("segment-anything"), "load_average_start": list(os.getloadavg())}
 
@@ -241,8 +249,21 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
             results["stages"][stage] = {"model": kit.describe(stage), **pair}
 
     if "recipe" in args.parts:
-        job = {**base, "kind": "recipe", "repeats": args.recipe_repeats, "folder": str(folder)}
-        results["recipe"] = run_job(job, "recipe tag_ground_segment (ours and baseline)", errors)
+        from bench_chain import fast_mode
+
+        fast = fast_mode(results["matmul"])
+        job = {**base, "kind": "chain", "repeats": args.recipe_repeats, "folder": str(folder), "fast": fast}
+        chain = run_job(job, f"chain tag_ground_segment (recognize run, fast mode {fast['name']}, demo per photo)",
+                        errors)
+        if chain is not None:
+            stages = results.get("stages") or {}
+            flops = {name: (stages.get(name) or {}).get("ours", {}).get("flops") for name in CHAIN_STAGES}
+            source = "stage table (first photo)"
+            if not all(flops.values()):
+                flops = run_job({**base, "kind": "chain_flops", "photo": str(paths[0])}, "chain FLOPs", errors) or {}
+                source = "counted on the first photo"
+            chain["flops"] = {**flops, "source": source}
+        results["recipe"] = chain
     if "engines" in args.parts:
         engine_paths = image_folder(image_paths(args.engine_images), tmp, QUICK_MAX_SIDE if args.quick else None,
                                     name="engine_images")

@@ -11,9 +11,9 @@ import os
 import struct
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -187,40 +187,53 @@ def expand_inputs(
     become inputs of the next run). Raises `InputError` for an input that matches no image (a
     missing path, an empty folder, an empty glob) and for anything that is not a regular file
     (a FIFO would block the run forever).
+
+    The whole list in memory: `recognize run` streams the same pairs through `iter_inputs` and
+    `dedupe_names` into a table on disk instead (`recognize.run_inputs`).
     """
+    found = list(iter_inputs(inputs, exclude=exclude))
+    return list(dedupe_names(found, {name for _, name in found}, set(), set()))
+
+
+def iter_inputs(
+    inputs: Iterable[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None
+) -> Iterator[tuple[Path, str]]:
+    """`expand_inputs`' (path, name) pairs one at a time, before names are made distinct
+    (`dedupe_names`): list files and manifests are read line by line and folders walked in order,
+    so nothing here grows with the number of images (a glob's matches excepted)."""
+    from recognize import sources
     from recognize.outputs.paths import name_from_parts
 
     skip = Path(exclude).resolve() if exclude is not None else None
-    found: list[tuple[Path, str]] = []
-    from recognize import sources
-
     for item in inputs:
         text = sources.local_path(str(item))
         path = Path(text)
         if sources.is_url(text):
-            found.append((text, name_from_parts(sources.url_name(text))))  # type: ignore[arg-type]
+            yield text, name_from_parts(sources.url_name(text))  # type: ignore[misc]
         elif sources.is_list_file(path):
-            found.extend(expand_inputs(sources.read_list_file(path), exclude=exclude))
+            yield from iter_inputs(sources.iter_list_file(path), exclude=exclude)
         elif sources.is_manifest(path):
-            for source, name in sources.read_manifest(path):
-                for found_path, derived in expand_inputs([source], exclude=exclude):
-                    found.append((found_path, name_from_parts(tuple(name.split("/"))) if name else derived))
+            for source, name in sources.iter_manifest(path):
+                for found_path, derived in iter_inputs([source], exclude=exclude):
+                    yield found_path, name_from_parts(tuple(name.split("/"))) if name else derived
         elif path.is_dir():
             if skip is not None and _inside(path.resolve(), skip):
                 raise InputError(f"{text}: is the output folder {exclude} or inside it; outputs are never "
                                  "inputs (choose another -o)")
-            files = _scan_folder(path, skip)
-            if not files:
+            empty = True
+            for p in _scan_folder(path, skip):
+                empty = False
+                yield p, name_from_parts(p.relative_to(path).parts)
+            if empty:
                 where = " outside the output folder" if skip is not None and _contains(path.resolve(), skip) else ""
                 raise InputError(f"{text}: the folder holds no image file{where} "
                                  f"({', '.join(IMAGE_EXTENSIONS)})")
-            found.extend((p, name_from_parts(p.relative_to(path).parts)) for p in files)
         elif path.exists() or path.is_symlink():
             _check_regular(path, text)
             if skip is not None and _inside(path.resolve(), skip):
                 raise InputError(f"{text}: is inside the output folder {exclude}; outputs are never inputs "
                                  "(choose another -o, or copy the file out)")
-            found.append((path, name_from_parts((path.name,))))
+            yield path, name_from_parts((path.name,))
         elif glob.has_magic(text):
             base = _glob_base(text)
             matches = []
@@ -232,10 +245,9 @@ def expand_inputs(
                 matches.append(candidate)
             if not matches:
                 raise InputError(f"{text}: the pattern matches no file")
-            found.extend((p, name_from_parts(_relative_parts(p, base))) for p in matches)
+            yield from ((p, name_from_parts(_relative_parts(p, base))) for p in matches)
         else:
             raise InputError(f"{text}: no such file or folder")
-    return _dedupe_names(found)
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -260,22 +272,29 @@ def _check_regular(path: Path, text: str) -> None:
         raise InputError(f"{text}: {kind}, not an image file; give regular files only")
 
 
-def _scan_folder(folder: Path, skip: Path | None) -> list[Path]:
-    """Image files under `folder`, sorted, without following links to folders and without
-    descending into the output folder. Non-regular files with an image extension are refused."""
-    found: list[Path] = []
-    for root, dirs, files in os.walk(folder, onerror=None):
-        here = Path(root)
-        if skip is not None:
-            dirs[:] = [d for d in dirs if not _inside((here / d).resolve(), skip)]
-        dirs.sort()
-        for name in files:
-            candidate = here / name
-            if candidate.suffix.lower() not in IMAGE_EXTENSIONS:
+def _scan_folder(folder: Path, skip: Path | None) -> Iterator[Path]:
+    """Image files under `folder` in the order of their relative path's parts (each folder's
+    entries sorted by name, depth first: the same order as sorting every path's parts, without
+    holding the tree), without following links to folders and without descending into the output
+    folder. Non-regular files with an image extension are refused; unreadable folders are skipped."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError:
+        return
+    for entry in entries:
+        candidate = folder / entry.name
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if entry.is_symlink() or (skip is not None and _inside(candidate.resolve(), skip)):
                 continue
+            yield from _scan_folder(candidate, skip)
+        elif candidate.suffix.lower() in IMAGE_EXTENSIONS:
             _check_regular(candidate, str(candidate))
-            found.append(candidate)
-    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+            yield candidate
 
 
 def _glob_base(pattern: str) -> Path:
@@ -296,13 +315,22 @@ def _relative_parts(path: Path, base: Path) -> tuple[str, ...]:
         return (path.name,)
 
 
-def _dedupe_names(found: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
-    seen_paths: set[Path | str] = set()
-    used: set[str] = {name for _, name in found}
-    taken: set[str] = set()
-    result = []
+class NameSet(Protocol):
+    """What `dedupe_names` needs of a set: a Python `set`, or one on disk (`recognize.run_inputs`)."""
+
+    def __contains__(self, item: object) -> bool: ...
+
+    def add(self, item: Any) -> None: ...
+
+
+def dedupe_names(found: Iterable[tuple[Path | str, str]], used: Container[str], seen_paths: NameSet,
+                 taken: NameSet) -> Iterator[tuple[Path | str, str]]:
+    """Drop repeats of one file (by resolved path; a URL is its own identity) and give a name already
+    taken `-2`, `-3`... before its extension, skipping every name in `used` (all names found, so a
+    renamed file never takes the name a later file has by itself). `seen_paths` and `taken` start
+    empty and fill as the pairs go by."""
     for path, name in found:
-        resolved = path if isinstance(path, str) else path.resolve()  # a URL is its own identity
+        resolved = path if isinstance(path, str) else str(path.resolve())
         if resolved in seen_paths:
             continue
         seen_paths.add(resolved)
@@ -315,5 +343,4 @@ def _dedupe_names(found: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
                 count += 1
             name = candidate
         taken.add(name)
-        result.append((path, name))
-    return result
+        yield path, name

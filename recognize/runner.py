@@ -12,7 +12,10 @@ intact. Anything else is processed again, so a changed photo is redone and anoth
 `x.png` is never reported as done.
 
 Memory is bounded by the batch: processed frames are written and dropped; dataset-level outputs
-read the frames back from `OUT/frames/` one at a time when the run ends (`FrameFiles`).
+read the frames back from `OUT/frames/` one at a time when the run ends (`FrameFiles`). Nor does
+the driver's memory grow with the number of inputs: what it must know about all of them (the
+inputs, their names and claimed files, which are to do, the finished ones) is a scratch table on
+disk (`recognize.run_inputs`), and the journal is looked up through an index (`recognize.run_journal`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,19 +41,17 @@ from recognize.engines.timing import FINISH, STARTUP, WRITE, StageTimer
 from recognize.errors import InputError, RecipeError, RecognizeError
 from recognize.frame import Frame
 from recognize.hub import sha256_file
-from recognize.images import expand_inputs
 from recognize.outputs.json_output import JsonOutput, read_frame
 from recognize.outputs.paths import RUN_FILES
 from recognize.outputs.shards import ShardsOutput, remove_shards, shard_extent
 from recognize.pipeline import Pipeline
+from recognize.run_inputs import RunInputs
+from recognize.run_journal import DONE_FILE, STATE_DIR, DoneJournal  # noqa: F401 - DONE_FILE re-exported (remote_output)
 from recognize.sources import same_url, url_identity
 from recognize.stage import OutputStage
 
 SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.json"
-#: the runner's bookkeeping inside OUT
-STATE_DIR = ".recognize"
-DONE_FILE = "done.jsonl"
 
 
 @dataclass
@@ -64,6 +65,9 @@ class RunSummary:
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
     #: where the wall time went: startup, load, decode, stages, write, finish, retried, other
     wall: dict[str, float] = field(default_factory=dict)
+    #: seconds from process start (the CLI; from the call in a library run) until the first stage
+    #: began on the first batch: what a user waits before any model runs (local engine; else None)
+    cold_start: float | None = None
     seconds: float = 0.0
     started: str = ""
     finished: str = ""
@@ -92,6 +96,7 @@ class RunSummary:
             "failures": self.failures,
             "timings": self.timings,
             "wall": self.wall,
+            "cold_start": None if self.cold_start is None else round(self.cold_start, 3),
             "seconds": round(self.seconds, 3),
             "started": self.started,
             "finished": self.finished,
@@ -135,60 +140,14 @@ def fingerprint(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
-class DoneJournal:
-    """`OUT/.recognize/done.jsonl`: one line per finished image; the last line for a name wins.
-
-    Appending a line is the last step of an image, so a process killed before it leaves an image
-    that the next run redoes; a torn last line is ignored.
-    """
-
-    def __init__(self, out: Path) -> None:
-        self.path = out / STATE_DIR / DONE_FILE
-        self.records: dict[str, dict[str, Any]] = {}
-        self._handle = None
-
-    def read(self) -> DoneJournal:
-        try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return self
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("name"), str):
-                self.records[record["name"]] = record
-        return self
-
-    def append(self, record: dict[str, Any]) -> None:
-        if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self.path.open("a", encoding="utf-8")
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        self.records[record["name"]] = record
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-    def reset(self) -> None:
-        """Forget every record (`--overwrite` with shards: the spans they name are deleted)."""
-        self.close()
-        self.path.unlink(missing_ok=True)
-        self.records.clear()
-
-
 class FrameFiles(Sequence[Frame]):
     """The run's finished frames, read back from `OUT/frames/` one at a time (in input order).
 
     What `OutputStage.finish` gets: iterating it (as often as needed) never holds more than one
     frame in memory."""
 
-    def __init__(self, entries: list[tuple[Path, str, str]]) -> None:
-        self._entries = entries  # (frame json, source path, name)
+    def __init__(self, entries: Sequence[tuple[Path | str, str, str]]) -> None:
+        self._entries = entries  # (frame json, source path, name): a list, or a table on disk
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -202,14 +161,17 @@ class FrameFiles(Sequence[Frame]):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return FrameFiles(self._entries[index])
-        json_path, source, name = self._entries[index]
+        return self._read(*self._entries[index])
+
+    def __iter__(self) -> Iterator[Frame]:
+        for entry in self._entries:
+            yield self._read(*entry)
+
+    @staticmethod
+    def _read(json_path: Path | str, source: str, name: str) -> Frame:
         frame = read_frame(json_path)
         frame.source, frame.name = source, name  # the source may have moved since it was processed
         return frame
-
-    def __iter__(self) -> Iterator[Frame]:
-        for i in range(len(self._entries)):
-            yield self[i]
 
 
 # -- the output folder ----------------------------------------------------------------------------
@@ -264,11 +226,16 @@ def check_output_layout(outputs: Sequence[OutputStage]) -> None:
             owners[name] = where
 
 
-def check_claims(frames: Iterable[Frame], outputs: Sequence[OutputStage], out: Path) -> None:
+def check_claims(frames: Iterable[Frame], outputs: Sequence[OutputStage], out: Path, *,
+                 owner: MutableMapping[str, str] | None = None, folders: MutableMapping[str, str] | None = None) -> None:
     """Refuse, before anything is written, a run in which two images (or two outputs) would write
-    the same per-image file, or one would write a file where another needs a folder."""
-    owner: dict[str, str] = {}
-    folders: dict[str, str] = {}
+    the same per-image file, or one would write a file where another needs a folder.
+
+    `owner` (file -> the source that writes it) and `folders` (folder -> a source writing in it)
+    start empty; the runner passes mappings on disk (`RunInputs.claim_map`) so that 14 million
+    images' paths are not held in memory."""
+    owner = {} if owner is None else owner
+    folders = {} if folders is None else folders
     for frame in frames:
         for stage in outputs:
             for path in stage.claims(frame, out):
@@ -291,7 +258,7 @@ def check_claims(frames: Iterable[Frame], outputs: Sequence[OutputStage], out: P
 def _has_results(out: Path, journal: DoneJournal) -> bool:
     """Whether OUT holds results: a finished image, or any file that is not the run's bookkeeping
     (a run whose images all failed, or that stopped before the first one, leaves none)."""
-    if journal.records:
+    if journal.has_records():
         return True
     try:
         entries = set(os.listdir(out))
@@ -378,7 +345,7 @@ class ShardFrames(Sequence[Frame]):
     order, by the byte spans the done journal recorded: what `finish` gets when the run writes
     no per-image JSON files."""
 
-    def __init__(self, out: Path, entries: list[tuple[str, int, int, str, str]]) -> None:
+    def __init__(self, out: Path, entries: Sequence[tuple[str, int, int, str, str]]) -> None:
         self._out, self._entries = out, entries  # (shard, start, end, source, name)
 
     def __len__(self) -> int:
@@ -425,10 +392,9 @@ def run_to_folder(
     Everything that can be refused is refused before a file is written or a model loaded: bad
     output names, colliding results, inputs inside OUT, an OUT made by another recipe.
     """
-    from tqdm.auto import tqdm
-
     engine = engine or LocalEngine(progress=not quiet)
     timer = StageTimer()
+    entered = timer.clock()
     if startup_seconds:
         timer.phases[STARTUP] += startup_seconds
     out = Path(out_dir)
@@ -442,16 +408,35 @@ def run_to_folder(
     check_output_layout(outputs)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: -o must be a folder, and this is a file (choose another -o)")
-    items = expand_inputs(inputs, exclude=out)
-    check_claims((Frame(source=str(path), name=name) for path, name in items), outputs, out)
+    items = RunInputs.expand(inputs, exclude=out)  # on disk: memory does not grow with the inputs
+    journal = DoneJournal(out)  # looked up through its index on disk
+    try:
+        return _run(pipeline, items, journal, out, outputs, json_stage, shard_stage, engine=engine, timer=timer,
+                    overwrite=overwrite, quiet=quiet, startup_seconds=startup_seconds, on_journal=on_journal,
+                    entered=entered)
+    finally:
+        journal.close()
+        items.close()
+
+
+def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, outputs: list[OutputStage],
+         json_stage: OutputStage | None, shard_stage: OutputStage | None, *, engine: Engine, timer: StageTimer,
+         overwrite: bool, quiet: bool, startup_seconds: float | None,
+         on_journal: Callable[[], None] | None, entered: float) -> RunSummary:
+    """`run_to_folder` once its inputs are listed (on disk); the caller closes `items` and `journal`.
+    `entered`: the timer's clock when `run_to_folder` was called (the origin of `cold_start`)."""
+    from tqdm.auto import tqdm
+
+    check_claims(items.frames(), outputs, out, owner=items.claim_map("claimed_files", out),
+                 folders=items.claim_map("claimed_folders", out))
     created = prepare_output_folder(out)
 
     recipe = recipe_of(pipeline)
     recipe_id = fingerprint(recipe)
-    journal = DoneJournal(out).read()
     manifest_needed = check_manifest(recipe, out, journal, overwrite)
     # only now that OUT is known to be ours (or --overwrite): never walk (and delete in) a folder
     # that is refused, such as a mistyped `-o ~`
+    journal.read()  # its index, brought up to date with the journal
     remove_stale_temps(out)  # what a killed run left half-written
     partial = out / PARTIAL_DIR
     if overwrite or manifest_needed:
@@ -473,15 +458,12 @@ def run_to_folder(
         from recognize.fast_modes import describe_fast_modes
 
         print(f"recognize: {describe_fast_modes(summary.fast_modes)}", file=sys.stderr)
-    todo: list[tuple[Path, str]] = []
     shard_sizes: dict[str, int] = {}
-    for path, name in items:
-        if not overwrite and _is_done(journal.records.get(name), path, out, recipe_id, shard_sizes):
-            summary.skipped += 1
-        else:
-            todo.append((path, name))
+    todo_count = items.mark_todo(
+        overwrite or not _is_done(journal.get(name), path, out, recipe_id, shard_sizes) for path, name in items)
+    summary.skipped = len(items) - todo_count
 
-    if todo:
+    if todo_count:
         try:
             engine.load(pipeline, timer)  # missing weights fail now, in one line, before any image is touched
         except BaseException:
@@ -494,10 +476,9 @@ def run_to_folder(
             raise _folder_error(out, exc, f"write {MANIFEST_FILE}") from None
 
     bar = tqdm(
-        total=len(todo), unit="img", disable=quiet or not todo, file=sys.stderr, dynamic_ncols=True,
+        total=todo_count, unit="img", disable=quiet or not todo_count, file=sys.stderr, dynamic_ncols=True,
         desc=pipeline.name or "run",
     )
-    sources = {name: path for path, name in todo}
 
     def on_result(result: FrameResult) -> None:
         frame = result.frame
@@ -506,7 +487,8 @@ def run_to_folder(
                 with timer.phase(WRITE):
                     for stage in outputs:
                         stage.write(frame, out)
-                    record = {"name": frame.name, **source_identity(sources[frame.name]), "recipe": recipe_id,
+                    record = {"name": frame.name, **source_identity(items.source_of(frame.name or "")),
+                              "recipe": recipe_id,
                               "files": {path.relative_to(out).as_posix(): path.stat().st_size
                                         for stage in outputs for path in stage.files(frame, out)}}
                     if shard_stage is not None:
@@ -534,12 +516,15 @@ def run_to_folder(
         if on_journal is not None:
             on_journal()
 
+    todo = items.todo()
     frames = (Frame(source=str(path), name=name) for path, name in todo)
     try:
         for _ in engine.run(pipeline, frames, on_result=on_result, checkpoint_dir=partial, timer=timer):
             pass
     finally:
         bar.close()
+        frames.close()
+        todo.close()  # its connection to the table, even when the engine stopped early
         if isinstance(shard_stage, ShardsOutput):
             try:
                 shard_stage.close()  # a Parquet shard becomes readable (renamed into place) only when closed
@@ -548,14 +533,17 @@ def run_to_folder(
         journal.close()
     clear_partial(partial)  # every frame is final now
 
-    finished = [(path, name, journal.records[name]) for path, name in items
-                if _is_done(journal.records.get(name), path, out, recipe_id, {})]  # shards grew: fresh sizes
+    journal.read()
+    finished = ((path, name, record) for path, name in items  # shards grew: fresh sizes
+                if _is_done(record := journal.get(name), path, out, recipe_id, {}))
     frame_files: Sequence[Frame]
     if json_stage is not None:
-        frame_files = FrameFiles([(json_stage.files(Frame(source=str(path), name=name), out)[0], str(path), name)
-                                  for path, name, _ in finished])
+        frame_files = FrameFiles(items.entries("finished", (
+            (json_stage.files(Frame(source=str(path), name=name), out)[0], str(path), name)
+            for path, name, _ in finished)))
     else:
-        frame_files = ShardFrames(out, [(*_span(record), str(path), name) for path, name, record in finished])
+        frame_files = ShardFrames(out, items.entries("finished", (
+            (*_span(record), str(path), name) for path, name, record in finished)))
     try:
         with timer.phase(FINISH):
             for stage in outputs:
@@ -567,6 +555,8 @@ def run_to_folder(
             for name, seconds in timer.stages.items()
         }
         summary.wall = timer.wall(summary.seconds)
+        if timer.first_stage_at is not None and summary.engine == "local":  # Ray workers keep their own clocks
+            summary.cold_start = timer.first_stage_at - entered + (startup_seconds or 0.0)
         write_text(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     except OSError as exc:
         raise _folder_error(out, exc, "write the dataset outputs") from None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,43 +101,36 @@ def is_manifest(path: Path) -> bool:
 
 def read_list_file(path: Path) -> list[str]:
     """The entries of a list file: URLs as they are, relative paths from the list file's folder."""
+    return list(iter_list_file(path))
+
+
+def iter_list_file(path: Path) -> Iterator[str]:
+    """`read_list_file` one line at a time: a list of 14 million paths is never held in memory."""
+    count = 0
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                count += 1
+                yield line if is_url(line) or Path(line).is_absolute() else str(path.parent / line)
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read the list file ({exc})") from None
-    entries = []
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        entries.append(line if is_url(line) or Path(line).is_absolute() else str(path.parent / line))
-    if not entries:
+    if not count:
         raise InputError(f"{path}: the list file names no image (one path or URL per line)")
-    return entries
 
 
 def read_manifest(path: Path) -> list[tuple[str, str | None]]:
     """(source, name or None) per row of a JSONL or Parquet manifest."""
-    rows: list[dict[str, Any]]
-    try:
-        if path.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
+    return list(iter_manifest(path))
 
-            rows = pq.read_table(path).to_pylist()
-        else:
-            rows = []
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    row = json.loads(line)
-                    if not isinstance(row, dict):
-                        raise ValueError(f"line {number} is not an object")
-                    rows.append(row)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the manifest ({str(exc).splitlines()[0]})") from None
-    except Exception as exc:  # noqa: BLE001 - pyarrow's ArrowInvalid for a file that is not Parquet
-        raise InputError(f"{path}: cannot read the manifest ({type(exc).__name__}: {exc})") from None
-    entries = []
-    for number, row in enumerate(rows, 1):
+
+def iter_manifest(path: Path) -> Iterator[tuple[str, str | None]]:
+    """`read_manifest` row by row (Parquet: one record batch at a time), so memory does not grow with
+    the manifest."""
+    count = 0
+    for number, row in enumerate(_manifest_rows(path), 1):
         column = next((c for c in _SOURCE_COLUMNS if isinstance(row.get(c), str) and row[c]), None)
         if column is None:
             raise InputError(f"{path}: row {number} has no {', '.join(_SOURCE_COLUMNS)} column naming the image")
@@ -144,7 +138,28 @@ def read_manifest(path: Path) -> list[tuple[str, str | None]]:
         if not is_url(source) and not Path(source).is_absolute():
             source = str(path.parent / source)
         name = row.get("name")
-        entries.append((source, name if isinstance(name, str) and name else None))
-    if not entries:
+        count += 1
+        yield source, name if isinstance(name, str) and name else None
+    if not count:
         raise InputError(f"{path}: the manifest has no rows")
-    return entries
+
+
+def _manifest_rows(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536):
+                yield from batch.to_pylist()
+            return
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise ValueError(f"line {number} is not an object")
+                    yield row
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the manifest ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - pyarrow's ArrowInvalid for a file that is not Parquet
+        raise InputError(f"{path}: cannot read the manifest ({type(exc).__name__}: {exc})") from None

@@ -56,16 +56,33 @@ def test_every_stage_has_timings_flops_and_a_baseline(quick_run):
     assert results["stages"]["sam"]["ours"]["flops"] > results["stages"]["ram"]["ours"]["flops"]
 
 
-def test_recipe_does_the_same_work_both_ways(quick_run):
+def test_chain_runs_recognize_and_the_demo_with_the_same_work(quick_run):
     results, _ = quick_run
-    ours, base = results["recipe"]["ours"], results["recipe"]["baseline"]
+    chain = results["recipe"]
     boxes = results["settings"]["boxes"]
-    assert ours["images"] == base["images"] == results["settings"]["images"]
-    for run in (ours, base):
+    ref, ours, fast = chain["reference"], chain["ours"], chain["fast"]
+    assert ref["photos"] == ours["photos"] == fast["photos"] == results["settings"]["images"]
+    for run in (ref, ours, fast):
         assert run["tags_per_img"] == len(results["settings"]["tags"])
         assert run["regions_per_img"] == run["masks_per_img"] == boxes
-        assert positive(run["s_per_img"])
-    assert set(ours["stage_seconds"]) >= {"ram_plus", "grounding_dino", "sam"}
+        for key in ("s_per_photo", "cold_start", "peak_rss_mb"):
+            assert positive(run[key]), (key, run[key])
+        assert run["cold_start"] < run["s_per_photo"] * run["photos"]
+    # the reference is the demo's per-photo process: its figure, mask image and JSON, timed part by part
+    assert ref["files"] == ["automatic_label_output.jpg", "label.json", "mask.jpg", "raw_image.jpg"]
+    for part in ("startup", "load_grounding_dino", "load_ram", "load_sam", "ram", "grounding_dino", "sam", "draw_save"):
+        assert positive(ref["parts"][part]), part
+    # ours: one `recognize run` over the folder writing JSON + annotated images; its summary accounts for the time
+    for run in (ours, fast):
+        assert run["annotated_images"] == run["photos"]
+        assert set(run["stage_seconds"]) == {"ram_plus", "grounding_dino", "sam"}
+        assert run["wall"]["load"] > 0 and run["cold_start"] >= run["wall"]["startup"] + run["wall"]["load"]
+    assert ours["fast_modes"] == {"grounding_dino": {"max_regions": boxes}}  # the equal-work cap, nothing else
+    mode = chain["fast_mode"]
+    assert fast["fast_modes"].get("sam", {}) == mode["sam"] and fast["fast_modes"]["grounding_dino"] == {
+        **mode["grounding_dino"], "max_regions": boxes}
+    assert all(positive(chain["flops"][name]) for name in ("ram_plus", "grounding_dino", "sam"))
+    assert positive(results["matmul"]["gflops_bf16"])
 
 
 def test_engines_are_compared(quick_run):
@@ -82,9 +99,11 @@ def test_markdown_report_has_the_tables(quick_run):
     assert "GFLOP/s" in markdown and "fp32 matmul" in markdown
     for name in STAGES:
         assert f"| {name} | tiny" in markdown
-    assert "| recognize Pipeline, batch 4" in markdown and "| baseline: demo per image" in markdown
+    assert "| recognize run (exact), one process for the folder |" in markdown
+    assert "| reference: the demo, one process per photo |" in markdown
+    assert "| recognize run, fast mode: " in markdown and "FLOP limit: " in markdown and "bf16 matmul" in markdown
     assert "| ray | 2 |" in markdown
-    assert "Speedup (baseline s/img" in markdown
+    assert "Ratio (ours photos/hour ÷ reference photos/hour)" in markdown
 
 
 @pytest.mark.slow

@@ -38,11 +38,15 @@ class StageTimer:
         self.clock = clock
         self.stages: dict[str, float] = defaultdict(float)
         self.phases: dict[str, float] = defaultdict(float)
+        #: the clock when the first stage began (cold start = that minus the run's start), or None
+        self.first_stage_at: float | None = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Time the block as stage `name` (recorded even when the block raises)."""
         start = self.clock()
+        if self.first_stage_at is None:
+            self.first_stage_at = start
         try:
             yield
         finally:
@@ -68,6 +72,8 @@ class StageTimer:
     def merge(self, other: StageTimer | Mapping[str, Mapping[str, float]], scale: float = 1.0) -> None:
         """Add another timer's seconds (or its `to_dict()`, e.g. sent back by a Ray worker)."""
         data = other.to_dict() if isinstance(other, StageTimer) else other
+        if isinstance(other, StageTimer):  # a child on the same clock
+            self._note_first_stage(other)
         for name, seconds in data.get("stages", {}).items():
             self.stages[name] += seconds * scale
         for name, seconds in data.get("phases", {}).items():
@@ -76,6 +82,12 @@ class StageTimer:
     def write_off(self, attempt: StageTimer) -> None:
         """Record a failed attempt's whole time once, as `RETRIED`."""
         self.phases[RETRIED] += attempt.total
+        self._note_first_stage(attempt)  # a stage did begin, even if the attempt failed
+
+    def _note_first_stage(self, child: StageTimer) -> None:
+        first = child.first_stage_at
+        if first is not None and (self.first_stage_at is None or first < self.first_stage_at):
+            self.first_stage_at = first
 
     def to_dict(self) -> dict[str, dict[str, float]]:
         return {"stages": dict(self.stages), "phases": dict(self.phases)}

@@ -195,6 +195,9 @@ def test_runner_stops_with_one_message_and_summary_accounts_for_wall_time(test_s
     assert set(wall) >= {"startup", "load", "decode", "stages", "write", "finish", "retried", "other"}
     assert wall["startup"] == 0.5 and wall["stages"] == pytest.approx(data["timings"]["brightness"]["seconds"], abs=1e-3)
     assert sum(wall.values()) == pytest.approx(summary.seconds, abs=0.01)
+    # cold start: process start (here the 0.5 s passed in) until the first stage began, so it holds the
+    # start-up and the load, and none of the stage's own time
+    assert wall["startup"] + wall["load"] <= data["cold_start"] <= summary.seconds - wall["stages"] + 0.01
 
 
 @pytest.mark.subprocess

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,31 @@ def build_tiny(job) -> dict[str, np.ndarray]:
     return {"parameters": np.array(sum(p.numel() for p in model.parameters()))}
 
 
+@contextmanager
+def _encoder_proposals(model):
+    """Records what the two-stage query selection saw and chose: every encoder proposal's token
+    logits (`enc_out_class_embed`'s output, before `topk`), the selected proposals' indices in query
+    order (the official `torch.topk` over their max, recomputed from those logits) and their encoder
+    boxes (`ref_enc`, the sigmoid of the gathered coordinates the decoder starts from)."""
+    found: dict[str, np.ndarray] = {}
+    transformer = model.transformer
+
+    def on_class(_module, _inputs, output):
+        found["proposal_logits"] = output.numpy()
+        found["selected"] = torch.topk(output.max(-1)[0], transformer.num_queries, dim=1)[1].numpy()
+
+    def on_transformer(_module, _inputs, output):
+        found["selected_boxes"] = output[3][0].numpy()
+
+    handles = [transformer.enc_out_class_embed.register_forward_hook(on_class),
+               transformer.register_forward_hook(on_transformer)]
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def run_tiny(job) -> dict[str, np.ndarray]:
     """The official model (loaded from the saved checkpoint) and `predict()` on each image and caption."""
     from groundingdino.util.inference import predict
@@ -90,10 +116,12 @@ def run_tiny(job) -> dict[str, np.ndarray]:
         tensor = _official_tensor(image, job["size"], job["max_size"])
         out[f"tensor_{i}"] = tensor.numpy()
         for j, caption in enumerate(job["captions"]):
-            with torch.no_grad():
+            with torch.no_grad(), _encoder_proposals(model) as proposals:
                 reference = model(tensor[None], captions=[caption])
             out[f"logits_{i}_{j}"] = reference["pred_logits"].numpy()
             out[f"boxes_{i}_{j}"] = reference["pred_boxes"].numpy()
+            for name, value in proposals.items():
+                out[f"{name}_{i}_{j}"] = value
             if "box_threshold" in job:
                 boxes, scores, _phrases = predict(model, tensor, caption, box_threshold=job["box_threshold"],
                                                   text_threshold=job["text_threshold"], device="cpu")

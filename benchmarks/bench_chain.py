@@ -1,0 +1,209 @@
+"""tag -> ground -> segment on a folder: `recognize run` against the Grounded-SAM demo, side by side.
+
+Ours: `recognize run RECIPE FOLDER -o OUT` in ONE process (`python -m recognize`): the structure of
+`recipes/tag_ground_segment.yaml` (ram_plus -> grounding_dino -> sam, batch 2, JSON +
+`annotated_image` outputs), its default settings except what makes both sides do equal work with
+random weights: RAM++ keeps the fixed tags (`include` + threshold 0), Grounding DINO keeps every box
+(thresholds 0) up to `max_regions` per photo, device cpu. The fast row is the same recipe with the
+best fast mode this machine supports (`fast_mode`). The reference: `reference_demo.py` (the demo's
+steps, in the official Grounding DINO venv) in a fresh process per photo, with the same checkpoint
+files, photos, tags and box cap.
+
+Interleaving: the reference's photos are split in two halves, run before and after our runs
+(reference 1st half -> ours exact -> ours fast -> reference 2nd half), so a machine that gets busier
+or quieter during the run moves both sides' averages alike. Every side runs as a child process
+reaped with `os.wait4`, so its peak RSS is that process's own (`ru_maxrss`), imports included.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from bench_models import REPO, TAGS, Kit
+
+CHAIN_STAGES = ("ram_plus", "grounding_dino", "sam")
+#: random weights give meaningless scores: every box passes, the cap gives both sides the same SAM work
+BOX_THRESHOLD = TEXT_THRESHOLD = 0.0
+#: the demo's NMS IoU threshold
+IOU_THRESHOLD = 0.5
+DEMO = Path(__file__).resolve().parent / "reference_demo.py"
+
+
+def chain_env() -> dict[str, str]:
+    """PYTHONPATH with this checkout's packages first, for both sides' child processes."""
+    paths = [str(REPO), str(REPO / "plugins" / "recognize-grounding-dino"), str(REPO / "plugins" / "recognize-sam"),
+             os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "MPLBACKEND": "Agg"}
+
+
+def fast_mode(matmul: dict[str, Any] | None) -> dict[str, Any]:
+    """The best fast mode measured for this machine: bf16 autocast on Grounding DINO and SAM where a
+    bf16 matmul beats fp32 (AMX, avx512_bf16, GPUs), else torchao int8 Linear layers (if installed)."""
+    fp32, bf16 = (matmul or {}).get("gflops"), (matmul or {}).get("gflops_bf16")
+    if fp32 and bf16 and bf16 > fp32:
+        return {"name": "bf16 autocast", "grounding_dino": {"dtype": "bfloat16"}, "sam": {"dtype": "bfloat16"},
+                "why": f"bf16 matmul {bf16:.0f} GFLOP/s > fp32 {fp32:.0f}"}
+    slower = f"bf16 matmul {bf16 or 0:.0f} GFLOP/s <= fp32 {fp32 or 0:.0f}: bf16 would be slower"
+    if importlib.util.find_spec("torchao") is None:
+        return {"name": "none (exact)", "grounding_dino": {}, "sam": {}, "why": f"{slower}, and torchao is missing"}
+    return {"name": "int8 (torchao)", "grounding_dino": {"quantize": "int8"}, "sam": {"quantize": "int8"},
+            "why": slower}
+
+
+def recipe(kit: Kit, fast: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Our side's recipe (YAML-able): the same files the reference loads."""
+    fast = fast or {}
+    gd = kit.gd_params()
+    gd["checkpoint"] = json.loads(kit.official_gdino_spec().read_text())["checkpoint"]  # the official file
+    return {
+        "recipe": 1,
+        "name": "tag_ground_segment",
+        "settings": {"batch_size": 2, "device": "cpu"},
+        "stages": [
+            {"use": "ram_plus", "with": {**kit.tagger_params("ram_plus"), "include": list(TAGS), "threshold": 0.0}},
+            {"use": "grounding_dino", "with": {**gd, "box_threshold": BOX_THRESHOLD, "text_threshold": TEXT_THRESHOLD,
+                                               "max_regions": kit.boxes, **fast.get("grounding_dino", {})}},
+            {"use": "sam", "with": {**kit.sam_params(), "batch_size": 1, **fast.get("sam", {})}},
+        ],
+        "outputs": [{"use": "annotated_image"}, {"use": "json"}],
+    }
+
+
+def reference_spec(kit: Kit) -> dict[str, Any]:
+    """What `reference_demo.py` loads and keeps: the same files, tags and box cap as our recipe."""
+    return {"ram_plus": kit.tagger_params("ram_plus"), "grounding_dino": json.loads(kit.official_gdino_spec().read_text()),
+            "sam": kit.sam_params(), "tags": list(TAGS), "tag_threshold": 0.0, "box_threshold": BOX_THRESHOLD,
+            "text_threshold": TEXT_THRESHOLD, "iou_threshold": IOU_THRESHOLD, "max_boxes": kit.boxes,
+            "grounding_dino_size": list(kit.gd_size)}
+
+
+def run_child(command: list[str], log: Path) -> tuple[float, float, str]:
+    """Run `command` to its end: (wall seconds, its peak RSS in MiB, its stdout). Raises on failure."""
+    with open(log, "w") as errors, tempfile.TemporaryFile("w+") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=out, stderr=errors, env=chain_env(), cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (Popen.wait would not give it)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        stdout = out.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(command[1]).name if len(command) > 1 else command[0]} failed "
+                           f"({proc.returncode}): {log.read_text()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024, stdout  # ru_maxrss: KiB on Linux
+
+
+def reference_photo(python: Path, spec: Path, photo: Path, out: Path) -> dict[str, Any]:
+    """One demo run for one photo, in a fresh process."""
+    wall, peak, stdout = run_child([str(python), str(DEMO), str(spec), str(photo), str(out)], out.with_suffix(".log"))
+    found = json.loads(stdout.strip().splitlines()[-1])
+    parts = found["parts"]
+    named = {"startup": found["startup"], **parts}
+    named["other"] = max(0.0, wall - sum(named.values()))  # interpreter exit, and what the marks miss
+    return {"photo": photo.name, "seconds": wall, "parts": named, "cold_start": found["cold_start"],
+            "tags": found["tags"], "regions": found["boxes"], "masks": found["masks"], "peak_rss_mb": peak,
+            "peak_rss_mb_inside": found["peak_rss_mb"],  # VmHWM read by the demo itself: a cross-check
+            "threads": found["threads"], "files": sorted(p.name for p in out.iterdir())}
+
+
+def ours_folder(recipe_path: Path, folder: Path, out: Path) -> dict[str, Any]:
+    """`recognize run` over the folder in one process; its summary.json says where the time went."""
+    from recognize.outputs.json_output import read_frame
+
+    command = [sys.executable, "-m", "recognize", "run", str(recipe_path), str(folder), "-o", str(out), "--quiet"]
+    wall, peak, _ = run_child(command, out.with_name(out.name + ".log"))
+    summary = json.loads((out / "summary.json").read_text())
+    frames = [read_frame(p) for p in sorted((out / "frames").glob("*.json"))]
+    photos = summary["counts"]["processed"]
+    if summary["counts"]["failed"] or photos != len(frames):
+        raise RuntimeError(f"recognize run: {summary['counts']} {summary['failures'][:1]}")
+    return {"photos": photos, "seconds": wall, "s_per_photo": wall / photos, "cold_start": summary.get("cold_start"),
+            "wall": summary["wall"], "stage_seconds": {k: v["seconds"] for k, v in summary["timings"].items()},
+            "fast_modes": summary.get("fast_modes", {}), "peak_rss_mb": peak,
+            "tags_per_img": _mean(len(f.tags) for f in frames), "regions_per_img": _mean(len(f.regions) for f in frames),
+            "masks_per_img": _mean(sum(r.mask is not None for r in f.regions) for f in frames),
+            "annotated_images": len(list((out / "frames").glob("*.annotated.*")))}
+
+
+def chain_pair(kit: Kit, folder: Path, repeats: int, fast: dict[str, Any]) -> dict[str, Any]:
+    """Both sides over the same photos, interleaved (module docstring); per repeat, medians kept."""
+    from official_env import official_python
+
+    python = official_python()
+    photos = sorted(p for p in folder.iterdir() if p.is_file())
+    half = (len(photos) + 1) // 2
+    reference_runs: list[dict[str, Any]] = []
+    ours_runs: dict[str, list[dict[str, Any]]] = {"ours": [], "fast": []}
+    with tempfile.TemporaryDirectory(prefix="recognize-chain-") as tmp:
+        root = Path(tmp)
+        spec = root / "reference_spec.json"
+        spec.write_text(json.dumps(reference_spec(kit)))
+        recipes = {"ours": root / "ours.yaml", "fast": root / "fast.yaml"}
+        recipes["ours"].write_text(yaml.safe_dump(recipe(kit)))
+        recipes["fast"].write_text(yaml.safe_dump(recipe(kit, fast)))
+        for r in range(repeats):
+            def reference(part: list[Path], r: int = r) -> None:
+                for photo in part:
+                    reference_runs.append(reference_photo(python, spec, photo, root / f"ref{r}_{photo.stem}"))
+            reference(photos[:half])
+            for side in ("ours", "fast"):
+                ours_runs[side].append(ours_folder(recipes[side], folder, root / f"{side}{r}"))
+            reference(photos[half:])
+    result: dict[str, Any] = {"order": "reference 1st half -> ours -> ours fast -> reference 2nd half",
+                              "photos": len(photos), "repeats": repeats, "fast_mode": fast,
+                              "reference": summarise_reference(reference_runs)}
+    for side, runs in ours_runs.items():
+        best = sorted(runs, key=lambda run: run["s_per_photo"])[len(runs) // 2]  # the median run
+        result[side] = {**best, "runs_s_per_photo": [run["s_per_photo"] for run in runs]}
+    return result
+
+
+def summarise_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-photo means over every reference run (a photo's time is its process's wall time)."""
+    names = list(dict.fromkeys(name for run in runs for name in run["parts"]))
+    return {"photos": len(runs), "s_per_photo": _mean(run["seconds"] for run in runs),
+            "parts": {name: _mean(run["parts"].get(name, 0.0) for run in runs) for name in names},
+            "cold_start": _mean(run["cold_start"] for run in runs),
+            "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
+            "tags_per_img": _mean(run["tags"] for run in runs), "regions_per_img": _mean(run["regions"] for run in runs),
+            "masks_per_img": _mean(run["masks"] for run in runs), "files": runs[0]["files"], "runs": runs}
+
+
+def chain_flops(kit: Kit, photo: Path) -> dict[str, Any]:
+    """FLOPs of one photo through each chain stage (`FlopCounterMode`, as the stage table counts them),
+    for when the stage table did not measure all three."""
+    from bench_jobs import load_images, make_stage
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from recognize.frame import Frame
+    from recognize.pipeline import Pipeline
+
+    stages = [make_stage(kit, "ram_plus", include=list(TAGS), threshold=0.0),
+              make_stage(kit, "grounding_dino", box_threshold=BOX_THRESHOLD, text_threshold=TEXT_THRESHOLD,
+                         max_regions=kit.boxes),
+              make_stage(kit, "sam")]
+    pipeline = Pipeline(stages, batch_size=1, device="cpu")
+    pipeline.load()
+    frames = [Frame.from_array(load_images([photo])[0], source=photo.name)]
+    flops = {}
+    for stage in stages:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            frames = stage(frames)
+        flops[stage.name] = counter.get_total_flops()
+    return flops
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(statistics.fmean(values)) if values else float("nan")

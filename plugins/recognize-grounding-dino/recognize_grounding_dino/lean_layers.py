@@ -1,0 +1,159 @@
+"""Leaner forwards for three of transformers' Grounding DINO modules: same weights, same results.
+
+Issue 11 measured our transformers-based model slower on CPU than the official code, with `copy_`
+and `cat` (layout shuffles) taking a quarter of the operator time. The arithmetic of both
+implementations is the same; what differs is how many times the big activations are rewritten in
+memory between the GEMMs. `lean(model)` swaps in forwards that skip the rewrites and keeps every
+parameter name, so checkpoints load as before. Each difference, and why it leaves results as they were:
+
+- **Deformable attention sampling** (`DeformableSampling`, used by every encoder and decoder
+  layer). transformers, like the official `multi_scale_deformable_attn_pytorch`, copies the value
+  tensor once per level into the `grid_sample` layout, then `torch.stack`s the four levels' samples
+  (a copy of the largest activation of the encoder: heads x dims x tokens x 16 points), multiplies by
+  the attention weights (another) and sums. Here the value is laid out once for all levels (each
+  level is a view of it), and each level's weighted samples are written straight into their slice of
+  one buffer, which is then summed as before: the same products summed in the same order, so the
+  output is bit-for-bit the one transformers computes, without the stack.
+- **Image-text fusion attention** (`GroundingDinoBiMultiHeadAttention`): transformers repeats each
+  padding mask per head and `masked_fill_`s the full image x text attention matrices with it even
+  when nothing is padded (a single image, or a batch of one size, has no padded pixels; a single
+  caption no padded tokens). Here a mask with no True entry is skipped: filling nothing changes
+  nothing. The official code does the same fills; results are identical.
+- **Swin window attention** (`SwinAttention`): transformers 5 splits Swin's query/key/value
+  projection into three Linear layers (three GEMMs over every window token); the official Swin has
+  one fused `qkv` Linear. Here the three weights are concatenated (cached until a weight changes)
+  and applied as one GEMM, as the official code does. The attention itself is transformers' own
+  code path. A GEMM's blocking may round the last bit differently for a wider output, so this one
+  is equal within float32 rounding (the plugin's parity tests against the official code hold), not
+  bit-for-bit with transformers' three GEMMs. Quantised weights (the `int8` fast mode) fall back to
+  transformers' forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class DeformableSampling(nn.Module):
+    """Multi-scale deformable attention's sampling and weighting (no parameters): the same call
+    signature as transformers' `MultiScaleDeformableAttention`, whose place it takes."""
+
+    def forward(self, value: torch.Tensor, value_spatial_shapes: torch.Tensor,
+                value_spatial_shapes_list: list[tuple[int, int]], level_start_index: torch.Tensor,
+                sampling_locations: torch.Tensor, attention_weights: torch.Tensor, im2col_step: int) -> torch.Tensor:
+        batch, _, heads, dims = value.shape
+        _, queries, _, levels, points, _ = sampling_locations.shape
+        # [B, S, h, d] -> [B*h, d, S] once; each level is a [B*h, d, H, W] view of it
+        value = value.permute(0, 2, 3, 1).reshape(batch * heads, dims, -1)
+        grids = 2 * sampling_locations - 1
+        weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
+        weighted = torch.empty(batch * heads, dims, queries, levels * points, dtype=value.dtype, device=value.device)
+        start = 0
+        for level, (height, width) in enumerate(value_spatial_shapes_list):
+            value_level = value[:, :, start:start + height * width].view(batch * heads, dims, height, width)
+            start += height * width
+            grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+            sampled = F.grid_sample(value_level, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            span = slice(level * points, (level + 1) * points)
+            torch.mul(sampled, weights[..., span], out=weighted[..., span])
+        output = weighted.sum(-1).view(batch, heads * dims, queries)
+        return output.transpose(1, 2).contiguous()
+
+
+def _no_padding(mask: torch.Tensor | None) -> bool:
+    """True for an absent or all-False mask; only checked on CPU (on a GPU the check would cost a
+    host sync, and the fill is cheap there)."""
+    return mask is None or (mask.device.type == "cpu" and not bool(mask.any()))
+
+
+class LeanBiMultiHeadAttention:
+    """Mixin over transformers' `GroundingDinoBiMultiHeadAttention`: all-False masks are dropped."""
+
+    def forward(self, vision_features, text_features, vision_attention_mask=None, text_attention_mask=None):
+        if _no_padding(vision_attention_mask):
+            vision_attention_mask = None
+        if _no_padding(text_attention_mask):
+            text_attention_mask = None
+        return super().forward(vision_features, text_features, vision_attention_mask=vision_attention_mask,
+                               text_attention_mask=text_attention_mask)
+
+
+def _plain(tensor: torch.Tensor) -> bool:
+    return type(tensor) in (torch.Tensor, nn.Parameter) and tensor.layout == torch.strided
+
+
+class FusedQKVSwinAttention:
+    """Mixin over transformers' `SwinAttention`: q/k/v projections as one GEMM (see the module docstring)."""
+
+    def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        tensors = [t for p in projections for t in (p.weight, p.bias) if t is not None]
+        if not all(_plain(t) for t in tensors):
+            return None
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        cached = self.__dict__.get("_qkv")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                weight = torch.cat([p.weight for p in projections])
+                has_bias = all(p.bias is not None for p in projections)
+                bias = torch.cat([p.bias for p in projections]) if has_bias else None
+            if any(p.bias is not None for p in projections) and not has_bias:
+                return None
+            cached = self.__dict__["_qkv"] = (key, weight, bias)
+        return cached[1], cached[2]
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+        fused = None if torch.is_grad_enabled() else self._fused_qkv()
+        if fused is None:
+            return super().forward(hidden_states, attention_mask, **kwargs)
+        from transformers.models.swin import modeling_swin
+
+        input_shape = hidden_states.shape[:-1]
+        qkv = F.linear(hidden_states, *fused).view(*input_shape, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
+        query_states, key_states, value_states = qkv.unbind(0)
+        # from here on transformers' SwinAttention.forward, unchanged
+        relative_position_bias = self.relative_position_bias()
+        if attention_mask is not None:
+            num_windows = attention_mask.shape[0]
+            batch_size = input_shape[0] // num_windows
+            seq_len = input_shape[1]
+            attention_mask = (attention_mask.unsqueeze(1).unsqueeze(0).expand(batch_size, -1, -1, -1, -1)
+                              .reshape(-1, 1, seq_len, seq_len))
+            combined_mask = relative_position_bias + attention_mask
+        else:
+            combined_mask = relative_position_bias
+        attention_interface = modeling_swin.ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, modeling_swin.eager_attention_forward)
+        attn_output, attn_weights = attention_interface(
+            self, query_states, key_states, value_states, combined_mask,
+            dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling, **kwargs)
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
+
+
+_MIXED: dict[tuple[type, type], type] = {}
+
+
+def _mix(module: nn.Module, mixin: type) -> None:
+    if not isinstance(module, mixin):
+        base = type(module)
+        if (mixin, base) not in _MIXED:
+            _MIXED[(mixin, base)] = type(f"Lean{base.__name__}", (mixin, base), {"__module__": __name__})
+        module.__class__ = _MIXED[(mixin, base)]
+
+
+def lean(model: nn.Module) -> nn.Module:
+    """Swap the leaner forwards into `model` (in place; parameter names and values unchanged)."""
+    for module in model.modules():
+        name = type(module).__name__
+        if name == "GroundingDinoMultiscaleDeformableAttention" and not isinstance(module.attn, DeformableSampling):
+            module.attn = DeformableSampling()
+        elif name == "GroundingDinoBiMultiHeadAttention":
+            _mix(module, LeanBiMultiHeadAttention)
+        elif name == "SwinAttention" and all(hasattr(module, p) for p in ("q_proj", "k_proj", "v_proj")):
+            _mix(module, FusedQKVSwinAttention)
+    return model
