@@ -244,7 +244,7 @@ def _engine_result(summary: Any, seconds: float, workers: int) -> dict[str, Any]
     if summary.failed:
         raise RuntimeError(f"{summary.failed} image(s) failed: {summary.failures[0]}")
     return {"workers": workers, "images": summary.processed, "seconds": seconds,
-            "images_per_s": summary.processed / seconds}
+            "images_per_s": summary.processed / seconds, "wall": summary.wall}
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:

@@ -192,7 +192,8 @@ def legacy_recipe_table(results: dict[str, Any]) -> list[str]:
 
 def engine_table(results: dict[str, Any]) -> list[str]:
     engines = results.get("engines") or {}
-    rows = ["| engine | workers | images | wall s | img/s | vs local |", "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| engine | workers | images | wall s (median) | img/s | vs local | every run, s |",
+            "|---|---:|---:|---:|---:|---:|---|"]
     local = (engines.get("local") or {}).get("images_per_s")
     for key in sorted((k for k in engines if k == "local" or k.startswith("ray_") and k != "ray_init_s"),
                       key=lambda k: (k != "local", k)):
@@ -200,7 +201,16 @@ def engine_table(results: dict[str, Any]) -> list[str]:
         rows.append("| " + " | ".join([
             "local" if key == "local" else "ray", _num(r.get("workers")), _num(r.get("images")),
             _num(r.get("seconds")), _num(r.get("images_per_s")), _ratio(r.get("images_per_s"), local),
+            ", ".join(_num(s) for s in r.get("runs_s", [])),
         ]) + " |")
+    walls = {key: r["wall"] for key, r in engines.items() if isinstance(r, dict) and r.get("wall")}
+    if walls:
+        rows += ["", ("Where the median runs' wall time went (`summary.json` `wall`; a Ray worker's start-up, load, "
+                      "decode and stage seconds are its own, so they may overlap each other):"), ""]
+        names = list(next(iter(walls.values())))
+        rows += ["| engine | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        rows += ["| " + key + " | " + " | ".join(_num(wall.get(name)) for name in names) + " |"
+                 for key, wall in walls.items()]
     if "ray_init_s" in engines:
         rows.append("")
         rows.append(f"Starting Ray itself took {engines['ray_init_s']:.1f} s (not in the wall times above; "

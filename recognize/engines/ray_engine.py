@@ -1,15 +1,17 @@
-"""The Ray engine: the same Pipeline on Ray Data, from a laptop to a cluster.
+"""The Ray engine: the same Pipeline on Ray, from a laptop to a cluster.
 
 The stages are walked exactly as in the local engine (`recognize.engines.segments.walk`); only
-where the work runs differs. Image-scope segments run as `map_batches` over an actor pool, so each
-worker builds its stages (and loads their weights) once, and each batch goes through the same
-`run_batch` as locally (same failure policy: a bad image costs only itself, an error repeated on
-every image of a batch stops the run with one message). A dataset-scope stage that partitions
-its work (`Stage.partitioned`, e.g. `region_outliers` per tag) runs as a group-by on workers
-(`recognize.engines.ray_partition`), with the same result as locally; any other dataset-scope
-stage runs on the driver over every frame, as in the local engine. Frames travel as their JSON; workers read the images
-themselves, so the image files must be reachable from every node (a shared filesystem or object
-store mount).
+where the work runs differs. Image-scope segments run on a pool of Ray actors
+(`recognize.engines.ray_actors`), so each worker builds its stages (and loads their weights)
+once, and each batch goes through the same `run_batch` as locally (same failure policy: a bad
+image costs only itself, an error repeated on every image of a batch stops the run with one
+message). The first segment's pool starts in `load()`, as soon as Ray is up, so the workers
+load their models while the driver prepares the run. A dataset-scope stage that partitions its
+work (`Stage.partitioned`, e.g. `region_outliers` per tag) runs as a Ray Data group-by on
+workers (`recognize.engines.ray_partition`), with the same result as locally; any other
+dataset-scope stage runs on the driver over every frame, as in the local engine. Frames travel
+as their JSON; workers read the images themselves, so the image files must be reachable from
+every node (a shared filesystem or object store mount).
 
 Point it at a cluster with `RAY_ADDRESS=ray://head:10001 recognize run ... --engine ray`
 (or `ray.init(...)` yourself before calling); without one, a local Ray instance is started.
@@ -18,20 +20,18 @@ Stage and load seconds in the timings are summed over workers.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from recognize.engines.base import FrameResult, ResultCallback, RunStopped
-from recognize.engines.batches import apply_stages, run_batch
+from recognize.engines.base import FrameResult, ResultCallback
+from recognize.engines.batches import apply_stages
 from recognize.engines.frame_spool import FrameSpool
-from recognize.engines.segments import Segment, walk
+from recognize.engines.ray_actors import StagePool, specs_key
+from recognize.engines.segments import Segment, split_segments, walk
 from recognize.engines.timing import LOAD, STARTUP, StageTimer
-from recognize.errors import RecognizeError, SettingError
+from recognize.errors import SettingError
 from recognize.frame import Frame
 from recognize.stage import Stage
 
@@ -49,43 +49,6 @@ def stage_specs(stages: list[Stage]) -> list[dict[str, Any]]:
     return [{"use": name_for(type(stage)), "with": stage.params.model_dump(mode="json")} for stage in stages]
 
 
-def build_stages(specs: list[dict[str, Any]]) -> list[Stage]:
-    from recognize import plugins
-
-    return [plugins.get_stage(spec["use"])(spec["with"]) for spec in specs]
-
-
-class _StageWorker:
-    """A Ray Data actor: builds the given image-scope stages once, then runs batches through them."""
-
-    def __init__(self, specs: list[dict[str, Any]], threads: int | None = None) -> None:
-        if threads is not None:
-            # Ray gives an actor OMP_NUM_THREADS = its CPU reservation (1): torch would then use one
-            # core where the local engine uses all of them (one worker ran at 0.47x of local on 2 cores)
-            import torch
-
-            torch.set_num_threads(threads)
-        self.stages = build_stages(specs)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        frames = [Frame.from_json(text) for text in batch["frame"]]
-        timer = StageTimer()
-        stopped, code = "", RunStopped.exit_code
-        try:
-            results = run_batch(self.stages, frames, timer)
-        except RecognizeError as exc:  # sent back as data: the driver raises it once, as one line
-            # RunStopped, or a stage that cannot load (a corrupt checkpoint: exit code 3)
-            results, stopped, code = [FrameResult(frame, str(exc)) for frame in frames], str(exc), exc.exit_code
-        timings = [json.dumps(timer.to_dict())] + [""] * (len(results) - 1)
-        return {
-            "frame": np.array([r.frame.to_json(indent=None) for r in results], dtype=object),
-            "error": np.array([r.error or "" for r in results], dtype=object),
-            "stopped": np.array([stopped] * len(results), dtype=object),
-            "stopped_code": np.array([code] * len(results), dtype=np.int64),
-            "timings": np.array(timings, dtype=object),
-        }
-
-
 class RayEngine:
     name = "ray"
 
@@ -96,6 +59,8 @@ class RayEngine:
         self.num_cpus_per_worker = num_cpus_per_worker
         self.num_gpus_per_worker = num_gpus_per_worker
         self.progress = progress
+        #: actor pools started ahead of their segment (by `load`), by their stages' specs
+        self._started: dict[str, StagePool] = {}
 
     def worker_threads(self) -> int | None:
         """torch threads per worker: `$RECOGNIZE_RAY_THREADS`, else on a local Ray instance this
@@ -111,10 +76,11 @@ class RayEngine:
         return max(1, (os.cpu_count() or 1) // self.num_workers)
 
     def load(self, pipeline: Pipeline, timer: StageTimer | None = None) -> None:
-        """Check (or download) every stage's model files, then start (or connect to) Ray. Models
-        load in the workers, once each, not on the driver; the files are checked here because the
-        workers read them from the same (shared) filesystem, so missing weights are one line
-        before Ray starts, as with the local engine."""
+        """Check (or download) every stage's model files, start (or connect to) Ray, then start the
+        first image segment's workers, which load their models in the background. Models load in
+        the workers, once each, not on the driver; the files are checked here because the workers
+        read them from the same (shared) filesystem, so missing weights are one line before Ray
+        starts, as with the local engine."""
         from recognize.hub import ensure_files
 
         timer = timer if timer is not None else pipeline.timer
@@ -122,6 +88,15 @@ class RayEngine:
             ensure_files([ref for stage in [*pipeline.stages, *pipeline.outputs] for ref in stage.model_files()])
         with timer.phase(STARTUP):
             self._init()
+            first = split_segments(pipeline.stages)[0]
+            if first.scope == "image":
+                specs = stage_specs(first.stages)
+                if specs_key(specs) not in self._started:
+                    self._started[specs_key(specs)] = self._pool(specs)
+
+    def _pool(self, specs: list[dict[str, Any]]) -> StagePool:
+        return StagePool(specs, workers=self.num_workers, threads=self.worker_threads(),
+                         num_cpus=self.num_cpus_per_worker, num_gpus=self.num_gpus_per_worker)
 
     def _init(self) -> None:
         import ray
@@ -150,33 +125,14 @@ class RayEngine:
     # -- SegmentRunner --------------------------------------------------------------------
     def map_images(self, pipeline: Pipeline, segment: Segment, frames: Iterable[Frame],
                    timer: StageTimer) -> Iterator[FrameResult]:
-        import ray.data
+        from recognize.prefetch import batched
 
-        from recognize.engines.ray_partition import frames_dataset
-
-        dataset = frames_dataset(frames, block=max(1, pipeline.batch_size))
-        if dataset is None:
-            return
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True  # results in input order, as the walk expects
-        context.enable_progress_bars = False
-        mapped = dataset.map_batches(
-            _StageWorker,
-            fn_constructor_kwargs={"specs": stage_specs(segment.stages), "threads": self.worker_threads()},
-            batch_size=pipeline.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=self.num_workers),
-            num_cpus=self.num_cpus_per_worker,
-            num_gpus=self.num_gpus_per_worker or None,
-            batch_format="numpy",
-        )
-        for row in mapped.iter_rows():
-            if row["stopped"]:
-                stopped = RunStopped(row["stopped"])
-                stopped.exit_code = int(row["stopped_code"])
-                raise stopped
-            if row["timings"]:
-                timer.merge(json.loads(row["timings"]))
-            yield FrameResult(Frame.from_json(row["frame"]), row["error"] or None)
+        specs = stage_specs(segment.stages)
+        pool = self._started.pop(specs_key(specs), None) or self._pool(specs)
+        try:
+            yield from pool.map(batched(frames, max(1, pipeline.batch_size)), timer)
+        finally:
+            pool.close()  # its CPUs (and models' memory) go to the next segment
 
     def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: FrameSpool,
                     timer: StageTimer) -> Iterator[Frame]:

@@ -46,7 +46,7 @@ class _Partitioner:
     """Ray Data actor: step 1 for a batch of frames.
 
     A stage that cannot load (a corrupt checkpoint) is not raised from `__init__`: Ray would retry the
-    actor, then show its multi-line traceback. As `ray_engine._StageWorker` does, the error travels
+    actor, then show its multi-line traceback. As `ray_actors.StageActor` does, the error travels
     back as data (one row per batch) and the driver raises it once, as one line with its exit code."""
 
     def __init__(self, spec: dict[str, Any]) -> None:

@@ -161,3 +161,42 @@ def test_worker_threads_share_this_machines_cores_on_a_local_instance(monkeypatc
     monkeypatch.setenv("RECOGNIZE_RAY_THREADS", "many")
     with pytest.raises(SettingError, match="RECOGNIZE_RAY_THREADS"):
         RayEngine(num_workers=1).worker_threads()
+
+
+def test_a_killed_worker_is_restarted_and_its_batch_retried(local_ray, test_stages, image_folder, tmp_path):
+    """Ray's own fault tolerance: the actor's process dies on its first batch, Ray restarts it
+    (models loaded again) and retries the batch; the outputs equal the local engine's."""
+    marker = tmp_path / "died"
+
+    def pipeline(crash: bool):
+        stages = [test_stages.Brightness(), test_stages.CenterBox()]
+        if crash:
+            stages.insert(1, test_stages.CrashOn(on="white", marker=str(marker)))
+        return Pipeline(stages, batch_size=2)
+
+    run_to_folder(pipeline(False), [image_folder], tmp_path / "local", quiet=True)
+    remote = run_to_folder(pipeline(True), [image_folder], tmp_path / "ray", quiet=True, engine=RayEngine(num_workers=1))
+    assert marker.is_file()  # the worker really died
+    assert remote.processed == 3 and not remote.failures
+    assert results(tmp_path / "local") == results(tmp_path / "ray")
+
+
+def test_an_image_that_kills_every_worker_stops_the_run_in_one_line(local_ray, test_stages, image_folder, tmp_path):
+    from recognize.engines.ray_actors import RETRIES
+
+    pipeline = Pipeline([test_stages.CrashOn(on="white")], batch_size=1)
+    with pytest.raises(RunStopped, match=f"a Ray worker died {RETRIES + 1} times") as stopped:
+        run_to_folder(pipeline, [image_folder], tmp_path / "ray", quiet=True, engine=RayEngine(num_workers=1))
+    assert "\n" not in str(stopped.value)
+
+
+def test_load_starts_the_workers_once_and_the_run_uses_them(local_ray, test_stages, image_folder, tmp_path):
+    """`load()` starts the first image segment's pool (the runner calls it, then `run` again)."""
+    engine = RayEngine(num_workers=1)
+    pipeline = Pipeline([test_stages.Brightness(), test_stages.CountDataset(), test_stages.CenterBox()])
+    engine.load(pipeline)
+    engine.load(pipeline)
+    started = list(engine._started.values())
+    assert len(started) == 1 and [spec["use"] for spec in started[0].specs] == ["brightness"]
+    run_to_folder(pipeline, [image_folder], tmp_path / "ray", quiet=True, engine=engine)
+    assert not engine._started and not started[0].actors  # used, then stopped

@@ -119,7 +119,33 @@ class DieOn(Stage):
         return frames
 
 
-STAGES = [Brightness, CenterBox, BoxMask, Explode, CountDataset, DieOn]
+class CrashOn(Stage):
+    """SIGKILLs its own process on an image whose source contains `on`: every time, or with a
+    `marker` file only the first time (the process that creates the marker dies; a retry passes)."""
+
+    name = "crash_on"
+    kind = "filter"
+
+    class Params(StageParams):
+        on: str = "white"
+        marker: str | None = None
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        import os
+        import signal
+
+        if not any(self.params.on in frame.source for frame in frames):
+            return frames
+        if self.params.marker is not None:
+            try:
+                os.close(os.open(self.params.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return frames  # died once already: the retried batch goes through
+        os.kill(os.getpid(), signal.SIGKILL)
+        return frames
+
+
+STAGES = [Brightness, CenterBox, BoxMask, Explode, CountDataset, DieOn, CrashOn]
 
 
 @recognize.hookimpl

@@ -1,0 +1,170 @@
+"""Image-scope segments on a pool of plain Ray actors (`StagePool`).
+
+Each actor builds the segment's stages and loads their models once, in a background thread
+started by its constructor, so the first batch's images decode while the models load; it runs
+two calls at a time (`max_concurrency=2`) and one batch at a time through the stages (a lock),
+so the next batch decodes while the current one computes, as the local engine's `prefetch`
+does. Each batch goes through the same `run_batch` as locally (same failure policy). Frames
+travel as their JSON; workers read the images themselves.
+
+Why plain actors, not Ray Data's `map_batches` (what this engine used until 2026-12-01): for an
+image-scope segment Ray Data only adds fixed costs on the critical path. Its streaming executor
+started the actor 3.6-4.8 s into the run (on a loaded 2-core machine), the actor then imported
+`ray.data` (pyarrow, pandas) besides torch, and it loaded the models only on the first batch,
+after decoding that batch: the first batch computed ~9 s later than the local engine's would,
+against ~4-5 s with this pool (benchmarks/results.md, "Ray engine: plain actors instead of Ray
+Data for image stages"). A pool is started by `RayEngine.load()`,
+as soon as Ray is up, so the workers' start-up and model loading overlap the driver's own
+preparation. The dataset-scope group-by stays on Ray Data (`recognize.engines.ray_partition`),
+where its shuffle is the point.
+
+Fault tolerance is Ray's: an actor whose process dies is restarted (its models reloaded) and
+its unfinished calls are retried, up to `RETRIES` times; past that the run stops with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from recognize.engines.base import FrameResult, RunStopped, describe_error
+from recognize.engines.batches import run_batch
+from recognize.engines.timing import DECODE, LOAD, STARTUP, StageTimer
+from recognize.errors import RecognizeError
+from recognize.frame import Frame
+from recognize.prefetch import decode
+
+#: restarts of a dead actor and retries of its unfinished calls (a node lost, a process killed for
+#: memory); an image that kills its worker every time stops the run after these
+RETRIES = 3
+#: calls queued per actor: the one computing and the next one, decoding meanwhile
+IN_FLIGHT = 2
+
+
+def build_stages(specs: list[dict[str, Any]]) -> list:
+    from recognize import plugins
+
+    return [plugins.get_stage(spec["use"])(spec["with"]) for spec in specs]
+
+
+class StageActor:
+    """One worker of a `StagePool` (a Ray actor class: `ray.remote(StageActor)`)."""
+
+    def __init__(self, specs: list[dict[str, Any]], threads: int | None = None) -> None:
+        self.threads = threads
+        self.stages: list = []
+        self.load_timer = StageTimer()  # sent back with the first batch's result
+        self.load_error: BaseException | None = None
+        self.loaded = threading.Event()
+        self.compute = threading.Lock()
+        threading.Thread(target=self._load, args=(specs,), daemon=True, name="recognize-load").start()
+
+    def _use_threads(self) -> None:
+        if self.threads is not None:
+            # Ray gives an actor OMP_NUM_THREADS = its CPU reservation (1): torch would then use one
+            # core where the local engine uses all of them (one worker ran at 0.47x of local on 2
+            # cores). Set in every thread that runs torch: the setting is per OpenMP thread.
+            import torch
+
+            torch.set_num_threads(self.threads)
+
+    def _load(self, specs: list[dict[str, Any]]) -> None:
+        try:
+            with self.load_timer.phase(STARTUP):  # the worker's imports: torch, the stages' plugins
+                self._use_threads()
+                self.stages = build_stages(specs)
+            with self.load_timer.phase(LOAD):
+                for stage in self.stages:
+                    stage.ensure_loaded()
+        except BaseException as exc:  # noqa: BLE001 - raised again by each call, on the driver
+            self.load_error = exc
+        finally:
+            self.loaded.set()
+
+    def run(self, texts: list[str]) -> dict[str, Any]:
+        """One batch (frames as JSON) through the stages: each frame's JSON and error, the batch's
+        timings, and `stopped` (+ its exit code) when the run must stop (sent as data: the driver
+        raises it once, as one line)."""
+        frames = [Frame.from_json(text) for text in texts]
+        timer = StageTimer()
+        with timer.phase(DECODE):  # outside the lock: overlaps the previous batch's compute
+            for frame in frames:
+                decode(frame)
+        self.loaded.wait()
+        stopped, code = "", RunStopped.exit_code
+        with self.compute:
+            if self.load_timer is not None:
+                timer.merge(self.load_timer)
+                self.load_timer = None
+            try:
+                if self.load_error is not None:
+                    raise self.load_error
+                self._use_threads()
+                results = run_batch(self.stages, frames, timer)
+            except RecognizeError as exc:
+                # RunStopped, or a stage that cannot load (a corrupt checkpoint: exit code 3)
+                results, stopped, code = [FrameResult(frame, str(exc)) for frame in frames], str(exc), exc.exit_code
+        return {"frames": [r.frame.to_json(indent=None) for r in results], "errors": [r.error for r in results],
+                "stopped": stopped, "stopped_code": code, "timings": timer.to_dict()}
+
+
+class StagePool:
+    """`workers` StageActors for one segment's stages, started at once (their models load while
+    the driver goes on); `map` streams batches through them, results in input order."""
+
+    def __init__(self, specs: list[dict[str, Any]], *, workers: int, threads: int | None,
+                 num_cpus: float = 1, num_gpus: float = 0) -> None:
+        import ray
+
+        self.specs = specs
+        actor = ray.remote(StageActor).options(
+            num_cpus=num_cpus, num_gpus=num_gpus or None, max_concurrency=IN_FLIGHT,
+            max_restarts=RETRIES, max_task_retries=RETRIES)
+        self.actors = [actor.remote(specs, threads) for _ in range(max(1, workers))]
+
+    def map(self, batches: Iterable[list[Frame]], timer: StageTimer) -> Iterator[FrameResult]:
+        """Each batch's FrameResults, in input order; up to `IN_FLIGHT` batches queued per actor."""
+        import ray
+
+        busy = [0] * len(self.actors)
+        pending: deque[tuple[int, Any]] = deque()  # (actor index, result ref), in input order
+
+        def oldest() -> Iterator[FrameResult]:
+            index, ref = pending.popleft()
+            busy[index] -= 1
+            try:
+                answer = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                raise RunStopped(f"a Ray worker died {RETRIES + 1} times running a batch, so the run stopped "
+                                 f"(an image that crashes its process, or not enough memory): "
+                                 f"{describe_error(exc).splitlines()[0]}") from None
+            if answer["stopped"]:
+                stopped = RunStopped(answer["stopped"])
+                stopped.exit_code = int(answer["stopped_code"])
+                raise stopped
+            timer.merge(answer["timings"])
+            for text, error in zip(answer["frames"], answer["errors"]):
+                yield FrameResult(Frame.from_json(text), error or None)
+
+        for batch in batches:
+            if len(pending) >= IN_FLIGHT * len(self.actors):
+                yield from oldest()
+            index = min(range(len(self.actors)), key=busy.__getitem__)
+            busy[index] += 1
+            pending.append((index, self.actors[index].run.remote([frame.to_json(indent=None) for frame in batch])))
+        while pending:
+            yield from oldest()
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+
+def specs_key(specs: list[dict[str, Any]]) -> str:
+    return json.dumps(specs, sort_keys=True)
