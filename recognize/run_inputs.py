@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Self
 
+from recognize.atomic import process_alive
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
 from recognize.images import dedupe_names, iter_inputs
@@ -227,8 +228,6 @@ class RunInputs:
 def remove_stale_scratch(directory: Path) -> int:
     """Delete the scratch folders that runs killed before their end (SIGKILL, power loss) left in
     `directory`; returns how many. A folder of a live process, or of another user, is left alone."""
-    from recognize.atomic import _alive
-
     removed = 0
     try:
         names = os.listdir(directory)
@@ -236,7 +235,7 @@ def remove_stale_scratch(directory: Path) -> int:
         return 0
     for name in names:
         pid = name[len(_PREFIX):].split("-", 1)[0] if name.startswith(_PREFIX) else ""
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(directory / name, ignore_errors=True)
             removed += 1
     return removed

@@ -42,7 +42,7 @@ from typing import IO, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from recognize.atomic import _alive as process_alive
+from recognize.atomic import process_alive
 from recognize.errors import InputError, RecipeError
 from recognize.frame import Frame
 from recognize.outputs.paths import check_plain_name
