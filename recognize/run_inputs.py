@@ -24,7 +24,7 @@ import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from recognize.atomic import process_alive
 from recognize.errors import RecognizeError
@@ -218,7 +218,7 @@ class RunInputs:
         finally:
             shutil.rmtree(self._folder, ignore_errors=True)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> RunInputs:
         return self
 
     def __exit__(self, *exc: object) -> None:
