@@ -420,10 +420,12 @@ def _spans(shard: Path) -> Iterator[tuple[str, int, int]]:
             if not raw.endswith(b"\n"):
                 continue  # torn by a killed run
             try:
-                name = json.loads(raw).get("name") or ""
+                record = json.loads(raw)
             except ValueError:
                 continue
-            yield name, start, offset
+            if not isinstance(record, dict):  # whole and JSON, but no Frame: not a shard we wrote
+                raise ValueError(f"the line at byte {start} is not a JSON object")
+            yield str(record.get("name") or ""), start, offset
 
 
 def read_shards(folder: Path) -> Iterator[Frame]:
