@@ -47,7 +47,7 @@ from typing import Any
 
 from recognize.atomic import atomic_write, write_bytes, write_text
 from recognize.engines.segment_store import PARTIAL_DIR
-from recognize.errors import InputError, RecognizeError
+from recognize.errors import InputError, RecognizeError, first_line
 from recognize.pipeline import Pipeline
 from recognize.runner import (
     DONE_FILE,
@@ -122,11 +122,11 @@ class RemoteFolder:
         except ImportError as exc:
             package = _backend_package(scheme)
             raise InputError(f"-o {url}: writing to {scheme}:// needs the {package} package "
-                             f"(pip install {package}); {_one_line(exc)}") from None
+                             f"(pip install {package}); {first_line(exc)}") from None
         except ValueError as exc:
-            raise InputError(f"-o {url}: no fsspec filesystem for {scheme}:// ({_one_line(exc)})") from None
+            raise InputError(f"-o {url}: no fsspec filesystem for {scheme}:// ({first_line(exc)})") from None
         except Exception as exc:  # noqa: BLE001 - a backend that fails to start (bad credentials config)
-            raise InputError(f"-o {url}: cannot open ({type(exc).__name__}: {_one_line(exc)})") from None
+            raise InputError(f"-o {url}: cannot open ({type(exc).__name__}: {first_line(exc)})") from None
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
         self.local = "file" in protocols or "local" in protocols
         # HTTP: PUT creates the resource at this URL (RFC 9110); fsspec's default verb is POST
@@ -143,10 +143,10 @@ class RemoteFolder:
             raise
         except PermissionError as exc:
             raise RecognizeError(f"{self.url}/{relative}: cannot {doing}: permission denied "
-                                 f"({_one_line(exc)}); check the credentials") from None
+                                 f"({first_line(exc)}); check the credentials") from None
         except Exception as exc:  # noqa: BLE001 - every client library has its own errors (aiohttp, botocore)
             raise RecognizeError(f"{self.url}/{relative}: cannot {doing} ({type(exc).__name__}: "
-                                 f"{_one_line(exc)})") from None
+                                 f"{first_line(exc)})") from None
 
     def read(self, relative: str) -> bytes | None:
         """The object's bytes, or None when there is none."""
@@ -237,11 +237,6 @@ class RemoteFolder:
 
 def segment_name(number: int) -> str:
     return f"{SEGMENTS_DIR}/{number:05d}.jsonl"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _backend_package(scheme: str) -> str:
@@ -453,7 +448,7 @@ def _one_run_per_staging(staging: Path, url: str) -> Iterator[None]:
         staging.parent.mkdir(parents=True, exist_ok=True)
         handle = open(staging.with_name(f"{staging.name}.lock"), "a")  # noqa: SIM115 - held for the run
     except OSError as exc:
-        raise RecognizeError(f"{staging}: cannot stage the run for {url} ({_one_line(exc)}); "
+        raise RecognizeError(f"{staging}: cannot stage the run for {url} ({first_line(exc)}); "
                              "check RECOGNIZE_HOME") from None
     with handle:
         try:
@@ -511,7 +506,7 @@ def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], re
             raise
         raise InputError(f"{exc}; choose another -o or fix access to it") from None
     except OSError as exc:
-        raise RecognizeError(f"{staging}: cannot stage the run for {url} ({_one_line(exc)}); "
+        raise RecognizeError(f"{staging}: cannot stage the run for {url} ({first_line(exc)}); "
                              "check RECOGNIZE_HOME") from None
     finally:
         download.unlink(missing_ok=True)  # moved into the staging folder, or not needed
