@@ -86,14 +86,23 @@ class RunInputs:
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self._folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=directory))
-        remove_stale_scratch(self._folder.parent)
         self.path = self._folder / "inputs.sqlite"
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-16000", "temp_store=FILE"):
-            self._db.execute(f"PRAGMA {pragma}")  # scratch data: a crash deletes it anyway
-        self._db.execute("CREATE TABLE inputs (pos INTEGER PRIMARY KEY, source TEXT, name TEXT UNIQUE, url INTEGER)")
-        self._db.execute("CREATE TABLE todo (pos INTEGER PRIMARY KEY)")
         self._count = 0
+        try:
+            remove_stale_scratch(self._folder.parent)
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
+        except BaseException:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            raise
+        try:
+            for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-16000", "temp_store=FILE"):
+                self._db.execute(f"PRAGMA {pragma}")  # scratch data: a crash deletes it anyway
+            self._db.execute("CREATE TABLE inputs (pos INTEGER PRIMARY KEY, source TEXT, name TEXT UNIQUE, "
+                             "url INTEGER)")
+            self._db.execute("CREATE TABLE todo (pos INTEGER PRIMARY KEY)")
+        except BaseException:  # a full disk: no folder or open file is left behind
+            self.close()
+            raise
 
     @classmethod
     def expand(cls, inputs: Iterable[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None,
