@@ -6,7 +6,8 @@ as it writes a local `-o` (`recognize.runner.run_to_folder`, whose only hook for
 and this module mirrors that folder with whole-object uploads (`put_file`: an object appears whole or
 not at all, never an open remote file written in pieces) of immutable things only:
 
-- before any image: `manifest.json` (which also proves the URL is writable before models load);
+- once the run has refused nothing (inputs, names, recipe) and before models load: `manifest.json`
+  (which also proves the URL is writable; a refused run leaves nothing remote);
 - at each sync point (every `RECOGNIZE_SYNC_SECONDS`, default 30, and at the end): the per-image
   files and closed shards that the done journal's new lines point at, then those lines as a new
   object `.recognize/done/NNNNN.jsonl` (a journal segment). A shard is closed once the journal
@@ -472,6 +473,13 @@ def run_to_url(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], url
         return _run_staged(pipeline, inputs, remote, staging, interval, overwrite=overwrite, **options)
 
 
+def _as_bad_output(exc: RecognizeError) -> RecognizeError:
+    """A URL that cannot be used before the run starts is bad input (exit 2), as a local -o."""
+    if isinstance(exc, InputError) or type(exc) is not RecognizeError:
+        return exc
+    return InputError(f"{exc}; choose another -o or fix access to it")
+
+
 def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], remote: RemoteFolder, staging: Path,
                 interval: float, *, overwrite: bool, **options: Any) -> RunSummary:
     url = remote.url
@@ -496,25 +504,32 @@ def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], re
         else:
             _check_remote(remote.url, recipe, manifest, journal.images, [] if journal.images else remote.names())
         _prepare_staging(remote, staging, journal)
-        if manifest is None or manifest.get("pipeline") != recipe:
+        upload_manifest = manifest is None or manifest.get("pipeline") != recipe
+        if upload_manifest:
             write_manifest(pipeline, recipe, staging)
-            remote.upload([(staging / MANIFEST_FILE, MANIFEST_FILE)])
         elif not (staging / MANIFEST_FILE).is_file():
             write_bytes(staging / MANIFEST_FILE, manifest_bytes or b"")
     except RecognizeError as exc:
-        if isinstance(exc, InputError) or type(exc) is not RecognizeError:
-            raise
-        raise InputError(f"{exc}; choose another -o or fix access to it") from None
+        raise _as_bad_output(exc) from None
     except OSError as exc:
         raise RecognizeError(f"{staging}: cannot stage the run for {url} ({first_line(exc)}); "
                              "check RECOGNIZE_HOME") from None
     finally:
         download.unlink(missing_ok=True)  # moved into the staging folder, or not needed
 
+    def on_ready() -> None:
+        """Once the run has refused nothing (bad inputs leave no remote file), before models load:
+        the manifest goes up, which also proves the URL is writable."""
+        if upload_manifest:
+            try:
+                remote.upload([(staging / MANIFEST_FILE, MANIFEST_FILE)])
+            except RecognizeError as exc:
+                raise _as_bad_output(exc) from None
+
     sync = JournalSync(remote, staging, synced=journal.size, segments=list(journal.hashes), interval=interval)
     try:
         summary = run_to_folder(pipeline, inputs, staging, overwrite=overwrite, on_journal=sync.on_journal,
-                                **options)
+                                on_ready=on_ready, **options)
     except BaseException:
         with contextlib.suppress(Exception):  # keep what is finished (Ctrl-C, a stopped run); never hide why
             sync.sync(final=True)
