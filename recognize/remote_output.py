@@ -2,7 +2,7 @@
 
 Object stores cannot append to an object or rename one, and a reader must never see half an object.
 So the run writes into a local staging folder (`$RECOGNIZE_HOME/outputs/<hash of the URL>`) exactly
-as it writes a local `-o` (`recognize.runner.run_to_folder`, whose only hook for this is `on_journal`),
+as it writes a local `-o` (`recognize.runner.run_to_folder`, whose hooks for this are `on_ready` and `on_journal`),
 and this module mirrors that folder with whole-object uploads (`put_file`: an object appears whole or
 not at all, never an open remote file written in pieces) of immutable things only:
 
