@@ -24,12 +24,15 @@ import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recognize.atomic import process_alive
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
 from recognize.images import dedupe_names, iter_inputs
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+
 
 _PREFIX = "recognize-run-"  # then the pid of the run that owns the folder
 _CHUNK = 2_000  # rows per insert or fetch (a few hundred KB of Python objects)
@@ -227,7 +230,7 @@ class RunInputs:
         finally:
             shutil.rmtree(self._folder, ignore_errors=True)
 
-    def __enter__(self) -> RunInputs:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -424,7 +424,7 @@ def _spans(shard: Path) -> Iterator[tuple[str, int, int]]:
             except ValueError:
                 continue
             if not isinstance(record, dict):  # whole and JSON, but no Frame: not a shard we wrote
-                raise ValueError(f"the line at byte {start} is not a JSON object")
+                raise ValueError(f"the line at byte {start} is not a JSON object")  # noqa: TRY004 - read_shards' error
             yield str(record.get("name") or ""), start, offset
 
 
