@@ -58,7 +58,10 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         handle.write(data)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` may still run: what decides that a leftover temp file, scratch folder or
+    partial shard named after its writer's pid is stale. Another user's process counts as alive (its
+    files are left alone)."""
     if pid == os.getpid():
         return True
     try:
@@ -77,7 +80,7 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
     for root, _dirs, files in os.walk(folder, onerror=lambda _: None):
         for name in files:
             match = _TEMP_NAME.match(name)
-            if match is None or _alive(int(match.group(1))):
+            if match is None or process_alive(int(match.group(1))):
                 continue
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(root, name))

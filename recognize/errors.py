@@ -33,3 +33,10 @@ class SettingError(RecognizeError):
     """An environment setting (RECOGNIZE_MAX_PIXELS, RECOGNIZE_HOME, ...) with a value that cannot work."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message, or its type's name when it has none: what goes inside the
+    parentheses of a one-line error (`str(exc).splitlines()[0]` fails on an empty message)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

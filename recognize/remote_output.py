@@ -2,11 +2,12 @@
 
 Object stores cannot append to an object or rename one, and a reader must never see half an object.
 So the run writes into a local staging folder (`$RECOGNIZE_HOME/outputs/<hash of the URL>`) exactly
-as it writes a local `-o` (`recognize.runner.run_to_folder`, whose only hook for this is `on_journal`),
+as it writes a local `-o` (`recognize.runner.run_to_folder`, whose hooks for this are `on_ready` and `on_journal`),
 and this module mirrors that folder with whole-object uploads (`put_file`: an object appears whole or
 not at all, never an open remote file written in pieces) of immutable things only:
 
-- before any image: `manifest.json` (which also proves the URL is writable before models load);
+- once the run has refused nothing (inputs, names, recipe) and before models load: `manifest.json`
+  (which also proves the URL is writable; a refused run leaves nothing remote);
 - at each sync point (every `RECOGNIZE_SYNC_SECONDS`, default 30, and at the end): the per-image
   files and closed shards that the done journal's new lines point at, then those lines as a new
   object `.recognize/done/NNNNN.jsonl` (a journal segment). A shard is closed once the journal
@@ -47,7 +48,7 @@ from typing import Any
 
 from recognize.atomic import atomic_write, write_bytes, write_text
 from recognize.engines.segment_store import PARTIAL_DIR
-from recognize.errors import InputError, RecognizeError
+from recognize.errors import InputError, RecognizeError, first_line
 from recognize.pipeline import Pipeline
 from recognize.runner import (
     DONE_FILE,
@@ -122,11 +123,11 @@ class RemoteFolder:
         except ImportError as exc:
             package = _backend_package(scheme)
             raise InputError(f"-o {url}: writing to {scheme}:// needs the {package} package "
-                             f"(pip install {package}); {_one_line(exc)}") from None
+                             f"(pip install {package}); {first_line(exc)}") from None
         except ValueError as exc:
-            raise InputError(f"-o {url}: no fsspec filesystem for {scheme}:// ({_one_line(exc)})") from None
+            raise InputError(f"-o {url}: no fsspec filesystem for {scheme}:// ({first_line(exc)})") from None
         except Exception as exc:  # noqa: BLE001 - a backend that fails to start (bad credentials config)
-            raise InputError(f"-o {url}: cannot open ({type(exc).__name__}: {_one_line(exc)})") from None
+            raise InputError(f"-o {url}: cannot open ({type(exc).__name__}: {first_line(exc)})") from None
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
         self.local = "file" in protocols or "local" in protocols
         # HTTP: PUT creates the resource at this URL (RFC 9110); fsspec's default verb is POST
@@ -143,10 +144,10 @@ class RemoteFolder:
             raise
         except PermissionError as exc:
             raise RecognizeError(f"{self.url}/{relative}: cannot {doing}: permission denied "
-                                 f"({_one_line(exc)}); check the credentials") from None
+                                 f"({first_line(exc)}); check the credentials") from None
         except Exception as exc:  # noqa: BLE001 - every client library has its own errors (aiohttp, botocore)
             raise RecognizeError(f"{self.url}/{relative}: cannot {doing} ({type(exc).__name__}: "
-                                 f"{_one_line(exc)})") from None
+                                 f"{first_line(exc)})") from None
 
     def read(self, relative: str) -> bytes | None:
         """The object's bytes, or None when there is none."""
@@ -237,11 +238,6 @@ class RemoteFolder:
 
 def segment_name(number: int) -> str:
     return f"{SEGMENTS_DIR}/{number:05d}.jsonl"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _backend_package(scheme: str) -> str:
@@ -453,7 +449,7 @@ def _one_run_per_staging(staging: Path, url: str) -> Iterator[None]:
         staging.parent.mkdir(parents=True, exist_ok=True)
         handle = open(staging.with_name(f"{staging.name}.lock"), "a")  # noqa: SIM115 - held for the run
     except OSError as exc:
-        raise RecognizeError(f"{staging}: cannot stage the run for {url} ({_one_line(exc)}); "
+        raise RecognizeError(f"{staging}: cannot stage the run for {url} ({first_line(exc)}); "
                              "check RECOGNIZE_HOME") from None
     with handle:
         try:
@@ -475,6 +471,13 @@ def run_to_url(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], url
     interval = sync_seconds()
     with _one_run_per_staging(staging, remote.url):
         return _run_staged(pipeline, inputs, remote, staging, interval, overwrite=overwrite, **options)
+
+
+def _as_bad_output(exc: RecognizeError) -> RecognizeError:
+    """A URL that cannot be used before the run starts is bad input (exit 2), as a local -o."""
+    if isinstance(exc, InputError) or type(exc) is not RecognizeError:
+        return exc
+    return InputError(f"{exc}; choose another -o or fix access to it")
 
 
 def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], remote: RemoteFolder, staging: Path,
@@ -501,25 +504,32 @@ def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], re
         else:
             _check_remote(remote.url, recipe, manifest, journal.images, [] if journal.images else remote.names())
         _prepare_staging(remote, staging, journal)
-        if manifest is None or manifest.get("pipeline") != recipe:
+        upload_manifest = manifest is None or manifest.get("pipeline") != recipe
+        if upload_manifest:
             write_manifest(pipeline, recipe, staging)
-            remote.upload([(staging / MANIFEST_FILE, MANIFEST_FILE)])
         elif not (staging / MANIFEST_FILE).is_file():
             write_bytes(staging / MANIFEST_FILE, manifest_bytes or b"")
     except RecognizeError as exc:
-        if isinstance(exc, InputError) or type(exc) is not RecognizeError:
-            raise
-        raise InputError(f"{exc}; choose another -o or fix access to it") from None
+        raise _as_bad_output(exc) from None
     except OSError as exc:
-        raise RecognizeError(f"{staging}: cannot stage the run for {url} ({_one_line(exc)}); "
+        raise RecognizeError(f"{staging}: cannot stage the run for {url} ({first_line(exc)}); "
                              "check RECOGNIZE_HOME") from None
     finally:
         download.unlink(missing_ok=True)  # moved into the staging folder, or not needed
 
+    def on_ready() -> None:
+        """Once the run has refused nothing (bad inputs leave no remote file), before models load:
+        the manifest goes up, which also proves the URL is writable."""
+        if upload_manifest:
+            try:
+                remote.upload([(staging / MANIFEST_FILE, MANIFEST_FILE)])
+            except RecognizeError as exc:
+                raise _as_bad_output(exc) from None
+
     sync = JournalSync(remote, staging, synced=journal.size, segments=list(journal.hashes), interval=interval)
     try:
         summary = run_to_folder(pipeline, inputs, staging, overwrite=overwrite, on_journal=sync.on_journal,
-                                **options)
+                                on_ready=on_ready, **options)
     except BaseException:
         with contextlib.suppress(Exception):  # keep what is finished (Ctrl-C, a stopped run); never hide why
             sync.sync(final=True)

@@ -24,11 +24,15 @@ import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
+from recognize.atomic import process_alive
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
 from recognize.images import dedupe_names, iter_inputs
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+
 
 _PREFIX = "recognize-run-"  # then the pid of the run that owns the folder
 _CHUNK = 2_000  # rows per insert or fetch (a few hundred KB of Python objects)
@@ -85,14 +89,23 @@ class RunInputs:
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self._folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=directory))
-        remove_stale_scratch(self._folder.parent)
         self.path = self._folder / "inputs.sqlite"
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-16000", "temp_store=FILE"):
-            self._db.execute(f"PRAGMA {pragma}")  # scratch data: a crash deletes it anyway
-        self._db.execute("CREATE TABLE inputs (pos INTEGER PRIMARY KEY, source TEXT, name TEXT UNIQUE, url INTEGER)")
-        self._db.execute("CREATE TABLE todo (pos INTEGER PRIMARY KEY)")
         self._count = 0
+        try:
+            remove_stale_scratch(self._folder.parent)
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
+        except BaseException:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            raise
+        try:
+            for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-16000", "temp_store=FILE"):
+                self._db.execute(f"PRAGMA {pragma}")  # scratch data: a crash deletes it anyway
+            self._db.execute("CREATE TABLE inputs (pos INTEGER PRIMARY KEY, source TEXT, name TEXT UNIQUE, "
+                             "url INTEGER)")
+            self._db.execute("CREATE TABLE todo (pos INTEGER PRIMARY KEY)")
+        except BaseException:  # a full disk: no folder or open file is left behind
+            self.close()
+            raise
 
     @classmethod
     def expand(cls, inputs: Iterable[str | os.PathLike[str]], *, exclude: str | os.PathLike[str] | None = None,
@@ -227,8 +240,6 @@ class RunInputs:
 def remove_stale_scratch(directory: Path) -> int:
     """Delete the scratch folders that runs killed before their end (SIGKILL, power loss) left in
     `directory`; returns how many. A folder of a live process, or of another user, is left alone."""
-    from recognize.atomic import _alive
-
     removed = 0
     try:
         names = os.listdir(directory)
@@ -236,7 +247,7 @@ def remove_stale_scratch(directory: Path) -> int:
         return 0
     for name in names:
         pid = name[len(_PREFIX):].split("-", 1)[0] if name.startswith(_PREFIX) else ""
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(directory / name, ignore_errors=True)
             removed += 1
     return removed

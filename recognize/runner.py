@@ -380,6 +380,7 @@ def run_to_folder(
     engine: Engine | None = None,
     startup_seconds: float | None = None,
     on_journal: Callable[[], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> RunSummary:
     """Process `inputs` into `out_dir`; returns (and writes) the run summary.
 
@@ -388,6 +389,10 @@ def run_to_folder(
 
     `on_journal`: called after each image's done-journal line is written (an `-o URL` run uploads
     what the new lines point at: `recognize.remote_output`); what it raises stops the run.
+
+    `on_ready`: called once every refusal has passed (inputs, names, claims, OUT's recipe) and
+    before models load (an `-o URL` run uploads its manifest then, so a refused run leaves nothing
+    remote); what it raises stops the run.
 
     Everything that can be refused is refused before a file is written or a model loaded: bad
     output names, colliding results, inputs inside OUT, an OUT made by another recipe.
@@ -413,7 +418,7 @@ def run_to_folder(
     try:
         return _run(pipeline, items, journal, out, outputs, json_stage, shard_stage, engine=engine, timer=timer,
                     overwrite=overwrite, quiet=quiet, startup_seconds=startup_seconds, on_journal=on_journal,
-                    entered=entered)
+                    on_ready=on_ready, entered=entered)
     finally:
         journal.close()
         items.close()
@@ -422,7 +427,8 @@ def run_to_folder(
 def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, outputs: list[OutputStage],
          json_stage: OutputStage | None, shard_stage: OutputStage | None, *, engine: Engine, timer: StageTimer,
          overwrite: bool, quiet: bool, startup_seconds: float | None,
-         on_journal: Callable[[], None] | None, entered: float) -> RunSummary:
+         on_journal: Callable[[], None] | None, on_ready: Callable[[], None] | None,
+         entered: float) -> RunSummary:
     """`run_to_folder` once its inputs are listed (on disk); the caller closes `items` and `journal`.
     `entered`: the timer's clock when `run_to_folder` was called (the origin of `cold_start`)."""
     from tqdm.auto import tqdm
@@ -462,6 +468,8 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
     todo_count = items.mark_todo(
         overwrite or not _is_done(journal.get(name), path, out, recipe_id, shard_sizes) for path, name in items)
     summary.skipped = len(items) - todo_count
+    if on_ready is not None:
+        on_ready()
 
     if todo_count:
         try:

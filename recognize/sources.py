@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from recognize.errors import InputError
+from recognize.errors import InputError, first_line
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".parquet")
@@ -160,6 +160,6 @@ def _manifest_rows(path: Path) -> Iterator[dict[str, Any]]:
                         raise ValueError(f"line {number} is not an object")
                     yield row
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the manifest ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: cannot read the manifest ({first_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - pyarrow's ArrowInvalid for a file that is not Parquet
         raise InputError(f"{path}: cannot read the manifest ({type(exc).__name__}: {exc})") from None

@@ -258,6 +258,15 @@ def test_a_url_the_server_will_not_store_is_refused_before_any_image(stages, ima
     assert not (server.root / "refused").exists() and not list(home.rglob("part-*.jsonl"))
 
 
+def test_a_run_refused_for_its_inputs_leaves_nothing_remote(stages, images, home, server, tmp_path):
+    (tmp_path / "manifest.jsonl").write_text(json.dumps({"file": str(images / NAMES[0])}) + "\n")
+    with pytest.raises(InputError, match="row 1 has no path, url, source column"):
+        run_to_output(pipeline(stages), [tmp_path / "manifest.jsonl"], f"{server.url}/run", quiet=True)
+    with pytest.raises(InputError, match="no such file or folder"):
+        run_to_output(pipeline(stages), [images / "missing.png"], f"{server.url}/run", quiet=True)
+    assert server.puts == [] and not (server.root / "run").exists()
+
+
 def test_two_runs_on_one_machine_cannot_share_a_staging_folder(stages, images, home, server):
     import fcntl
 

@@ -122,3 +122,24 @@ def test_a_killed_runs_scratch_table_is_removed_by_the_next_run(tmp_path):
         assert list(table) == [(tmp_path / "in" / "x.png", "x.png")]
     assert not gone.exists() and alive.exists() and (tmp_path / "tmp" / "recognize-run-notes.txt").exists()
     assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == sorted([alive.name, "recognize-run-notes.txt"])
+
+
+def test_a_scratch_table_that_cannot_be_created_leaves_no_folder(tmp_path, monkeypatch):
+    import sqlite3
+
+    from recognize import run_inputs
+    from recognize.errors import RecognizeError
+
+    image(tmp_path / "in" / "x.png")
+    (tmp_path / "tmp").mkdir()
+    real_connect = sqlite3.connect
+
+    def full_disk(*args, **kwargs):  # the connection opens; the first write finds the disk full
+        db = real_connect(*args, **kwargs)
+        db.execute("PRAGMA max_page_count = 1")
+        return db
+
+    monkeypatch.setattr(run_inputs.sqlite3, "connect", full_disk)
+    with pytest.raises(RecognizeError, match="the disk may be full"):
+        RunInputs.expand([tmp_path / "in"], directory=tmp_path / "tmp")
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -27,12 +27,16 @@ from recognize.errors import InputError
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default=None,
               help="Where models run (overrides the recipe).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process. ray: Ray Data (RAY_ADDRESS or a local Ray instance).")
+              help="local: this process. ray: Ray actors, and Ray Data for a partitioned dataset stage "
+                   "(RAY_ADDRESS or a local Ray instance).")
 def run_command(recipe, inputs, output, overrides, overwrite, quiet, batch_size, device, engine):
-    """Run RECIPE on INPUTS (image files, folders searched recursively, or globs).
+    """Run RECIPE on INPUTS (image files, folders searched recursively, globs, image URLs, list
+    files (.txt: one path or URL per line) or manifests (.jsonl / .parquet with a path, url or
+    source column and an optional name column)).
 
     Writes OUT/frames/<name>.json per image (the Frame schema; <name> is the image's path
-    relative to its input folder), the recipe's outputs and OUT/summary.json. Unreadable images
+    relative to its input folder), or, with a `shards` output and no `json` output, JSONL or
+    Parquet shards in OUT/shards/ instead; the recipe's outputs and OUT/summary.json. Unreadable images
     are reported and skipped (exit code 1). An image already finished in OUT from the same
     source file with the same recipe is skipped, so an interrupted run resumes where it stopped;
     a changed source is processed again.

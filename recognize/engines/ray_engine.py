@@ -20,6 +20,7 @@ Stage and load seconds in the timings are summed over workers.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -116,8 +117,14 @@ class RayEngine:
         checkpoint_dir: Path | None = None,
         timer: StageTimer | None = None,
     ) -> Iterator[FrameResult]:
-        """See `recognize.engines.base.Engine.run`."""
+        """See `recognize.engines.base.Engine.run`. With no frames (a resumed run with every image
+        done) nothing starts: `load` would start workers that load their models for nothing."""
         timer = timer if timer is not None else pipeline.timer
+        frames = iter(frames)
+        first = next(frames, None)
+        if first is None:
+            return iter(())
+        frames = itertools.chain([first], frames)
         self.load(pipeline, timer)
         return walk(pipeline, frames, self, timer=timer, on_result=on_result, checkpoint_dir=checkpoint_dir,
                     progress=self.progress)

@@ -42,8 +42,8 @@ from typing import IO, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from recognize.atomic import _alive as process_alive
-from recognize.errors import InputError, RecipeError
+from recognize.atomic import process_alive
+from recognize.errors import InputError, RecipeError, first_line
 from recognize.frame import Frame
 from recognize.outputs.paths import check_plain_name
 from recognize.stage import OutputStage, StageParams
@@ -420,10 +420,12 @@ def _spans(shard: Path) -> Iterator[tuple[str, int, int]]:
             if not raw.endswith(b"\n"):
                 continue  # torn by a killed run
             try:
-                name = json.loads(raw).get("name") or ""
+                record = json.loads(raw)
             except ValueError:
                 continue
-            yield name, start, offset
+            if not isinstance(record, dict):  # whole and JSON, but no Frame: not a shard we wrote
+                raise ValueError(f"the line at byte {start} is not a JSON object")  # noqa: TRY004 - read_shards' error
+            yield str(record.get("name") or ""), start, offset
 
 
 def read_shards(folder: Path) -> Iterator[Frame]:
@@ -435,14 +437,14 @@ def read_shards(folder: Path) -> Iterator[Frame]:
             for name, start, end in _spans(shard):
                 latest[name] = (shard, start, end)
         except (OSError, ValueError) as exc:
-            raise InputError(f"{shard}: not a readable shard ({str(exc).splitlines()[0]})") from None
+            raise InputError(f"{shard}: not a readable shard ({first_line(exc)})") from None
     handles: dict[str, Any] = {}
     try:
         for shard, start, end in latest.values():
             try:
                 yield read_span(shard.parent, shard.name, start, end, handles)
             except ValueError as exc:
-                raise InputError(f"{shard}: a record is not a valid Frame ({str(exc).splitlines()[0]})") from None
+                raise InputError(f"{shard}: a record is not a valid Frame ({first_line(exc)})") from None
     finally:
         for reader in handles.values():
             reader.close()

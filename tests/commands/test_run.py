@@ -74,6 +74,8 @@ def test_recipe_errors_exit_2_with_one_line(image_folder, tmp_path):
 def test_help_explains(tmp_path):
     result = recognize("run", "--help")
     assert result.returncode == 0 and "--set" in result.stdout and "resumes" in result.stdout
+    text = " ".join(result.stdout.split())
+    assert "list files" in text and "manifests (.jsonl / .parquet" in text and "shards" in text
 
 
 def test_stages_lists_and_describes():

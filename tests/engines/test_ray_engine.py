@@ -200,3 +200,14 @@ def test_load_starts_the_workers_once_and_the_run_uses_them(local_ray, test_stag
     assert len(started) == 1 and [spec["use"] for spec in started[0].specs] == ["brightness"]
     run_to_folder(pipeline, [image_folder], tmp_path / "ray", quiet=True, engine=engine)
     assert not engine._started and not started[0].actors  # used, then stopped
+
+
+def test_a_resume_with_every_image_done_starts_no_worker(local_ray, test_stages, image_folder, tmp_path, monkeypatch):
+    pools = []  # the stages of every worker pool started (each worker loads their models)
+    start_pool = RayEngine._pool
+    monkeypatch.setattr(RayEngine, "_pool", lambda engine, specs: pools.append(specs) or start_pool(engine, specs))
+    pipeline = Pipeline([test_stages.Brightness(), test_stages.CenterBox()])
+    run_to_folder(pipeline, [image_folder], tmp_path / "ray", quiet=True, engine=RayEngine(num_workers=1))
+    assert len(pools) == 1
+    again = run_to_folder(pipeline, [image_folder], tmp_path / "ray", quiet=True, engine=RayEngine(num_workers=1))
+    assert (again.processed, again.skipped) == (0, 3) and len(pools) == 1  # nothing to do: no worker started

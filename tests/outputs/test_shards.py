@@ -87,6 +87,15 @@ def test_cut_torn_tail_keeps_whole_lines_only(tmp_path):
     assert cut_torn_tail(shard) == 11 and shard.read_bytes() == b""
 
 
+def test_a_shard_line_that_is_not_a_json_object_is_one_input_error(tmp_path):
+    from recognize.errors import InputError
+
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "part-00000.jsonl").write_text(make_frame("a").to_json(indent=None) + "\n[1]\n")
+    with pytest.raises(InputError, match=r"part-00000.jsonl: not a readable shard \(the line at byte \d+ is not"):
+        read_frames(tmp_path)
+
+
 # -- Parquet shards -------------------------------------------------------------------------------
 def parquet_shards(size=2, **params):
     return plugins.get_stage("shards")(frames_per_shard=size, format="parquet", **params)
