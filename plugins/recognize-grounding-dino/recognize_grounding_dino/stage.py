@@ -17,8 +17,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from recognize.fast_modes import Precision, Quantization, autocast, cap_regions, quantize_linear_int8
-from recognize.frame import Drop, Frame, Region, Tag
+from recognize.detections import add_localized_regions
+from recognize.fast_modes import (
+    Precision,
+    Quantization,
+    autocast,
+    cap_regions,
+    quantize_linear_int8,
+)
+from recognize.frame import Drop, Frame
 from recognize.hub import FileRef
 from recognize.stage import (
     Device,
@@ -186,19 +193,5 @@ class GroundingDino(Stage):
             class_id=np.array([names.index(tag) for _, _, tag, _ in detections], dtype=int),
             data={"tag_score": np.array([t for _, _, _, t in detections], dtype=np.float32)},
         )
-        if self.params.nms != "none":
-            found = found.with_nms(threshold=self.params.nms_threshold, class_agnostic=self.params.nms == "cross_tag")
-        order = np.argsort(-found.confidence, kind="stable")
-        chinese = {t.name: t.name_zh for t in frame.tags}
-        for k in order:
-            tag = names[int(found.class_id[k])]
-            frame.regions.append(Region(box=tuple(float(v) for v in found.xyxy[k]), score=float(found.confidence[k]),
-                                        tag=tag, tag_zh=chinese.get(tag), source=self.name,
-                                        meta={"tag_score": float(found.data["tag_score"][k])}))
-        # a fixed class list has no tags on the frame yet: every region's tag must be one of the frame's tags
-        known = set(chinese)
-        for k in order:
-            tag = names[int(found.class_id[k])]
-            if tag not in known:
-                known.add(tag)
-                frame.tags.append(Tag(name=tag, score=float(found.confidence[k]), source=self.name))
+        add_localized_regions(frame, found, names, self.name, nms=self.params.nms,
+                              nms_threshold=self.params.nms_threshold, meta_keys=("tag_score",))

@@ -9,7 +9,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from recognize.frame import Frame, Region, Tag
+from recognize.detections import add_localized_regions
+from recognize.frame import Frame
 from recognize.hub import FileRef
 from recognize.stage import (
     Device,
@@ -169,14 +170,5 @@ class Owlv2(Stage):
         if not len(boxes):
             return
         found = sv.Detections(xyxy=boxes, confidence=scores.astype(np.float64), class_id=labels.astype(int))
-        if self.params.nms != "none":
-            found = found.with_nms(threshold=self.params.nms_threshold, class_agnostic=self.params.nms == "cross_tag")
-        order = np.argsort(-found.confidence, kind="stable")
-        chinese = {t.name: t.name_zh for t in frame.tags}
-        for k in order:
-            tag = vocabulary[int(found.class_id[k])]
-            frame.regions.append(Region(box=tuple(float(v) for v in found.xyxy[k]), score=float(found.confidence[k]),
-                                        tag=tag, tag_zh=chinese.get(tag), source=self.name))
-            if tag not in chinese:  # a fixed class list: every region's tag must be one of the frame's tags
-                chinese[tag] = None
-                frame.tags.append(Tag(name=tag, score=float(found.confidence[k]), source=self.name))
+        add_localized_regions(frame, found, vocabulary, self.name, nms=self.params.nms,
+                              nms_threshold=self.params.nms_threshold)
