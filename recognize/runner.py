@@ -530,6 +530,7 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
         for _ in engine.run(pipeline, frames, on_result=on_result, checkpoint_dir=partial, timer=timer):
             pass
     finally:
+        stopping = sys.exc_info()[1]  # the error that stopped the run, if one did: it is the one to report
         bar.close()
         frames.close()
         todo.close()  # its connection to the table, even when the engine stopped early
@@ -537,7 +538,8 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
             try:
                 shard_stage.close()  # a Parquet shard becomes readable (renamed into place) only when closed
             except OSError as exc:
-                raise _folder_error(out, exc, "close the last shard") from None
+                if stopping is None:
+                    raise _folder_error(out, exc, "close the last shard") from None
         journal.close()
     clear_partial(partial)  # every frame is final now
 

@@ -14,6 +14,7 @@ from recognize.frame import Drop, Frame
 from recognize.outputs.shards import cut_torn_tail, read_shards, read_span, shard_extent, shard_files
 from recognize.pipeline import Pipeline
 from recognize.runner import run_to_folder
+from recognize.stage import Stage
 from recognize.testing import check_stage
 
 from .conftest import make_frame
@@ -231,6 +232,35 @@ def test_a_parquet_shard_that_fails_to_close_keeps_its_number_from_any_later_sha
     later.write(make_frame("b"), tmp_path)
     later.finish([], tmp_path)
     assert [p.name for p in shard_files(tmp_path)] == ["part-00001.parquet"]  # a record naming 00000 stays dead
+
+
+class InterruptOnWhite(Stage):
+    """Ctrl-C while processing white.png (after black.jpg's frame is in the open shard)."""
+
+    name = "interrupt_on_white"
+    kind = "filter"
+
+    def process(self, frames):
+        if any("white" in frame.source for frame in frames):
+            raise KeyboardInterrupt
+        return frames
+
+
+def test_a_shard_that_fails_to_close_after_a_stop_does_not_hide_why_the_run_stopped(test_stages, image_folder,
+                                                                                    tmp_path, monkeypatch):
+    import os
+
+    real_replace = os.replace
+
+    def disk_gone_for_shards(source, target):  # the shard's rename into place fails; other writes work
+        if str(source).endswith(".partial") and "shards" in str(source):
+            raise OSError(5, "Input/output error")
+        real_replace(source, target)
+
+    run = Pipeline([test_stages.CenterBox(), InterruptOnWhite()], [parquet_shards(size=10)], batch_size=1)
+    monkeypatch.setattr(os, "replace", disk_gone_for_shards)
+    with pytest.raises(KeyboardInterrupt):  # not the shard's "cannot close the last shard"
+        run_to_folder(run, [image_folder], tmp_path / "out", quiet=True)
 
 
 def test_shard_extent_is_bytes_or_rows_and_minus_one_when_unreadable(tmp_path):
