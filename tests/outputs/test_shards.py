@@ -11,7 +11,13 @@ import pytest
 from recognize import plugins
 from recognize.eval.regions import read_frames
 from recognize.frame import Drop, Frame
-from recognize.outputs.shards import cut_torn_tail, read_shards, read_span, shard_extent, shard_files
+from recognize.outputs.shards import (
+    cut_torn_tail,
+    read_shards,
+    read_span,
+    shard_extent,
+    shard_files,
+)
 from recognize.pipeline import Pipeline
 from recognize.runner import run_to_folder
 from recognize.stage import Stage
