@@ -64,6 +64,113 @@ class DeformableSampling(nn.Module):
         return output.transpose(1, 2).contiguous()
 
 
+#: Zero rows/columns around each level's map in `GatherSampling`'s value table: a sampling point's
+#: top-left corner, clamped to [-2, size], then lies in [-2, size] and its bottom-right in [-1, size + 1].
+BORDER = 2
+
+
+class GatherSampling(nn.Module):
+    """Multi-scale deformable attention as one weighted gather (no parameters; the same call
+    signature as transformers' `MultiScaleDeformableAttention`, whose place it takes).
+
+    Why: `grid_sample` reads each level in NCHW layout, so every bilinear corner is fetched one
+    channel at a time across the whole map, and the samples come out as a [heads, dims, queries,
+    16] buffer that is multiplied by the attention weights and summed: three passes over the
+    largest activation of the encoder. The arithmetic is a sparse matrix product: each output row
+    (one query, one head) is a weighted sum of 4 levels x 4 points x 4 corners = 64 value rows.
+    Here the value is laid out once as a table of rows of `dims` floats, each level's map framed
+    by `BORDER` zero pixels; the corner rows and bilinear weights are computed once for all levels
+    and points, the attention weight folded into each corner's weight, and
+    `F.embedding_bag(mode="sum", per_sample_weights=...)` sums the 64 weighted rows. A corner
+    outside the map reads a zero of the frame, as `grid_sample(padding_mode="zeros")` reads zeros
+    there (no validity masks to compute); far-off points are clamped into the frame. Pixel
+    coordinates follow `grid_sample(align_corners=False)`. The same products summed in another
+    order: equal within the float32 rounding of the sampling coordinates (the size of
+    `grid_sample`'s own float32 error against float64), not bit for bit.
+    """
+
+    def forward(self, value: torch.Tensor, value_spatial_shapes: torch.Tensor,
+                value_spatial_shapes_list: list[tuple[int, int]], level_start_index: torch.Tensor,
+                sampling_locations: torch.Tensor, attention_weights: torch.Tensor, im2col_step: int) -> torch.Tensor:
+        batch, _, heads, dims = value.shape
+        _, queries, _, levels, points, _ = sampling_locations.shape
+        shapes = [(int(h), int(w)) for h, w in value_spatial_shapes_list]
+        table = framed_table(value, shapes)
+        indices, weights = corner_weights(shapes, sampling_locations, attention_weights, table.shape[1])
+        output = F.embedding_bag(indices.view(-1, levels * points * 4), table.view(-1, dims),
+                                 per_sample_weights=weights.view(-1, levels * points * 4), mode="sum")
+        return output.view(batch, queries, heads * dims)
+
+
+def framed_table(value: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
+    """[batch, tokens, heads, dims] -> [batch, framed tokens, heads, dims]: each level's map with
+    `BORDER` zero pixels on every side, the levels one after another."""
+    batch, _, heads, dims = value.shape
+    framed = sum((h + 2 * BORDER) * (w + 2 * BORDER) for h, w in shapes)
+    table = value.new_zeros(batch, framed, heads, dims)
+    start = framed_start = 0
+    for h, w in shapes:
+        inner = table[:, framed_start:framed_start + (h + 2 * BORDER) * (w + 2 * BORDER)]
+        inner = inner.view(batch, h + 2 * BORDER, w + 2 * BORDER, heads, dims)[:, BORDER:BORDER + h, BORDER:BORDER + w]
+        inner.copy_(value[:, start:start + h * w].view(batch, h, w, heads, dims))
+        start += h * w
+        framed_start += (h + 2 * BORDER) * (w + 2 * BORDER)
+    return table
+
+
+def corner_weights(shapes: list[tuple[int, int]], locations: torch.Tensor, attention_weights: torch.Tensor,
+                   tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the framed value table (`framed_table`: [batch, tokens, heads] flattened) and weights
+    of the four bilinear corners of every sampling point, both [batch, queries, heads, 4, levels,
+    points] (corners top-left, top-right, bottom-left, bottom-right: within a row, the order of a
+    sum's terms)."""
+    batch, queries, heads, levels, points, _ = locations.shape
+    device, dtype = locations.device, locations.dtype
+    index_type = torch.int32 if batch * tokens * heads < 2 ** 31 else torch.int64
+    widths = torch.tensor([w for _, w in shapes], dtype=dtype, device=device).view(levels, 1)
+    heights = torch.tensor([h for h, _ in shapes], dtype=dtype, device=device).view(levels, 1)
+    framed_widths = [w + 2 * BORDER for _, w in shapes]
+    # the table row of pixel (0, 0) of each level
+    origins, start = [], 0
+    for (h, _w), framed_width in zip(shapes, framed_widths):
+        origins.append(start + BORDER * framed_width + BORDER)
+        start += (h + 2 * BORDER) * framed_width
+    origins_t = torch.tensor(origins, dtype=index_type, device=device).view(levels, 1)
+    row_steps = torch.tensor(framed_widths, dtype=index_type, device=device).view(levels, 1)
+
+    def axis(coordinates: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # grid_sample's pixel coordinate (align_corners=False), its floor clamped into the frame,
+        # and the weights of the low and high corners
+        pixels = (coordinates * size).sub_(0.5)
+        low = pixels.floor()
+        high_weight = pixels.sub_(low)
+        low_weight = 1 - high_weight
+        low = torch.minimum(low.clamp_(min=-BORDER), size)
+        return low.to(index_type), low_weight, high_weight
+
+    x_low, x_low_weight, x_high_weight = axis(locations[..., 0], widths)
+    y_low, y_low_weight, y_high_weight = axis(locations[..., 1], heights)
+    y_low_weight.mul_(attention_weights)
+    y_high_weight.mul_(attention_weights)
+    weights = torch.empty(batch, queries, heads, 4, levels, points, dtype=dtype, device=device)
+    torch.mul(y_low_weight, x_low_weight, out=weights[:, :, :, 0])
+    torch.mul(y_low_weight, x_high_weight, out=weights[:, :, :, 1])
+    torch.mul(y_high_weight, x_low_weight, out=weights[:, :, :, 2])
+    torch.mul(y_high_weight, x_high_weight, out=weights[:, :, :, 3])
+    # table rows: ((b * tokens + token) * heads + head)
+    top_left = y_low.mul_(row_steps).add_(x_low).add_(origins_t).mul_(heads)
+    top_left.add_(torch.arange(heads, dtype=index_type, device=device).view(heads, 1, 1))
+    if batch > 1:
+        top_left.add_((torch.arange(batch, dtype=index_type, device=device) * (tokens * heads))
+                      .view(batch, 1, 1, 1, 1))
+    indices = torch.empty(batch, queries, heads, 4, levels, points, dtype=index_type, device=device)
+    indices[:, :, :, 0] = top_left
+    torch.add(top_left, heads, out=indices[:, :, :, 1])
+    torch.add(top_left, row_steps * heads, out=indices[:, :, :, 2])
+    torch.add(indices[:, :, :, 2], heads, out=indices[:, :, :, 3])
+    return indices, weights
+
+
 def _no_padding(mask: torch.Tensor | None) -> bool:
     """True for an absent or all-False mask; only checked on CPU (on a GPU the check would cost a
     host sync, and the fill is cheap there)."""
@@ -146,12 +253,20 @@ def _mix(module: nn.Module, mixin: type) -> None:
         module.__class__ = _MIXED[(mixin, base)]
 
 
-def lean(model: nn.Module) -> nn.Module:
-    """Swap the leaner forwards into `model` (in place; parameter names and values unchanged)."""
+#: Deformable attention sampling implementations `lean` can put in: "gather" (the default, one
+#: weighted gather) and "grid_sample" (the previous lean path, grid_sample per level; kept so the
+#: two can be compared side by side, in tests and in `benchmarks/bench_gdino_official.py`).
+SAMPLINGS: dict[str, type[nn.Module]] = {"gather": GatherSampling, "grid_sample": DeformableSampling}
+
+
+def lean(model: nn.Module, sampling: str = "gather") -> nn.Module:
+    """Swap the leaner forwards into `model` (in place; parameter names and values unchanged);
+    `sampling` picks the deformable attention sampling (`SAMPLINGS`)."""
+    kind = SAMPLINGS[sampling]
     for module in model.modules():
         name = type(module).__name__
-        if name == "GroundingDinoMultiscaleDeformableAttention" and not isinstance(module.attn, DeformableSampling):
-            module.attn = DeformableSampling()
+        if name == "GroundingDinoMultiscaleDeformableAttention" and type(module.attn) is not kind:
+            module.attn = kind()
         elif name == "GroundingDinoBiMultiHeadAttention":
             _mix(module, LeanBiMultiHeadAttention)
         elif name == "SwinAttention" and all(hasattr(module, p) for p in ("q_proj", "k_proj", "v_proj")):
