@@ -113,6 +113,17 @@ def plain_detector(detector):
     return Detector(plain, detector.tokenizer)
 
 
+def grid_sample_detector(detector):
+    """Our detector's weights with the lean layers but grid_sample deformable sampling (ours before
+    `GatherSampling`), to time the two sampling paths side by side."""
+    from recognize_grounding_dino.lean_layers import lean
+    from recognize_grounding_dino.model import Detector, build_model
+
+    model = lean(build_model(detector.model.config, init_weights=False), sampling="grid_sample")
+    model.load_state_dict(detector.model.state_dict())
+    return Detector(model, detector.tokenizer)
+
+
 def flops_of(forward) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -130,6 +141,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny model, small photos (checks the script runs)")
     parser.add_argument("--plain", action="store_true",
                         help="also time transformers' own classes without lean_layers (ours before issue 11)")
+    parser.add_argument("--grid-sample", action="store_true",
+                        help="also time our lean model with grid_sample deformable sampling (before the gather)")
+    parser.add_argument("--no-official", action="store_true",
+                        help="skip the official side (e.g. to compare our variants quickly)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed forwards per side first (default 1)")
     parser.add_argument("--cache", type=Path, default=default_cache())
     parser.add_argument("--out", type=Path, help="write the JSON report here")
@@ -150,20 +165,23 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(report["machine"]), flush=True)
     report["matmul"] = matmul(args.quick)
     detector = Detector.load("swint_ogc", spec["checkpoint"], spec["vocab"], config=spec.get("config"))
-    official = Official(spec_path, torch.get_num_threads())
+    official = None if args.no_official else Official(spec_path, torch.get_num_threads())
     try:
         report["tokens"] = len(detector.tokenizer(caption)["input_ids"])
         inputs = [preprocess(Frame(source=str(p)).image, short, long)[None] for p in image_paths(args.images)]
         sides = {"ours": detector}
         if args.plain:
             sides["plain"] = plain_detector(detector)
+        if args.grid_sample:
+            sides["grid_sample"] = grid_sample_detector(detector)
         first = ours_forward(detector, inputs[0], caption)
         report["flops"] = flops_of(first)  # also our first forward
         for _ in range(args.warmup):
             for name, model in sides.items():
                 ours_forward(model, inputs[0], caption)()
-            official(inputs[0], caption)
-        times: dict[str, list[float]] = {name: [] for name in [*sides, "official"]}
+            if official:
+                official(inputs[0], caption)
+        times: dict[str, list[float]] = {name: [] for name in [*sides, *(["official"] if official else [])]}
         parts: dict[str, list[dict]] = {name: [] for name in times}
         for repeat in range(args.repeats):
             for i, pixels in enumerate(inputs):
@@ -186,16 +204,18 @@ def main(argv: list[str] | None = None) -> dict:
         report["parts"] = {name: {key: statistics.median(p.get(key, 0.0) for p in runs) for key in runs[0]}
                            for name, runs in parts.items()}
         if args.profile:
-            forward = ours_forward(detector, inputs[0], caption)
-            report["profile"] = {"ours": {"parts": part_times(detector.model, forward), "ops": op_table(forward)},
-                                 "official": official(inputs[0], caption, profile=True)}
-            report["profile"]["ours"].pop("parts")
+            report["profile"] = {name: {"ops": op_table(ours_forward(model, inputs[0], caption))}
+                                 for name, model in sides.items()}
+            if official:
+                report["profile"]["official"] = official(inputs[0], caption, profile=True)
     finally:
-        official.close()
+        if official:
+            official.close()
     gflops = report["matmul"]["gflops"]
     report["summary"] = {"gflop": report["flops"] / 1e9, "load_average_end": list(os.getloadavg()), "sides": {
         name: {"s": statistics.median(values), "pct_matmul": 100 * report["flops"] / statistics.median(values) / 1e9 / gflops,
-               "official_over_this": statistics.median(times["official"]) / statistics.median(values)}
+               "official_over_this": (statistics.median(times["official"]) / statistics.median(values)
+                                      if "official" in times else None)}
         for name, values in times.items()}}
     print(render(report))
     if args.out:
@@ -212,14 +232,14 @@ def render(report: dict) -> str:
              f"input {report['images'][0]['shape']}, caption {report['tokens']} tokens, {s['gflop']:.1f} GFLOP/forward",
              "", "| | s/forward (median) | % of fp32 matmul rate | official s / this s |", "|---|---:|---:|---:|"]
     for name, side in s["sides"].items():
-        lines.append(f"| {name} | {side['s']:.2f} | {side['pct_matmul']:.0f}% | {side['official_over_this']:.2f}x |")
+        ratio = "-" if side["official_over_this"] is None else f"{side['official_over_this']:.2f}x"
+        lines.append(f"| {name} | {side['s']:.2f} | {side['pct_matmul']:.0f}% | {ratio} |")
     names = list(report["parts"])
     lines += ["", "| part (inclusive s, median) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for part in [*PARTS, "total"]:
         lines.append(f"| {part} | " + " | ".join(f"{report['parts'][n].get(part, 0):.2f}" for n in names) + " |")
     if "profile" in report:
-        ours, theirs = report["profile"]["ours"], report["profile"]["official"]
-        for side, data in (("ours", ours), ("official", theirs)):
+        for side, data in report["profile"].items():
             lines += ["", f"{side}: | op | calls | self s | share |", "|---|---:|---:|---:|"]
             lines += [f"| `{o['op']}` | {o['calls']} | {o['self_s']:.2f} | {100 * o['share']:.1f}% |" for o in data["ops"]]
     return "\n".join(lines)

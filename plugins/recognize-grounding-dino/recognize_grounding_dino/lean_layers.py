@@ -19,6 +19,9 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
   when nothing is padded (a single image, or a batch of one size, has no padded pixels; a single
   caption no padded tokens). Here a mask with no True entry is skipped: filling nothing changes
   nothing. The official code does the same fills; results are identical.
+- **Deformable attention's value mask** (`LeanDeformableAttention`): transformers `masked_fill`s
+  the value projection with the padding mask in every layer (a copy of the value) even when
+  nothing is padded; a mask that keeps everything is skipped, as for the fusion attention.
 - **Swin window attention** (`SwinAttention`): transformers 5 splits Swin's query/key/value
   projection into three Linear layers (three GEMMs over every window token); the official Swin has
   one fused `qkv` Linear. Here the three weights are concatenated (cached until a weight changes)
@@ -189,6 +192,16 @@ class LeanBiMultiHeadAttention:
                                text_attention_mask=text_attention_mask)
 
 
+class LeanDeformableAttention:
+    """Mixin over transformers' `GroundingDinoMultiscaleDeformableAttention`: an attention mask that
+    keeps every token (True = keep) is dropped, which skips the `masked_fill` copy of the value."""
+
+    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+        if attention_mask is not None and _no_padding(~attention_mask):
+            attention_mask = None
+        return super().forward(hidden_states, attention_mask, *args, **kwargs)
+
+
 def _plain(tensor: torch.Tensor) -> bool:
     return type(tensor) in (torch.Tensor, nn.Parameter) and tensor.layout == torch.strided
 
@@ -265,8 +278,10 @@ def lean(model: nn.Module, sampling: str = "gather") -> nn.Module:
     kind = SAMPLINGS[sampling]
     for module in model.modules():
         name = type(module).__name__
-        if name == "GroundingDinoMultiscaleDeformableAttention" and type(module.attn) is not kind:
-            module.attn = kind()
+        if isinstance(module, LeanDeformableAttention) or name == "GroundingDinoMultiscaleDeformableAttention":
+            if type(module.attn) is not kind:
+                module.attn = kind()
+            _mix(module, LeanDeformableAttention)
         elif name == "GroundingDinoBiMultiHeadAttention":
             _mix(module, LeanBiMultiHeadAttention)
         elif name == "SwinAttention" and all(hasattr(module, p) for p in ("q_proj", "k_proj", "v_proj")):
