@@ -98,8 +98,12 @@ class GatherSampling(nn.Module):
         batch, _, heads, dims = value.shape
         _, queries, _, levels, points, _ = sampling_locations.shape
         shapes = [(int(h), int(w)) for h, w in value_spatial_shapes_list]
-        table = framed_table(value, shapes)
-        indices, weights = corner_weights(shapes, sampling_locations, attention_weights, table.shape[1])
+        # one dtype for the sum (under bf16 autocast the value is bf16, the locations and attention
+        # weights float32): the wider one, so the sampling is never less precise than its inputs
+        dtype = torch.promote_types(value.dtype, torch.promote_types(sampling_locations.dtype, attention_weights.dtype))
+        table = framed_table(value.to(dtype), shapes)
+        indices, weights = corner_weights(shapes, sampling_locations.to(dtype), attention_weights.to(dtype),
+                                          table.shape[1])
         output = F.embedding_bag(indices.view(-1, levels * points * 4), table.view(-1, dims),
                                  per_sample_weights=weights.view(-1, levels * points * 4), mode="sum")
         return output.view(batch, queries, heads * dims)
