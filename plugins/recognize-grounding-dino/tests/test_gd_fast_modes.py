@@ -7,8 +7,8 @@ best detections has a detection in the fast run whose box (cx, cy, w, h in 0..1)
 (bf16 autocast) / 0.03 (int8 Linear layers) and whose best token probability is within 0.04 (bf16) / 0.03 (int8).
 The bf16 bound was 0.02 until the deformable attention's gather sampling (`lean_layers.GatherSampling`)
 moved the exact path by float32 rounding (~1e-5): one of the 20 detections then measured 0.038
-(the nearest-box match lands on a neighbouring proposal), so bf16's gap on random weights is noise
-at the 0.02-0.04 level, not a property of the sampling.
+whether the fast run sampled in bf16 or float32, so the gap comes from the rest of bf16's rounding
+on these random weights, not from the sampling; not investigated further.
 """
 
 from __future__ import annotations
