@@ -57,9 +57,25 @@ def _mem():
                 found[line.split(":")[0].lower()] = int(line.split()[1]) // 1024
     return found
 
+_since = {"rssanon": 0, "rssfile": 0}  # the sampler's maxima since the previous event
+
+def _sample():
+    while True:
+        now = _mem()
+        for key in _since:
+            _since[key] = max(_since[key], now.get(key, 0))
+        time.sleep(0.05)
+
+import threading
+threading.Thread(target=_sample, daemon=True).start()
+
 def _event(kind, what, name):
+    now = _mem()
+    peaks = {f"{key}_max": max(value, now.get(key, 0)) for key, value in _since.items()}
+    for key in _since:
+        _since[key] = 0
     _log.write(json.dumps({"event": kind, "what": what, "name": name, "t": time.time(),
-                           "cpu": time.process_time(), **_mem()}) + "\n")
+                           "cpu": time.process_time(), **now, **peaks}) + "\n")
     _log.flush()
 
 from recognize.engines import timing
@@ -171,8 +187,11 @@ def peak_steps(events: list[dict]) -> list[str]:
         elif key in opened:
             before = opened.pop(key)
             if event["vmhwm"] > before["vmhwm"]:
+                sampled = (f"; sampled max anon {event['rssanon_max']}, file {event['rssfile_max']}"
+                           if "rssanon_max" in event else "")
                 steps.append(f"{event['what']} {event['name']}: peak {before['vmhwm']} -> {event['vmhwm']} MiB "
-                             f"(RSS after {event['vmrss']} MiB)")
+                             f"(after: RSS {event['vmrss']}, anon {event['rssanon']}, file {event['rssfile']} MiB"
+                             f"{sampled})")
     return steps
 
 
@@ -180,7 +199,7 @@ def main() -> None:
     from bench_models import IMAGES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", type=Path, required=True)
+    parser.add_argument("--before", type=Path, help="the older tree; omitted: measure --after alone")
     parser.add_argument("--after", type=Path, default=Path("."))
     parser.add_argument("--mode", choices=["start", "full"], default="start")
     parser.add_argument("--runs", type=int, default=3)
@@ -188,7 +207,8 @@ def main() -> None:
     parser.add_argument("--boxes", type=int, default=20, help="boxes per photo reaching SAM")
     parser.add_argument("--json", type=Path, help="also write every run's raw numbers here")
     args = parser.parse_args()
-    trees = {"before": args.before.resolve(), "after": args.after.resolve()}
+    trees = {"before": args.before.resolve()} if args.before else {}
+    trees["after"] = args.after.resolve()
     photos = sorted(IMAGES, key=lambda p: -p.stat().st_size)[: args.images]
     with tempfile.TemporaryDirectory(prefix="bench_chain_") as tmp:
         work = Path(tmp)

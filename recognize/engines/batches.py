@@ -26,6 +26,7 @@ import gc
 import sys
 from collections.abc import Sequence
 
+from recognize import resident_weights
 from recognize.engines.base import FrameResult, RunStopped, describe_error
 from recognize.engines.timing import DECODE, LOAD, StageTimer
 from recognize.errors import ImageError, RecognizeError
@@ -68,6 +69,8 @@ def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer
             return frames
         with timer.stage(stage.name):
             out = stage(frames)
+            if len(stages) > 1:  # the next stage's weights, not this one's, should be resident
+                resident_weights.release()
         if out is None:
             raise RecognizeError(f"stage {stage.name!r} returned None instead of the frames")
         if len(out) != len(frames):
