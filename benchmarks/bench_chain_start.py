@@ -2,6 +2,7 @@
 
     python benchmarks/bench_chain_start.py --before /path/to/old/checkout --after . --runs 3
     python benchmarks/bench_chain_start.py --before OLD --after . --mode full --runs 2 --images 1
+    python benchmarks/bench_chain_start.py --after . --mode full --runs 1    # one tree alone
 
 `recipes/tag_ground_segment.yaml` at its default settings (RAM++ Swin-L -> Grounding DINO swint_ogc ->
 SAM vit_h, batch size 2, SAM batch 1), pointed at the benchmark's random checkpoints at the official
@@ -16,7 +17,8 @@ alternating so a machine that gets busier slows both alike.
   peak RSS at that moment.
 - `--mode full`: the whole run on `--images` photos: peak RSS of the process (`wait4`'s `ru_maxrss`, its
   VmHWM), `summary.json`'s `wall`, and the peak as it stood when each stage and phase started and ended
-  (the step where it jumps is where the peak comes from).
+  (the step where it jumps is where the peak comes from), with RssAnon / RssFile after each step and
+  their maxima in between (a thread in the measured process samples /proc/self/status every 50 ms).
 
 Memory-mapped weights are file pages: they count in RSS while resident, but under memory pressure
 the kernel drops them (and reads them again when touched), which lowers VmHWM; the log's `rssanon` /

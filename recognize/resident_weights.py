@@ -12,10 +12,15 @@ meanwhile. Then the process's peak is one stage's weights plus the working memor
 `release()` also hands freed heap memory back to the system (glibc's `malloc_trim`): a stage's
 activations freed in the heap's middle otherwise stay counted until the heap top is free.
 
+Cost: unmapping and mapping again take about 1 s per GB of weights on a busy 2-core machine
+(`benchmarks/README.md`), per batch: a few percent of a CPU batch of the chain, nothing on a GPU
+(the weights are on the device; the file mapping is gone). `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1` keeps
+them mapped when memory is plentiful and that time matters more.
+
 Safety: `MADV_DONTNEED` on a private file mapping discards pages a process has written
 (copy-on-write) and reads the file again: a weight changed in place would silently revert. A
 mapping is released only when the kernel reports no private (anonymous) page in it
-(`/proc/self/smaps`'s `Anonymous: 0 kB`); one written page keeps the whole file mapped. Linux only;
+(`/proc/self/pagemap`); one written page keeps the whole file mapped. Linux only;
 elsewhere `release()` does nothing.
 """
 
@@ -29,9 +34,12 @@ import sys
 import threading
 from pathlib import Path
 
-__all__ = ["ReleaseReport", "note_mapped", "release"]
+__all__ = ["KEEP_ENV", "ReleaseReport", "note_mapped", "release"]
 
+#: set to 1 to keep every stage's weights mapped (no unmapping, no re-faulting; peak = all models)
+KEEP_ENV = "RECOGNIZE_KEEP_WEIGHTS_MAPPED"
 _MADV_DONTNEED = 4
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _mapped: set[str] = set()
 _lock = threading.Lock()
 
@@ -56,43 +64,63 @@ class ReleaseReport:
 def release() -> ReleaseReport:
     """Unmap the resident pages of every clean weights mapping and trim the heap (see module doc)."""
     report = ReleaseReport()
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.environ.get(KEEP_ENV, "") not in ("", "0"):
         return report
     with _lock:
         files = set(_mapped)
     libc = _libc()
-    if files and libc is not None:
-        for start, end, path, rss_kib, anonymous_kib in _mappings_of(files):
-            if anonymous_kib:
-                report.kept.append(path)
-                continue
-            if rss_kib and libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) == 0:
-                report.unmapped_bytes += rss_kib * 1024
-    if libc is not None and hasattr(libc, "malloc_trim"):
+    if libc is None:
+        return report
+    for start, end, path in _mappings_of(files) if files else []:
+        resident, written = _page_states(start, end)
+        if written:
+            report.kept.append(path)
+        elif resident and libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) == 0:
+            report.unmapped_bytes += resident * _PAGE
+    if hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
     return report
 
 
-def _mappings_of(files: set[str]) -> list[tuple[int, int, str, int, int]]:
-    """(start, end, path, Rss KiB, Anonymous KiB) of this process's mappings of `files`."""
-    found: list[tuple[int, int, str, int, int]] = []
-    current: list | None = None
+def _mappings_of(files: set[str]) -> list[tuple[int, int, str]]:
+    """(start, end, path) of this process's mappings of `files` (`/proc/self/maps`)."""
+    found = []
     try:
-        lines = Path("/proc/self/smaps").read_text().splitlines()
+        lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return found
     for line in lines:
-        head = line.split(None, 5)
-        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
-            current = None
-            path = head[5].strip() if len(head) == 6 else ""
-            if path in files:
-                start, end = (int(x, 16) for x in head[0].split("-"))
-                current = [start, end, path, 0, 0]
-                found.append(current)  # type: ignore[arg-type]
-        elif current is not None and head and head[0] in ("Rss:", "Anonymous:"):
-            current[3 if head[0] == "Rss:" else 4] = int(head[1])
-    return [tuple(m) for m in found]  # type: ignore[misc]
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[5].strip() in files:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            found.append((start, end, fields[5].strip()))
+    return found
+
+
+def _page_states(start: int, end: int) -> tuple[int, bool]:
+    """(resident pages, whether any page is private) of the mapping [start, end).
+
+    `/proc/self/pagemap` has one 64-bit entry per page: bit 63 present, bit 62 swapped, bit 61 a
+    file (or shared) page. A present or swapped page that is not a file page is a copy-on-write
+    copy: this process wrote it. Reading only these entries is cheap (8 bytes a page), unlike
+    `/proc/self/smaps`, which walks every mapping of the process (a fraction of a second with torch).
+    Unreadable pagemap: reported as written, so nothing is released."""
+    import numpy as np
+
+    first, count = start // _PAGE, (end - start) // _PAGE
+    try:
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek(first * 8)
+            entries = np.frombuffer(pagemap.read(count * 8), dtype=np.uint64)
+    except OSError:
+        return 0, True
+    if len(entries) != count:
+        return 0, True
+    present = (entries >> np.uint64(63)) & np.uint64(1)
+    swapped = (entries >> np.uint64(62)) & np.uint64(1)
+    file_page = (entries >> np.uint64(61)) & np.uint64(1)
+    written = bool(np.any(((present | swapped) == 1) & (file_page == 0)))
+    return int(present.sum()), written
 
 
 @functools.lru_cache(maxsize=1)

@@ -14,9 +14,18 @@ from recognize.weights_file import read_weights
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise / smaps are Linux's")
 
 
-def _resident_kib(path: Path) -> int:
-    """Rss of this process's mappings of `path` (smaps), KiB."""
-    return sum(rss for _, _, _, rss, _ in resident_weights._mappings_of({str(path.resolve())}))
+def _resident_kib(path) -> int:
+    """Rss of this process's mappings of `path`, KiB, as /proc/self/smaps reports it."""
+    from pathlib import Path
+
+    wanted, total, inside = str(Path(path).resolve()), 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split(None, 5)
+        if fields and not fields[0].endswith(":"):
+            inside = len(fields) == 6 and fields[5].strip() == wanted
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
 
 
 @pytest.fixture
@@ -63,3 +72,14 @@ def test_files_never_read_are_left_alone(tmp_path: Path) -> None:
     resident_weights.release()
 
     assert _resident_kib(path) >= 3_500
+
+
+def test_the_opt_out_keeps_every_page_mapped(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(resident_weights.KEEP_ENV, "1")
+    state = read_weights(checkpoint)
+    assert float(state["big"].sum()) != 0.0
+
+    report = resident_weights.release()
+
+    assert report.unmapped_bytes == 0
+    assert _resident_kib(checkpoint) >= 15_000
