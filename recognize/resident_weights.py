@@ -12,16 +12,17 @@ meanwhile. Then the process's peak is one stage's weights plus the working memor
 `release()` also hands freed heap memory back to the system (glibc's `malloc_trim`): a stage's
 activations freed in the heap's middle otherwise stay counted until the heap top is free.
 
-Cost: unmapping and mapping again take about 1 s per GB of weights on a busy 2-core machine
-(`benchmarks/README.md`), per batch: a few percent of a CPU batch of the chain, nothing on a GPU
-(the weights are on the device; the file mapping is gone). `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1` keeps
+Cost: unmapping and mapping again took ~1.5 s per GB of weights on a busy 2-core machine
+(`benchmarks/README.md`), once per batch: a few percent of a CPU batch of the chain, little or
+nothing on a GPU (the weights live on the device once moved there). `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1` keeps
 them mapped when memory is plentiful and that time matters more.
 
 Safety: `MADV_DONTNEED` on a private file mapping discards pages a process has written
 (copy-on-write) and reads the file again: a weight changed in place would silently revert. A
 mapping is released only when the kernel reports no private (anonymous) page in it
-(`/proc/self/pagemap`); one written page keeps the whole file mapped. Linux only;
-elsewhere `release()` does nothing.
+(`/proc/self/pagemap`); one written page keeps the whole file mapped. Pages come back from the
+file's inode, so a checkpoint replaced by rename (as downloads are) is never mixed in; one
+overwritten in place during a run would be. Linux only; elsewhere `release()` does nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import functools
 import os
 import sys
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["KEEP_ENV", "ReleaseReport", "note_mapped", "release"]
@@ -50,15 +52,12 @@ def note_mapped(path: str | os.PathLike[str]) -> None:
         _mapped.add(os.path.realpath(path))
 
 
+@dataclass
 class ReleaseReport:
     """What one `release()` did: bytes of weight pages unmapped, files kept mapped (written pages)."""
 
-    def __init__(self) -> None:
-        self.unmapped_bytes = 0
-        self.kept: list[str] = []
-
-    def __repr__(self) -> str:
-        return f"ReleaseReport(unmapped_bytes={self.unmapped_bytes}, kept={self.kept})"
+    unmapped_bytes: int = 0
+    kept: list[str] = field(default_factory=list)
 
 
 def release() -> ReleaseReport:
