@@ -6,14 +6,17 @@ implementations is the same; what differs is how many times the big activations 
 memory between the GEMMs. `lean(model)` swaps in forwards that skip the rewrites and keeps every
 parameter name, so checkpoints load as before. Each difference, and why it leaves results as they were:
 
-- **Deformable attention sampling** (`DeformableSampling`, used by every encoder and decoder
-  layer). transformers, like the official `multi_scale_deformable_attn_pytorch`, copies the value
-  tensor once per level into the `grid_sample` layout, then `torch.stack`s the four levels' samples
-  (a copy of the largest activation of the encoder: heads x dims x tokens x 16 points), multiplies by
-  the attention weights (another) and sums. Here the value is laid out once for all levels (each
-  level is a view of it), and each level's weighted samples are written straight into their slice of
-  one buffer, which is then summed as before: the same products summed in the same order, so the
-  output is bit-for-bit the one transformers computes, without the stack.
+- **Deformable attention sampling** (`GatherSampling`, the default, used by every encoder and
+  decoder layer): one weighted gather of value rows instead of `grid_sample` per level (see its
+  docstring); equal to `grid_sample` within float32 rounding of the sampling coordinates.
+  `DeformableSampling` (`lean(model, sampling="grid_sample")`) is the previous lean path, kept
+  for side-by-side comparison: transformers, like the official `multi_scale_deformable_attn_pytorch`,
+  copies the value tensor once per level into the `grid_sample` layout, then `torch.stack`s the
+  four levels' samples (a copy of the largest activation of the encoder: heads x dims x tokens x
+  16 points), multiplies by the attention weights (another) and sums. There the value is laid out
+  once for all levels (each level is a view of it), and each level's weighted samples are written
+  straight into their slice of one buffer, which is then summed as before: the same products
+  summed in the same order, so the output is bit-for-bit the one transformers computes.
 - **Image-text fusion attention** (`GroundingDinoBiMultiHeadAttention`): transformers repeats each
   padding mask per head and `masked_fill_`s the full image x text attention matrices with it even
   when nothing is padded (a single image, or a batch of one size, has no padded pixels; a single
