@@ -23,7 +23,8 @@ PARTS = {
     "encoder text layers": ("TransformerEncoderLayer", "GroundingDinoTextEnhancerLayer"),
     "encoder fusion layers": ("BiAttentionBlock", "GroundingDinoFusionLayer"),
     "decoder layers": ("DeformableTransformerDecoderLayer", "GroundingDinoDecoderLayer"),
-    "deformable attention (enc+dec)": ("MultiScaleDeformableAttention", "GroundingDinoMultiscaleDeformableAttention"),
+    "deformable attention (enc+dec)": ("MultiScaleDeformableAttention", "GroundingDinoMultiscaleDeformableAttention",
+                                       "LeanGroundingDinoMultiscaleDeformableAttention"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Leaner forwards for three of transformers' Grounding DINO modules: same weights, same results.
+"""Leaner forwards for four of transformers' Grounding DINO modules: same weights, same results.
 
 Issue 11 measured our transformers-based model slower on CPU than the official code, with `copy_`
 and `cat` (layout shuffles) taking a quarter of the operator time. The arithmetic of both
