@@ -13,8 +13,8 @@ Deliberate differences from `build_sam*`:
 - the image encoder's attention is `recognize_sam.attention.LeanAttention` (in-place relative-position
   adds and softmax: one 1 GiB attention matrix alive per global block instead of three; bit for bit);
 - its blocks are `recognize_sam.lean_block.LeanBlock` (no qkv/projection work on window padding,
-  fused attention, oneDNN linears on CPU): ~2x faster on CPU, embeddings within ~1e-5 relative of
-  segment-anything's, not bit for bit (`use_segment_anything` restores the plain forward).
+  fused attention, oneDNN linears on CPU): ~1.5-2.3x faster on CPU, embeddings within ~2e-5 of
+  segment-anything's largest value on vit_h, not bit for bit (`use_segment_anything` restores the plain forward).
 """
 
 from __future__ import annotations
