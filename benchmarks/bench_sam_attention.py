@@ -62,7 +62,7 @@ QUICK_CONFIG = {"encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads"
 def _onednn_rate(n: int = 2048, budget: float = 3.0) -> float:
     """fp32 GFLOP/s of an n^3 product through oneDNN's linear (the `bench_jobs.matmul` method)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    run = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")  # noqa: E731
+    run = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     for _ in range(2):
         run()
     times, start = [], time.perf_counter()
@@ -95,13 +95,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny encoder and short matmul probes (tests)")
     args = parser.parse_args()
 
-    from segment_anything.modeling.image_encoder import Attention, Block
-    from torch.utils.flop_counter import FlopCounterMode
-
     from bench_jobs import matmul, reset_peak
     from recognize_sam.attention import LeanAttention
     from recognize_sam.lean_block import LeanBlock, use_segment_anything
     from recognize_sam.model import SamConfig, build_sam
+    from segment_anything.modeling.image_encoder import Attention, Block
+    from torch.utils.flop_counter import FlopCounterMode
 
     config = SamConfig(**QUICK_CONFIG) if args.quick else None
     encoder = use_segment_anything(build_sam(args.model, config=config, seed=0).image_encoder)
@@ -159,7 +158,7 @@ def main() -> None:
     for way in ways:
         result[way]["speedup"] = result["segment_anything"]["median_s"] / result[way]["median_s"]
     if args.profile:
-        result["profile_self_cpu_shares"] = {way: profile_shares(lambda: forward(way)) for way in ways}
+        result["profile_self_cpu_shares"] = {way: profile_shares(lambda way=way: forward(way)) for way in ways}
     print(json.dumps(result, indent=2))
 
 

@@ -116,7 +116,7 @@ def _copy_tokens(tokens: torch.Tensor, grid: torch.Tensor, to_windows: bool) -> 
 
 def _heads(grid: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v (B * windows * heads, tokens per window, head_dim) from a (B, nh, ws, nw, ws, 3C) grid."""
-    B, nh, ws_h, nw, ws_w, C3 = grid.shape
+    B, nh, ws_h, nw, ws_w, _ = grid.shape
     qkv = grid.view(B, nh, ws_h, nw, ws_w, 3, heads, -1).permute(5, 0, 1, 3, 6, 2, 4, 7)
     return qkv.reshape(3, B * nh * nw * heads, ws_h * ws_w, -1).unbind(0)
 

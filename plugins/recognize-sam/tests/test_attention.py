@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sam_support import TINY_CONFIG
-from segment_anything.modeling.image_encoder import Attention, Block
-
 from recognize_sam.attention import LeanAttention, use_lean_attention
 from recognize_sam.model import SamConfig, build_sam
+from sam_support import TINY_CONFIG
+from segment_anything.modeling.image_encoder import Attention, Block
 
 
 def _pair(dim: int, heads: int, size: int, seed: int) -> tuple[Attention, Attention]:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from recognize_sam import fused_linear
 from recognize_sam.fused_linear import linear
+from torch import nn
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sam_support import TINY_CONFIG, random_boxes
-from segment_anything import SamPredictor
-from segment_anything.modeling.image_encoder import Attention, Block
-
 from recognize_sam import fused_linear
 from recognize_sam.attention import LeanAttention
 from recognize_sam.lean_block import LeanBlock, use_lean_blocks, use_segment_anything
 from recognize_sam.model import SamConfig, build_sam
+from sam_support import TINY_CONFIG, random_boxes
+from segment_anything import SamPredictor
+from segment_anything.modeling.image_encoder import Attention, Block
 
 #: max |lean - segment-anything| over max |segment-anything|: float32 rounding of another order
 #: (measured ~2e-7 per block, ~2e-6 for the tiny model; vit_h's 32 random blocks reach 2.1e-5:
