@@ -129,9 +129,9 @@ def fidelity_lines(chain: dict[str, Any]) -> list[str]:
              f"{fidelity.get('match_iou')} ({o.get('unmatched_a')} / {o.get('unmatched_b')} unpaired), mean box IoU "
              f"{_num(o.get('mean_box_iou'), 3)}, largest box score difference "
              f"{_num(o.get('max_region_score_diff'), 3)}; mean mask IoU {_num(o.get('mean_mask_iou'), 3)} over "
-             f"{o.get('masks_compared')} paired masks. Random weights make every score near-tied, so boxes and "
-             "masks react more to small numeric changes than trained weights would; with real weights, run the same "
-             "command on your own photos.")]
+             f"{o.get('masks_compared')} paired masks. Random weights give scores without meaning and often close "
+             "together, so which boxes pass the cap can flip with small numeric changes more readily than with "
+             "trained weights; with real weights, run the same command on your own photos.")]
 
 
 def work_lines(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str]:
@@ -145,7 +145,7 @@ def work_lines(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list
     full = all(regions == cap and masks == cap for _, regions, masks in counts.values())
     if same and full:
         return [f"Equal work: every row tagged, localized and segmented the same per photo "
-                f"({_num(next(iter(counts.values()))[0], 1)} tags, {cap} boxes and {cap} masks: the cap)."]
+                f"({_num(next(iter(counts.values()))[0], 1)} tags, {cap} box(es) and {cap} mask(s): the cap)."]
     detail = "; ".join(f"{key} {_num(regions, 1)} boxes / {_num(masks, 1)} masks"
                        for key, (_, regions, masks) in counts.items())
     return [f"**Unequal or short work**: per photo {detail}, cap {cap}. Below the cap, the random Grounding DINO "
