@@ -144,13 +144,13 @@ def work_lines(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list
     same = len(set(counts.values())) == 1
     full = all(regions == cap and masks == cap for _, regions, masks in counts.values())
     if same and full:
-        return [f"Equal work: every row tagged, localized and segmented the same per photo "
-                f"({_num(next(iter(counts.values()))[0], 1)} tags, {cap} box(es) and {cap} mask(s): the cap)."]
+        return [(f"Equal work: every row tagged, localized and segmented the same per photo "
+                 f"({_num(next(iter(counts.values()))[0], 1)} tags, {cap} box(es) and {cap} mask(s): the cap).")]
     detail = "; ".join(f"{key} {_num(regions, 1)} boxes / {_num(masks, 1)} masks"
                        for key, (_, regions, masks) in counts.items())
-    return [f"**Unequal or short work**: per photo {detail}, cap {cap}. Below the cap, the random Grounding DINO "
-            "checkpoint left fewer boxes after NMS than the cap; rows that differ did different SAM work, and "
-            "their ratios are not comparable."]
+    return [(f"**Unequal or short work**: per photo {detail}, cap {cap}. Below the cap, the random Grounding DINO "
+             "checkpoint left fewer boxes after NMS than the cap; rows that differ did different SAM work, and "
+             "their ratios are not comparable.")]
 
 
 def recipe_table(results: dict[str, Any]) -> list[str]:
