@@ -2,6 +2,7 @@
 
     python benchmarks/bench_chain_start.py --before /path/to/old/checkout --after . --runs 3
     python benchmarks/bench_chain_start.py --before OLD --after . --mode full --runs 2 --images 1
+    python benchmarks/bench_chain_start.py --after . --mode full --runs 1    # one tree alone
 
 `recipes/tag_ground_segment.yaml` at its default settings (RAM++ Swin-L -> Grounding DINO swint_ogc ->
 SAM vit_h, batch size 2, SAM batch 1), pointed at the benchmark's random checkpoints at the official
@@ -16,7 +17,8 @@ alternating so a machine that gets busier slows both alike.
   peak RSS at that moment.
 - `--mode full`: the whole run on `--images` photos: peak RSS of the process (`wait4`'s `ru_maxrss`, its
   VmHWM), `summary.json`'s `wall`, and the peak as it stood when each stage and phase started and ended
-  (the step where it jumps is where the peak comes from).
+  (the step where it jumps is where the peak comes from), with RssAnon / RssFile after each step and
+  their maxima in between (a thread in the measured process samples /proc/self/status every 50 ms).
 
 Memory-mapped weights are file pages: they count in RSS while resident, but under memory pressure
 the kernel drops them (and reads them again when touched), which lowers VmHWM; the log's `rssanon` /
@@ -57,9 +59,25 @@ def _mem():
                 found[line.split(":")[0].lower()] = int(line.split()[1]) // 1024
     return found
 
+_since = {"rssanon": 0, "rssfile": 0}  # the sampler's maxima since the previous event
+
+def _sample():
+    while True:
+        now = _mem()
+        for key in _since:
+            _since[key] = max(_since[key], now.get(key, 0))
+        time.sleep(0.05)
+
+import threading
+threading.Thread(target=_sample, daemon=True).start()
+
 def _event(kind, what, name):
+    now = _mem()
+    peaks = {f"{key}_max": max(value, now.get(key, 0)) for key, value in _since.items()}
+    for key in _since:
+        _since[key] = 0
     _log.write(json.dumps({"event": kind, "what": what, "name": name, "t": time.time(),
-                           "cpu": time.process_time(), **_mem()}) + "\n")
+                           "cpu": time.process_time(), **now, **peaks}) + "\n")
     _log.flush()
 
 from recognize.engines import timing
@@ -171,8 +189,11 @@ def peak_steps(events: list[dict]) -> list[str]:
         elif key in opened:
             before = opened.pop(key)
             if event["vmhwm"] > before["vmhwm"]:
+                sampled = (f"; sampled max anon {event['rssanon_max']}, file {event['rssfile_max']}"
+                           if "rssanon_max" in event else "")
                 steps.append(f"{event['what']} {event['name']}: peak {before['vmhwm']} -> {event['vmhwm']} MiB "
-                             f"(RSS after {event['vmrss']} MiB)")
+                             f"(after: RSS {event['vmrss']}, anon {event['rssanon']}, file {event['rssfile']} MiB"
+                             f"{sampled})")
     return steps
 
 
@@ -180,7 +201,7 @@ def main() -> None:
     from bench_models import IMAGES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", type=Path, required=True)
+    parser.add_argument("--before", type=Path, help="the older tree; omitted: measure --after alone")
     parser.add_argument("--after", type=Path, default=Path("."))
     parser.add_argument("--mode", choices=["start", "full"], default="start")
     parser.add_argument("--runs", type=int, default=3)
@@ -188,7 +209,8 @@ def main() -> None:
     parser.add_argument("--boxes", type=int, default=20, help="boxes per photo reaching SAM")
     parser.add_argument("--json", type=Path, help="also write every run's raw numbers here")
     args = parser.parse_args()
-    trees = {"before": args.before.resolve(), "after": args.after.resolve()}
+    trees = {"before": args.before.resolve()} if args.before else {}
+    trees["after"] = args.after.resolve()
     photos = sorted(IMAGES, key=lambda p: -p.stat().st_size)[: args.images]
     with tempfile.TemporaryDirectory(prefix="bench_chain_") as tmp:
         work = Path(tmp)

@@ -116,7 +116,13 @@ def read_weights(path: str | os.PathLike[str], what: str = "checkpoint", mmap: b
 
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+            mapped = mmap and zipfile.is_zipfile(path)
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
+            if mapped:  # its pages may leave RSS between a chain's stages (recognize.resident_weights)
+                from recognize.resident_weights import note_mapped
+
+                note_mapped(path)
+            return loaded
         except RuntimeError as exc:  # some archives cannot be memory-mapped
             if not mmap or "mmap" not in str(exc):
                 raise

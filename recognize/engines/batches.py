@@ -26,6 +26,7 @@ import gc
 import sys
 from collections.abc import Sequence
 
+from recognize import resident_weights
 from recognize.engines.base import FrameResult, RunStopped, describe_error
 from recognize.engines.timing import DECODE, LOAD, StageTimer
 from recognize.errors import ImageError, RecognizeError
@@ -61,13 +62,21 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer) -> list[Frame]:
-    """Run `stages` in order on `frames` (raises what a stage raises), each stage timed."""
+def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer, *,
+                 chained: bool | None = None) -> list[Frame]:
+    """Run `stages` in order on `frames` (raises what a stage raises), each stage timed.
+
+    `chained` (default: more than one stage): other stages run in this process between this one's
+    batches, so after each stage its memory-mapped weights leave RSS (`recognize.resident_weights`)."""
+    if chained is None:
+        chained = len(stages) > 1
     for stage in stages:
         if not frames:
             return frames
         with timer.stage(stage.name):
             out = stage(frames)
+            if chained:  # the next stage's weights, not this one's, should be resident
+                resident_weights.release()
         if out is None:
             raise RecognizeError(f"stage {stage.name!r} returned None instead of the frames")
         if len(out) != len(frames):
@@ -142,7 +151,7 @@ def _apply_named(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer
     try:
         for stage in stages:
             current = stage.name
-            frames = apply_stages([stage], frames, timer)
+            frames = apply_stages([stage], frames, timer, chained=len(stages) > 1)
     except Exception as exc:  # noqa: BLE001 - any stage error is isolated to its frames by the caller
         raise StageFailed(current, exc) from exc
     return frames

@@ -164,7 +164,7 @@ class RayEngine:
                     continue
                 with timer.phase(LOAD):
                     stage.ensure_loaded()
-                current = apply_stages([stage], list(current), timer)
+                current = apply_stages([stage], list(current), timer, chained=len(segment.stages) > 1)
             yield from current
         finally:
             for spool in scratch:

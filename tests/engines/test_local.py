@@ -221,3 +221,60 @@ def test_cli_stops_with_one_line_and_the_summary_counts_start_up(image_folder, t
     assert done.returncode == 0, done.stderr
     wall = json.loads((tmp_path / "b" / "summary.json").read_text())["wall"]
     assert wall["startup"] > 0  # the interpreter and imports before the run, measured from the process's start
+
+
+class MappedWeights(Stage):
+    """Reads every page of a memory-mapped checkpoint per batch (as a model's forward does) and
+    records how much of it is resident when it starts: a stage's weights between batches."""
+
+    name = "mapped_weights"
+    kind = "filter"
+
+    class Params(StageParams):
+        checkpoint: str
+
+    def load(self):
+        from recognize.weights_file import read_weights
+
+        self.weights = read_weights(self.params.checkpoint)["w"]
+        self.resident_at_start: list[int] = []
+
+    def process(self, frames):
+        self.resident_at_start.append(_resident_kib(self.params.checkpoint))
+        for frame in frames:
+            frame.meta["weights_sum"] = float(self.weights.sum())
+        return frames
+
+
+def _resident_kib(path) -> int:
+    """Rss of this process's mappings of `path`, KiB, as /proc/self/smaps reports it."""
+    from pathlib import Path
+
+    wanted, total, inside = str(Path(path).resolve()), 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split(None, 5)
+        if fields and not fields[0].endswith(":"):
+            inside = len(fields) == 6 and fields[5].strip() == wanted
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="madvise / smaps are Linux's")
+@pytest.mark.parametrize("chain", [True, False])
+def test_a_chains_stage_leaves_its_weight_pages_out_of_rss_between_batches(tmp_path, chain):
+    import torch
+
+    path = tmp_path / "w.pth"
+    torch.save({"w": torch.arange(2_000_000, dtype=torch.float32)}, path)  # 8 MB
+    stage = MappedWeights({"checkpoint": str(path)})
+    stages = [stage, Tick()] if chain else [stage]
+    results = list(LocalEngine().run(Pipeline(stages, batch_size=1), frames("a", "b", "c")))
+
+    expected = float(torch.arange(2_000_000, dtype=torch.float32).sum())
+    assert [r.frame.meta["weights_sum"] for r in results] == [expected] * 3  # the same values every batch
+    later = stage.resident_at_start[1:]  # each earlier batch read all 8 MB
+    if chain:  # another stage ran between: the pages were unmapped, the page cache keeps them
+        assert all(kib < 1_000 for kib in later)
+    else:  # a stage alone gains nothing from unmapping: its weights stay resident
+        assert all(kib >= 7_000 for kib in later)

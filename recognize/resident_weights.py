@@ -1,0 +1,137 @@
+"""Memory-mapped weights count in a process's RSS only while the stage that uses them runs.
+
+Why: `recognize.weights_file.read_weights` memory-maps checkpoints, and every page a model has
+touched stays mapped, so a chain's RSS holds all of its models' weights at once (tag -> box ->
+mask: RAM++ 1.3 GB + Grounding DINO 0.7 GB + SAM vit_h 2.6 GB) although only one stage computes
+at a time. Between two stages of a chain, `release()` unmaps the resident pages of every weights
+file read so far (`madvise(MADV_DONTNEED)`): the pages stay in the kernel's page cache (clean,
+reclaimable, shared), and the next stage that reads a weight maps its page again with a minor
+fault, from that cache: the same bytes, no copy, no disk read unless the kernel needed the memory
+meanwhile. Then the process's peak is one stage's weights plus the working memory, not the sum.
+
+`release()` also hands freed heap memory back to the system (glibc's `malloc_trim`): a stage's
+activations freed in the heap's middle otherwise stay counted until the heap top is free.
+
+Cost: unmapping and mapping again took ~1.5 s per GB of weights on a busy 2-core machine
+(`benchmarks/README.md`), once per batch: a few percent of a CPU batch of the chain, little or
+nothing on a GPU (the weights live on the device once moved there). `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1` keeps
+them mapped when memory is plentiful and that time matters more.
+
+Safety: `MADV_DONTNEED` on a private file mapping discards pages a process has written
+(copy-on-write) and reads the file again: a weight changed in place would silently revert. A
+mapping is released only when the kernel reports no private (anonymous) page in it
+(`/proc/self/pagemap`); one written page keeps the whole file mapped. Pages come back from the
+file's inode, so a checkpoint replaced by rename (as downloads are) is never mixed in; one
+overwritten in place during a run would be. Linux only; elsewhere `release()` does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["KEEP_ENV", "ReleaseReport", "note_mapped", "release"]
+
+#: set to 1 to keep every stage's weights mapped (no unmapping, no re-faulting; peak = all models)
+KEEP_ENV = "RECOGNIZE_KEEP_WEIGHTS_MAPPED"
+_MADV_DONTNEED = 4
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_mapped: set[str] = set()
+_lock = threading.Lock()
+
+
+def note_mapped(path: str | os.PathLike[str]) -> None:
+    """Record a weights file that was memory-mapped (its pages may be unmapped between stages)."""
+    with _lock:
+        _mapped.add(os.path.realpath(path))
+
+
+@dataclass
+class ReleaseReport:
+    """What one `release()` did: bytes of weight pages unmapped, files kept mapped (written pages)."""
+
+    unmapped_bytes: int = 0
+    kept: list[str] = field(default_factory=list)
+
+
+def release() -> ReleaseReport:
+    """Unmap the resident pages of every clean weights mapping and trim the heap (see module doc)."""
+    report = ReleaseReport()
+    if not sys.platform.startswith("linux") or os.environ.get(KEEP_ENV, "") not in ("", "0"):
+        return report
+    with _lock:
+        files = set(_mapped)
+    libc = _libc()
+    if libc is None:
+        return report
+    for start, end, path in _mappings_of(files) if files else []:
+        resident, written = _page_states(start, end)
+        if written:
+            report.kept.append(path)
+        elif resident and libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) == 0:
+            report.unmapped_bytes += resident * _PAGE
+    if hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+    return report
+
+
+def _mappings_of(files: set[str]) -> list[tuple[int, int, str]]:
+    """(start, end, path) of this process's mappings of `files` (`/proc/self/maps`)."""
+    found = []
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[5].strip() in files:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            found.append((start, end, fields[5].strip()))
+    return found
+
+
+def _page_states(start: int, end: int) -> tuple[int, bool]:
+    """(resident pages, whether any page is private) of the mapping [start, end).
+
+    `/proc/self/pagemap` has one 64-bit entry per page: bit 63 present, bit 62 swapped, bit 61 a
+    file (or shared) page. A present or swapped page that is not a file page is a copy-on-write
+    copy: this process wrote it. Reading only these entries is cheap (8 bytes a page), unlike
+    `/proc/self/smaps`, which walks every mapping of the process (a fraction of a second with torch).
+    Unreadable pagemap: reported as written, so nothing is released."""
+    import numpy as np
+
+    first, count = start // _PAGE, (end - start) // _PAGE
+    try:
+        with open("/proc/self/pagemap", "rb") as pagemap:
+            pagemap.seek(first * 8)
+            entries = np.frombuffer(pagemap.read(count * 8), dtype=np.uint64)
+    except OSError:
+        return 0, True
+    if len(entries) != count:
+        return 0, True
+    present = (entries >> np.uint64(63)) & np.uint64(1)
+    swapped = (entries >> np.uint64(62)) & np.uint64(1)
+    file_page = (entries >> np.uint64(61)) & np.uint64(1)
+    written = bool(np.any(((present | swapped) == 1) & (file_page == 0)))
+    return int(present.sum()), written
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    libc = ctypes.CDLL(name, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.madvise.restype = ctypes.c_int
+    if hasattr(libc, "malloc_trim"):
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim.restype = ctypes.c_int
+    return libc
+

@@ -1,0 +1,85 @@
+"""recognize.resident_weights: a memory-mapped checkpoint's pages leave RSS and come back unchanged."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recognize import resident_weights
+from recognize.weights_file import read_weights
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise / smaps are Linux's")
+
+
+def _resident_kib(path) -> int:
+    """Rss of this process's mappings of `path`, KiB, as /proc/self/smaps reports it."""
+    from pathlib import Path
+
+    wanted, total, inside = str(Path(path).resolve()), 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split(None, 5)
+        if fields and not fields[0].endswith(":"):
+            inside = len(fields) == 6 and fields[5].strip() == wanted
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    path = tmp_path / "weights.pth"
+    generator = torch.Generator().manual_seed(0)
+    torch.save({"big": torch.randn(4_000_000, generator=generator), "small": torch.randn(64, generator=generator)}, path)
+    return path
+
+
+def test_pages_leave_rss_and_come_back_with_the_same_values(checkpoint: Path) -> None:
+    state = read_weights(checkpoint)
+    expected = {name: tensor.clone() for name, tensor in state.items()}
+    assert float(state["big"].sum()) == float(expected["big"].sum())  # touch every page
+    assert _resident_kib(checkpoint) >= 15_000  # 16 MB of floats mapped in
+
+    report = resident_weights.release()
+
+    assert report.unmapped_bytes >= 15_000 * 1024
+    assert report.kept == []
+    assert _resident_kib(checkpoint) < 1_000
+    for name, tensor in state.items():  # read again from the page cache: the very same values
+        assert torch.equal(tensor, expected[name])
+    assert _resident_kib(checkpoint) >= 15_000
+
+
+def test_a_mapping_with_a_written_page_is_kept(checkpoint: Path) -> None:
+    state = read_weights(checkpoint)
+    state["small"].add_(1.0)  # copy-on-write: that page now exists only in this process
+    written = state["small"].clone()
+
+    report = resident_weights.release()
+
+    assert str(checkpoint.resolve()) in report.kept
+    assert torch.equal(state["small"], written)  # DONTNEED would have reverted it to the file
+
+
+def test_files_never_read_are_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "other.pth"
+    torch.save({"w": torch.ones(1_000_000)}, path)
+    state = torch.load(path, weights_only=True, mmap=True)  # mapped, but not through read_weights
+    assert float(state["w"].sum()) == 1_000_000.0
+
+    resident_weights.release()
+
+    assert _resident_kib(path) >= 3_500
+
+
+def test_the_opt_out_keeps_every_page_mapped(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(resident_weights.KEEP_ENV, "1")
+    state = read_weights(checkpoint)
+    assert float(state["big"].sum()) != 0.0
+
+    report = resident_weights.release()
+
+    assert report.unmapped_bytes == 0
+    assert _resident_kib(checkpoint) >= 15_000
