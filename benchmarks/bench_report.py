@@ -249,8 +249,8 @@ def legacy_recipe_table(results: dict[str, Any]) -> list[str]:
 
 def engine_table(results: dict[str, Any]) -> list[str]:
     engines = results.get("engines") or {}
-    rows = ["| engine | workers | images | s from process start (median) | img/s | vs local | every run, s "
-            "| of which imports before the run, s | run_to_folder s | run_to_folder vs local |",
+    rows = [("| engine | workers | images | s from process start (median) | img/s | vs local | every run, s "
+             "| of which imports before the run, s | run_to_folder s | run_to_folder vs local |"),
             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     local = (engines.get("local") or {}).get("images_per_s")
     local_run = (engines.get("local") or {}).get("run_s")
@@ -275,9 +275,10 @@ def engine_table(results: dict[str, Any]) -> list[str]:
         rows.append("")
         rows.append(f"Starting Ray itself took {engines['ray_init_s']:.1f} s (not in the seconds above; "
                     "actor start and model loading are).")
-    rows += ["", "Each run is a fresh interpreter, timed from its start (imports included: the local process "
-             "imports torch and the model code in its model load, a Ray worker in its own start-up) to the end of "
-             "`run_to_folder` (`benchmarks/bench_engines.py`); `run_to_folder s` leaves the driver's imports out."]
+    rows += ["", ("Each run is a fresh interpreter, timed from its start (imports included: the local process "
+                  "imports torch and the model code in its model load, a Ray worker in its own start-up) to the end "
+                  "of `run_to_folder` (`benchmarks/bench_engines.py`); `run_to_folder s` leaves the driver's imports "
+                  "out.")]
     return rows
 
 
