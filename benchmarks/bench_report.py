@@ -249,16 +249,19 @@ def legacy_recipe_table(results: dict[str, Any]) -> list[str]:
 
 def engine_table(results: dict[str, Any]) -> list[str]:
     engines = results.get("engines") or {}
-    rows = ["| engine | workers | images | wall s (median) | img/s | vs local | every run, s |",
-            "|---|---:|---:|---:|---:|---:|---|"]
+    rows = [("| engine | workers | images | s from process start (median) | img/s | vs local | every run, s "
+             "| of which imports before the run, s | run_to_folder s | run_to_folder vs local |"),
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     local = (engines.get("local") or {}).get("images_per_s")
+    local_run = (engines.get("local") or {}).get("run_s")
     for key in sorted((k for k in engines if k == "local" or k.startswith("ray_") and k != "ray_init_s"),
                       key=lambda k: (k != "local", k)):
         r = engines[key]
         rows.append("| " + " | ".join([
             "local" if key == "local" else "ray", _num(r.get("workers")), _num(r.get("images")),
             _num(r.get("seconds")), _num(r.get("images_per_s")), _ratio(r.get("images_per_s"), local),
-            ", ".join(_num(s) for s in r.get("runs_s", [])),
+            ", ".join(_num(s) for s in r.get("runs_s", [])), _num(r.get("imports_s")), _num(r.get("run_s")),
+            _ratio(local_run, r.get("run_s")),
         ]) + " |")
     walls = {key: r["wall"] for key, r in engines.items() if isinstance(r, dict) and r.get("wall")}
     if walls:
@@ -270,8 +273,12 @@ def engine_table(results: dict[str, Any]) -> list[str]:
                  for key, wall in walls.items()]
     if "ray_init_s" in engines:
         rows.append("")
-        rows.append(f"Starting Ray itself took {engines['ray_init_s']:.1f} s (not in the wall times above; "
+        rows.append(f"Starting Ray itself took {engines['ray_init_s']:.1f} s (not in the seconds above; "
                     "actor start and model loading are).")
+    rows += ["", ("Each run is a fresh interpreter, timed from its start (imports included: the local process "
+                  "imports torch and the model code in its model load, a Ray worker in its own start-up) to the end "
+                  "of `run_to_folder` (`benchmarks/bench_engines.py`); `run_to_folder s` leaves the driver's imports "
+                  "out.")]
     return rows
 
 
