@@ -9,6 +9,9 @@ best fast mode this machine supports (`fast_mode`). The reference: `reference_de
 steps, in the official Grounding DINO venv) in a fresh process per photo, with the same checkpoint
 files, photos, tags and box cap.
 
+Fidelity: `recognize eval compare` of the exact and the fast run's output folders (exact as side A):
+tag agreement, paired boxes and mask IoU, on random weights (see `fast_fidelity`).
+
 Interleaving: the reference's photos are split in two halves, run before and after our runs
 (reference 1st half -> ours exact -> ours fast -> reference 2nd half), so a machine that gets busier
 or quieter during the run moves both sides' averages alike. Every side runs as a child process
@@ -159,13 +162,25 @@ def chain_pair(kit: Kit, folder: Path, repeats: int, fast: dict[str, Any]) -> di
             for side in ("ours", "fast"):
                 ours_runs[side].append(ours_folder(recipes[side], folder, root / f"{side}{r}"))
             reference(photos[half:])
+        fidelity = fast_fidelity(root / "ours0", root / "fast0", root / "compare")
     result: dict[str, Any] = {"order": "reference 1st half -> ours -> ours fast -> reference 2nd half",
                               "photos": len(photos), "repeats": repeats, "fast_mode": fast,
-                              "reference": summarise_reference(reference_runs)}
+                              "reference": summarise_reference(reference_runs), "fidelity": fidelity}
     for side, runs in ours_runs.items():
         best = sorted(runs, key=lambda run: run["s_per_photo"])[len(runs) // 2]  # the median run
         result[side] = {**best, "runs_s_per_photo": [run["s_per_photo"] for run in runs]}
     return result
+
+
+def fast_fidelity(exact: Path, fast: Path, out: Path) -> dict[str, Any]:
+    """How far the fast mode moved the outputs: `recognize eval compare EXACT FAST` over the two run
+    folders (the CLI a user runs on their own photos), exact as side A. With random weights this says
+    how much the mode perturbs these models' outputs, not how it scores on real photos."""
+    command = [sys.executable, "-m", "recognize", "eval", "compare", str(exact), str(fast), "-o", str(out), "--quiet"]
+    run_child(command, out.with_name(out.name + ".log"))
+    found = json.loads((out / "compare.json").read_text())
+    return {"weights": "random", "a": "exact", "b": "fast", "match_iou": found["match_iou"],
+            "overall": found["overall"], "images": found["images"]}
 
 
 def summarise_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:

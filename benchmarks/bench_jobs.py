@@ -3,8 +3,8 @@
 Kinds: `prepare` (write the random checkpoints), `matmul` (the machine's fp32 and bf16 matmul
 GFLOP/s), `stage` (one stage and its baseline), `chain` (tag -> ground -> segment over a folder:
 `recognize run` against the demo per photo, `bench_chain.py`), `chain_flops` (the chain's FLOPs per
-photo, when the stage table lacks them) and `engine` (a tagging recipe on the local engine or on Ray
-with 1 and 2 workers). In a stage job ours and the baseline share one process and run interleaved,
+photo, when the stage table lacks them). The engine benchmark runs in fresh interpreters instead
+(`bench_engines.py`). In a stage job ours and the baseline share one process and run interleaved,
 so a machine that slows down affects both; peak memory is the process's high-water mark (`VmHWM`),
 reset between the two sides (Linux `clear_refs`), imports included.
 """
@@ -15,7 +15,6 @@ import gc
 import os
 import resource
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -206,47 +205,6 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def engines(kit: Kit, folder: Path, engine: str, workers: list[int]) -> dict[str, Any]:
-    """A ram_plus tagging recipe through `run_to_folder` on one engine (Ray: each worker count)."""
-    from recognize.pipeline import Pipeline
-    from recognize.runner import run_to_folder
-
-    def pipeline() -> Pipeline:
-        return Pipeline([make_stage(kit, "ram_plus")], batch_size=4, device="cpu", name="tag")
-
-    results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="recognize-bench-") as tmp:
-        if engine == "local":
-            start = time.perf_counter()
-            summary = run_to_folder(pipeline(), [folder], Path(tmp) / "local", quiet=True, overwrite=True)
-            results["local"] = _engine_result(summary, time.perf_counter() - start, 1)
-        else:
-            import ray
-
-            from recognize.engines.ray_engine import RayEngine
-
-            start = time.perf_counter()
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-            results["ray_init_s"] = time.perf_counter() - start
-            try:
-                for n in workers:
-                    start = time.perf_counter()
-                    summary = run_to_folder(pipeline(), [folder], Path(tmp) / f"ray{n}", quiet=True, overwrite=True,
-                                            engine=RayEngine(num_workers=n))
-                    results[f"ray_{n}"] = _engine_result(summary, time.perf_counter() - start, n)
-            finally:
-                ray.shutdown()
-    results.update(memory_mb())
-    return results
-
-
-def _engine_result(summary: Any, seconds: float, workers: int) -> dict[str, Any]:
-    if summary.failed:
-        raise RuntimeError(f"{summary.failed} image(s) failed: {summary.failures[0]}")
-    return {"workers": workers, "images": summary.processed, "seconds": seconds,
-            "images_per_s": summary.processed / seconds, "wall": summary.wall}
-
-
 def run(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job description (see `run.py`) and return its numbers."""
     kit = Kit(quick=job["quick"], cache=Path(job["cache"]), official_gdino=job.get("official_gdino", True))
@@ -266,6 +224,4 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         import bench_chain
 
         return bench_chain.chain_flops(kit, Path(job["photo"]))
-    if kind == "engine":
-        return engines(kit, Path(job["folder"]), job["engine"], job.get("workers", [1, 2]))
     raise ValueError(f"unknown job kind {kind!r}")

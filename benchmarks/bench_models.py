@@ -46,6 +46,11 @@ TAGS = ("accessory", "airplane window", "airport", "alarm clock", "alley", "alpa
 BOXES = 8
 QUICK_BOXES = 1
 
+#: The official Grounding DINO checkpoint's recipe version, in its cache file names: a new version is
+#: written once (v2: the official init plus noise in its zero tensors, so the queries are varied boxes;
+#: v1, noise in every tensor, gave one saturated box per photo; see `official_gdino_worker.write`).
+OFFICIAL_GDINO_VERSION = 2
+
 #: Grounding DINO: BERT-base text encoder vocabulary size, and the ids it reads as delimiters.
 BERT_VOCAB_SIZE = 30522
 _FIXED_IDS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".", 1029: "?"}
@@ -153,8 +158,8 @@ class Kit:
         def write_checkpoint(path: Path) -> None:
             run_official_worker(python, "write", {**spec, "checkpoint": str(path)})
 
-        checkpoint = self._file("grounding_dino_official_random.pth", write_checkpoint)
-        return self._file("grounding_dino_official_spec.json",
+        checkpoint = self._file(f"grounding_dino_official_random_v{OFFICIAL_GDINO_VERSION}.pth", write_checkpoint)
+        return self._file(f"grounding_dino_official_spec_v{OFFICIAL_GDINO_VERSION}.json",
                           lambda p: p.write_text(json.dumps({**spec, "checkpoint": str(checkpoint)})))
 
     def sam_params(self) -> dict[str, Any]:

@@ -54,14 +54,37 @@ def build(spec: dict) -> torch.nn.Module:
     return build_model(args).eval()
 
 
+#: std of the seeded noise put into the tensors the official initialisation leaves at zero
+ZERO_INIT_NOISE = 0.02
+#: scale of the decoder's last LayerNorm (official init: 1), which the text-box logits are read from
+DECODER_NORM_SCALE = 0.125
+
+
 def write(spec: dict) -> None:
+    """The official model as its own code initialises it (seeded), plus seeded noise in every tensor that
+    initialisation leaves at zero, saved in the official layout.
+
+    Why not noise everywhere (as this benchmark once did): with every tensor ~N(0, 0.02²), LayerNorm
+    scales included, activations shrink to their biases, every image position looks alike, and the
+    two-stage query selection ranks the padding proposals (whose `inf` coordinates sigmoid to 1) on top:
+    all 900 queries became one saturated box, so NMS left one box per photo and the chain's SAM decoded
+    one mask instead of the cap. Kept from the official init (LayerNorm at 1, Xavier/trunc-normal
+    weights) the features vary over the photo and the queries are real, varied proposals; the noise in
+    the zero-initialised tensors (box heads' last layers, sampling offsets, biases) keeps every path
+    computing (box regression included) in the same amount as real weights do. The decoder's final
+    LayerNorm is scaled by `DECODER_NORM_SCALE`: at the init's scale the contrastive logits of two random
+    256-d unit vectors reach +-16, most scores round to 1.0 in float32, and which boxes make the
+    `max_boxes` cut among those ties is up to each implementation's sort; scaled, the scores spread over
+    ~0.25-0.9 (as trained ones do) and both sides keep the same best boxes.
+    """
     torch.manual_seed(0)
     model = build(spec)
-    with torch.no_grad():  # official init zeroes the box heads: fill every tensor so all paths compute
-        generator = torch.Generator().manual_seed(0)
-        for tensor in model.state_dict().values():
-            if tensor.is_floating_point():
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.02)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():  # shared heads (bbox_embed) appear once per name: filled once
+            if tensor.is_floating_point() and not tensor.any():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * ZERO_INIT_NOISE)
+        model.transformer.decoder.norm.weight.mul_(DECODER_NORM_SCALE)
     torch.save({"model": model.state_dict()}, spec["checkpoint"])
 
 

@@ -7,7 +7,8 @@
 Every figure comes with a baseline measured in the same run: the same work done the way the
 reference Grounded-SAM demo does it (see `bench_baseline.py`), interleaved with ours in one
 process so that a busy machine slows both alike. Writes `OUT.md` and `OUT.json` (`--out`, default
-`benchmarks/results`). Each stage, the recipe and each engine run in a fresh forked process.
+`benchmarks/results`). Each stage and the recipe run in a fresh forked process, each engine run in a
+fresh interpreter (`bench_engines.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="images of the engine benchmark (default: 8, two batches of 4; quick: 2)")
     parser.add_argument("--ray-workers", default="1,2", help="Ray worker counts for the engine benchmark")
     parser.add_argument("--engine-rounds", type=int, default=1,
-                        help="rounds of the engine benchmark: local and Ray alternate, each in a fresh process; "
+                        help="rounds of the engine benchmark: local and Ray alternate, each in a fresh interpreter; "
                              "medians are reported (default: 1)")
     parser.add_argument("--cache", type=Path, default=None, help="folder of the random checkpoints")
     parser.add_argument("--gdino-baseline", choices=["official", "ours"], default="official",
@@ -120,27 +122,45 @@ def run_job(job: dict[str, Any], label: str, errors: list[str]) -> dict[str, Any
     return payload
 
 
-def engine_rounds(base: dict[str, Any], folder: str, workers: list[int], rounds: int,
+def run_fresh(job: dict[str, Any], label: str, errors: list[str]) -> dict[str, Any] | None:
+    """Run an engine job (`bench_engines.py`) in a fresh interpreter, not a fork of this warm
+    process, so that both engines pay their own imports inside the timed run (see that module)."""
+    print(f"  {label} ...", end="", file=sys.stderr, flush=True)
+    spawned = time.time()
+    proc = subprocess.run([sys.executable, str(HERE / "bench_engines.py")], input=json.dumps({**job, "spawned": spawned}),
+                          capture_output=True, text=True, check=False)
+    print(f" {time.time() - spawned:.1f} s{'' if proc.returncode == 0 else ' FAILED'}", file=sys.stderr, flush=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        message = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        errors.append(f"{label}: {message}")
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def engine_rounds(kit: Kit, folder: str, workers: list[int], rounds: int,
                   errors: list[str]) -> dict[str, Any]:
-    """Local and Ray runs alternating (local first in even rounds), each in a fresh process, so a
-    machine shared with other work slows both alike; per engine the median run by wall time, with
-    every run's seconds in `runs_s`."""
+    """Local and Ray runs alternating (local first in even rounds), each in a fresh interpreter
+    (each Ray worker count in its own), so a machine shared with other work slows both alike; per
+    engine the median run by `seconds`, with every run's seconds in `runs_s`."""
     runs: dict[str, list[dict[str, Any]]] = {}
+    params = kit.stage_params("ram_plus")
+    order = [("local", 1)] + [("ray", n) for n in workers]
     for r in range(max(1, rounds)):
-        for engine in ("local", "ray") if r % 2 == 0 else ("ray", "local"):
-            job = {**base, "kind": "engine", "engine": engine, "folder": folder, "workers": workers}
-            label = f"engine {engine}" + (f" ({','.join(map(str, workers))} workers)" if engine == "ray" else "")
-            found = run_job(job, f"{label}, round {r + 1}", errors) or {}
+        for engine, n in order if r % 2 == 0 else order[::-1]:
+            job = {"engine": engine, "workers": n, "folder": folder, "params": params}
+            label = f"engine {engine}" + (f" ({n} workers)" if engine == "ray" else "")
+            found = run_fresh(job, f"{label}, round {r + 1}", errors) or {}
             for key, value in found.items():
-                if key not in ("rss_mb", "peak_rss_mb"):
-                    runs.setdefault(key, []).append(value)
+                runs.setdefault(key, []).append(value)
     engines: dict[str, Any] = {}
     for key, found in runs.items():
         if key == "ray_init_s":
             engines[key] = sorted(found)[len(found) // 2]
             continue
         median = sorted(found, key=lambda run: run["seconds"])[len(found) // 2]
-        engines[key] = {**median, "runs_s": [run["seconds"] for run in found]}
+        engines[key] = {**median, "runs_s": [run["seconds"] for run in found],
+                        "run_s_runs": [run["run_s"] for run in found]}
     return engines
 
 
@@ -269,7 +289,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
                                     name="engine_images")
         folder = engine_paths[0].parent
         workers = [int(n) for n in args.ray_workers.split(",") if n]
-        results["engines"] = engine_rounds(base, str(folder), workers, args.engine_rounds, errors)
+        results["engines"] = engine_rounds(kit, str(folder), workers, args.engine_rounds, errors)
 
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["errors"] = errors

@@ -83,6 +83,13 @@ def test_chain_runs_recognize_and_the_demo_with_the_same_work(quick_run):
         **mode["grounding_dino"], "max_regions": boxes}
     assert all(positive(chain["flops"][name]) for name in ("ram_plus", "grounding_dino", "sam"))
     assert positive(results["matmul"]["gflops_bf16"])
+    # the fast mode's fidelity: `recognize eval compare` of the two output folders, on random weights
+    fidelity = chain["fidelity"]
+    assert fidelity["weights"] == "random" and (fidelity["a"], fidelity["b"]) == ("exact", "fast")
+    overall = fidelity["overall"]
+    assert overall["images"] == ours["photos"]
+    assert overall["regions_a"] == overall["regions_b"] == boxes * ours["photos"]
+    assert 0.0 <= overall["tag_jaccard"] <= 1.0 and overall["matched"] <= overall["regions_a"]
 
 
 def test_engines_are_compared(quick_run):
@@ -104,6 +111,9 @@ def test_markdown_report_has_the_tables(quick_run):
     assert "| recognize run, fast mode: " in markdown and "FLOP limit: " in markdown and "bf16 matmul" in markdown
     assert "| ray | 2 |" in markdown
     assert "Ratio (ours photos/hour ÷ reference photos/hour)" in markdown
+    assert "| (wall − I/O) ÷ limit |" in markdown and "plus image I/O: (s/photo − I/O) ÷ limit" in markdown
+    assert "| fidelity vs exact (random weights) |" in markdown and "**on random weights**" in markdown
+    assert "Equal work: every row tagged, localized and segmented the same per photo" in markdown
 
 
 @pytest.mark.slow

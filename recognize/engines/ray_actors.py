@@ -60,6 +60,10 @@ class StageActor:
         self.load_error: BaseException | None = None
         self.loaded = threading.Event()
         self.compute = threading.Lock()
+        #: one batch decodes at a time, as the local engine's single prefetch thread does: on a
+        #: small machine two decoding calls beside the model-loading thread would take cores from
+        #: the load (the critical path) for a batch that is not needed before it has finished
+        self.decoding = threading.Lock()
         threading.Thread(target=self._load, args=(specs,), daemon=True, name="recognize-load").start()
 
     def _use_threads(self) -> None:
@@ -90,7 +94,7 @@ class StageActor:
         raises it once, as one line)."""
         frames = [Frame.from_json(text) for text in texts]
         timer = StageTimer()
-        with timer.phase(DECODE):  # outside the lock: overlaps the previous batch's compute
+        with self.decoding, timer.phase(DECODE):  # outside the compute lock: overlaps the previous batch's compute
             for frame in frames:
                 decode(frame)
         self.loaded.wait()

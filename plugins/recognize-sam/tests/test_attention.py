@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sam_support import TINY_CONFIG
-from segment_anything.modeling.image_encoder import Attention
-
 from recognize_sam.attention import LeanAttention, use_lean_attention
 from recognize_sam.model import SamConfig, build_sam
+from sam_support import TINY_CONFIG
+from segment_anything.modeling.image_encoder import Attention, Block
 
 
 def _pair(dim: int, heads: int, size: int, seed: int) -> tuple[Attention, Attention]:
@@ -71,6 +70,9 @@ def test_lean_attention_takes_heads_a_few_at_a_time_on_cpu(monkeypatch):
 def test_built_encoder_uses_lean_attention_and_equals_the_original_encoder(chunk_bytes, monkeypatch):
     monkeypatch.setattr(LeanAttention, "chunk_bytes", chunk_bytes)
     sam = build_sam(config=SamConfig(**TINY_CONFIG), seed=0)
+    for m in sam.image_encoder.modules():  # segment-anything's Block around the attention (not LeanBlock)
+        if isinstance(m, Block):
+            m.__class__ = Block
     attentions = [m for m in sam.image_encoder.modules() if isinstance(m, Attention)]
     assert attentions and all(type(m) is LeanAttention for m in attentions)
     with torch.no_grad():

@@ -1,0 +1,59 @@
+"""Linear layers on CPU through oneDNN, with GELU or the residual add fused into the product.
+
+torch's `nn.Linear` on CPU calls MKL's sgemm. On CPUs that MKL does not treat as its own (AMD EPYC
+here: `torch.backends.cpu.get_cpu_capability()` says AVX512, yet MKL's sgemm ran at about half of
+oneDNN's on SAM's shapes), oneDNN's fp32 GEMM is much faster, and it can apply the bias, GELU (erf)
+or a residual add while the output tile is still in cache, instead of another pass over memory.
+`torch.ops.mkldnn._linear_pointwise` is the op torch's own compiler (inductor) emits for this.
+
+Same arithmetic (fp32 products and sums, erf GELU, one add), another summation order: results
+differ from `nn.Linear` in the last bits (~1e-6 relative). Used only where the caller opted into
+that tolerance (`LeanBlock`); falls back to plain torch off CPU, for other dtypes, tensor-subclass
+(quantized) weights, when autograd would need to track the op, or if this torch build lacks the op.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ONEDNN", "linear"]
+
+#: Use oneDNN where it applies; a switch for benchmarks and tests (False: plain torch).
+ONEDNN = True
+_available: bool | None = None
+
+
+def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """`layer(x)`, then exact (erf) GELU if `gelu`, then `+ residual` if given (not both)."""
+    if _onednn_applies(layer, x):
+        if residual is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
+        if gelu:
+            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu", [], "none")
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+    out = layer(x)
+    if gelu:
+        out = F.gelu(out)
+    return out if residual is None else out.add_(residual)
+
+
+def _onednn_applies(layer: nn.Linear, x: torch.Tensor) -> bool:
+    weight = layer.weight
+    return (ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and type(weight) in (torch.Tensor, nn.Parameter)
+            and not (torch.is_grad_enabled() and weight.requires_grad) and _onednn_available())
+
+
+def _onednn_available() -> bool:
+    """Whether this torch build runs the fused op (checked once, on a tiny input, against `F.linear`)."""
+    global _available
+    if _available is None:
+        try:
+            x, w, b = torch.ones(2, 3), torch.ones(4, 3), torch.zeros(4)
+            _available = bool(torch.backends.mkldnn.is_available()) and torch.equal(
+                torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""), F.linear(x, w, b))
+        except (RuntimeError, AttributeError, NotImplementedError):
+            _available = False
+    return _available

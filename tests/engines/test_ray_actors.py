@@ -1,0 +1,59 @@
+"""A StageActor (the Ray engine's worker), run in this process: its calls decode one batch at a
+time while the previous batch computes, and give the local engine's outputs."""
+
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("ray")
+
+from recognize.engines import ray_actors
+from recognize.engines.ray_actors import StageActor
+from recognize.frame import Frame
+from recognize.pipeline import Pipeline
+
+
+def test_two_calls_decode_one_batch_at_a_time_and_give_the_local_outputs(test_stages, image_folder, monkeypatch):
+    paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))
+    decoding, most = [0], [0]
+    lock = threading.Lock()
+    both_called = threading.Barrier(2, timeout=30)
+    real_decode = ray_actors.decode
+
+    def counting_decode(frame):
+        with lock:
+            decoding[0] += 1
+            most[0] = max(most[0], decoding[0])
+        try:
+            time.sleep(0.05)  # long enough that two unserialised calls would surely overlap here
+            real_decode(frame)
+        finally:
+            with lock:
+                decoding[0] -= 1
+
+    monkeypatch.setattr(ray_actors, "decode", counting_decode)
+    specs = [{"use": "brightness", "with": {}}, {"use": "center_box", "with": {}}]
+    actor = StageActor(specs, threads=1)
+    batches = [[Frame(source=str(p), name=p.name).to_json(indent=None) for p in paths[:2]],
+               [Frame(source=str(p), name=p.name).to_json(indent=None) for p in paths[2:]]]
+    answers = [None, None]
+
+    def call(i):
+        both_called.wait()  # the two calls start together, as two in-flight Ray calls do
+        answers[i] = actor.run(batches[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert most[0] == 1  # never two images decoding at once
+    got = {Frame.from_json(text).name: Frame.from_json(text) for answer in answers for text in answer["frames"]}
+    assert all(error is None for answer in answers for error in answer["errors"])
+    local = Pipeline([test_stages.Brightness({}), test_stages.CenterBox({})])
+    for path in paths:
+        expected = local(Frame(source=str(path), name=path.name))[0]
+        assert got[path.name].tag_names == expected.tag_names
+        assert [r.box for r in got[path.name].regions] == [r.box for r in expected.regions]
