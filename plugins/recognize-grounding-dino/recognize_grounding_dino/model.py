@@ -20,6 +20,7 @@ import torch
 
 from recognize.errors import ModelFileError, RecognizeError
 from recognize.feature_cache import content_key, feature_cache
+from recognize.onednn_linear import use_onednn_linears
 from recognize_grounding_dino.convert import align_backbone_layout, is_official, official_to_transformers, strip_prefix
 from recognize_grounding_dino.prompts import Packing, Prompt, pack_prompts
 
@@ -295,6 +296,9 @@ class Detector:
         self.device = device
         self.max_text_len = int(model.config.max_text_len)
         enable_text_cache(self.model)
+        # CPU fp32 Linears through oneDNN (~2x MKL's GEMM on AMD; the per-proposal official comparison runs
+        # this path); off CPU, under autocast or with int8 (torchao) weights they are torch's own
+        use_onednn_linears(self.model)
         vocab_rows = model.config.text_config.vocab_size
         if len(tokenizer) > vocab_rows:
             raise ModelFileError(f"the vocab has {len(tokenizer)} tokens but the text encoder only {vocab_rows}")

@@ -36,7 +36,7 @@ from segment_anything.modeling.image_encoder import Attention, Block, get_rel_po
 from torch import nn
 
 from recognize_sam.attention import LeanAttention
-from recognize_sam.fused_linear import linear
+from recognize.onednn_linear import linear
 
 __all__ = ["LeanBlock", "use_lean_blocks", "use_segment_anything"]
 

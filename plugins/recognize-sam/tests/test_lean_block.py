@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from recognize_sam import fused_linear
+from recognize import onednn_linear as fused_linear
 from recognize_sam.attention import LeanAttention
 from recognize_sam.lean_block import LeanBlock, use_lean_blocks, use_segment_anything
 from recognize_sam.model import SamConfig, build_sam

@@ -1,4 +1,4 @@
-"""`fused_linear.linear`: oneDNN's fused bias/GELU/residual linear agrees with torch's, and the plain
+"""`recognize.onednn_linear`: oneDNN's fused bias/GELU/residual linear agrees with torch's, and the plain
 path is torch's own bits."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from recognize_sam import fused_linear
-from recognize_sam.fused_linear import linear
+from recognize import onednn_linear as fused_linear
+from recognize.onednn_linear import linear, use_onednn_linears
 from torch import nn
 
 
@@ -48,3 +48,35 @@ def test_plain_torch_where_onednn_does_not_apply(layer):
     assert linear(layer, x).requires_grad
     with torch.inference_mode():
         assert torch.equal(linear(layer.double(), x.double()), layer(x.double()))
+
+
+def test_use_onednn_linears_keeps_parameters_keys_and_outputs():
+    """The class swap changes neither the state dict nor (beyond rounding) the outputs; subclasses stay."""
+
+    class Special(nn.Linear):
+        pass
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), Special(32, 8))
+    keys = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(5, 16)
+    with torch.inference_mode():
+        expected = model(x)
+        assert use_onednn_linears(model) == 1
+        got = model(x)
+    assert type(model[0]).__name__ == "OneDNNLinear" and type(model[2]) is Special
+    assert model.state_dict().keys() == keys.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in keys.items())
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_onednn_linear_defers_to_autocast_and_quantized_weights():
+    """Under CPU autocast the layer is torch's Linear (bf16 GEMM), bit for bit."""
+    torch.manual_seed(2)
+    layer = nn.Linear(16, 8).eval()
+    plain = nn.Linear(16, 8).eval()
+    plain.load_state_dict(layer.state_dict())
+    use_onednn_linears(layer)
+    x = torch.randn(4, 16)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(layer(x), plain(x))
