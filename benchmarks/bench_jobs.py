@@ -79,19 +79,38 @@ def matmul(quick: bool) -> dict[str, Any]:
     budget = 0.5 if quick else 3.0
     fp32 = _matmul_rate(n, torch.float32, budget)
     bf16 = _matmul_rate(n, torch.bfloat16, budget)
-    return {"n": n, "runs": fp32["runs"], "threads": torch.get_num_threads(), "gflops": fp32["typical"],
-            "gflops_best": fp32["best"], "gflops_bf16": bf16["typical"], "gflops_bf16_best": bf16["best"]}
+    result = {"n": n, "runs": fp32["runs"], "threads": torch.get_num_threads(), "gflops": fp32["typical"],
+              "gflops_best": fp32["best"], "gflops_bf16": bf16["typical"], "gflops_bf16_best": bf16["best"]}
+    onednn = _onednn_rate(n, budget)
+    if onednn is not None:
+        result.update(gflops_onednn=onednn["typical"], gflops_onednn_best=onednn["best"])
+    return result
 
 
 def _matmul_rate(n: int, dtype: torch.dtype, budget: float) -> dict[str, float]:
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    return _rate(lambda: a @ b, n, budget)
+
+
+def _onednn_rate(n: int, budget: float) -> dict[str, float] | None:
+    """fp32 GFLOP/s of the same product through oneDNN's linear, the GEMM our exact CPU paths use
+    (`recognize.onednn_linear`): where MKL's sgemm (`a @ b`) is slow (AMD), this is the truer limit."""
+    from recognize.onednn_linear import _onednn_available
+
+    if not _onednn_available():
+        return None
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return _rate(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), n, budget)
+
+
+def _rate(run, n: int, budget: float) -> dict[str, float]:
     for _ in range(2):
-        a @ b
+        run()
     runs, start = 0, time.perf_counter()
     times = []
     while time.perf_counter() - start < budget or runs < 3:
         t = time.perf_counter()
-        a @ b
+        run()
         times.append(time.perf_counter() - t)
         runs += 1
     return {"runs": runs, "best": 2 * n**3 / min(times) / 1e9, "typical": 2 * n**3 / _median(times) / 1e9}

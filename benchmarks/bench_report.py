@@ -34,7 +34,10 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
         (f"- fp32 matmul ({mm.get('n', '?')}x{mm.get('n', '?')}): **{_num(mm.get('gflops'), 1)} GFLOP/s** "
         f"(best run {_num(mm.get('gflops_best'), 1)})"
         + (f"; bf16 matmul: **{_num(mm['gflops_bf16'], 1)} GFLOP/s** (best run {_num(mm.get('gflops_bf16_best'), 1)})"
-           if mm.get("gflops_bf16") else "")),
+           if mm.get("gflops_bf16") else "")
+        + (f"; fp32 through oneDNN (the GEMM our exact CPU paths use, `recognize/onednn_linear.py`): "
+           f"**{_num(mm['gflops_onednn'], 1)} GFLOP/s** (best run {_num(mm.get('gflops_onednn_best'), 1)})"
+           if mm.get("gflops_onednn") else "")),
     ]
     if m.get("cpu_flags") is not None:
         lines.insert(1, f"- CPU flags (compute): {' '.join(m['cpu_flags']) or 'none of avx/avx2/avx512/amx'}")
@@ -48,11 +51,12 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
 
 def stage_table(results: dict[str, Any]) -> list[str]:
     peak = (results.get("matmul") or {}).get("gflops")
+    onednn = (results.get("matmul") or {}).get("gflops_onednn")
     rows = [
         ("| stage | model | GFLOP/img | load s | baseline load s | s/img b1 | s/img b4 | img/s (best) | baseline s/img "
-        "| speedup b1 | speedup b4 | compute ratio | GFLOP/s (best) | % of matmul | peak RSS MiB b4 "
-        "| baseline peak RSS MiB |"),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| speedup b1 | speedup b4 | compute ratio | GFLOP/s (best) | % of matmul | % of oneDNN matmul "
+        "| peak RSS MiB b4 | baseline peak RSS MiB |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, entry in results.get("stages", {}).items():
         ours, base = entry.get("ours") or {}, entry.get("baseline") or {}
@@ -68,6 +72,7 @@ def stage_table(results: dict[str, Any]) -> list[str]:
             _num(base.get("s_per_img")), _ratio(base.get("s_per_img"), b1), _ratio(base.get("s_per_img"), b4),
             f"{ratio:.2f}x" if ratio else "–",
             _num(achieved, 1), f"{100 * achieved / peak:.0f}%" if achieved and peak else "–",
+            f"{100 * achieved / onednn:.0f}%" if achieved and onednn else "–",
             _num(ours.get("peak_rss_mb"), 0), _num(base.get("peak_rss_mb"), 0),
         ]) + " |")
     return rows
@@ -202,6 +207,11 @@ def recipe_table(results: dict[str, Any]) -> list[str]:
                     f"({_num(exact_per)} − {_num(_io(compute['ours']))}) ÷ {_num(limit)} = **{_ratio(beyond, limit)}** "
                     f"(issue 11's target: <= 1.3x; I/O = decode + draw/write per photo from `summary.json`; the "
                     f"reference: {_ratio((base or 0) - _io(compute['reference']), limit)}).")
+        _, limit_onednn = _chain_limit(chain, mm.get("gflops_onednn"))
+        if limit_onednn:
+            rows.append(f"Against oneDNN's fp32 GEMM rate ({_num(mm.get('gflops_onednn'), 1)} GFLOP/s, the faster fp32 "
+                        f"GEMM on this machine) the limit is {_num(limit_onednn)} s/photo and the same ratio "
+                        f"**{_ratio(beyond, limit_onednn)}**.")
     if gflop:
         flops = chain.get("flops") or {}
         split = ", ".join(f"{name} {flops[name] / 1e9:.1f}" for name in ("ram_plus", "grounding_dino", "sam")
