@@ -197,8 +197,7 @@ def summarise_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def chain_flops(kit: Kit, photo: Path) -> dict[str, Any]:
     """FLOPs of one photo through each chain stage (`FlopCounterMode`, as the stage table counts them),
     for when the stage table did not measure all three."""
-    from bench_jobs import load_images, make_stage
-    from torch.utils.flop_counter import FlopCounterMode
+    from bench_jobs import counting_flops, load_images, make_stage
 
     from recognize.frame import Frame
     from recognize.pipeline import Pipeline
@@ -212,8 +211,7 @@ def chain_flops(kit: Kit, photo: Path) -> dict[str, Any]:
     frames = [Frame.from_array(load_images([photo])[0], source=photo.name)]
     flops = {}
     for stage in stages:
-        counter = FlopCounterMode(display=False)
-        with counter:
+        with counting_flops() as counter:
             frames = stage(frames)
         flops[stage.name] = counter.get_total_flops()
     return flops

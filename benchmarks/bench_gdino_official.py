@@ -125,10 +125,11 @@ def grid_sample_detector(detector):
 
 
 def flops_of(forward) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of `forward()` on the plain torch path (`bench_jobs.counting_flops`: the counter has no formula
+    for oneDNN's linear)."""
+    from bench_jobs import counting_flops
 
-    counter = FlopCounterMode(display=False)
-    with counter:
+    with counting_flops() as counter:
         forward()
     return counter.get_total_flops()
 

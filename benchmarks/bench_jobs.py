@@ -11,11 +11,13 @@ reset between the two sides (Linux `clear_refs`), imports included.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import resource
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +97,9 @@ def _matmul_rate(n: int, dtype: torch.dtype, budget: float) -> dict[str, float]:
 def _onednn_rate(n: int, budget: float) -> dict[str, float] | None:
     """fp32 GFLOP/s of the same product through oneDNN's linear, the GEMM our exact CPU paths use
     (`recognize.onednn_linear`): where MKL's sgemm (`a @ b`) is slow (AMD), this is the truer limit."""
-    from recognize.onednn_linear import _onednn_available
+    from recognize.onednn_linear import available
 
-    if not _onednn_available():
+    if not available():
         return None
     a, b = torch.randn(n, n), torch.randn(n, n)
     return _rate(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""), n, budget)
@@ -114,6 +116,37 @@ def _rate(run, n: int, budget: float) -> dict[str, float]:
         times.append(time.perf_counter() - t)
         runs += 1
     return {"runs": runs, "best": 2 * n**3 / min(times) / 1e9, "typical": 2 * n**3 / _median(times) / 1e9}
+
+
+@contextlib.contextmanager
+def counting_flops() -> Iterator[Any]:
+    """A `FlopCounterMode` over the plain torch path of the same models.
+
+    Our exact CPU paths run oneDNN's linear (`recognize.onednn_linear`) and, in SAM's `LeanBlock`, CPU
+    flash attention without the window padding's work: `FlopCounterMode` (torch 2.14) has no formula
+    for either, so it would count them as zero. Inside this block both are switched off, so the count is
+    the model's FLOPs as `nn.Linear` and segment-anything compute them ("FLOPs counted as today").
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from recognize import onednn_linear
+
+    try:
+        from recognize_sam import lean_block
+    except ImportError:
+        lean_block = None
+    saved = onednn_linear.ONEDNN, getattr(lean_block, "LEAN", None)
+    onednn_linear.ONEDNN = False
+    if lean_block is not None:
+        lean_block.LEAN = False
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            yield counter
+    finally:
+        onednn_linear.ONEDNN = saved[0]
+        if lean_block is not None:
+            lean_block.LEAN = saved[1]
 
 
 def reset_peak() -> bool:
@@ -159,8 +192,6 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
        infer), in alternating order, then one batch of 4 per further pass. A machine that slows
        down slows both sides alike, so their ratio holds.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     images = load_images(paths)
     imports_mb = memory_mb()["rss_mb"]
     base_load, base_infer = baseline_for(kit, stage)
@@ -186,9 +217,9 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
     reset_peak()
     ours = make_stage(kit, stage)
     load_s = _timed(ours.ensure_loaded)
-    counter = FlopCounterMode(display=False)
-    with counter:
+    with counting_flops() as counter:
         ours(stage_frames(stage, images[:1], kit.boxes))
+    ours(stage_frames(stage, images[:1], kit.boxes))  # the warm-up of the path that is timed
     four = [images[i % len(images)] for i in range(4)]
     ours.params.batch_size = 4
     batch4 = [_timed(ours, stage_frames(stage, four, kit.boxes)) / 4]

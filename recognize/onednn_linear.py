@@ -5,8 +5,9 @@ here: `torch.backends.cpu.get_cpu_capability()` says AVX512, yet MKL's sgemm ran
 oneDNN's on SAM's shapes), oneDNN's fp32 GEMM is much faster, and it can apply the bias, GELU (erf)
 or a residual add while the output tile is still in cache, instead of another pass over memory.
 `torch.ops.mkldnn._linear_pointwise` is the op torch's own compiler (inductor) emits for this.
-Measured on this project's AMD EPYC machines: a 2048^3 product at ~430 GFLOP/s through oneDNN
-against ~205 through `a @ b` (MKL), in one process (`benchmarks/README.md`).
+Measured on this project's AMD EPYC machine (2026-12-01, load average ~2): a 2048^3 product at 418-434
+GFLOP/s through oneDNN against 200-203 through `a @ b` (MKL), in one process; `benchmarks/run.py` records
+both rates with every run (`benchmarks/README.md`, "% of oneDNN matmul").
 
 Same arithmetic (fp32 products and sums, erf GELU, one add), another summation order: results
 differ from `nn.Linear` in the last bits (~1e-6 relative), well inside the parity tolerances
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ONEDNN", "OneDNNLinear", "linear", "use_onednn_linears"]
+__all__ = ["ONEDNN", "OneDNNLinear", "available", "linear", "use_onednn_linears"]
 
 #: Use oneDNN where it applies; a switch for benchmarks and tests (False: plain torch).
 ONEDNN = True
@@ -32,7 +33,9 @@ _available: bool | None = None
 
 def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
     """`layer(x)`, then exact (erf) GELU if `gelu`, then `+ residual` if given (not both)."""
-    if _onednn_applies(layer, x):
+    if gelu and residual is not None:
+        raise ValueError("linear: gelu and residual cannot be fused together")
+    if _onednn_applies(layer, x, residual):
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
         if gelu:
@@ -66,20 +69,23 @@ def use_onednn_linears(model: nn.Module) -> int:
     return count
 
 
-def _onednn_applies(layer: nn.Linear, x: torch.Tensor) -> bool:
+def _onednn_applies(layer: nn.Linear, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
     weight = layer.weight
+    tracked = torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad
+                                           or (residual is not None and residual.requires_grad))
     return (ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and x.numel() > 0
             and type(weight) in (torch.Tensor, nn.Parameter)
-            and not (torch.is_grad_enabled() and weight.requires_grad) and _onednn_available())
+            and not tracked and available())
 
 
-def _onednn_available() -> bool:
+def available() -> bool:
     """Whether this torch build runs the fused op (checked once, on a tiny input, against `F.linear`)."""
     global _available
     if _available is None:
         try:
-            x, w, b = torch.ones(2, 3), torch.ones(4, 3), torch.zeros(4)
+            cpu = {"dtype": torch.float32, "device": "cpu"}
+            x, w, b = torch.ones(2, 3, **cpu), torch.ones(4, 3, **cpu), torch.zeros(4, **cpu)
             _available = bool(torch.backends.mkldnn.is_available()) and torch.equal(
                 torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""), F.linear(x, w, b))
         except (RuntimeError, AttributeError, NotImplementedError):

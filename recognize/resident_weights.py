@@ -13,8 +13,10 @@ meanwhile. Then the process's peak is one stage's weights plus the working memor
 activations freed in the heap's middle otherwise stay counted until the heap top is free.
 
 Cost: unmapping and mapping again took ~1.5 s per GB of weights on a busy 2-core machine
-(`benchmarks/README.md`), once per batch: a few percent of a CPU batch of the chain, little or
-nothing on a GPU (the weights live on the device once moved there). `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1` keeps
+(`benchmarks/README.md`), once per batch: ~4 s for SAM vit_h's 2.4 GB there, against a batch of two
+photos of ~100 s (batch 1, as `tag_ground_segment_cpu.yaml`, pays it per photo); little or nothing
+on a GPU (the weights live on the device once moved there). Only where two or more weights files
+are mapped (a single model's pages would just come back). `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1` keeps
 them mapped when memory is plentiful and that time matters more.
 
 Safety: `MADV_DONTNEED` on a private file mapping discards pages a process has written
@@ -61,7 +63,10 @@ class ReleaseReport:
 
 
 def release() -> ReleaseReport:
-    """Unmap the resident pages of every clean weights mapping and trim the heap (see module doc)."""
+    """Unmap the resident pages of every clean weights mapping and trim the heap (see module doc).
+
+    Only where at least two weights files are mapped: with one (a tagger plus filters, say) the next
+    stage would map the same pages back, paying the faults for no lower peak."""
     report = ReleaseReport()
     if not sys.platform.startswith("linux") or os.environ.get(KEEP_ENV, "") not in ("", "0"):
         return report
@@ -70,7 +75,10 @@ def release() -> ReleaseReport:
     libc = _libc()
     if libc is None:
         return report
-    for start, end, path in _mappings_of(files) if files else []:
+    mappings = _mappings_of(files) if files else []
+    if len({path for _, _, path in mappings}) < 2:  # one weights file: no other stage's weights compete
+        mappings = []
+    for start, end, path in mappings:
         resident, written = _page_states(start, end)
         if written:
             report.kept.append(path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from recognize import onednn_linear as fused_linear
+from recognize import onednn_linear
 from recognize.onednn_linear import linear, use_onednn_linears
 from torch import nn
 
@@ -20,7 +20,7 @@ def layer() -> nn.Linear:
 @pytest.mark.parametrize("gelu, residual", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("onednn", [True, False])
 def test_linear_matches_torch(layer, gelu, residual, onednn, monkeypatch):
-    monkeypatch.setattr(fused_linear, "ONEDNN", onednn)
+    monkeypatch.setattr(onednn_linear, "ONEDNN", onednn)
     x = torch.randn(2, 5, 7, 48)
     other = torch.randn(2, 5, 7, 40) if residual else None
     with torch.inference_mode():
@@ -70,7 +70,7 @@ def test_use_onednn_linears_keeps_parameters_keys_and_outputs():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_onednn_linear_defers_to_autocast_and_quantized_weights():
+def test_onednn_linear_defers_to_autocast():
     """Under CPU autocast the layer is torch's Linear (bf16 GEMM), bit for bit."""
     torch.manual_seed(2)
     layer = nn.Linear(16, 8).eval()
@@ -80,3 +80,36 @@ def test_onednn_linear_defers_to_autocast_and_quantized_weights():
     x = torch.randn(4, 16)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(layer(x), plain(x))
+
+
+def test_input_gradients_go_through_torch():
+    """Frozen weights but an input that needs gradients (saliency maps): autograd must see the op."""
+    torch.manual_seed(3)
+    layer = nn.Linear(16, 8).requires_grad_(False)
+    use_onednn_linears(layer)
+    x = torch.randn(4, 16, requires_grad=True)
+    layer(x).sum().backward()
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 16))
+
+
+def test_gelu_and_residual_together_are_refused(layer):
+    with pytest.raises(ValueError, match="gelu and residual"):
+        linear(layer, torch.randn(2, 48), gelu=True, residual=torch.randn(2, 40))
+
+
+def test_quantized_weights_after_the_swap_use_torchao():
+    """torchao's `quantize_` still finds the swapped layers (a subclass of nn.Linear) and the int8 weights
+    then run through torch's F.linear, as on a plain nn.Linear."""
+    pytest.importorskip("torchao")
+    from recognize.fast_modes import quantize_linear_int8
+
+    torch.manual_seed(4)
+    swapped, plain = nn.Linear(64, 32).eval(), nn.Linear(64, 32).eval()
+    plain.load_state_dict(swapped.state_dict())
+    use_onednn_linears(swapped)
+    quantize_linear_int8(swapped)
+    quantize_linear_int8(plain)
+    assert type(swapped.weight) is type(plain.weight) and type(plain.weight) not in (torch.Tensor, nn.Parameter)
+    x = torch.randn(5, 64)
+    with torch.inference_mode():
+        assert torch.equal(swapped(x), plain(x))

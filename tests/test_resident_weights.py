@@ -36,7 +36,25 @@ def checkpoint(tmp_path: Path) -> Path:
     return path
 
 
-def test_pages_leave_rss_and_come_back_with_the_same_values(checkpoint: Path) -> None:
+@pytest.fixture
+def other_model(tmp_path: Path) -> dict:
+    """A second mapped weights file: `release` unmaps only where two models' weights compete."""
+    path = tmp_path / "other.pth"
+    torch.save({"w": torch.ones(1000)}, path)
+    return read_weights(path)
+
+
+def test_one_mapped_weights_file_is_left_resident(checkpoint: Path) -> None:
+    state = read_weights(checkpoint)
+    assert float(state["big"].sum()) != 0.0
+
+    report = resident_weights.release()
+
+    assert report.unmapped_bytes == 0
+    assert _resident_kib(checkpoint) >= 15_000
+
+
+def test_pages_leave_rss_and_come_back_with_the_same_values(checkpoint: Path, other_model: dict) -> None:
     state = read_weights(checkpoint)
     expected = {name: tensor.clone() for name, tensor in state.items()}
     assert float(state["big"].sum()) == float(expected["big"].sum())  # touch every page
@@ -52,7 +70,7 @@ def test_pages_leave_rss_and_come_back_with_the_same_values(checkpoint: Path) ->
     assert _resident_kib(checkpoint) >= 15_000
 
 
-def test_a_mapping_with_a_written_page_is_kept(checkpoint: Path) -> None:
+def test_a_mapping_with_a_written_page_is_kept(checkpoint: Path, other_model: dict) -> None:
     state = read_weights(checkpoint)
     state["small"].add_(1.0)  # copy-on-write: that page now exists only in this process
     written = state["small"].clone()
@@ -74,7 +92,8 @@ def test_files_never_read_are_left_alone(tmp_path: Path) -> None:
     assert _resident_kib(path) >= 3_500
 
 
-def test_the_opt_out_keeps_every_page_mapped(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_opt_out_keeps_every_page_mapped(checkpoint: Path, other_model: dict,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(resident_weights.KEEP_ENV, "1")
     state = read_weights(checkpoint)
     assert float(state["big"].sum()) != 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,7 +243,7 @@ class MappedWeights(Stage):
     def process(self, frames):
         self.resident_at_start.append(_resident_kib(self.params.checkpoint))
         for frame in frames:
-            frame.meta["weights_sum"] = float(self.weights.sum())
+            frame.meta[f"weights_sum_{Path(self.params.checkpoint).stem}"] = float(self.weights.sum())
         return frames
 
 
@@ -261,20 +262,22 @@ def _resident_kib(path) -> int:
 
 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="madvise / smaps are Linux's")
-@pytest.mark.parametrize("chain", [True, False])
+@pytest.mark.parametrize("chain", ["alone", "with a weightless stage", "with another model"])
 def test_a_chains_stage_leaves_its_weight_pages_out_of_rss_between_batches(tmp_path, chain):
     import torch
 
-    path = tmp_path / "w.pth"
+    path, other = tmp_path / "w.pth", tmp_path / "other.pth"
     torch.save({"w": torch.arange(2_000_000, dtype=torch.float32)}, path)  # 8 MB
+    torch.save({"w": torch.ones(1_000_000)}, other)
     stage = MappedWeights({"checkpoint": str(path)})
-    stages = [stage, Tick()] if chain else [stage]
+    stages = {"alone": [stage], "with a weightless stage": [stage, Tick()],
+              "with another model": [stage, MappedWeights({"checkpoint": str(other)})]}[chain]
     results = list(LocalEngine().run(Pipeline(stages, batch_size=1), frames("a", "b", "c")))
 
     expected = float(torch.arange(2_000_000, dtype=torch.float32).sum())
-    assert [r.frame.meta["weights_sum"] for r in results] == [expected] * 3  # the same values every batch
+    assert [r.frame.meta["weights_sum_w"] for r in results] == [expected] * 3  # the same values every batch
     later = stage.resident_at_start[1:]  # each earlier batch read all 8 MB
-    if chain:  # another stage ran between: the pages were unmapped, the page cache keeps them
+    if chain == "with another model":  # another model's weights ran between: pages unmapped, page cache keeps them
         assert all(kib < 1_000 for kib in later)
-    else:  # a stage alone gains nothing from unmapping: its weights stay resident
+    else:  # nothing else competes for memory: unmapping would only cost faults, the weights stay resident
         assert all(kib >= 7_000 for kib in later)

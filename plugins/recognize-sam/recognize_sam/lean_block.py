@@ -38,7 +38,12 @@ from torch import nn
 from recognize_sam.attention import LeanAttention
 from recognize.onednn_linear import linear
 
-__all__ = ["LeanBlock", "use_lean_blocks", "use_segment_anything"]
+__all__ = ["LEAN", "LeanBlock", "use_lean_blocks", "use_segment_anything"]
+
+#: Run the lean forward where it applies; a switch for benchmarks (False: segment-anything's `Block.forward`,
+#: e.g. to count FLOPs "as segment-anything computes them": `FlopCounterMode` has no formula for oneDNN's
+#: linear or CPU flash attention, and the lean forward skips the window padding's work).
+LEAN = True
 
 
 class LeanBlock(Block):
@@ -66,7 +71,7 @@ class LeanBlock(Block):
 
     def _exact_path_applies(self, x: torch.Tensor) -> bool:
         weight = self.attn.qkv.weight
-        return (self.attn.use_rel_pos and not torch.is_autocast_enabled(x.device.type)
+        return (LEAN and self.attn.use_rel_pos and not torch.is_autocast_enabled(x.device.type)
                 and type(weight) in (torch.Tensor, nn.Parameter) and self.attn.qkv.bias is not None)
 
     def _windowed_attention(self, qkv: torch.Tensor) -> torch.Tensor:

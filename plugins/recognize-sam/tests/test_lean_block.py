@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from recognize import onednn_linear as fused_linear
+from recognize import onednn_linear
 from recognize_sam.attention import LeanAttention
 from recognize_sam.lean_block import LeanBlock, use_lean_blocks, use_segment_anything
 from recognize_sam.model import SamConfig, build_sam
@@ -49,7 +49,7 @@ def _both(block: Block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                          [(64, 4, 20, 14, 2), (48, 3, 28, 14, 1), (32, 2, 9, 4, 1), (64, 4, 16, 0, 2)])
 @pytest.mark.parametrize("onednn", [True, False])
 def test_lean_block_matches_segment_anything(dim, heads, size, window, batch, onednn, monkeypatch):
-    monkeypatch.setattr(fused_linear, "ONEDNN", onednn)
+    monkeypatch.setattr(onednn_linear, "ONEDNN", onednn)
     block = _block(dim, heads, size, window, seed=size)
     x = torch.randn(batch, size, size, dim)
     got, expected = _both(block, x)
