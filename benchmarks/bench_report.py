@@ -327,6 +327,8 @@ def render(results: dict[str, Any]) -> str:
          f"{s['images']} image(s), {s['repeats']} repeat(s)). How to run and what each column means: "
          "`benchmarks/README.md`."),
         *_subset_note(s),
+        *([f"FLOPs: {results['flops_recount']['note']} (first photo: {results['flops_recount']['photo']})."]
+          if results.get("flops_recount") else []),
         "",
         *machine_lines(results),
         "",
