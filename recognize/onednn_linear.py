@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ONEDNN", "OneDNNLinear", "available", "linear", "use_onednn_linears"]
+__all__ = ["ONEDNN", "OneDNNLinear", "available", "linear", "linear_weights", "use_onednn_linears"]
 
 #: Use oneDNN where it applies; a switch for benchmarks and tests (False: plain torch).
 ONEDNN = True
@@ -45,6 +45,14 @@ def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, residual: torc
     if gelu:
         out = F.gelu(out)
     return out if residual is None else out.add_(residual)
+
+
+def linear_weights(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` through oneDNN where it applies (weights not held by an `nn.Linear`,
+    e.g. Grounding DINO's Swin with q/k/v concatenated into one product)."""
+    if _onednn_applies_to(weight, x):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
 
 
 class OneDNNLinear(nn.Linear):
@@ -70,7 +78,10 @@ def use_onednn_linears(model: nn.Module) -> int:
 
 
 def _onednn_applies(layer: nn.Linear, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
-    weight = layer.weight
+    return _onednn_applies_to(layer.weight, x, residual)
+
+
+def _onednn_applies_to(weight: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
     tracked = torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad
                                            or (residual is not None and residual.requires_grad))
     return (ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from recognize import onednn_linear
-from recognize.onednn_linear import linear, use_onednn_linears
+from recognize.onednn_linear import linear, linear_weights, use_onednn_linears
 from torch import nn
 
 
@@ -113,3 +113,11 @@ def test_quantized_weights_after_the_swap_use_torchao():
     x = torch.randn(5, 64)
     with torch.inference_mode():
         assert torch.equal(swapped(x), plain(x))
+
+
+def test_linear_weights_matches_f_linear(layer):
+    x = torch.randn(3, 7, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(linear_weights(x, layer.weight, layer.bias), F.linear(x, layer.weight, layer.bias),
+                                   rtol=1e-5, atol=1e-5)
+        assert torch.equal(linear_weights(x.double(), layer.weight.double()), F.linear(x.double(), layer.weight.double()))

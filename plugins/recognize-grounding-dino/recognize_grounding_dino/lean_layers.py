@@ -43,6 +43,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from recognize.onednn_linear import linear_weights
+
 
 class DeformableSampling(nn.Module):
     """Multi-scale deformable attention's sampling and weighting (no parameters): the same call
@@ -240,7 +242,7 @@ class FusedQKVSwinAttention:
         from transformers.models.swin import modeling_swin
 
         input_shape = hidden_states.shape[:-1]
-        qkv = F.linear(hidden_states, *fused).view(*input_shape, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = linear_weights(hidden_states, *fused).view(*input_shape, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
         query_states, key_states, value_states = qkv.unbind(0)
         # from here on transformers' SwinAttention.forward, unchanged
         relative_position_bias = self.relative_position_bias()
