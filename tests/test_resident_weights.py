@@ -7,25 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from resident import resident_kib
 
 from recognize import resident_weights
 from recognize.weights_file import read_weights
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise / smaps are Linux's")
-
-
-def _resident_kib(path) -> int:
-    """Rss of this process's mappings of `path`, KiB, as /proc/self/smaps reports it."""
-    from pathlib import Path
-
-    wanted, total, inside = str(Path(path).resolve()), 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split(None, 5)
-        if fields and not fields[0].endswith(":"):
-            inside = len(fields) == 6 and fields[5].strip() == wanted
-        elif inside and fields[0] == "Rss:":
-            total += int(fields[1])
-    return total
 
 
 @pytest.fixture
@@ -51,23 +38,23 @@ def test_one_mapped_weights_file_is_left_resident(checkpoint: Path) -> None:
     report = resident_weights.release()
 
     assert report.unmapped_bytes == 0
-    assert _resident_kib(checkpoint) >= 15_000
+    assert resident_kib(checkpoint) >= 15_000
 
 
 def test_pages_leave_rss_and_come_back_with_the_same_values(checkpoint: Path, other_model: dict) -> None:
     state = read_weights(checkpoint)
     expected = {name: tensor.clone() for name, tensor in state.items()}
     assert float(state["big"].sum()) == float(expected["big"].sum())  # touch every page
-    assert _resident_kib(checkpoint) >= 15_000  # 16 MB of floats mapped in
+    assert resident_kib(checkpoint) >= 15_000  # 16 MB of floats mapped in
 
     report = resident_weights.release()
 
     assert report.unmapped_bytes >= 15_000 * 1024
     assert report.kept == []
-    assert _resident_kib(checkpoint) < 1_000
+    assert resident_kib(checkpoint) < 1_000
     for name, tensor in state.items():  # read again from the page cache: the very same values
         assert torch.equal(tensor, expected[name])
-    assert _resident_kib(checkpoint) >= 15_000
+    assert resident_kib(checkpoint) >= 15_000
 
 
 def test_a_mapping_with_a_written_page_is_kept(checkpoint: Path, other_model: dict) -> None:
@@ -89,7 +76,7 @@ def test_files_never_read_are_left_alone(tmp_path: Path) -> None:
 
     resident_weights.release()
 
-    assert _resident_kib(path) >= 3_500
+    assert resident_kib(path) >= 3_500
 
 
 def test_the_opt_out_keeps_every_page_mapped(checkpoint: Path, other_model: dict,
@@ -101,4 +88,4 @@ def test_the_opt_out_keeps_every_page_mapped(checkpoint: Path, other_model: dict
     report = resident_weights.release()
 
     assert report.unmapped_bytes == 0
-    assert _resident_kib(checkpoint) >= 15_000
+    assert resident_kib(checkpoint) >= 15_000

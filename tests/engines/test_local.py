@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from resident import resident_kib
 
 from recognize import Frame, Stage, StageParams, Tag
 from recognize.engines.base import Engine, RunStopped
@@ -241,24 +242,10 @@ class MappedWeights(Stage):
         self.resident_at_start: list[int] = []
 
     def process(self, frames):
-        self.resident_at_start.append(_resident_kib(self.params.checkpoint))
+        self.resident_at_start.append(resident_kib(self.params.checkpoint))
         for frame in frames:
             frame.meta[f"weights_sum_{Path(self.params.checkpoint).stem}"] = float(self.weights.sum())
         return frames
-
-
-def _resident_kib(path) -> int:
-    """Rss of this process's mappings of `path`, KiB, as /proc/self/smaps reports it."""
-    from pathlib import Path
-
-    wanted, total, inside = str(Path(path).resolve()), 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split(None, 5)
-        if fields and not fields[0].endswith(":"):
-            inside = len(fields) == 6 and fields[5].strip() == wanted
-        elif inside and fields[0] == "Rss:":
-            total += int(fields[1])
-    return total
 
 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="madvise / smaps are Linux's")
