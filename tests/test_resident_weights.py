@@ -15,6 +15,12 @@ from recognize.weights_file import read_weights
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise / smaps are Linux's")
 
 
+@pytest.fixture(autouse=True)
+def only_this_tests_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights mapped by earlier tests (shared models still alive) would count as another model."""
+    monkeypatch.setattr(resident_weights, "_mapped", set())
+
+
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "weights.pth"
