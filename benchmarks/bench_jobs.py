@@ -83,7 +83,7 @@ def matmul(quick: bool) -> dict[str, Any]:
     bf16 = _matmul_rate(n, torch.bfloat16, budget)
     result = {"n": n, "runs": fp32["runs"], "threads": torch.get_num_threads(), "gflops": fp32["typical"],
               "gflops_best": fp32["best"], "gflops_bf16": bf16["typical"], "gflops_bf16_best": bf16["best"]}
-    onednn = _onednn_rate(n, budget)
+    onednn = onednn_rate(n, budget)
     if onednn is not None:
         result.update(gflops_onednn=onednn["typical"], gflops_onednn_best=onednn["best"])
     return result
@@ -94,7 +94,7 @@ def _matmul_rate(n: int, dtype: torch.dtype, budget: float) -> dict[str, float]:
     return _rate(lambda: a @ b, n, budget)
 
 
-def _onednn_rate(n: int, budget: float) -> dict[str, float] | None:
+def onednn_rate(n: int, budget: float) -> dict[str, float] | None:
     """fp32 GFLOP/s of the same product through oneDNN's linear, the GEMM our exact CPU paths use
     (`recognize.onednn_linear`): where MKL's sgemm (`a @ b`) is slow (AMD), this is the truer limit."""
     from recognize.onednn_linear import available

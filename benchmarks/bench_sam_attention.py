@@ -60,17 +60,10 @@ QUICK_CONFIG = {"encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads"
 
 
 def _onednn_rate(n: int = 2048, budget: float = 3.0) -> float:
-    """fp32 GFLOP/s of an n^3 product through oneDNN's linear (the `bench_jobs.matmul` method)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    run = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
-    for _ in range(2):
-        run()
-    times, start = [], time.perf_counter()
-    while time.perf_counter() - start < budget or len(times) < 3:
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    """fp32 GFLOP/s of an n^3 product through oneDNN's linear: `bench_jobs.onednn_rate`'s median."""
+    from bench_jobs import onednn_rate
+
+    return onednn_rate(n, budget)["typical"]
 
 
 def profile_shares(forward) -> dict[str, float]:

@@ -158,19 +158,18 @@ def _rows_per_step(q: torch.Tensor) -> int:
 
 def use_lean_blocks(module: nn.Module) -> nn.Module:
     """Give every segment-anything `Block` (and `Attention`) inside `module` the lean forward; returns it."""
-    for child in module.modules():
-        if type(child) is Block:
-            child.__class__ = LeanBlock
-        elif type(child) is Attention:
-            child.__class__ = LeanAttention
-    return module
+    return _swap_classes(module, {Block: LeanBlock, Attention: LeanAttention})
 
 
 def use_segment_anything(module: nn.Module) -> nn.Module:
     """The plain segment-anything forward everywhere in `module` again (for comparisons); returns it."""
+    return _swap_classes(module, {LeanBlock: Block, LeanAttention: Attention})
+
+
+def _swap_classes(module: nn.Module, classes: dict[type, type]) -> nn.Module:
+    """Change the class of every submodule whose exact type is a key (parameters and keys stay)."""
     for child in module.modules():
-        if type(child) is LeanBlock:
-            child.__class__ = Block
-        elif type(child) is LeanAttention:
-            child.__class__ = Attention
+        new = classes.get(type(child))
+        if new is not None:
+            child.__class__ = new
     return module
