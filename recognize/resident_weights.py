@@ -29,16 +29,18 @@ overwritten in place during a run would be. Linux only; elsewhere `release()` do
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["KEEP_ENV", "ReleaseReport", "note_mapped", "release"]
+__all__ = ["KEEP_ENV", "ReleaseReport", "loading", "note_mapped", "release"]
 
 #: set to 1 to keep every stage's weights mapped (no unmapping, no re-faulting; peak = all models)
 KEEP_ENV = "RECOGNIZE_KEEP_WEIGHTS_MAPPED"
@@ -46,6 +48,26 @@ _MADV_DONTNEED = 4
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _mapped: set[str] = set()
 _lock = threading.Lock()
+_release_lock = threading.Lock()  # held by release() throughout; see `loading`
+
+
+_loads_under_way = 0
+
+
+@contextlib.contextmanager
+def loading() -> Iterator[None]:
+    """Mark a model load under way (on another thread): `release()` unmaps nothing meanwhile.
+
+    Why: a load may map a weights file and then copy or convert its tensors; a `release()` that
+    read the page states just before a page was written (copy-on-write) would discard that write."""
+    global _loads_under_way
+    with _release_lock:  # waits for a release() in progress, so none runs under the load
+        _loads_under_way += 1
+    try:
+        yield
+    finally:
+        with _release_lock:
+            _loads_under_way -= 1
 
 
 def note_mapped(path: str | os.PathLike[str]) -> None:
@@ -70,6 +92,13 @@ def release() -> ReleaseReport:
     report = ReleaseReport()
     if not sys.platform.startswith("linux") or os.environ.get(KEEP_ENV, "") not in ("", "0"):
         return report
+    with _release_lock:
+        if _loads_under_way:  # a model is being loaded beside this stage (see `loading`)
+            return report
+        return _release(report)
+
+
+def _release(report: ReleaseReport) -> ReleaseReport:
     with _lock:
         files = set(_mapped)
     libc = _libc()
