@@ -44,7 +44,8 @@ def enabled() -> bool:
 class BackgroundLoads:
     """Loads `stages` (`Stage.ensure_loaded`) one after another on one daemon thread; `wait(stage)`
     blocks until that stage's model is loaded and raises the load error that stopped the thread at
-    or before it. `seconds`: the thread's loading time so far (it overlapped the run's other work)."""
+    or before it. `seconds()`: the thread's loading time so far, a load under way included (it
+    overlapped the run's other work)."""
 
     def __init__(self, stages: Sequence[Stage]) -> None:
         self._stages = list(stages)
@@ -52,7 +53,9 @@ class BackgroundLoads:
         self._done = [threading.Event() for _ in self._stages]
         self._failed: tuple[int, BaseException] | None = None
         self._cancelled = threading.Event()
-        self.seconds = 0.0
+        self._seconds = 0.0  # finished loads
+        self._loading_since: float | None = None  # the clock when the load under way began
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._load_all, name="recognize-background-load", daemon=True)
 
     def start(self) -> BackgroundLoads:
@@ -75,6 +78,11 @@ class BackgroundLoads:
             raise failed[1]
         stage.ensure_loaded()  # loaded already; or, after cancel(), loaded here as without this class
 
+    def seconds(self) -> float:
+        with self._lock:
+            since = self._loading_since
+            return self._seconds + (time.perf_counter() - since if since is not None else 0.0)
+
     def cancel(self) -> None:
         """Start no further load (the one under way finishes on its own; the thread is a daemon)."""
         self._cancelled.set()
@@ -84,7 +92,8 @@ class BackgroundLoads:
             for i, stage in enumerate(self._stages):
                 if self._cancelled.is_set():
                     return
-                start = time.perf_counter()
+                with self._lock:
+                    self._loading_since = start = time.perf_counter()
                 try:
                     with resident_weights.loading():  # no weight pages unmapped under a load
                         stage.ensure_loaded()
@@ -92,7 +101,9 @@ class BackgroundLoads:
                     self._failed = (i, mark_load_failure(exc))
                     return
                 finally:
-                    self.seconds += time.perf_counter() - start
+                    with self._lock:
+                        self._seconds += time.perf_counter() - start
+                        self._loading_since = None
                 self._done[i].set()
         finally:
             for done in self._done:  # failed or cancelled: nobody waits forever

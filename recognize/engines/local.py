@@ -97,7 +97,7 @@ class LocalEngine:
         loads, self._loads = self._loads, None
         if loads is not None:
             loads.cancel()
-            timer.overlapped[LOAD] += loads.seconds
+            timer.overlapped[LOAD] += loads.seconds()
 
     def _ready(self, timer: StageTimer) -> Ready | None:
         """The per-stage wait for models loading in the background (None: none are)."""
