@@ -25,7 +25,8 @@ the embedding's largest value (`benchmarks/README.md`). Under autocast or with q
 modes keep the fidelity they were measured with.
 
 `use_lean_blocks` installs it on a built model (modules keep their parameters and state dict; only
-`forward` differs); `use_segment_anything` puts segment-anything's own classes back (benchmarks).
+`forward` differs); `use_segment_anything` puts segment-anything's own classes back (benchmarks, tests),
+including plain `nn.Linear` for the decoder's oneDNN linears.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from segment_anything.modeling.image_encoder import Attention, Block, get_rel_po
 from torch import nn
 
 from recognize_sam.attention import LeanAttention
-from recognize.onednn_linear import linear
+from recognize.onednn_linear import OneDNNLinear, linear
 
 __all__ = ["LEAN", "LeanBlock", "use_lean_blocks", "use_segment_anything"]
 
@@ -162,8 +163,10 @@ def use_lean_blocks(module: nn.Module) -> nn.Module:
 
 
 def use_segment_anything(module: nn.Module) -> nn.Module:
-    """The plain segment-anything forward everywhere in `module` again (for comparisons); returns it."""
-    return _swap_classes(module, {LeanBlock: Block, LeanAttention: Attention})
+    """The plain segment-anything forward everywhere in `module` again (for comparisons); returns it.
+
+    Also turns `build_sam`'s oneDNN linears (the mask decoder's) back into `nn.Linear`."""
+    return _swap_classes(module, {LeanBlock: Block, LeanAttention: Attention, OneDNNLinear: nn.Linear})
 
 
 def _swap_classes(module: nn.Module, classes: dict[type, type]) -> nn.Module:
