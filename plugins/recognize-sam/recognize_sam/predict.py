@@ -7,13 +7,13 @@ predicted IoU and upsample only that one, box by box (one full-size float32 mask
 
 Why the decoder takes `boxes_per_call` boxes per call (8; until issue 11's third step it took one):
 on CPU the decoder is a string of small ops on the 4,096 image tokens (its GEMMs are 4096 x 256 x
-128), whose per-call cost (thread wake-up, dispatch) is paid once per call, not once per box:
-measured on 2 shared cores, 8 boxes in one call took 0.46x the time of 8 one-box calls
-(`benchmarks/bench_decode.py`, `stage` vs `per_box`). The decoder's linears also run through oneDNN
-(`recognize_sam.model.build_sam`). Deliberate difference from `SamPredictor.predict(box=...)`: a
-batched call (and oneDNN's summation order) gives the logits in other last bits, so a mask can differ
-where a logit is within ~1e-6 of the threshold 0 (`tests/test_predict.py` bounds it); SAM's own
-`predict_torch` batches the same way. Memory: each box in a call holds ~20 MB of decoder activations.
+128), whose per-call cost (thread wake-up, dispatch) is paid once per call, not once per box; its
+linears also run through oneDNN (`recognize_sam.model.build_sam`). Measured with vit_h's decoder on
+2 shared cores, 8 boxes: 1.99 -> 0.54 CPU s per thread (`benchmarks/bench_sam_stage.py`,
+`benchmarks/README.md`). Deliberate difference from `SamPredictor.predict(box=...)`: a batched call
+(and oneDNN's summation order) gives the logits in other last bits, so a mask can differ where a
+logit is within ~1e-6 of the threshold 0 (`tests/test_predict.py` bounds it at 1e-5); SAM's own
+`predict_torch` batches the same way. Memory: a few tens of MB of decoder activations per box in a call.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class BoxMasks:
 class BoxSegmenter:
     """Embeds images and decodes box prompts with a SAM model (same preprocessing as `SamPredictor`)."""
 
-    #: boxes per mask-decoder call (see the module docstring); activations ~20 MB per box
+    #: boxes per mask-decoder call (see the module docstring); activations: a few tens of MB per box
     boxes_per_call: int = 8
 
     def __init__(self, sam: SamModel) -> None:
