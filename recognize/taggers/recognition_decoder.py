@@ -9,7 +9,8 @@ Why it is ours and this small: the official module is a BLIP BERT with its embed
 self-attention deleted, so what is left is per layer: cross-attention from the label queries to the
 image tokens (all valid, no mask), then post-LN residual, then a GELU (erf) feed-forward with post-LN.
 No self-attention between labels, no position embeddings, no final norm. The classifier belongs to
-each model.
+each model. On CPU fp32 the two residual adds and the GELU run inside oneDNN's GEMMs
+(`recognize.onednn_linear.linear`): same operations, last-bit rounding differences only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from recognize.onednn_linear import linear
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,10 @@ class DecoderLayer(nn.Module):
         v = self._heads(self.value(image_tokens))
         context = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, no mask
         context = context.transpose(1, 2).flatten(2)
-        hidden = self.attn_norm(hidden + self.attn_out(context))
-        return self.ffn_norm(hidden + self.ffn_out(F.gelu(self.ffn_in(hidden))))
+        # residual adds and GELU inside oneDNN's GEMM on CPU fp32 (`recognize.onednn_linear.linear`; plain
+        # torch elsewhere): the same operations without a separate pass over the [B, C, H] activations
+        hidden = self.attn_norm(linear(self.attn_out, context, residual=_batched(hidden, context)))
+        return self.ffn_norm(linear(self.ffn_out, linear(self.ffn_in, hidden, gelu=True), residual=hidden))
 
 
 #: our sub-key -> official sub-key, inside `encoder.layer.N.`
@@ -91,6 +96,12 @@ _OFFICIAL_LAYER_KEYS = {
     "ffn_out": "output.dense",
     "ffn_norm": "output.LayerNorm",
 }
+
+
+def _batched(hidden: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`hidden` with `like`'s shape: shared queries arrive expanded over the batch (a stride-0 view),
+    which a fused add cannot read, so they are materialised (what the unfused `+` did implicitly)."""
+    return hidden if hidden.is_contiguous() else hidden.expand_as(like).contiguous()
 
 
 class RecognitionDecoder(nn.Module):
