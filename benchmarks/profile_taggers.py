@@ -128,7 +128,10 @@ def main() -> None:
     parser.add_argument("--models", default="ram,ram_plus,tag2text")
     parser.add_argument("--top", type=int, default=14)
     parser.add_argument("--plain", action="store_true", help="timm's own Swin blocks (no lean forward)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from bench_jobs import _matmul_rate, onednn_rate
 
     try:

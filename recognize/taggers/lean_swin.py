@@ -25,8 +25,12 @@ another order than MKL: differences of float32 rounding (~1e-6 relative, accumul
 blocks), checked against timm's own forward and against the official fixtures within their existing
 tolerances (`tests/taggers/test_lean_swin.py`, `tests/taggers/test_parity_*.py`).
 
+The bias gathered from its table is kept on the block (~47 MB for Swin-L at 384), refreshed when the
+table's storage or version changes (a checkpoint load, an in-place edit).
+
 Where it does not apply it runs timm's forward unchanged: windows that need padding (a map not a
-multiple of the window; never at the released 224 / 384 sizes), training, autocast (the opt-in fast
+multiple of the window; never at the released 224 / 384 sizes), training, autograd tracking the block
+(inputs or parameters that need gradients), autocast (the opt-in fast
 modes keep the path their fidelity was measured on), quantized (tensor-subclass) weights, a non-GELU
 activation or an MLP norm. `LEAN = False` switches it off everywhere (benchmarks, FLOP counting: torch's
 `FlopCounterMode` has no formula for oneDNN's linear or CPU flash attention); `use_timm_blocks` puts
@@ -86,16 +90,27 @@ class LeanSwinBlock(SwinTransformerBlock):
         area, heads = self.window_area, attn.num_heads
         windows = L // area
         q, k, v = qkv.view(B * windows, area, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = attn._get_rel_pos_bias()  # [1, heads, N, N]
+        bias = self._bias(q.dtype)  # [1, heads, N, N]
         if self.attn_mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=attn.scale)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
         else:
-            mask = (bias + self.attn_mask.unsqueeze(1)).to(q.dtype)  # [windows, heads, N, N]
+            mask = bias + self.attn_mask.unsqueeze(1).to(q.dtype)  # [windows, heads, N, N]
             parts = [F.scaled_dot_product_attention(q[i : i + windows], k[i : i + windows], v[i : i + windows],
                                                     attn_mask=mask, scale=attn.scale)
                      for i in range(0, B * windows, windows)]
             out = parts[0] if B == 1 else torch.cat([p.transpose(1, 2) for p in parts]).transpose(1, 2)
         return out.transpose(1, 2).reshape(B, L, C3 // 3)  # SDPA's output is laid out (windows, N, heads, d)
+
+    def _bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """The relative-position bias [1, heads, N, N], gathered from its table once and kept on the block
+        until the table changes (a load or an in-place edit: its storage or version counter moves)."""
+        table = self.attn.relative_position_bias_table
+        key = (table.data_ptr(), table._version, table.device, dtype)
+        cached = self.__dict__.get("_lean_bias")
+        if cached is None or cached[0] != key:
+            cached = (key, self.attn._get_rel_pos_bias().to(dtype))
+            self.__dict__["_lean_bias"] = cached
+        return cached[1]
 
     def _orders(self, H: int, W: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(window order, its inverse) for this map size, cached on the block; None for the identity."""
@@ -112,7 +127,8 @@ class LeanSwinBlock(SwinTransformerBlock):
     def _lean_applies(self, x: torch.Tensor) -> bool:
         mlp, act = self.mlp, getattr(self.mlp, "act", None)
         weights = (self.attn.qkv.weight, self.attn.proj.weight, mlp.fc1.weight, mlp.fc2.weight)
-        return (LEAN and not self.training and not torch.is_autocast_enabled(x.device.type)
+        tracked = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return (LEAN and not self.training and not tracked and not torch.is_autocast_enabled(x.device.type)
                 and x.shape[1] % self.window_size[0] == 0 and x.shape[2] % self.window_size[1] == 0
                 and type(act) is nn.GELU and act.approximate == "none"
                 and isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity)

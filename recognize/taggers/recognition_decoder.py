@@ -15,6 +15,7 @@ each model. On CPU fp32 the two residual adds and the GELU run inside oneDNN's G
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recognize.onednn_linear import linear
+from recognize.onednn_linear import applies_to, linear, linear_weights
+
+#: Fuse the residual adds and GELU into the Linear calls (False: separate ops, for before/after benchmarks).
+FUSED = True
 
 
 @dataclass(frozen=True)
@@ -74,15 +78,42 @@ class DecoderLayer(nn.Module):
         return x.view(b, n, self.num_heads, -1).transpose(1, 2)
 
     def forward(self, hidden: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
-        q = self._heads(self.query(hidden))
-        k = self._heads(self.key(image_tokens))
-        v = self._heads(self.value(image_tokens))
-        context = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, no mask
-        context = context.transpose(1, 2).flatten(2)
+        q, k, v = self.query(hidden), self.key(image_tokens), self.value(image_tokens)
+        if FUSED and q.device.type == "cpu" and applies_to(k, q):
+            context = self._attention_by_gemm(q, k, v)
+        else:
+            context = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+            context = context.transpose(1, 2).flatten(2)  # softmax(q k^T / sqrt(d)) v, no mask
         # residual adds and GELU inside oneDNN's GEMM on CPU fp32 (`recognize.onednn_linear.linear`; plain
         # torch elsewhere): the same operations without a separate pass over the [B, C, H] activations
+        if not FUSED:
+            hidden = self.attn_norm(hidden + self.attn_out(context))
+            return self.ffn_norm(hidden + self.ffn_out(F.gelu(self.ffn_in(hidden))))
         hidden = self.attn_norm(linear(self.attn_out, context, residual=_batched(hidden, context)))
         return self.ffn_norm(linear(self.ffn_out, linear(self.ffn_in, hidden, gelu=True), residual=hidden))
+
+    def _attention_by_gemm(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v per image and head as two oneDNN GEMMs (CPU fp32).
+
+        Why not SDPA here: CPU flash attention splits the thousands of label queries into 32-256-row
+        blocks and multiplies them with MKL's small-matrix sgemm, which ran at ~1/4 of oneDNN's rate
+        on this project's AMD machine (1 thread: the decoders' two attentions took ~0.12 s of a RAM++
+        forward for ~4 GFLOP). The scores of one head are small ([C, N], N = 145 image tokens), so the
+        plain (not streaming) softmax is cheap, and it is the official BERT formula: (q k^T) / sqrt(d).
+        """
+        B, _, width = q.shape
+        d = width // self.num_heads
+        root = math.sqrt(d)
+        images = []
+        for b in range(B):
+            heads = []
+            for h in range(self.num_heads):
+                cols = slice(h * d, (h + 1) * d)
+                scores = linear_weights(q[b, :, cols], k[b, :, cols].contiguous())  # [C, N]: q k^T
+                probs = scores.div_(root).softmax(dim=-1)
+                heads.append(linear_weights(probs, v[b, :, cols].t().contiguous()))  # [C, d]
+            images.append(torch.cat(heads, dim=-1))
+        return images[0].unsqueeze(0) if B == 1 else torch.stack(images)
 
 
 #: our sub-key -> official sub-key, inside `encoder.layer.N.`

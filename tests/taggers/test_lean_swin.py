@@ -107,3 +107,27 @@ def test_decoder_fused_adds_equal_plain(monkeypatch):
             monkeypatch.setattr(onednn_linear, "ONEDNN", True)
             fused = decoder(queries, image)
         assert (fused - plain).abs().max().item() <= 1e-5 * plain.abs().max().item()
+
+
+def test_cached_bias_follows_the_table_and_gradients_use_timm():
+    block = _random(SwinTransformerBlock(16, (14, 14), num_heads=2, window_size=7, shift_size=0))
+    block.__class__ = LeanSwinBlock
+    x = torch.randn(1, 14, 14, 16, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        before = block(x)
+    state = {k: v.clone() for k, v in block.state_dict().items()}
+    table = state["attn.relative_position_bias_table"]
+    table += torch.randn(table.shape, generator=torch.Generator().manual_seed(5))
+    block.load_state_dict(state)  # an in-place copy into the same storage: the cache must notice
+    with torch.inference_mode():
+        after = block(x)
+        use_timm_blocks(block)
+        expected = block(x)
+        use_lean_blocks(block)
+    assert not torch.allclose(after, before)
+    assert (after - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    # autograd through the block (e.g. a saliency map) takes timm's path, bias table included
+    block.requires_grad_(True)
+    assert not block._lean_applies(x)
+    block(x).sum().backward()
+    assert block.attn.relative_position_bias_table.grad is not None
