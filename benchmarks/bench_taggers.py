@@ -2,8 +2,8 @@
 
 For each tagger (official size, random weights: the benchmark's cached checkpoints), the stage is
 loaded as a run loads it (oneDNN Linears), then rounds alternate, in changing order: timm's Swin blocks
-with the decoder's unfused adds ("before": `lean_swin.LEAN = False`, `recognition_decoder.FUSED =
-False`), the lean path ("after"), a 2048^3 `a @ b` (MKL) and the same product through oneDNN's linear.
+with the decoder's unfused adds and SDPA, image-independent queries recomputed every call ("before":
+`lean_swin.LEAN`, `recognition_decoder.FUSED`, `precomputed.PRECOMPUTE` all False), the lean path ("after"), a 2048^3 `a @ b` (MKL) and the same product through oneDNN's linear.
 Each is timed by *process CPU time* divided by torch's thread count as well as by wall time: on a shared
 machine CPU time is what our threads actually ran, wall time also counts waiting for a core. FLOPs
 are counted once on the plain path (`bench_jobs.counting_flops`). Model forward only (the stage's
@@ -33,10 +33,11 @@ def _timed(fn) -> tuple[float, float]:
 
 
 def _mode(lean: bool) -> None:
-    from recognize.taggers import lean_swin, recognition_decoder
+    from recognize.taggers import lean_swin, precomputed, recognition_decoder
 
     lean_swin.LEAN = lean
     recognition_decoder.FUSED = lean
+    precomputed.PRECOMPUTE = lean
 
 
 def measure(stage_name: str, rounds: int) -> dict[str, float]:

@@ -25,8 +25,8 @@ another order than MKL: differences of float32 rounding (~1e-6 relative, accumul
 blocks), checked against timm's own forward and against the official fixtures within their existing
 tolerances (`tests/taggers/test_lean_swin.py`, `tests/taggers/test_parity_*.py`).
 
-The bias gathered from its table is kept on the block (~47 MB for Swin-L at 384), refreshed when the
-table's storage or version changes (a checkpoint load, an in-place edit).
+The bias gathered from its table is kept on the block (~47 MB for Swin-L at 384) while the table is
+unchanged (`recognize.taggers.precomputed`).
 
 Where it does not apply it runs timm's forward unchanged: windows that need padding (a map not a
 multiple of the window; never at the released 224 / 384 sizes), training, autograd tracking the block
@@ -34,7 +34,8 @@ multiple of the window; never at the released 224 / 384 sizes), training, autogr
 modes keep the path their fidelity was measured on), quantized (tensor-subclass) weights, a non-GELU
 activation or an MLP norm. `LEAN = False` switches it off everywhere (benchmarks, FLOP counting: torch's
 `FlopCounterMode` has no formula for oneDNN's linear or CPU flash attention); `use_timm_blocks` puts
-timm's class back on a built model, `use_lean_blocks` installs this one (`SwinBackbone` does so).
+timm's class back on a built model, `use_lean_blocks` installs this one (the tagger stages do so at
+load, with `recognize.onednn_linear.use_onednn_linears`; a model built directly runs timm's forward).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
 from recognize.onednn_linear import linear
+from recognize.taggers.precomputed import cache_on
 
 __all__ = ["LEAN", "LeanSwinBlock", "use_lean_blocks", "use_timm_blocks", "window_order"]
 
@@ -103,14 +105,10 @@ class LeanSwinBlock(SwinTransformerBlock):
 
     def _bias(self, dtype: torch.dtype) -> torch.Tensor:
         """The relative-position bias [1, heads, N, N], gathered from its table once and kept on the block
-        until the table changes (a load or an in-place edit: its storage or version counter moves)."""
-        table = self.attn.relative_position_bias_table
-        key = (table.data_ptr(), table._version, table.device, dtype)
-        cached = self.__dict__.get("_lean_bias")
-        if cached is None or cached[0] != key:
-            cached = (key, self.attn._get_rel_pos_bias().to(dtype))
-            self.__dict__["_lean_bias"] = cached
-        return cached[1]
+        while the table is unchanged (`recognize.taggers.precomputed`)."""
+        attn = self.attn
+        inputs = [attn.relative_position_bias_table, attn.relative_position_index]
+        return cache_on(self, "bias").get(inputs, lambda: attn._get_rel_pos_bias().to(dtype))
 
     def _orders(self, H: int, W: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(window order, its inverse) for this map size, cached on the block; None for the identity."""

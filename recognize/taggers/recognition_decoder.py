@@ -9,8 +9,9 @@ Why it is ours and this small: the official module is a BLIP BERT with its embed
 self-attention deleted, so what is left is per layer: cross-attention from the label queries to the
 image tokens (all valid, no mask), then post-LN residual, then a GELU (erf) feed-forward with post-LN.
 No self-attention between labels, no position embeddings, no final norm. The classifier belongs to
-each model. On CPU fp32 the two residual adds and the GELU run inside oneDNN's GEMMs
-(`recognize.onednn_linear.linear`): same operations, last-bit rounding differences only.
+each model. Once its Linears are on oneDNN (`use_onednn_linears`, as the stages do at load), on CPU fp32
+the two residual adds and the GELU run inside oneDNN's GEMMs (`recognize.onednn_linear.linear`) and the
+cross-attention is two oneDNN GEMMs per head: same operations, last-bit rounding differences only.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recognize.onednn_linear import applies_to, linear, linear_weights
+from recognize.onednn_linear import OneDNNLinear, applies_to, linear, linear_weights
+from recognize.taggers.precomputed import cache_on
 
-#: Fuse the residual adds and GELU into the Linear calls (False: separate ops, for before/after benchmarks).
+#: Fuse the residual adds and GELU into the Linear calls and run attention as oneDNN GEMMs, where the
+#: model's Linears were moved to oneDNN (`use_onednn_linears`, as the stages do); False: plain torch.
 FUSED = True
 
 
@@ -77,16 +80,19 @@ class DecoderLayer(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, -1).transpose(1, 2)
 
-    def forward(self, hidden: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.query(hidden), self.key(image_tokens), self.value(image_tokens)
-        if FUSED and q.device.type == "cpu" and applies_to(k, q):
+    def forward(self, hidden: torch.Tensor, image_tokens: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
+        """`query`: `self.query(hidden)` when the caller already has it (shared queries, precomputed)."""
+        q = self.query(hidden) if query is None else query
+        k, v = self.key(image_tokens), self.value(image_tokens)
+        fused = FUSED and isinstance(self.attn_out, OneDNNLinear)
+        if fused and q.device.type == "cpu" and applies_to(k, q):
             context = self._attention_by_gemm(q, k, v)
         else:
             context = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
             context = context.transpose(1, 2).flatten(2)  # softmax(q k^T / sqrt(d)) v, no mask
         # residual adds and GELU inside oneDNN's GEMM on CPU fp32 (`recognize.onednn_linear.linear`; plain
         # torch elsewhere): the same operations without a separate pass over the [B, C, H] activations
-        if not FUSED:
+        if not fused:
             hidden = self.attn_norm(hidden + self.attn_out(context))
             return self.ffn_norm(hidden + self.ffn_out(F.gelu(self.ffn_in(hidden))))
         hidden = self.attn_norm(linear(self.attn_out, context, residual=_batched(hidden, context)))
@@ -143,11 +149,18 @@ class RecognitionDecoder(nn.Module):
 
     def forward(self, queries: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         """queries [B,C,H] (or [C,H], shared by the batch), image tokens [B,N,E] -> [B,C,H]."""
+        batch = image_tokens.shape[0]
+        first_query = None
         if queries.ndim == 2:
-            queries = queries.unsqueeze(0).expand(image_tokens.shape[0], -1, -1)
+            # the first layer's query projection of shared queries is the same for every image: kept
+            # between calls while `queries` is the same tensor (`recognize.taggers.precomputed`)
+            project = self.layers[0].query
+            first = cache_on(self, "first_query").get([queries, *project.parameters()], lambda: project(queries))
+            first_query = first.unsqueeze(0).expand(batch, -1, -1)
+            queries = queries.unsqueeze(0).expand(batch, -1, -1)
         hidden = queries
-        for layer in self.layers:
-            hidden = layer(hidden, image_tokens)
+        for i, layer in enumerate(self.layers):
+            hidden = layer(hidden, image_tokens, first_query if i == 0 else None)
         return hidden
 
     def official_keys(self, prefix: str = "tagging_head") -> dict[str, str]:

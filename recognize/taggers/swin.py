@@ -17,8 +17,8 @@ timm matches the official maths: the window clamp (a stage whose map is not larg
 uses one full-map window and no shift), the -100 shifted-window mask, the patch-merging channel order
 (x[0::2,0::2], x[1::2,0::2], x[0::2,1::2], x[1::2,1::2]: timm's reshape/permute yields exactly this
 order, so the reduction/norm weights load unpermuted; checked stage by stage against the fixtures'
-`intermediates.pt`), exact GELU and LayerNorm eps 1e-5. The blocks run timm's maths with fewer copies
-(`recognize.taggers.lean_swin.LeanSwinBlock`; `use_timm_blocks(model)` restores timm's own forward).
+`intermediates.pt`), exact GELU and LayerNorm eps 1e-5. The tagger stages give the blocks a forward with
+the same maths and fewer copies at load (`recognize.taggers.lean_swin.use_lean_blocks`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from typing import Any
 import torch
 from timm.layers import resize_rel_pos_bias_table
 from timm.models.swin_transformer import SwinTransformer
-
-from recognize.taggers.lean_swin import use_lean_blocks
 
 @dataclass(frozen=True)
 class SwinConfig:
@@ -102,7 +100,6 @@ class SwinBackbone(SwinTransformer):
             device=device,
         )
         self.config = config
-        use_lean_blocks(self)  # same maths, fewer passes over memory (`recognize.taggers.lean_swin`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         tokens = self.forward_features(x).flatten(1, 2)  # NHWC -> [B, L, C], row-major

@@ -8,7 +8,7 @@ from timm.models.swin_transformer import SwinTransformerBlock, window_partition
 
 from recognize import onednn_linear
 from recognize.onednn_linear import use_onednn_linears
-from recognize.taggers import lean_swin
+from recognize.taggers import lean_swin, recognition_decoder
 from recognize.taggers.lean_swin import LeanSwinBlock, use_lean_blocks, use_timm_blocks, window_order
 from recognize.taggers.recognition_decoder import DecoderConfig, RecognitionDecoder
 from recognize.taggers.swin import SwinBackbone, SwinConfig
@@ -46,13 +46,15 @@ def test_window_order_is_roll_then_window_partition(shift):
     assert torch.equal(window_order(H, W, window, shift), expected)
 
 
-def test_backbone_installs_lean_blocks_and_swaps_back():
+def test_lean_blocks_swap_in_and_out():
     model = SwinBackbone(SMALL)
     blocks = [m for m in model.modules() if isinstance(m, SwinTransformerBlock)]
-    assert blocks and all(type(b) is LeanSwinBlock for b in blocks)
+    assert blocks and all(type(b) is SwinTransformerBlock for b in blocks)  # built directly: timm's forward
+    keys = set(model.state_dict())
+    use_lean_blocks(model)
+    assert all(type(b) is LeanSwinBlock for b in blocks)
     use_timm_blocks(model)
     assert all(type(b) is SwinTransformerBlock for b in blocks)
-    keys = set(model.state_dict())
     use_lean_blocks(model)
     assert all(type(b) is LeanSwinBlock for b in blocks) and set(model.state_dict()) == keys
 
@@ -60,7 +62,7 @@ def test_backbone_installs_lean_blocks_and_swaps_back():
 @pytest.mark.parametrize("onednn", [False, True], ids=["torch-linear", "onednn-linear"])
 def test_lean_backbone_equals_timm(onednn, monkeypatch):
     monkeypatch.setattr(onednn_linear, "ONEDNN", onednn)
-    model = _random(SwinBackbone(SMALL))
+    model = use_lean_blocks(_random(SwinBackbone(SMALL)))
     use_onednn_linears(model)
     images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     lean, plain = _both(model, images)
@@ -94,19 +96,28 @@ def test_lean_block_switch_and_fallbacks_run_timm_exactly(monkeypatch):
         assert torch.equal(padded(y), expected)
 
 
-def test_decoder_fused_adds_equal_plain(monkeypatch):
+def test_decoder_fused_path_equals_plain(monkeypatch):
+    """Fused adds/GELU and attention as oneDNN GEMMs (Linears on oneDNN) against the plain forward."""
     decoder = _random(RecognitionDecoder(DecoderConfig(hidden_size=64, num_layers=2, num_heads=4,
                                                        intermediate_size=128, encoder_width=32)))
     generator = torch.Generator().manual_seed(3)
     shared, per_image = torch.randn(50, 64, generator=generator), torch.randn(3, 50, 64, generator=generator)
     image = torch.randn(3, 10, 32, generator=generator)
-    for queries in (shared, per_image):
-        with torch.inference_mode():
-            monkeypatch.setattr(onednn_linear, "ONEDNN", False)
-            plain = decoder(queries, image)
-            monkeypatch.setattr(onednn_linear, "ONEDNN", True)
-            fused = decoder(queries, image)
-        assert (fused - plain).abs().max().item() <= 1e-5 * plain.abs().max().item()
+    calls = []
+    from recognize.taggers.recognition_decoder import DecoderLayer
+
+    original = DecoderLayer._attention_by_gemm
+    monkeypatch.setattr(DecoderLayer, "_attention_by_gemm", lambda self, *a: calls.append(1) or original(self, *a))
+    with torch.inference_mode():
+        plain = [decoder(queries, image) for queries in (shared, per_image)]  # plain nn.Linear: plain forward
+        use_onednn_linears(decoder)
+        fused = [decoder(queries, image) for queries in (shared, per_image)]
+        monkeypatch.setattr(recognition_decoder, "FUSED", False)
+        switched_off = [decoder(queries, image) for queries in (shared, per_image)]
+    for expected, got, off in zip(plain, fused, switched_off):
+        assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+        assert (off - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    assert len(calls) == 2 * 2  # two layers, two query kinds: the GEMM attention ran
 
 
 def test_cached_bias_follows_the_table_and_gradients_use_timm():
