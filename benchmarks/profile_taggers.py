@@ -1,7 +1,8 @@
 """Where the time goes in one tagger forward (RAM, RAM++, Tag2Text), grouped by module and operator.
 
 Official sizes with random weights (the benchmark's cached checkpoints, `bench_models.Kit`), built by
-our stages exactly as a run builds them (oneDNN Linears, lean Swin blocks unless `--plain`). Prints,
+our stages exactly as a run builds them (oneDNN Linears; lean Swin blocks, fused decoder and reused
+image-independent results unless `--plain`). Prints,
 per model: its FLOPs (counted on the plain torch path, `bench_jobs.counting_flops`: the profiler and
 `FlopCounterMode` have no formula for oneDNN's linear), the process CPU time of the profiled forward,
 the GFLOP/s against `a @ b` (MKL) and oneDNN's fp32 GEMM measured in the same process, then the
@@ -127,22 +128,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="ram,ram_plus,tag2text")
     parser.add_argument("--top", type=int, default=14)
-    parser.add_argument("--plain", action="store_true", help="timm's own Swin blocks (no lean forward)")
+    parser.add_argument("--plain", action="store_true", help="the path before the lean one (timm's blocks, ...)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from bench_jobs import _matmul_rate, onednn_rate
 
-    try:
-        from recognize.taggers import lean_swin
-        lean_swin.LEAN = not args.plain
-    except ImportError:
-        pass
+    from recognize.taggers import lean_swin, precomputed, recognition_decoder
+
+    # --plain: timm's blocks, the decoder's unfused adds and SDPA, no reuse of image-independent results
+    lean_swin.LEAN = recognition_decoder.FUSED = precomputed.PRECOMPUTE = not args.plain
     mkl = _matmul_rate(2048, torch.float32, 2.0)["typical"]
     onednn = (onednn_rate(2048, 2.0) or {}).get("typical", float("nan"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; a @ b {mkl:.0f} GFLOP/s, "
-          f"oneDNN {onednn:.0f} GFLOP/s; lean Swin {'off' if args.plain else 'on'}\n", flush=True)
+          f"oneDNN {onednn:.0f} GFLOP/s (wall); lean path {'off' if args.plain else 'on'}\n", flush=True)
     for name in args.models.split(","):
         print(profile_model(name, args.top) + "\n", flush=True)
 
