@@ -84,7 +84,9 @@ class DecoderLayer(nn.Module):
         """`query`: `self.query(hidden)` when the caller already has it (shared queries, precomputed)."""
         q = self.query(hidden) if query is None else query
         k, v = self.key(image_tokens), self.value(image_tokens)
-        fused = FUSED and isinstance(self.attn_out, OneDNNLinear)
+        # not under autocast: the fast modes keep the path their fidelity was measured on (and the unfused
+        # `hidden + out` promotes a bf16 product to float32, where an in-place fused add would not)
+        fused = FUSED and isinstance(self.attn_out, OneDNNLinear) and not torch.is_autocast_enabled(q.device.type)
         if fused and q.device.type == "cpu" and applies_to(k, q):
             context = self._attention_by_gemm(q, k, v)
         else:

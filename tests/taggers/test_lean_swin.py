@@ -142,3 +142,15 @@ def test_cached_bias_follows_the_table_and_gradients_use_timm():
     assert not block._lean_applies(x)
     block(x).sum().backward()
     assert block.attn.relative_position_bias_table.grad is not None
+
+
+def test_decoder_under_autocast_keeps_the_plain_path():
+    """Fast modes (bf16 autocast) keep the computation their fidelity was measured on."""
+    plain = _random(RecognitionDecoder(DecoderConfig(hidden_size=64, num_layers=2, num_heads=4,
+                                                     intermediate_size=128, encoder_width=32)))
+    fast = _random(RecognitionDecoder(DecoderConfig(hidden_size=64, num_layers=2, num_heads=4,
+                                                    intermediate_size=128, encoder_width=32)))
+    use_onednn_linears(fast)
+    queries, image = torch.randn(2, 50, 64), torch.randn(2, 10, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(fast(queries, image), plain(queries, image))
