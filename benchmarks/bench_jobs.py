@@ -122,21 +122,26 @@ def _rate(run, n: int, budget: float) -> dict[str, float]:
 def counting_flops() -> Iterator[Any]:
     """A `FlopCounterMode` over the plain torch path of the same models.
 
-    Our exact CPU paths run oneDNN's linear (`recognize.onednn_linear`) and, in SAM's `LeanBlock`, CPU
-    flash attention without the window padding's work: `FlopCounterMode` (torch 2.14) has no formula
-    for either, so it would count them as zero. Inside this block both are switched off, so the count is
-    the model's FLOPs as `nn.Linear` and segment-anything compute them ("FLOPs counted as today").
+    Our exact CPU paths run oneDNN's linear (`recognize.onednn_linear`) and, in SAM's `LeanBlock` and the
+    taggers' `LeanSwinBlock`, CPU flash attention (SAM: without the window padding's work):
+    `FlopCounterMode` (torch 2.14) has no formula for either, so it would count them as zero. Inside this
+    block all are switched off, so the count is the model's FLOPs as `nn.Linear`, segment-anything and
+    timm compute them ("FLOPs counted as today"); so is the taggers' reuse of image-independent results
+    (`recognize.taggers.precomputed`), so work skipped by reuse still counts as the official code does it.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     from recognize import onednn_linear
+    from recognize.taggers import lean_swin, precomputed
 
     try:
         from recognize_sam import lean_block
     except ImportError:
         lean_block = None
-    saved = onednn_linear.ONEDNN, getattr(lean_block, "LEAN", None)
+    saved = onednn_linear.ONEDNN, getattr(lean_block, "LEAN", None), lean_swin.LEAN, precomputed.PRECOMPUTE
     onednn_linear.ONEDNN = False
+    lean_swin.LEAN = False
+    precomputed.PRECOMPUTE = False
     if lean_block is not None:
         lean_block.LEAN = False
     counter = FlopCounterMode(display=False)
@@ -145,6 +150,8 @@ def counting_flops() -> Iterator[Any]:
             yield counter
     finally:
         onednn_linear.ONEDNN = saved[0]
+        lean_swin.LEAN = saved[2]
+        precomputed.PRECOMPUTE = saved[3]
         if lean_block is not None:
             lean_block.LEAN = saved[1]
 

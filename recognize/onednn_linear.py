@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ONEDNN", "OneDNNLinear", "available", "linear", "linear_weights", "use_onednn_linears"]
+__all__ = ["ONEDNN", "OneDNNLinear", "applies_to", "available", "linear", "linear_weights", "use_onednn_linears"]
 
 #: Use oneDNN where it applies; a switch for benchmarks and tests (False: plain torch).
 ONEDNN = True
@@ -75,6 +75,12 @@ def use_onednn_linears(model: nn.Module) -> int:
             module.__class__ = OneDNNLinear
             count += 1
     return count
+
+
+def applies_to(weight: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether `linear_weights(x, weight)` runs through oneDNN (callers that pick a whole different
+    computation for the oneDNN case, e.g. attention as two GEMMs, ask first)."""
+    return _onednn_applies_to(weight, x)
 
 
 def _onednn_applies(layer: nn.Linear, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:

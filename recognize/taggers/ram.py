@@ -33,6 +33,7 @@ from torch import nn
 
 from recognize.meta_init import parameter_device
 from recognize.taggers.checkpoint import KeySpec
+from recognize.taggers.precomputed import cache_on
 from recognize.taggers.recognition_decoder import DecoderConfig, RecognitionDecoder
 from recognize.taggers.swin import SWIN_L_224, SWIN_L_384, SwinBackbone, SwinConfig, official_key, resize_bias_table
 
@@ -117,7 +118,10 @@ class RAM(nn.Module):
     def label_queries(
         self, image_embeds: torch.Tensor, label_embed: torch.Tensor, num_classes: int
     ) -> torch.Tensor:
-        return F.relu(self.wordvec_proj(label_embed))  # [C,H], shared by the batch
+        """[C,H], shared by the batch and by every call with the same label embedding: kept between
+        calls (`recognize.taggers.precomputed`)."""
+        inputs = [label_embed, *self.wordvec_proj.parameters()]
+        return cache_on(self, "label_queries").get(inputs, lambda: F.relu(self.wordvec_proj(label_embed)))
 
     def logits(
         self, image_embeds: torch.Tensor, label_embed: torch.Tensor | None = None, num_classes: int | None = None

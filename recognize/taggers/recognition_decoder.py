@@ -9,11 +9,14 @@ Why it is ours and this small: the official module is a BLIP BERT with its embed
 self-attention deleted, so what is left is per layer: cross-attention from the label queries to the
 image tokens (all valid, no mask), then post-LN residual, then a GELU (erf) feed-forward with post-LN.
 No self-attention between labels, no position embeddings, no final norm. The classifier belongs to
-each model.
+each model. Once its Linears are on oneDNN (`use_onednn_linears`, as the stages do at load), on CPU fp32
+the two residual adds and the GELU run inside oneDNN's GEMMs (`recognize.onednn_linear.linear`) and the
+cross-attention is two oneDNN GEMMs per head: same operations, last-bit rounding differences only.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +24,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from recognize.onednn_linear import OneDNNLinear, applies_to, linear, linear_weights
+from recognize.taggers.precomputed import cache_on
+
+#: Fuse the residual adds and GELU into the Linear calls and run attention as oneDNN GEMMs, where the
+#: model's Linears were moved to oneDNN (`use_onednn_linears`, as the stages do); False: plain torch.
+FUSED = True
 
 
 @dataclass(frozen=True)
@@ -70,14 +80,48 @@ class DecoderLayer(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, -1).transpose(1, 2)
 
-    def forward(self, hidden: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
-        q = self._heads(self.query(hidden))
-        k = self._heads(self.key(image_tokens))
-        v = self._heads(self.value(image_tokens))
-        context = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, no mask
-        context = context.transpose(1, 2).flatten(2)
-        hidden = self.attn_norm(hidden + self.attn_out(context))
-        return self.ffn_norm(hidden + self.ffn_out(F.gelu(self.ffn_in(hidden))))
+    def forward(self, hidden: torch.Tensor, image_tokens: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
+        """`query`: `self.query(hidden)` when the caller already has it (shared queries, precomputed)."""
+        q = self.query(hidden) if query is None else query
+        k, v = self.key(image_tokens), self.value(image_tokens)
+        # not under autocast: the fast modes keep the path their fidelity was measured on (and the unfused
+        # `hidden + out` promotes a bf16 product to float32, where an in-place fused add would not)
+        fused = FUSED and isinstance(self.attn_out, OneDNNLinear) and not torch.is_autocast_enabled(q.device.type)
+        if fused and q.device.type == "cpu" and applies_to(k, q):
+            context = self._attention_by_gemm(q, k, v)
+        else:
+            context = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+            context = context.transpose(1, 2).flatten(2)  # softmax(q k^T / sqrt(d)) v, no mask
+        # residual adds and GELU inside oneDNN's GEMM on CPU fp32 (`recognize.onednn_linear.linear`; plain
+        # torch elsewhere): the same operations without a separate pass over the [B, C, H] activations
+        if not fused:
+            hidden = self.attn_norm(hidden + self.attn_out(context))
+            return self.ffn_norm(hidden + self.ffn_out(F.gelu(self.ffn_in(hidden))))
+        hidden = self.attn_norm(linear(self.attn_out, context, residual=_batched(hidden, context)))
+        return self.ffn_norm(linear(self.ffn_out, linear(self.ffn_in, hidden, gelu=True), residual=hidden))
+
+    def _attention_by_gemm(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v per image and head as two oneDNN GEMMs (CPU fp32).
+
+        Why not SDPA here: CPU flash attention splits the thousands of label queries into 32-256-row
+        blocks and multiplies them with MKL's small-matrix sgemm, which ran at ~1/4 of oneDNN's rate
+        on this project's AMD machine (1 thread: the decoders' two attentions took ~0.12 s of a RAM++
+        forward for ~4 GFLOP). The scores of one head are small ([C, N], N = 145 image tokens), so the
+        plain (not streaming) softmax is cheap, and it is the official BERT formula: (q k^T) / sqrt(d).
+        """
+        B, _, width = q.shape
+        d = width // self.num_heads
+        root = math.sqrt(d)
+        images = []
+        for b in range(B):
+            heads = []
+            for h in range(self.num_heads):
+                cols = slice(h * d, (h + 1) * d)
+                scores = linear_weights(q[b, :, cols], k[b, :, cols].contiguous())  # [C, N]: q k^T
+                probs = scores.div_(root).softmax(dim=-1)
+                heads.append(linear_weights(probs, v[b, :, cols].t().contiguous()))  # [C, d]
+            images.append(torch.cat(heads, dim=-1))
+        return images[0].unsqueeze(0) if B == 1 else torch.stack(images)
 
 
 #: our sub-key -> official sub-key, inside `encoder.layer.N.`
@@ -93,6 +137,12 @@ _OFFICIAL_LAYER_KEYS = {
 }
 
 
+def _batched(hidden: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`hidden` with `like`'s shape: shared queries arrive expanded over the batch (a stride-0 view),
+    which a fused add cannot read, so they are materialised (what the unfused `+` did implicitly)."""
+    return hidden if hidden.is_contiguous() else hidden.expand_as(like).contiguous()
+
+
 class RecognitionDecoder(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
@@ -101,11 +151,18 @@ class RecognitionDecoder(nn.Module):
 
     def forward(self, queries: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         """queries [B,C,H] (or [C,H], shared by the batch), image tokens [B,N,E] -> [B,C,H]."""
+        batch = image_tokens.shape[0]
+        first_query = None
         if queries.ndim == 2:
-            queries = queries.unsqueeze(0).expand(image_tokens.shape[0], -1, -1)
+            # the first layer's query projection of shared queries is the same for every image: kept
+            # between calls while `queries` is the same tensor (`recognize.taggers.precomputed`)
+            project = self.layers[0].query
+            first = cache_on(self, "first_query").get([queries, *project.parameters()], lambda: project(queries))
+            first_query = first.unsqueeze(0).expand(batch, -1, -1)
+            queries = queries.unsqueeze(0).expand(batch, -1, -1)
         hidden = queries
-        for layer in self.layers:
-            hidden = layer(hidden, image_tokens)
+        for i, layer in enumerate(self.layers):
+            hidden = layer(hidden, image_tokens, first_query if i == 0 else None)
         return hidden
 
     def official_keys(self, prefix: str = "tagging_head") -> dict[str, str]:

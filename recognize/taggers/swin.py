@@ -17,7 +17,8 @@ timm matches the official maths: the window clamp (a stage whose map is not larg
 uses one full-map window and no shift), the -100 shifted-window mask, the patch-merging channel order
 (x[0::2,0::2], x[1::2,0::2], x[0::2,1::2], x[1::2,1::2]: timm's reshape/permute yields exactly this
 order, so the reduction/norm weights load unpermuted; checked stage by stage against the fixtures'
-`intermediates.pt`), exact GELU and LayerNorm eps 1e-5.
+`intermediates.pt`), exact GELU and LayerNorm eps 1e-5. The tagger stages give the blocks a forward with
+the same maths and fewer copies at load (`recognize.taggers.lean_swin.use_lean_blocks`).
 """
 
 from __future__ import annotations

@@ -153,9 +153,11 @@ class TaggerStage(Stage):
 
         def factory() -> nn.Module:
             from recognize.onednn_linear import use_onednn_linears
+            from recognize.taggers.lean_swin import use_lean_blocks
 
             model = self.build_model().eval().to(device=device, dtype=dtype).requires_grad_(False)
             use_onednn_linears(model)  # CPU fp32: oneDNN's GEMM (~2x MKL's on AMD); elsewhere plain torch
+            use_lean_blocks(model)  # timm's Swin maths with fewer passes over memory (exact path only)
             return model
 
         self.model = shared_models.get((*self.model_key(), str(device), str(dtype)), factory, owner=self)
