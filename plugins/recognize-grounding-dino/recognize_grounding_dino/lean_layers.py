@@ -39,13 +39,14 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recognize.onednn_linear import linear_weights
+from recognize.onednn_linear import linear, linear_weights
 
 
 class DeformableSampling(nn.Module):
@@ -191,16 +192,68 @@ def _no_padding(mask: torch.Tensor | None) -> bool:
     return mask is None or (mask.device.type == "cpu" and not bool(mask.any()))
 
 
+def _power_of_two(value: float) -> bool:
+    mantissa, _ = math.frexp(value)
+    return value > 0 and mantissa == 0.5
+
+
 class LeanBiMultiHeadAttention:
-    """Mixin over transformers' `GroundingDinoBiMultiHeadAttention`: all-False masks are dropped."""
+    """Mixin over transformers' `GroundingDinoBiMultiHeadAttention` (see the module docstring):
+    all-False masks are dropped; in inference the heads stay views (no per-head copies)."""
 
     def forward(self, vision_features, text_features, vision_attention_mask=None, text_attention_mask=None):
         if _no_padding(vision_attention_mask):
             vision_attention_mask = None
         if _no_padding(text_attention_mask):
             text_attention_mask = None
-        return super().forward(vision_features, text_features, vision_attention_mask=vision_attention_mask,
-                               text_attention_mask=text_attention_mask)
+        if self.training or torch.is_grad_enabled():
+            return super().forward(vision_features, text_features, vision_attention_mask=vision_attention_mask,
+                                   text_attention_mask=text_attention_mask)
+        batch, pixels, _ = vision_features.shape
+        tokens = text_features.shape[1]
+        heads, dims = self.num_heads, self.head_dim
+
+        def split(states: torch.Tensor, length: int) -> torch.Tensor:  # [B, n, h*d] -> [B, h, n, d], a view
+            return states.view(batch, length, heads, dims).transpose(1, 2)
+
+        vision_query = self.vision_proj(vision_features)
+        text_key = self.text_proj(text_features)
+        # q * s . k == q . k * s exactly when s is a power of two (1/16 for 256-d heads): scale the
+        # 51-token keys, not the 17k-pixel queries
+        if _power_of_two(self.scale):
+            text_key = text_key * self.scale
+        else:
+            vision_query = vision_query * self.scale
+        vision_value = split(self.values_vision_proj(vision_features), pixels)
+        text_value = split(self.values_text_proj(text_features), tokens)
+        vision_query, text_key = split(vision_query, pixels), split(text_key, tokens)
+        # bmm reads the strided head views as they are (a copy per head was transformers' `_reshape`)
+        attn_weights = vision_query.new_empty(batch, heads, pixels, tokens)
+        for b in range(batch):
+            torch.bmm(vision_query[b], text_key[b].transpose(-1, -2), out=attn_weights[b])
+        # from here on transformers' arithmetic, on [B, h, pixels, tokens] instead of [B*h, ...]
+        attn_weights = attn_weights.sub_(attn_weights.max()).clamp_(min=-50000, max=50000)
+        attn_weights_transposed = attn_weights.transpose(-1, -2)
+        text_attn_weights = attn_weights_transposed - torch.max(attn_weights_transposed, dim=-1, keepdim=True)[0]
+        text_attn_weights = text_attn_weights.clamp_(min=-50000, max=50000)
+        if vision_attention_mask is not None:
+            text_attn_weights.masked_fill_(vision_attention_mask[:, None, None, :], float("-inf"))
+        text_attn_weights = text_attn_weights.softmax(dim=-1)
+        if text_attention_mask is not None:
+            attn_weights.masked_fill_(text_attention_mask[:, None, None, :], float("-inf"))
+        vision_attn_weights = attn_weights.softmax(dim=-1)
+        # each head's product written straight into its columns of the [B, pixels, h*d] input of
+        # out_vision_proj (the transpose back is a view, not a copy)
+        vision_attn_output = vision_attn_weights.new_empty(batch, pixels, heads * dims)
+        text_attn_output = text_attn_weights.new_empty(batch, tokens, heads * dims)
+        vision_out, text_out = split(vision_attn_output, pixels), split(text_attn_output, tokens)
+        for b in range(batch):
+            torch.bmm(vision_attn_weights[b], text_value[b], out=vision_out[b])
+            torch.bmm(text_attn_weights[b], vision_value[b], out=text_out[b])
+        vision_attn_output = self.out_vision_proj(vision_attn_output)
+        text_attn_output = self.out_text_proj(text_attn_output)
+        return ((vision_attn_output, vision_attn_weights.flatten(0, 1)),
+                (text_attn_output, text_attn_weights.flatten(0, 1)))
 
 
 class LeanDeformableAttention:
@@ -211,6 +264,28 @@ class LeanDeformableAttention:
         if attention_mask is not None and _no_padding(~attention_mask):
             attention_mask = None
         return super().forward(hidden_states, attention_mask, *args, **kwargs)
+
+
+class LeanDeformableLayer:
+    """Mixin over transformers' `GroundingDinoDeformableLayer` (the encoder's image layer): the
+    feed-forward's ReLU and its residual add run inside the two GEMMs (see the module docstring)."""
+
+    def forward(self, hidden_states, attention_mask, position_embeddings=None, reference_points=None,
+                spatial_shapes=None, spatial_shapes_list=None, level_start_index=None, output_attentions=False):
+        if self.training or torch.is_grad_enabled() or not isinstance(self.activation_fn, nn.ReLU):
+            return super().forward(hidden_states, attention_mask, position_embeddings, reference_points,
+                                   spatial_shapes, spatial_shapes_list, level_start_index, output_attentions)
+        residual = hidden_states
+        hidden_states, attn_weights = self.self_attn(
+            hidden_states=hidden_states, attention_mask=attention_mask, encoder_hidden_states=hidden_states,
+            encoder_attention_mask=attention_mask, position_embeddings=position_embeddings,
+            reference_points=reference_points, spatial_shapes=spatial_shapes,
+            spatial_shapes_list=spatial_shapes_list, level_start_index=level_start_index,
+            output_attentions=output_attentions)
+        hidden_states = self.self_attn_layer_norm(residual + hidden_states)
+        expanded = linear(self.fc1, hidden_states, relu=True)
+        hidden_states = self.final_layer_norm(linear(self.fc2, expanded, residual=hidden_states))
+        return hidden_states, attn_weights
 
 
 def _plain(tensor: torch.Tensor) -> bool:
@@ -295,6 +370,8 @@ def lean(model: nn.Module, sampling: str = "gather") -> nn.Module:
             _mix(module, LeanDeformableAttention)
         elif name == "GroundingDinoBiMultiHeadAttention":
             _mix(module, LeanBiMultiHeadAttention)
+        elif name == "GroundingDinoDeformableLayer":
+            _mix(module, LeanDeformableLayer)
         elif name == "SwinAttention" and all(hasattr(module, p) for p in ("q_proj", "k_proj", "v_proj")):
             _mix(module, FusedQKVSwinAttention)
     return model
