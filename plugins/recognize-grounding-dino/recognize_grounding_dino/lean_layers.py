@@ -341,6 +341,67 @@ class FusedQKVSwinAttention:
         return self.o_proj(attn_output), attn_weights
 
 
+def window_indices(height: int, width: int, window: int, shift: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Swin's pad + cyclic shift + window partition of a [height * width] token map as one gather,
+    and its inverse: `(gather, padding, scatter)`. Window row `k` (transformers' window order,
+    `window_partition(torch.roll(pad(x), (-shift, -shift)))`) reads token `gather[k]`, except the rows
+    listed in `padding` (pad pixels: zeros); token `t` of the map is window row `scatter[t]`
+    (`window_reverse`, `torch.roll(+shift)` and the crop in one)."""
+    padded_h = height + (window - height % window) % window
+    padded_w = width + (window - width % window) % window
+    rows = torch.arange(padded_h, device=device)
+    cols = torch.arange(padded_w, device=device)
+    # window row order: (window row, window column, row in window, column in window)
+    win_rows = rows.view(padded_h // window, 1, window, 1)
+    win_cols = cols.view(1, padded_w // window, 1, window)
+    source_r = (win_rows + shift) % padded_h
+    source_c = (win_cols + shift) % padded_w
+    real = (source_r < height) & (source_c < width)
+    gather = torch.where(real, source_r * width + source_c, torch.zeros((), dtype=torch.long, device=device))
+    gather = gather.reshape(-1)
+    padding = (~real).reshape(-1).nonzero().flatten()
+    # inverse: the rolled position of real pixel (r, c), then its window row
+    rolled_r = (rows[:height] - shift) % padded_h
+    rolled_c = (cols[:width] - shift) % padded_w
+    windows_per_row = padded_w // window
+    scatter = (((rolled_r // window) * windows_per_row).view(-1, 1) + (rolled_c // window).view(1, -1)) * window * window
+    scatter = scatter + ((rolled_r % window) * window).view(-1, 1) + (rolled_c % window).view(1, -1)
+    return gather, padding, scatter.reshape(-1)
+
+
+class LeanSwinLayer:
+    """Mixin over transformers' `SwinLayer` (see the module docstring): pad, cyclic shift and window
+    partition as one gather (and back as one), the MLP's GELU and residual add inside its GEMMs."""
+
+    def forward(self, hidden_states: torch.Tensor, input_dimensions: tuple[int, int], always_partition: bool = False,
+                **kwargs: Any):
+        act = self.mlp.activation_fn
+        if (self.training or torch.is_grad_enabled() or getattr(act, "act", None) is not F.gelu
+                or not isinstance(self.drop_path, nn.Identity) or kwargs.get("output_attentions")):
+            return super().forward(hidden_states, input_dimensions, always_partition, **kwargs)
+        if not always_partition:
+            self.set_shift_and_window_size(input_dimensions)
+        height, width = input_dimensions
+        batch, _, channels = hidden_states.shape
+        window, shift = int(self.window_size), int(self.shift_size)
+        key = (height, width, window, shift, hidden_states.device)
+        cached = self.__dict__.get("_windows")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_windows"] = (key, window_indices(height, width, window, shift, hidden_states.device))
+        gather, padding, scatter = cached[1]
+        windows = self.layernorm_before(hidden_states).index_select(1, gather)
+        if padding.numel():
+            windows.index_fill_(1, padding, 0)
+        padded_h = height + (window - height % window) % window
+        padded_w = width + (window - width % window) % window
+        attn_mask = self.get_attn_mask(padded_h, padded_w, dtype=hidden_states.dtype, device=hidden_states.device)
+        attention_output, attn_weights = self.attention(windows.view(-1, window * window, channels), attn_mask, **kwargs)
+        hidden_states = hidden_states + attention_output.view(batch, -1, channels).index_select(1, scatter)
+        expanded = linear(self.mlp.fc1, self.layernorm_after(hidden_states), gelu=True)
+        return linear(self.mlp.fc2, expanded, residual=hidden_states), attn_weights
+
+
 _MIXED: dict[tuple[type, type], type] = {}
 
 
@@ -372,6 +433,8 @@ def lean(model: nn.Module, sampling: str = "gather") -> nn.Module:
             _mix(module, LeanBiMultiHeadAttention)
         elif name == "GroundingDinoDeformableLayer":
             _mix(module, LeanDeformableLayer)
+        elif name == "SwinLayer":
+            _mix(module, LeanSwinLayer)
         elif name == "SwinAttention" and all(hasattr(module, p) for p in ("q_proj", "k_proj", "v_proj")):
             _mix(module, FusedQKVSwinAttention)
     return model
