@@ -1,4 +1,4 @@
-"""Leaner forwards for four of transformers' Grounding DINO modules: same weights, the same results
+"""Leaner forwards for six of transformers' Grounding DINO modules: same weights, the same results
 within float32 rounding (some bit for bit, as each item below says).
 
 Issue 11 measured our transformers-based model slower on CPU than the official code, with `copy_`
@@ -18,11 +18,36 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
   once for all levels (each level is a view of it), and each level's weighted samples are written
   straight into their slice of one buffer, which is then summed as before: the same products
   summed in the same order, so the output is bit-for-bit the one transformers computes.
-- **Image-text fusion attention** (`GroundingDinoBiMultiHeadAttention`): transformers repeats each
-  padding mask per head and `masked_fill_`s the full image x text attention matrices with it even
-  when nothing is padded (a single image, or a batch of one size, has no padded pixels; a single
-  caption no padded tokens). Here a mask with no True entry is skipped: filling nothing changes
-  nothing. The official code does the same fills; results are identical.
+- **Image-text fusion attention** (`LeanBiMultiHeadAttention` over `GroundingDinoBiMultiHeadAttention`):
+  transformers repeats each padding mask per head and `masked_fill_`s the full image x text
+  attention matrices with it even when nothing is padded (a single image, or a batch of one size,
+  has no padded pixels; a single caption no padded tokens). Here a mask with no True entry is
+  skipped: filling nothing changes nothing (the official code does the same fills). In inference,
+  the rest is transformers' arithmetic with fewer copies: transformers (and the official code)
+  copy the ~17k x 1024 image queries and values into a per-head layout (`_reshape`:
+  `.transpose(1, 2).contiguous()`), multiply the queries by the head scale (another pass), and copy
+  the attention output back from per-head to per-pixel layout before `out_vision_proj`. Here the
+  heads stay strided views that `bmm` reads as they are, each head's output is written straight
+  into its columns of `out_vision_proj`'s input (`bmm(out=...)` on a strided view), and the scale
+  multiplies the ~50-token text keys instead: `(q * s) . k == q . (k * s)` exactly when `s` is a
+  power of two (it is 1/16 for the 256-wide heads of both released models; any other head size
+  scales the queries as transformers does). The same products and sums: bit for bit on this CPU
+  (float32 rounding allowed in the tests); masks are applied as in transformers. Autograd and
+  training run transformers' forward.
+- **Encoder image layer's feed-forward** (`LeanDeformableLayer` over `GroundingDinoDeformableLayer`):
+  `fc1`'s ReLU and `fc2`'s residual add are applied by oneDNN on the GEMMs' output tiles
+  (`recognize.onednn_linear.linear(relu=True / residual=...)`), instead of two more passes over the
+  17k x 2048 and 17k x 256 activations. `relu` and `+` on the same values: bit for bit with the
+  oneDNN Linears the exact path uses anyway (within rounding of plain torch's GEMM elsewhere).
+- **Swin layer** (`LeanSwinLayer` over `SwinLayer`): transformers (like the official Swin) pads
+  the normalised map to a multiple of the window (a copy), rolls it by the shift (a copy), cuts it
+  into windows (`window_partition`: a copy), and after the attention undoes the three (two copies
+  and a crop `.contiguous()`): here the pad + roll + partition is one `index_select` with indices
+  computed once per map size (pad pixels are zero rows, as the zero padding gives), and the way
+  back is one `index_select`; the MLP's GELU (erf) and its residual add run inside the oneDNN
+  GEMMs. Pure data movement plus the same arithmetic: bit for bit on this CPU (float32 rounding
+  allowed in the tests). Autograd, training, drop-path and non-GELU activations run transformers'
+  forward.
 - **Deformable attention's value mask** (`LeanDeformableAttention`): transformers `masked_fill`s
   the value projection with the padding mask in every layer (a copy of the value) even when
   nothing is padded; a mask that keeps everything is skipped, as for the fusion attention.
