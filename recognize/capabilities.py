@@ -37,6 +37,16 @@ class ImageEmbedder(Protocol):
         ...
 
 
+@runtime_checkable
+class ImageScoreEmbedder(Protocol):
+    """A tagger that gives class scores and embeddings of the same images from one encoding
+    (`region_confirm` then keeps the crops' embeddings for `region_outliers`)."""
+
+    def score_and_embed_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(`score_images(images)`, `embed_images(images)`), each image encoded once."""
+        ...
+
+
 def missing_capabilities(stage: object, needs: Sequence[type]) -> list[str]:
     """Names of the protocols in `needs` that `stage` does not implement."""
     return [proto.__name__ for proto in needs if not isinstance(stage, proto)]

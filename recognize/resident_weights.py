@@ -4,8 +4,8 @@ Why: `recognize.weights_file.read_weights` memory-maps checkpoints, and every pa
 touched stays mapped, so a chain's RSS holds all of its models' weights at once (tag -> box ->
 mask: RAM++ 1.3 GB + Grounding DINO 0.7 GB + SAM vit_h 2.6 GB) although only one stage computes
 at a time. Between two stages of a chain, `release()` unmaps the resident pages of every weights
-file read so far (`madvise(MADV_DONTNEED)`): the pages stay in the kernel's page cache (clean,
-reclaimable, shared), and the next stage that reads a weight maps its page again with a minor
+file read so far whose tensors are still in use (`madvise(MADV_DONTNEED)`): the pages stay in the
+kernel's page cache (clean, reclaimable, shared), and the next stage that reads a weight maps its page again with a minor
 fault, from that cache: the same bytes, no copy, no disk read unless the kernel needed the memory
 meanwhile. Then the process's peak is one stage's weights plus the working memory, not the sum.
 
@@ -25,6 +25,13 @@ mapping is released only when the kernel reports no private (anonymous) page in 
 (`/proc/self/pagemap`); one written page keeps the whole file mapped. Pages come back from the
 file's inode, so a checkpoint replaced by rename (as downloads are) is never mixed in; one
 overwritten in place during a run would be. Linux only; elsewhere `release()` does nothing.
+
+Which addresses: `read_weights` hands over the tensors it loaded; this module keeps weak references
+to their storages (views into torch's private mapping of the file, which stays mapped while any of
+them lives) and `release()` madvises exactly the pages those storages span, holding them strongly
+meanwhile. Why not the file's lines in /proc/self/maps: a model freed by another thread after that
+read would have its range unmapped, and memory mapped there next (anything, anonymous included)
+would be zeroed by the madvise; a storage held alive cannot be unmapped under it.
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ import functools
 import os
 import sys
 import threading
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 __all__ = ["KEEP_ENV", "ReleaseReport", "note_mapped", "release"]
 
@@ -44,14 +53,51 @@ __all__ = ["KEEP_ENV", "ReleaseReport", "note_mapped", "release"]
 KEEP_ENV = "RECOGNIZE_KEEP_WEIGHTS_MAPPED"
 _MADV_DONTNEED = 4
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_mapped: set[str] = set()
+
+
+@dataclass
+class _MappedFile:
+    """One memory-mapped read of a weights file: weak references to the storages it gave out."""
+
+    path: str
+    storages: list[weakref.ref]
+
+    def alive(self) -> list[Any]:
+        """The storages still in use, held strongly by the caller while it touches their pages."""
+        return [storage for ref in self.storages if (storage := ref()) is not None]
+
+
+_mapped: list[_MappedFile] = []
 _lock = threading.Lock()
 
 
-def note_mapped(path: str | os.PathLike[str]) -> None:
-    """Record a weights file that was memory-mapped (its pages may be unmapped between stages)."""
-    with _lock:
-        _mapped.add(os.path.realpath(path))
+def note_mapped(path: str | os.PathLike[str], loaded: Any) -> None:
+    """Record a memory-mapped read of the weights file `path`: `loaded` is what it gave (a dict of
+    tensors, nested in dicts/lists as checkpoints are). Their pages may leave RSS between stages
+    while the tensors live; nothing else of the process is ever touched."""
+    storages, seen = [], set()
+    for tensor in _tensors_in(loaded):
+        storage = tensor.untyped_storage()
+        if storage.nbytes() and storage.device.type == "cpu" and id(storage) not in seen:
+            seen.add(id(storage))
+            storages.append(weakref.ref(storage))  # torch keeps one Python object per live storage
+    if storages:
+        with _lock:
+            _mapped[:] = [entry for entry in _mapped if any(ref() is not None for ref in entry.storages)]
+            _mapped.append(_MappedFile(os.path.realpath(path), storages))
+
+
+def _tensors_in(loaded: Any) -> Iterator[Any]:
+    import torch
+
+    if isinstance(loaded, torch.Tensor):
+        yield loaded
+    elif isinstance(loaded, dict):
+        for value in loaded.values():
+            yield from _tensors_in(value)
+    elif isinstance(loaded, (list, tuple)):
+        for value in loaded:
+            yield from _tensors_in(value)
 
 
 @dataclass
@@ -63,45 +109,48 @@ class ReleaseReport:
 
 
 def release() -> ReleaseReport:
-    """Unmap the resident pages of every clean weights mapping and trim the heap (see module doc).
+    """Unmap the resident pages of every clean weights mapping still in use and trim the heap (see
+    module doc).
 
     Only where at least two weights files are mapped: with one (a tagger plus filters, say) the next
     stage would map the same pages back, paying the faults for no lower peak."""
     report = ReleaseReport()
     if not sys.platform.startswith("linux") or os.environ.get(KEEP_ENV, "") not in ("", "0"):
         return report
-    with _lock:
-        files = set(_mapped)
     libc = _libc()
     if libc is None:
         return report
-    mappings = _mappings_of(files) if files else []
-    if len({path for _, _, path in mappings}) < 2:  # one weights file: no other stage's weights compete
-        mappings = []
-    for start, end, path in mappings:
-        resident, written = _page_states(start, end)
-        if written:
+    with _lock:
+        entries = list(_mapped)
+    held = [(entry.path, storages) for entry in entries if (storages := entry.alive())]  # strong until return
+    if len({path for path, _ in held}) < 2:  # one weights file: no other stage's weights compete
+        held = []
+    for path, storages in held:
+        ranges = _page_ranges(storages)
+        states = [_page_states(start, end) for start, end in ranges]
+        if any(written for _, written in states):
             report.kept.append(path)
-        elif resident and libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) == 0:
-            report.unmapped_bytes += resident * _PAGE
+            continue
+        for (start, end), (resident, _) in zip(ranges, states):
+            if resident and libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) == 0:
+                report.unmapped_bytes += resident * _PAGE
     if hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
     return report
 
 
-def _mappings_of(files: set[str]) -> list[tuple[int, int, str]]:
-    """(start, end, path) of this process's mappings of `files` (`/proc/self/maps`)."""
-    found = []
-    try:
-        lines = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        fields = line.split(None, 5)
-        if len(fields) == 6 and fields[5].strip() in files:
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            found.append((start, end, fields[5].strip()))
-    return found
+def _page_ranges(storages: list[Any]) -> list[tuple[int, int]]:
+    """The pages `storages` span, as merged [start, end) address ranges. Widening a storage to whole
+    pages stays inside its file's mapping: torch maps the whole file from offset 0, page-aligned."""
+    spans = sorted((ptr - ptr % _PAGE, -(-(ptr + storage.nbytes()) // _PAGE) * _PAGE)
+                   for storage in storages if (ptr := storage.data_ptr()))
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def _page_states(start: int, end: int) -> tuple[int, bool]:

@@ -121,7 +121,7 @@ def read_weights(path: str | os.PathLike[str], what: str = "checkpoint", mmap: b
             if mapped:  # its pages may leave RSS between a chain's stages (recognize.resident_weights)
                 from recognize.resident_weights import note_mapped
 
-                note_mapped(path)
+                note_mapped(path, loaded)
             return loaded
         except RuntimeError as exc:  # some archives cannot be memory-mapped
             if not mmap or "mmap" not in str(exc):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from resident import resident_kib
+from resident import AnonymousMemory, mapped_ranges, resident_kib
 
 from recognize import resident_weights
 from recognize.weights_file import read_weights
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ma
 @pytest.fixture(autouse=True)
 def only_this_tests_files(monkeypatch: pytest.MonkeyPatch) -> None:
     """Weights mapped by earlier tests (shared models still alive) would count as another model."""
-    monkeypatch.setattr(resident_weights, "_mapped", set())
+    monkeypatch.setattr(resident_weights, "_mapped", [])
 
 
 @pytest.fixture
@@ -95,3 +96,63 @@ def test_the_opt_out_keeps_every_page_mapped(checkpoint: Path, other_model: dict
 
     assert report.unmapped_bytes == 0
     assert resident_kib(checkpoint) >= 15_000
+
+
+@pytest.fixture
+def third_model(tmp_path: Path) -> dict:
+    path = tmp_path / "third.pth"
+    torch.save({"w": torch.full((1000,), 2.0)}, path)
+    return read_weights(path)
+
+
+def test_memory_at_a_freed_models_address_keeps_its_data(checkpoint: Path, other_model: dict,
+                                                         third_model: dict) -> None:
+    """A model freed before `release()`: whatever is mapped at its old address is not its weights."""
+    state = read_weights(checkpoint)
+    assert float(state["big"].sum()) != 0.0
+    (start, end), = mapped_ranges(checkpoint)
+    del state
+    gc.collect()
+    assert mapped_ranges(checkpoint) == []
+    memory = AnonymousMemory(start, end - start)
+    try:
+        report = resident_weights.release()
+
+        assert memory.intact()
+        assert str(checkpoint.resolve()) not in report.kept
+        assert float(other_model["w"].sum()) == 1000.0 and float(third_model["w"].sum()) == 2000.0
+    finally:
+        memory.close()
+
+
+def test_a_model_freed_by_another_thread_during_release_is_unmapped_after_it(
+        checkpoint: Path, other_model: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race a list of addresses read beforehand has: the model's last reference dropped (its
+    file unmapped) and anonymous memory mapped at its address right before the madvise (after
+    the page check, which would otherwise see that memory's private pages and keep it)."""
+    state = read_weights(checkpoint)
+    assert float(state["big"].sum()) != 0.0
+    (start, end), = mapped_ranges(checkpoint)
+    memories: list[AnonymousMemory] = []
+    libc = resident_weights._libc()
+
+    class AnotherThreadFreesTheModelFirst:
+        def madvise(self, address, length, advice) -> int:
+            if not memories and start <= address.value < end:
+                state.clear()  # the model's last references gone
+                gc.collect()
+                memories.append(AnonymousMemory(start, end - start))
+            return libc.madvise(address, length, advice)
+
+        def __getattr__(self, name: str):
+            return getattr(libc, name)
+
+    monkeypatch.setattr(resident_weights, "_libc", AnotherThreadFreesTheModelFirst)
+    try:
+        resident_weights.release()
+
+        assert memories and memories[0].intact()
+        assert mapped_ranges(checkpoint) == []  # held through the release only, unmapped after it
+    finally:
+        for memory in memories:
+            memory.close()

@@ -8,6 +8,8 @@ in one process or on a cluster); the stages are thin wrappers that add the tagge
 - `confirm`:     `confirm_regions` / `confirm_many` keep a region only when a scoring callable confirms its
                  tag on its crop; `tags_without_confirmed_region` says which image tags lost their support.
 - `outliers`:    `find_outliers`, per tag K-Means++ over the crops' embeddings, drop the farthest.
+- `crop_embeddings`: the crop embeddings `region_confirm` computed, taken by `region_outliers` (each
+                 crop encoded once).
 - `given_tags`:  `merge_tags`, `read_sidecar`, `CaptionsFile`: tags and captions given with the images.
 - `captions`:    `CaptionParser` / `parse_caption_tags`: vocabulary names found in captions.
 - `reasons`:     the drop reasons recorded in `Frame.dropped`.

@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import Field
 
 from recognize.capabilities import ImageEmbedder
+from recognize.data_engine.crop_embeddings import crop_embeddings
 from recognize.data_engine.crops import crop_region
 from recognize.data_engine.outliers import find_outliers
 from recognize.data_engine.reasons import (
@@ -55,6 +56,7 @@ class RegionOutliers(TaggerUser):
     def __init__(self, params: StageParams | dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self._clip = None
+        crop_embeddings.expect(self)  # region_confirm keeps its crops' embeddings for this stage
 
     def model_files(self) -> list[FileRef]:
         """The tagger's files, or CLIP ViT-B/16's weights when `embedder: clip` uses the hub's."""
@@ -77,13 +79,25 @@ class RegionOutliers(TaggerUser):
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
         if self._clip is not None:
             return np.asarray(self._clip.embed(crops), dtype=np.float32)
-        return np.asarray(self.tagger.embed_images(crops), dtype=np.float32)
+        found = crop_embeddings.take(self.tagger, crops)  # those region_confirm encoded already
+        missing = [i for i, vector in enumerate(found) if vector is None]
+        if len(missing) == len(crops):
+            return np.asarray(self.tagger.embed_images(crops), dtype=np.float32)
+        if missing:
+            computed = np.asarray(self.tagger.embed_images([crops[i] for i in missing]), dtype=np.float32)
+            for i, vector in zip(missing, computed):
+                found[i] = vector
+        return np.stack(found).astype(np.float32, copy=False)
 
     # -- partition contract: per tag, so the Ray engine clusters each tag on a worker ----------
     partitioned: ClassVar[bool] = True
 
     def process(self, frames: list[Frame]) -> list[Frame]:
-        return run_partitioned(self, frames)
+        try:
+            return run_partitioned(self, frames)
+        finally:
+            if self.params.embedder == "tagger":
+                crop_embeddings.forget(self.tagger)  # crops region_confirm rejected: nobody asks for them
 
     def region_features(self, frames: list[Frame]) -> list[list[tuple[int, str, np.ndarray]]]:
         """Per frame, `(region index, tag, embedding)` of each region whose crop lies inside the

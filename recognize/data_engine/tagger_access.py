@@ -19,10 +19,11 @@ from typing import Annotated, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from recognize.capabilities import ImageScorer, missing_capabilities
+from recognize.capabilities import ImageScoreEmbedder, ImageScorer, missing_capabilities
 from recognize.data_engine.confirm import (
     ScoreFn,
 )
+from recognize.data_engine.crop_embeddings import crop_embeddings
 from recognize.errors import RecognizeError
 from recognize.hub import FileRef
 from recognize.stage import Device, Stage, StageParams
@@ -86,10 +87,16 @@ def tagger_scorer(tagger: Any, threshold: float | None = None) -> ScoreFn:
     The threshold is the tagger's own per-class threshold (the one it tags images with), or
     `threshold` for every tag. A tag outside the tagger's vocabulary scores NaN (cannot judge).
     When a name has several classes (Tag2Text repeats names) the one farthest above its threshold counts.
+    Where a `region_outliers` stage will embed the same crops with this tagger, the crops' embeddings
+    come from the same encoding and are kept for it (`recognize.data_engine.crop_embeddings`).
     """
 
     def score(crops: list[np.ndarray], tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        scores = tagger.score_images(crops)
+        if isinstance(tagger, ImageScoreEmbedder) and crop_embeddings.wanted(tagger):
+            scores, embeddings = tagger.score_and_embed_images(crops)
+            crop_embeddings.remember(tagger, crops, embeddings)
+        else:
+            scores = tagger.score_images(crops)
         vocab = tagger.vocabulary
         values = np.full(len(tags), np.nan)
         limits = np.full(len(tags), np.nan)

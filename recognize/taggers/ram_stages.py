@@ -182,6 +182,10 @@ class Ram(TaggerStage):
     def embedding(self, model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
         return model.image_embedding(pixels)
 
+    def logits_and_embedding(self, model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = model.encode_image(pixels)  # what `model(pixels, ...)` and `image_embedding` each compute
+        return model.logits(tokens, self.label_embed, self.num_classes), tokens[:, 0]
+
     # -- open set ------------------------------------------------------------------------
     def openset_names(self) -> list[str] | None:
         tags = self.params.tags

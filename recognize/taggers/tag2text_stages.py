@@ -174,6 +174,10 @@ class Tag2TextTagger(TaggerStage):
     def embedding(self, model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
         return model.encode_image(pixels)[:, 0]  # the pooled Swin token (no projection in Tag2Text)
 
+    def logits_and_embedding(self, model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = model.encode_image(pixels)
+        return model.logits(tokens), tokens[:, 0]
+
 
 def user_tag_string(user_tags: str) -> str:
     """The official `inference_tag2text` rewrite of user tags: every comma becomes `" | "`."""

@@ -12,7 +12,8 @@ Subclass hooks: `model_key()`, `build_model()` (loaded, float32, on CPU), `build
 
 Public helpers for later stages (evaluation, region re-check, outlier clustering):
 `score_images(images) -> [B,C]` sigmoid scores, `tags_for_scores(scores) -> list[list[Tag]]`,
-`embed_images(images) -> [B,D]` L2-normalised image embeddings, and `vocabulary`.
+`embed_images(images) -> [B,D]` L2-normalised image embeddings, `score_and_embed_images` (both from
+one encoding), and `vocabulary`.
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ class TaggerStage(Stage):
     def embedding(self, model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def logits_and_embedding(self, model: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(logits, embedding)` of the same pixels; override to encode the images once."""
+        return self.logits(model, pixels), self.embedding(model, pixels)
+
     def deleted_indices(self) -> Sequence[int]:
         return ()
 
@@ -193,6 +198,22 @@ class TaggerStage(Stage):
 
             out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+    @inference_mode
+    def score_and_embed_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """`(score_images(images), embed_images(images))` from one encoding per batch (what
+        `region_confirm` computes when `region_outliers` will cluster the same crops)."""
+        import torch
+
+        self.ensure_loaded()
+        scores, embeddings = [], []
+        for start in range(0, len(images), self.params.batch_size):
+            logits, emb = self.logits_and_embedding(self.model, self.pixels(images[start : start + self.params.batch_size]))
+            scores.append(logits.float().sigmoid().cpu().numpy())
+            embeddings.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
+        if not scores:
+            return self.score_images(images), self.embed_images(images)
+        return np.concatenate(scores), np.concatenate(embeddings)
 
     def predicted_indices(self, scores: np.ndarray) -> list[np.ndarray]:
         """Per image, the reported class indices (strict `>` thresholds, allowed classes, ascending)."""

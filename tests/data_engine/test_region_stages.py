@@ -258,6 +258,42 @@ def test_outliers_release_images_they_decoded(colour_tagger, tmp_path):
     assert all(f._image is None for f in frames)
 
 
+@pytest.mark.parametrize("images", ["arrays", "files"])
+def test_confirm_then_outliers_encode_each_crop_once_with_the_same_outputs(colour_tagger, images, tmp_path,
+                                                                          monkeypatch):
+    """region_confirm keeps the embeddings of the crops it encoded; region_outliers takes them instead
+    of encoding the same crops again (frames from files are read back from the run's spool and
+    decoded again: the same pixels, the same crops)."""
+    from collections import Counter
+
+    from recognize.data_engine.crop_embeddings import crop_embeddings
+
+    def run() -> tuple[list[str], list[str]]:
+        frames, _ = outlier_frames()
+        if images == "files":
+            for frame in frames:
+                path = tmp_path / f"{frame.name}.png"
+                Image.fromarray(frame.image).save(path)
+                frame.source, frame._image = str(path), None
+        colour_tagger.ENCODED.clear()
+        stages = [RegionConfirm(tagger="colour_tagger", threshold=0.5),
+                  RegionOutliers(tagger="colour_tagger", k=2, drop_fraction=0.2)]
+        out = Pipeline(stages, batch_size=3).process(frames)
+        return [f.to_json() for f in out], list(colour_tagger.ENCODED)
+
+    shared, encoded = run()
+    assert len(crop_embeddings) == 0  # nothing left behind once outliers has run
+    monkeypatch.setattr(crop_embeddings, "max_bytes", 0)  # nothing kept: each stage encodes its own crops
+    separate, encoded_separately = run()
+
+    assert shared == separate
+    assert Counter(encoded).most_common(1)[0][1] == 1  # every crop encoded once
+    assert len(encoded_separately) > len(encoded) == 33  # 11 frames x 3 regions
+    assert set(encoded) == set(encoded_separately)
+    assert any('"region_confirm"' in frame for frame in shared)  # confirm rejected some regions
+    assert any('"region_outliers"' in frame for frame in shared)  # and outliers dropped some
+
+
 TINY_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
@@ -420,3 +456,16 @@ def test_outliers_with_the_tiny_ram_embedding(ram_params, photo_images):
     drops = [(f.name, d.box) for f in out for d in f.dropped]
     assert drops == [keys[expected.dropped[0]]]
     assert [d.value for f in out for d in f.dropped] == pytest.approx([expected.distances[expected.dropped[0]]])
+
+
+def test_the_tiny_ram_scores_and_embeds_crops_from_one_encoding(ram_params, photo_images):
+    """`score_and_embed_images` (what region_confirm runs when region_outliers follows) gives exactly
+    `score_images` and `embed_images`."""
+    shared_models.clear()
+    ram = plugins.get_stage("ram")(ram_params)
+    frame = photo_frames(photo_images, 1)[0]
+    h, w = frame.image.shape[:2]
+    crops = [crop_region(frame.image, box, 0.1) for box in [(0, 0, w / 2, h / 2), (w / 4, h / 4, w, h), (0, 0, w, h)]]
+    scores, embeddings = ram.score_and_embed_images(crops)
+    assert np.array_equal(scores, ram.score_images(crops))
+    assert np.array_equal(embeddings, ram.embed_images(crops))

@@ -255,7 +255,7 @@ def test_a_chains_stage_leaves_its_weight_pages_out_of_rss_between_batches(tmp_p
 
     from recognize import resident_weights
 
-    monkeypatch.setattr(resident_weights, "_mapped", set())  # only this test's files count as models
+    monkeypatch.setattr(resident_weights, "_mapped", [])  # only this test's files count as models
 
     path, other = tmp_path / "w.pth", tmp_path / "other.pth"
     torch.save({"w": torch.arange(2_000_000, dtype=torch.float32)}, path)  # 8 MB

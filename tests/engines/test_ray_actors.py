@@ -1,6 +1,8 @@
 """A StageActor (the Ray engine's worker), run in this process: its calls decode one batch at a
-time while the previous batch computes, and give the local engine's outputs."""
+time while the previous batch computes (a wait for the decode lock not timed as decoding), and give
+the local engine's outputs."""
 
+import functools
 import threading
 import time
 
@@ -10,6 +12,7 @@ pytest.importorskip("ray")
 
 from recognize.engines import ray_actors
 from recognize.engines.ray_actors import StageActor
+from recognize.engines.timing import DECODE, StageTimer
 from recognize.frame import Frame
 from recognize.pipeline import Pipeline
 
@@ -17,6 +20,7 @@ from recognize.pipeline import Pipeline
 def test_two_calls_decode_one_batch_at_a_time_and_give_the_local_outputs(test_stages, image_folder, monkeypatch):
     paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))
     decoding, most = [0], [0]
+    decoded = [0]  # a clock that ticks once per image decoded: a phase's seconds = images decoded meanwhile
     lock = threading.Lock()
     both_called = threading.Barrier(2, timeout=30)
     real_decode = ray_actors.decode
@@ -31,8 +35,10 @@ def test_two_calls_decode_one_batch_at_a_time_and_give_the_local_outputs(test_st
         finally:
             with lock:
                 decoding[0] -= 1
+                decoded[0] += 1
 
     monkeypatch.setattr(ray_actors, "decode", counting_decode)
+    monkeypatch.setattr(ray_actors, "StageTimer", functools.partial(StageTimer, clock=lambda: decoded[0]))
     specs = [{"use": "brightness", "with": {}}, {"use": "center_box", "with": {}}]
     actor = StageActor(specs, threads=1)
     batches = [[Frame(source=str(p), name=p.name).to_json(indent=None) for p in paths[:2]],
@@ -50,6 +56,9 @@ def test_two_calls_decode_one_batch_at_a_time_and_give_the_local_outputs(test_st
         thread.join(timeout=60)
 
     assert most[0] == 1  # never two images decoding at once
+    # each call's decode time is its own images' decoding: the call that waited for the other's
+    # decode (the lock) does not count that wait as decoding (it is the run's waiting, `other`)
+    assert [answer["timings"]["phases"][DECODE] for answer in answers] == [len(batch) for batch in batches]
     got = {Frame.from_json(text).name: Frame.from_json(text) for answer in answers for text in answer["frames"]}
     assert all(error is None for answer in answers for error in answer["errors"])
     local = Pipeline([test_stages.Brightness({}), test_stages.CenterBox({})])

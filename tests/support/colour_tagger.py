@@ -20,6 +20,7 @@ from recognize.taggers.vocabulary import Vocabulary
 
 NAMES = ["red", "green", "blue"]
 BUILDS: list[tuple] = []  # every model build, so tests can count them
+ENCODED: list[str] = []  # a content key per image encoded (scored and/or embedded), so tests can count encodings
 
 
 class ColourTagger(Stage):
@@ -43,16 +44,33 @@ class ColourTagger(Stage):
         self.vocabulary = Vocabulary(list(NAMES), None, np.full(3, self.params.threshold, np.float32))
         self.scored_batches: list[int] = []
 
-    def score_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    def _encode(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """The "image encoder": each image's mean colour."""
+        from recognize.feature_cache import content_key
+
         self.ensure_loaded()
-        self.scored_batches.append(len(images))
-        means = np.stack([im.reshape(-1, 3).mean(axis=0) for im in images]) if images else np.zeros((0, 3))
+        ENCODED.extend(content_key(im) for im in images)
+        return np.stack([im.reshape(-1, 3).mean(axis=0) for im in images]) if images else np.zeros((0, 3))
+
+    def _scores(self, means: np.ndarray) -> np.ndarray:
         return (means @ self.model) / np.maximum(means.sum(axis=1, keepdims=True), 1e-9)
 
-    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        self.ensure_loaded()
-        means = np.stack([im.reshape(-1, 3).mean(axis=0) for im in images]).astype(np.float32)
+    @staticmethod
+    def _embeddings(means: np.ndarray) -> np.ndarray:
+        means = means.astype(np.float32)
         return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-9)
+
+    def score_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        self.scored_batches.append(len(images))
+        return self._scores(self._encode(images))
+
+    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return self._embeddings(self._encode(images))
+
+    def score_and_embed_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        self.scored_batches.append(len(images))
+        means = self._encode(images)
+        return self._scores(means), self._embeddings(means)
 
     def tags_for_scores(self, scores: np.ndarray) -> list[list[Tag]]:
         return [[Tag(name=NAMES[i], score=float(row[i]), index=i, source=self.name)
@@ -81,6 +99,7 @@ def registered() -> Iterator[None]:
 
     shared_models.clear()
     BUILDS.clear()
+    ENCODED.clear()
     with plugins.registered(sys.modules[__name__], name="colour_tagger"), \
             plugins.registered(teststages, name="teststages"):
         try:

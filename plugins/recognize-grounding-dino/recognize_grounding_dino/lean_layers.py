@@ -119,7 +119,8 @@ class GatherSampling(nn.Module):
     and points, the attention weight folded into each corner's weight, and
     `F.embedding_bag(mode="sum", per_sample_weights=...)` sums the 64 weighted rows. A corner
     outside the map reads a zero of the frame, as `grid_sample(padding_mode="zeros")` reads zeros
-    there (no validity masks to compute); far-off points are clamped into the frame. Pixel
+    there (no validity masks to compute); far-off points are clamped into the frame, and a NaN or
+    infinite location gives NaN for its query and head, as grid_sample's NaN sample does. Pixel
     coordinates follow `grid_sample(align_corners=False)`. The same products summed in another
     order: equal within the float32 rounding of the sampling coordinates (the size of
     `grid_sample`'s own float32 error against float64), not bit for bit.
@@ -178,18 +179,25 @@ def corner_weights(shapes: list[tuple[int, int]], locations: torch.Tensor, atten
     origins_t = torch.tensor(origins, dtype=index_type, device=device).view(levels, 1)
     row_steps = torch.tensor(framed_widths, dtype=index_type, device=device).view(levels, 1)
 
-    def axis(coordinates: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    frame_edge = torch.tensor(-BORDER, dtype=index_type, device=device)
+    last_rows, last_columns = (torch.tensor(sizes, dtype=index_type, device=device).view(levels, 1)
+                               for sizes in ([h for h, _ in shapes], [w for _, w in shapes]))
+
+    def axis(coordinates: torch.Tensor, size: torch.Tensor, last: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # grid_sample's pixel coordinate (align_corners=False), its floor clamped into the frame,
-        # and the weights of the low and high corners
+        # and the weights of the low and high corners. Clamped as an integer: a NaN or infinite
+        # coordinate converts to some integer (which one is the hardware's choice), the clamp puts
+        # it in the frame, and its weights (NaN - NaN, inf - inf) are NaN, so the output comes out
+        # NaN as grid_sample's does, where a float clamp keeps NaN and the index is out of range
         pixels = (coordinates * size).sub_(0.5)
         low = pixels.floor()
         high_weight = pixels.sub_(low)
         low_weight = 1 - high_weight
-        low = torch.minimum(low.clamp_(min=-BORDER), size)
-        return low.to(index_type), low_weight, high_weight
+        return torch.clamp(low.to(index_type), min=frame_edge, max=last), low_weight, high_weight
 
-    x_low, x_low_weight, x_high_weight = axis(locations[..., 0], widths)
-    y_low, y_low_weight, y_high_weight = axis(locations[..., 1], heights)
+    x_low, x_low_weight, x_high_weight = axis(locations[..., 0], widths, last_columns)
+    y_low, y_low_weight, y_high_weight = axis(locations[..., 1], heights, last_rows)
     y_low_weight.mul_(attention_weights)
     y_high_weight.mul_(attention_weights)
     weights = torch.empty(batch, queries, heads, 4, levels, points, dtype=dtype, device=device)

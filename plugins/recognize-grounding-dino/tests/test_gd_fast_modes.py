@@ -1,24 +1,30 @@
 """Fast modes of the `grounding_dino` stage: opt-in, and close to the exact path within stated tolerances.
 
-Judged per detection, not per query index: the two-stage query selection keeps the top encoder
-proposals, and lower precision reorders near-ties, so query i of one run may be another proposal in
-the other. Tolerances (tiny seeded random model, real photo, 12 tags): each of the exact path's 20
-best detections has a detection in the fast run whose box (cx, cy, w, h in 0..1) is within 0.06
-(bf16 autocast) / 0.03 (int8 Linear layers) and whose best token probability is within 0.04 (bf16) / 0.03 (int8).
-The bf16 bound was 0.02 until the deformable attention's gather sampling (`lean_layers.GatherSampling`)
-moved the exact path by float32 rounding (~1e-5): one of the 20 detections then measured 0.038
-whether the fast run sampled in bf16 or float32, so the gap comes from the rest of bf16's rounding
-on these random weights, not from the sampling; not investigated further.
+Judged per selected proposal (`gd_parity.py`), not per query index: the two-stage query selection
+keeps the best encoder proposals, and query q decodes (learned content embedding q, the q-th
+selected proposal). Lower precision moves the encoder's scores (bf16: up to ~0.7 of logits ~45 on
+these random weights; int8: ~1.6), so proposals that close in score change ranks, and a proposal
+at another rank is decoded by another content embedding: another query, whose outputs cannot be
+compared. At every rank where both runs selected the same proposal, token probabilities and boxes
+must agree within 0.01 (bf16 autocast) / 0.03 and 0.015 (int8 Linear layers) on a tiny seeded
+random model, real photo, 12 tags.
+
+Why: a looser per-detection comparison (each of the exact path's 20 best detections against the
+fast run's nearest box) measured 0.038 in probability for bf16 once the gather sampling moved the
+exact path by float32 rounding: that detection's proposal had moved from query 5 to query 7 (a
+rank swap, not precision: aligned queries differ by <= 0.007, with grid_sample or the gather).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from gd_parity import Selection, ours_selection
 
 from recognize import Frame, Tag
-from recognize.fast_modes import REASON_MAX_REGIONS, active_fast_modes
+from recognize.fast_modes import REASON_MAX_REGIONS, active_fast_modes, autocast
 from recognize_grounding_dino.stage import GroundingDino
+from recognize_grounding_dino.transforms import preprocess
 
 SMALL = {"image_size": 64, "max_size": 112, "device": "cpu"}
 
@@ -33,18 +39,17 @@ def make_stage(tiny_checkpoint, vocab, tiny):
     return make
 
 
-def _outputs(stage: GroundingDino, photo, tags) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from recognize.fast_modes import autocast
-    from recognize_grounding_dino.transforms import preprocess
-
+def _selection(stage: GroundingDino, photo, prompt) -> Selection:
     pixels = preprocess(Frame(source=str(photo)).image, SMALL["image_size"], SMALL["max_size"])[None]
     with autocast("cpu", stage.params.dtype):
-        return stage.detector.detect(pixels, stage.detector.pack(tags).prompts)
+        chosen = ours_selection(stage.detector.model, pixels, prompt.input_ids).tokens(len(prompt))
+    return Selection(**{name: t.float() if t.is_floating_point() else t for name, t in vars(chosen).items()})
 
 
-@pytest.mark.parametrize(("mode", "prob_tol", "box_tol"),
-                         [({"dtype": "bfloat16"}, 0.04, 0.06), ({"quantize": "int8"}, 0.03, 0.03)])
-def test_fast_mode_stays_close_to_the_exact_path(make_stage, photos, ram_tags, mode, prob_tol, box_tol):
+@pytest.mark.parametrize(("mode", "encoder_tol", "prob_tol", "box_tol", "min_aligned"),
+                         [({"dtype": "bfloat16"}, 0.03, 0.01, 0.01, 10), ({"quantize": "int8"}, 0.06, 0.03, 0.015, 5)])
+def test_fast_mode_stays_close_to_the_exact_path(make_stage, photos, ram_tags, mode, encoder_tol, prob_tol, box_tol,
+                                                 min_aligned):
     if mode.get("quantize"):
         pytest.importorskip("torchao")
     tags = [en for en, _ in ram_tags[100:112]]
@@ -58,15 +63,20 @@ def test_fast_mode_stays_close_to_the_exact_path(make_stage, photos, ram_tags, m
         image = [kind for name, kind in linear.items() if not name.startswith("model.text_backbone")]
         assert text and all(kind == "Parameter" for kind in text)  # the cached text encoder stays exact
         assert image and all(kind != "Parameter" for kind in image)
-    for (p_exact, b_exact), (p_fast, b_fast) in zip(_outputs(exact, photos[-1], tags), _outputs(fast, photos[-1], tags)):
-        assert p_fast.dtype == torch.float32
-        assert not torch.equal(p_exact, p_fast)  # the mode really changed the computation
-        top = p_exact[0].amax(-1).argsort(descending=True)[:20]
-        box_gap = (b_exact[0, top, None, :] - b_fast[0, None, :, :]).abs().amax(-1)  # [20, Q]
-        nearest = box_gap.argmin(-1)
-        assert box_gap.min(-1).values.max() <= box_tol
-        score_gap = (p_exact[0, top].amax(-1) - p_fast[0, nearest].amax(-1)).abs()
-        assert score_gap.max() <= prob_tol
+    prompts = exact.detector.pack(tags).prompts
+    pixels = preprocess(Frame(source=str(photos[-1])).image, SMALL["image_size"], SMALL["max_size"])[None]
+    with autocast("cpu", fast.params.dtype):
+        assert all(p.dtype == b.dtype == torch.float32 for p, b in fast.detector.detect(pixels, prompts))
+    for prompt in prompts:
+        ours, theirs = _selection(exact, photos[-1], prompt), _selection(fast, photos[-1], prompt)
+        assert not torch.equal(ours.logits, theirs.logits)  # the mode really changed the computation
+        scale = ours.proposal_logits.abs().max()
+        assert (ours.proposal_logits - theirs.proposal_logits).abs().max() <= encoder_tol * scale
+        same = ours.selected == theirs.selected  # the same proposal decoded by the same query
+        best = ours.logits.sigmoid().amax(-1).argsort(descending=True)[:20]
+        assert same[best].sum() >= min_aligned
+        torch.testing.assert_close(theirs.logits[same].sigmoid(), ours.logits[same].sigmoid(), atol=prob_tol, rtol=0)
+        torch.testing.assert_close(theirs.boxes[same], ours.boxes[same], atol=box_tol, rtol=0)
 
 
 def test_max_regions_keeps_the_best_boxes_and_records_the_rest(make_stage, photos, ram_tags):

@@ -154,6 +154,28 @@ def test_gather_sampling_reads_zeros_outside_the_map():
     assert torch.equal(got[:, 5:8], torch.zeros_like(got[:, 5:8]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gather_sampling_propagates_nan_and_inf_locations_as_grid_sample(dtype):
+    """A NaN or infinite sampling location (broken weights) makes its query's output NaN for that
+    head, as grid_sample's NaN sample does, instead of an index out of the table's range; every
+    other output is unchanged."""
+    inputs = list(_sampling_inputs([(6, 4), (3, 2)], dtype=dtype))
+    locations = inputs[4]
+    locations[0, 5, 1, 0, 0, 0] = float("nan")
+    locations[0, 6, 0, 1, 2, 1] = float("inf")
+    locations[1, 7, 2, 0, 1, 0] = -float("inf")
+    locations[1, 8, 0, 1, 0] = float("nan")  # both coordinates
+    locations[0, 9, 2, 0, 2, 1] = 3e9  # a pixel coordinate beyond int32: off the map, reads zeros
+
+    expected = DeformableSampling()(*inputs)
+    got = GatherSampling()(*inputs)
+
+    nan = torch.isnan(expected)
+    assert nan.view(2, 37, 3, 5).all(-1).sum() == 4  # one head of each of the four queries
+    assert torch.equal(torch.isnan(got), nan)
+    torch.testing.assert_close(got[~nan], expected[~nan], atol=2e-5 if dtype == torch.float32 else 1e-12, rtol=0)
+
+
 def test_lean_switches_between_samplings(tiny):
     model = build_model(build_config("swint_ogc", tiny))
     lean(model, sampling="grid_sample")
