@@ -32,13 +32,14 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
   multiplies the ~50-token text keys instead: `(q * s) . k == q . (k * s)` exactly when `s` is a
   power of two (it is 1/16 for the 256-wide heads of both released models; any other head size
   scales the queries as transformers does). The same products and sums: bit for bit on this CPU
-  (float32 rounding allowed in the tests); masks are applied as in transformers. Autograd and
-  training run transformers' forward.
+  (float32 rounding allowed in the tests); masks are applied as in transformers. Autograd,
+  training and autocast (the bf16 fast mode) run transformers' forward.
 - **Encoder image layer's feed-forward** (`LeanDeformableLayer` over `GroundingDinoDeformableLayer`):
   `fc1`'s ReLU and `fc2`'s residual add are applied by oneDNN on the GEMMs' output tiles
   (`recognize.onednn_linear.linear(relu=True / residual=...)`), instead of two more passes over the
   17k x 2048 and 17k x 256 activations. `relu` and `+` on the same values: bit for bit with the
   oneDNN Linears the exact path uses anyway (within rounding of plain torch's GEMM elsewhere).
+  Autograd, training, autocast and other activations run transformers' forward.
 - **Swin layer** (`LeanSwinLayer` over `SwinLayer`): transformers (like the official Swin) pads
   the normalised map to a multiple of the window (a copy), rolls it by the shift (a copy), cuts it
   into windows (`window_partition`: a copy), and after the attention undoes the three (two copies
@@ -46,8 +47,8 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
   computed once per map size (pad pixels are zero rows, as the zero padding gives), and the way
   back is one `index_select`; the MLP's GELU (erf) and its residual add run inside the oneDNN
   GEMMs. Pure data movement plus the same arithmetic: bit for bit on this CPU (float32 rounding
-  allowed in the tests). Autograd, training, drop-path and non-GELU activations run transformers'
-  forward.
+  allowed in the tests). Autograd, training, autocast, drop-path and non-GELU activations run
+  transformers' forward.
 - **Deformable attention's value mask** (`LeanDeformableAttention`): transformers `masked_fill`s
   the value projection with the padding mask in every layer (a copy of the value) even when
   nothing is padded; a mask that keeps everything is skipped, as for the fusion attention.
@@ -225,6 +226,13 @@ def _no_padding(mask: torch.Tensor | None) -> bool:
     return mask is None or (mask.device.type == "cpu" and not bool(mask.any()))
 
 
+def _autocast(tensor: torch.Tensor) -> bool:
+    """Under autocast (the bf16 fast mode) the lean forwards defer to transformers': their fused
+    residual adds and `bmm(out=...)` buffers would keep a bf16 result where transformers' `+`
+    promotes to float32."""
+    return torch.is_autocast_enabled(tensor.device.type)
+
+
 def _power_of_two(value: float) -> bool:
     mantissa, _ = math.frexp(value)
     return value > 0 and mantissa == 0.5
@@ -239,7 +247,7 @@ class LeanBiMultiHeadAttention:
             vision_attention_mask = None
         if _no_padding(text_attention_mask):
             text_attention_mask = None
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or _autocast(vision_features):
             return super().forward(vision_features, text_features, vision_attention_mask=vision_attention_mask,
                                    text_attention_mask=text_attention_mask)
         batch, pixels, _ = vision_features.shape
@@ -305,7 +313,8 @@ class LeanDeformableLayer:
 
     def forward(self, hidden_states, attention_mask, position_embeddings=None, reference_points=None,
                 spatial_shapes=None, spatial_shapes_list=None, level_start_index=None, output_attentions=False):
-        if self.training or torch.is_grad_enabled() or not isinstance(self.activation_fn, nn.ReLU):
+        if (self.training or torch.is_grad_enabled() or not isinstance(self.activation_fn, nn.ReLU)
+                or _autocast(hidden_states)):
             return super().forward(hidden_states, attention_mask, position_embeddings, reference_points,
                                    spatial_shapes, spatial_shapes_list, level_start_index, output_attentions)
         residual = hidden_states
@@ -411,7 +420,8 @@ class LeanSwinLayer:
                 **kwargs: Any):
         act = self.mlp.activation_fn
         if (self.training or torch.is_grad_enabled() or getattr(act, "act", None) is not F.gelu
-                or not isinstance(self.drop_path, nn.Identity) or kwargs.get("output_attentions")):
+                or not isinstance(self.drop_path, nn.Identity) or kwargs.get("output_attentions")
+                or _autocast(hidden_states)):
             return super().forward(hidden_states, input_dimensions, always_partition, **kwargs)
         if not always_partition:
             self.set_shift_and_window_size(input_dimensions)

@@ -316,3 +316,20 @@ def test_lean_deformable_layer_equals_transformers(onednn):
         expected = plain(hidden, keep, position, reference, spatial, shapes, starts)[0]
         got = lean_layer(hidden, keep, position, reference, spatial, shapes, starts)[0]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lean_layers_defer_to_transformers_under_autocast():
+    """Under bf16 autocast (the fast mode) the lean Swin layer gives transformers' own result, dtype
+    included (its fused residual add would keep bf16 where transformers' `+` promotes to float32)."""
+    from recognize_grounding_dino.lean_layers import LeanSwinLayer
+    from transformers import SwinConfig
+    from transformers.models.swin.modeling_swin import SwinLayer
+
+    config = SwinConfig(embed_dim=24, window_size=7)
+    plain, lean_layer = _pair_of(lambda: SwinLayer(config, dim=24, input_resolution=(9, 8), num_heads=3, shift_size=3),
+                                 LeanSwinLayer, onednn=True)
+    x = torch.randn(1, 72, 24)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = plain(x, (9, 8))[0], lean_layer(x, (9, 8))[0]
+    assert got.dtype == expected.dtype
+    assert torch.equal(got, expected)
