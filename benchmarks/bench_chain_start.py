@@ -18,7 +18,8 @@ alternating so a machine that gets busier slows both alike.
 - `--mode full`: the whole run on `--images` photos: peak RSS of the process (`wait4`'s `ru_maxrss`, its
   VmHWM), `summary.json`'s `wall`, and the peak as it stood when each stage and phase started and ended
   (the step where it jumps is where the peak comes from), with RssAnon / RssFile after each step and
-  their maxima in between (a thread in the measured process samples /proc/self/status every 50 ms).
+  their maxima in between (a thread in the measured process samples /proc/self/status every 50 ms),
+  and the CPU seconds of the whole process (`cpu_s`, user + system of all threads, from `wait4`).
 
 Memory-mapped weights are file pages: they count in RSS while resident, but under memory pressure
 the kernel drops them (and reads them again when touched), which lowers VmHWM; the log's `rssanon` /
@@ -159,11 +160,13 @@ def run_once(tree: Path, recipe: Path, images: list[Path], work: Path, stop: boo
     if first is None:
         raise RuntimeError(f"{tree}: no stage started (exit {proc.returncode}): {stderr[-2000:]}")
     result = {"cold_start_s": first["t"] - start, "cold_start_cpu_s": first["cpu"], "peak_rss_mib": usage.ru_maxrss / 1024,
+              "cpu_s": usage.ru_utime + usage.ru_stime,
               "peak_at_first_stage_mib": first["vmhwm"], "seconds": ended - start,
               "events": [{**e, "t": round(e["t"] - start, 3)} for e in events]}
     summary = out / "summary.json"
     if summary.is_file():
-        result["wall"] = json.loads(summary.read_text()).get("wall")
+        data = json.loads(summary.read_text())
+        result["wall"], result["overlapped"] = data.get("wall"), data.get("overlapped")
     return result
 
 
@@ -223,7 +226,7 @@ def main() -> None:
           f"{args.runs} runs each, alternating; photos: {', '.join(p.name for p in photos)}\n")
     keys = ["cold_start_s", "cold_start_cpu_s", "peak_at_first_stage_mib"]
     if args.mode == "full":
-        keys = ["cold_start_s", "cold_start_cpu_s", "peak_rss_mib", "seconds"]
+        keys = ["cold_start_s", "cold_start_cpu_s", "peak_rss_mib", "seconds", "cpu_s"]
     print("| | " + " | ".join(keys) + " |\n|---|" + "---:|" * len(keys))
     for name in trees:
         print(f"| {name} | " + " | ".join(f"{statistics.median(r[k] for r in runs[name]):.2f}" for k in keys) + " |")
@@ -232,7 +235,7 @@ def main() -> None:
             print(f"\n{name}: where the peak rose (first run)")
             for step in peak_steps(runs[name][0]["events"]):
                 print(f"  {step}")
-            print(f"  wall: {runs[name][0].get('wall')}")
+            print(f"  wall: {runs[name][0].get('wall')}; overlapped: {runs[name][0].get('overlapped')}")
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu(), "mode": args.mode, "photos": [str(p) for p in photos],
                                          "trees": {k: str(v) for k, v in trees.items()}, "runs": runs}, indent=1))

@@ -99,10 +99,12 @@ def _ours_split(run: dict[str, Any]) -> dict[str, float]:
     n = run.get("photos") or 1
     wall, stages = run.get("wall") or {}, run.get("stage_seconds") or {}
     exited = max(0.0, (run.get("seconds") or 0) - sum(wall.values()))  # interpreter exit, outside summary.json
-    split = {"startup": wall.get("startup"), "load": wall.get("load"), "decode": wall.get("decode"),
+    load = None if wall.get("load") is None else wall["load"] + (wall.get("load_wait") or 0)  # + waiting for a background load
+    split = {"startup": wall.get("startup"), "load": load, "decode": wall.get("decode"),
              **{name: stages.get(name) for name in ("ram_plus", "grounding_dino", "sam")},
              "draw_write": (wall.get("write") or 0) + (wall.get("finish") or 0),
-             "other": (wall.get("other") or 0) + (wall.get("retried") or 0) + exited}
+             # release: unmapping idle weights between stages (summary.json's own entry since it left the stages)
+             "other": (wall.get("other") or 0) + (wall.get("retried") or 0) + (wall.get("release") or 0) + exited}
     return {k: (v / n if v is not None else None) for k, v in split.items()}
 
 

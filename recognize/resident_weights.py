@@ -36,6 +36,7 @@ would be zeroed by the madvise; a storage held alive cannot be unmapped under it
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -47,7 +48,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["KEEP_ENV", "ReleaseReport", "note_mapped", "release"]
+__all__ = ["KEEP_ENV", "ReleaseReport", "loading", "note_mapped", "release"]
 
 #: set to 1 to keep every stage's weights mapped (no unmapping, no re-faulting; peak = all models)
 KEEP_ENV = "RECOGNIZE_KEEP_WEIGHTS_MAPPED"
@@ -69,6 +70,24 @@ class _MappedFile:
 
 _mapped: list[_MappedFile] = []
 _lock = threading.Lock()
+_release_lock = threading.Lock()  # held by release() throughout; see `loading`
+_loads_under_way = 0  # model loads in progress on other threads (`loading`)
+
+
+@contextlib.contextmanager
+def loading() -> Iterator[None]:
+    """Mark a model load under way (on another thread): `release()` unmaps nothing meanwhile.
+
+    Why: a load may map a weights file and then copy or convert its tensors; a `release()` that
+    read the page states just before a page was written (copy-on-write) would discard that write."""
+    global _loads_under_way
+    with _release_lock:  # waits for a release() in progress, so none runs under the load
+        _loads_under_way += 1
+    try:
+        yield
+    finally:
+        with _release_lock:
+            _loads_under_way -= 1
 
 
 def note_mapped(path: str | os.PathLike[str], loaded: Any) -> None:
@@ -117,6 +136,13 @@ def release() -> ReleaseReport:
     report = ReleaseReport()
     if not sys.platform.startswith("linux") or os.environ.get(KEEP_ENV, "") not in ("", "0"):
         return report
+    with _release_lock:
+        if _loads_under_way:  # a model is being loaded beside this stage (see `loading`)
+            return report
+        return _release(report)
+
+
+def _release(report: ReleaseReport) -> ReleaseReport:
     libc = _libc()
     if libc is None:
         return report

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from recognize.atomic import remove_stale_temps, write_text
-from recognize.engines.base import Engine, FrameResult, describe_error
+from recognize.engines.base import Engine, FrameResult, describe_error, is_load_failure
 from recognize.engines.local import LocalEngine
 from recognize.engines.segment_store import PARTIAL_DIR
 from recognize.engines.segment_store import clear as clear_partial
@@ -63,8 +63,12 @@ class RunSummary:
     skipped: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: where the wall time went: startup, load, decode, stages, write, finish, retried, other
+    #: where the wall time went: startup, load, load_wait, decode, stages, release, write, finish,
+    #: retried, other (they add up to `seconds`)
     wall: dict[str, float] = field(default_factory=dict)
+    #: work that ran on another thread beside the wall-time parts (models loaded in the background
+    #: while the first stage computed): {"load": seconds}; not part of `wall`'s sum
+    overlapped: dict[str, float] = field(default_factory=dict)
     #: seconds from process start (the CLI; from the call in a library run) until the first stage
     #: began on the first batch: what a user waits before any model runs (local engine; else None)
     cold_start: float | None = None
@@ -96,6 +100,7 @@ class RunSummary:
             "failures": self.failures,
             "timings": self.timings,
             "wall": self.wall,
+            "overlapped": self.overlapped,
             "cold_start": None if self.cold_start is None else round(self.cold_start, 3),
             "seconds": round(self.seconds, 3),
             "started": self.started,
@@ -202,6 +207,14 @@ def prepare_output_folder(out: Path) -> list[Path]:
     except OSError as exc:
         raise _folder_error(out, exc, "write into the output folder") from None
     return created
+
+
+def _undo_start(out: Path, created: Sequence[Path], manifest_written: bool) -> None:
+    """Remove what a run wrote before its first image (its manifest, the folders it created)."""
+    if manifest_written:
+        (out / MANIFEST_FILE).unlink(missing_ok=True)
+    remove_if_empty([out / STATE_DIR])
+    remove_if_empty(created)
 
 
 def remove_if_empty(folders: Sequence[Path]) -> None:
@@ -527,20 +540,27 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
     todo = items.todo()
     frames = (Frame(source=str(path), name=name) for path, name in todo)
     try:
-        for _ in engine.run(pipeline, frames, on_result=on_result, checkpoint_dir=partial, timer=timer):
-            pass
-    finally:
-        stopping = sys.exc_info()[1]  # the error that stopped the run, if one did: it is the one to report
-        bar.close()
-        frames.close()
-        todo.close()  # its connection to the table, even when the engine stopped early
-        if isinstance(shard_stage, ShardsOutput):
-            try:
-                shard_stage.close()  # a Parquet shard becomes readable (renamed into place) only when closed
-            except OSError as exc:
-                if stopping is None:
-                    raise _folder_error(out, exc, "close the last shard") from None
-        journal.close()
+        try:
+            for _ in engine.run(pipeline, frames, on_result=on_result, checkpoint_dir=partial, timer=timer):
+                pass
+        finally:
+            stopping = sys.exc_info()[1]  # the error that stopped the run, if one did: it is the one to report
+            bar.close()
+            frames.close()
+            todo.close()  # its connection to the table, even when the engine stopped early
+            if isinstance(shard_stage, ShardsOutput):
+                try:
+                    shard_stage.close()  # a Parquet shard becomes readable (renamed into place) only when closed
+                except OSError as exc:
+                    if stopping is None:
+                        raise _folder_error(out, exc, "close the last shard") from None
+            journal.close()
+    except BaseException as exc:
+        if is_load_failure(exc) and not summary.processed and not summary.failures:
+            # a model that loaded in the background failed before any image was done: as when
+            # `engine.load` fails, the run could not start, so it leaves nothing behind
+            _undo_start(out, created, manifest_needed)
+        raise
     clear_partial(partial)  # every frame is final now
 
     journal.read()
@@ -565,6 +585,7 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
             for name, seconds in timer.stages.items()
         }
         summary.wall = timer.wall(summary.seconds)
+        summary.overlapped = {name: round(seconds, 4) for name, seconds in timer.overlapped.items()}
         if timer.first_stage_at is not None and summary.engine == "local":  # Ray workers keep their own clocks
             summary.cold_start = timer.first_stage_at - entered + (startup_seconds or 0.0)
         write_text(out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))

@@ -48,6 +48,23 @@ class RunStopped(RecognizeError):
     """A failure that is not any one image's fault (it repeats on every image), so the run stops once."""
 
 
+_LOAD_FAILURE = "_recognize_load_failure"
+
+
+def mark_load_failure(exc: BaseException) -> BaseException:
+    """Mark `exc` as raised while loading a stage's model (not by any image), and return it.
+
+    Engines that load models beside the run (`recognize.engines.background_load`) raise such an
+    error during `run`, not `load`; the runner then cleans up as for a run that could not start."""
+    setattr(exc, _LOAD_FAILURE, True)
+    return exc
+
+
+def is_load_failure(exc: BaseException | None) -> bool:
+    """Whether `exc` was marked by `mark_load_failure`."""
+    return bool(getattr(exc, _LOAD_FAILURE, False))
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for a failed image: a `RecognizeError`'s message as is, otherwise `Type: message`."""
     if isinstance(exc, RecognizeError):

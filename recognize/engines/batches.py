@@ -12,7 +12,7 @@ Policy (what both engines do with a batch whose stages raise):
   cannot run on this device): the run stops with one `RunStopped` message naming the stage,
   instead of reporting the same error for every image of the dataset.
 * Errors while *loading* a stage (missing weights, bad config) are not per-image problems either:
-  they propagate and stop the run.
+  they propagate and stop the run (also when the model loaded in the background: `ready`).
 * Timings: the time of an attempt that failed goes to the `retried` phase once; stages are
   charged only for the attempts whose frames they returned, so a retry never counts twice.
 
@@ -24,16 +24,20 @@ from __future__ import annotations
 import copy
 import gc
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from recognize import resident_weights
 from recognize.engines.base import FrameResult, RunStopped, describe_error
-from recognize.engines.timing import DECODE, LOAD, StageTimer
+from recognize.engines.timing import DECODE, LOAD, RELEASE, StageTimer
 from recognize.errors import ImageError, RecognizeError
 from recognize.frame import Frame
 from recognize.stage import Stage
 
 _STATE_FIELDS = ("tags", "regions", "caption", "dropped", "meta")
+
+#: called with each stage just before it first runs in a batch; returns once its model is loaded
+#: (an engine loading models in the background waits there) and raises its loading error
+Ready = Callable[[Stage], None]
 
 
 class StageFailed(Exception):
@@ -63,19 +67,23 @@ def release_memory() -> None:
 
 
 def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer, *,
-                 chained: bool | None = None) -> list[Frame]:
+                 chained: bool | None = None, ready: Ready | None = None) -> list[Frame]:
     """Run `stages` in order on `frames` (raises what a stage raises), each stage timed.
 
     `chained` (default: more than one stage): other stages run in this process between this one's
-    batches, so after each stage its memory-mapped weights leave RSS (`recognize.resident_weights`)."""
+    batches, so after each stage its memory-mapped weights leave RSS (`recognize.resident_weights`),
+    timed as the `release` phase. `ready`: see `Ready` (default: the stage loads on first use)."""
     if chained is None:
         chained = len(stages) > 1
     for stage in stages:
         if not frames:
             return frames
+        if ready is not None:
+            ready(stage)
         with timer.stage(stage.name):
             out = stage(frames)
-            if chained:  # the next stage's weights, not this one's, should be resident
+        if chained:  # the next stage's weights, not this one's, should be resident
+            with timer.phase(RELEASE):
                 resident_weights.release()
         if out is None:
             raise RecognizeError(f"stage {stage.name!r} returned None instead of the frames")
@@ -86,11 +94,13 @@ def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer
     return frames
 
 
-def run_batch(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer, *, isolate: bool = True) -> list[FrameResult]:
+def run_batch(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer, *, isolate: bool = True,
+              ready: Ready | None = None) -> list[FrameResult]:
     """One FrameResult per frame of `frames`, in order.
 
     Images are decoded first (an unreadable one fails alone), stages are loaded (a loading error
-    raises), then the stages run. `isolate=False` lets the first error propagate unchanged (the
+    raises; with `ready`, each stage's model is waited for just before the stage first runs, so
+    the stages in front of it compute meanwhile), then the stages run. `isolate=False` lets the first error propagate unchanged (the
     library's `Pipeline.__call__`); otherwise failures follow the policy in this module's docstring.
     """
     results: list[FrameResult | None] = [None] * len(frames)
@@ -108,26 +118,28 @@ def run_batch(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer, *
                     results[i] = FrameResult(frame, str(exc))
                 else:
                     readable.append(i)
-    with timer.phase(LOAD):
-        for stage in stages:
-            stage.ensure_loaded()  # a loading error stops the run: it is not this image's fault
+    if ready is None:
+        with timer.phase(LOAD):
+            for stage in stages:
+                stage.ensure_loaded()  # a loading error stops the run: it is not this image's fault
     todo = [frames[i] for i in readable]
     if isolate:
-        done = _isolated(stages, todo, timer)
+        done = _isolated(stages, todo, timer, ready)
     else:
-        done = [FrameResult(frame) for frame in apply_stages(stages, todo, timer)]
+        done = [FrameResult(frame) for frame in apply_stages(stages, todo, timer, ready=ready)]
     for i, result in zip(readable, done):
         results[i] = result
     return results  # type: ignore[return-value]
 
 
-def _isolated(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer) -> list[FrameResult]:
+def _isolated(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer,
+              ready: Ready | None = None) -> list[FrameResult]:
     if not frames:
         return []
     saved = [_snapshot(frame) for frame in frames]
     attempt = timer.child()
     try:
-        out = _apply_named(stages, frames, attempt)
+        out = _apply_named(stages, frames, attempt, ready)
     except StageFailed as failure:
         timer.write_off(attempt)
         for frame, state in zip(frames, saved):
@@ -137,23 +149,24 @@ def _isolated(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer) -
         if is_out_of_memory(failure.cause):
             release_memory()
             half = (len(frames) + 1) // 2
-            results = _isolated(stages, frames[:half], timer) + _isolated(stages, frames[half:], timer)
+            results = _isolated(stages, frames[:half], timer, ready) + _isolated(stages, frames[half:], timer, ready)
         else:
-            results = [result for frame in frames for result in _isolated(stages, [frame], timer)]
+            results = [result for frame in frames for result in _isolated(stages, [frame], timer, ready)]
         _stop_if_repeated(results, failure)
         return results
     timer.merge(attempt)
     return [FrameResult(frame) for frame in out]
 
 
-def _apply_named(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer) -> list[Frame]:
-    current = ""
-    try:
-        for stage in stages:
-            current = stage.name
+def _apply_named(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer,
+                 ready: Ready | None = None) -> list[Frame]:
+    for stage in stages:
+        if ready is not None and frames:
+            ready(stage)  # outside the try: a loading error is not these frames' fault, it stops the run
+        try:
             frames = apply_stages([stage], frames, timer, chained=len(stages) > 1)
-    except Exception as exc:  # noqa: BLE001 - any stage error is isolated to its frames by the caller
-        raise StageFailed(current, exc) from exc
+        except Exception as exc:  # noqa: BLE001 - any stage error is isolated to its frames by the caller
+            raise StageFailed(stage.name, exc) from exc
     return frames
 
 

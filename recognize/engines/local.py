@@ -6,6 +6,11 @@ batch goes through `recognize.engines.batches.run_batch`, whose docstring states
 policy (a bad image costs only itself; out of memory splits the batch; an error that repeats on
 every image of a batch stops the run with one message; loading errors stop the run).
 Dataset-scope stages get every surviving frame at once, in this process.
+
+With `background_load` (the CLI's default), `load()` loads only the first stage's model and the
+others load on a background thread while the first stage computes
+(`recognize.engines.background_load`); a stage waits for its model (timed as `load_wait`) only
+when the first batch reaches it.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recognize.engines.background_load import BackgroundLoads
+from recognize.engines.background_load import enabled as background_load_enabled
 from recognize.engines.base import FrameResult, ResultCallback, describe_error
-from recognize.engines.batches import apply_stages, run_batch
+from recognize.engines.batches import Ready, apply_stages, run_batch
 from recognize.engines.segments import Segment, walk
-from recognize.engines.timing import LOAD, StageTimer
+from recognize.engines.timing import LOAD, LOAD_WAIT, StageTimer
 from recognize.frame import Frame
 from recognize.prefetch import batched, prefetch
+from recognize.stage import Stage
 
 if TYPE_CHECKING:  # pragma: no cover
     from recognize.pipeline import Pipeline
@@ -31,28 +39,40 @@ class LocalEngine:
     """`isolate=False` lets the first error propagate unchanged instead of failing just that
     image (what a library call such as `Pipeline(...)(images)` wants). `prefetch`: how many
     batches ahead images are decoded on a background thread (`recognize.prefetch`; 0: none);
-    only with `isolate`, since library runs decode lazily (a frame no stage reads is never decoded)."""
+    only with `isolate`, since library runs decode lazily (a frame no stage reads is never decoded).
+    `background_load` (default: `isolate`, and `RECOGNIZE_BACKGROUND_LOAD` not 0): `load()` loads the
+    first stage's model and starts loading the others in the background for the next `run()`; off,
+    (`Pipeline.load()`), every model is loaded when `load()` returns."""
 
     name = "local"
 
-    def __init__(self, progress: bool = False, *, isolate: bool = True, prefetch: int = 1) -> None:
+    def __init__(self, progress: bool = False, *, isolate: bool = True, prefetch: int = 1,
+                 background_load: bool | None = None) -> None:
         #: show a progress bar for the stages before a dataset-scope stage (the runner's bar
         #: only moves when frames are final)
         self.progress = progress
         self.isolate = isolate
         self.prefetch = prefetch
+        self.background_load = (isolate and background_load_enabled()) if background_load is None else background_load
+        self._loads: BackgroundLoads | None = None  # started by load(), waited for by the next run()
 
     def load(self, pipeline: Pipeline, timer: StageTimer | None = None) -> None:
-        """Load every stage's models now, so missing weights fail before any image is touched; every
-        stage's model files are checked (or downloaded) first, so an offline run names all missing
-        files in one error."""
+        """Check (or download) every stage's model files first, so an offline run names all missing
+        files in one error before any image is touched; then load the models: all of them, or with
+        `background_load` the first stage's now and the others on a background thread."""
         from recognize.hub import ensure_files
 
         timer = timer if timer is not None else pipeline.timer
+        self._stop_loads(timer)
+        stages = list(pipeline.stages)
+        now, later = (stages[:1], stages[1:]) if self.background_load else (stages, [])
         with timer.phase(LOAD):
             ensure_files([ref for stage in [*pipeline.stages, *pipeline.outputs] for ref in stage.model_files()])
-            for stage in pipeline.stages:
+            for stage in now:
                 stage.ensure_loaded()
+        later = [stage for stage in later if not getattr(stage, "_loaded", False)]
+        if later:
+            self._loads = BackgroundLoads(later).start()
 
     def run(
         self,
@@ -65,20 +85,53 @@ class LocalEngine:
     ) -> Iterator[FrameResult]:
         """See `recognize.engines.base.Engine.run`."""
         timer = timer if timer is not None else pipeline.timer
-        return walk(pipeline, frames, self, timer=timer, on_result=on_result, checkpoint_dir=checkpoint_dir,
-                    progress=self.progress)
+        try:
+            yield from walk(pipeline, frames, self, timer=timer, on_result=on_result, checkpoint_dir=checkpoint_dir,
+                            progress=self.progress)
+        finally:
+            self._stop_loads(timer)
+
+    def _stop_loads(self, timer: StageTimer) -> None:
+        """No further background load starts (a stopped run does not wait for it); its seconds are
+        counted as loading that overlapped the run."""
+        loads, self._loads = self._loads, None
+        if loads is not None:
+            loads.cancel()
+            timer.overlapped[LOAD] += loads.seconds()
+
+    def _ready(self, timer: StageTimer) -> Ready | None:
+        """The per-stage wait for models loading in the background (None: none are)."""
+        loads = self._loads
+        if loads is None:
+            return None
+
+        def ready(stage: Stage) -> None:
+            if stage not in loads:
+                if not getattr(stage, "_loaded", False):
+                    with timer.phase(LOAD):
+                        stage.ensure_loaded()
+            elif loads.is_ready(stage):
+                loads.wait(stage)  # at once; raises its load error if it had one
+            else:
+                with timer.phase(LOAD_WAIT):
+                    loads.wait(stage)
+
+        return ready
 
     # -- SegmentRunner --------------------------------------------------------------------
     def map_images(self, pipeline: Pipeline, segment: Segment, frames: Iterable[Frame],
                    timer: StageTimer) -> Iterator[FrameResult]:
         depth = self.prefetch if self.isolate else 0
+        ready = self._ready(timer)
         for batch in prefetch(batched(frames, pipeline.batch_size), depth=depth):
-            yield from run_batch(segment.stages, batch, timer, isolate=self.isolate)
+            yield from run_batch(segment.stages, batch, timer, isolate=self.isolate, ready=ready)
 
     def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: Iterable[Frame],
                     timer: StageTimer) -> list[Frame]:
         """Every frame in this process's memory at once (what one machine can hold)."""
-        with timer.phase(LOAD):
-            for stage in segment.stages:
-                stage.ensure_loaded()
-        return apply_stages(segment.stages, list(frames), timer)
+        ready = self._ready(timer)
+        if ready is None:
+            with timer.phase(LOAD):
+                for stage in segment.stages:
+                    stage.ensure_loaded()
+        return apply_stages(segment.stages, list(frames), timer, ready=ready)

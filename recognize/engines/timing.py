@@ -11,6 +11,7 @@ stage look twice as slow).
     for result in engine.run(pipeline, frames, timer=timer): ...
     timer.stages            # {"ram_plus": 12.3, "grounding_dino": 40.1}
     timer.phases            # {"load": 4.2, "decode": 0.8}
+    timer.overlapped        # {"load": 3.1}: loaded on a background thread meanwhile (not in the sum)
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 STARTUP = "startup"  # process start (interpreter, imports, recipe) and engine start (e.g. ray.init)
-LOAD = "load"  # building models and reading weights
+LOAD = "load"  # building models and reading weights (before the run, or when a stage first needs them)
+LOAD_WAIT = "load_wait"  # a stage waiting for its model, still loading in the background
 DECODE = "decode"  # reading and decoding images
+RELEASE = "release"  # unmapping idle models' weight pages between a chain's stages (resident_weights)
 RETRIED = "retried"  # batch attempts that failed and were redone in smaller pieces
 WRITE = "write"  # per-image output files
 FINISH = "finish"  # dataset-level output files (COCO, ...)
 OTHER = "other"  # the rest of the wall time (bookkeeping, waiting on workers)
-PHASES = (STARTUP, LOAD, DECODE, RETRIED, WRITE, FINISH, OTHER)
+PHASES = (STARTUP, LOAD, LOAD_WAIT, DECODE, RELEASE, RETRIED, WRITE, FINISH, OTHER)
 
 
 class StageTimer:
@@ -40,6 +43,9 @@ class StageTimer:
         self.phases: dict[str, float] = defaultdict(float)
         #: the clock when the first stage began (cold start = that minus the run's start), or None
         self.first_stage_at: float | None = None
+        #: seconds of work that ran beside the rest on another thread (models loaded in the
+        #: background, `recognize.engines.background_load`): not part of the wall-time parts
+        self.overlapped: dict[str, float] = defaultdict(float)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -78,6 +84,8 @@ class StageTimer:
             self.stages[name] += seconds * scale
         for name, seconds in data.get("phases", {}).items():
             self.phases[name] += seconds * scale
+        for name, seconds in data.get("overlapped", {}).items():
+            self.overlapped[name] += seconds * scale
 
     def write_off(self, attempt: StageTimer) -> None:
         """Record a failed attempt's whole time once, as `RETRIED`."""
@@ -90,7 +98,7 @@ class StageTimer:
             self.first_stage_at = first
 
     def to_dict(self) -> dict[str, dict[str, float]]:
-        return {"stages": dict(self.stages), "phases": dict(self.phases)}
+        return {"stages": dict(self.stages), "phases": dict(self.phases), "overlapped": dict(self.overlapped)}
 
     def wall(self, seconds: float) -> dict[str, float]:
         """Phases plus all stages (as `stages`) plus `other`, adding up to `seconds` of wall time.

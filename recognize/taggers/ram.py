@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recognize.meta_init import parameter_device
 from recognize.taggers.checkpoint import KeySpec
 from recognize.taggers.recognition_decoder import DecoderConfig, RecognitionDecoder
 from recognize.taggers.swin import SWIN_L_224, SWIN_L_384, SwinBackbone, SwinConfig, official_key, resize_bias_table
@@ -98,7 +99,7 @@ class RAM(nn.Module):
         hidden = config.decoder.hidden_size
         self.visual_encoder = SwinBackbone(config.swin)
         self.image_proj = nn.Linear(config.swin.vision_width, CLIP_WIDTH)
-        self.label_embed = nn.Parameter(torch.zeros(config.label_rows, CLIP_WIDTH))
+        self.label_embed = nn.Parameter(torch.zeros(config.label_rows, CLIP_WIDTH, device=parameter_device()))
         # official: a projection only when the decoder width differs from the CLIP width
         self.wordvec_proj = nn.Linear(CLIP_WIDTH, hidden) if hidden != CLIP_WIDTH else nn.Identity()
         self.tagging_head = RecognitionDecoder(config.decoder)

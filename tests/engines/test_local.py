@@ -14,7 +14,7 @@ from recognize.engines.base import Engine, RunStopped
 from recognize.engines.local import LocalEngine
 from recognize.engines.ray_engine import RayEngine
 from recognize.engines.segments import split_segments
-from recognize.engines.timing import RETRIED, StageTimer
+from recognize.engines.timing import RELEASE, RETRIED, StageTimer
 from recognize.pipeline import Pipeline
 from recognize.runner import run_to_folder
 
@@ -163,6 +163,22 @@ def test_retries_are_timed_once():
     # the stage is charged for the three single-image attempts it produced results in
     assert timer.stages["tick"] == 3.0 and timer.phases[RETRIED] == 5.0
     assert timer.total == CLOCK.now == 8.0
+
+
+def test_releasing_idle_weights_between_stages_is_timed_as_its_own_phase(monkeypatch):
+    from recognize import resident_weights
+
+    def release():  # the real one unmaps pages; here it only costs two clock seconds
+        CLOCK.now += 2.0
+        return resident_weights.ReleaseReport()
+
+    monkeypatch.setattr(resident_weights, "release", release)
+    CLOCK.now = 0.0
+    timer = StageTimer(clock=CLOCK)
+    list(LocalEngine().run(Pipeline([Tick(), CountCalls()], batch_size=2), frames("a", "b"), timer=timer))
+    # a chain of two: released after each stage, counted there, never in the stage before it
+    assert timer.stages["tick"] == 2.0 and timer.stages["count_calls"] == 0.0
+    assert timer.phases[RELEASE] == 4.0 and timer.total == CLOCK.now
 
 
 def test_failed_frames_never_reach_a_dataset_stage_and_survivors_keep_input_order():

@@ -145,7 +145,30 @@ class CrashOn(Stage):
         return frames
 
 
-STAGES = [Brightness, CenterBox, BoxMask, Explode, CountDataset, DieOn, CrashOn]
+class BadWeights(Stage):
+    """A model whose weights file turns out to be bad while loading (after `delay` seconds): what a
+    corrupt checkpoint does, past the pre-flight file check."""
+
+    name = "bad_weights"
+    kind = "filter"
+
+    class Params(StageParams):
+        delay: float = 0.0
+        path: str = "weights.pth"
+
+    def load(self) -> None:
+        import time
+
+        from recognize.errors import ModelFileError
+
+        time.sleep(self.params.delay)
+        raise ModelFileError(f"{self.params.path}: not a checkpoint (test double)")
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        return frames
+
+
+STAGES = [Brightness, CenterBox, BoxMask, Explode, CountDataset, DieOn, CrashOn, BadWeights]
 
 
 @recognize.hookimpl

@@ -88,20 +88,30 @@ def build_model(config: Any, init_weights: bool = True, on_meta: bool = False) -
 
     context: Any = contextlib.ExitStack()
     if not init_weights or on_meta:
-        try:
-            from transformers.modeling_utils import no_init_weights
-
-            context.enter_context(no_init_weights())
-        except ImportError:  # pragma: no cover - moved in some transformers releases
-            pass
+        context.enter_context(_no_init_weights())
     if on_meta:
         context.enter_context(parameters_on_meta())
     try:
         with context:
             model = GroundingDinoForObjectDetection(config)
+        if not init_weights or on_meta:
+            model.tie_weights()  # what `no_init_weights` skipped along with the init (the shared box heads)
     except (ValueError, RuntimeError) as error:  # e.g. sizes transformers cannot wire together
         raise RecognizeError(f"grounding_dino config: cannot build the model ({error})") from None
     return lean(model).eval()
+
+
+def _no_init_weights() -> contextlib.AbstractContextManager:
+    """transformers' `no_init_weights` (no torch init functions, no `init_weights` in `post_init`).
+
+    Why not a plain import from `modeling_utils`: transformers 5 moved it to `initialization`, and
+    the old import failed silently, so every Linear was initialised (on meta tensors, through
+    torch's slow Python reference ops: ~0.5 s of a cold start) only to be overwritten."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    return no_init_weights()
 
 
 def load_tokenizer(vocab: str | Path) -> Any:

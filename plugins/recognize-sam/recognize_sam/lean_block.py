@@ -25,7 +25,8 @@ the embedding's largest value (`benchmarks/README.md`). Under autocast or with q
 modes keep the fidelity they were measured with.
 
 `use_lean_blocks` installs it on a built model (modules keep their parameters and state dict; only
-`forward` differs); `use_segment_anything` puts segment-anything's own classes back (benchmarks).
+`forward` differs); `use_segment_anything` puts segment-anything's own classes back (benchmarks, tests),
+including plain `nn.Linear` for the decoder's oneDNN linears.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from segment_anything.modeling.image_encoder import Attention, Block, get_rel_po
 from torch import nn
 
 from recognize_sam.attention import LeanAttention
-from recognize.onednn_linear import linear
+from recognize.onednn_linear import OneDNNLinear, linear
 
 __all__ = ["LEAN", "LeanBlock", "use_lean_blocks", "use_segment_anything"]
 
@@ -133,20 +134,30 @@ def _sdpa_relpos(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     Rh = get_rel_pos(h, h, attn.rel_pos_h)
     Rw = get_rel_pos(w, w, attn.rel_pos_w)
     rows, step = q.shape[0], _rows_per_step(q)
+    if step >= rows:  # one step (the windowed blocks): SDPA's own output, no copy into `out`
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_relpos_bias(q, Rh, Rw, size, None), scale=attn.scale)
     out = torch.empty_like(q if v.shape[-1] == q.shape[-1] else v)
     bias = None
     for i in range(0, rows, step):
         qi = q[i : i + step]
-        n = qi.shape[0]
-        r_q = qi.reshape(n, h, w, -1)
-        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh)
-        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw)
-        if bias is None or bias.shape[0] != n:
-            bias = q.new_empty(n, h, w, h, w)
-        torch.add(rel_h[:, :, :, :, None], rel_w[:, :, :, None, :], out=bias)
-        out[i : i + step] = F.scaled_dot_product_attention(
-            qi, k[i : i + step], v[i : i + step], attn_mask=bias.view(n, h * w, h * w), scale=attn.scale)
+        bias = _relpos_bias(qi, Rh, Rw, size, bias)
+        out[i : i + step] = F.scaled_dot_product_attention(qi, k[i : i + step], v[i : i + step], attn_mask=bias,
+                                                           scale=attn.scale)
     return out
+
+
+def _relpos_bias(q: torch.Tensor, Rh: torch.Tensor, Rw: torch.Tensor, size: tuple[int, int],
+                 reuse: torch.Tensor | None) -> torch.Tensor:
+    """rel_h + rel_w as an (n, h * w, h * w) attention mask for q (n, h * w, head_dim); written into
+    `reuse` when it has the right size (the head chunks of a global block share one buffer)."""
+    h, w = size
+    n = q.shape[0]
+    r_q = q.reshape(n, h, w, -1)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh)
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw)
+    bias = reuse if reuse is not None and reuse.shape[0] == n else q.new_empty(n, h * w, h * w)
+    torch.add(rel_h[:, :, :, :, None], rel_w[:, :, :, None, :], out=bias.view(n, h, w, h, w))
+    return bias
 
 
 def _rows_per_step(q: torch.Tensor) -> int:
@@ -162,8 +173,10 @@ def use_lean_blocks(module: nn.Module) -> nn.Module:
 
 
 def use_segment_anything(module: nn.Module) -> nn.Module:
-    """The plain segment-anything forward everywhere in `module` again (for comparisons); returns it."""
-    return _swap_classes(module, {LeanBlock: Block, LeanAttention: Attention})
+    """The plain segment-anything forward everywhere in `module` again (for comparisons); returns it.
+
+    Also turns `build_sam`'s oneDNN linears (the mask decoder's) back into `nn.Linear`."""
+    return _swap_classes(module, {LeanBlock: Block, LeanAttention: Attention, OneDNNLinear: nn.Linear})
 
 
 def _swap_classes(module: nn.Module, classes: dict[type, type]) -> nn.Module:

@@ -14,7 +14,9 @@ Deliberate differences from `build_sam*`:
   adds and softmax: one 1 GiB attention matrix alive per global block instead of three; bit for bit);
 - its blocks are `recognize_sam.lean_block.LeanBlock` (no qkv/projection work on window padding,
   fused attention, oneDNN linears on CPU): ~1.5-2.3x faster on CPU, embeddings within ~2e-5 of
-  segment-anything's largest value on vit_h, not bit for bit (`use_segment_anything` restores the plain forward).
+  segment-anything's largest value on vit_h, not bit for bit (`use_segment_anything` restores the plain forward);
+- the mask decoder's linears are `recognize.onednn_linear.OneDNNLinear` (oneDNN's fp32 GEMM on CPU, ~2x
+  MKL's on AMD CPUs; another summation order, logits within ~1e-6; `use_segment_anything` restores them too).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from segment_anything.build_sam import _build_sam, sam_model_registry
 from segment_anything.modeling import Sam as SamModel
 
 from recognize.errors import ModelFileError
+from recognize.onednn_linear import use_onednn_linears
 from recognize_sam.config import SamConfig
 from recognize_sam.lean_block import use_lean_blocks
 
@@ -65,6 +68,7 @@ def build_sam(model: str = "vit_h", config: SamConfig | None = None, seed: int |
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             sam = build()
+    use_onednn_linears(sam.mask_decoder)
     return use_lean_blocks(sam).eval()
 
 

@@ -1,13 +1,19 @@
-"""From boxes to masks: one image embedding per image, then each box decoded on its own.
+"""From boxes to masks: one image embedding per image, then the boxes decoded a few at a time.
 
-Why one decoder call per box, and low-resolution logits until a mask is kept: `SamPredictor`'s
-batched call upsamples every candidate mask (3 per box with multimask output) to 1024x1024 and
-then to the full image size; for big photos that upsampling dominates. Decoding box by box, we
-pick the best candidate on the 256x256 logits by its predicted IoU and upsample only that one.
-The decoder itself is no faster batched on CPU (it repeats the 64x64 embedding per box). Per-box
-calls also give bit-for-bit the masks `SamPredictor.predict(box=...)` gives; a batched decoder
-call differs from it in the last float bits, which flips the odd pixel at the threshold.
-`benchmarks/bench_decode.py` measures the three ways side by side.
+Why low-resolution logits until a mask is kept: `SamPredictor`'s batched call upsamples every
+candidate mask (3 per box with multimask output) to 1024x1024 and then to the full image size; for
+big photos that upsampling dominates. We pick the best candidate on the 256x256 logits by its
+predicted IoU and upsample only that one, box by box (one full-size float32 mask alive at a time).
+
+Why the decoder takes `boxes_per_call` boxes per call (8; until issue 11's third step it took one):
+on CPU the decoder is a string of small ops on the 4,096 image tokens (its GEMMs are 4096 x 256 x
+128), whose per-call cost (thread wake-up, dispatch) is paid once per call, not once per box; its
+linears also run through oneDNN (`recognize_sam.model.build_sam`). Measured with vit_h's decoder on
+2 shared cores, 8 boxes: 1.99 -> 0.54 CPU s per thread (`benchmarks/bench_sam_stage.py`,
+`benchmarks/README.md`). Deliberate difference from `SamPredictor.predict(box=...)`: a batched call
+(and oneDNN's summation order) gives the logits in other last bits, so a mask can differ where a
+logit is within ~1e-6 of the threshold 0 (`tests/test_predict.py` bounds it at 1e-5); SAM's own
+`predict_torch` batches the same way. Memory: a few tens of MB of decoder activations per box in a call.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ class BoxMasks:
 
 class BoxSegmenter:
     """Embeds images and decodes box prompts with a SAM model (same preprocessing as `SamPredictor`)."""
+
+    #: boxes per mask-decoder call (see the module docstring); activations: a few tens of MB per box
+    boxes_per_call: int = 8
 
     def __init__(self, sam: SamModel) -> None:
         self.sam = sam
@@ -86,8 +95,9 @@ class BoxSegmenter:
             self.transform.apply_boxes(boxes, embedding.original_size), dtype=torch.float, device=self.device
         )
         dense_pe = self.sam.prompt_encoder.get_dense_pe()
-        for i in range(len(boxes)):
-            sparse, dense = self.sam.prompt_encoder(points=None, boxes=prompts[i : i + 1], masks=None)
+        for start in range(0, len(boxes), self.boxes_per_call):
+            chunk = prompts[start : start + self.boxes_per_call]
+            sparse, dense = self.sam.prompt_encoder(points=None, boxes=chunk, masks=None)
             low_res, iou = self.sam.mask_decoder(
                 image_embeddings=embedding.features,
                 image_pe=dense_pe,
@@ -95,9 +105,12 @@ class BoxSegmenter:
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
             )
-            best = int(iou[0].argmax())
-            logits = low_res[:, best : best + 1]  # only the kept candidate is upsampled
-            kept = self.sam.postprocess_masks(logits, embedding.input_size, embedding.original_size)
-            masks[i] = (kept[0, 0] > self.sam.mask_threshold).cpu().numpy()
-            scores[i] = float(iou[0, best])
+            best = iou.argmax(dim=1)
+            rows = torch.arange(len(chunk), device=iou.device)
+            kept_logits = low_res[rows, best][:, None]  # only the kept candidate is upsampled
+            kept_iou = iou[rows, best].float().cpu().numpy()
+            for j in range(len(chunk)):
+                kept = self.sam.postprocess_masks(kept_logits[j : j + 1], embedding.input_size, embedding.original_size)
+                masks[start + j] = (kept[0, 0] > self.sam.mask_threshold).cpu().numpy()
+                scores[start + j] = kept_iou[j]
         return BoxMasks(masks, scores)
