@@ -213,8 +213,10 @@ def main(argv: list[str] | None = None) -> dict:
         if official:
             official.close()
     gflops = report["matmul"]["gflops"]
+    onednn = report["matmul"].get("gflops_onednn")
     report["summary"] = {"gflop": report["flops"] / 1e9, "load_average_end": list(os.getloadavg()), "sides": {
         name: {"s": statistics.median(values), "pct_matmul": 100 * report["flops"] / statistics.median(values) / 1e9 / gflops,
+               "pct_onednn": (100 * report["flops"] / statistics.median(values) / 1e9 / onednn) if onednn else None,
                "official_over_this": (statistics.median(times["official"]) / statistics.median(values)
                                       if "official" in times else None)}
         for name, values in times.items()}}
@@ -228,13 +230,15 @@ def render(report: dict) -> str:
     s, m = report["summary"], report["matmul"]
     lines = [(f"CPU {report['machine']['cpu']} ({', '.join(report['machine']['flags'])}), "
               f"{report['machine']['threads']} threads, torch {report['machine']['torch']}; "
-              f"fp32 matmul {m['gflops']:.0f} GFLOP/s; load average {report['machine']['load_average'][0]:.1f} -> "
+              f"fp32 matmul {m['gflops']:.0f} GFLOP/s (`a @ b`), oneDNN {m.get('gflops_onednn') or 0:.0f}; load average {report['machine']['load_average'][0]:.1f} -> "
               f"{s['load_average_end'][0]:.1f}"),
              f"input {report['images'][0]['shape']}, caption {report['tokens']} tokens, {s['gflop']:.1f} GFLOP/forward",
-             "", "| | s/forward (median) | % of fp32 matmul rate | official s / this s |", "|---|---:|---:|---:|"]
+             "", "| | s/forward (median) | % of fp32 `a @ b` rate | % of oneDNN rate | official s / this s |",
+             "|---|---:|---:|---:|---:|"]
     for name, side in s["sides"].items():
         ratio = "-" if side["official_over_this"] is None else f"{side['official_over_this']:.2f}x"
-        lines.append(f"| {name} | {side['s']:.2f} | {side['pct_matmul']:.0f}% | {ratio} |")
+        onednn = "-" if side.get("pct_onednn") is None else f"{side['pct_onednn']:.0f}%"
+        lines.append(f"| {name} | {side['s']:.2f} | {side['pct_matmul']:.0f}% | {onednn} | {ratio} |")
     names = list(report["parts"])
     lines += ["", "| part (inclusive s, median) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for part in [*PARTS, "total"]:

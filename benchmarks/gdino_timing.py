@@ -17,9 +17,10 @@ import torch
 #: of the network (Swin, BERT, the encoder's image/text/fusion layers, the decoder) on both sides.
 PARTS = {
     "backbone (swin + positions)": ("Joiner", "GroundingDinoConvModel"),
-    "swin blocks": ("SwinTransformerBlock", "SwinLayer"),
+    "swin blocks": ("SwinTransformerBlock", "SwinLayer", "LeanSwinLayer"),
     "bert": ("BertModelWarper", "BertModel", "CachedBertModel"),
-    "encoder deformable layers": ("DeformableTransformerEncoderLayer", "GroundingDinoDeformableLayer"),
+    "encoder deformable layers": ("DeformableTransformerEncoderLayer", "GroundingDinoDeformableLayer",
+                                  "LeanGroundingDinoDeformableLayer"),
     "encoder text layers": ("TransformerEncoderLayer", "GroundingDinoTextEnhancerLayer"),
     "encoder fusion layers": ("BiAttentionBlock", "GroundingDinoFusionLayer"),
     "decoder layers": ("DeformableTransformerDecoderLayer", "GroundingDinoDecoderLayer"),

@@ -31,19 +31,27 @@ ONEDNN = True
 _available: bool | None = None
 
 
-def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """`layer(x)`, then exact (erf) GELU if `gelu`, then `+ residual` if given (not both)."""
-    if gelu and residual is not None:
-        raise ValueError("linear: gelu and residual cannot be fused together")
+def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None,
+           relu: bool = False) -> torch.Tensor:
+    """`layer(x)`, then exact (erf) GELU if `gelu` or ReLU if `relu`, then `+ residual` if given
+    (an activation and a residual are not fused together)."""
+    if (gelu or relu) and residual is not None:
+        raise ValueError("linear: an activation and a residual cannot be fused together")
+    if gelu and relu:
+        raise ValueError("linear: gelu and relu are exclusive")
     if _onednn_applies(layer, x, residual):
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
         if gelu:
             return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu", [], "none")
+        if relu:
+            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "relu", [], "")
         return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
     out = F.linear(x, layer.weight, layer.bias)
     if gelu:
         out = F.gelu(out)
+    if relu:
+        out = F.relu(out)
     return out if residual is None else out.add_(residual)
 
 

@@ -17,17 +17,19 @@ def layer() -> nn.Linear:
     return nn.Linear(48, 40).eval()
 
 
-@pytest.mark.parametrize("gelu, residual", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("gelu, residual, relu", [(False, False, False), (True, False, False), (False, True, False),
+                                                  (False, False, True)])
 @pytest.mark.parametrize("onednn", [True, False])
-def test_linear_matches_torch(layer, gelu, residual, onednn, monkeypatch):
+def test_linear_matches_torch(layer, gelu, residual, relu, onednn, monkeypatch):
     monkeypatch.setattr(onednn_linear, "ONEDNN", onednn)
     x = torch.randn(2, 5, 7, 48)
     other = torch.randn(2, 5, 7, 40) if residual else None
     with torch.inference_mode():
         expected = layer(x)
         expected = F.gelu(expected) if gelu else expected
+        expected = F.relu(expected) if relu else expected
         expected = expected + other if residual else expected
-        got = linear(layer, x, gelu=gelu, residual=other)
+        got = linear(layer, x, gelu=gelu, residual=other, relu=relu)
     assert got.shape == expected.shape
     if onednn:
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -92,9 +94,12 @@ def test_input_gradients_go_through_torch():
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 16))
 
 
-def test_gelu_and_residual_together_are_refused(layer):
-    with pytest.raises(ValueError, match="gelu and residual"):
-        linear(layer, torch.randn(2, 48), gelu=True, residual=torch.randn(2, 40))
+def test_an_activation_and_a_residual_together_are_refused(layer):
+    for activation in ({"gelu": True}, {"relu": True}):
+        with pytest.raises(ValueError, match="activation and a residual"):
+            linear(layer, torch.randn(2, 48), residual=torch.randn(2, 40), **activation)
+    with pytest.raises(ValueError, match="exclusive"):
+        linear(layer, torch.randn(2, 48), gelu=True, relu=True)
 
 
 def test_quantized_weights_after_the_swap_use_torchao():

@@ -1,4 +1,4 @@
-"""Leaner forwards for four of transformers' Grounding DINO modules: same weights, the same results
+"""Leaner forwards for six of transformers' Grounding DINO modules: same weights, the same results
 within float32 rounding (some bit for bit, as each item below says).
 
 Issue 11 measured our transformers-based model slower on CPU than the official code, with `copy_`
@@ -18,11 +18,37 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
   once for all levels (each level is a view of it), and each level's weighted samples are written
   straight into their slice of one buffer, which is then summed as before: the same products
   summed in the same order, so the output is bit-for-bit the one transformers computes.
-- **Image-text fusion attention** (`GroundingDinoBiMultiHeadAttention`): transformers repeats each
-  padding mask per head and `masked_fill_`s the full image x text attention matrices with it even
-  when nothing is padded (a single image, or a batch of one size, has no padded pixels; a single
-  caption no padded tokens). Here a mask with no True entry is skipped: filling nothing changes
-  nothing. The official code does the same fills; results are identical.
+- **Image-text fusion attention** (`LeanBiMultiHeadAttention` over `GroundingDinoBiMultiHeadAttention`):
+  transformers repeats each padding mask per head and `masked_fill_`s the full image x text
+  attention matrices with it even when nothing is padded (a single image, or a batch of one size,
+  has no padded pixels; a single caption no padded tokens). Here a mask with no True entry is
+  skipped: filling nothing changes nothing (the official code does the same fills). In inference,
+  the rest is transformers' arithmetic with fewer copies: transformers (and the official code)
+  copy the ~17k x 1024 image queries and values into a per-head layout (`_reshape`:
+  `.transpose(1, 2).contiguous()`), multiply the queries by the head scale (another pass), and copy
+  the attention output back from per-head to per-pixel layout before `out_vision_proj`. Here the
+  heads stay strided views that `bmm` reads as they are, each head's output is written straight
+  into its columns of `out_vision_proj`'s input (`bmm(out=...)` on a strided view), and the scale
+  multiplies the ~50-token text keys instead: `(q * s) . k == q . (k * s)` exactly when `s` is a
+  power of two (it is 1/16 for the 256-wide heads of both released models; any other head size
+  scales the queries as transformers does). The same products and sums: bit for bit on this CPU
+  (float32 rounding allowed in the tests); masks are applied as in transformers. Autograd,
+  training and autocast (the bf16 fast mode) run transformers' forward.
+- **Encoder image layer's feed-forward** (`LeanDeformableLayer` over `GroundingDinoDeformableLayer`):
+  `fc1`'s ReLU and `fc2`'s residual add are applied by oneDNN on the GEMMs' output tiles
+  (`recognize.onednn_linear.linear(relu=True / residual=...)`), instead of two more passes over the
+  17k x 2048 and 17k x 256 activations. `relu` and `+` on the same values: bit for bit with the
+  oneDNN Linears the exact path uses anyway (within rounding of plain torch's GEMM elsewhere).
+  Autograd, training, autocast and other activations run transformers' forward.
+- **Swin layer** (`LeanSwinLayer` over `SwinLayer`): transformers (like the official Swin) pads
+  the normalised map to a multiple of the window (a copy), rolls it by the shift (a copy), cuts it
+  into windows (`window_partition`: a copy), and after the attention undoes the three (two copies
+  and a crop `.contiguous()`): here the pad + roll + partition is one `index_select` with indices
+  computed once per map size (pad pixels are zero rows, as the zero padding gives), and the way
+  back is one `index_select`; the MLP's GELU (erf) and its residual add run inside the oneDNN
+  GEMMs. Pure data movement plus the same arithmetic: bit for bit on this CPU (float32 rounding
+  allowed in the tests). Autograd, training, autocast, drop-path and non-GELU activations run
+  transformers' forward.
 - **Deformable attention's value mask** (`LeanDeformableAttention`): transformers `masked_fill`s
   the value projection with the padding mask in every layer (a copy of the value) even when
   nothing is padded; a mask that keeps everything is skipped, as for the fusion attention.
@@ -39,13 +65,14 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recognize.onednn_linear import linear_weights
+from recognize.onednn_linear import linear, linear_weights
 
 
 class DeformableSampling(nn.Module):
@@ -199,16 +226,75 @@ def _no_padding(mask: torch.Tensor | None) -> bool:
     return mask is None or (mask.device.type == "cpu" and not bool(mask.any()))
 
 
+def _autocast(tensor: torch.Tensor) -> bool:
+    """Under autocast (the bf16 fast mode) the lean forwards defer to transformers': their fused
+    residual adds and `bmm(out=...)` buffers would keep a bf16 result where transformers' `+`
+    promotes to float32."""
+    return torch.is_autocast_enabled(tensor.device.type)
+
+
+def _power_of_two(value: float) -> bool:
+    mantissa, _ = math.frexp(value)
+    return value > 0 and mantissa == 0.5
+
+
 class LeanBiMultiHeadAttention:
-    """Mixin over transformers' `GroundingDinoBiMultiHeadAttention`: all-False masks are dropped."""
+    """Mixin over transformers' `GroundingDinoBiMultiHeadAttention` (see the module docstring):
+    all-False masks are dropped; in inference the heads stay views (no per-head copies)."""
 
     def forward(self, vision_features, text_features, vision_attention_mask=None, text_attention_mask=None):
         if _no_padding(vision_attention_mask):
             vision_attention_mask = None
         if _no_padding(text_attention_mask):
             text_attention_mask = None
-        return super().forward(vision_features, text_features, vision_attention_mask=vision_attention_mask,
-                               text_attention_mask=text_attention_mask)
+        if self.training or torch.is_grad_enabled() or _autocast(vision_features):
+            return super().forward(vision_features, text_features, vision_attention_mask=vision_attention_mask,
+                                   text_attention_mask=text_attention_mask)
+        batch, pixels, _ = vision_features.shape
+        tokens = text_features.shape[1]
+        heads, dims = self.num_heads, self.head_dim
+
+        def split(states: torch.Tensor, length: int) -> torch.Tensor:  # [B, n, h*d] -> [B, h, n, d], a view
+            return states.view(batch, length, heads, dims).transpose(1, 2)
+
+        vision_query = self.vision_proj(vision_features)
+        text_key = self.text_proj(text_features)
+        # q * s . k == q . k * s exactly when s is a power of two (1/16 for 256-d heads): scale the
+        # 51-token keys, not the 17k-pixel queries
+        if _power_of_two(self.scale):
+            text_key = text_key * self.scale
+        else:
+            vision_query = vision_query * self.scale
+        vision_value = split(self.values_vision_proj(vision_features), pixels)
+        text_value = split(self.values_text_proj(text_features), tokens)
+        vision_query, text_key = split(vision_query, pixels), split(text_key, tokens)
+        # bmm reads the strided head views as they are (a copy per head was transformers' `_reshape`)
+        attn_weights = vision_query.new_empty(batch, heads, pixels, tokens)
+        for b in range(batch):
+            torch.bmm(vision_query[b], text_key[b].transpose(-1, -2), out=attn_weights[b])
+        # from here on transformers' arithmetic, on [B, h, pixels, tokens] instead of [B*h, ...]
+        attn_weights = attn_weights.sub_(attn_weights.max()).clamp_(min=-50000, max=50000)
+        attn_weights_transposed = attn_weights.transpose(-1, -2)
+        text_attn_weights = attn_weights_transposed - torch.max(attn_weights_transposed, dim=-1, keepdim=True)[0]
+        text_attn_weights = text_attn_weights.clamp_(min=-50000, max=50000)
+        if vision_attention_mask is not None:
+            text_attn_weights.masked_fill_(vision_attention_mask[:, None, None, :], float("-inf"))
+        text_attn_weights = text_attn_weights.softmax(dim=-1)
+        if text_attention_mask is not None:
+            attn_weights.masked_fill_(text_attention_mask[:, None, None, :], float("-inf"))
+        vision_attn_weights = attn_weights.softmax(dim=-1)
+        # each head's product written straight into its columns of the [B, pixels, h*d] input of
+        # out_vision_proj (the transpose back is a view, not a copy)
+        vision_attn_output = vision_attn_weights.new_empty(batch, pixels, heads * dims)
+        text_attn_output = text_attn_weights.new_empty(batch, tokens, heads * dims)
+        vision_out, text_out = split(vision_attn_output, pixels), split(text_attn_output, tokens)
+        for b in range(batch):
+            torch.bmm(vision_attn_weights[b], text_value[b], out=vision_out[b])
+            torch.bmm(text_attn_weights[b], vision_value[b], out=text_out[b])
+        vision_attn_output = self.out_vision_proj(vision_attn_output)
+        text_attn_output = self.out_text_proj(text_attn_output)
+        return ((vision_attn_output, vision_attn_weights.flatten(0, 1)),
+                (text_attn_output, text_attn_weights.flatten(0, 1)))
 
 
 class LeanDeformableAttention:
@@ -219,6 +305,29 @@ class LeanDeformableAttention:
         if attention_mask is not None and _no_padding(~attention_mask):
             attention_mask = None
         return super().forward(hidden_states, attention_mask, *args, **kwargs)
+
+
+class LeanDeformableLayer:
+    """Mixin over transformers' `GroundingDinoDeformableLayer` (the encoder's image layer): the
+    feed-forward's ReLU and its residual add run inside the two GEMMs (see the module docstring)."""
+
+    def forward(self, hidden_states, attention_mask, position_embeddings=None, reference_points=None,
+                spatial_shapes=None, spatial_shapes_list=None, level_start_index=None, output_attentions=False):
+        if (self.training or torch.is_grad_enabled() or not isinstance(self.activation_fn, nn.ReLU)
+                or _autocast(hidden_states)):
+            return super().forward(hidden_states, attention_mask, position_embeddings, reference_points,
+                                   spatial_shapes, spatial_shapes_list, level_start_index, output_attentions)
+        residual = hidden_states
+        hidden_states, attn_weights = self.self_attn(
+            hidden_states=hidden_states, attention_mask=attention_mask, encoder_hidden_states=hidden_states,
+            encoder_attention_mask=attention_mask, position_embeddings=position_embeddings,
+            reference_points=reference_points, spatial_shapes=spatial_shapes,
+            spatial_shapes_list=spatial_shapes_list, level_start_index=level_start_index,
+            output_attentions=output_attentions)
+        hidden_states = self.self_attn_layer_norm(residual + hidden_states)
+        expanded = linear(self.fc1, hidden_states, relu=True)
+        hidden_states = self.final_layer_norm(linear(self.fc2, expanded, residual=hidden_states))
+        return hidden_states, attn_weights
 
 
 def _plain(tensor: torch.Tensor) -> bool:
@@ -274,6 +383,68 @@ class FusedQKVSwinAttention:
         return self.o_proj(attn_output), attn_weights
 
 
+def window_indices(height: int, width: int, window: int, shift: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Swin's pad + cyclic shift + window partition of a [height * width] token map as one gather,
+    and its inverse: `(gather, padding, scatter)`. Window row `k` (transformers' window order,
+    `window_partition(torch.roll(pad(x), (-shift, -shift)))`) reads token `gather[k]`, except the rows
+    listed in `padding` (pad pixels: zeros); token `t` of the map is window row `scatter[t]`
+    (`window_reverse`, `torch.roll(+shift)` and the crop in one)."""
+    padded_h = height + (window - height % window) % window
+    padded_w = width + (window - width % window) % window
+    rows = torch.arange(padded_h, device=device)
+    cols = torch.arange(padded_w, device=device)
+    # window row order: (window row, window column, row in window, column in window)
+    win_rows = rows.view(padded_h // window, 1, window, 1)
+    win_cols = cols.view(1, padded_w // window, 1, window)
+    source_r = (win_rows + shift) % padded_h
+    source_c = (win_cols + shift) % padded_w
+    real = (source_r < height) & (source_c < width)
+    gather = torch.where(real, source_r * width + source_c, torch.zeros((), dtype=torch.long, device=device))
+    gather = gather.reshape(-1)
+    padding = (~real).reshape(-1).nonzero().flatten()
+    # inverse: the rolled position of real pixel (r, c), then its window row
+    rolled_r = (rows[:height] - shift) % padded_h
+    rolled_c = (cols[:width] - shift) % padded_w
+    windows_per_row = padded_w // window
+    scatter = (((rolled_r // window) * windows_per_row).view(-1, 1) + (rolled_c // window).view(1, -1)) * window * window
+    scatter = scatter + ((rolled_r % window) * window).view(-1, 1) + (rolled_c % window).view(1, -1)
+    return gather, padding, scatter.reshape(-1)
+
+
+class LeanSwinLayer:
+    """Mixin over transformers' `SwinLayer` (see the module docstring): pad, cyclic shift and window
+    partition as one gather (and back as one), the MLP's GELU and residual add inside its GEMMs."""
+
+    def forward(self, hidden_states: torch.Tensor, input_dimensions: tuple[int, int], always_partition: bool = False,
+                **kwargs: Any):
+        act = self.mlp.activation_fn
+        if (self.training or torch.is_grad_enabled() or getattr(act, "act", None) is not F.gelu
+                or not isinstance(self.drop_path, nn.Identity) or kwargs.get("output_attentions")
+                or _autocast(hidden_states)):
+            return super().forward(hidden_states, input_dimensions, always_partition, **kwargs)
+        if not always_partition:
+            self.set_shift_and_window_size(input_dimensions)
+        height, width = input_dimensions
+        batch, _, channels = hidden_states.shape
+        window, shift = int(self.window_size), int(self.shift_size)
+        key = (height, width, window, shift, hidden_states.device)
+        cached = self.__dict__.get("_windows")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_windows"] = (key, window_indices(height, width, window, shift, hidden_states.device))
+        gather, padding, scatter = cached[1]
+        windows = self.layernorm_before(hidden_states).index_select(1, gather)
+        if padding.numel():
+            windows.index_fill_(1, padding, 0)
+        padded_h = height + (window - height % window) % window
+        padded_w = width + (window - width % window) % window
+        attn_mask = self.get_attn_mask(padded_h, padded_w, dtype=hidden_states.dtype, device=hidden_states.device)
+        attention_output, attn_weights = self.attention(windows.view(-1, window * window, channels), attn_mask, **kwargs)
+        hidden_states = hidden_states + attention_output.view(batch, -1, channels).index_select(1, scatter)
+        expanded = linear(self.mlp.fc1, self.layernorm_after(hidden_states), gelu=True)
+        return linear(self.mlp.fc2, expanded, residual=hidden_states), attn_weights
+
+
 _MIXED: dict[tuple[type, type], type] = {}
 
 
@@ -303,6 +474,10 @@ def lean(model: nn.Module, sampling: str = "gather") -> nn.Module:
             _mix(module, LeanDeformableAttention)
         elif name == "GroundingDinoBiMultiHeadAttention":
             _mix(module, LeanBiMultiHeadAttention)
+        elif name == "GroundingDinoDeformableLayer":
+            _mix(module, LeanDeformableLayer)
+        elif name == "SwinLayer":
+            _mix(module, LeanSwinLayer)
         elif name == "SwinAttention" and all(hasattr(module, p) for p in ("q_proj", "k_proj", "v_proj")):
             _mix(module, FusedQKVSwinAttention)
     return model

@@ -184,3 +184,152 @@ def test_lean_switches_between_samplings(tiny):
     lean(model)
     kinds = {type(m).__name__ for m in model.modules()}
     assert "GatherSampling" in kinds and "DeformableSampling" not in kinds
+
+
+# -- module by module: each lean mixin against transformers' own class, same weights ----------------
+
+def _pair_of(factory, mixin, onednn: bool):
+    """(plain, lean) copies of one transformers module with the same random weights; `onednn`
+    turns their Linears into `OneDNNLinear`s (the Detector's exact CPU path) on both sides."""
+    from recognize.onednn_linear import use_onednn_linears
+    from recognize_grounding_dino.lean_layers import _mix
+
+    torch.manual_seed(0)
+    plain = factory().eval()
+    with torch.no_grad():
+        for parameter in plain.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.2)
+    lean_module = factory().eval()
+    lean_module.load_state_dict(plain.state_dict())
+    _mix(lean_module, mixin)
+    if onednn:
+        use_onednn_linears(plain)
+        use_onednn_linears(lean_module)
+    return plain, lean_module
+
+
+def test_window_indices_are_pad_roll_and_partition():
+    """One gather = transformers' pad, `torch.roll` and `window_partition`; the inverse = `window_reverse`,
+    the roll back and the crop (odd sizes, no shift, maps smaller than or equal to a window)."""
+    from recognize_grounding_dino.lean_layers import window_indices
+    from transformers.models.swin.modeling_swin import window_partition, window_reverse
+
+    for height, width, window, shift in [(13, 9, 7, 3), (14, 14, 7, 0), (14, 14, 7, 3), (5, 20, 4, 2), (7, 7, 7, 0),
+                                         (1, 1, 1, 0), (29, 8, 12, 6)]:
+        x = torch.randn(2, height * width, 5)
+        padded_h, padded_w = height + (window - height % window) % window, width + (window - width % window) % window
+        padded = torch.nn.functional.pad(x.view(2, height, width, 5), (0, 0, 0, padded_w - width, 0, padded_h - height))
+        expected = window_partition(torch.roll(padded, (-shift, -shift), (1, 2)), window).reshape(2, -1, 5)
+        gather, padding, scatter = window_indices(height, width, window, shift, x.device)
+        got = x.index_select(1, gather).index_fill_(1, padding, 0)
+        assert torch.equal(got, expected)
+        windows = torch.randn(expected.shape)
+        back = window_reverse(windows.view(-1, window, window, 5), window, padded_h, padded_w)
+        back = torch.roll(back, (shift, shift), (1, 2))[:, :height, :width].reshape(2, height * width, 5)
+        assert torch.equal(windows.index_select(1, scatter), back)
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+@pytest.mark.parametrize("size, shift", [((13, 9), 3), ((14, 14), 0), ((14, 14), 3), ((9, 8), 3), ((7, 21), 3)])
+def test_lean_swin_layer_equals_transformers(size, shift, onednn):
+    """`LeanSwinLayer` against `SwinLayer`: padded maps, shifted windows or not, a map
+    as tall as a window; within float32 rounding (bit for bit
+    on this CPU), GELU and the residual add fused into oneDNN's GEMMs or not."""
+    from recognize_grounding_dino.lean_layers import LeanSwinLayer
+    from transformers import SwinConfig
+    from transformers.models.swin.modeling_swin import SwinLayer
+
+    config = SwinConfig(embed_dim=24, window_size=7)
+    plain, lean_layer = _pair_of(lambda: SwinLayer(config, dim=24, input_resolution=size, num_heads=3, shift_size=shift),
+                                 LeanSwinLayer, onednn)
+    x = torch.randn(2, size[0] * size[1], 24)
+    with torch.inference_mode():
+        expected, got = plain(x, size)[0], lean_layer(x, size)[0]
+        again = lean_layer(x, size)[0]  # the cached window indices
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-6)
+    assert torch.equal(again, got)
+    with torch.enable_grad():  # autograd: transformers' own forward
+        assert torch.equal(lean_layer(x, size)[0], plain(x, size)[0])
+
+
+def test_lean_swin_layer_follows_a_new_map_size():
+    """The window indices are cached per map size: another size is not read with stale ones."""
+    from recognize_grounding_dino.lean_layers import LeanSwinLayer
+    from transformers import SwinConfig
+    from transformers.models.swin.modeling_swin import SwinLayer
+
+    config = SwinConfig(embed_dim=24, window_size=7)
+    plain, lean_layer = _pair_of(lambda: SwinLayer(config, dim=24, input_resolution=(14, 14), num_heads=3, shift_size=3),
+                                 LeanSwinLayer, onednn=False)
+    with torch.inference_mode():
+        for size in [(14, 14), (9, 16), (14, 14)]:
+            x = torch.randn(1, size[0] * size[1], 24)
+            torch.testing.assert_close(lean_layer(x, size)[0], plain(x, size)[0], atol=2e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+@pytest.mark.parametrize("heads, ffn, padded", [(8, 2048, False), (8, 2048, True), (6, 144, True)])
+def test_lean_fusion_attention_equals_transformers(heads, ffn, padded, onednn):
+    """`LeanBiMultiHeadAttention` against `GroundingDinoBiMultiHeadAttention`, batch 2, with padded
+    pixels and tokens or none; a head size whose scale is not a power of two (144 // 2 // 3 = 24 dims)
+    scales the queries as transformers does. Outputs and both attention maps within float32 rounding."""
+    from recognize_grounding_dino.lean_layers import LeanBiMultiHeadAttention
+    from transformers import GroundingDinoConfig
+    from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoBiMultiHeadAttention
+
+    config = GroundingDinoConfig(encoder_attention_heads=heads, encoder_ffn_dim=ffn)
+    plain, lean_attention = _pair_of(lambda: GroundingDinoBiMultiHeadAttention(config), LeanBiMultiHeadAttention, onednn)
+    vision, text = torch.randn(2, 300, 256), torch.randn(2, 11, 256)
+    vision_mask = text_mask = None
+    if padded:
+        vision_mask = torch.zeros(2, 300, dtype=torch.bool)
+        vision_mask[1, 250:] = True
+        text_mask = torch.zeros(2, 11, dtype=torch.bool)
+        text_mask[0, 7:] = True
+    with torch.inference_mode():
+        expected = plain(vision, text, vision_mask, text_mask)
+        got = lean_attention(vision, text, vision_mask, text_mask)
+    for (want, have) in zip(expected, got):
+        torch.testing.assert_close(have[0], want[0], atol=1e-5, rtol=1e-5)  # outputs
+        torch.testing.assert_close(have[1], want[1], atol=1e-6, rtol=1e-5)  # attention maps (0 where masked)
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+def test_lean_deformable_layer_equals_transformers(onednn):
+    """`LeanDeformableLayer` (ReLU and residual inside the feed-forward GEMMs) against
+    `GroundingDinoDeformableLayer`, with a padding mask; within float32 rounding."""
+    from recognize_grounding_dino.lean_layers import LeanDeformableLayer
+    from transformers import GroundingDinoConfig
+    from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoDeformableLayer
+
+    config = GroundingDinoConfig()
+    plain, lean_layer = _pair_of(lambda: GroundingDinoDeformableLayer(config), LeanDeformableLayer, onednn)
+    shapes = [(8, 10), (4, 5), (2, 3), (1, 2)]
+    tokens = sum(h * w for h, w in shapes)
+    spatial = torch.tensor(shapes)
+    starts = torch.cat([spatial.new_zeros(1), (spatial[:, 0] * spatial[:, 1]).cumsum(0)[:-1]])
+    hidden, position = torch.randn(2, tokens, 256), torch.randn(2, tokens, 256)
+    reference = torch.rand(2, tokens, len(shapes), 2)
+    keep = torch.ones(2, tokens, dtype=torch.bool)
+    keep[1, 60:80] = False
+    with torch.inference_mode():
+        expected = plain(hidden, keep, position, reference, spatial, shapes, starts)[0]
+        got = lean_layer(hidden, keep, position, reference, spatial, shapes, starts)[0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lean_layers_defer_to_transformers_under_autocast():
+    """Under bf16 autocast (the fast mode) the lean Swin layer gives transformers' own result, dtype
+    included (its fused residual add would keep bf16 where transformers' `+` promotes to float32)."""
+    from recognize_grounding_dino.lean_layers import LeanSwinLayer
+    from transformers import SwinConfig
+    from transformers.models.swin.modeling_swin import SwinLayer
+
+    config = SwinConfig(embed_dim=24, window_size=7)
+    plain, lean_layer = _pair_of(lambda: SwinLayer(config, dim=24, input_resolution=(9, 8), num_heads=3, shift_size=3),
+                                 LeanSwinLayer, onednn=True)
+    x = torch.randn(1, 72, 24)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = plain(x, (9, 8))[0], lean_layer(x, (9, 8))[0]
+    assert got.dtype == expected.dtype
+    assert torch.equal(got, expected)
