@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["assign_state", "parameter_device", "parameters_on_meta", "tensors_left_on_meta"]
+__all__ = ["allocate_parameters", "assign_state", "parameter_device", "parameters_on_meta", "tensors_left_on_meta"]
 
 _meta_state = threading.local()
 _original_register_parameter = nn.Module.register_parameter
@@ -100,6 +100,25 @@ def assign_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     left = tensors_left_on_meta(module)
     if left:
         raise RuntimeError(f"{type(module).__name__}: tensors left without values after loading: {', '.join(left[:3])}")
+
+
+def allocate_parameters(module: nn.Module) -> nn.Module:
+    """Gives every meta parameter of `module` uninitialised CPU memory (`torch.empty`); a parameter
+    shared under several names stays one parameter. Returns `module`.
+
+    Why: a model whose weights are about to be copied in needs real parameters but not their random
+    init; built in `parameters_on_meta` and then allocated, it skips the init without patching
+    `torch.nn.init` process-wide (what transformers' `no_init_weights` does), so other threads'
+    modules still get theirs."""
+    allocated: dict[int, nn.Parameter] = {}
+    for owner in module.modules():
+        for name, param in owner._parameters.items():
+            if param is not None and param.is_meta:
+                if id(param) not in allocated:
+                    allocated[id(param)] = nn.Parameter(torch.empty(param.shape, dtype=param.dtype),
+                                                        requires_grad=param.requires_grad)
+                owner._parameters[name] = allocated[id(param)]
+    return module
 
 
 def tensors_left_on_meta(module: nn.Module) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from recognize.meta_init import assign_state, parameters_on_meta, tensors_left_on_meta
+from recognize.meta_init import allocate_parameters, assign_state, parameters_on_meta, tensors_left_on_meta
 
 
 class WithBuffer(nn.Module):
@@ -55,3 +55,19 @@ def test_a_tensor_left_on_meta_is_a_programming_error():
         module = Extra()
     with pytest.raises(RuntimeError, match="left without values.*derived"):
         assign_state(module, {"linear.weight": torch.randn(2, 3), "linear.bias": torch.randn(2)})
+
+
+def test_allocate_parameters_gives_meta_parameters_memory_and_keeps_shared_ones_shared():
+    class Shared(WithBuffer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(3, 2)
+            self.head.weight = self.linear.weight  # one parameter under two names
+
+    with parameters_on_meta():
+        module = Shared()
+    assert allocate_parameters(module) is module
+    assert tensors_left_on_meta(module) == []
+    assert module.head.weight is module.linear.weight and module.head.weight.device.type == "cpu"
+    assert isinstance(module.head.bias, nn.Parameter) and module.head.bias.requires_grad
+    assert torch.equal(module.scale, torch.arange(2.0))  # buffers untouched
