@@ -70,7 +70,7 @@ class LocalEngine:
             ensure_files([ref for stage in [*pipeline.stages, *pipeline.outputs] for ref in stage.model_files()])
             for stage in now:
                 stage.ensure_loaded()
-        later = [stage for stage in later if not getattr(stage, "_loaded", False)]
+        later = [stage for stage in later if not stage.loaded]
         if later:
             self._loads = BackgroundLoads(later).start()
 
@@ -107,7 +107,7 @@ class LocalEngine:
 
         def ready(stage: Stage) -> None:
             if stage not in loads:
-                if not getattr(stage, "_loaded", False):
+                if not stage.loaded:
                     with timer.phase(LOAD):
                         stage.ensure_loaded()
             elif loads.is_ready(stage):
