@@ -12,8 +12,12 @@ What stays as before:
 - a load that fails in the background is raised in the thread that waits for that stage (or a
   later one), as the same exception the loading itself raised, marked by `mark_load_failure`
   so the runner treats it like a failure before the run started (no output left behind);
-- nothing keeps the process alive: the thread is a daemon, `cancel()` stops it before the next
-  stage, and a waiting `wait()` can be interrupted (Ctrl-C) like any lock.
+- a run leaves no loading behind: when it ends, also early (every image unreadable, a stage that
+  stopped the run), `stop()` starts no further load and waits (at most `STOP_WAIT_SECONDS`) for
+  the one under way, so no load is still writing to stderr or running native code while the
+  runner writes `summary.json` and the interpreter exits (a daemon thread inside native code at
+  finalization can crash an interpreter whose run succeeded). Ctrl-C does not wait: the thread is
+  a daemon, and a waiting `wait()` can be interrupted like any lock.
 
 Cost: the background thread takes a core and, in Python code (imports), the GIL, while the first
 stage computes; measured in `benchmarks/README.md`. `RECOGNIZE_BACKGROUND_LOAD=0` turns it off.
@@ -30,10 +34,14 @@ from recognize import resident_weights
 from recognize.engines.base import mark_load_failure
 from recognize.stage import Stage
 
-__all__ = ["ENV", "BackgroundLoads", "enabled"]
+__all__ = ["ENV", "STOP_WAIT_SECONDS", "BackgroundLoads", "enabled"]
 
 #: set to 0 to load every stage's model before the first image (no loading beside compute)
 ENV = "RECOGNIZE_BACKGROUND_LOAD"
+
+#: how long `stop()` waits for the load under way at the end of a run (a released model loads in
+#: seconds, memory-mapped; a load stuck longer is left to the daemon thread rather than hang the exit)
+STOP_WAIT_SECONDS = 60.0
 
 
 def enabled() -> bool:
@@ -44,8 +52,8 @@ def enabled() -> bool:
 class BackgroundLoads:
     """Loads `stages` (`Stage.ensure_loaded`) one after another on one daemon thread; `wait(stage)`
     blocks until that stage's model is loaded and raises the load error that stopped the thread at
-    or before it. `seconds()`: the thread's loading time so far, a load under way included (it
-    overlapped the run's other work)."""
+    or before it; `stop()` ends the loading at the end of a run. `seconds()`: the thread's loading
+    time so far, a load under way included (it overlapped the run's other work)."""
 
     def __init__(self, stages: Sequence[Stage]) -> None:
         self._stages = list(stages)
@@ -86,6 +94,15 @@ class BackgroundLoads:
     def cancel(self) -> None:
         """Start no further load (the one under way finishes on its own; the thread is a daemon)."""
         self._cancelled.set()
+
+    def stop(self, timeout: float | None = STOP_WAIT_SECONDS) -> bool:
+        """`cancel()`, then wait up to `timeout` seconds (None: no limit; 0: not at all) for the
+        load under way. Returns whether the thread has ended."""
+        self.cancel()
+        thread = self._thread
+        if thread.is_alive() and thread is not threading.current_thread() and (timeout is None or timeout > 0):
+            thread.join(timeout)
+        return not thread.is_alive()
 
     def _load_all(self) -> None:
         try:

@@ -85,19 +85,30 @@ class LocalEngine:
     ) -> Iterator[FrameResult]:
         """See `recognize.engines.base.Engine.run`."""
         timer = timer if timer is not None else pipeline.timer
+        interrupted = False
         try:
             yield from walk(pipeline, frames, self, timer=timer, on_result=on_result, checkpoint_dir=checkpoint_dir,
                             progress=self.progress)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
-            self._stop_loads(timer)
+            self._stop_loads(timer, wait=not interrupted)
 
-    def _stop_loads(self, timer: StageTimer) -> None:
-        """No further background load starts (a stopped run does not wait for it); its seconds are
-        counted as loading that overlapped the run."""
+    def _stop_loads(self, timer: StageTimer, wait: bool = True) -> None:
+        """No further background load starts, and the one under way is waited for (bounded: see
+        `BackgroundLoads.stop`; timed as `load_wait`) so nothing still loads while the run's last
+        files are written and the process exits; not on Ctrl-C. Its seconds are counted as loading
+        that overlapped the run."""
         loads, self._loads = self._loads, None
-        if loads is not None:
+        if loads is None:
+            return
+        if wait:
+            with timer.phase(LOAD_WAIT):
+                loads.stop()
+        else:
             loads.cancel()
-            timer.overlapped[LOAD] += loads.seconds()
+        timer.overlapped[LOAD] += loads.seconds()
 
     def _ready(self, timer: StageTimer) -> Ready | None:
         """The per-stage wait for models loading in the background (None: none are)."""
