@@ -72,7 +72,7 @@ class LocalEngine:
                 stage.ensure_loaded()
         later = [stage for stage in later if not stage.loaded]
         if later:
-            self._loads = BackgroundLoads(later).start()
+            self._loads = BackgroundLoads(later, clock=timer.clock).start()
 
     def run(
         self,
@@ -98,8 +98,8 @@ class LocalEngine:
     def _stop_loads(self, timer: StageTimer, wait: bool = True) -> None:
         """No further background load starts, and the one under way is waited for (bounded: see
         `BackgroundLoads.stop`; timed as `load_wait`) so nothing still loads while the run's last
-        files are written and the process exits; not on Ctrl-C. Its seconds are counted as loading
-        that overlapped the run."""
+        files are written and the process exits; not on Ctrl-C. The loading that ran beside the run
+        (its seconds less those waited for) is counted in `timer.overlapped`."""
         loads, self._loads = self._loads, None
         if loads is None:
             return
@@ -108,7 +108,7 @@ class LocalEngine:
                 loads.stop()
         else:
             loads.cancel()
-        timer.overlapped[LOAD] += loads.seconds()
+        timer.overlapped[LOAD] += loads.beside()
 
     def _ready(self, timer: StageTimer) -> Ready | None:
         """The per-stage wait for models loading in the background (None: none are)."""

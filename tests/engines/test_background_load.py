@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import linecache
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from recognize import Frame, Stage, StageParams, Tag
 from recognize.engines.background_load import ENV, BackgroundLoads
 from recognize.engines.base import is_load_failure
 from recognize.engines.local import LocalEngine
-from recognize.engines.timing import LOAD, LOAD_WAIT, RELEASE, StageTimer
+from recognize.engines.timing import LOAD, LOAD_WAIT, RELEASE, RETRIED, StageTimer
 from recognize.errors import ModelFileError
 from recognize.pipeline import Pipeline
 from recognize.runner import run_to_folder
@@ -105,15 +106,16 @@ class Ticks:
 
 
 def blocked_on_loads(thread: threading.Thread) -> bool:
-    """Whether `thread` is blocked inside `BackgroundLoads.wait` or `.stop` (in threading's own
-    wait/join, so past the clock reading that starts the wait)."""
+    """Whether `thread` is blocked inside `BackgroundLoads.wait` or `.stop`: at the lock acquire
+    of threading's own wait/join (so past the clock reading that starts the wait)."""
     frame = sys._current_frames().get(thread.ident)
-    in_threading = False
+    if frame is None or not frame.f_code.co_filename.endswith("threading.py"):
+        return False
+    if "acquire(" not in linecache.getline(frame.f_code.co_filename, frame.f_lineno):
+        return False
     while frame is not None:
         code = frame.f_code
-        if code.co_filename.endswith("threading.py") and code.co_name in ("wait", "join", "_wait_for_tstate_lock"):
-            in_threading = True
-        elif in_threading and code.co_filename.endswith("background_load.py") and code.co_name in ("wait", "stop"):
+        if code.co_filename.endswith("background_load.py") and code.co_name in ("wait", "stop"):
             return True
         frame = frame.f_back
     return False
@@ -278,6 +280,22 @@ def test_cli_background_load_failure_is_one_line_exit_3_and_leaves_no_output(ima
 # -- review 4: what the first batch's wait is booked as, the end of a run, Ctrl-C ----------------------
 
 
+def test_a_wait_for_a_model_is_load_wait_even_when_the_batch_is_retried_and_is_not_counted_twice():
+    """A batch whose background-loaded stage fails on one image is retried image by image; the
+    first batch's wait for that stage's model stays `load_wait` (not `retried`), and
+    `overlapped.load` (loading beside the run) leaves out the seconds waited for."""
+    ticks = Ticks()
+    pipeline = Pipeline([First(), WaitedFor(ticks)], batch_size=3)
+    engine = LocalEngine(background_load=True)
+    timer = StageTimer(clock=ticks)
+    engine.load(pipeline, timer)
+    results = list(engine.run(pipeline, frames("a", "boom", "c"), timer=timer))
+    assert [r.error for r in results] == [None, "waited_for: RuntimeError: failed on purpose", None]
+    assert timer.phases[LOAD_WAIT] == 10.0  # the whole 10 s load was waited for
+    assert timer.phases[RETRIED] == 0.0  # the failed attempt's own seconds (none on this clock)
+    assert timer.overlapped[LOAD] == 0.0  # nothing loaded beside the run: all of it was waited for
+
+
 def test_the_end_of_a_run_waits_for_a_load_under_way_and_books_it_as_load_wait():
     """Every image unreadable: the run ends while a later model still loads; it stops further
     loads and waits for that one (timed as `load_wait`), so nothing loads after the run."""
@@ -293,7 +311,7 @@ def test_the_end_of_a_run_waits_for_a_load_under_way_and_books_it_as_load_wait()
     assert all(r.error for r in results)
     assert not loader_threads(before)  # ended: nothing loads after the run
     assert later.loaded and not after.loaded  # no further load started
-    assert timer.phases[LOAD_WAIT] == 10.0  # the end's wait for it
+    assert timer.phases[LOAD_WAIT] == 10.0 and timer.overlapped[LOAD] == 0.0
 
 
 def test_a_second_load_waits_for_the_first_ones_load_under_way():
@@ -323,16 +341,22 @@ def test_ctrl_c_while_waiting_for_a_model_stops_at_once():
     engine.load(pipeline, timer)
     main = threading.current_thread()
 
-    def interrupt() -> None:
-        if eventually(lambda: blocked_on_loads(main)):
-            signal.pthread_kill(main.ident, signal.SIGINT)
+    interrupted = threading.Event()
+
+    def interrupt() -> None:  # again if a signal landed just before the lock's wait (it then waits on)
+        while not interrupted.is_set() and eventually(lambda: blocked_on_loads(main) or interrupted.is_set()):
+            if not interrupted.is_set():
+                signal.pthread_kill(main.ident, signal.SIGINT)
+            interrupted.wait(0.2)
 
     threading.Thread(target=interrupt, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):
             list(engine.run(pipeline, frames("a"), timer=timer))
+        interrupted.set()
         assert len(loader_threads(before)) == 1  # still loading: not waited for
     finally:
+        interrupted.set()
         held.release.set()
     for thread in loader_threads(before):
         thread.join(timeout=60)
