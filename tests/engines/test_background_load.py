@@ -259,6 +259,16 @@ def test_summary_parts_add_up_with_background_loads_and_release_has_its_own_entr
     assert wall["startup"] + wall["load"] <= data["cold_start"]
 
 
+def test_summary_shows_the_wait_when_a_later_load_outlasts_the_first_stage(image_folder, tmp_path):
+    pipeline = Pipeline([First(), WaitedFor()], batch_size=2)
+    summary = run_to_folder(pipeline, [image_folder], tmp_path / "out", quiet=True,
+                            engine=LocalEngine(background_load=True))
+    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert data["wall"][LOAD_WAIT] > 0  # the first batch waited for the later stage's model
+    assert sum(data["wall"].values()) == pytest.approx(summary.seconds, abs=0.01)
+    assert data["counts"]["processed"] == data["counts"]["inputs"] > 0
+
+
 @pytest.mark.subprocess
 @pytest.mark.parametrize("background", ["1", "0"])
 def test_cli_background_load_failure_is_one_line_exit_3_and_leaves_no_output(image_folder, tmp_path, background):
@@ -360,6 +370,16 @@ def test_ctrl_c_while_waiting_for_a_model_stops_at_once():
         held.release.set()
     for thread in loader_threads(before):
         thread.join(timeout=60)
+
+
+def test_a_load_error_after_a_dataset_scope_segment_is_a_load_failure():
+    from teststages import CountDataset
+
+    bad = BadLoad()
+    pipeline = Pipeline([First(), CountDataset(), bad], batch_size=2)
+    with pytest.raises(ModelFileError, match="not a checkpoint") as raised:
+        run(pipeline, LocalEngine(background_load=True))
+    assert is_load_failure(raised.value) and bad.processed == 0
 
 
 @pytest.mark.subprocess
