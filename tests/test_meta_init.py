@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from recognize.meta_init import allocate_parameters, assign_state, parameters_on_meta, tensors_left_on_meta
+from recognize.meta_init import (
+    allocate_parameters,
+    assign_state,
+    parameters_on_meta,
+    tensors_left_on_meta,
+)
 
 
 class WithBuffer(nn.Module):

@@ -197,7 +197,7 @@ def test_a_build_without_init_leaves_other_threads_init_alone(tiny, skip):
         try:
             with _PauseAtFirstAllocation(inside, release):
                 built["model"] = build_model(config, **skip)
-        except BaseException as error:  # reported by the main thread
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
             built["error"] = error
         finally:
             inside.set()
