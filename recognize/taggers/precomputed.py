@@ -6,14 +6,17 @@ embedding: ~9 GFLOP of RAM's 320 per image and ~4 of Tag2Text's 176 that the off
 for every batch. `Precomputed.get` keeps such results on their module, keyed by the *identity* and
 version counter of the tensors they came from (an entry holds them, so their memory cannot be reused
 by another tensor while it lives; an in-place edit or a checkpoint load bumps the version; a replaced
-parameter is another object), by an optional extra key (a dtype) and by the autocast state in force
-(`recognize.feature_cache.numeric_mode`: a bf16-autocast result is not served to a float32 call).
+parameter is another object) and by an optional extra key (a dtype).
 
 It keeps nothing and computes afresh:
 - while autograd records (`torch.is_grad_enabled()`): a result kept from an inference-mode call is an
   inference tensor, which autograd cannot save, and a gradient may flow through it (w.r.t. the weights)
   or around it (w.r.t. the image, Grad-CAM);
 - for inputs that are not plain tensors (torchao's quantized weight subclasses: no storage to stamp);
+- under autocast (`recognize.feature_cache.numeric_mode`): Tag2Text's `queries.to(dtype)` is the same
+  object under float32 and under a user's bf16 autocast, whose result must not be served to a float32
+  call; RAM's `label_embed.to(bf16)` is a new tensor every call, which would only push the float32
+  entries out. The opt-in fast modes run the official path;
 - when `PRECOMPUTE` is off (benchmarks' "before" side, the official path).
 
 Models are shared across threads (serve variants, `region_confirm`'s tagger, the tagger stage), each
@@ -43,15 +46,15 @@ ENTRIES = 4
 
 #: (input, its stamp, a copy of an inference tensor (no version counter) or None) per input
 _Inputs = tuple[tuple[torch.Tensor, tuple, "torch.Tensor | None"], ...]
-#: (inputs, extra key, autocast state, result): never changed once published
-_Entry = tuple[_Inputs, Hashable, str, torch.Tensor]
+#: (inputs, extra key, result): never changed once published
+_Entry = tuple[_Inputs, Hashable, torch.Tensor]
 
 _CREATE = threading.Lock()  # `cache_on`'s get-or-create on a module
 
 
 class Precomputed:
     """Up to `ENTRIES` tensors computed from their `inputs`; each valid while the same tensor objects,
-    unmodified, are given (with the same `key`, under the same autocast state). Thread-safe."""
+    unmodified, are given (with the same `key`). Thread-safe."""
 
     def __init__(self) -> None:
         self._entries: tuple[_Entry, ...] = ()
@@ -61,18 +64,17 @@ class Precomputed:
             key: Hashable = None) -> torch.Tensor:
         if not _cacheable(inputs):
             return compute()
-        mode = numeric_mode()
         for entry in self._entries:  # one read of the tuple: a concurrent publish does not change it
-            if entry[1] == key and entry[2] == mode and _same(inputs, entry[0]):
-                return entry[3]
+            if entry[1] == key and _same(inputs, entry[0]):
+                return entry[2]
         # stamps and copies before computing: an edit made meanwhile leaves the entry stale, never wrong
         kept = tuple((t, _stamp(t), t.clone() if t.is_inference() else None) for t in inputs)
         value = compute()
         with self._publish:  # two threads publishing at once must not drop each other's entry
             ids = [id(t) for t in inputs]
             others = tuple(e for e in self._entries  # the stale entries of the same inputs go
-                           if not (e[1] == key and e[2] == mode and [id(t) for t, _, _ in e[0]] == ids))
-            self._entries = ((kept, key, mode, value), *others)[:ENTRIES]
+                           if not (e[1] == key and [id(t) for t, _, _ in e[0]] == ids))
+            self._entries = ((kept, key, value), *others)[:ENTRIES]
         return value
 
     def clear(self) -> None:
@@ -92,7 +94,7 @@ def _same(inputs: Sequence[torch.Tensor], kept: _Inputs) -> bool:
 
 
 def _cacheable(inputs: Sequence[torch.Tensor]) -> bool:
-    return (PRECOMPUTE and not torch.is_grad_enabled()
+    return (PRECOMPUTE and not torch.is_grad_enabled() and not numeric_mode()
             and all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in inputs))
 
 

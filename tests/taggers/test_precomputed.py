@@ -132,7 +132,8 @@ def test_one_cache_shared_by_threads_never_returns_none_or_the_other_result():
         with torch.inference_mode():
             for i in range(300):
                 which = (i + offset) % 2
-                got = cache.get([labels[which]], lambda: labels[which] * 2)
+                label = labels[which]
+                got = cache.get([label], lambda label=label: label * 2)
                 if got is None or not torch.equal(got, expected[which]):
                     failures.append(f"thread {offset} call {i}: {'None' if got is None else 'wrong result'}")
 
@@ -196,7 +197,15 @@ def test_quantized_label_projection_runs_and_follows_the_plain_path_within_int8(
 
 
 def test_autocast_results_are_not_served_to_float32_calls():
-    """Tag2Text's queries `.to(dtype)` are the same object under fp32 and under bf16 autocast."""
+    """Tag2Text's queries `.to(dtype)` are the same object under fp32 and under bf16 autocast: under
+    autocast nothing is kept or served."""
+    cache, calls = Precomputed(), []
+    t = torch.ones(2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(2):
+            cache.get([t], lambda: calls.append(1) or t * 2)
+    assert len(calls) == 2 and _counting(cache, [t], calls) is not None and len(calls) == 3
+
     torch.manual_seed(0)
     decoder = RecognitionDecoder(DecoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                                                encoder_width=16)).eval()
