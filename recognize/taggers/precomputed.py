@@ -49,8 +49,6 @@ _Inputs = tuple[tuple[torch.Tensor, tuple, "torch.Tensor | None"], ...]
 #: (inputs, extra key, result): never changed once published
 _Entry = tuple[_Inputs, Hashable, torch.Tensor]
 
-_CREATE = threading.Lock()  # `cache_on`'s get-or-create on a module
-
 
 class Precomputed:
     """Up to `ENTRIES` tensors computed from their `inputs`; each valid while the same tensor objects,
@@ -110,8 +108,5 @@ def _stamp(tensor: torch.Tensor) -> tuple:
 def cache_on(module: torch.nn.Module, name: str) -> Precomputed:
     """The `Precomputed` called `name` on `module` (created on first use; not a parameter or buffer)."""
     attribute = f"_precomputed_{name}"
-    cache = module.__dict__.get(attribute)
-    if cache is None:
-        with _CREATE:
-            cache = module.__dict__.setdefault(attribute, Precomputed())
-    return cache
+    cache = module.__dict__.get(attribute)  # (the common case: no new Precomputed and lock built per call)
+    return cache if cache is not None else module.__dict__.setdefault(attribute, Precomputed())  # atomic
