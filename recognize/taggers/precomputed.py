@@ -79,6 +79,11 @@ class Precomputed:
         with self._publish:
             self._entries = ()
 
+    def __reduce__(self) -> tuple:
+        """A copied or pickled model gets an empty cache (its entries name the original's tensors, and a
+        lock cannot be copied): `copy.deepcopy(model)` and `pickle` keep working."""
+        return Precomputed, ()
+
 
 def _same(inputs: Sequence[torch.Tensor], kept: _Inputs) -> bool:
     if len(inputs) != len(kept):

@@ -221,3 +221,16 @@ def test_autocast_results_are_not_served_to_float32_calls():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             fresh = decoder(queries, image)
     assert torch.equal(mixed, fresh)
+
+
+def test_a_warm_model_can_be_copied_and_pickled():
+    import copy
+    import pickle
+
+    model = _tiny_ram()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        expected = model(x)  # keeps results (and a lock) on the model
+    copied, unpickled = copy.deepcopy(model), pickle.loads(pickle.dumps(model))
+    with torch.inference_mode():
+        assert torch.equal(copied(x), expected) and torch.equal(unpickled(x), expected)
