@@ -125,6 +125,11 @@ class Stage:
         """
         return []
 
+    @property
+    def loaded(self) -> bool:
+        """Whether `load()` has run (and `unload()` not since): `ensure_loaded` would return at once."""
+        return getattr(self, "_loaded", False)  # a subclass that skipped Stage.__init__ has none
+
     def ensure_loaded(self) -> None:
         if self._loaded:
             return

@@ -200,12 +200,13 @@ def test_stage_unload_and_garbage_collection_free_the_shared_model():
 
     PooledStage.builds = 0
     stage = PooledStage()
+    assert not stage.loaded
     stage.ensure_loaded()
-    assert ("pooled-test", "cpu") in shared_models
+    assert stage.loaded and ("pooled-test", "cpu") in shared_models
     stage.unload()
-    assert ("pooled-test", "cpu") not in shared_models
+    assert not stage.loaded and ("pooled-test", "cpu") not in shared_models
     stage.ensure_loaded()  # loads again on next use
-    assert PooledStage.builds == 2
+    assert stage.loaded and PooledStage.builds == 2
     del stage
     gc.collect()
     assert ("pooled-test", "cpu") not in shared_models

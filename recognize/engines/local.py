@@ -70,9 +70,9 @@ class LocalEngine:
             ensure_files([ref for stage in [*pipeline.stages, *pipeline.outputs] for ref in stage.model_files()])
             for stage in now:
                 stage.ensure_loaded()
-        later = [stage for stage in later if not getattr(stage, "_loaded", False)]
+        later = [stage for stage in later if not stage.loaded]
         if later:
-            self._loads = BackgroundLoads(later).start()
+            self._loads = BackgroundLoads(later, clock=timer.clock).start()
 
     def run(
         self,
@@ -85,19 +85,30 @@ class LocalEngine:
     ) -> Iterator[FrameResult]:
         """See `recognize.engines.base.Engine.run`."""
         timer = timer if timer is not None else pipeline.timer
+        interrupted = False
         try:
             yield from walk(pipeline, frames, self, timer=timer, on_result=on_result, checkpoint_dir=checkpoint_dir,
                             progress=self.progress)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
-            self._stop_loads(timer)
+            self._stop_loads(timer, wait=not interrupted)
 
-    def _stop_loads(self, timer: StageTimer) -> None:
-        """No further background load starts (a stopped run does not wait for it); its seconds are
-        counted as loading that overlapped the run."""
+    def _stop_loads(self, timer: StageTimer, wait: bool = True) -> None:
+        """No further background load starts, and the one under way is waited for (bounded: see
+        `BackgroundLoads.stop`; timed as `load_wait`) so nothing still loads while the run's last
+        files are written and the process exits; not on Ctrl-C. The loading that ran beside the run
+        (its seconds less those waited for) is counted in `timer.overlapped`."""
         loads, self._loads = self._loads, None
-        if loads is not None:
+        if loads is None:
+            return
+        if wait:
+            with timer.phase(LOAD_WAIT):
+                loads.stop()
+        else:
             loads.cancel()
-            timer.overlapped[LOAD] += loads.seconds()
+        timer.overlapped[LOAD] += loads.beside()
 
     def _ready(self, timer: StageTimer) -> Ready | None:
         """The per-stage wait for models loading in the background (None: none are)."""
@@ -107,7 +118,7 @@ class LocalEngine:
 
         def ready(stage: Stage) -> None:
             if stage not in loads:
-                if not getattr(stage, "_loaded", False):
+                if not stage.loaded:
                     with timer.phase(LOAD):
                         stage.ensure_loaded()
             elif loads.is_ready(stage):

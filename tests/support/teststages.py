@@ -168,7 +168,30 @@ class BadWeights(Stage):
         return frames
 
 
-STAGES = [Brightness, CenterBox, BoxMask, Explode, CountDataset, DieOn, CrashOn, BadWeights]
+class SlowLoad(Stage):
+    """A model that takes `delay` seconds to load, then writes `marker` (if set): shows whether a
+    load was still under way when the process ended."""
+
+    name = "slow_load"
+    kind = "filter"
+
+    class Params(StageParams):
+        delay: float = 0.0
+        marker: str | None = None
+
+    def load(self) -> None:
+        import time
+        from pathlib import Path
+
+        time.sleep(self.params.delay)
+        if self.params.marker is not None:
+            Path(self.params.marker).write_text("loaded\n")
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        return frames
+
+
+STAGES = [Brightness, CenterBox, BoxMask, Explode, CountDataset, DieOn, CrashOn, BadWeights, SlowLoad]
 
 
 @recognize.hookimpl

@@ -79,39 +79,46 @@ def build_config(model: str, config: str | Path | Mapping[str, Any] | None = Non
 def build_model(config: Any, init_weights: bool = True, on_meta: bool = False) -> torch.nn.Module:
     """An eval-mode `GroundingDinoForObjectDetection` with the leaner forwards of `lean_layers` (same
     weights, same results, fewer copies); `init_weights=False` skips the random init (the weights
-    are about to be loaded anyway); `on_meta` also puts the parameters on the meta device
-    (no memory at all until `load_weights` assigns the checkpoint's tensors; `recognize.meta_init`)."""
+    are about to be loaded anyway: the parameters hold uninitialised memory); `on_meta` puts the
+    parameters on the meta device instead (no memory at all until `load_weights` assigns the
+    checkpoint's tensors; `recognize.meta_init`).
+
+    Why not transformers' `no_init_weights`: it swaps `torch.nn.init`'s functions and
+    `PreTrainedModel.init_weights` for no-ops process-wide, and this runs on the background loading
+    thread, so a module another thread built meanwhile would get `torch.empty` garbage (and two
+    overlapping builds restore the swaps in the wrong order, leaving torch's init off for good).
+    `parameters_on_meta` is thread-local and makes the init of its meta parameters free; skipping
+    init without meta builds on meta too and then allocates the parameters (`allocate_parameters`)."""
     from transformers import GroundingDinoForObjectDetection
 
-    from recognize.meta_init import parameters_on_meta
+    from recognize.meta_init import allocate_parameters, parameters_on_meta
     from recognize_grounding_dino.lean_layers import lean
 
-    context: Any = contextlib.ExitStack()
-    if not init_weights or on_meta:
-        context.enter_context(_no_init_weights())
-    if on_meta:
-        context.enter_context(parameters_on_meta())
     try:
-        with context:
+        if on_meta or not init_weights:
+            with parameters_on_meta():
+                model = GroundingDinoForObjectDetection(config)
+        else:
             model = GroundingDinoForObjectDetection(config)
-        if not init_weights or on_meta:
-            model.tie_weights()  # what `no_init_weights` skipped along with the init (the shared box heads)
     except (ValueError, RuntimeError) as error:  # e.g. sizes transformers cannot wire together
         raise RecognizeError(f"grounding_dino config: cannot build the model ({error})") from None
+    if not on_meta and not init_weights:
+        allocate_parameters(model)
+    _tie_box_heads(model)
     return lean(model).eval()
 
 
-def _no_init_weights() -> contextlib.AbstractContextManager:
-    """transformers' `no_init_weights` (no torch init functions, no `init_weights` in `post_init`).
+def _tie_box_heads(model: torch.nn.Module) -> None:
+    """Every decoder layer's box head is one shared module (`post_init` ties them; tied again
+    explicitly, as `load_weights`'s `_fill_tied` relies on the sharing).
 
-    Why not a plain import from `modeling_utils`: transformers 5 moved it to `initialization`, and
-    the old import failed silently, so every Linear was initialised (on meta tensors, through
-    torch's slow Python reference ops: ~0.5 s of a cold start) only to be overwritten."""
+    Its own error line: the config built a model, but one whose tied names do not resolve (a
+    config the installed transformers wires differently), not a size transformers refused."""
     try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4.x
-        from transformers.modeling_utils import no_init_weights
-    return no_init_weights()
+        model.tie_weights()
+    except (ValueError, RuntimeError, AttributeError) as error:
+        raise RecognizeError(f"grounding_dino config: the built model's shared box heads cannot be tied "
+                             f"({type(error).__name__}: {error})") from None
 
 
 def load_tokenizer(vocab: str | Path) -> Any:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import socket
+import threading
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.overrides import TorchFunctionMode
 
 from recognize.errors import ModelFileError, RecognizeError
 from recognize_grounding_dino.model import (
@@ -139,6 +142,92 @@ def test_meta_built_model_without_the_unread_swin_norm(tiny_checkpoint, tiny, to
     assert not any(t.is_meta for t in _all_tensors(lazy).values())
     for got, expected in zip(_outputs(lazy, tokenizer), _outputs(eager, tokenizer)):
         assert torch.equal(got, expected)
+
+
+#: In-place ops that fill a tensor with random values: what an init that runs for real costs.
+_RANDOM_FILLS = {"uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+                 "xavier_normal_", "orthogonal_", "sparse_", "erfinv_", "bernoulli_", "exponential_", "random_",
+                 "geometric_", "log_normal_", "cauchy_"}
+
+
+class _InPlaceOpsOnRealTensors(TorchFunctionMode):
+    """Counts the in-place ops that reach real (not meta) tensors in this thread: outside
+    `parameters_on_meta`'s own mode, so the ops it skips on meta tensors are never seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: collections.Counter[str] = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        target = args[0] if args else kwargs.get("tensor")
+        if isinstance(target, torch.Tensor) and not target.is_meta and name.endswith("_") and not name.endswith("__"):
+            self.names[name] += 1
+        return func(*args, **kwargs)
+
+
+class _PauseAtFirstAllocation(TorchFunctionMode):
+    """Holds this thread at its first `torch.empty` (the model's constructors are running) until
+    another thread has done its work."""
+
+    def __init__(self, inside: threading.Event, release: threading.Event) -> None:
+        super().__init__()
+        self.inside, self.release = inside, release
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if not self.inside.is_set() and getattr(func, "__name__", "") == "empty":
+            self.inside.set()
+            self.release.wait(timeout=120)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("skip", [{"on_meta": True}, {"init_weights": False}], ids=["on_meta", "no_init"])
+def test_a_build_without_init_leaves_other_threads_init_alone(tiny, skip):
+    """The build runs on the background loading thread: another thread building a seeded module
+    meanwhile gets its usual random init, and torch's init functions are the same objects after."""
+    originals = {name: getattr(torch.nn.init, name) for name in ("uniform_", "kaiming_uniform_", "normal_")}
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(16, 8)
+    config = build_config("swint_ogc", tiny)
+    inside, release = threading.Event(), threading.Event()
+    built: dict[str, object] = {}
+
+    def build() -> None:
+        try:
+            with _PauseAtFirstAllocation(inside, release):
+                built["model"] = build_model(config, **skip)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            built["error"] = error
+        finally:
+            inside.set()
+
+    worker = threading.Thread(target=build)
+    worker.start()
+    assert inside.wait(timeout=120)
+    torch.manual_seed(0)
+    here = torch.nn.Linear(16, 8)  # built while the other thread is inside the model's constructors
+    release.set()
+    worker.join(timeout=120)
+    assert "error" not in built, built.get("error")
+    assert torch.equal(here.weight, reference.weight) and torch.equal(here.bias, reference.bias)
+    assert {name: getattr(torch.nn.init, name) for name in originals} == originals
+    from transformers import PreTrainedModel
+    assert PreTrainedModel.init_weights.__qualname__ == "PreTrainedModel.init_weights"
+
+
+@pytest.mark.parametrize("skip", [{"on_meta": True}, {"init_weights": False}], ids=["on_meta", "no_init"])
+def test_a_build_without_init_fills_nothing_with_random_values(tiny, skip):
+    """The load path stays cheap: no random init reaches a real tensor (only buffers the
+    constructors compute are written); the box heads stay tied."""
+    recorder = _InPlaceOpsOnRealTensors()
+    with recorder:
+        model = build_model(build_config("swint_ogc", tiny), **skip)
+    assert not _RANDOM_FILLS & set(recorder.names), recorder.names
+    assert all(p.is_meta for p in model.parameters()) == ("on_meta" in skip)
+    heads = {id(p) for name, p in model.named_parameters(remove_duplicate=False)
+             if name.startswith("bbox_embed.") and name.endswith("layers.0.weight")}
+    assert len(heads) == 1  # one box head shared by every decoder layer
 
 
 def test_meta_built_model_keeps_the_one_line_errors(tiny_checkpoint, tiny):
