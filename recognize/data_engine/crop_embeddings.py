@@ -5,10 +5,15 @@ encoder on the crop: confirm for the class scores, outliers for the pooled embed
 A tagger gives both from one encoding (`score_and_embed_images`), so confirm keeps the crops'
 embeddings here and outliers takes them instead of encoding those crops a second time.
 
-What matches: the tagger (its stage name and parameters, all but the batch size: a crop's
-embedding does not depend on its batch mates), the numeric mode (autocast) and the crop's pixels,
-so another padding, image, model or device never matches and is encoded as before. The outputs are
-the same: the embedding is the one `embed_images` gives for that crop.
+What matches: the tagger (its stage name and parameters, all but the batch size), the numeric mode
+(autocast) and the crop's pixels, so another padding, image, model or device never matches and is
+encoded as before. The batch size is left out because a crop's embedding does not depend on its
+batch mates (confirm batches an engine batch's crops, outliers a tag's): with the tiny RAM, RAM++ and
+Tag2Text of the tests, `embed_images` of crops together and one at a time, and `score_and_embed_images`
+at batch 1 and 3, give bitwise the same embeddings (tests/data_engine/test_crop_embeddings.py), so
+outliers clusters what it would have computed itself. The official sizes are not tested: should
+oneDNN block their GEMMs differently by batch, an embedding would differ by float32 rounding and an
+outlier choice at a near tie could move.
 
 Bounds: kept only while a `region_outliers` stage that embeds with the tagger exists in this
 process (none: nothing is kept), each entry taken once, the oldest dropped beyond `max_bytes`
