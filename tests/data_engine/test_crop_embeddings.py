@@ -3,16 +3,24 @@
 The store hands region_outliers the embedding region_confirm computed for a crop in another batch
 (confirm batches the crops of an engine batch, outliers those of a tag), so a crop's embedding
 must not depend on its batch mates: checked bitwise on the tiny RAM, RAM++ and Tag2Text fixtures.
+And it keeps them only for a region_outliers of the same pipeline, and only during its run.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
+from teststages import Explode
 
+from recognize import Frame, Region, Stage, Tag
+from recognize.data_engine.confirm_stage import RegionConfirm
+from recognize.data_engine.crop_embeddings import crop_embeddings
+from recognize.data_engine.outliers_stage import RegionOutliers
+from recognize.pipeline import Pipeline
 from recognize.taggers.ram_stages import Ram, RamPlus
 from recognize.taggers.tag2text_stages import Tag2TextTagger
 
@@ -58,3 +66,81 @@ def test_score_and_embed_gives_the_same_embeddings_at_any_batch_size(name, crops
     assert np.array_equal(embeddings_3, embeddings_1)
     assert np.array_equal(embeddings_1, tagger(name, batch_size=1).embed_images(crops))
     np.testing.assert_allclose(scores_3, scores_1, rtol=0, atol=1e-5)
+
+
+# -- what is kept, for whom, and for how long (with the colour tagger of tests/support) ----------
+
+
+@pytest.fixture
+def colour_tagger():
+    import colour_tagger
+
+    with colour_tagger.registered():
+        yield colour_tagger
+
+
+class StoreSize(Stage):
+    """Records how many embeddings the store holds when the frames reach it."""
+
+    name = "store_size"
+    kind = "filter"
+    seen: ClassVar[list[int]] = []
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        StoreSize.seen.append(len(crop_embeddings))
+        return frames
+
+
+def red_frames(count: int = 4) -> list[Frame]:
+    frames = []
+    for i in range(count):
+        image = np.zeros((20, 40, 3), np.uint8)
+        image[:, :20] = (200, 10 * i, 10)
+        image[:, 20:] = (10, 10, 200 - 10 * i)
+        frame = Frame.from_array(image, source=f"<red{i}>", name=f"red{i}", tags=[Tag(name="red")])
+        frame.regions = [Region(box=(0, 0, 20, 20), tag="red"), Region(box=(20, 0, 40, 20), tag="red")]
+        frames.append(frame)
+    return frames
+
+
+def test_confirm_keeps_embeddings_for_the_outliers_stage_of_its_own_pipeline(colour_tagger):
+    StoreSize.seen.clear()
+    stages = [RegionConfirm(tagger="colour_tagger", threshold=0.5), StoreSize(),
+              RegionOutliers(tagger="colour_tagger", k=1, drop_fraction=0.25)]
+    Pipeline(stages, batch_size=2).process(red_frames())
+    assert StoreSize.seen == [4, 8]  # every crop confirm encoded (2 frames x 2 regions a batch), for outliers
+    assert len(crop_embeddings) == 0
+
+
+def test_an_outliers_stage_of_another_pipeline_gets_nothing_kept(colour_tagger):
+    """A living region_outliers (an older pipeline in a notebook, another serve variant) does not
+    make another pipeline's region_confirm keep its embeddings."""
+    StoreSize.seen.clear()
+    other = Pipeline([RegionOutliers(tagger="colour_tagger")])
+    Pipeline([RegionConfirm(tagger="colour_tagger", threshold=0.5), StoreSize()], batch_size=2).process(red_frames())
+    assert StoreSize.seen == [0, 0]
+    assert colour_tagger.ENCODED  # confirm did encode its crops
+    assert other.stages  # still alive during the run
+
+
+def test_only_a_later_outliers_stage_embedding_with_the_same_tagger_gets_them(colour_tagger):
+    confirm = RegionConfirm(tagger="colour_tagger", threshold=0.5)
+    cases = [([confirm, RegionOutliers(tagger="colour_tagger", batch_size=3)], True),  # batch size aside
+             ([confirm, RegionOutliers(tagger="colour_tagger", tagger_with={"threshold": 0.3})], False),
+             ([confirm, RegionOutliers(tagger="colour_tagger", embedder="clip")], False),
+             ([RegionOutliers(tagger="colour_tagger"), confirm], False)]
+    for stages, kept in cases:
+        with crop_embeddings.kept_during(stages):
+            assert crop_embeddings.wanted(confirm.tagger) is kept
+            assert not crop_embeddings.wanted(RegionConfirm(tagger="colour_tagger").tagger)  # another stage's
+        assert not crop_embeddings.wanted(confirm.tagger)
+
+
+def test_the_store_is_empty_after_a_run_that_failed(colour_tagger):
+    StoreSize.seen.clear()
+    stages = [RegionConfirm(tagger="colour_tagger", threshold=0.5), StoreSize(), Explode(on="red"),
+              RegionOutliers(tagger="colour_tagger")]
+    with pytest.raises(RuntimeError, match="exploded on purpose"):
+        Pipeline(stages, batch_size=2).process(red_frames())
+    assert StoreSize.seen == [4]  # kept for outliers, which never ran
+    assert len(crop_embeddings) == 0
