@@ -34,7 +34,9 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
   multiplies the ~50-token text keys instead: `(q * s) . k == q . (k * s)` exactly when `s` is a
   power of two (it is 1/16 for the 256-wide heads of both released models; any other head size
   scales the queries as transformers does). The same products and sums: bit for bit on this CPU
-  (tested, outputs and attention maps); masks are applied as in transformers. Autograd,
+  with one thread, but with more `bmm` on the strided views may split its work differently from
+  transformers' contiguous copies: within float32 rounding (what the tests assert); masks are
+  applied as in transformers. Autograd,
   training and autocast (the bf16 fast mode) run transformers' forward.
 - **Encoder image layer's feed-forward** (`LeanDeformableLayer` over `GroundingDinoDeformableLayer`):
   `fc1`'s ReLU and `fc2`'s residual add are applied by oneDNN on the GEMMs' output tiles
