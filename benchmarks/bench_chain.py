@@ -195,8 +195,8 @@ def summarise_reference(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def chain_flops(kit: Kit, photo: Path) -> dict[str, Any]:
-    """FLOPs of one photo through each chain stage (`FlopCounterMode`, as the stage table counts them),
-    for when the stage table did not measure all three."""
+    """FLOPs of one photo through each chain stage (`FlopCounterMode`, as the stage table counts them: the
+    FLOPs executed, the tagger warm), for when the stage table did not measure all three."""
     from bench_jobs import counting_flops, load_images, make_stage
 
     from recognize.frame import Frame
@@ -209,6 +209,7 @@ def chain_flops(kit: Kit, photo: Path) -> dict[str, Any]:
     pipeline = Pipeline(stages, batch_size=1, device="cpu")
     pipeline.load()
     frames = [Frame.from_array(load_images([photo])[0], source=photo.name)]
+    stages[0]([Frame.from_array(frames[0].image, source=photo.name)])  # warm: reused results not counted
     flops = {}
     for stage in stages:
         with counting_flops() as counter:

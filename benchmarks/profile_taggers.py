@@ -4,7 +4,8 @@ Official sizes with random weights (the benchmark's cached checkpoints, `bench_m
 our stages exactly as a run builds them (oneDNN Linears; lean Swin blocks, fused decoder and reused
 image-independent results unless `--plain`). Prints,
 per model: its FLOPs (counted on the plain torch path, `bench_jobs.counting_flops`: the profiler and
-`FlopCounterMode` have no formula for oneDNN's linear), the process CPU time of the profiled forward,
+`FlopCounterMode` have no formula for oneDNN's linear; on a warm call: the FLOPs executed, without the
+reused image-independent work unless `--plain`), the process CPU time of the profiled forward,
 the GFLOP/s against `a @ b` (MKL) and oneDNN's fp32 GEMM measured in the same process, then the
 self CPU time per module group and the top operators.
 
@@ -103,10 +104,10 @@ def profile_model(stage_name: str, top: int) -> str:
     model = stage.model
     pixels = stage.pixels([load_image(IMAGES[0])])
     with torch.inference_mode():
-        with counting_flops() as counter:
+        stage.logits(model, pixels)  # warm-up of the timed path (keeps the reused results, unless --plain)
+        with counting_flops() as counter:  # the FLOPs this path executes
             stage.logits(model, pixels)
         flops = counter.get_total_flops()
-        stage.logits(model, pixels)  # warm-up of the timed path
         handles = _hooks(model)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             cpu, wall = time.process_time(), time.perf_counter()

@@ -69,6 +69,8 @@ class LeanSwinBlock(SwinTransformerBlock):
     """timm's `SwinTransformerBlock` with one copy into and out of window order and fused attention."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 0:  # an empty batch: an empty output (timm's and our `view(..., -1)` raise on it)
+            return x.new_empty(x.shape)
         if not self._lean_applies(x):
             return super().forward(x)
         B, H, W, C = x.shape
@@ -104,11 +106,11 @@ class LeanSwinBlock(SwinTransformerBlock):
         return out.transpose(1, 2).reshape(B, L, C3 // 3)  # SDPA's output is laid out (windows, N, heads, d)
 
     def _bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """The relative-position bias [1, heads, N, N], gathered from its table once and kept on the block
-        while the table is unchanged (`recognize.taggers.precomputed`)."""
+        """The relative-position bias [1, heads, N, N] in `dtype`, gathered from its table once and kept on
+        the block (one per dtype) while the table is unchanged (`recognize.taggers.precomputed`)."""
         attn = self.attn
         inputs = [attn.relative_position_bias_table, attn.relative_position_index]
-        return cache_on(self, "bias").get(inputs, lambda: attn._get_rel_pos_bias().to(dtype))
+        return cache_on(self, "bias").get(inputs, lambda: attn._get_rel_pos_bias().to(dtype), key=dtype)
 
     def _orders(self, H: int, W: int, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(window order, its inverse) for this map size, cached on the block; None for the identity."""

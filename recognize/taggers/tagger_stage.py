@@ -213,8 +213,9 @@ class TaggerStage(Stage):
             logits, emb = self.logits_and_embedding(self.model, self.pixels(images[start : start + self.params.batch_size]))
             scores.append(logits.float().sigmoid().cpu().numpy())
             embeddings.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
-        if not scores:
-            return self.score_images(images), self.embed_images(images)
+        if not scores:  # no images: the shapes `score_images` and `embed_images` give for none
+            n = len(self.vocabulary) if self.vocabulary is not None else 0
+            return np.zeros((0, n), dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
         return np.concatenate(scores), np.concatenate(embeddings)
 
     def predicted_indices(self, scores: np.ndarray) -> list[np.ndarray]:

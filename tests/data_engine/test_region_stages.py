@@ -469,3 +469,6 @@ def test_the_tiny_ram_scores_and_embeds_crops_from_one_encoding(ram_params, phot
     scores, embeddings = ram.score_and_embed_images(crops)
     assert np.array_equal(scores, ram.score_images(crops))
     assert np.array_equal(embeddings, ram.embed_images(crops))
+    no_scores, no_embeddings = ram.score_and_embed_images([])
+    assert no_scores.shape == ram.score_images([]).shape == (0, len(ram.vocabulary))
+    assert no_embeddings.shape == ram.embed_images([]).shape and no_embeddings.dtype == np.float32

@@ -154,3 +154,23 @@ def test_decoder_under_autocast_keeps_the_plain_path():
     queries, image = torch.randn(2, 50, 64), torch.randn(2, 10, 32)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(fast(queries, image), plain(queries, image))
+
+
+def test_kept_bias_is_one_per_dtype():
+    block = _random(SwinTransformerBlock(16, (14, 14), num_heads=2, window_size=7, shift_size=3))
+    block.__class__ = LeanSwinBlock
+    with torch.inference_mode():
+        first = block._bias(torch.float32)
+        wide = block._bias(torch.float64)
+        assert first.dtype == torch.float32 and wide.dtype == torch.float64
+        assert block._bias(torch.float32) is first
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+def test_an_empty_batch_gives_an_empty_output(shift):
+    """(timm's own forward raises on it: its head split reshapes 0 elements with a -1.)"""
+    block = _random(SwinTransformerBlock(16, (14, 14), num_heads=2, window_size=7, shift_size=shift))
+    block.__class__ = LeanSwinBlock
+    with torch.inference_mode():
+        out = block(torch.randn(0, 14, 14, 16))
+    assert out.shape == (0, 14, 14, 16)
