@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from bench_machine import machine, machine_line
 
 _HOOK = r"""
 import contextlib, json, os, sys, time
@@ -170,17 +170,6 @@ def run_once(tree: Path, recipe: Path, images: list[Path], work: Path, stop: boo
     return result
 
 
-def cpu() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in info if line.startswith("flags"))
-        wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
-        return f"{model}, {os.cpu_count()} cores, {' '.join(f for f in flags if f in wanted)}"
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
 def peak_steps(events: list[dict]) -> list[str]:
     """Where the peak rose: each stage/phase end at which VmHWM had grown since its start."""
     opened: dict[tuple[str, str], dict] = {}
@@ -222,7 +211,7 @@ def main() -> None:
         for _ in range(args.runs):
             for name, tree in trees.items():
                 runs[name].append(run_once(tree, recipe, photos, work, stop=args.mode == "start"))
-    print(f"CPU: {cpu()}; torch threads default; Python {platform.python_version()}; mode {args.mode}; "
+    print(f"Machine: {machine_line()} (the runs: torch's default threads); mode {args.mode}; "
           f"{args.runs} runs each, alternating; photos: {', '.join(p.name for p in photos)}\n")
     keys = ["cold_start_s", "cold_start_cpu_s", "peak_at_first_stage_mib"]
     if args.mode == "full":
@@ -237,7 +226,7 @@ def main() -> None:
                 print(f"  {step}")
             print(f"  wall: {runs[name][0].get('wall')}; overlapped: {runs[name][0].get('overlapped')}")
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu(), "mode": args.mode, "photos": [str(p) for p in photos],
+        args.json.write_text(json.dumps({"machine": machine(), "mode": args.mode, "photos": [str(p) for p in photos],
                                          "trees": {k: str(v) for k, v in trees.items()}, "runs": runs}, indent=1))
 
 

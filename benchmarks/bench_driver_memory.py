@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_machine import machine, machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "recipe: 1\noutputs:\n  - use: shards\n    with: {frames_per_shard: 100000}\n"
@@ -74,17 +75,6 @@ def run_cli(code: Path, recipe: Path, manifest: Path, out: Path) -> dict[str, fl
     return {"peak_mib": usage.ru_maxrss / 1024, "seconds": seconds, **summary["counts"]}
 
 
-def machine() -> str:
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not flags:
-                flags = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{flags or platform.processor()}; {os.cpu_count()} logical CPUs; Python {platform.python_version()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", type=int, nargs="+", default=[1000, 100_000])
@@ -112,7 +102,7 @@ def main() -> None:
             rows.append({"version": label, "inputs": n, "fresh": fresh, "resume": resume})
             print(json.dumps(rows[-1]), flush=True)
             shutil.rmtree(out, ignore_errors=True)
-    print(f"\nMachine: {machine()}\nCommand: python benchmarks/bench_driver_memory.py {' '.join(sys.argv[1:])}\n")
+    print(f"\nMachine: {machine_line()}\nCommand: python benchmarks/bench_driver_memory.py {' '.join(sys.argv[1:])}\n")
     print("| version | inputs | fresh: peak RSS MiB | fresh: wall s | resume: peak RSS MiB | resume: wall s "
           "| growth per input vs smallest, fresh / resume (bytes) |")
     print("|---|---:|---:|---:|---:|---:|---:|")

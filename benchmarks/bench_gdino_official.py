@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -35,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_machine import machine, machine_line
 from bench_models import TAGS, Kit, default_cache, image_paths, official_worker_env
 from gdino_timing import PARTS, op_table, part_times
 
@@ -42,18 +41,6 @@ from gdino_timing import PARTS, op_table, part_times
 #: whole too), so the caption's token count is a realistic ~60.
 CAPTION_TAGS = [*TAGS, "window", "clock", "cover", "album", "airplane", "alarm", "airport alley",
                 "alpaca actor", "album window", "clock cover", "actor window", "alley clock"]
-SIMD = re.compile(r"^(avx2|fma|avx512f|avx512_bf16|avx512_vnni|amx\w*)$")
-
-
-def machine() -> dict:
-    cpu, flags = platform.processor() or "?", []
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name") and cpu in ("?", "", "x86_64"):
-            cpu = line.split(":", 1)[1].strip()
-        if line.startswith("flags") and not flags:
-            flags = sorted(f for f in line.split(":", 1)[1].split() if SIMD.match(f))
-    return {"cpu": cpu, "flags": flags, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "load_average": list(os.getloadavg())}
 
 
 class Official:
@@ -228,8 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def render(report: dict) -> str:
     s, m = report["summary"], report["matmul"]
-    lines = [(f"CPU {report['machine']['cpu']} ({', '.join(report['machine']['flags'])}), "
-              f"{report['machine']['threads']} threads, torch {report['machine']['torch']}; "
+    lines = [(f"{machine_line(report['machine'])}; "
               f"fp32 matmul {m['gflops']:.0f} GFLOP/s (`a @ b`), oneDNN {m.get('gflops_onednn') or 0:.0f}; load average {report['machine']['load_average'][0]:.1f} -> "
               f"{s['load_average_end'][0]:.1f}"),
              f"input {report['images'][0]['shape']}, caption {report['tokens']} tokens, {s['gflop']:.1f} GFLOP/forward",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_machine import machine_line
 
 import recognize
 from recognize import Frame, Region, Stage, Tag
@@ -116,16 +116,6 @@ def run(counts: list[int], size: int, batch: int, baseline: str | None) -> list[
     return rows
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def report(rows: list[dict], counts: list[int], size: int, batch: int) -> str:
     low, high = counts[0], counts[-1]
     lines = [
@@ -133,7 +123,7 @@ def report(rows: list[dict], counts: list[int], size: int, batch: int) -> str:
         "",
         (f"`python benchmarks/bench_memory.py` ({time.strftime('%Y-%m-%d')}): `recognize run` in a fresh process "
          f"per row, {size}x{size} images, one disc mask per image ({size * size / 2**20:.2f} MiB as booleans), "
-         f"batch {batch}. Machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}."),
+         f"batch {batch}. Machine: {machine_line()}."),
         "",
         (f"| version | outputs | peak RSS MiB, {low} images | peak RSS MiB, {high} images | growth MiB | "
          "growth per extra image KiB |"),

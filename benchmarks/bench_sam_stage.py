@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO.parent / "shared" / "reference" / "data" / "images" / "1641173_2291260800.jpg"
@@ -174,7 +175,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     rate_wall = statistics.median(p[0] for p in probes)
     rate_cpu = statistics.median(p[1] for p in probes)
-    result = {"model": "tiny" if args.quick else "vit_h", "photo": f"{args.photo.name} {width}x{height}",
+    result = {"machine": machine(), "model": "tiny" if args.quick else "vit_h", "photo": f"{args.photo.name} {width}x{height}",
               "boxes": args.boxes, "threads": threads, "gflop_encoder": encoder_gflop, "gflop_decoder": decoder_gflop,
               "gflop_stage": encoder_gflop + decoder_gflop,
               "onednn_gflops_wall": rate_wall, "onednn_gflops_cpu_per_thread": rate_cpu,

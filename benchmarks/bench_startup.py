@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_machine import machine_line
 
 COMMANDS = {
     "recognize --help": ["-m", "recognize", "--help"],
@@ -51,17 +52,6 @@ def heavy_imports(tree: Path) -> list[str]:
     return out.split(",") if out else []
 
 
-def cpu() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-        flags = next(line.split(":", 1)[1].split() for line in info if line.startswith("flags"))
-        simd = [f for f in flags if f in ("avx", "avx2", "avx512f", "fma", "sse4_2")]
-        return f"{model}, {os.cpu_count()} cores, {' '.join(simd)}"
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", type=Path, required=True)
@@ -69,7 +59,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
-    print(f"CPU: {cpu()}; Python {platform.python_version()}; {args.runs} runs each, median wall seconds\n")
+    print(f"Machine: {machine_line()}; {args.runs} runs each, median wall seconds\n")
     print("| command | before | after | after / before |\n|---|---|---|---|")
     for label, command in COMMANDS.items():
         times: dict[str, list[float]] = {name: [] for name in trees}

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_machine import machine_line
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -108,11 +109,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     import os
-    import platform
 
-    load = os.getloadavg()
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
+    print(machine_line())
     print("| model | GFLOP before | GFLOP after (executed) | before s (CPU/threads) | after s | speedup | before GFLOP/s | after GFLOP/s | "
           "a @ b GFLOP/s | oneDNN GFLOP/s | after % of a @ b | after % of oneDNN | before % of oneDNN | "
           "wall before / after s | max abs diff (of max) |")

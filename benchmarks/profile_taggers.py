@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_machine import machine_line
 
 _GROUP = "## "
 
@@ -142,6 +143,7 @@ def main() -> None:
     lean_swin.LEAN = recognition_decoder.FUSED = precomputed.PRECOMPUTE = not args.plain
     mkl = _matmul_rate(2048, torch.float32, 2.0)["typical"]
     onednn = (onednn_rate(2048, 2.0) or {}).get("typical", float("nan"))
+    print(machine_line())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; a @ b {mkl:.0f} GFLOP/s, "
           f"oneDNN {onednn:.0f} GFLOP/s (wall); lean path {'off' if args.plain else 'on'}\n", flush=True)
     for name in args.models.split(","):

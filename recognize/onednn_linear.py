@@ -15,7 +15,9 @@ against the official code. `linear` is the fused call (SAM's `LeanBlock`); `use_
 turns every plain `nn.Linear` of a model into a `OneDNNLinear` (same parameters and state-dict
 keys), which the exact path of each built-in stage applies at load. Falls back to plain torch off
 CPU, for other dtypes, under autocast (fast modes keep their bf16 GEMMs), for tensor-subclass
-(quantized) weights, when autograd would need to track the op, or if this torch build lacks the op.
+(quantized) weights, when autograd would need to track the op, or if this torch build lacks the op
+or the fused variant (ReLU, GELU, residual add: each probed once, so a build without one falls back
+for that one only instead of raising at first use).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ __all__ = ["ONEDNN", "OneDNNLinear", "applies_to", "available", "linear", "linea
 
 #: Use oneDNN where it applies; a switch for benchmarks and tests (False: plain torch).
 ONEDNN = True
-_available: bool | None = None
+#: the fused variants `linear` uses: the plain product, ReLU, erf GELU, a residual add
+VARIANTS = ("none", "relu", "gelu", "add")
+_available: dict[str, bool] | None = None
 
 
 def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None,
@@ -39,7 +43,8 @@ def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, residual: torc
         raise ValueError("linear: an activation and a residual cannot be fused together")
     if gelu and relu:
         raise ValueError("linear: gelu and relu are exclusive")
-    if _onednn_applies(layer, x, residual):
+    variant = "add" if residual is not None else "gelu" if gelu else "relu" if relu else "none"
+    if _onednn_applies_to(layer.weight, x, residual, variant):
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
         if gelu:
@@ -91,28 +96,42 @@ def applies_to(weight: torch.Tensor, x: torch.Tensor) -> bool:
     return _onednn_applies_to(weight, x)
 
 
-def _onednn_applies(layer: nn.Linear, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
-    return _onednn_applies_to(layer.weight, x, residual)
-
-
-def _onednn_applies_to(weight: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
+def _onednn_applies_to(weight: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None = None,
+                       variant: str = "none") -> bool:
     tracked = torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad
                                            or (residual is not None and residual.requires_grad))
     return (ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and x.numel() > 0
             and type(weight) in (torch.Tensor, nn.Parameter)
-            and not tracked and available())
+            and not tracked and available(variant))
 
 
-def available() -> bool:
-    """Whether this torch build runs the fused op (checked once, on a tiny input, against `F.linear`)."""
+def available(variant: str = "none") -> bool:
+    """Whether this torch build runs the fused op's `variant` (one of `VARIANTS`). Every variant is
+    checked at the first call, once, on a tiny input against plain torch."""
     global _available
     if _available is None:
+        _available = _probe()
+    return _available.get(variant, False)
+
+
+def _probe() -> dict[str, bool]:
+    cpu = {"dtype": torch.float32, "device": "cpu"}
+    x, w, b = torch.ones(2, 3, **cpu), torch.ones(4, 3, **cpu), torch.zeros(4, **cpu)
+    w[1] = -1.0  # a negative output column, for the ReLU
+    residual = torch.full((2, 4), 0.5, **cpu)
+    plain = F.linear(x, w, b)
+    runs = {
+        "none": (lambda op: op(x, w, b, "none", [], ""), plain),
+        "relu": (lambda op: op(x, w, b, "relu", [], ""), F.relu(plain)),
+        "gelu": (lambda op: op(x, w, b, "gelu", [], "none"), F.gelu(plain)),
+        "add": (lambda op: op.binary(x, residual, w, b, "add"), plain + residual),
+    }
+    found = {}
+    for variant, (run, expected) in runs.items():
         try:
-            cpu = {"dtype": torch.float32, "device": "cpu"}
-            x, w, b = torch.ones(2, 3, **cpu), torch.ones(4, 3, **cpu), torch.zeros(4, **cpu)
-            _available = bool(torch.backends.mkldnn.is_available()) and torch.equal(
-                torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""), F.linear(x, w, b))
-        except (RuntimeError, AttributeError, NotImplementedError):
-            _available = False
-    return _available
+            found[variant] = bool(torch.backends.mkldnn.is_available()) and torch.allclose(
+                run(torch.ops.mkldnn._linear_pointwise), expected, rtol=1e-5, atol=1e-6)
+        except (RuntimeError, AttributeError, NotImplementedError, TypeError):
+            found[variant] = False
+    return found

@@ -126,3 +126,40 @@ def test_linear_weights_matches_f_linear(layer):
         torch.testing.assert_close(linear_weights(x, layer.weight, layer.bias), F.linear(x, layer.weight, layer.bias),
                                    rtol=1e-5, atol=1e-5)
         assert torch.equal(linear_weights(x.double(), layer.weight.double()), F.linear(x.double(), layer.weight.double()))
+
+
+class _OpWithoutGelu:
+    """`torch.ops.mkldnn._linear_pointwise` as a torch build without its GELU variant has it (the
+    others pass through to the real op and are counted)."""
+
+    def __init__(self, real) -> None:
+        self.real, self.calls = real, []
+
+    def __call__(self, x, weight, bias, attr, scalars, algorithm):
+        if attr == "gelu":
+            raise RuntimeError("mkldnn _linear_pointwise: unsupported post-op gelu")
+        self.calls.append(attr)
+        return self.real(x, weight, bias, attr, scalars, algorithm)
+
+    def binary(self, *args):
+        self.calls.append("add")
+        return self.real.binary(*args)
+
+
+@pytest.mark.skipif(not onednn_linear.available(), reason="this torch build has no oneDNN linear")
+def test_a_missing_fused_variant_falls_back_to_torch_alone(layer, monkeypatch):
+    """Each variant is probed: a build lacking GELU runs that one through plain torch (the same bits as
+    `F.gelu(layer(x))`) instead of raising at first use, and still fuses the others."""
+    fake = _OpWithoutGelu(torch.ops.mkldnn._linear_pointwise)
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", fake)
+    monkeypatch.setattr(onednn_linear, "_available", None)  # probe again, against this build
+    assert [onednn_linear.available(v) for v in onednn_linear.VARIANTS] == [True, True, False, True]
+    x, other = torch.randn(3, 48), torch.randn(3, 40)
+    with torch.inference_mode():
+        fake.calls.clear()
+        assert torch.equal(linear(layer, x, gelu=True), F.gelu(F.linear(x, layer.weight, layer.bias)))
+        assert fake.calls == []  # plain torch
+        torch.testing.assert_close(linear(layer, x, relu=True), F.relu(layer(x)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(linear(layer, x, residual=other), layer(x) + other, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(linear(layer, x), layer(x), rtol=1e-5, atol=1e-5)
+    assert fake.calls == ["relu", "add", "none"]  # the others still through oneDNN

@@ -44,6 +44,9 @@ class RegionConfirm(TaggerUser):
     name: ClassVar[str] = "region_confirm"
     kind: ClassVar[StageKind] = "filter"
     Params: ClassVar[type[StageParams]] = RegionConfirmParams
+    #: the crops' embeddings come with their scores, kept for a later region_outliers of the same
+    #: tagger in the pipeline (`recognize.data_engine.crop_embeddings`)
+    gives_crop_embeddings: ClassVar[bool] = True
 
     def load(self) -> None:
         self.tagger.ensure_loaded()

@@ -56,7 +56,11 @@ class RegionOutliers(TaggerUser):
     def __init__(self, params: StageParams | dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self._clip = None
-        crop_embeddings.expect(self)  # region_confirm keeps its crops' embeddings for this stage
+
+    def takes_crop_embeddings(self) -> bool:
+        """Whether this stage takes the crop embeddings an earlier region_confirm with the same tagger
+        computed (`recognize.data_engine.crop_embeddings`): when it embeds with the tagger."""
+        return self.params.embedder == "tagger"
 
     def model_files(self) -> list[FileRef]:
         """The tagger's files, or CLIP ViT-B/16's weights when `embedder: clip` uses the hub's."""

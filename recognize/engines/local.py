@@ -84,11 +84,14 @@ class LocalEngine:
         timer: StageTimer | None = None,
     ) -> Iterator[FrameResult]:
         """See `recognize.engines.base.Engine.run`."""
+        from recognize.data_engine.crop_embeddings import crop_embeddings
+
         timer = timer if timer is not None else pipeline.timer
         interrupted = False
         try:
-            yield from walk(pipeline, frames, self, timer=timer, on_result=on_result, checkpoint_dir=checkpoint_dir,
-                            progress=self.progress)
+            with crop_embeddings.kept_during(pipeline.stages):  # region_confirm's, for its region_outliers
+                yield from walk(pipeline, frames, self, timer=timer, on_result=on_result,
+                                checkpoint_dir=checkpoint_dir, progress=self.progress)
         except KeyboardInterrupt:
             interrupted = True
             raise

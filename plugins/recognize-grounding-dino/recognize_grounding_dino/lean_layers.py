@@ -1,5 +1,7 @@
 """Leaner forwards for six of transformers' Grounding DINO modules: same weights, the same results
-within float32 rounding (some bit for bit, as each item below says).
+within float32 rounding (some bit for bit, as each item below says; where it says so,
+tests/test_gd_lean_layers.py asserts `torch.equal` against transformers' module on this project's
+x86 CPU, AMD EPYC; another CPU's kernels could round differently, and those tests would say so).
 
 Issue 11 measured our transformers-based model slower on CPU than the official code, with `copy_`
 and `cat` (layout shuffles) taking a quarter of the operator time. The arithmetic of both
@@ -17,7 +19,7 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
   16 points), multiplies by the attention weights (another) and sums. There the value is laid out
   once for all levels (each level is a view of it), and each level's weighted samples are written
   straight into their slice of one buffer, which is then summed as before: the same products
-  summed in the same order, so the output is bit-for-bit the one transformers computes.
+  summed in the same order, so the output is bit-for-bit the one transformers computes (tested).
 - **Image-text fusion attention** (`LeanBiMultiHeadAttention` over `GroundingDinoBiMultiHeadAttention`):
   transformers repeats each padding mask per head and `masked_fill_`s the full image x text
   attention matrices with it even when nothing is padded (a single image, or a batch of one size,
@@ -32,13 +34,15 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
   multiplies the ~50-token text keys instead: `(q * s) . k == q . (k * s)` exactly when `s` is a
   power of two (it is 1/16 for the 256-wide heads of both released models; any other head size
   scales the queries as transformers does). The same products and sums: bit for bit on this CPU
-  (float32 rounding allowed in the tests); masks are applied as in transformers. Autograd,
+  with one thread, but with more `bmm` on the strided views may split its work differently from
+  transformers' contiguous copies: within float32 rounding (what the tests assert); masks are
+  applied as in transformers. Autograd,
   training and autocast (the bf16 fast mode) run transformers' forward.
 - **Encoder image layer's feed-forward** (`LeanDeformableLayer` over `GroundingDinoDeformableLayer`):
   `fc1`'s ReLU and `fc2`'s residual add are applied by oneDNN on the GEMMs' output tiles
   (`recognize.onednn_linear.linear(relu=True / residual=...)`), instead of two more passes over the
   17k x 2048 and 17k x 256 activations. `relu` and `+` on the same values: bit for bit with the
-  oneDNN Linears the exact path uses anyway (within rounding of plain torch's GEMM elsewhere).
+  oneDNN Linears the exact path uses anyway (tested; within rounding of plain torch's GEMM elsewhere).
   Autograd, training, autocast and other activations run transformers' forward.
 - **Swin layer** (`LeanSwinLayer` over `SwinLayer`): transformers (like the official Swin) pads
   the normalised map to a multiple of the window (a copy), rolls it by the shift (a copy), cuts it
@@ -46,9 +50,9 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
   and a crop `.contiguous()`): here the pad + roll + partition is one `index_select` with indices
   computed once per map size (pad pixels are zero rows, as the zero padding gives), and the way
   back is one `index_select`; the MLP's GELU (erf) and its residual add run inside the oneDNN
-  GEMMs. Pure data movement plus the same arithmetic: bit for bit on this CPU (float32 rounding
-  allowed in the tests). Autograd, training, autocast, drop-path and non-GELU activations run
-  transformers' forward.
+  GEMMs. Pure data movement plus the same arithmetic: bit for bit on this CPU with the oneDNN
+  Linears of the exact path (tested; within rounding of plain torch's GEMMs). Autograd, training,
+  autocast, drop-path and non-GELU activations run transformers' forward.
 - **Deformable attention's value mask** (`LeanDeformableAttention`): transformers `masked_fill`s
   the value projection with the padding mask in every layer (a copy of the value) even when
   nothing is padded; a mask that keeps everything is skipped, as for the fusion attention.

@@ -13,7 +13,12 @@ linears also run through oneDNN (`recognize_sam.model.build_sam`). Measured with
 `benchmarks/README.md`). Deliberate difference from `SamPredictor.predict(box=...)`: a batched call
 (and oneDNN's summation order) gives the logits in other last bits, so a mask can differ where a
 logit is within ~1e-6 of the threshold 0 (`tests/test_predict.py` bounds it at 1e-5); SAM's own
-`predict_torch` batches the same way. Memory: a few tens of MB of decoder activations per box in a call.
+`predict_torch` batches the same way. The last bits of a box's logits and predicted IoUs also
+depend (within float32 rounding) on which boxes share its call: `max_regions`, the order of the
+boxes or another box added to the image changes the chunks of 8. And where two candidates' predicted
+IoUs are within that rounding of each other, the other candidate can be picked: then the whole mask
+differs, not just pixels at the threshold. Memory: a few tens of MB of decoder activations per box in
+a call.
 """
 
 from __future__ import annotations
