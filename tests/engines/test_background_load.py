@@ -395,7 +395,7 @@ def test_cli_run_ending_early_waits_for_the_load_under_way_and_exits_cleanly(tmp
         (inputs / name).write_bytes(b"not an image")
     marker = tmp_path / "loaded.txt"
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("recipe: 1\nstages:\n  - use: brightness\n  - use: slow_load\n"
+    recipe.write_text("recipe: 1\nstages:\n  - use: brightness\n  - use: slow_loading\n"
                       f"    with: {{delay: 1.5, marker: {json.dumps(str(marker))}}}\noutputs:\n  - use: json\n")
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "recognize", "run", str(recipe), str(inputs), "-o", str(out),

@@ -170,9 +170,10 @@ class BadWeights(Stage):
 
 class SlowLoad(Stage):
     """A model that takes `delay` seconds to load, then writes `marker` (if set): shows whether a
-    load was still under way when the process ended."""
+    load was still under way when the process ended. (Not `slow_load`: the serve tests' stage has
+    that name.)"""
 
-    name = "slow_load"
+    name = "slow_loading"
     kind = "filter"
 
     class Params(StageParams):
