@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_decoder import tiny_decoder  # tests/support
 
 from recognize.taggers import precomputed
 from recognize.taggers.precomputed import Precomputed
-from recognize.taggers.recognition_decoder import DecoderConfig, RecognitionDecoder
+from recognize.taggers.recognition_decoder import DecoderConfig
 
 
 def _counting(cache: Precomputed, inputs, calls: list[int]) -> torch.Tensor:
@@ -52,9 +53,7 @@ def test_inference_tensors_are_compared_with_a_copy():
 
 
 def test_decoder_reuses_the_first_query_projection_and_follows_a_load(monkeypatch):
-    torch.manual_seed(0)
-    decoder = RecognitionDecoder(DecoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                               encoder_width=16)).eval()
+    decoder = tiny_decoder(hidden=32, layers=2, encoder_width=16)
     queries, image = torch.randn(20, 32), torch.randn(2, 5, 16)
     with torch.no_grad():
         first = decoder(queries, image)
@@ -206,9 +205,7 @@ def test_autocast_results_are_not_served_to_float32_calls():
             cache.get([t], lambda: calls.append(1) or t * 2)
     assert len(calls) == 2 and _counting(cache, [t], calls) is not None and len(calls) == 3
 
-    torch.manual_seed(0)
-    decoder = RecognitionDecoder(DecoderConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                                               encoder_width=16)).eval()
+    decoder = tiny_decoder(hidden=32, layers=1, encoder_width=16)
     queries, image = torch.randn(20, 32), torch.randn(1, 5, 16)
     with torch.no_grad():
         fp32 = decoder(queries, image)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
+from tiny_decoder import tiny_decoder  # tests/support
 
 from recognize.taggers.checkpoint import read_checkpoint
 from recognize.taggers.recognition_decoder import DecoderConfig, RecognitionDecoder
@@ -24,9 +25,7 @@ def test_decoder_matches_official_tagging_embeddings(ram_plus_fixture):
 
 
 def test_shared_queries_are_broadcast_over_the_batch():
-    torch.manual_seed(0)
-    decoder = RecognitionDecoder(DecoderConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-                                               encoder_width=8)).eval()
+    decoder = tiny_decoder(hidden=16, layers=1, encoder_width=8)
     queries, tokens = torch.randn(5, 16), torch.randn(3, 7, 8)
     with torch.no_grad():
         shared = decoder(queries, tokens)
