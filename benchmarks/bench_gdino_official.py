@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cache", type=Path, default=default_cache())
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
+    from recognize import heap
+
+    heap.keep_freed_memory()  # as `recognize run` does when it runs stages (recognize/heap.py)
 
     from bench_jobs import matmul
     from recognize_grounding_dino.model import Detector

@@ -112,6 +112,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the tests' tiny SAM, 2 boxes, short probes")
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
     args = parser.parse_args()
+    from recognize import heap
+
+    heap.keep_freed_memory()  # as `recognize run` does when it runs stages (recognize/heap.py)
 
     from bench_jobs import counting_flops
     from recognize.images import load_image

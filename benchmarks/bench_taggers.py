@@ -106,6 +106,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    from recognize import heap
+
+    heap.keep_freed_memory()  # as `recognize run` does when it runs stages (recognize/heap.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     import os

@@ -131,26 +131,30 @@ def release() -> ReleaseReport:
     """Unmap the resident pages of every clean weights mapping still in use and trim the heap (see
     module doc).
 
-    Only where at least two weights files are mapped: with one (a tagger plus filters, say) the next
-    stage would map the same pages back, paying the faults for no lower peak."""
+    Weights only where at least two weights files are mapped (with one, a tagger plus filters say, the
+    next stage would map the same pages back, paying the faults for no lower peak), and not while a
+    model loads on another thread (`loading`) or with `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1`. The heap is
+    trimmed in every case: since `recognize.heap.keep_freed_memory()` a stage's freed activations stay
+    in the heap until this hands them back."""
     report = ReleaseReport()
-    if not sys.platform.startswith("linux") or os.environ.get(KEEP_ENV, "") not in ("", "0"):
-        return report
-    with _release_lock:
-        if _loads_under_way:  # a model is being loaded beside this stage (see `loading`)
-            return report
-        return _release(report)
-
-
-def _release(report: ReleaseReport) -> ReleaseReport:
     libc = _libc()
-    if libc is None:
+    if not sys.platform.startswith("linux") or libc is None:
         return report
+    if os.environ.get(KEEP_ENV, "") in ("", "0"):
+        with _release_lock:
+            if not _loads_under_way:  # else a model is being loaded beside this stage (see `loading`)
+                _unmap(libc, report)
+    if hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+    return report
+
+
+def _unmap(libc: ctypes.CDLL, report: ReleaseReport) -> None:
     with _lock:
         entries = list(_mapped)
     held = [(entry.path, storages) for entry in entries if (storages := entry.alive())]  # strong until return
     if len({path for path, _ in held}) < 2:  # one weights file: no other stage's weights compete
-        held = []
+        return
     for path, storages in held:
         ranges = _page_ranges(storages)
         states = [_page_states(start, end) for start, end in ranges]
@@ -160,9 +164,6 @@ def _release(report: ReleaseReport) -> ReleaseReport:
         for (start, end), (resident, _) in zip(ranges, states):
             if resident and libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) == 0:
                 report.unmapped_bytes += resident * _PAGE
-    if hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-    return report
 
 
 def _page_ranges(storages: list[Any]) -> list[tuple[int, int]]:

@@ -26,7 +26,7 @@ import gc
 import sys
 from collections.abc import Callable, Sequence
 
-from recognize import resident_weights
+from recognize import heap, resident_weights
 from recognize.engines.base import FrameResult, RunStopped, describe_error
 from recognize.engines.timing import DECODE, LOAD, RELEASE, StageTimer
 from recognize.errors import ImageError, RecognizeError
@@ -72,7 +72,9 @@ def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer
 
     `chained` (default: more than one stage): other stages run in this process between this one's
     batches, so after each stage its memory-mapped weights leave RSS (`recognize.resident_weights`),
-    timed as the `release` phase. `ready`: see `Ready` (default: the stage loads on first use)."""
+    timed as the `release` phase. `ready`: see `Ready` (default: the stage loads on first use).
+    Freed activation memory is kept in the heap for the next layer (`recognize.heap`)."""
+    heap.keep_freed_memory()
     if chained is None:
         chained = len(stages) > 1
     for stage in stages:
