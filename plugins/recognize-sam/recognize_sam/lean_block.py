@@ -9,15 +9,20 @@ runs the output projection on the real tokens only. Attention rows of padding qu
 computed (they are ~0.5% of a block's FLOPs and dropping them would split the windows into four
 shapes).
 
-Attention itself is `torch.nn.functional.scaled_dot_product_attention` with the decomposed
-relative-position bias (rel_h + rel_w, built once per head chunk) as its float mask: on CPU its
-flash kernel takes q k^T, the bias, the softmax and the product with v block by block, instead of
-writing, re-reading and re-writing a 1 GiB score matrix four times in each global block.
+Attention in the windowed blocks is `torch.nn.functional.scaled_dot_product_attention` with the
+decomposed relative-position bias (rel_h + rel_w) as its float mask: one call for all 400 window-heads.
+In the global blocks (4,096 tokens) on CPU it is two oneDNN GEMMs per head and block of 256 query rows
+(`_onednn_relpos_attention`): (q * scale) k^T into a 4 MiB score block, + rel_h, + rel_w and the
+softmax in place while the block is in cache, then P v. CPU SDPA's flash kernel runs its products
+through torch's CPU BLAS (MKL's sgemm, at about half of oneDNN's rate on the AMD EPYC measured) and
+needs the bias as a whole (heads, 4,096, 4,096) mask: one global block's attention took 0.74-0.78 s
+that way against 0.47 s as oneDNN GEMMs (86 GFLOP; 16 heads x 4,096 x 80; `benchmarks/README.md`).
+Neither writes the 1 GiB score matrix segment-anything writes, re-reads and re-writes four times.
 
 Deliberate difference from segment-anything: the output is no longer bit for bit the same. The
 fused kernel adds the bias as (q k^T * scale) + (rel_h + rel_w) where SAM computes
-((q * scale) k^T + rel_h) + rel_w, and row-subset matrix products may round differently in the last
-bit. Measured: the tiny test model's embedding within ~2e-6 of its largest value and mask logits
+((q * scale) k^T + rel_h) + rel_w (the global blocks' oneDNN path keeps SAM's order), and oneDNN's
+or row-subset matrix products may round differently in the last bit. Measured: the tiny test model's embedding within ~2e-6 of its largest value and mask logits
 within 1e-7, so masks equal except where a logit is within rounding of 0 (`tests/test_lean_block.py`
 bounds both); vit_h with random weights (32 blocks of accumulation): at most 1.0e-4 absolute, 2.1e-5 of
 the embedding's largest value (`benchmarks/README.md`). Under autocast or with quantized (tensor-subclass) Linear weights
@@ -37,6 +42,7 @@ from segment_anything.modeling.image_encoder import Attention, Block, get_rel_po
 from torch import nn
 
 from recognize_sam.attention import LeanAttention
+from recognize import onednn_linear
 from recognize.onednn_linear import OneDNNLinear, linear
 
 __all__ = ["LEAN", "LeanBlock", "use_lean_blocks", "use_segment_anything"]
@@ -45,6 +51,12 @@ __all__ = ["LEAN", "LeanBlock", "use_lean_blocks", "use_segment_anything"]
 #: e.g. to count FLOPs "as segment-anything computes them": `FlopCounterMode` has no formula for oneDNN's
 #: linear or CPU flash attention, and the lean forward skips the window padding's work).
 LEAN = True
+#: attention over at least this many tokens (SAM's global blocks: 4,096) runs as oneDNN GEMMs on CPU;
+#: fewer (the 14 x 14 windows) as one SDPA call, whose per-call cost is lower than 800 small GEMMs'
+ONEDNN_ATTENTION_MIN_TOKENS = 1024
+#: query rows per oneDNN score block: 256 x 4,096 floats (4 MiB) stay in cache for the bias and the
+#: softmax (measured 0.468 s per global block with 256 rows, 0.475 with 512, 0.534 with 4,096)
+ONEDNN_ATTENTION_ROWS = 256
 
 
 class LeanBlock(Block):
@@ -133,6 +145,8 @@ def _sdpa_relpos(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     h, w = size
     Rh = get_rel_pos(h, h, attn.rel_pos_h)
     Rw = get_rel_pos(w, w, attn.rel_pos_w)
+    if h * w >= ONEDNN_ATTENTION_MIN_TOKENS and onednn_linear.applies_to(k, q) and v.shape[-1] == q.shape[-1]:
+        return _onednn_relpos_attention(q, k, v, Rh, Rw, size, attn.scale)
     rows, step = q.shape[0], _rows_per_step(q)
     if step >= rows:  # one step (the windowed blocks): SDPA's own output, no copy into `out`
         return F.scaled_dot_product_attention(q, k, v, attn_mask=_relpos_bias(q, Rh, Rw, size, None), scale=attn.scale)
@@ -158,6 +172,31 @@ def _relpos_bias(q: torch.Tensor, Rh: torch.Tensor, Rw: torch.Tensor, size: tupl
     bias = reuse if reuse is not None and reuse.shape[0] == n else q.new_empty(n, h * w, h * w)
     torch.add(rel_h[:, :, :, :, None], rel_w[:, :, :, None, :], out=bias.view(n, h, w, h, w))
     return bias
+
+
+def _onednn_relpos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, Rh: torch.Tensor,
+                             Rw: torch.Tensor, size: tuple[int, int], scale: float) -> torch.Tensor:
+    """softmax((q * scale) k^T + rel_h + rel_w) v per (batch x head) row of q (n, h * w, head_dim), as
+    oneDNN GEMMs over `ONEDNN_ATTENTION_ROWS` query rows at a time (see module doc); the bias adds in
+    segment-anything's order."""
+    h, w = size
+    n, tokens, _ = q.shape
+    r_q = q.view(n, h, w, -1)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh).reshape(n, tokens, h)
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw).reshape(n, tokens, w)
+    scaled = q * scale
+    out = torch.empty_like(q)
+    step = ONEDNN_ATTENTION_ROWS
+    for i in range(n):
+        keys, values_t = k[i].contiguous(), v[i].t().contiguous()  # oneDNN "weights": (N, K)
+        for start in range(0, tokens, step):
+            rows = slice(start, start + step)
+            scores = torch.ops.mkldnn._linear_pointwise(scaled[i, rows], keys, None, "none", [], "")
+            grid = scores.view(-1, h, w)
+            grid.add_(rel_h[i, rows, :, None]).add_(rel_w[i, rows, None, :])
+            torch.softmax(scores, dim=-1, out=scores)
+            out[i, rows] = torch.ops.mkldnn._linear_pointwise(scores, values_t, None, "none", [], "")
+    return out
 
 
 def _rows_per_step(q: torch.Tensor) -> int:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from recognize import onednn_linear
 from recognize_sam.attention import LeanAttention
+from recognize_sam import lean_block
 from recognize_sam.lean_block import LeanBlock, use_lean_blocks, use_segment_anything
 from recognize_sam.model import SamConfig, build_sam
 from sam_support import TINY_CONFIG, random_boxes
@@ -84,6 +85,39 @@ def test_head_chunks_give_the_same_bits(monkeypatch):
         monkeypatch.setattr(LeanAttention, "chunk_bytes", (16 * 16) ** 2 * 4)  # one head per step
         chunked = block(x)
     _close(chunked, whole, relative=1e-6)
+
+
+# global attention as oneDNN GEMMs (`_onednn_relpos_attention`), forced on for small grids, with score
+# blocks that do not divide the tokens (a partial last block), a non-square grid and a batch of two
+@pytest.mark.parametrize("shape, rows", [((2, 16, 16), 100), ((1, 20, 13), 64), ((1, 12, 12), 1024)])
+def test_global_attention_as_onednn_gemms_matches_segment_anything(shape, rows, monkeypatch):
+    if not onednn_linear.available():
+        pytest.skip("this torch build has no oneDNN linear")
+    monkeypatch.setattr(lean_block, "ONEDNN_ATTENTION_MIN_TOKENS", 0)
+    monkeypatch.setattr(lean_block, "ONEDNN_ATTENTION_ROWS", rows)
+    calls = []
+    original = lean_block._onednn_relpos_attention
+    monkeypatch.setattr(lean_block, "_onednn_relpos_attention", lambda *a: calls.append(1) or original(*a))
+    batch, h, w = shape
+    block = _block(64, 4, max(h, w), 0, seed=h * w)
+    block.attn.rel_pos_h.data = block.attn.rel_pos_h.data[: 2 * h - 1]
+    block.attn.rel_pos_w.data = block.attn.rel_pos_w.data[: 2 * w - 1]
+    got, expected = _both(block, torch.randn(batch, h, w, 64))
+    assert calls, "the oneDNN attention did not run"
+    _close(got, expected)
+
+
+def test_vit_h_sized_global_attention_takes_the_onednn_path(monkeypatch):
+    """4,096 tokens (64 x 64, SAM's global blocks) with the defaults: oneDNN GEMMs, same result."""
+    if not onednn_linear.available():
+        pytest.skip("this torch build has no oneDNN linear")
+    calls = []
+    original = lean_block._onednn_relpos_attention
+    monkeypatch.setattr(lean_block, "_onednn_relpos_attention", lambda *a: calls.append(1) or original(*a))
+    block = _block(32, 2, 64, 0, seed=64)
+    got, expected = _both(block, torch.randn(1, 64, 64, 32))
+    assert calls
+    _close(got, expected)
 
 
 def test_autocast_runs_segment_anythings_block_exactly():
