@@ -30,6 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from recognize import heap
 from recognize.errors import RecipeError
 from recognize.feature_cache import content_key, feature_cache
 from recognize.frame import Frame
@@ -124,6 +125,9 @@ def create_app(recipe: str | Path, settings: ServeSettings | None = None,
         tempfile.tempdir = upload_dir
         previous_cache = feature_cache.max_bytes
         feature_cache.resize(int(settings.feature_cache_mb * 2**20))
+        # freed activations stay for the next request's layers (no page faults; RSS stays at the busiest
+        # request's working memory between requests: recognize/heap.py)
+        heap.keep_freed_memory()
         loading = asyncio.create_task(state.load())
         try:
             yield
