@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from recognize import __version__
+from recognize import __version__, heap
 from recognize.errors import RecognizeError
 
 
@@ -47,6 +47,9 @@ def build_cli() -> click.Group:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # before any thread starts, so that every thread of the run or server shares the heap whose freed
+    # memory the next layer reuses (recognize/heap.py)
+    heap.keep_freed_memory()
     try:
         group = build_cli()
     except RecognizeError as exc:  # e.g. a broken plugin

@@ -8,6 +8,8 @@ A Pipeline is the *description* of a job (stages, outputs, settings); engines ru
 calling the pipeline are conveniences over the local engine that raise the first error.
 Image-scope stages see batches; a dataset-scope stage sees every frame at once, so the frames
 before it are gathered first. Writing files is the runner's job (`recognize.runner`).
+Running stages keeps the memory their layers free for reuse, process-wide (`recognize.heap`; handed back
+at the end of each run; `RECOGNIZE_KEEP_FREED_MEMORY=0` turns it off).
 """
 
 from __future__ import annotations

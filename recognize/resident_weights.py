@@ -9,8 +9,9 @@ kernel's page cache (clean, reclaimable, shared), and the next stage that reads 
 fault, from that cache: the same bytes, no copy, no disk read unless the kernel needed the memory
 meanwhile. Then the process's peak is one stage's weights plus the working memory, not the sum.
 
-`release()` also hands freed heap memory back to the system (glibc's `malloc_trim`): a stage's
-activations freed in the heap's middle otherwise stay counted until the heap top is free.
+`release()` also hands freed heap memory back to the system (`recognize.heap.trim`, glibc's
+`malloc_trim`): a stage's freed activations, which `recognize.heap` keeps for reuse within the stage,
+would otherwise stay counted.
 
 Cost: unmapping and mapping again took ~1.5 s per GB of weights on a busy 2-core machine
 (`benchmarks/README.md`), once per batch: ~4 s for SAM vit_h's 2.4 GB there, against a batch of two
@@ -47,6 +48,8 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from recognize import heap
 
 __all__ = ["KEEP_ENV", "ReleaseReport", "loading", "note_mapped", "release"]
 
@@ -144,8 +147,7 @@ def release() -> ReleaseReport:
         with _release_lock:
             if not _loads_under_way:  # else a model is being loaded beside this stage (see `loading`)
                 _unmap(libc, report)
-    if hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+    heap.trim()
     return report
 
 
@@ -214,8 +216,5 @@ def _libc() -> ctypes.CDLL | None:
     libc = ctypes.CDLL(name, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     libc.madvise.restype = ctypes.c_int
-    if hasattr(libc, "malloc_trim"):
-        libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        libc.malloc_trim.restype = ctypes.c_int
     return libc
 

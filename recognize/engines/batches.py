@@ -61,6 +61,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def release_memory() -> None:
     gc.collect()
+    heap.trim()  # freed memory kept for reuse goes back to the system: other processes may need it now
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recognize import heap
 from recognize.engines.background_load import BackgroundLoads
 from recognize.engines.background_load import enabled as background_load_enabled
 from recognize.engines.base import FrameResult, ResultCallback, describe_error
@@ -97,6 +98,7 @@ class LocalEngine:
             raise
         finally:
             self._stop_loads(timer, wait=not interrupted)
+            heap.trim()  # what the run's layers freed and kept for reuse (recognize.heap) goes back
 
     def _stop_loads(self, timer: StageTimer, wait: bool = True) -> None:
         """No further background load starts, and the one under way is waited for (bounded: see

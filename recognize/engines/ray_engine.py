@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recognize import heap
 from recognize.engines.base import FrameResult, ResultCallback
 from recognize.engines.batches import apply_stages
 from recognize.engines.frame_spool import FrameSpool
@@ -104,7 +105,8 @@ class RayEngine:
 
         if ray.is_initialized():
             return
-        env_vars = {k: os.environ[k] for k in _ENV_VARS if k in os.environ}
+        # workers' threads share one heap from their first allocation (recognize.heap.worker_env)
+        env_vars = {**{k: os.environ[k] for k in _ENV_VARS if k in os.environ}, **heap.worker_env()}
         ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
                  include_dashboard=False, runtime_env={"env_vars": env_vars} if env_vars else None)
 

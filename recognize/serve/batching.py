@@ -25,6 +25,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from recognize import heap
 from recognize.feature_cache import FeatureCache
 from recognize.frame import Frame
 from recognize.serve.metrics import Metrics
@@ -144,6 +145,8 @@ class StageBatcher:
                     self._fail(item, exc)
             finally:
                 self.busy = False
+            if self.queue.empty():  # idle: the memory this batch freed and kept for reuse goes back
+                await asyncio.get_running_loop().run_in_executor(self.executor, heap.trim)
 
     async def _run(self, items: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
