@@ -20,7 +20,8 @@ threads start: at the CLI's start (`recognize run`, `recognize serve`: `recogniz
 server app's start-up, and for Ray workers through their environment (`MALLOC_ARENA_MAX=1`,
 `worker_env`), besides `recognize.engines.batches.apply_stages` (every engine, `Pipeline`).
 Other allocators (jemalloc, tcmalloc, which PyTorch also recommends for CPU inference) keep freed
-memory the same way; this needs nothing installed or preloaded.
+memory the same way; this needs nothing installed or preloaded (with one of them preloaded, the glibc
+settings made here are simply unused).
 
 Cost: memory freed inside a call stays counted in the process's RSS until `trim()` hands it back
 (`malloc_trim`, free pages in the heap's middle too). That happens between the stages of a chain
@@ -105,11 +106,8 @@ def _glibc() -> ctypes.CDLL | None:
     """The C library if this is Linux with glibc (`gnu_get_libc_version`): mallopt's parameters are glibc's."""
     if not sys.platform.startswith("linux"):
         return None
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name)
+    try:  # find_library needs ldconfig or a compiler, which slim containers lack
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
     if not all(hasattr(libc, symbol) for symbol in ("gnu_get_libc_version", "mallopt", "malloc_trim")):

@@ -129,6 +129,13 @@ def test_release_trims_the_heap_also_while_weights_stay_mapped() -> None:
     assert kept["rss_kept"] - kept["rss_released"] > 128 * _MiB, kept
 
 
+def test_release_trims_the_heap_also_while_a_model_loads() -> None:
+    """A background load keeps the weights mapped (`resident_weights.loading`), not the freed activations."""
+    kept = _probe("assert heap.keep_freed_memory()",
+                  release="with resident_weights.loading():\n        resident_weights.release()")
+    assert kept["rss_kept"] - kept["rss_released"] > 128 * _MiB, kept
+
+
 def test_a_pipeline_call_turns_it_on_and_leaves_no_more_resident_than_before() -> None:
     """Every engine runs stages through `apply_stages` (on); the local engine trims at the end of a run."""
     script = textwrap.dedent("""

@@ -15,19 +15,23 @@ In the global blocks (4,096 tokens) on CPU it is two oneDNN GEMMs per head and b
 (`_onednn_relpos_attention`): (q * scale) k^T into a 4 MiB score block, + rel_h, + rel_w and the
 softmax in place while the block is in cache, then P v. CPU SDPA's flash kernel runs its products
 through torch's CPU BLAS (MKL's sgemm, at about half of oneDNN's rate on the AMD EPYC measured) and
-needs the bias as a whole (heads, 4,096, 4,096) mask: one global block's attention took 0.74-0.78 s
-that way against 0.47 s as oneDNN GEMMs (86 GFLOP; 16 heads x 4,096 x 80; `benchmarks/README.md`).
-Neither writes the 1 GiB score matrix segment-anything writes, re-reads and re-writes four times.
+needs the bias as a (4 heads, 4,096, 4,096) mask per chunk of heads (`LeanAttention.chunk_bytes`): one
+global block's attention took 0.74-0.78 s that way against 0.47 s as oneDNN GEMMs (86 GFLOP; 16 heads x
+4,096 x 80; `benchmarks/README.md`). Neither writes the 1 GiB score matrix segment-anything writes,
+re-reads and re-writes four times. Measured on that AMD CPU only: where MKL's sgemm runs at full speed
+(Intel), the flash kernel may win; `ONEDNN_ATTENTION_MIN_TOKENS` is the switch.
 
 Deliberate difference from segment-anything: the output is no longer bit for bit the same. The
 fused kernel adds the bias as (q k^T * scale) + (rel_h + rel_w) where SAM computes
 ((q * scale) k^T + rel_h) + rel_w (the global blocks' oneDNN path keeps SAM's order), and oneDNN's
-or row-subset matrix products may round differently in the last bit. Measured: the tiny test model's embedding within ~2e-6 of its largest value and mask logits
-within 1e-7, so masks equal except where a logit is within rounding of 0 (`tests/test_lean_block.py`
-bounds both); vit_h with random weights (32 blocks of accumulation): at most 1.0e-4 absolute, 2.1e-5 of
-the embedding's largest value (`benchmarks/README.md`). Under autocast or with quantized (tensor-subclass) Linear weights
-(the opt-in fast modes) the block runs segment-anything's own forward with `LeanAttention`, so fast
-modes keep the fidelity they were measured with.
+or row-subset matrix products may round differently in the last bit. Measured: the tiny test model's
+embedding within ~2e-6 of its largest value and mask logits within 1e-7, so masks equal except where a
+logit is within rounding of 0 (`tests/test_lean_block.py` bounds both); vit_h with the benchmark's random
+weights (32 blocks of accumulation), with the oneDNN global attention: at most 1.2e-5 absolute, 2.5e-6
+of the embedding's largest value (1.0e-4 and 2.1e-5 with flash SDPA there, on another random checkpoint;
+`benchmarks/README.md`). Under autocast or with quantized (tensor-subclass) Linear weights (the opt-in
+fast modes) the block runs segment-anything's own forward with `LeanAttention`, so fast modes keep the
+fidelity they were measured with.
 
 `use_lean_blocks` installs it on a built model (modules keep their parameters and state dict; only
 `forward` differs); `use_segment_anything` puts segment-anything's own classes back (benchmarks, tests),
@@ -141,11 +145,13 @@ def _heads(grid: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, 
 
 def _sdpa_relpos(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  size: tuple[int, int]) -> torch.Tensor:
-    """softmax(q k^T * scale + rel_h + rel_w) v, a few heads at a time on CPU (`LeanAttention.chunk_bytes`)."""
+    """softmax(q k^T * scale + rel_h + rel_w) v: as oneDNN GEMMs for global attention on CPU (see module
+    doc), else SDPA, a few heads at a time on CPU (`LeanAttention.chunk_bytes`)."""
     h, w = size
     Rh = get_rel_pos(h, h, attn.rel_pos_h)
     Rw = get_rel_pos(w, w, attn.rel_pos_w)
-    if h * w >= ONEDNN_ATTENTION_MIN_TOKENS and onednn_linear.applies_to(k, q) and v.shape[-1] == q.shape[-1]:
+    # q, k and v are views of one qkv product: the same dtype, device and autograd state
+    if h * w >= ONEDNN_ATTENTION_MIN_TOKENS and onednn_linear.applies_to(k, q):
         return _onednn_relpos_attention(q, k, v, Rh, Rw, size, attn.scale)
     rows, step = q.shape[0], _rows_per_step(q)
     if step >= rows:  # one step (the windowed blocks): SDPA's own output, no copy into `out`
@@ -181,11 +187,11 @@ def _onednn_relpos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     segment-anything's order."""
     h, w = size
     n, tokens, _ = q.shape
-    r_q = q.view(n, h, w, -1)
+    r_q = q.reshape(n, h, w, -1)
     rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh).reshape(n, tokens, h)
     rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw).reshape(n, tokens, w)
     scaled = q * scale
-    out = torch.empty_like(q)
+    out = q.new_empty(n, tokens, v.shape[-1])
     step = ONEDNN_ATTENTION_ROWS
     for i in range(n):
         keys, values_t = k[i].contiguous(), v[i].t().contiguous()  # oneDNN "weights": (N, K)

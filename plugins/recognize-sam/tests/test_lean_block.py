@@ -51,11 +51,15 @@ def _both(block: Block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("onednn", [True, False])
 def test_lean_block_matches_segment_anything(dim, heads, size, window, batch, onednn, monkeypatch):
     monkeypatch.setattr(onednn_linear, "ONEDNN", onednn)
+    calls = []
+    original = lean_block._onednn_relpos_attention
+    monkeypatch.setattr(lean_block, "_onednn_relpos_attention", lambda *a: calls.append(1) or original(*a))
     block = _block(dim, heads, size, window, seed=size)
     x = torch.randn(batch, size, size, dim)
     got, expected = _both(block, x)
     _close(got, expected)
     assert not torch.equal(x, got)  # the input is not written over by the in-place adds
+    assert calls == []  # windows and small grids (< ONEDNN_ATTENTION_MIN_TOKENS) keep SDPA
 
 
 def test_non_square_grid():
