@@ -14,8 +14,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from recognize import heap  # noqa: E402
-from recognize.engines.ray_engine import RayEngine  # noqa: E402
+from recognize import heap
+from recognize.engines.ray_engine import RayEngine
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",

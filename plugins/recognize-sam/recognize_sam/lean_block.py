@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention, Block, get_rel_pos
 from torch import nn
 
-from recognize_sam.attention import LeanAttention
 from recognize import onednn_linear
 from recognize.onednn_linear import OneDNNLinear, linear
+from recognize_sam.attention import LeanAttention
 
 __all__ = ["LEAN", "LeanBlock", "use_lean_blocks", "use_segment_anything"]
 
