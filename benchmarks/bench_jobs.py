@@ -207,6 +207,10 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
        infer), in alternating order, then one batch of 4 per further pass. A machine that slows
        down slows both sides alike, so their ratio holds.
 
+    The fp32 GEMM rates are probed in this process right before step 3 and right after it
+    (`matmul_probes`): the stage table's "% of matmul" columns divide by the higher of the two, so a
+    machine that runs slower or faster during one stage than at the run's start does not move them.
+
     From step 2 on, freed memory is kept for reuse (`recognize.heap`), as `recognize run` and every
     engine do when they run stages. The setting is process-wide, so the baseline's timed calls that
     follow get it too (its memory in step 1 does not): that can only make the baseline faster.
@@ -244,6 +248,7 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
     ours.params.batch_size = 4
     batch4 = [_timed(ours, stage_frames(stage, four, kit.boxes)) / 4]
     ours_peak = memory_mb()["peak_rss_mb"]
+    probes = [matmul(kit.quick)]  # the machine's GEMM rates now, in this process (and again after)
 
     batch1: list[float] = []
     for r in range(repeats):
@@ -257,13 +262,14 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
                 baseline(image)
         if r:
             batch4.append(_timed(ours, stage_frames(stage, four, kit.boxes)) / 4)
+    probes.append(matmul(kit.quick))
     total = [a + b for a, b in zip(loads, infers)]
     pairs = [b / o for b, o in zip(infers, batch1)]
     common = {"rss_imports_mb": imports_mb, "peak_reset": resettable}
     return {
         "ours": {"load_s": load_s, "flops": counter.get_total_flops(), "s_per_img_b1": _median(batch1),
                  "s_per_img_b4": _median(batch4), "b1_runs": batch1, "b4_runs": batch4, "peak_rss_mb": ours_peak,
-                 **common},
+                 "matmul_probes": probes, **common},
         "baseline": {"load_s": _median(loads), "infer_s_per_img": _median(infers), "s_per_img": _median(total),
                      "load_runs": loads, "infer_runs": infers, "peak_rss_mb": base_peak,
                      "infer_ratio_median": _median(pairs), **common},

@@ -39,6 +39,11 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
            f"**{_num(mm['gflops_onednn'], 1)} GFLOP/s** (best run {_num(mm.get('gflops_onednn_best'), 1)})"
            if mm.get("gflops_onednn") else "")),
     ]
+    end = results.get("matmul_end") or {}
+    if end.get("gflops"):
+        lines.append(f"- The same probes at the run's end: fp32 `a @ b` {_num(end['gflops'], 1)}, oneDNN "
+                     f"{_num(end.get('gflops_onednn'), 1)}, bf16 {_num(end.get('gflops_bf16'), 1)} GFLOP/s (the chain's "
+                     "FLOP limit uses the start's)")
     if m.get("cpu_flags") is not None:
         lines.insert(1, f"- CPU flags (compute): {' '.join(m['cpu_flags']) or 'none of avx/avx2/avx512/amx'}")
     if load:
@@ -49,9 +54,15 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def stage_rates(results: dict[str, Any], ours: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(fp32 `a @ b`, oneDNN) GFLOP/s a stage's rate is divided by: the higher of the probes taken in the
+    stage's own process around its timed passes (`bench_jobs.stage_pair`), else the run's probe."""
+    probes = ours.get("matmul_probes") or [results.get("matmul") or {}]
+    best = {key: max((p[key] for p in probes if p.get(key)), default=None) for key in ("gflops", "gflops_onednn")}
+    return best["gflops"], best["gflops_onednn"]
+
+
 def stage_table(results: dict[str, Any]) -> list[str]:
-    peak = (results.get("matmul") or {}).get("gflops")
-    onednn = (results.get("matmul") or {}).get("gflops_onednn")
     rows = [
         ("| stage | model | GFLOP/img | load s | baseline load s | s/img b1 | s/img b4 | img/s (best) | baseline s/img "
         "| speedup b1 | speedup b4 | compute ratio | GFLOP/s (best) | % of matmul | % of oneDNN matmul "
@@ -60,6 +71,7 @@ def stage_table(results: dict[str, Any]) -> list[str]:
     ]
     for name, entry in results.get("stages", {}).items():
         ours, base = entry.get("ours") or {}, entry.get("baseline") or {}
+        peak, onednn = stage_rates(results, ours)
         flops = ours.get("flops")
         b1, b4 = ours.get("s_per_img_b1"), ours.get("s_per_img_b4")
         best = min((t for t in (b1, b4) if t and not math.isnan(t)), default=None)
@@ -320,6 +332,21 @@ def main(argv: list[str] | None = None) -> None:
         path.with_suffix(".md").write_text(render(json.loads(path.read_text())), encoding="utf-8")
 
 
+def _stage_rates_note(results: dict[str, Any]) -> list[str]:
+    """Which GEMM rates the stage table's "% of" columns divide by, stage by stage."""
+    parts = []
+    for name, entry in results.get("stages", {}).items():
+        probes = (entry.get("ours") or {}).get("matmul_probes")
+        if probes:
+            peak, onednn = stage_rates(results, entry["ours"])
+            parts.append(f"{name} {_num(peak, 1)} / {_num(onednn, 1)}")
+    if not parts:
+        return []
+    return [("\"% of matmul\" and \"% of oneDNN matmul\" divide by the fp32 rates probed in the stage's own "
+             "process just before and just after its timed passes (the higher of the two; `a @ b` / oneDNN GFLOP/s): "
+             + "; ".join(parts) + "."), ""]
+
+
 def render(results: dict[str, Any]) -> str:
     s = results["settings"]
     out = [
@@ -341,7 +368,8 @@ def render(results: dict[str, Any]) -> str:
                 (f"Inputs: the reference images; Grounding DINO gets the tags {', '.join(s['tags'])}; SAM gets "
                 f"{s['boxes']} boxes per image. Baseline: the model built and loaded for every image, one image at a "
                 "time (the demo's way). speedup = baseline s/img ÷ ours s/img at batch 1 / 4; compute ratio = baseline "
-                "inference alone ÷ ours at batch 1 (median of per-image ratios)."), "", *stage_table(results), ""]
+                "inference alone ÷ ours at batch 1 (median of per-image ratios)."), "", *stage_table(results), "",
+                *_stage_rates_note(results)]
     if (results.get("recipe") or {}).get("reference"):
         out += ["## tag -> ground -> segment on a folder", "",
                 (f"ram_plus -> grounding_dino -> sam over a folder of {s['images']} photo(s). Ours: `recognize run` "

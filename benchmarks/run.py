@@ -291,6 +291,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
         workers = [int(n) for n in args.ray_workers.split(",") if n]
         results["engines"] = engine_rounds(kit, str(folder), workers, args.engine_rounds, errors)
 
+    results["matmul_end"] = run_job({**base, "kind": "matmul"}, "matmul GFLOP/s (again, at the end)", errors)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["errors"] = errors
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,10 @@ def test_every_stage_has_timings_flops_and_a_baseline(quick_run):
         assert base["s_per_img"] >= base["load_s"]
         assert base["peak_rss_mb"] >= base["rss_imports_mb"] and ours["peak_rss_mb"] >= ours["rss_imports_mb"]
         assert positive(base["infer_ratio_median"])
+        # the GEMM rates its "% of" columns divide by, probed in its own process before and after its timing
+        assert len(ours["matmul_probes"]) == 2
+        assert all(positive(p["gflops"]) and positive(p["gflops_onednn"]) for p in ours["matmul_probes"])
+    assert positive(results["matmul_end"]["gflops"])
     # tiny models, but not nothing: SAM's mask decoder alone is gigaflops per image
     assert results["stages"]["sam"]["ours"]["flops"] > results["stages"]["ram"]["ours"]["flops"]
 
@@ -115,6 +119,8 @@ def test_markdown_report_has_the_tables(quick_run):
     assert "| (wall − I/O) ÷ limit |" in markdown and "plus image I/O: (s/photo − I/O) ÷ limit" in markdown
     assert "| fidelity vs exact (random weights) |" in markdown and "**on random weights**" in markdown
     assert "Equal work: every row tagged, localized and segmented the same per photo" in markdown
+    assert "probed in the stage's own process just before and just after its timed passes" in markdown
+    assert "The same probes at the run's end" in markdown
 
 
 @pytest.mark.slow
