@@ -46,7 +46,7 @@ from segment_anything.modeling.image_encoder import Attention, Block, get_rel_po
 from torch import nn
 
 from recognize import onednn_linear
-from recognize.onednn_linear import OneDNNLinear, linear
+from recognize.onednn_linear import OneDNNLinear, linear, linear_weights
 from recognize_sam.attention import LeanAttention
 
 __all__ = ["LEAN", "LeanBlock", "use_lean_blocks", "use_segment_anything"]
@@ -197,11 +197,11 @@ def _onednn_relpos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         keys, values_t = k[i].contiguous(), v[i].t().contiguous()  # oneDNN "weights": (N, K)
         for start in range(0, tokens, step):
             rows = slice(start, start + step)
-            scores = torch.ops.mkldnn._linear_pointwise(scaled[i, rows], keys, None, "none", [], "")
+            scores = linear_weights(scaled[i, rows], keys)
             grid = scores.view(-1, h, w)
             grid.add_(rel_h[i, rows, :, None]).add_(rel_w[i, rows, None, :])
             torch.softmax(scores, dim=-1, out=scores)
-            out[i, rows] = torch.ops.mkldnn._linear_pointwise(scores, values_t, None, "none", [], "")
+            out[i, rows] = linear_weights(scores, values_t)
     return out
 
 
