@@ -127,7 +127,9 @@ def counting_flops(reuse: bool = True) -> Iterator[Any]:
     taggers' `LeanSwinBlock`, CPU flash attention (SAM: without the window padding's work):
     `FlopCounterMode` (torch 2.14) has no formula for either, so it would count them as zero. Inside this
     block all are switched off, so the count is the model's FLOPs as `nn.Linear`, segment-anything and
-    timm compute them ("FLOPs counted as today").
+    timm compute them ("FLOPs counted as today"). Grounding DINO's fusion attention folds its image-side
+    projections through the text side (`lean_layers.FOLD_FUSION`: ~25% of the model's FLOPs not executed);
+    it is switched off here too, so the count is transformers' forward's.
 
     The taggers' reuse of image-independent results (`recognize.taggers.precomputed`) stays as it is:
     on a warm model (count the *second* call) the work it skips (RAM ~9.0 GFLOP of 320, Tag2Text ~4.0 of
@@ -144,8 +146,15 @@ def counting_flops(reuse: bool = True) -> Iterator[Any]:
         from recognize_sam import lean_block
     except ImportError:
         lean_block = None
+    try:
+        from recognize_grounding_dino import lean_layers
+    except ImportError:
+        lean_layers = None
     saved = onednn_linear.ONEDNN, getattr(lean_block, "LEAN", None), lean_swin.LEAN, precomputed.PRECOMPUTE
+    saved_fold = getattr(lean_layers, "FOLD_FUSION", None)
     onednn_linear.ONEDNN = False
+    if lean_layers is not None:
+        lean_layers.FOLD_FUSION = False
     lean_swin.LEAN = False
     if not reuse:
         precomputed.PRECOMPUTE = False
@@ -161,6 +170,8 @@ def counting_flops(reuse: bool = True) -> Iterator[Any]:
         precomputed.PRECOMPUTE = saved[3]
         if lean_block is not None:
             lean_block.LEAN = saved[1]
+        if lean_layers is not None:
+            lean_layers.FOLD_FUSION = saved_fold
 
 
 def reset_peak() -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from gd_support import randomize_
@@ -284,20 +286,17 @@ def test_lean_swin_layer_follows_a_new_map_size():
             torch.testing.assert_close(lean_layer(x, size)[0], plain(x, size)[0], atol=2e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("onednn", [False, True])
-@pytest.mark.parametrize("heads, ffn, padded", [(8, 2048, False), (8, 2048, True), (6, 144, True)])
-def test_lean_fusion_attention_equals_transformers(heads, ffn, padded, onednn):
-    """`LeanBiMultiHeadAttention` against `GroundingDinoBiMultiHeadAttention`, batch 2, with padded
-    pixels and tokens or none; a head size whose scale is not a power of two (144 // 2 // 3 = 24 dims)
-    scales the queries as transformers does. Outputs and both attention maps within float32 rounding:
-    the same products and sums, bit for bit on one thread here, but with two threads `bmm` on the
-    strided per-head views splits its work differently from transformers' contiguous copies."""
+def _fusion_pair(heads: int, ffn: int, onednn: bool):
     from recognize_grounding_dino.lean_layers import LeanBiMultiHeadAttention
     from transformers import GroundingDinoConfig
     from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoBiMultiHeadAttention
 
     config = GroundingDinoConfig(encoder_attention_heads=heads, encoder_ffn_dim=ffn)
-    plain, lean_attention = _pair_of(lambda: GroundingDinoBiMultiHeadAttention(config), LeanBiMultiHeadAttention, onednn)
+    return _pair_of(lambda: GroundingDinoBiMultiHeadAttention(config), LeanBiMultiHeadAttention, onednn)
+
+
+def _fusion_inputs(padded: bool):
+    torch.manual_seed(1)
     vision, text = torch.randn(2, 300, 256), torch.randn(2, 11, 256)
     vision_mask = text_mask = None
     if padded:
@@ -305,12 +304,67 @@ def test_lean_fusion_attention_equals_transformers(heads, ffn, padded, onednn):
         vision_mask[1, 250:] = True
         text_mask = torch.zeros(2, 11, dtype=torch.bool)
         text_mask[0, 7:] = True
+    return vision, text, vision_mask, text_mask
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+@pytest.mark.parametrize("heads, ffn, padded", [(8, 2048, False), (8, 2048, True), (6, 144, True), (4, 2048, False)])
+def test_lean_fusion_attention_strided_heads_equal_transformers(heads, ffn, padded, onednn, monkeypatch):
+    """`LeanBiMultiHeadAttention` with `FOLD_FUSION = False` against `GroundingDinoBiMultiHeadAttention`,
+    batch 2, with padded pixels and tokens or none; a head size whose scale is not a power of two
+    (1024 // 8 = 128, 72 // 6 = 12 dims) scales the queries as transformers does, 256-wide heads (the
+    released models') scale the keys. Outputs and both attention maps within float32 rounding: the same
+    products and sums, bit for bit on one thread here, but with two threads `bmm` on the strided
+    per-head views splits its work differently from transformers' contiguous copies."""
+    from recognize_grounding_dino import lean_layers
+
+    monkeypatch.setattr(lean_layers, "FOLD_FUSION", False)
+    plain, lean_attention = _fusion_pair(heads, ffn, onednn)
+    inputs = _fusion_inputs(padded)
     with torch.inference_mode():
-        expected = plain(vision, text, vision_mask, text_mask)
-        got = lean_attention(vision, text, vision_mask, text_mask)
+        expected = plain(*inputs)
+        got = lean_attention(*inputs)
     for (want, have) in zip(expected, got):
         torch.testing.assert_close(have[0], want[0], atol=1e-5, rtol=1e-5)  # outputs
         torch.testing.assert_close(have[1], want[1], atol=1e-6, rtol=1e-5)  # attention maps (0 where masked)
+
+
+@pytest.mark.parametrize("onednn", [False, True])
+@pytest.mark.parametrize("heads, ffn, padded", [(8, 2048, False), (8, 2048, True), (6, 144, True), (4, 2048, False)])
+def test_folded_fusion_attention_is_as_close_to_float64_as_transformers(heads, ffn, padded, onednn):
+    """The folded fusion attention (the default) sums the same quantities in another order, so it is
+    judged against a float64 run of transformers' forward, beside transformers' own float32 forward:
+    its error on each output and attention map stays within 4x transformers' (measured 1.0-2.4x here,
+    with weights and inputs ~5x larger than a trained model's; at the released size, 800 x 1333 and 51
+    tokens, as close as transformers'), and the masked entries are exactly 0."""
+    plain, lean_attention = _fusion_pair(heads, ffn, onednn)
+    inputs = _fusion_inputs(padded)
+    reference = _plain_float64(plain)
+    with torch.inference_mode():
+        expected = reference(*[x.double() if x is not None and x.is_floating_point() else x for x in inputs])
+        theirs = plain(*inputs)
+        got = lean_attention(*inputs)
+    for side in range(2):
+        for item in range(2):  # output, attention map
+            want = expected[side][item]
+            their_error = (theirs[side][item].double() - want).abs().max().item()
+            our_error = (got[side][item].double() - want).abs().max().item()
+            assert our_error <= 4 * their_error + 1e-7 * want.abs().max().item(), (side, item, our_error, their_error)
+    if padded:  # [batch * heads, ...] maps: batch 0's last 4 tokens and batch 1's last 50 pixels are masked
+        heads_ = got[0][1].shape[0] // 2
+        assert not got[0][1][:heads_, :, 7:].any() and got[0][1][:heads_, :, :7].all()
+        assert not got[1][1][heads_:, :, 250:].any()
+
+
+def _plain_float64(module: torch.nn.Module) -> torch.nn.Module:
+    """A float64 copy of `module` running transformers' own forward (plain `nn.Linear`s)."""
+    from recognize.onednn_linear import OneDNNLinear
+
+    reference = copy.deepcopy(module).double()
+    for layer in reference.modules():
+        if type(layer) is OneDNNLinear:
+            layer.__class__ = torch.nn.Linear
+    return reference
 
 
 @pytest.mark.parametrize("onednn", [False, True])
@@ -340,6 +394,41 @@ def test_lean_deformable_layer_equals_transformers(onednn):
         assert torch.equal(got, expected)
     else:
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("coordinates", [2, 4])
+def test_lean_deformable_attention_is_transformers_bit_for_bit(masked, coordinates):
+    """`LeanDeformableAttention` against `GroundingDinoMultiscaleDeformableAttention` (the same sampling
+    module inside both): the encoder's point locations (2 coordinates) are computed with contiguous
+    broadcasts, the same divisions and additions, so the outputs and attention weights are equal bit for
+    bit; the decoder's box-relative locations (4 coordinates) are transformers' own code."""
+    from recognize_grounding_dino.lean_layers import LeanDeformableAttention
+    from transformers import GroundingDinoConfig
+    from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoMultiscaleDeformableAttention
+
+    config = GroundingDinoConfig()
+    plain, lean_attention = _pair_of(lambda: GroundingDinoMultiscaleDeformableAttention(config, num_heads=8, n_points=4),
+                                     LeanDeformableAttention, onednn=True)
+    shapes = [(8, 10), (4, 5), (2, 3), (1, 2)]
+    tokens = sum(h * w for h, w in shapes)
+    spatial = torch.tensor(shapes)
+    starts = torch.cat([spatial.new_zeros(1), (spatial[:, 0] * spatial[:, 1]).cumsum(0)[:-1]])
+    torch.manual_seed(2)
+    queries = tokens if coordinates == 2 else 30
+    hidden, memory, position = torch.randn(2, queries, 256), torch.randn(2, tokens, 256), torch.randn(2, queries, 256)
+    reference = torch.rand(2, queries, len(shapes), coordinates)
+    keep = None
+    if masked:
+        keep = torch.ones(2, tokens, dtype=torch.bool)
+        keep[1, 60:80] = False
+    arguments = {"encoder_hidden_states": memory, "position_embeddings": position, "reference_points": reference,
+                 "spatial_shapes": spatial, "spatial_shapes_list": shapes, "level_start_index": starts}
+    with torch.inference_mode():
+        expected = plain(hidden, keep, **arguments)
+        got = lean_attention(hidden, keep, **arguments)
+    assert torch.equal(got[0], expected[0])
+    assert torch.equal(got[1], expected[1])
 
 
 def test_lean_layers_defer_to_transformers_under_autocast():
