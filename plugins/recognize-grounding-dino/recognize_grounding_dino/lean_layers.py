@@ -51,8 +51,10 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
   computed once per map size (pad pixels are zero rows, as the zero padding gives), and the way
   back is one `index_select`; the MLP's GELU (erf) and its residual add run inside the oneDNN
   GEMMs. Pure data movement plus the same arithmetic: bit for bit on this CPU with the oneDNN
-  Linears of the exact path (tested; within rounding of plain torch's GEMMs). Autograd, training,
-  autocast, drop-path and non-GELU activations run transformers' forward.
+  Linears of the exact path (tested; within rounding of plain torch's GEMMs). Autograd, training
+  (drop path included), autocast and non-GELU activations run transformers' forward. (Until
+  2026-12-02 any drop-path module sent a layer to transformers' forward, and the released configs
+  give one to every layer but the first: 11 of Swin-T's 12 layers ran the copies.)
 - **Deformable attention's value mask** (`LeanDeformableAttention`): transformers `masked_fill`s
   the value projection with the padding mask in every layer (a copy of the value) even when
   nothing is padded; a mask that keeps everything is skipped, as for the fusion attention.
@@ -548,9 +550,11 @@ class LeanSwinLayer:
     def forward(self, hidden_states: torch.Tensor, input_dimensions: tuple[int, int], always_partition: bool = False,
                 **kwargs: Any):
         act = self.mlp.activation_fn
+        # drop path (stochastic depth) acts only in training: the released checkpoints' configs give
+        # every Swin layer after the first a `SwinDropPath` module, which is the identity in eval
         if (self.training or torch.is_grad_enabled() or getattr(act, "act", None) is not F.gelu
-                or not isinstance(self.drop_path, nn.Identity) or kwargs.get("output_attentions")
-                or _autocast(hidden_states)):
+                or (self.drop_path.training and not isinstance(self.drop_path, nn.Identity))
+                or kwargs.get("output_attentions") or _autocast(hidden_states)):
             return super().forward(hidden_states, input_dimensions, always_partition, **kwargs)
         if not always_partition:
             self.set_shift_and_window_size(input_dimensions)

@@ -271,6 +271,35 @@ def test_lean_swin_layer_equals_transformers(size, shift, onednn):
         assert torch.equal(lean_layer(x, size)[0], plain(x, size)[0])
 
 
+@pytest.mark.parametrize("onednn", [False, True])
+def test_lean_swin_layer_with_drop_path_is_lean_in_eval(onednn):
+    """The released configs (drop_path_rate 0.2) give every Swin layer after the first a `SwinDropPath`,
+    the identity outside training: in eval the layer takes the lean path (its window indices are cached)
+    with transformers' outputs; in training (drop path acting) transformers' forward runs."""
+    from recognize_grounding_dino.lean_layers import LeanSwinLayer
+    from transformers import SwinConfig
+    from transformers.models.swin.modeling_swin import SwinDropPath, SwinLayer
+
+    config = SwinConfig(embed_dim=24, window_size=7)
+    size = (14, 14)
+    plain, lean_layer = _pair_of(lambda: SwinLayer(config, dim=24, input_resolution=size, num_heads=3, shift_size=3,
+                                                   drop_path_rate=0.2), LeanSwinLayer, onednn)
+    assert isinstance(lean_layer.drop_path, SwinDropPath)
+    x = torch.randn(2, size[0] * size[1], 24)
+    with torch.inference_mode():
+        expected, got = plain(x, size)[0], lean_layer(x, size)[0]
+    assert "_windows" in lean_layer.__dict__
+    if onednn:
+        assert torch.equal(got, expected)
+    else:
+        torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-6)
+    lean_layer.__dict__.pop("_windows")
+    lean_layer.train()
+    with torch.inference_mode():
+        lean_layer(x, size)
+    assert "_windows" not in lean_layer.__dict__
+
+
 def test_lean_swin_layer_follows_a_new_map_size():
     """The window indices are cached per map size: another size is not read with stale ones."""
     from recognize_grounding_dino.lean_layers import LeanSwinLayer
