@@ -121,15 +121,17 @@ def _rate(run, n: int, budget: float) -> dict[str, float]:
 
 @contextlib.contextmanager
 def counting_flops(reuse: bool = True) -> Iterator[Any]:
-    """A `FlopCounterMode` over the plain torch path of the same models: the FLOPs executed.
+    """A `FlopCounterMode` over the plain torch path of the same models: the models' own FLOPs per image.
 
     Our exact CPU paths run oneDNN's linear (`recognize.onednn_linear`) and, in SAM's `LeanBlock` and the
     taggers' `LeanSwinBlock`, CPU flash attention (SAM: without the window padding's work):
     `FlopCounterMode` (torch 2.14) has no formula for either, so it would count them as zero. Inside this
     block all are switched off, so the count is the model's FLOPs as `nn.Linear`, segment-anything and
-    timm compute them ("FLOPs counted as today"). Grounding DINO's fusion attention folds its image-side
-    projections through the text side (`lean_layers.FOLD_FUSION`: ~25% of the model's FLOPs not executed);
-    it is switched off here too, so the count is transformers' forward's.
+    timm compute them ("FLOPs counted as today"), including work the exact paths skip: SAM's window
+    padding, and Grounding DINO's image-side fusion projections, which its fusion attention folds through
+    the text side (`lean_layers.FOLD_FUSION`, switched off here too: 168 of 663 GFLOP at 800 x 1066 are not
+    executed), so those stages' rates are rates of delivering the model's computation. The switches are
+    process-wide: count while no other thread runs a model.
 
     The taggers' reuse of image-independent results (`recognize.taggers.precomputed`) stays as it is:
     on a warm model (count the *second* call) the work it skips (RAM ~9.0 GFLOP of 320, Tag2Text ~4.0 of

@@ -1,7 +1,8 @@
 """Leaner forwards for six of transformers' Grounding DINO modules: same weights, the same results
 within float32 rounding (some bit for bit, as each item below says; where it says so,
 tests/test_gd_lean_layers.py asserts `torch.equal` against transformers' module on this project's
-x86 CPU, AMD EPYC; another CPU's kernels could round differently, and those tests would say so).
+x86 CPU, AMD EPYC; another CPU's kernels could round differently, and those tests would say so; the
+folded fusion attention sums in another order and is judged against a float64 run instead).
 
 Issue 11 measured our transformers-based model slower on CPU than the official code, with `copy_`
 and `cat` (layout shuffles) taking a quarter of the operator time. The arithmetic of both
@@ -24,20 +25,28 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
   transformers repeats each padding mask per head and `masked_fill_`s the full image x text
   attention matrices with it even when nothing is padded (a single image, or a batch of one size,
   has no padded pixels; a single caption no padded tokens). Here a mask with no True entry is
-  skipped: filling nothing changes nothing (the official code does the same fills). In inference,
-  the rest is transformers' arithmetic with fewer copies: transformers (and the official code)
-  copy the ~17k x 1024 image queries and values into a per-head layout (`_reshape`:
-  `.transpose(1, 2).contiguous()`), multiply the queries by the head scale (another pass), and copy
-  the attention output back from per-head to per-pixel layout before `out_vision_proj`. Here the
-  heads stay strided views that `bmm` reads as they are, each head's output is written straight
-  into its columns of `out_vision_proj`'s input (`bmm(out=...)` on a strided view), and the scale
-  multiplies the ~50-token text keys instead: `(q * s) . k == q . (k * s)` exactly when `s` is a
-  power of two (it is 1/16 for the 256-wide heads of both released models; any other head size
-  scales the queries as transformers does). The same products and sums: bit for bit on this CPU
-  with one thread, but with more `bmm` on the strided views may split its work differently from
-  transformers' contiguous copies: within float32 rounding (what the tests assert); masks are
-  applied as in transformers. Autograd,
-  training and autocast (the bf16 fast mode) run transformers' forward.
+  skipped: filling nothing changes nothing (the official code does the same fills). In inference
+  the default (`FOLD_FUSION`) folds the three image-side projections through the ~50-token text
+  side (`_folded`: logits = X (k Wq)^T + k bq, and likewise for the two value paths), which
+  leaves one [pixels, heads * tokens] GEMM each way instead of three [pixels, 256] x [256, 1024]
+  projections and the per-head `bmm`s (~25% of the model's FLOPs are not executed; the forward
+  3.29 -> 2.68 s at 800 x 1333, `benchmarks/README.md`). Not bit for bit: the same quantities
+  summed in another order, so the criterion is a float64 run of transformers' forward, which the
+  fold is as close to as transformers' own float32 forward (within 4x of its error in the tests,
+  with weights ~5x larger than trained ones; as close at the released size). The max subtractions,
+  clamps, masks and softmaxes are transformers', in its order. With `FOLD_FUSION = False`, with
+  quantised weights (the `int8` fast mode) or with image-side projections that are not plain
+  Linears (a subclass, a wrapper, hooks: their forward must run), `_strided_heads` runs
+  transformers' arithmetic with fewer copies: transformers (and the official code) copy the ~17k x
+  1024 image queries and values into a per-head layout (`_reshape`: `.transpose(1, 2).contiguous()`),
+  multiply the queries by the head scale (another pass), and copy the attention output back from
+  per-head to per-pixel layout before `out_vision_proj`; there the heads stay strided views that
+  `bmm` reads as they are, each head's output is written straight into its columns of
+  `out_vision_proj`'s input, and the scale multiplies the ~50-token text keys instead: `(q * s) . k
+  == q . (k * s)` exactly when `s` is a power of two (it is 1/16 for the 256-wide heads of both
+  released models; any other head size scales the queries as transformers does): bit for bit on
+  this CPU with one thread, within float32 rounding with two (`bmm` splits its work differently on
+  strided views). Autograd, training and autocast (the bf16 fast mode) run transformers' forward.
 - **Encoder image layer's feed-forward** (`LeanDeformableLayer` over `GroundingDinoDeformableLayer`):
   `fc1`'s ReLU and `fc2`'s residual add are applied by oneDNN on the GEMMs' output tiles
   (`recognize.onednn_linear.linear(relu=True / residual=...)`), instead of two more passes over the
@@ -51,13 +60,18 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
   computed once per map size (pad pixels are zero rows, as the zero padding gives), and the way
   back is one `index_select`; the MLP's GELU (erf) and its residual add run inside the oneDNN
   GEMMs. Pure data movement plus the same arithmetic: bit for bit on this CPU with the oneDNN
-  Linears of the exact path (tested; within rounding of plain torch's GEMMs). Autograd, training
-  (drop path included), autocast and non-GELU activations run transformers' forward. (Until
-  2026-12-02 any drop-path module sent a layer to transformers' forward, and the released configs
-  give one to every layer but the first: 11 of Swin-T's 12 layers ran the copies.)
-- **Deformable attention's value mask** (`LeanDeformableAttention`): transformers `masked_fill`s
-  the value projection with the padding mask in every layer (a copy of the value) even when
-  nothing is padded; a mask that keeps everything is skipped, as for the fusion attention.
+  Linears of the exact path (tested; within rounding of plain torch's GEMMs). Drop path
+  (stochastic depth) is the identity outside training, so a layer with a `SwinDropPath` (the
+  released configs give one to every layer but the first) takes the lean path in eval. Autograd,
+  training, autocast and non-GELU activations run transformers' forward.
+- **Deformable attention** (`LeanDeformableAttention`): transformers `masked_fill`s the value
+  projection with the padding mask in every layer (a copy of the value) even when nothing is
+  padded; a mask that keeps everything is skipped, as for the fusion attention. For point
+  reference points (2 coordinates: the encoder's) the forward is transformers' own, re-written so
+  that the sampling locations' broadcasts run over contiguous blocks (21 -> 2 ms per encoder
+  layer): the same divisions and additions, bit for bit (tested against transformers' forward, so
+  a change there shows up as a failure). Box reference points (4 coordinates: the decoder's) run
+  transformers' forward.
 - **Swin window attention** (`SwinAttention`): transformers 5 splits Swin's query/key/value
   projection into three Linear layers (three GEMMs over every window token); the official Swin has
   one fused `qkv` Linear. Here the three weights are concatenated (cached until a weight changes)
@@ -254,7 +268,7 @@ def _power_of_two(value: float) -> bool:
 class LeanBiMultiHeadAttention:
     """Mixin over transformers' `GroundingDinoBiMultiHeadAttention` (see the module docstring):
     all-False masks are dropped; in inference the image-side projections are folded through the
-    text side (`_folded`), or, with `FOLD_FUSION = False`, the heads stay views (no per-head copies)."""
+    text side (`_folded`), or, where that does not apply, the heads stay views (`_strided_heads`)."""
 
     def forward(self, vision_features, text_features, vision_attention_mask=None, text_attention_mask=None):
         if _no_padding(vision_attention_mask):
@@ -264,12 +278,24 @@ class LeanBiMultiHeadAttention:
         if self.training or torch.is_grad_enabled() or _autocast(vision_features):
             return super().forward(vision_features, text_features, vision_attention_mask=vision_attention_mask,
                                    text_attention_mask=text_attention_mask)
-        if FOLD_FUSION and all(_plain(p) for p in self.parameters()):
+        if FOLD_FUSION and self._foldable():
             return self._folded(vision_features, text_features, vision_attention_mask, text_attention_mask)
         return self._strided_heads(vision_features, text_features, vision_attention_mask, text_attention_mask)
 
+    def _foldable(self) -> bool:
+        """The fold reads the image-side projections' weights instead of calling them: only for plain
+        Linears with plain tensors and no hooks (a subclass, a LoRA-style wrapper or a hook changes
+        what calling them computes; quantised weights, the `int8` fast mode, are tensor subclasses)."""
+        from recognize.onednn_linear import OneDNNLinear
+
+        image_side = (self.vision_proj, self.values_vision_proj, self.out_vision_proj)
+        return (all(type(m) in (nn.Linear, OneDNNLinear) and not m._forward_hooks and not m._forward_pre_hooks
+                    for m in image_side)
+                and all(_plain(p) for p in self.parameters()))
+
     def _strided_heads(self, vision_features, text_features, vision_attention_mask, text_attention_mask):
-        """transformers' arithmetic with the heads as strided views (`FOLD_FUSION = False`)."""
+        """transformers' arithmetic with the heads as strided views: with `FOLD_FUSION = False` and
+        where the fold does not apply (`_foldable`: quantised weights, wrapped or hooked Linears)."""
         batch, pixels, _ = vision_features.shape
         tokens = text_features.shape[1]
         heads, dims = self.num_heads, self.head_dim
@@ -333,8 +359,11 @@ class LeanBiMultiHeadAttention:
           text-side attention: one [h * tokens, pixels] x [pixels, C] GEMM, the rest token-sized.
         The same quantities summed in another order (float32 rounding: measured at 800 x 1333
         with 51 tokens as close to a float64 run of transformers' forward as transformers' own
-        float32 forward); about a quarter of the model's FLOPs are not executed. The max
-        subtractions, clamps, masks and softmaxes are transformers', on the same logits.
+        float32 forward, `benchmarks/README.md`); about a quarter of the model's FLOPs are not
+        executed. The max subtractions, clamps, masks and softmaxes are transformers', on logits
+        equal to its within rounding. At batch 1 the outputs and attention maps are views (the
+        image-side map a permuted one, where transformers' is contiguous); at batch > 1 the maps
+        are concatenated as transformers returns them.
         `benchmarks/` counts the FLOPs of transformers' forward (`FOLD_FUSION = False` while
         counting), as it counts every stage's ("FLOPs counted as today").
         """
@@ -344,14 +373,14 @@ class LeanBiMultiHeadAttention:
         query_weight, query_bias = self.vision_proj.weight, self.vision_proj.bias
         out_weight, out_bias = self.out_vision_proj.weight, self.out_vision_proj.bias
         value_weight, value_bias = self.values_vision_proj.weight, self.values_vision_proj.bias
-        # [tokens, h*d] -> [h, tokens, d]; (q * s) . k == q . (k * s) (exactly when s is a power of two)
+        # [tokens, h*d] -> [h, tokens, d]; the scale goes on the ~50 keys, not on the 17k pixels' queries
         keys = (self.text_proj(text_features) * self.scale).view(batch, tokens, heads, dims).transpose(1, 2)
         text_values = self.values_text_proj(text_features).view(batch, tokens, heads, dims).transpose(1, 2)
         logits = []
         for b in range(batch):
-            folded_queries = torch.matmul(keys[b], query_weight.view(heads, dims, -1))   # [h, tokens, C]
+            folded_queries = torch.matmul(keys[b], query_weight.unflatten(0, (heads, dims)))  # [h, tokens, C]
             folded_bias = (None if query_bias is None else                               # [h * tokens]
-                           torch.matmul(keys[b], query_bias.view(heads, dims, 1)).reshape(heads * tokens))
+                           torch.matmul(keys[b], query_bias.reshape(heads, dims, 1)).reshape(heads * tokens))
             logits.append(linear_weights(vision_features[b], folded_queries.reshape(heads * tokens, -1),
                                          folded_bias).view(pixels, heads, tokens))
         # transformers subtracts the maximum over the whole batch, then clamps
@@ -370,14 +399,14 @@ class LeanBiMultiHeadAttention:
                 image_logits.masked_fill_(text_attention_mask[b][None, None, :], float("-inf"))
             vision_attn = image_logits.softmax(dim=-1)                                       # [pixels, h, tokens]
             # image side: A [pixels, h*tokens] x (v_h Wo_h^T stacked) [h*tokens, C] + bo
-            folded_out = torch.matmul(text_values[b], out_weight.view(-1, heads, dims).permute(1, 2, 0))
+            folded_out = torch.matmul(text_values[b], out_weight.unflatten(1, (heads, dims)).permute(1, 2, 0))
             vision_outputs.append(linear_weights(vision_attn.view(pixels, heads * tokens),
                                                  folded_out.reshape(heads * tokens, -1).t().contiguous(), out_bias))
             # text side: (T_h X) Wv_h^T + rowsum(T_h) bv_h, then transformers' out_text_proj
             attended = torch.mm(text_attn.view(heads * tokens, pixels), vision_features[b]).view(heads, tokens, -1)
-            per_head = torch.matmul(attended, value_weight.view(heads, dims, -1).transpose(1, 2))
+            per_head = torch.matmul(attended, value_weight.unflatten(0, (heads, dims)).transpose(1, 2))
             if value_bias is not None:
-                per_head.add_(text_attn.sum(-1, keepdim=True) * value_bias.view(heads, 1, dims))
+                per_head.add_(text_attn.sum(-1, keepdim=True) * value_bias.reshape(heads, 1, dims))
             text_outputs.append(self.out_text_proj(per_head.transpose(0, 1).reshape(tokens, heads * dims)))
             vision_maps.append(vision_attn.permute(1, 0, 2))
             text_maps.append(text_attn)
@@ -390,15 +419,18 @@ class LeanBiMultiHeadAttention:
 class LeanDeformableAttention:
     """Mixin over transformers' `GroundingDinoMultiscaleDeformableAttention`: an attention mask that
     keeps every token (True = keep) is dropped, which skips the `masked_fill` copy of the value; in
-    inference, the encoder's sampling locations are computed with vectorisable broadcasts.
+    inference, the sampling locations around point reference points (2 coordinates: the encoder's)
+    are computed with vectorisable broadcasts.
 
     Why the second: transformers computes `reference[:, :, None, :, None, :] + offsets /
     normalizer[None, None, None, :, None, :]`, broadcasts whose innermost run is the 2 (x, y)
     coordinates, which torch's element-wise loops cannot vectorise: ~21 ms per encoder layer at
     800 x 1333 for 4.6 M numbers. Here the divisor and the reference points are first expanded
     to the (levels, points, 2) block, so both operations run over contiguous runs of 32: ~2 ms.
-    The same divisions and additions of the same numbers: bit for bit (tested). The decoder's
-    box-relative locations (4 coordinates, 900 queries) keep transformers' expression.
+    The same divisions and additions of the same numbers: bit for bit (tested). Box reference
+    points (4 coordinates: the decoder's 900 queries) run transformers' forward. transformers' check
+    that the spatial shapes cover the tokens is made here on the Python list (no host sync), always
+    (`TRANSFORMERS_DISABLE_TORCH_CHECK` does not turn it off).
     """
 
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
@@ -406,8 +438,11 @@ class LeanDeformableAttention:
                 level_start_index=None, output_attentions=False):
         if attention_mask is not None and _no_padding(~attention_mask):
             attention_mask = None
+        # (the in-place add below keeps the offsets' dtype, where transformers' `+` would promote wider
+        # reference points: those defer)
         if (self.training or torch.is_grad_enabled() or _autocast(hidden_states) or reference_points is None
-                or reference_points.shape[-1] != 2 or spatial_shapes_list is None):
+                or reference_points.shape[-1] != 2 or spatial_shapes_list is None
+                or reference_points.dtype != hidden_states.dtype):
             return super().forward(hidden_states, attention_mask=attention_mask,
                                    encoder_hidden_states=encoder_hidden_states,
                                    encoder_attention_mask=encoder_attention_mask,
@@ -550,10 +585,12 @@ class LeanSwinLayer:
     def forward(self, hidden_states: torch.Tensor, input_dimensions: tuple[int, int], always_partition: bool = False,
                 **kwargs: Any):
         act = self.mlp.activation_fn
-        # drop path (stochastic depth) acts only in training: the released checkpoints' configs give
-        # every Swin layer after the first a `SwinDropPath` module, which is the identity in eval
-        if (self.training or torch.is_grad_enabled() or getattr(act, "act", None) is not F.gelu
-                or (self.drop_path.training and not isinstance(self.drop_path, nn.Identity))
+        # drop path (stochastic depth): transformers' `SwinDropPath` is the identity in eval (the
+        # released configs give one to every layer after the first); any other module might act
+        drop_path = self.drop_path
+        drops = not isinstance(drop_path, nn.Identity) and (drop_path.training
+                                                            or type(drop_path).__name__ != "SwinDropPath")
+        if (self.training or torch.is_grad_enabled() or getattr(act, "act", None) is not F.gelu or drops
                 or kwargs.get("output_attentions") or _autocast(hidden_states)):
             return super().forward(hidden_states, input_dimensions, always_partition, **kwargs)
         if not always_partition:

@@ -50,8 +50,8 @@ def test_the_leaner_forwards_are_in_place(models):
 @pytest.mark.parametrize("padded", [False, True])
 def test_outputs_equal_transformers(pair, tokenizer, padded):
     """Within float32 rounding, not bit for bit: the Swin attention's fused q/k/v GEMM rounds the last
-    bits differently from transformers' three GEMMs (~1e-6 here); with padded pixels and tokens the
-    masks are used. The layers that are bit for bit are checked one by one below."""
+    bits differently from transformers' three GEMMs (~1e-6 here), and the folded fusion attention sums in
+    another order; with padded pixels and tokens the masks are used. The layers that are bit for bit are checked one by one below."""
     ours, plain = pair
     torch.manual_seed(0)
     pixels = torch.randn(2, 3, 128, 200)
@@ -315,39 +315,54 @@ def test_lean_swin_layer_follows_a_new_map_size():
             torch.testing.assert_close(lean_layer(x, size)[0], plain(x, size)[0], atol=2e-6, rtol=1e-6)
 
 
-def _fusion_pair(heads: int, ffn: int, onednn: bool):
+#: (encoder_attention_heads, encoder_ffn_dim) -> GroundingDinoBiMultiHeadAttention with heads // 2 heads
+#: of (ffn // 2) / (heads // 2) dims: (8, 2048) 4 x 256, the released models' (scale 1/16: the keys are
+#: scaled); (6, 144) 3 x 24 and (4, 2048) 2 x 512 (scales not powers of two: the queries are scaled)
+FUSION_SIZES = [(8, 2048), (6, 144), (4, 2048)]
+PROJECTIONS = ("vision_proj", "text_proj", "values_vision_proj", "values_text_proj", "out_vision_proj", "out_text_proj")
+
+
+def _fusion_pair(heads: int, ffn: int, onednn: bool, biases: bool = True):
     from recognize_grounding_dino.lean_layers import LeanBiMultiHeadAttention
     from transformers import GroundingDinoConfig
     from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoBiMultiHeadAttention
 
     config = GroundingDinoConfig(encoder_attention_heads=heads, encoder_ffn_dim=ffn)
-    return _pair_of(lambda: GroundingDinoBiMultiHeadAttention(config), LeanBiMultiHeadAttention, onednn)
+    pair = _pair_of(lambda: GroundingDinoBiMultiHeadAttention(config), LeanBiMultiHeadAttention, onednn)
+    if not biases:
+        for module in pair:
+            for name in PROJECTIONS:
+                getattr(module, name).bias = None
+    return pair
 
 
-def _fusion_inputs(padded: bool):
+def _fusion_inputs(padded: bool, batch: int = 2):
+    """Image and text features; padded: the last image's last 50 pixels and the first caption's last 4
+    tokens are padding."""
     torch.manual_seed(1)
-    vision, text = torch.randn(2, 300, 256), torch.randn(2, 11, 256)
+    vision, text = torch.randn(batch, 300, 256), torch.randn(batch, 11, 256)
     vision_mask = text_mask = None
     if padded:
-        vision_mask = torch.zeros(2, 300, dtype=torch.bool)
-        vision_mask[1, 250:] = True
-        text_mask = torch.zeros(2, 11, dtype=torch.bool)
+        vision_mask = torch.zeros(batch, 300, dtype=torch.bool)
+        vision_mask[-1, 250:] = True
+        text_mask = torch.zeros(batch, 11, dtype=torch.bool)
         text_mask[0, 7:] = True
     return vision, text, vision_mask, text_mask
 
 
 @pytest.mark.parametrize("onednn", [False, True])
-@pytest.mark.parametrize("heads, ffn, padded", [(8, 2048, False), (8, 2048, True), (6, 144, True), (4, 2048, False)])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("heads, ffn", FUSION_SIZES)
 def test_lean_fusion_attention_strided_heads_equal_transformers(heads, ffn, padded, onednn, monkeypatch):
-    """`LeanBiMultiHeadAttention` with `FOLD_FUSION = False` against `GroundingDinoBiMultiHeadAttention`,
-    batch 2, with padded pixels and tokens or none; a head size whose scale is not a power of two
-    (1024 // 8 = 128, 72 // 6 = 12 dims) scales the queries as transformers does, 256-wide heads (the
-    released models') scale the keys. Outputs and both attention maps within float32 rounding: the same
-    products and sums, bit for bit on one thread here, but with two threads `bmm` on the strided
-    per-head views splits its work differently from transformers' contiguous copies."""
+    """`LeanBiMultiHeadAttention` with `FOLD_FUSION = False` (the path quantised weights take too) against
+    `GroundingDinoBiMultiHeadAttention`, batch 2, with padded pixels and tokens or none, for the head sizes
+    of `FUSION_SIZES`. Outputs and both attention maps within float32 rounding: the same products and
+    sums, bit for bit on one thread here, but with two threads `bmm` on the strided per-head views splits
+    its work differently from transformers' contiguous copies."""
     from recognize_grounding_dino import lean_layers
 
     monkeypatch.setattr(lean_layers, "FOLD_FUSION", False)
+    monkeypatch.setattr(lean_layers.LeanBiMultiHeadAttention, "_folded", _must_not_run)
     plain, lean_attention = _fusion_pair(heads, ffn, onednn)
     inputs = _fusion_inputs(padded)
     with torch.inference_mode():
@@ -358,16 +373,28 @@ def test_lean_fusion_attention_strided_heads_equal_transformers(heads, ffn, padd
         torch.testing.assert_close(have[1], want[1], atol=1e-6, rtol=1e-5)  # attention maps (0 where masked)
 
 
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("this path should not run here")
+
+
 @pytest.mark.parametrize("onednn", [False, True])
-@pytest.mark.parametrize("heads, ffn, padded", [(8, 2048, False), (8, 2048, True), (6, 144, True), (4, 2048, False)])
-def test_folded_fusion_attention_is_as_close_to_float64_as_transformers(heads, ffn, padded, onednn):
-    """The folded fusion attention (the default) sums the same quantities in another order, so it is
-    judged against a float64 run of transformers' forward, beside transformers' own float32 forward:
-    its error on each output and attention map stays within 4x transformers' (measured 1.0-2.4x here,
-    with weights and inputs ~5x larger than a trained model's; at the released size, 800 x 1333 and 51
-    tokens, as close as transformers'), and the masked entries are exactly 0."""
-    plain, lean_attention = _fusion_pair(heads, ffn, onednn)
-    inputs = _fusion_inputs(padded)
+@pytest.mark.parametrize("batch, padded, biases", [(1, False, True), (1, True, True), (2, False, True),
+                                                   (2, True, True), (2, True, False)])
+@pytest.mark.parametrize("heads, ffn", FUSION_SIZES)
+def test_folded_fusion_attention_is_as_close_to_float64_as_transformers(heads, ffn, batch, padded, biases, onednn,
+                                                                        monkeypatch):
+    """The folded fusion attention (the default; the strided-heads path is made to fail here, so the fold
+    must run) sums the same quantities in another order, so it is judged against a float64 run of
+    transformers' forward, beside transformers' own float32 forward: its error on each output and
+    attention map stays within 4x transformers' (measured 1.0-2.4x here, with weights and inputs ~5x
+    larger than a trained model's; at the released size, 800 x 1333 and 51 tokens, as close as
+    transformers'), with transformers' shapes and dtypes, and the masked entries exactly 0. Batch 1 (a
+    single image: the outputs are views) and 2, the six projections with and without biases."""
+    from recognize_grounding_dino import lean_layers
+
+    monkeypatch.setattr(lean_layers.LeanBiMultiHeadAttention, "_strided_heads", _must_not_run)
+    plain, lean_attention = _fusion_pair(heads, ffn, onednn, biases)
+    inputs = _fusion_inputs(padded, batch)
     reference = _plain_float64(plain)
     with torch.inference_mode():
         expected = reference(*[x.double() if x is not None and x.is_floating_point() else x for x in inputs])
@@ -375,14 +402,42 @@ def test_folded_fusion_attention_is_as_close_to_float64_as_transformers(heads, f
         got = lean_attention(*inputs)
     for side in range(2):
         for item in range(2):  # output, attention map
-            want = expected[side][item]
+            want, have = expected[side][item], got[side][item]
+            assert have.shape == theirs[side][item].shape and have.dtype == theirs[side][item].dtype
             their_error = (theirs[side][item].double() - want).abs().max().item()
-            our_error = (got[side][item].double() - want).abs().max().item()
+            our_error = (have.double() - want).abs().max().item()
             assert our_error <= 4 * their_error + 1e-7 * want.abs().max().item(), (side, item, our_error, their_error)
-    if padded:  # [batch * heads, ...] maps: batch 0's last 4 tokens and batch 1's last 50 pixels are masked
-        heads_ = got[0][1].shape[0] // 2
-        assert not got[0][1][:heads_, :, 7:].any() and got[0][1][:heads_, :, :7].all()
-        assert not got[1][1][heads_:, :, 250:].any()
+    if padded:  # maps are [batch * heads, ...]: the first caption's last 4 tokens, the last image's last 50 pixels
+        per_image = got[0][1].shape[0] // batch
+        assert not got[0][1][:per_image, :, 7:].any() and got[0][1][:per_image, :, :7].all()
+        assert not got[1][1][-per_image:, :, 250:].any()
+
+
+def test_fusion_attention_does_not_fold_over_hooked_or_wrapped_projections():
+    """The fold reads the image-side projections' weights instead of calling them, so a hook on one
+    (or a Linear subclass, e.g. a LoRA-style wrapper) sends the layer to the strided-heads path, which
+    calls every projection: the hook runs and the output is what it made it."""
+    plain, lean_attention = _fusion_pair(8, 2048, onednn=True)
+    inputs = _fusion_inputs(padded=False, batch=1)
+    calls = []
+
+    def doubled(module, args, output):
+        calls.append(module)
+        return output * 2
+
+    for module in (plain, lean_attention):
+        module.values_vision_proj.register_forward_hook(doubled)
+    with torch.inference_mode():
+        expected = plain(*inputs)
+        got = lean_attention(*inputs)
+    assert len(calls) == 2
+    torch.testing.assert_close(got[1][0], expected[1][0], atol=1e-4, rtol=1e-4)  # text side: the doubled values
+
+    class Wrapped(torch.nn.Linear):
+        pass
+
+    lean_attention.out_vision_proj.__class__ = Wrapped
+    assert not lean_attention._foldable()
 
 
 def _plain_float64(module: torch.nn.Module) -> torch.nn.Module:
@@ -427,11 +482,12 @@ def test_lean_deformable_layer_equals_transformers(onednn):
 
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("coordinates", [2, 4])
-def test_lean_deformable_attention_is_transformers_bit_for_bit(masked, coordinates):
+def test_lean_deformable_attention_is_transformers_bit_for_bit(masked, coordinates, monkeypatch):
     """`LeanDeformableAttention` against `GroundingDinoMultiscaleDeformableAttention` (the same sampling
-    module inside both): the encoder's point locations (2 coordinates) are computed with contiguous
-    broadcasts, the same divisions and additions, so the outputs and attention weights are equal bit for
-    bit; the decoder's box-relative locations (4 coordinates) are transformers' own code."""
+    module inside both): point locations (2 coordinates: the encoder's) are computed by the lean forward
+    with contiguous broadcasts, the same divisions and additions, so the outputs and attention weights are
+    equal bit for bit (transformers' forward is made to fail for it); box-relative locations (4
+    coordinates: the decoder's) go to transformers' forward (checked that it runs)."""
     from recognize_grounding_dino.lean_layers import LeanDeformableAttention
     from transformers import GroundingDinoConfig
     from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoMultiscaleDeformableAttention
@@ -455,7 +511,18 @@ def test_lean_deformable_attention_is_transformers_bit_for_bit(masked, coordinat
                  "spatial_shapes": spatial, "spatial_shapes_list": shapes, "level_start_index": starts}
     with torch.inference_mode():
         expected = plain(hidden, keep, **arguments)
+    transformers_forward = GroundingDinoMultiscaleDeformableAttention.forward
+    calls = []
+
+    def spied(self, *args, **kwargs):
+        calls.append(coordinates)
+        assert coordinates == 4, "the lean forward should handle 2-coordinate reference points"
+        return transformers_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GroundingDinoMultiscaleDeformableAttention, "forward", spied)
+    with torch.inference_mode():
         got = lean_attention(hidden, keep, **arguments)
+    assert calls == ([] if coordinates == 2 else [4])
     assert torch.equal(got[0], expected[0])
     assert torch.equal(got[1], expected[1])
 
