@@ -18,6 +18,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
+from recognize import thread_priority
 from recognize.frame import Frame
 
 _DONE = object()
@@ -60,6 +61,7 @@ def prefetch(batches: Iterable[list[Frame]], depth: int = 1,
         return False
 
     def work() -> None:
+        thread_priority.lower_this_thread()  # decoding ahead yields the cores to the stages' compute
         try:
             for batch in batches:
                 for frame in batch:

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from recognize import resident_weights
+from recognize import resident_weights, thread_priority
 from recognize.engines.base import mark_load_failure
 from recognize.stage import Stage
 
@@ -133,6 +133,7 @@ class BackgroundLoads:
             self._waited += seconds
 
     def _load_all(self) -> None:
+        thread_priority.lower_this_thread()  # the first stage computes meanwhile: it keeps the cores
         try:
             for i, stage in enumerate(self._stages):
                 if self._cancelled.is_set():
