@@ -61,8 +61,8 @@ def prefetch(batches: Iterable[list[Frame]], depth: int = 1,
         return False
 
     def work() -> None:
-        thread_priority.lower_this_thread()  # decoding ahead yields the cores to the stages' compute
         try:
+            thread_priority.lower_this_thread()  # decoding ahead yields the cores to the stages' compute
             for batch in batches:
                 for frame in batch:
                     if stop.is_set():

@@ -20,7 +20,9 @@ What stays as before:
   a daemon, and a waiting `wait()` can be interrupted like any lock.
 
 Cost: the background thread takes a core and, in Python code (imports), the GIL, while the first
-stage computes; measured in `benchmarks/README.md`. `RECOGNIZE_BACKGROUND_LOAD=0` turns it off.
+stage computes; on Linux it runs at a lower scheduling priority (`recognize.thread_priority`), so
+it mostly takes what the computing stage leaves; measured in `benchmarks/README.md`.
+`RECOGNIZE_BACKGROUND_LOAD=0` turns it off.
 """
 
 from __future__ import annotations
@@ -133,8 +135,8 @@ class BackgroundLoads:
             self._waited += seconds
 
     def _load_all(self) -> None:
-        thread_priority.lower_this_thread()  # the first stage computes meanwhile: it keeps the cores
         try:
+            thread_priority.lower_this_thread()  # the first stage computes meanwhile: it keeps the cores
             for i, stage in enumerate(self._stages):
                 if self._cancelled.is_set():
                     return
