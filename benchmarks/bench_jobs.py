@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import os
 import resource
 import statistics
@@ -144,36 +145,25 @@ def counting_flops(reuse: bool = True) -> Iterator[Any]:
     from recognize import onednn_linear
     from recognize.taggers import lean_swin, precomputed
 
-    try:
-        from recognize_sam import lean_block
-    except ImportError:
-        lean_block = None
-    try:
-        from recognize_grounding_dino import lean_layers
-    except ImportError:
-        lean_layers = None
-    saved = onednn_linear.ONEDNN, getattr(lean_block, "LEAN", None), lean_swin.LEAN, precomputed.PRECOMPUTE
-    saved_fold = getattr(lean_layers, "FOLD_FUSION", None)
-    onednn_linear.ONEDNN = False
-    if lean_layers is not None:
-        lean_layers.FOLD_FUSION = False
-    lean_swin.LEAN = False
+    # (module, switch, value while counting): the lean paths off, the plain torch path on
+    switches = [(onednn_linear, "ONEDNN", False), (lean_swin, "LEAN", False)]
     if not reuse:
-        precomputed.PRECOMPUTE = False
-    if lean_block is not None:
-        lean_block.LEAN = False
+        switches.append((precomputed, "PRECOMPUTE", False))
+    for plugin, switch in (("recognize_sam.lean_block", "LEAN"), ("recognize_grounding_dino.lean_layers", "FOLD_FUSION")):
+        try:
+            switches.append((importlib.import_module(plugin), switch, False))
+        except ImportError:  # that plugin is not installed: nothing of it to count
+            pass
+    saved = [(module, switch, getattr(module, switch)) for module, switch, _ in switches]
+    for module, switch, value in switches:
+        setattr(module, switch, value)
     counter = FlopCounterMode(display=False)
     try:
         with counter:
             yield counter
     finally:
-        onednn_linear.ONEDNN = saved[0]
-        lean_swin.LEAN = saved[2]
-        precomputed.PRECOMPUTE = saved[3]
-        if lean_block is not None:
-            lean_block.LEAN = saved[1]
-        if lean_layers is not None:
-            lean_layers.FOLD_FUSION = saved_fold
+        for module, switch, value in saved:
+            setattr(module, switch, value)
 
 
 def reset_peak() -> bool:
@@ -255,7 +245,7 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
     ours = make_stage(kit, stage)
     load_s = _timed(ours.ensure_loaded)
     ours(stage_frames(stage, images[:1], kit.boxes))  # the warm-up of the path that is timed
-    with counting_flops() as counter:  # warm: the FLOPs executed per image (reused results not counted)
+    with counting_flops() as counter:  # warm: the models' own FLOPs per image (reused results not counted)
         ours(stage_frames(stage, images[:1], kit.boxes))
     four = [images[i % len(images)] for i in range(4)]
     ours.params.batch_size = 4

@@ -91,3 +91,28 @@ def test_tagger_lean_path_counts_as_timm_without_the_reused_work():
     reused = 2 * classes * CLIP_WIDTH * hidden + 2 * classes * hidden * hidden
     assert recomputed.get_total_flops() == expected.get_total_flops() > 0
     assert executed.get_total_flops() == expected.get_total_flops() - reused
+
+
+def test_grounding_dino_fusion_attention_counts_as_transformers_not_folded(monkeypatch):
+    """The folded fusion attention executes fewer FLOPs (counted on plain torch GEMMs); `counting_flops`
+    counts transformers' forward's and puts the fold back."""
+    lean_layers = pytest.importorskip("recognize_grounding_dino.lean_layers")
+    from transformers import GroundingDinoConfig
+    from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoBiMultiHeadAttention
+
+    torch.manual_seed(0)
+    plain = GroundingDinoBiMultiHeadAttention(GroundingDinoConfig()).eval()
+    folded = GroundingDinoBiMultiHeadAttention(GroundingDinoConfig()).eval()
+    folded.load_state_dict(plain.state_dict())
+    lean_layers._mix(folded, lean_layers.LeanBiMultiHeadAttention)
+    vision, text = torch.randn(1, 300, 256), torch.randn(1, 11, 256)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as expected:
+            plain(vision, text)
+        with counting_flops() as counted:
+            folded(vision, text)
+        assert lean_layers.FOLD_FUSION is True
+        monkeypatch.setattr(onednn_linear, "ONEDNN", False)  # plain GEMMs, which the counter sees
+        with FlopCounterMode(display=False) as executed:
+            folded(vision, text)
+    assert counted.get_total_flops() == expected.get_total_flops() > executed.get_total_flops() > 0

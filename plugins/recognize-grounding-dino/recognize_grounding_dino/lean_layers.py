@@ -92,7 +92,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recognize.onednn_linear import linear, linear_weights
+from recognize.onednn_linear import OneDNNLinear, linear, linear_weights
 
 #: Fold the fusion attention's image-side projections through the text side
 #: (`LeanBiMultiHeadAttention._folded`); False: transformers' products (counting FLOPs as today).
@@ -286,8 +286,6 @@ class LeanBiMultiHeadAttention:
         """The fold reads the image-side projections' weights instead of calling them: only for plain
         Linears with plain tensors and no hooks (a subclass, a LoRA-style wrapper or a hook changes
         what calling them computes; quantised weights, the `int8` fast mode, are tensor subclasses)."""
-        from recognize.onednn_linear import OneDNNLinear
-
         image_side = (self.vision_proj, self.values_vision_proj, self.out_vision_proj)
         return (all(type(m) in (nn.Linear, OneDNNLinear) and not m._forward_hooks and not m._forward_pre_hooks
                     for m in image_side)
