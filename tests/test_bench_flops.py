@@ -98,7 +98,9 @@ def test_grounding_dino_fusion_attention_counts_as_transformers_not_folded(monke
     counts transformers' forward's and puts the fold back."""
     lean_layers = pytest.importorskip("recognize_grounding_dino.lean_layers")
     from transformers import GroundingDinoConfig
-    from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoBiMultiHeadAttention
+    from transformers.models.grounding_dino.modeling_grounding_dino import (
+        GroundingDinoBiMultiHeadAttention,
+    )
 
     torch.manual_seed(0)
     plain = GroundingDinoBiMultiHeadAttention(GroundingDinoConfig()).eval()

@@ -7,7 +7,11 @@ import copy
 import pytest
 import torch
 from gd_support import randomize_
-from recognize_grounding_dino.lean_layers import DeformableSampling, GatherSampling, lean
+from recognize_grounding_dino.lean_layers import (
+    DeformableSampling,
+    GatherSampling,
+    lean,
+)
 from recognize_grounding_dino.model import build_config, build_model
 
 
@@ -138,7 +142,9 @@ def test_grid_sample_sampling_is_transformers_bit_for_bit(shapes):
     """`DeformableSampling` (the value laid out once, each level's weighted samples written into one
     buffer) gives exactly transformers' `MultiScaleDeformableAttention`: the same products summed
     in the same order."""
-    from transformers.models.grounding_dino.modeling_grounding_dino import MultiScaleDeformableAttention
+    from transformers.models.grounding_dino.modeling_grounding_dino import (
+        MultiScaleDeformableAttention,
+    )
 
     for dtype in (torch.float32, torch.float64):
         inputs = _sampling_inputs(shapes, dtype=dtype)
@@ -206,8 +212,9 @@ def test_lean_switches_between_samplings(tiny):
 def _pair_of(factory, mixin, onednn: bool):
     """(plain, lean) copies of one transformers module with the same random weights; `onednn`
     turns their Linears into `OneDNNLinear`s (the Detector's exact CPU path) on both sides."""
-    from recognize.onednn_linear import use_onednn_linears
     from recognize_grounding_dino.lean_layers import _mix
+
+    from recognize.onednn_linear import use_onednn_linears
 
     torch.manual_seed(0)
     plain = factory().eval()
@@ -325,7 +332,9 @@ PROJECTIONS = ("vision_proj", "text_proj", "values_vision_proj", "values_text_pr
 def _fusion_pair(heads: int, ffn: int, onednn: bool, biases: bool = True):
     from recognize_grounding_dino.lean_layers import LeanBiMultiHeadAttention
     from transformers import GroundingDinoConfig
-    from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoBiMultiHeadAttention
+    from transformers.models.grounding_dino.modeling_grounding_dino import (
+        GroundingDinoBiMultiHeadAttention,
+    )
 
     config = GroundingDinoConfig(encoder_attention_heads=heads, encoder_ffn_dim=ffn)
     pair = _pair_of(lambda: GroundingDinoBiMultiHeadAttention(config), LeanBiMultiHeadAttention, onednn)
@@ -459,7 +468,9 @@ def test_lean_deformable_layer_equals_transformers(onednn):
     float32 rounding against plain torch's GEMMs."""
     from recognize_grounding_dino.lean_layers import LeanDeformableLayer
     from transformers import GroundingDinoConfig
-    from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoDeformableLayer
+    from transformers.models.grounding_dino.modeling_grounding_dino import (
+        GroundingDinoDeformableLayer,
+    )
 
     config = GroundingDinoConfig()
     plain, lean_layer = _pair_of(lambda: GroundingDinoDeformableLayer(config), LeanDeformableLayer, onednn)
@@ -490,7 +501,9 @@ def test_lean_deformable_attention_is_transformers_bit_for_bit(masked, coordinat
     coordinates: the decoder's) go to transformers' forward (checked that it runs)."""
     from recognize_grounding_dino.lean_layers import LeanDeformableAttention
     from transformers import GroundingDinoConfig
-    from transformers.models.grounding_dino.modeling_grounding_dino import GroundingDinoMultiscaleDeformableAttention
+    from transformers.models.grounding_dino.modeling_grounding_dino import (
+        GroundingDinoMultiscaleDeformableAttention,
+    )
 
     config = GroundingDinoConfig()
     plain, lean_attention = _pair_of(lambda: GroundingDinoMultiscaleDeformableAttention(config, num_heads=8, n_points=4),
