@@ -9,9 +9,13 @@ kernel's page cache (clean, reclaimable, shared), and the next stage that reads 
 fault, from that cache: the same bytes, no copy, no disk read unless the kernel needed the memory
 meanwhile. Then the process's peak is one stage's weights plus the working memory, not the sum.
 
-`release()` also hands freed heap memory back to the system (`recognize.heap.trim`, glibc's
-`malloc_trim`): a stage's freed activations, which `recognize.heap` keeps for reuse within the stage,
-would otherwise stay counted.
+`release()` leaves the heap alone: the activation memory a stage freed (`recognize.heap` keeps it
+for reuse) is what the next stage's layers allocate from. Handing it back here (`malloc_trim`, as
+this module did until 2026-12-02) made every stage page-fault and zero-fill its working memory
+again in every batch: on the benchmark's chain (4 photos, batch 2, a VM where a 4 KiB fault cost
+~8 us) 1.67 against 0.77 million faults, 12.5 against 7.6 s of system time and 4% of the wall time,
+to lower the peak by ~0.3 GB (`benchmarks/README.md`, "The heap kept between a chain's stages"). The heap goes back at the end of a run, when a batch runs out of memory and when a
+server stage is idle (`recognize.heap`).
 
 Cost: unmapping and mapping again took ~1.5 s per GB of weights on a busy 2-core machine
 (`benchmarks/README.md`), once per batch: ~4 s for SAM vit_h's 2.4 GB there, against a batch of two
@@ -48,8 +52,6 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-from recognize import heap
 
 __all__ = ["KEEP_ENV", "ReleaseReport", "loading", "note_mapped", "release"]
 
@@ -131,14 +133,12 @@ class ReleaseReport:
 
 
 def release() -> ReleaseReport:
-    """Unmap the resident pages of every clean weights mapping still in use and trim the heap (see
-    module doc).
+    """Unmap the resident pages of every clean weights mapping still in use (see module doc).
 
-    Weights only where at least two weights files are mapped (with one, a tagger plus filters say, the
-    next stage would map the same pages back, paying the faults for no lower peak), and not while a
-    model loads on another thread (`loading`) or with `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1`. The heap is
-    trimmed in every case: since `recognize.heap.keep_freed_memory()` a stage's freed activations stay
-    in the heap until this hands them back."""
+    Only where at least two weights files are mapped (with one, a tagger plus filters say, the next
+    stage would map the same pages back, paying the faults for no lower peak), and not while a model
+    loads on another thread (`loading`) or with `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1`. The heap is not
+    trimmed: the next stage reuses the memory this one freed (module doc)."""
     report = ReleaseReport()
     libc = _libc()
     if not sys.platform.startswith("linux") or libc is None:
@@ -147,7 +147,6 @@ def release() -> ReleaseReport:
         with _release_lock:
             if not _loads_under_way:  # else a model is being loaded beside this stage (see `loading`)
                 _unmap(libc, report)
-    heap.trim()
     return report
 
 

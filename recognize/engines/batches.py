@@ -74,7 +74,8 @@ def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer
     `chained` (default: more than one stage): other stages run in this process between this one's
     batches, so after each stage its memory-mapped weights leave RSS (`recognize.resident_weights`),
     timed as the `release` phase. `ready`: see `Ready` (default: the stage loads on first use).
-    Freed activation memory is kept in the heap for the next layer (`recognize.heap`)."""
+    Freed activation memory is kept in the heap for the next layer and the next stage
+    (`recognize.heap`); the engines trim it at the end of a run."""
     heap.keep_freed_memory()
     if chained is None:
         chained = len(stages) > 1
