@@ -26,12 +26,14 @@ settings made here are simply unused).
 Cost: memory freed inside a call stays counted in the process's RSS until `trim()` hands it back
 (`malloc_trim`, free pages in the heap's middle too). That happens at the end of every engine run
 (so a `Pipeline` call leaves no more resident than before it), when a batch runs out of memory, and
-when a server stage has no request queued; not between the stages of a chain, whose next stage
-reuses what the last one freed (trimming there made every stage fault its working memory again in
-every batch: `recognize.resident_weights`). So the heap holds about the largest working memory of
-the run's stages (measured on the benchmark's chain, 4 photos in batches of 2: peak RSS 4,297 MiB
-with glibc's defaults, 4,729 when this was trimmed between stages, 4,990-5,058 now; 1.21x faster
-than the defaults, then 1.04x more). The settings are process-wide and stay for the process's life.
+when a server has no request left running (`recognize.serve.batching.Runner`); not between the
+stages of a chain, whose next stage reuses what the last one freed (trimming there made every stage
+fault its working memory again in every batch: `recognize.resident_weights`). So the heap holds what
+the run's stages freed, at least the largest working memory of any of them (measured on the
+benchmark's chain, 4 photos in batches of 2: peak RSS 4,297 MiB with glibc's defaults and 4,729 when
+this was trimmed between stages, one session; 4,990-5,058 kept between stages, a later session.
+Speed: 1.21x over the defaults, then 1.04x over the trims). The settings are process-wide and stay
+for the process's life.
 glibc only; elsewhere (macOS, musl, Windows) everything here does nothing.
 `RECOGNIZE_KEEP_FREED_MEMORY=0` (or false / no / off) turns it off.
 """

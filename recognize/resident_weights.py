@@ -14,11 +14,13 @@ for reuse) is what the next stage's layers allocate from. Handing it back here (
 this module did until 2026-12-02) made every stage page-fault and zero-fill its working memory
 again in every batch: on the benchmark's chain (4 photos, batch 2, a VM where a 4 KiB fault cost
 ~8 us) 1.67 against 0.77 million faults, 12.5 against 7.6 s of system time and 4% of the wall time,
-to lower the peak by ~0.3 GB (`benchmarks/README.md`, "The heap kept between a chain's stages"). The heap goes back at the end of a run, when a batch runs out of memory and when a
-server stage is idle (`recognize.heap`).
+to lower the peak by ~0.3 GB (`benchmarks/README.md`, "The heap kept between a chain's stages").
+The heap goes back at the end of a run, when a batch runs out of memory and when a server has no
+request left running (`recognize.heap`).
 
 Cost: unmapping and mapping again took ~1.5 s per GB of weights on a busy 2-core machine
-(`benchmarks/README.md`), once per batch: ~4 s for SAM vit_h's 2.4 GB there, against a batch of two
+(`benchmarks/README.md`; on a quiet one with a 6.18 kernel, 0.16 s for SAM's 2.56 GB: large
+folios), once per batch: ~4 s for SAM vit_h's 2.4 GB there, against a batch of two
 photos of ~100 s (batch 1, as `tag_ground_segment_cpu.yaml`, pays it per photo); little or nothing
 on a GPU (the weights live on the device once moved there). Only where two or more weights files
 are mapped (a single model's pages would just come back). `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1` keeps

@@ -169,6 +169,50 @@ def test_a_pipeline_call_turns_it_on_and_leaves_no_more_resident_than_before() -
     assert int(grown_mib) < 64, grown_mib  # the two 64 MiB blocks kept during the call went back
 
 
+def test_a_chains_next_stage_finds_the_memory_the_last_one_freed() -> None:
+    """Between two stages of a `Pipeline` (chained: `apply_stages` calls `resident_weights.release()`) the
+    freed 64 MiB blocks stay resident for the second stage; the end of the call hands them back."""
+    script = textwrap.dedent("""
+        import json, os
+        import numpy as np
+        import torch
+        from recognize.pipeline import Pipeline
+        from recognize.stage import Stage
+
+        def rss():
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+        seen = {}
+        class First(Stage):
+            name = "first"
+            kind = "filter"
+            def process(self, frames):
+                for _ in range(4):
+                    a = torch.ones((64 << 20) // 4); b = a * 2; del a, b
+                seen["end_first"] = rss()
+                return frames
+
+        class Second(Stage):
+            name = "second"
+            kind = "filter"
+            def process(self, frames):
+                seen["start_second"] = rss()
+                return frames
+
+        before = rss()
+        Pipeline([First(), Second()])(np.zeros((8, 8, 3), dtype=np.uint8))
+        seen["grown"] = rss() - before
+        print(json.dumps(seen))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != heap.ENV}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["end_first"] - seen["start_second"] < 16 * _MiB, seen  # kept for the next stage (was: trimmed)
+    assert seen["grown"] < 64 * _MiB, seen  # and handed back when the call ended
+
+
 def test_worker_processes_get_one_arena(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ray workers start with MALLOC_ARENA_MAX=1 (a mallopt inside them would come after their threads)."""
     monkeypatch.delenv(heap.ENV, raising=False)

@@ -51,6 +51,16 @@ def stage_specs(stages: list[Stage]) -> list[dict[str, Any]]:
     return [{"use": name_for(type(stage)), "with": stage.params.model_dump(mode="json")} for stage in stages]
 
 
+def _trimmed_at_end(results: Iterator[FrameResult]) -> Iterator[FrameResult]:
+    """`results`, then the heap trimmed (`recognize.heap`): stages that run in this process (the
+    dataset stages between the workers' segments) keep freed memory for reuse until the run ends, as
+    in the local engine; a process that drives many runs (a notebook, a service) gets it back."""
+    try:
+        yield from results
+    finally:
+        heap.trim()
+
+
 class RayEngine:
     name = "ray"
 
@@ -128,8 +138,8 @@ class RayEngine:
             return iter(())
         frames = itertools.chain([first], frames)
         self.load(pipeline, timer)
-        return walk(pipeline, frames, self, timer=timer, on_result=on_result, checkpoint_dir=checkpoint_dir,
-                    progress=self.progress)
+        return _trimmed_at_end(walk(pipeline, frames, self, timer=timer, on_result=on_result,
+                                    checkpoint_dir=checkpoint_dir, progress=self.progress))
 
     # -- SegmentRunner --------------------------------------------------------------------
     def map_images(self, pipeline: Pipeline, segment: Segment, frames: Iterable[Frame],

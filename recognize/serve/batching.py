@@ -145,8 +145,6 @@ class StageBatcher:
                     self._fail(item, exc)
             finally:
                 self.busy = False
-            if self.queue.empty():  # idle: the memory this batch freed and kept for reuse goes back
-                await asyncio.get_running_loop().run_in_executor(self.executor, heap.trim)
 
     async def _run(self, items: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
@@ -229,6 +227,7 @@ class Runner:
         self.results = FeatureCache(int(result_cache_mb * 2**20))
         self.max_batchers = max_batchers
         self._batchers: OrderedDict[int, StageBatcher] = OrderedDict()
+        self._running = 0  # requests inside `run`; the heap is trimmed when the last one leaves
 
     def batcher(self, stage: Stage) -> StageBatcher:
         """The batcher of `stage`; idle batchers of stages not used lately are closed (each holds a thread)."""
@@ -255,7 +254,21 @@ class Runner:
         self._batchers.clear()
 
     async def run(self, variant: Variant, frames: list[Frame], content_keys: list[str]) -> RunResult:
-        """Every stage of `variant` over one request's `frames`, reusing what cannot have changed."""
+        """Every stage of `variant` over one request's `frames`, reusing what cannot have changed.
+
+        When no request is left running, the memory the stages freed and kept for reuse
+        (`recognize.heap`) goes back to the system. Not when one stage's queue empties: the request
+        moves on to the next stage, which reuses that memory (trimming there made every stage fault
+        its working memory in again, `recognize.resident_weights`)."""
+        self._running += 1
+        try:
+            return await self._run_stages(variant, frames, content_keys)
+        finally:
+            self._running -= 1
+            if not self._running:  # on a pool thread, not awaited: the response does not wait for it
+                asyncio.get_running_loop().run_in_executor(None, heap.trim)
+
+    async def _run_stages(self, variant: Variant, frames: list[Frame], content_keys: list[str]) -> RunResult:
         stages = variant.stages
         # results are reusable up to the first dataset-scope stage (after it they depend on the other images)
         cacheable = next((i for i, s in enumerate(stages) if s.scope == "dataset"), len(stages))

@@ -211,3 +211,18 @@ def test_a_resume_with_every_image_done_starts_no_worker(local_ray, test_stages,
     assert len(pools) == 1
     again = run_to_folder(pipeline, [image_folder], tmp_path / "ray", quiet=True, engine=RayEngine(num_workers=1))
     assert (again.processed, again.skipped) == (0, 3) and len(pools) == 1  # nothing to do: no worker started
+
+
+def test_the_driver_hands_its_kept_heap_back_at_the_end_of_a_run(local_ray, test_stages, image_folder, tmp_path,
+                                                                 monkeypatch):
+    """Dataset stages run in the driver between the workers' segments, keeping freed memory for reuse
+    (`recognize.heap`); `release()` between stages no longer trims, so the run's end does, as locally."""
+    from recognize import heap
+
+    trims: list[int] = []
+    monkeypatch.setattr(heap, "trim", lambda: trims.append(1))
+    pipeline = Pipeline([test_stages.Brightness(), test_stages.CountDataset()], batch_size=2)
+    results_ = RayEngine(num_workers=1).run(pipeline, [])
+    assert list(results_) == [] and not trims  # nothing ran: nothing to hand back
+    run_to_folder(pipeline, [image_folder], tmp_path / "ray", quiet=True, engine=RayEngine(num_workers=1))
+    assert trims, "the Ray engine's run ended without trimming the driver's heap"

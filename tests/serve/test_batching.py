@@ -62,3 +62,28 @@ def test_batchers_of_stages_no_longer_used_are_closed(tmp_path, test_stages) -> 
         return count
 
     assert asyncio.run(scenario()) <= 5
+
+
+def test_the_heap_goes_back_when_no_request_is_left_not_between_stages(tmp_path, test_stages, monkeypatch) -> None:
+    """Three stages, three concurrent requests: the memory kept for reuse (`recognize.heap`) goes back once,
+    after the last request, never while a request is between two stages (the next one reuses it)."""
+    from recognize import heap
+
+    variants = Variants(write_recipe(tmp_path, TEST_RECIPE))
+    seen: list[int] = []
+
+    async def scenario():
+        runner = Runner(max_batch_size=8, max_wait_ms=20, result_cache_mb=0, metrics=Metrics())
+        monkeypatch.setattr(heap, "trim", lambda: seen.append(getattr(runner, "_running", -1)))
+        frames = [Frame.from_array(np.full((8, 8, 3), v, np.uint8)) for v in (10, 200, 30)]
+        await asyncio.gather(*[runner.run(variants.base, [f], [str(i)]) for i, f in enumerate(frames)])
+        await asyncio.sleep(0.2)  # the trim runs on a pool thread, after the responses
+        first = list(seen)
+        await runner.run(variants.base, [frames[0]], ["again"])
+        await asyncio.sleep(0.2)
+        await runner.close()
+        return first
+
+    first = asyncio.run(scenario())
+    assert first == [0]  # once, with no request running (was: after every stage's batch)
+    assert seen == [0, 0]
