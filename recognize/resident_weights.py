@@ -19,8 +19,8 @@ The heap goes back at the end of a run, when a batch runs out of memory and when
 request left running (`recognize.heap`).
 
 Cost: unmapping and mapping again took ~1.5 s per GB of weights on a busy 2-core machine
-(`benchmarks/README.md`; on a quiet one with a 6.18 kernel, 0.16 s for SAM's 2.56 GB: large
-folios), once per batch: ~4 s for SAM vit_h's 2.4 GB there, against a batch of two
+(`benchmarks/README.md`; on a quiet one with a 6.18 kernel, a pass over SAM's weights took 0.16 s
+after unmapping, 0.05 s resident: large folios), once per batch: ~4 s for SAM vit_h's 2.4 GB there, against a batch of two
 photos of ~100 s (batch 1, as `tag_ground_segment_cpu.yaml`, pays it per photo); little or nothing
 on a GPU (the weights live on the device once moved there). Only where two or more weights files
 are mapped (a single model's pages would just come back). `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1` keeps

@@ -125,8 +125,8 @@ def create_app(recipe: str | Path, settings: ServeSettings | None = None,
         tempfile.tempdir = upload_dir
         previous_cache = feature_cache.max_bytes
         feature_cache.resize(int(settings.feature_cache_mb * 2**20))
-        # freed activations stay for the next layer (no page faults) while a stage has work queued; an
-        # idle stage hands them back (serve/batching.py). Before the stages' threads start: recognize/heap.py
+        # freed activations stay for the next layer and the next stage (no page faults) while requests run;
+        # they go back when none is left (serve/batching.py). Before the stages' threads start: recognize/heap.py
         heap.keep_freed_memory()
         loading = asyncio.create_task(state.load())
         try:

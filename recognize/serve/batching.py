@@ -22,6 +22,7 @@ import copy
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -71,11 +72,18 @@ class StageResult:
     batch_frames: int
 
 
+def _log_failed_trim(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("handing freed memory back failed: %s", future.exception())
+
+
 class StageBatcher:
     """The queue and worker of one stage object."""
 
-    def __init__(self, stage: Stage, max_batch_size: int, max_wait_s: float, metrics: Metrics) -> None:
+    def __init__(self, stage: Stage, max_batch_size: int, max_wait_s: float, metrics: Metrics,
+                 on_batch_done: Callable[[], None] | None = None) -> None:
         self.stage = stage
+        self.on_batch_done = on_batch_done  # the runner's check whether the heap can go back
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.metrics = metrics
@@ -145,6 +153,8 @@ class StageBatcher:
                     self._fail(item, exc)
             finally:
                 self.busy = False
+                if self.on_batch_done is not None:
+                    self.on_batch_done()
 
     async def _run(self, items: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
@@ -228,6 +238,7 @@ class Runner:
         self.max_batchers = max_batchers
         self._batchers: OrderedDict[int, StageBatcher] = OrderedDict()
         self._running = 0  # requests inside `run`; the heap is trimmed when the last one leaves
+        self._trimming: asyncio.Future | None = None
 
     def batcher(self, stage: Stage) -> StageBatcher:
         """The batcher of `stage`; idle batchers of stages not used lately are closed (each holds a thread)."""
@@ -235,7 +246,8 @@ class Runner:
         if found is not None and found.stage is stage:
             self._batchers.move_to_end(id(stage))
             return found
-        found = self._batchers[id(stage)] = StageBatcher(stage, self.max_batch_size, self.max_wait_s, self.metrics)
+        found = self._batchers[id(stage)] = StageBatcher(stage, self.max_batch_size, self.max_wait_s, self.metrics,
+                                                      on_batch_done=self._trim_if_idle)
         if len(self._batchers) > self.max_batchers:
             for key, old in list(self._batchers.items())[:-1]:
                 if old.idle:
@@ -252,21 +264,33 @@ class Runner:
         for batcher in list(self._batchers.values()):
             await batcher.close()
         self._batchers.clear()
+        if self._trimming is not None:
+            await asyncio.shield(self._trimming)
 
     async def run(self, variant: Variant, frames: list[Frame], content_keys: list[str]) -> RunResult:
         """Every stage of `variant` over one request's `frames`, reusing what cannot have changed.
 
-        When no request is left running, the memory the stages freed and kept for reuse
-        (`recognize.heap`) goes back to the system. Not when one stage's queue empties: the request
-        moves on to the next stage, which reuses that memory (trimming there made every stage fault
-        its working memory in again, `recognize.resident_weights`)."""
+        When no request is left running and no stage computes, the memory the stages freed and kept
+        for reuse (`recognize.heap`) goes back to the system (`_trim_if_idle`). Not when one stage's
+        queue empties: the request moves on to the next stage, which reuses that memory (trimming
+        there made every stage fault its working memory in again, `recognize.resident_weights`)."""
         self._running += 1
         try:
             return await self._run_stages(variant, frames, content_keys)
         finally:
             self._running -= 1
-            if not self._running:  # on a pool thread, not awaited: the response does not wait for it
-                asyncio.get_running_loop().run_in_executor(None, heap.trim)
+            self._trim_if_idle()
+
+    def _trim_if_idle(self) -> None:
+        """Trim the heap when no request runs and no stage computes (a disconnected client's batch
+        still runs in its stage's thread: its end checks again). On a pool thread, not awaited, so no
+        response waits for it; `close()` does."""
+        if self._running or any(batcher.busy for batcher in self._batchers.values()):
+            return
+        if self._trimming is not None and not self._trimming.done():
+            return
+        self._trimming = asyncio.get_running_loop().run_in_executor(None, heap.trim)
+        self._trimming.add_done_callback(_log_failed_trim)
 
     async def _run_stages(self, variant: Variant, frames: list[Frame], content_keys: list[str]) -> RunResult:
         stages = variant.stages

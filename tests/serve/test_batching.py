@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import numpy as np
 
@@ -77,13 +78,53 @@ def test_the_heap_goes_back_when_no_request_is_left_not_between_stages(tmp_path,
         monkeypatch.setattr(heap, "trim", lambda: seen.append(getattr(runner, "_running", -1)))
         frames = [Frame.from_array(np.full((8, 8, 3), v, np.uint8)) for v in (10, 200, 30)]
         await asyncio.gather(*[runner.run(variants.base, [f], [str(i)]) for i, f in enumerate(frames)])
-        await asyncio.sleep(0.2)  # the trim runs on a pool thread, after the responses
+        if runner._trimming is not None:
+            await runner._trimming  # on a pool thread, after the responses
         first = list(seen)
         await runner.run(variants.base, [frames[0]], ["again"])
-        await asyncio.sleep(0.2)
-        await runner.close()
+        await runner.close()  # waits for a trim under way
         return first
 
     first = asyncio.run(scenario())
     assert first == [0]  # once, with no request running (was: after every stage's batch)
     assert seen == [0, 0]
+
+
+def test_a_disconnected_clients_batch_is_trimmed_after_it_ends_not_while_it_computes(monkeypatch) -> None:
+    """A cancelled request leaves its batch computing in the stage's thread: the heap goes back after that
+    batch (what it frees included), not at the cancellation, while it still computes."""
+    import threading
+    import types
+
+    from recognize import heap
+
+    events: list[str] = []
+    started = threading.Event()
+
+    class Slow:
+        name, scope = "slow", "image"
+
+        def __call__(self, frames):
+            started.set()
+            events.append("stage start")
+            threading.Event().wait(0.3)
+            events.append("stage end")
+            return frames
+
+    monkeypatch.setattr(heap, "trim", lambda: events.append("trim"))
+    variant = types.SimpleNamespace(stages=[Slow()], stage_keys=["slow"])
+
+    async def scenario():
+        runner = Runner(max_batch_size=8, max_wait_ms=0, result_cache_mb=0, metrics=Metrics())
+        task = asyncio.ensure_future(runner.run(variant, [Frame.from_array(np.zeros((8, 8, 3), np.uint8))], ["k"]))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        while any(b.busy for b in runner._batchers.values()):
+            await asyncio.sleep(0.01)
+        await runner.close()
+
+    asyncio.run(scenario())
+    assert events == ["stage start", "stage end", "trim"], events
