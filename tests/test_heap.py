@@ -134,27 +134,33 @@ def test_release_between_stages_keeps_the_freed_memory_for_the_next_stage(env: d
     assert trimmed["rss_kept"] - trimmed["rss_released"] > 128 * _MiB, trimmed  # the guard: there was memory to hand back
 
 
+#: a stage whose process() allocates and frees four "layers" of 64 MiB blocks, and the process's RSS
+_LAYERS_STAGE = textwrap.dedent("""
+    import os
+    import numpy as np
+    import torch
+    from recognize.pipeline import Pipeline
+    from recognize.stage import Stage
+
+    def rss():
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    seen = {}
+    class Layers(Stage):
+        name = "layers"
+        kind = "filter"
+        def process(self, frames):
+            for _ in range(4):
+                a = torch.ones((64 << 20) // 4); b = a * 2; del a, b
+            return frames
+""")
+
+
 def test_a_pipeline_call_turns_it_on_and_leaves_no_more_resident_than_before() -> None:
     """Every engine runs stages through `apply_stages` (on); the local engine trims at the end of a run."""
-    script = textwrap.dedent("""
-        import os
-        import numpy as np
-        import torch
+    script = _LAYERS_STAGE + textwrap.dedent("""
         from recognize import heap
-        from recognize.pipeline import Pipeline
-        from recognize.stage import Stage
-
-        def rss():
-            with open("/proc/self/statm") as statm:
-                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-        class Layers(Stage):
-            name = "layers"
-            kind = "filter"
-            def process(self, frames):
-                for _ in range(4):
-                    a = torch.ones((64 << 20) // 4); b = a * 2; del a, b
-                return frames
 
         assert heap._state is None
         before = rss()
@@ -172,24 +178,13 @@ def test_a_pipeline_call_turns_it_on_and_leaves_no_more_resident_than_before() -
 def test_a_chains_next_stage_finds_the_memory_the_last_one_freed() -> None:
     """Between two stages of a `Pipeline` (chained: `apply_stages` calls `resident_weights.release()`) the
     freed 64 MiB blocks stay resident for the second stage; the end of the call hands them back."""
-    script = textwrap.dedent("""
-        import json, os
-        import numpy as np
-        import torch
-        from recognize.pipeline import Pipeline
-        from recognize.stage import Stage
+    script = _LAYERS_STAGE + textwrap.dedent("""
+        import json
 
-        def rss():
-            with open("/proc/self/statm") as statm:
-                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-        seen = {}
-        class First(Stage):
+        class First(Layers):
             name = "first"
-            kind = "filter"
             def process(self, frames):
-                for _ in range(4):
-                    a = torch.ones((64 << 20) // 4); b = a * 2; del a, b
+                frames = super().process(frames)
                 seen["end_first"] = rss()
                 return frames
 
