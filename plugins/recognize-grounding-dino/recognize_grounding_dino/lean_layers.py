@@ -576,6 +576,17 @@ def window_indices(height: int, width: int, window: int, shift: int,
     return gather, padding, scatter.reshape(-1)
 
 
+def _drop_path_acts(drop_path: nn.Module) -> bool:
+    """Whether a Swin layer's drop path (stochastic depth) can change its input: transformers'
+    `SwinDropPath` is the identity outside training (the released configs give one to every layer
+    after the first); any other module, a subclass included, might act."""
+    from transformers.models.swin.modeling_swin import SwinDropPath
+
+    if isinstance(drop_path, nn.Identity):
+        return False
+    return drop_path.training or type(drop_path) is not SwinDropPath
+
+
 class LeanSwinLayer:
     """Mixin over transformers' `SwinLayer` (see the module docstring): pad, cyclic shift and window
     partition as one gather (and back as one), the MLP's GELU and residual add inside its GEMMs."""
@@ -583,12 +594,8 @@ class LeanSwinLayer:
     def forward(self, hidden_states: torch.Tensor, input_dimensions: tuple[int, int], always_partition: bool = False,
                 **kwargs: Any):
         act = self.mlp.activation_fn
-        # drop path (stochastic depth): transformers' `SwinDropPath` is the identity in eval (the
-        # released configs give one to every layer after the first); any other module might act
-        drop_path = self.drop_path
-        drops = not isinstance(drop_path, nn.Identity) and (drop_path.training
-                                                            or type(drop_path).__name__ != "SwinDropPath")
-        if (self.training or torch.is_grad_enabled() or getattr(act, "act", None) is not F.gelu or drops
+        if (self.training or torch.is_grad_enabled() or getattr(act, "act", None) is not F.gelu
+                or _drop_path_acts(self.drop_path)
                 or kwargs.get("output_attentions") or _autocast(hidden_states)):
             return super().forward(hidden_states, input_dimensions, always_partition, **kwargs)
         if not always_partition:

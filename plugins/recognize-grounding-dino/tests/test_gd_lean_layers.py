@@ -306,6 +306,17 @@ def test_lean_swin_layer_with_drop_path_is_lean_in_eval(onednn):
         lean_layer(x, size)
     assert "_windows" not in lean_layer.__dict__
 
+    class SwinDropPath(torch.nn.Module):  # another module of the same name (a user's), which may act in eval
+        def forward(self, hidden):
+            return hidden * 0.5
+
+    lean_layer.eval()
+    lean_layer.drop_path = plain.drop_path = SwinDropPath().eval()
+    with torch.inference_mode():
+        expected, got = plain(x, size)[0], lean_layer(x, size)[0]
+    assert "_windows" not in lean_layer.__dict__  # transformers' forward ran
+    assert torch.equal(got, expected)
+
 
 def test_lean_swin_layer_follows_a_new_map_size():
     """The window indices are cached per map size: another size is not read with stale ones."""
