@@ -18,21 +18,62 @@ CPU, for other dtypes, under autocast (fast modes keep their bf16 GEMMs), for te
 (quantized) weights, when autograd would need to track the op, or if this torch build lacks the op
 or the fused variant (ReLU, GELU, residual add: each probed once, so a build without one falls back
 for that one only instead of raising at first use).
+
+Prepacked weights (`PACKED`): a layer's weight is reordered once into oneDNN's blocked layout
+(`torch.ops.mkldnn._reorder_linear_weight`, what inductor's freezing pass does) and that copy is
+what every later call multiplies by. Why: given a plain row-major weight, oneDNN packs it into that
+layout again inside every call. Measured on this project's AMD EPYC (2026-12-02, interleaved, median
+of 6 rounds): the products 4-12% faster on the models' shapes (SAM's 4,096 x 1,280 -> 5,120 +4%,
+Swin-L's 576 x 768 -> 3,072 +10%, the taggers' decoder FFN 4,585 x 768 -> 3,072 +12%), whole
+forwards RAM +9%, Tag2Text +7%, SAM's vit_h encoder +8%, with the very same bits (max difference 0;
+`benchmarks/README.md`, "Prepacked oneDNN weights"). Memory: the packed copy is anonymous memory the
+size of the weight, so once it exists the weight's own pages leave RSS where they are a memory-mapped
+checkpoint (`recognize.resident_weights.unmap_pages`; they come back from the page cache if anything
+reads the weight again). Where they are not (random or converted weights), the weight is held twice.
+Between a chain's stages, where `resident_weights.release()` unmaps the idle models' weights,
+`drop_packed()` frees every packed copy too, and each stage packs its weights again at its next
+batch (a reorder pass over them: ~0.4 s for SAM vit_h's 2.4 GB here). `RECOGNIZE_PACKED_WEIGHTS=0`
+turns packing off.
 """
 
 from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ONEDNN", "OneDNNLinear", "applies_to", "available", "linear", "linear_weights", "use_onednn_linears"]
+__all__ = ["ONEDNN", "PACKED", "PACKED_ENV", "OneDNNLinear", "applies_to", "available", "drop_packed", "linear", "linear_weights",
+           "packed_bytes", "use_onednn_linears"]
 
 #: Use oneDNN where it applies; a switch for benchmarks and tests (False: plain torch).
 ONEDNN = True
+#: set to 0 to multiply by the plain weight in every call (no prepacked copies; module doc)
+PACKED_ENV = "RECOGNIZE_PACKED_WEIGHTS"
+#: Multiply by a prepacked copy of each layer's weight (module doc); False: the plain weight every call.
+PACKED = os.environ.get(PACKED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 #: the fused variants `linear` uses: the plain product, ReLU, erf GELU, a residual add
 VARIANTS = ("none", "relu", "gelu", "add")
 _available: dict[str, bool] | None = None
+
+
+@dataclass(frozen=True)
+class _Packed:
+    """A weight's prepacked copy and what the weight was when it was made (a change makes it stale)."""
+
+    source: weakref.ref
+    version: int
+    data_ptr: int
+    shape: tuple[int, ...]
+    tensor: torch.Tensor
+
+
+_packed: dict[int, _Packed] = {}  # id(weight) -> its packed copy; an entry leaves with its weight
+_packed_lock = threading.Lock()
 
 
 def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None,
@@ -45,13 +86,14 @@ def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, residual: torc
         raise ValueError("linear: gelu and relu are exclusive")
     variant = "add" if residual is not None else "gelu" if gelu else "relu" if relu else "none"
     if _onednn_applies_to(layer.weight, x, residual, variant):
+        weight = _packed_or_plain(layer.weight)
         if residual is not None:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight, layer.bias, "add")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, layer.bias, "add")
         if gelu:
-            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu", [], "none")
+            return torch.ops.mkldnn._linear_pointwise(x, weight, layer.bias, "gelu", [], "none")
         if relu:
-            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "relu", [], "")
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise(x, weight, layer.bias, "relu", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, weight, layer.bias, "none", [], "")
     out = F.linear(x, layer.weight, layer.bias)
     if gelu:
         out = F.gelu(out)
@@ -60,12 +102,65 @@ def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, residual: torc
     return out if residual is None else out.add_(residual)
 
 
-def linear_weights(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear_weights(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   packed: bool = False) -> torch.Tensor:
     """`F.linear(x, weight, bias)` through oneDNN where it applies (weights not held by an `nn.Linear`,
-    e.g. Grounding DINO's Swin with q/k/v concatenated into one product)."""
+    e.g. Grounding DINO's Swin with q/k/v concatenated into one product). `packed`: `weight` is kept
+    and used again (not a per-call tensor such as attention's keys), so a prepacked copy pays off."""
     if _onednn_applies_to(weight, x):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, _packed_or_plain(weight) if packed else weight, bias,
+                                                  "none", [], "")
     return F.linear(x, weight, bias)
+
+
+def _packed_or_plain(weight: torch.Tensor) -> torch.Tensor:
+    """`weight`'s prepacked copy, made at first use and again after the weight changed; `weight`
+    itself where packing is off or this torch build cannot pack."""
+    if not PACKED or not available("packed"):
+        return weight
+    key = id(weight)
+    with _packed_lock:
+        entry = _packed.get(key)
+    if (entry is not None and entry.source() is weight and entry.version == weight._version
+            and entry.data_ptr == weight.data_ptr() and entry.shape == tuple(weight.shape)):
+        return entry.tensor
+    plain = weight.detach()
+    packed = torch.ops.mkldnn._reorder_linear_weight(plain if plain.is_contiguous() else plain.contiguous())
+    entry = _Packed(weakref.ref(weight, lambda _, key=key: _forget(key)), weight._version, weight.data_ptr(),
+                    tuple(weight.shape), packed)
+    with _packed_lock:
+        _packed[key] = entry
+    from recognize import resident_weights
+
+    resident_weights.unmap_pages(weight)  # only the packed copy is read from now on
+    return packed
+
+
+def _forget(key: int) -> None:
+    with _packed_lock:
+        entry = _packed.get(key)
+        if entry is not None and entry.source() is None:
+            del _packed[key]
+
+
+def drop_packed() -> int:
+    """Free every prepacked weight copy (each is made again at its layer's next call); returns the
+    bytes they held. Called between a chain's stages, with `resident_weights.release()`."""
+    with _packed_lock:
+        entries = list(_packed.values())
+        _packed.clear()
+    return sum(_nbytes(entry.tensor) for entry in entries)
+
+
+def packed_bytes() -> int:
+    """Bytes held by prepacked weight copies now."""
+    with _packed_lock:
+        entries = list(_packed.values())
+    return sum(_nbytes(entry.tensor) for entry in entries if entry.source() is not None)
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return int(torch.ops.mkldnn._nbytes(tensor)) if tensor.is_mkldnn else tensor.untyped_storage().nbytes()
 
 
 class OneDNNLinear(nn.Linear):
@@ -107,8 +202,9 @@ def _onednn_applies_to(weight: torch.Tensor, x: torch.Tensor, residual: torch.Te
 
 
 def available(variant: str = "none") -> bool:
-    """Whether this torch build runs the fused op's `variant` (one of `VARIANTS`). Every variant is
-    checked at the first call, once, on a tiny input against plain torch."""
+    """Whether this torch build runs the fused op's `variant` (one of `VARIANTS`, or "packed": a
+    prepacked weight). Every variant is checked at the first call, once, on a tiny input against
+    plain torch."""
     global _available
     if _available is None:
         _available = _probe()
@@ -126,6 +222,7 @@ def _probe() -> dict[str, bool]:
         "relu": (lambda op: op(x, w, b, "relu", [], ""), F.relu(plain)),
         "gelu": (lambda op: op(x, w, b, "gelu", [], "none"), F.gelu(plain)),
         "add": (lambda op: op.binary(x, residual, w, b, "add"), plain + residual),
+        "packed": (lambda op: op(x, torch.ops.mkldnn._reorder_linear_weight(w), b, "none", [], ""), plain),
     }
     found = {}
     for variant, (run, expected) in runs.items():

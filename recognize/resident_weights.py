@@ -55,7 +55,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["KEEP_ENV", "ReleaseReport", "loading", "note_mapped", "release"]
+__all__ = ["KEEP_ENV", "ReleaseReport", "loading", "note_mapped", "release", "unmap_pages"]
 
 #: set to 1 to keep every stage's weights mapped (no unmapping, no re-faulting; peak = all models)
 KEEP_ENV = "RECOGNIZE_KEEP_WEIGHTS_MAPPED"
@@ -128,8 +128,10 @@ def _tensors_in(loaded: Any) -> Iterator[Any]:
 
 @dataclass
 class ReleaseReport:
-    """What one `release()` did: bytes of weight pages unmapped, files kept mapped (written pages)."""
+    """What one `release()` did: whether it applied (two or more weights files mapped, no opt-out, no
+    load under way), bytes of weight pages unmapped, files kept mapped (written pages)."""
 
+    applied: bool = False
     unmapped_bytes: int = 0
     kept: list[str] = field(default_factory=list)
 
@@ -158,6 +160,7 @@ def _unmap(libc: ctypes.CDLL, report: ReleaseReport) -> None:
     held = [(entry.path, storages) for entry in entries if (storages := entry.alive())]  # strong until return
     if len({path for path, _ in held}) < 2:  # one weights file: no other stage's weights compete
         return
+    report.applied = True
     for path, storages in held:
         ranges = _page_ranges(storages)
         states = [_page_states(start, end) for start, end in ranges]
@@ -167,6 +170,42 @@ def _unmap(libc: ctypes.CDLL, report: ReleaseReport) -> None:
         for (start, end), (resident, _) in zip(ranges, states):
             if resident and libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) == 0:
                 report.unmapped_bytes += resident * _PAGE
+
+
+def unmap_pages(tensor: Any) -> int:
+    """Unmap the resident pages that lie wholly inside `tensor`'s storage, where that storage is a
+    memory-mapped weights file's (`note_mapped`) and none of its pages was written; returns the bytes.
+
+    For a weight that is no longer read where it lives (`recognize.onednn_linear` multiplies by a
+    prepacked copy): its pages would otherwise stay in RSS beside the copy. Reading the tensor later
+    maps them again from the page cache, as after `release()`. Nothing is unmapped with
+    `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1`, while a model loads on another thread (`loading`), or off Linux."""
+    libc = _libc()
+    if not sys.platform.startswith("linux") or libc is None or os.environ.get(KEEP_ENV, "") not in ("", "0"):
+        return 0
+    storage = tensor.untyped_storage()
+    pointer, size = storage.data_ptr(), storage.nbytes()
+    if not pointer or storage.device.type != "cpu" or not _is_mapped(pointer):
+        return 0
+    start, end = -(-pointer // _PAGE) * _PAGE, (pointer + size) // _PAGE * _PAGE  # whole pages only
+    if end <= start:
+        return 0
+    with _release_lock:
+        if _loads_under_way:
+            return 0
+        resident, written = _page_states(start, end)
+        if written or not resident:
+            return 0
+        if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) != 0:
+            return 0
+    return resident * _PAGE
+
+
+def _is_mapped(pointer: int) -> bool:
+    """Whether `pointer` is the start of a storage some noted weights file gave out (still alive)."""
+    with _lock:
+        entries = list(_mapped)
+    return any(storage.data_ptr() == pointer for entry in entries for storage in entry.alive())
 
 
 def _page_ranges(storages: list[Any]) -> list[tuple[int, int]]:

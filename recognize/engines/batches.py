@@ -67,6 +67,16 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def release_weights() -> None:
+    """Between a chain's stages: the idle models' memory-mapped weights leave RSS
+    (`resident_weights.release`) and, where that applied, so do the prepacked weight copies
+    (`onednn_linear.drop_packed`: anonymous memory, made again by each stage at its next batch)."""
+    if resident_weights.release().applied:
+        onednn = sys.modules.get("recognize.onednn_linear")  # not imported: nothing was packed
+        if onednn is not None:
+            onednn.drop_packed()
+
+
 def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer, *,
                  chained: bool | None = None, ready: Ready | None = None) -> list[Frame]:
     """Run `stages` in order on `frames` (raises what a stage raises), each stage timed.
@@ -88,7 +98,7 @@ def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer
             out = stage(frames)
         if chained:  # the next stage's weights, not this one's, should be resident
             with timer.phase(RELEASE):
-                resident_weights.release()
+                release_weights()
         if out is None:
             raise RecognizeError(f"stage {stage.name!r} returned None instead of the frames")
         if len(out) != len(frames):

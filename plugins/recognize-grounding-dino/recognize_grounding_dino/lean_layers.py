@@ -525,7 +525,8 @@ class FusedQKVSwinAttention:
         from transformers.models.swin import modeling_swin
 
         input_shape = hidden_states.shape[:-1]
-        qkv = linear_weights(hidden_states, *fused).view(*input_shape, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = linear_weights(hidden_states, *fused, packed=True)  # the fused weight is kept: packed once
+        qkv = qkv.view(*input_shape, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
         query_states, key_states, value_states = qkv.unbind(0)
         # from here on transformers' SwinAttention.forward, unchanged
         relative_position_bias = self.relative_position_bias()
