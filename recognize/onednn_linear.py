@@ -26,14 +26,20 @@ layout again inside every call. Measured on this project's AMD EPYC (2026-12-02,
 of 6 rounds): the products 4-12% faster on the models' shapes (SAM's 4,096 x 1,280 -> 5,120 +4%,
 Swin-L's 576 x 768 -> 3,072 +10%, the taggers' decoder FFN 4,585 x 768 -> 3,072 +12%), whole
 forwards RAM +9%, Tag2Text +7%, SAM's vit_h encoder +8%, with the very same bits (max difference 0;
-`benchmarks/README.md`, "Prepacked oneDNN weights"). Memory: the packed copy is anonymous memory the
-size of the weight, so once it exists the weight's own pages leave RSS where they are a memory-mapped
-checkpoint (`recognize.resident_weights.unmap_pages`; they come back from the page cache if anything
-reads the weight again). Where they are not (random or converted weights), the weight is held twice.
+`benchmarks/README.md`, "Prepacked oneDNN weights"). A single input row (M = 1) is multiplied by the
+plain weight: there the packed copy gave other last bits (`_weight_for`). Memory: the packed copy
+is anonymous memory the size of the weight, so once it exists the weight's own pages leave RSS
+where they are a memory-mapped checkpoint (`recognize.resident_weights.unmap_pages`; they come back
+from the page cache if anything reads the weight again). Where they are not (random or converted
+weights), the weight is held twice.
 Between a chain's stages, where `resident_weights.release()` unmaps the idle models' weights,
 `drop_packed()` frees every packed copy too, and each stage packs its weights again at its next
 batch (a reorder pass over them: ~0.4 s for SAM vit_h's 2.4 GB here). `RECOGNIZE_PACKED_WEIGHTS=0`
-turns packing off.
+turns packing off. A copy is made again when its weight changes: another tensor assigned, an in-place
+change (the weight's version counter), new data or another shape. Not seen: a write through
+`weight.data` (a tensor with a version counter of its own; use `torch.no_grad()` and the weight
+itself). Inference tensors (no version counter: a model built under `torch.inference_mode`) are not
+packed.
 """
 
 from __future__ import annotations
@@ -86,7 +92,7 @@ def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, residual: torc
         raise ValueError("linear: gelu and relu are exclusive")
     variant = "add" if residual is not None else "gelu" if gelu else "relu" if relu else "none"
     if _onednn_applies_to(layer.weight, x, residual, variant):
-        weight = _packed_or_plain(layer.weight)
+        weight = _weight_for(layer.weight, x)
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, layer.bias, "add")
         if gelu:
@@ -108,15 +114,25 @@ def linear_weights(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     e.g. Grounding DINO's Swin with q/k/v concatenated into one product). `packed`: `weight` is kept
     and used again (not a per-call tensor such as attention's keys), so a prepacked copy pays off."""
     if _onednn_applies_to(weight, x):
-        return torch.ops.mkldnn._linear_pointwise(x, _packed_or_plain(weight) if packed else weight, bias,
+        return torch.ops.mkldnn._linear_pointwise(x, _weight_for(weight, x) if packed else weight, bias,
                                                   "none", [], "")
     return F.linear(x, weight, bias)
 
 
+def _weight_for(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """What `x` is multiplied by: `weight`'s packed copy (`_packed_or_plain`), except for a single row
+    (M = 1): oneDNN multiplies one row by a plain weight with another kernel than by the packed copy,
+    which rounds the last bits differently (torch 2.14, every variant and shape tried; 2 rows and more
+    gave the same bits), so one row keeps the plain weight's bits and makes no copy."""
+    return weight if x.numel() == x.shape[-1] else _packed_or_plain(weight)
+
+
 def _packed_or_plain(weight: torch.Tensor) -> torch.Tensor:
     """`weight`'s prepacked copy, made at first use and again after the weight changed; `weight`
-    itself where packing is off or this torch build cannot pack."""
-    if not PACKED or not available("packed"):
+    itself where packing is off or this torch build cannot pack, and for an inference tensor (made
+    under `torch.inference_mode`, e.g. a model built inside it): it has no version counter, so a
+    change made to it in place could not be told from the packed copy (and `_version` raises)."""
+    if not PACKED or weight.is_inference() or not available("packed"):
         return weight
     key = id(weight)
     with _packed_lock:

@@ -163,3 +163,234 @@ def test_a_missing_fused_variant_falls_back_to_torch_alone(layer, monkeypatch):
         torch.testing.assert_close(linear(layer, x, residual=other), layer(x) + other, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(linear(layer, x), layer(x), rtol=1e-5, atol=1e-5)
     assert fake.calls == ["relu", "add", "none"]  # the others still through oneDNN
+
+
+# -- prepacked weights (`PACKED`) ----------------------------------------------------------------
+
+needs_packing = pytest.mark.skipif(not onednn_linear.available("packed"),
+                                   reason="this torch build cannot prepack a oneDNN linear weight")
+
+
+@pytest.fixture
+def packed_cache(monkeypatch) -> dict:
+    """This test's packed copies only (other tests' layers may still be alive), packing on."""
+    cache: dict = {}
+    monkeypatch.setattr(onednn_linear, "_packed", cache)
+    monkeypatch.setattr(onednn_linear, "PACKED", True)
+    return cache
+
+
+def _run(layer, x, variant, other=None, packed=True):
+    with pytest.MonkeyPatch.context() as mp, torch.inference_mode():
+        mp.setattr(onednn_linear, "PACKED", packed)
+        return linear(layer, x, gelu=variant == "gelu", relu=variant == "relu",
+                      residual=other if variant == "add" else None)
+
+
+@needs_packing
+@pytest.mark.parametrize("variant", onednn_linear.VARIANTS)
+def test_the_packed_weight_gives_the_plain_weights_bits(layer, variant, packed_cache):
+    """The speed-up is claimed to change no bit: every fused variant and every batch shape (the GEMM's
+    blocking depends on M) against the same op given the plain weight, and close to torch's Linear."""
+    torch.manual_seed(5)
+    for shape in [(1, 48), (1, 1, 48), (2, 48), (3, 48), (2, 17, 48), (4, 64, 48), (1, 9, 9, 48)]:
+        x = torch.randn(shape)
+        other = torch.randn(*shape[:-1], 40)
+        got, plain = _run(layer, x, variant, other), _run(layer, x, variant, other, packed=False)
+        assert torch.equal(got, plain), (variant, shape)
+        with torch.inference_mode():
+            expected = layer(x)
+        expected = {"gelu": F.gelu, "relu": F.relu}.get(variant, lambda t: t)(expected)
+        expected = expected + other if variant == "add" else expected
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert list(packed_cache) == [id(layer.weight)]  # the packed path was the one taken, once for all shapes
+
+
+@needs_packing
+def test_a_single_row_is_multiplied_by_the_plain_weight(layer, packed_cache):
+    """One row (M = 1): oneDNN's kernel for it rounds differently with a packed weight than with the
+    plain one (torch 2.14), so the plain weight is used and no copy is made for it."""
+    x = torch.randn(1, 1, 48)
+    with torch.inference_mode():
+        plain = torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+        assert torch.equal(linear(layer, x), plain)
+        assert torch.equal(linear_weights(x, layer.weight, layer.bias, packed=True), plain)
+        assert packed_cache == {}
+        linear(layer, torch.randn(2, 48))
+    assert list(packed_cache) == [id(layer.weight)]
+
+
+@needs_packing
+def test_the_packed_copy_is_made_once_and_reused(layer, packed_cache):
+    first = onednn_linear._packed_or_plain(layer.weight)
+    assert first is not layer.weight and first.is_mkldnn
+    assert onednn_linear._packed_or_plain(layer.weight) is first
+    with torch.inference_mode():
+        linear(layer, torch.randn(3, 48))
+    assert onednn_linear._packed_or_plain(layer.weight) is first  # linear() multiplied by the same copy
+    assert onednn_linear.packed_bytes() == torch.ops.mkldnn._nbytes(first) >= layer.weight.numel() * 4
+
+
+def _follows_the_weight(layer, x):
+    """linear() against torch with the layer's current weight: a stale packed copy gives the old outputs."""
+    with torch.inference_mode():
+        got = linear(layer, x)
+        expected = F.linear(x, layer.weight, layer.bias)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got, _run(layer, x, "none", packed=False))
+
+
+@needs_packing
+def test_an_in_place_change_makes_a_new_copy(layer, packed_cache):
+    """The version counter is the only thing an in-place change moves (same tensor, pointer, shape)."""
+    x = torch.randn(5, 48)
+    first = onednn_linear._packed_or_plain(layer.weight)
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    _follows_the_weight(layer, x)
+    assert onednn_linear._packed_or_plain(layer.weight) is not first
+    with torch.inference_mode():  # an in-place change of a normal tensor under inference mode counts too
+        layer.weight.mul_(-2.0)
+    _follows_the_weight(layer, x)
+    assert len(packed_cache) == 1
+
+
+@needs_packing
+def test_a_new_parameter_or_new_data_makes_a_new_copy(layer, packed_cache):
+    x = torch.randn(5, 48)
+    _follows_the_weight(layer, x)
+    old = layer.weight
+    layer.weight = nn.Parameter(torch.randn(40, 48))
+    _follows_the_weight(layer, x)
+    assert id(layer.weight) in packed_cache
+    del old
+    assert list(packed_cache) == [id(layer.weight)]  # the old weight's copy left with it
+    kept = layer.weight.data  # held, so the new data cannot land at the old address
+    layer.weight.data = torch.randn(40, 48)  # same Parameter and version: only the data pointer moved
+    _follows_the_weight(layer, x)
+    assert not torch.equal(kept, layer.weight)
+
+
+@needs_packing
+def test_a_reshaped_weight_makes_a_new_copy(packed_cache):
+    """Same tensor, data pointer and version, another shape (`.data` swapped for a view)."""
+    torch.manual_seed(6)
+    weight = torch.randn(40, 48)
+    x = torch.randn(3, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(linear_weights(x, weight, packed=True), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    weight.data = weight.data.view(80, 24)
+    x = torch.randn(3, 24)
+    with torch.inference_mode():
+        torch.testing.assert_close(linear_weights(x, weight, packed=True), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+@needs_packing
+def test_drop_packed_frees_every_copy_and_returns_its_bytes(packed_cache):
+    torch.manual_seed(7)
+    layers = [nn.Linear(48, 40).eval(), nn.Linear(40, 24).eval()]
+    copies = [onednn_linear._packed_or_plain(each.weight) for each in layers]
+    held = sum(torch.ops.mkldnn._nbytes(copy) for copy in copies)
+    assert onednn_linear.packed_bytes() == held > 0
+
+    assert onednn_linear.drop_packed() == held
+
+    assert packed_cache == {} and onednn_linear.packed_bytes() == 0 and onednn_linear.drop_packed() == 0
+    again = onednn_linear._packed_or_plain(layers[0].weight)  # made again at the next call
+    assert again is not copies[0] and len(packed_cache) == 1
+
+
+@needs_packing
+def test_a_copy_leaves_with_its_layer(packed_cache):
+    import gc
+
+    torch.manual_seed(8)
+    layer = nn.Linear(48, 40).eval()
+    with torch.inference_mode():
+        linear(layer, torch.randn(2, 48))
+    assert len(packed_cache) == 1 and onednn_linear.packed_bytes() > 0
+    del layer
+    gc.collect()
+    assert packed_cache == {} and onednn_linear.packed_bytes() == 0
+
+
+def test_packing_off_multiplies_by_the_plain_weight(layer, packed_cache, monkeypatch):
+    monkeypatch.setattr(onednn_linear, "PACKED", False)
+    x = torch.randn(3, 48)
+    with torch.inference_mode():
+        got = linear(layer, x)
+        linear_weights(x, layer.weight, layer.bias, packed=True)
+    torch.testing.assert_close(got, layer(x), rtol=1e-5, atol=1e-5)
+    assert packed_cache == {} and onednn_linear._packed_or_plain(layer.weight) is layer.weight
+
+
+@pytest.mark.skipif(not onednn_linear.available(), reason="this torch build has no oneDNN linear")
+def test_a_build_that_cannot_pack_uses_the_plain_weight(layer, packed_cache, monkeypatch):
+    """A torch build without the reorder op: every variant still runs, through the plain weight."""
+    monkeypatch.setattr(onednn_linear, "_available", {**{v: True for v in onednn_linear.VARIANTS}, "packed": False})
+    x, other = torch.randn(3, 48), torch.randn(3, 40)
+    with torch.inference_mode():
+        torch.testing.assert_close(linear(layer, x, gelu=True), F.gelu(layer(x)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(linear(layer, x, residual=other), layer(x) + other, rtol=1e-5, atol=1e-5)
+    assert packed_cache == {}
+
+
+@needs_packing
+def test_linear_weights_packs_only_when_asked(layer, packed_cache):
+    """Per-call weights (attention's keys) must not be packed (a reorder per call, a cache entry per
+    tensor); kept ones (the fused Swin q/k/v) are."""
+    x = torch.randn(3, 7, 48)
+    with torch.inference_mode():
+        expected = linear_weights(x, layer.weight, layer.bias)
+        assert packed_cache == {}
+        assert torch.equal(linear_weights(x, layer.weight, layer.bias, packed=True), expected)
+    assert list(packed_cache) == [id(layer.weight)]
+
+
+@needs_packing
+def test_a_model_built_under_inference_mode_is_not_packed(packed_cache):
+    """Inference tensors have no version counter (`_version` raises): an in-place change could not be
+    seen, so they are multiplied by as they are, and linear() works (it raised before this was checked;
+    a Grounding DINO forward makes its fused q/k/v weight under inference mode)."""
+    torch.manual_seed(9)
+    x = torch.randn(3, 48)
+    with torch.inference_mode():
+        layer = nn.Linear(48, 40).eval()
+        assert layer.weight.is_inference()
+        torch.testing.assert_close(linear(layer, x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        weight = torch.cat([layer.weight, layer.weight])
+        torch.testing.assert_close(linear_weights(x, weight, packed=True), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+        layer.weight.add_(1.0)  # allowed under inference mode, and not seen by any version check
+        torch.testing.assert_close(linear(layer, x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    assert packed_cache == {}
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="madvise / smaps are Linux's")
+@needs_packing
+def test_a_mapped_weight_leaves_rss_once_packed(tmp_path, packed_cache, monkeypatch):
+    """A checkpoint's weight, memory-mapped and assigned to the layer: once the packed copy exists the
+    mapped pages are not read, so they leave RSS (else the weight is held twice); the output is the
+    plain path's."""
+    from resident import resident_kib
+
+    from recognize import resident_weights
+    from recognize.weights_file import read_weights
+
+    monkeypatch.setattr(resident_weights, "_mapped", [])  # only this test's file is a noted mapping
+    torch.manual_seed(10)
+    path = tmp_path / "linear.pth"
+    torch.save(nn.Linear(2048, 1024).state_dict(), path)  # an 8 MB weight
+    plain = nn.Linear(2048, 1024).eval()
+    plain.load_state_dict(torch.load(path, weights_only=True))
+    layer = nn.Linear(2048, 1024, device="meta").eval()
+    layer.load_state_dict(read_weights(path), assign=True)
+    assert float(layer.weight.detach().sum()) == float(plain.weight.detach().sum())  # every page read in
+    assert resident_kib(path) >= 7_000
+    x = torch.randn(4, 2048)
+
+    got = _run(layer, x, "none")
+
+    assert list(packed_cache) == [id(layer.weight)]
+    assert resident_kib(path) < 1_000
+    assert torch.equal(got, _run(plain, x, "none", packed=False))
+    assert torch.equal(layer.weight, plain.weight)  # read again from the page cache: the same values

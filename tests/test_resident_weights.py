@@ -156,3 +156,73 @@ def test_a_model_freed_by_another_thread_during_release_is_unmapped_after_it(
     finally:
         for memory in memories:
             memory.close()
+
+
+def test_release_applies_only_where_two_weights_files_are_mapped(checkpoint: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`applied` is what `batches.release_weights` drops the packed weight copies on."""
+    state = read_weights(checkpoint)
+    assert not resident_weights.release().applied  # one model: nothing competes with it
+    path = tmp_path / "second.pth"
+    torch.save({"w": torch.ones(1000)}, path)
+    other = read_weights(path)
+    assert resident_weights.release().applied
+    monkeypatch.setenv(resident_weights.KEEP_ENV, "1")
+    assert not resident_weights.release().applied
+    monkeypatch.delenv(resident_weights.KEEP_ENV)
+    with resident_weights.loading():
+        assert not resident_weights.release().applied
+    del state, other
+
+
+def test_unmap_pages_takes_one_tensors_pages_out_of_rss(checkpoint: Path) -> None:
+    """What the packed oneDNN weights call: one file is enough (unlike `release`); the tensor reads the
+    same values afterwards, from the page cache."""
+    state = read_weights(checkpoint)
+    expected = {name: tensor.clone() for name, tensor in state.items()}
+    assert resident_kib(checkpoint) >= 15_000
+
+    unmapped = resident_weights.unmap_pages(state["big"])
+
+    assert unmapped >= 15_000 * 1024
+    assert resident_kib(checkpoint) < 1_000
+    for name, tensor in state.items():
+        assert torch.equal(tensor, expected[name])
+    assert resident_kib(checkpoint) >= 15_000
+
+
+def test_unmap_pages_leaves_tensors_of_no_noted_file_alone(checkpoint: Path) -> None:
+    mapped = torch.load(checkpoint, weights_only=True, mmap=True)  # mapped, but not through read_weights
+    assert float(mapped["big"].sum()) != 0.0
+    anonymous = torch.randn(4_000_000)
+    before = anonymous.clone()
+
+    assert resident_weights.unmap_pages(mapped["big"]) == 0
+    assert resident_weights.unmap_pages(anonymous) == 0
+
+    assert resident_kib(checkpoint) >= 15_000
+    assert torch.equal(anonymous, before)
+
+
+def test_unmap_pages_keeps_a_storage_with_a_written_page(checkpoint: Path) -> None:
+    """DONTNEED on a page this process wrote (copy-on-write) would revert it to the file's bytes."""
+    state = read_weights(checkpoint)
+    state["big"][1_000_000:1_000_001].add_(1.0)
+    written = state["big"].clone()
+
+    assert resident_weights.unmap_pages(state["big"]) == 0
+
+    assert torch.equal(state["big"], written)
+    assert resident_kib(checkpoint) >= 15_000
+
+
+def test_unmap_pages_obeys_the_opt_out_and_a_load_under_way(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = read_weights(checkpoint)
+    assert float(state["big"].sum()) != 0.0
+    with monkeypatch.context() as env:
+        env.setenv(resident_weights.KEEP_ENV, "1")
+        assert resident_weights.unmap_pages(state["big"]) == 0
+    with resident_weights.loading():
+        assert resident_weights.unmap_pages(state["big"]) == 0
+    assert resident_kib(checkpoint) >= 15_000
+    assert resident_weights.unmap_pages(state["big"]) >= 15_000 * 1024  # neither: unmapped

@@ -509,7 +509,9 @@ class FusedQKVSwinAttention:
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
         cached = self.__dict__.get("_qkv")
         if cached is None or cached[0] != key:
-            with torch.no_grad():
+            # a normal tensor even under inference mode (the detector's forward): an inference tensor has no
+            # version counter, and `linear_weights(packed=True)` packs only tensors that have one
+            with torch.inference_mode(False), torch.no_grad():
                 weight = torch.cat([p.weight for p in projections])
                 has_bias = all(p.bias is not None for p in projections)
                 bias = torch.cat([p.bias for p in projections]) if has_bias else None

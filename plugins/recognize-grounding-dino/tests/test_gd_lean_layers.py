@@ -95,6 +95,29 @@ def test_a_changed_weight_is_used(pair, tokenizer):
     torch.testing.assert_close(_run(ours, pixels, ids).pred_boxes, before, atol=0, rtol=0)
 
 
+def test_the_fused_swin_qkv_weight_is_packed_once_under_inference_mode(pair, tokenizer, monkeypatch):
+    """The detector's forward runs under inference mode, where the fused q/k/v weight is made: it must
+    still be a tensor with a version counter (an inference tensor has none, and is not packed), so its
+    oneDNN packed copy is made once and reused."""
+    from recognize import onednn_linear
+
+    if not onednn_linear.available("packed"):
+        pytest.skip("this torch build cannot prepack a oneDNN linear weight")
+    cache: dict = {}
+    monkeypatch.setattr(onednn_linear, "_packed", cache)
+    monkeypatch.setattr(onednn_linear, "PACKED", True)
+    ours, _plain = pair
+    ids = tokenizer(["dog ."], return_tensors="pt")["input_ids"]
+    pixels = torch.randn(1, 3, 96, 96)
+    first = _run(ours, pixels, ids).pred_boxes
+    attention = next(m for m in ours.modules() if type(m).__name__ == "LeanSwinAttention")
+    _key, weight, _bias = attention.__dict__["_qkv"]
+    assert not weight.is_inference() and id(weight) in cache
+    packed = cache[id(weight)].tensor
+    assert torch.equal(_run(ours, pixels, ids).pred_boxes, first)
+    assert attention.__dict__["_qkv"][1] is weight and cache[id(weight)].tensor is packed
+
+
 def test_lean_is_idempotent(models):
     ours = models[0]
     kinds = [type(m) for m in ours.modules()]

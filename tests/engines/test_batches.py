@@ -1,0 +1,87 @@
+"""recognize.engines.batches: between a chain's stages the prepacked oneDNN weight copies go with the
+mapped weights (`release_weights`), and only where the mapped weights go."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from recognize import Frame, Stage, onednn_linear, resident_weights
+from recognize.engines import batches
+from recognize.engines.timing import StageTimer
+from recognize.weights_file import read_weights
+
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise is Linux's"),
+              pytest.mark.skipif(not onednn_linear.available("packed"), reason="no prepacked oneDNN weights here")]
+
+
+@pytest.fixture(autouse=True)
+def only_this_tests_weights(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Weights mapped or packed by earlier tests (shared models still alive) would count here."""
+    monkeypatch.setattr(resident_weights, "_mapped", [])
+    cache: dict = {}
+    monkeypatch.setattr(onednn_linear, "_packed", cache)
+    monkeypatch.setattr(onednn_linear, "PACKED", True)
+    return cache
+
+
+def _mapped_layer(path: Path) -> nn.Linear:
+    """A Linear whose weight is a memory-mapped checkpoint's (as the stages' models are)."""
+    torch.manual_seed(0)
+    torch.save(nn.Linear(64, 32).state_dict(), path)
+    layer = nn.Linear(64, 32, device="meta").eval()
+    layer.load_state_dict(read_weights(path), assign=True)
+    return layer
+
+
+def _pack(layer: nn.Linear) -> None:
+    with torch.inference_mode():
+        onednn_linear.linear(layer, torch.randn(3, 64))
+
+
+@pytest.mark.parametrize("models", [1, 2])
+def test_packed_copies_are_dropped_only_where_release_applied(tmp_path: Path, models: int,
+                                                              only_this_tests_weights: dict) -> None:
+    """One weights file: its pages stay (they would only come back), so does its packed copy (it
+    would be made again at the next batch for nothing); two: both go."""
+    layers = [_mapped_layer(tmp_path / f"model{i}.pth") for i in range(models)]
+    for layer in layers:
+        _pack(layer)
+    held = onednn_linear.packed_bytes()
+    assert held > 0 and len(only_this_tests_weights) == models
+
+    batches.release_weights()
+
+    assert onednn_linear.packed_bytes() == (0 if models == 2 else held)
+
+
+class PackingStage(Stage):
+    """Multiplies by its layer (packing its weight) and records the packed bytes it found on arrival."""
+
+    name = "packing"
+    kind = "filter"
+
+    def __init__(self, layer: nn.Linear, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.layer, self.packed_at_start = layer, []
+
+    def process(self, frames):
+        self.packed_at_start.append(onednn_linear.packed_bytes())
+        _pack(self.layer)
+        return frames
+
+
+def test_a_chains_stages_each_find_no_other_stages_packed_copies(tmp_path: Path) -> None:
+    first, second = (PackingStage(_mapped_layer(tmp_path / f"model{i}.pth")) for i in range(2))
+    frames = [Frame.from_array(np.full((4, 4, 3), 100, np.uint8), source="a", name="a")]
+
+    for _ in range(2):
+        batches.apply_stages([first, second], frames, StageTimer())
+
+    assert first.packed_at_start == second.packed_at_start == [0, 0]
+    assert onednn_linear.packed_bytes() == 0  # dropped after the last stage too
