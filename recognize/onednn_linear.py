@@ -32,10 +32,16 @@ is anonymous memory the size of the weight, so once it exists the weight's own p
 where they are a memory-mapped checkpoint (`recognize.resident_weights.unmap_pages`; they come back
 from the page cache if anything reads the weight again). Where they are not (random or converted
 weights), the weight is held twice.
-Between a chain's stages, where `resident_weights.release()` unmaps the idle models' weights,
-`drop_packed()` frees every packed copy too, and each stage packs its weights again at its next
-batch (a reorder pass over them: ~0.4 s for SAM vit_h's 2.4 GB here). `RECOGNIZE_PACKED_WEIGHTS=0`
-turns packing off. A copy is made again when its weight changes: another tensor assigned, an in-place
+Packed copies are kept only for models that stay mapped. Where a chain's stages take turns and
+`resident_weights.release()` unmaps the idle models' weights between them (tag -> box -> mask), the
+copies are dropped (`suspend_packing`) and none is made again until the run ends (`resume_packing`,
+called by the engines). Why: a copy is anonymous memory that cannot leave RSS between stages the
+way mapped pages do. Measured on the benchmark's chain (4 photos, batch 2): packing each stage again
+at every batch made SAM's encoder ~7.6% faster from its second batch on, but the copies' memory in
+the heap (SAM's 2.4 GB of 6-26 MB pieces fit no hole the taggers' smaller copies left) raised the
+chain's peak RSS from ~5.5 to 6.2-6.4 GB, over its 6 GB budget, and every first batch paid ~600,000
+page faults (`benchmarks/README.md`, "Prepacked oneDNN weights"). `RECOGNIZE_PACKED_WEIGHTS=0` turns
+packing off. A copy is made again when its weight changes: another tensor assigned, an in-place
 change (the weight's version counter), new data or another shape. Not seen: a write through
 `weight.data` (a tensor with a version counter of its own; use `torch.no_grad()` and the weight
 itself). Inference tensors (no version counter: a model built under `torch.inference_mode`) are not
@@ -53,8 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ONEDNN", "PACKED", "PACKED_ENV", "OneDNNLinear", "applies_to", "available", "drop_packed", "linear", "linear_weights",
-           "packed_bytes", "use_onednn_linears"]
+__all__ = ["ONEDNN", "PACKED", "PACKED_ENV", "OneDNNLinear", "applies_to", "available", "drop_packed", "linear",
+           "linear_weights", "packed_bytes", "resume_packing", "suspend_packing", "use_onednn_linears"]
 
 #: Use oneDNN where it applies; a switch for benchmarks and tests (False: plain torch).
 ONEDNN = True
@@ -80,6 +86,7 @@ class _Packed:
 
 _packed: dict[int, _Packed] = {}  # id(weight) -> its packed copy; an entry leaves with its weight
 _packed_lock = threading.Lock()
+_suspended = False  # set by `suspend_packing` (a chain's weights are being released): no new copies
 
 
 def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None,
@@ -132,7 +139,7 @@ def _packed_or_plain(weight: torch.Tensor) -> torch.Tensor:
     itself where packing is off or this torch build cannot pack, and for an inference tensor (made
     under `torch.inference_mode`, e.g. a model built inside it): it has no version counter, so a
     change made to it in place could not be told from the packed copy (and `_version` raises)."""
-    if not PACKED or weight.is_inference() or not available("packed"):
+    if not PACKED or _suspended or weight.is_inference() or not available("packed"):
         return weight
     key = id(weight)
     with _packed_lock:
@@ -166,6 +173,20 @@ def drop_packed() -> int:
         entries = list(_packed.values())
         _packed.clear()
     return sum(_nbytes(entry.tensor) for entry in entries)
+
+
+def suspend_packing() -> int:
+    """Drop every packed copy and make none until `resume_packing()` (module doc: a chain whose
+    weights are released between stages); returns the bytes freed."""
+    global _suspended
+    _suspended = True
+    return drop_packed()
+
+
+def resume_packing() -> None:
+    """Packing again from the next call (the engines call this when a run ends)."""
+    global _suspended
+    _suspended = False
 
 
 def packed_bytes() -> int:

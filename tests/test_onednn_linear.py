@@ -177,6 +177,7 @@ def packed_cache(monkeypatch) -> dict:
     cache: dict = {}
     monkeypatch.setattr(onednn_linear, "_packed", cache)
     monkeypatch.setattr(onednn_linear, "PACKED", True)
+    monkeypatch.setattr(onednn_linear, "_suspended", False)
     return cache
 
 

@@ -69,12 +69,22 @@ def release_memory() -> None:
 
 def release_weights() -> None:
     """Between a chain's stages: the idle models' memory-mapped weights leave RSS
-    (`resident_weights.release`) and, where that applied, so do the prepacked weight copies
-    (`onednn_linear.drop_packed`: anonymous memory, made again by each stage at its next batch)."""
+    (`resident_weights.release`) and, where that applied, the prepacked weight copies go and no new
+    ones are made until the run ends (`onednn_linear.suspend_packing`: anonymous memory, which
+    cannot leave RSS between stages the way mapped pages do)."""
     if resident_weights.release().applied:
         onednn = sys.modules.get("recognize.onednn_linear")  # not imported: nothing was packed
         if onednn is not None:
-            onednn.drop_packed()
+            onednn.suspend_packing()
+
+
+def end_of_run_memory() -> None:
+    """When a run ends: the heap's kept memory goes back (`heap.trim`) and weights may be packed again
+    (`onednn_linear.resume_packing`)."""
+    onednn = sys.modules.get("recognize.onednn_linear")
+    if onednn is not None:
+        onednn.resume_packing()
+    heap.trim()
 
 
 def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer, *,

@@ -19,11 +19,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recognize import heap
 from recognize.engines.background_load import BackgroundLoads
 from recognize.engines.background_load import enabled as background_load_enabled
 from recognize.engines.base import FrameResult, ResultCallback, describe_error
-from recognize.engines.batches import Ready, apply_stages, run_batch
+from recognize.engines.batches import Ready, apply_stages, end_of_run_memory, run_batch
 from recognize.engines.segments import Segment, walk
 from recognize.engines.timing import LOAD, LOAD_WAIT, StageTimer
 from recognize.frame import Frame
@@ -98,7 +97,7 @@ class LocalEngine:
             raise
         finally:
             self._stop_loads(timer, wait=not interrupted)
-            heap.trim()  # what the run's layers freed and kept for reuse (recognize.heap) goes back
+            end_of_run_memory()  # the heap's kept memory goes back (recognize.heap); packing may resume
 
     def _stop_loads(self, timer: StageTimer, wait: bool = True) -> None:
         """No further background load starts, and the one under way is waited for (bounded: see

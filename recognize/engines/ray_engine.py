@@ -54,11 +54,14 @@ def stage_specs(stages: list[Stage]) -> list[dict[str, Any]]:
 def _trimmed_at_end(results: Iterator[FrameResult]) -> Iterator[FrameResult]:
     """`results`, then the heap trimmed (`recognize.heap`): stages that run in this process (the
     dataset stages between the workers' segments) keep freed memory for reuse until the run ends, as
-    in the local engine; a process that drives many runs (a notebook, a service) gets it back."""
+    in the local engine; a process that drives many runs (a notebook, a service) gets it back. Weights
+    may be packed again (`batches.end_of_run_memory`)."""
+    from recognize.engines.batches import end_of_run_memory
+
     try:
         yield from results
     finally:
-        heap.trim()
+        end_of_run_memory()
 
 
 class RayEngine:

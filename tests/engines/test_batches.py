@@ -1,5 +1,6 @@
 """recognize.engines.batches: between a chain's stages the prepacked oneDNN weight copies go with the
-mapped weights (`release_weights`), and only where the mapped weights go."""
+mapped weights (`release_weights`), and only where the mapped weights go; none is made again until the
+run ends (`end_of_run_memory`)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def only_this_tests_weights(monkeypatch: pytest.MonkeyPatch) -> dict:
     cache: dict = {}
     monkeypatch.setattr(onednn_linear, "_packed", cache)
     monkeypatch.setattr(onednn_linear, "PACKED", True)
+    monkeypatch.setattr(onednn_linear, "_suspended", False)
     return cache
 
 
@@ -58,6 +60,12 @@ def test_packed_copies_are_dropped_only_where_release_applied(tmp_path: Path, mo
     batches.release_weights()
 
     assert onednn_linear.packed_bytes() == (0 if models == 2 else held)
+    for layer in layers:  # the next batch: packed again only where nothing was released
+        _pack(layer)
+    assert onednn_linear.packed_bytes() == (0 if models == 2 else held)
+    batches.end_of_run_memory()
+    _pack(layers[0])
+    assert onednn_linear.packed_bytes() > 0  # the run ended: packing resumes
 
 
 class PackingStage(Stage):
@@ -84,4 +92,18 @@ def test_a_chains_stages_each_find_no_other_stages_packed_copies(tmp_path: Path)
         batches.apply_stages([first, second], frames, StageTimer())
 
     assert first.packed_at_start == second.packed_at_start == [0, 0]
-    assert onednn_linear.packed_bytes() == 0  # dropped after the last stage too
+    assert onednn_linear.packed_bytes() == 0  # dropped after the first release, none made since
+
+
+def test_a_local_run_of_a_chain_ends_with_packing_resumed(tmp_path: Path) -> None:
+    """The engine's end of run lifts the suspension: a later single-model run packs again."""
+    from recognize.engines.local import LocalEngine
+    from recognize.pipeline import Pipeline
+
+    first, second = (PackingStage(_mapped_layer(tmp_path / f"model{i}.pth")) for i in range(2))
+    frames = [Frame.from_array(np.full((4, 4, 3), 100, np.uint8), source="a", name="a")]
+    list(LocalEngine(isolate=False).run(Pipeline([first, second]), frames))
+    assert first.packed_at_start == second.packed_at_start == [0]
+    assert not onednn_linear._suspended
+    _pack(first.layer)
+    assert onednn_linear.packed_bytes() > 0
