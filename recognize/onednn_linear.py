@@ -32,15 +32,17 @@ is anonymous memory the size of the weight, so once it exists the weight's own p
 where they are a memory-mapped checkpoint (`recognize.resident_weights.unmap_pages`; they come back
 from the page cache if anything reads the weight again). Where they are not (random or converted
 weights), the weight is held twice.
-Packed copies are kept only for models that stay mapped. Where a chain's stages take turns and
-`resident_weights.release()` unmaps the idle models' weights between them (tag -> box -> mask), the
-copies are dropped (`suspend_packing`) and none is made again until the run ends (`resume_packing`,
-called by the engines). Why: a copy is anonymous memory that cannot leave RSS between stages the
-way mapped pages do. Measured on the benchmark's chain (4 photos, batch 2): packing each stage again
-at every batch made SAM's encoder ~7.6% faster from its second batch on, but the copies' memory in
-the heap (SAM's 2.4 GB of 6-26 MB pieces fit no hole the taggers' smaller copies left) raised the
-chain's peak RSS from ~5.5 to 6.2-6.4 GB, over its 6 GB budget, and every first batch paid ~600,000
-page faults (`benchmarks/README.md`, "Prepacked oneDNN weights"). `RECOGNIZE_PACKED_WEIGHTS=0` turns
+Packed copies are made only where one model computes at a time: a pipeline of one model stage (a
+tagging recipe, the benchmark's stage table, a `Pipeline` of one tagger). In a chain whose stages
+take turns (tag -> box -> mask) the engines suspend packing for the run (`suspend_packing`, from
+`recognize.engines.batches.apply_stages`) and resume it when the run ends (`resume_packing`). Why:
+a copy is anonymous memory; the chain releases each idle model's mapped weights between stages to
+bound its peak, and the copies cannot leave RSS that way. Measured on the benchmark's chain (4
+photos, batch 2): packing each stage again at every batch made SAM's encoder ~7.6% faster from its
+second batch on, but the copies' pieces in the heap (SAM's 2.4 GB in 6-26 MB pieces fit no hole the
+taggers' smaller copies left) raised the chain's peak RSS from ~5.5 to 6.2-6.4 GB, over its 6 GB
+budget, and every first batch paid ~600,000 page faults; packing only until the first release left
+1.3 GB of holes and a 6.6 GB peak (`benchmarks/README.md`, "Prepacked oneDNN weights"). `RECOGNIZE_PACKED_WEIGHTS=0` turns
 packing off. A copy is made again when its weight changes: another tensor assigned, an in-place
 change (the weight's version counter), new data or another shape. Not seen: a write through
 `weight.data` (a tensor with a version counter of its own; use `torch.no_grad()` and the weight
@@ -177,7 +179,7 @@ def drop_packed() -> int:
 
 def suspend_packing() -> int:
     """Drop every packed copy and make none until `resume_packing()` (module doc: a chain whose
-    weights are released between stages); returns the bytes freed."""
+    stages take turns); returns the bytes freed."""
     global _suspended
     _suspended = True
     return drop_packed()

@@ -69,13 +69,17 @@ def release_memory() -> None:
 
 def release_weights() -> None:
     """Between a chain's stages: the idle models' memory-mapped weights leave RSS
-    (`resident_weights.release`) and, where that applied, the prepacked weight copies go and no new
-    ones are made until the run ends (`onednn_linear.suspend_packing`: anonymous memory, which
-    cannot leave RSS between stages the way mapped pages do)."""
+    (`resident_weights.release`) and, where that applied, any prepacked weight copy goes too
+    (anonymous memory, which cannot leave RSS between stages the way mapped pages do)."""
     if resident_weights.release().applied:
-        onednn = sys.modules.get("recognize.onednn_linear")  # not imported: nothing was packed
-        if onednn is not None:
-            onednn.suspend_packing()
+        _suspend_packing()
+
+
+def _suspend_packing() -> None:
+    """No prepacked weight copies until the run ends (`onednn_linear.suspend_packing`)."""
+    onednn = sys.modules.get("recognize.onednn_linear")  # not imported: nothing was packed
+    if onednn is not None:
+        onednn.suspend_packing()
 
 
 def end_of_run_memory() -> None:
@@ -93,12 +97,16 @@ def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer
 
     `chained` (default: more than one stage): other stages run in this process between this one's
     batches, so after each stage its memory-mapped weights leave RSS (`recognize.resident_weights`),
-    timed as the `release` phase. `ready`: see `Ready` (default: the stage loads on first use).
+    timed as the `release` phase, and no weights are prepacked until the run ends
+    (`recognize.onednn_linear`: a packed copy is anonymous memory; kept across a chain's batches, the
+    copies raised the benchmark chain's peak RSS over its 6 GB budget). `ready`: see `Ready` (default: the stage loads on first use).
     Freed activation memory is kept in the heap for the next layer and the next stage
     (`recognize.heap`); the engines trim it at the end of a run."""
     heap.keep_freed_memory()
     if chained is None:
         chained = len(stages) > 1
+    if chained:  # stages take turns: no prepacked weight copies this run (`onednn_linear` module doc)
+        _suspend_packing()
     for stage in stages:
         if not frames:
             return frames

@@ -107,3 +107,16 @@ def test_a_local_run_of_a_chain_ends_with_packing_resumed(tmp_path: Path) -> Non
     assert not onednn_linear._suspended
     _pack(first.layer)
     assert onednn_linear.packed_bytes() > 0
+
+
+@pytest.mark.parametrize("stages", [1, 2])
+def test_only_a_pipeline_of_one_stage_packs(tmp_path: Path, stages: int) -> None:
+    """A chain packs nothing, from its first batch on (copies made before the first release left holes
+    in the heap that raised the benchmark chain's peak); one stage packs and keeps its copy."""
+    layer = _mapped_layer(tmp_path / "model.pth")  # one weights file: release() would not apply
+    chain = [PackingStage(layer)] + [PackingStage(nn.Linear(64, 32).eval()) for _ in range(stages - 1)]
+    frames = [Frame.from_array(np.full((4, 4, 3), 100, np.uint8), source="a", name="a")]
+
+    batches.apply_stages(chain, frames, StageTimer())
+
+    assert (onednn_linear.packed_bytes() > 0) == (stages == 1)
