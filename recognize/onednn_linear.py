@@ -32,17 +32,21 @@ is anonymous memory the size of the weight, so once it exists the weight's own p
 where they are a memory-mapped checkpoint (`recognize.resident_weights.unmap_pages`; they come back
 from the page cache if anything reads the weight again). Where they are not (random or converted
 weights), the weight is held twice.
-Packed copies are made only where one model computes at a time: a pipeline of one model stage (a
-tagging recipe, the benchmark's stage table, a `Pipeline` of one tagger). In a chain whose stages
-take turns (tag -> box -> mask) the engines suspend packing for the run (`suspend_packing`, from
-`recognize.engines.batches.apply_stages`) and resume it when the run ends (`resume_packing`). Why:
-a copy is anonymous memory; the chain releases each idle model's mapped weights between stages to
-bound its peak, and the copies cannot leave RSS that way. Measured on the benchmark's chain (4
-photos, batch 2): packing each stage again at every batch made SAM's encoder ~7.6% faster from its
-second batch on, but the copies' pieces in the heap (SAM's 2.4 GB in 6-26 MB pieces fit no hole the
-taggers' smaller copies left) raised the chain's peak RSS from ~5.5 to 6.2-6.4 GB, over its 6 GB
-budget, and every first batch paid ~600,000 page faults; packing only until the first release left
-1.3 GB of holes and a 6.6 GB peak (`benchmarks/README.md`, "Prepacked oneDNN weights"). `RECOGNIZE_PACKED_WEIGHTS=0` turns
+Where copies are made: in a pipeline of one stage (a tagging recipe, a `Pipeline` of one tagger), in
+a stage called directly (the benchmark's stage table), and in `recognize serve`, whose stages run
+side by side and keep their models resident anyway (there the copy replaces the model's mapped
+pages; the server's memory with copies was not measured). In a pipeline of several stages (tag ->
+box -> mask) the engines suspend packing for the run (`suspend_packing`, from
+`recognize.engines.batches.apply_stages`) and resume it when the run ends (`resume_packing`), also
+for a tagger followed by a filter. Why: a copy is anonymous memory; a chain releases each idle
+model's mapped weights between stages to bound its peak, and the copies cannot leave RSS that way.
+Measured on the benchmark's chain (4 photos, batch 2): packing each stage again at every batch made
+SAM's encoder ~7.6% faster from its second batch on, but the copies' pieces in the heap (SAM's 2.4 GB
+in 6-26 MB pieces fit no hole the taggers' smaller copies left) raised the chain's peak RSS from ~5.5
+to 6.2-6.4 GB, over its 6 GB budget; packing only until the first release left 1.3 GB of holes and a
+6.6 GB peak (`benchmarks/README.md`, "Prepacked oneDNN weights"). The suspension is one flag per
+process: two runs in one process at once (threads) share it, and the first to end lifts it.
+`RECOGNIZE_PACKED_WEIGHTS=0` turns
 packing off. A copy is made again when its weight changes: another tensor assigned, an in-place
 change (the weight's version counter), new data or another shape. Not seen: a write through
 `weight.data` (a tensor with a version counter of its own; use `torch.no_grad()` and the weight
@@ -87,7 +91,8 @@ class _Packed:
 
 
 _packed: dict[int, _Packed] = {}  # id(weight) -> its packed copy; an entry leaves with its weight
-_packed_lock = threading.Lock()
+_packed_lock = threading.RLock()  # re-entrant: a weight's weakref callback (`_forget`) may run
+# on a thread that holds it, when the garbage collector runs inside `drop_packed` or `_packed_or_plain`
 _suspended = False  # set by `suspend_packing` (a chain's weights are being released): no new copies
 
 
@@ -162,6 +167,7 @@ def _packed_or_plain(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _forget(key: int) -> None:
+    """A weight died: its entry goes (unless the id was already reused by a newer weight's entry)."""
     with _packed_lock:
         entry = _packed.get(key)
         if entry is not None and entry.source() is None:

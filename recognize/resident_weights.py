@@ -128,10 +128,8 @@ def _tensors_in(loaded: Any) -> Iterator[Any]:
 
 @dataclass
 class ReleaseReport:
-    """What one `release()` did: whether it applied (two or more weights files mapped, no opt-out, no
-    load under way), bytes of weight pages unmapped, files kept mapped (written pages)."""
+    """What one `release()` did: bytes of weight pages unmapped, files kept mapped (written pages)."""
 
-    applied: bool = False
     unmapped_bytes: int = 0
     kept: list[str] = field(default_factory=list)
 
@@ -160,7 +158,6 @@ def _unmap(libc: ctypes.CDLL, report: ReleaseReport) -> None:
     held = [(entry.path, storages) for entry in entries if (storages := entry.alive())]  # strong until return
     if len({path for path, _ in held}) < 2:  # one weights file: no other stage's weights compete
         return
-    report.applied = True
     for path, storages in held:
         ranges = _page_ranges(storages)
         states = [_page_states(start, end) for start, end in ranges]

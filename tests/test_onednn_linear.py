@@ -395,3 +395,24 @@ def test_a_mapped_weight_leaves_rss_once_packed(tmp_path, packed_cache, monkeypa
     assert resident_kib(path) < 1_000
     assert torch.equal(got, _run(plain, x, "none", packed=False))
     assert torch.equal(layer.weight, plain.weight)  # read again from the page cache: the same values
+
+
+def test_a_weight_dying_while_its_thread_holds_the_cache_lock_does_not_hang(layer, packed_cache):
+    """The weakref callback that forgets a dead weight's copy can run on a thread that holds the cache's
+    lock (the garbage collector runs inside `drop_packed`): the lock is re-entrant."""
+    import threading
+
+    with torch.inference_mode():
+        linear(layer, torch.randn(3, 48))
+    key = next(iter(packed_cache))
+    done = threading.Event()
+
+    def forget_under_the_lock():
+        with onednn_linear._packed_lock:
+            onednn_linear._forget(key)  # what the callback does; the weight is alive: its copy stays
+        done.set()
+
+    worker = threading.Thread(target=forget_under_the_lock, daemon=True)
+    worker.start()
+    assert done.wait(5), "forgetting a copy under the cache lock hung"
+    assert key in packed_cache

@@ -158,23 +158,6 @@ def test_a_model_freed_by_another_thread_during_release_is_unmapped_after_it(
             memory.close()
 
 
-def test_release_applies_only_where_two_weights_files_are_mapped(checkpoint: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """`applied` is what `batches.release_weights` drops the packed weight copies on."""
-    state = read_weights(checkpoint)
-    assert not resident_weights.release().applied  # one model: nothing competes with it
-    path = tmp_path / "second.pth"
-    torch.save({"w": torch.ones(1000)}, path)
-    other = read_weights(path)
-    assert resident_weights.release().applied
-    monkeypatch.setenv(resident_weights.KEEP_ENV, "1")
-    assert not resident_weights.release().applied
-    monkeypatch.delenv(resident_weights.KEEP_ENV)
-    with resident_weights.loading():
-        assert not resident_weights.release().applied
-    del state, other
-
-
 def test_unmap_pages_takes_one_tensors_pages_out_of_rss(checkpoint: Path) -> None:
     """What the packed oneDNN weights call: one file is enough (unlike `release`); the tensor reads the
     same values afterwards, from the page cache."""

@@ -67,14 +67,6 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def release_weights() -> None:
-    """Between a chain's stages: the idle models' memory-mapped weights leave RSS
-    (`resident_weights.release`) and, where that applied, any prepacked weight copy goes too
-    (anonymous memory, which cannot leave RSS between stages the way mapped pages do)."""
-    if resident_weights.release().applied:
-        _suspend_packing()
-
-
 def _suspend_packing() -> None:
     """No prepacked weight copies until the run ends (`onednn_linear.suspend_packing`)."""
     onednn = sys.modules.get("recognize.onednn_linear")  # not imported: nothing was packed
@@ -116,7 +108,7 @@ def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer
             out = stage(frames)
         if chained:  # the next stage's weights, not this one's, should be resident
             with timer.phase(RELEASE):
-                release_weights()
+                resident_weights.release()
         if out is None:
             raise RecognizeError(f"stage {stage.name!r} returned None instead of the frames")
         if len(out) != len(frames):

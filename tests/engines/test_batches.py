@@ -1,6 +1,6 @@
-"""recognize.engines.batches: between a chain's stages the prepacked oneDNN weight copies go with the
-mapped weights (`release_weights`), and only where the mapped weights go; none is made again until the
-run ends (`end_of_run_memory`)."""
+"""recognize.engines.batches: a pipeline of several stages makes no prepacked oneDNN weight copies (it
+drops any at its start), a pipeline of one stage does, and the end of a run lifts the suspension
+(`end_of_run_memory`)."""
 
 from __future__ import annotations
 
@@ -46,26 +46,17 @@ def _pack(layer: nn.Linear) -> None:
         onednn_linear.linear(layer, torch.randn(3, 64))
 
 
-@pytest.mark.parametrize("models", [1, 2])
-def test_packed_copies_are_dropped_only_where_release_applied(tmp_path: Path, models: int,
-                                                              only_this_tests_weights: dict) -> None:
-    """One weights file: its pages stay (they would only come back), so does its packed copy (it
-    would be made again at the next batch for nothing); two: both go."""
-    layers = [_mapped_layer(tmp_path / f"model{i}.pth") for i in range(models)]
-    for layer in layers:
-        _pack(layer)
-    held = onednn_linear.packed_bytes()
-    assert held > 0 and len(only_this_tests_weights) == models
-
-    batches.release_weights()
-
-    assert onednn_linear.packed_bytes() == (0 if models == 2 else held)
-    for layer in layers:  # the next batch: packed again only where nothing was released
-        _pack(layer)
-    assert onednn_linear.packed_bytes() == (0 if models == 2 else held)
+def test_end_of_run_lifts_the_suspension(tmp_path: Path) -> None:
+    """`suspend_packing` drops every copy and makes none; the engines' end of run packs again."""
+    layer = _mapped_layer(tmp_path / "model.pth")
+    _pack(layer)
+    assert onednn_linear.packed_bytes() > 0
+    assert onednn_linear.suspend_packing() > 0
+    _pack(layer)
+    assert onednn_linear.packed_bytes() == 0
     batches.end_of_run_memory()
-    _pack(layers[0])
-    assert onednn_linear.packed_bytes() > 0  # the run ended: packing resumes
+    _pack(layer)
+    assert onednn_linear.packed_bytes() > 0
 
 
 class PackingStage(Stage):

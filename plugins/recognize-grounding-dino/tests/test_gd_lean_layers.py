@@ -106,6 +106,7 @@ def test_the_fused_swin_qkv_weight_is_packed_once_under_inference_mode(pair, tok
     cache: dict = {}
     monkeypatch.setattr(onednn_linear, "_packed", cache)
     monkeypatch.setattr(onednn_linear, "PACKED", True)
+    monkeypatch.setattr(onednn_linear, "_suspended", False)  # another test's chain may have left packing suspended
     ours, _plain = pair
     ids = tokenizer(["dog ."], return_tensors="pt")["input_ids"]
     pixels = torch.randn(1, 3, 96, 96)
