@@ -46,12 +46,11 @@ in 6-26 MB pieces fit no hole the taggers' smaller copies left) raised the chain
 to 6.2-6.4 GB, over its 6 GB budget; packing only until the first release left 1.3 GB of holes and a
 6.6 GB peak (`benchmarks/README.md`, "Prepacked oneDNN weights"). The suspension is one flag per
 process: two runs in one process at once (threads) share it, and the first to end lifts it.
-`RECOGNIZE_PACKED_WEIGHTS=0` turns
-packing off. A copy is made again when its weight changes: another tensor assigned, an in-place
-change (the weight's version counter), new data or another shape. Not seen: a write through
-`weight.data` (a tensor with a version counter of its own; use `torch.no_grad()` and the weight
-itself). Inference tensors (no version counter: a model built under `torch.inference_mode`) are not
-packed.
+`RECOGNIZE_PACKED_WEIGHTS=0` turns packing off. A copy is made again when its weight changes:
+another tensor assigned, an in-place change (the weight's version counter), new data or another
+shape. Not seen: a write through `weight.data` (a tensor with a version counter of its own; use
+`torch.no_grad()` and the weight itself). Inference tensors (no version counter: a model built
+under `torch.inference_mode`) are not packed.
 """
 
 from __future__ import annotations
@@ -176,7 +175,7 @@ def _forget(key: int) -> None:
 
 def drop_packed() -> int:
     """Free every prepacked weight copy (each is made again at its layer's next call); returns the
-    bytes they held. Called between a chain's stages, with `resident_weights.release()`."""
+    bytes they held (`suspend_packing`, the benchmark after its plain-path FLOP count)."""
     with _packed_lock:
         entries = list(_packed.values())
         _packed.clear()

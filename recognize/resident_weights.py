@@ -142,14 +142,20 @@ def release() -> ReleaseReport:
     loads on another thread (`loading`) or with `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1`. The heap is not
     trimmed: the next stage reuses the memory this one freed (module doc)."""
     report = ReleaseReport()
-    libc = _libc()
-    if not sys.platform.startswith("linux") or libc is None:
-        return report
-    if os.environ.get(KEEP_ENV, "") in ("", "0"):
+    libc = _libc_for_unmapping()
+    if libc is not None:
         with _release_lock:
             if not _loads_under_way:  # else a model is being loaded beside this stage (see `loading`)
                 _unmap(libc, report)
     return report
+
+
+def _libc_for_unmapping() -> ctypes.CDLL | None:
+    """The C library where weight pages may be unmapped at all: Linux, and no `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1`."""
+    libc = _libc()
+    if not sys.platform.startswith("linux") or libc is None or os.environ.get(KEEP_ENV, "") not in ("", "0"):
+        return None
+    return libc
 
 
 def _unmap(libc: ctypes.CDLL, report: ReleaseReport) -> None:
@@ -177,8 +183,8 @@ def unmap_pages(tensor: Any) -> int:
     prepacked copy): its pages would otherwise stay in RSS beside the copy. Reading the tensor later
     maps them again from the page cache, as after `release()`. Nothing is unmapped with
     `RECOGNIZE_KEEP_WEIGHTS_MAPPED=1`, while a model loads on another thread (`loading`), or off Linux."""
-    libc = _libc()
-    if not sys.platform.startswith("linux") or libc is None or os.environ.get(KEEP_ENV, "") not in ("", "0"):
+    libc = _libc_for_unmapping()
+    if libc is None:
         return 0
     storage = tensor.untyped_storage()
     pointer, size = storage.data_ptr(), storage.nbytes()

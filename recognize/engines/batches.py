@@ -25,6 +25,7 @@ import copy
 import gc
 import sys
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 from recognize import heap, resident_weights
 from recognize.engines.base import FrameResult, RunStopped, describe_error
@@ -67,18 +68,15 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _suspend_packing() -> None:
-    """No prepacked weight copies until the run ends (`onednn_linear.suspend_packing`)."""
-    onednn = sys.modules.get("recognize.onednn_linear")  # not imported: nothing was packed
-    if onednn is not None:
-        onednn.suspend_packing()
+def _onednn_linear() -> ModuleType | None:
+    """`recognize.onednn_linear` if imported (it imports torch; not imported, nothing was packed)."""
+    return sys.modules.get("recognize.onednn_linear")
 
 
 def end_of_run_memory() -> None:
     """When a run ends: the heap's kept memory goes back (`heap.trim`) and weights may be packed again
     (`onednn_linear.resume_packing`)."""
-    onednn = sys.modules.get("recognize.onednn_linear")
-    if onednn is not None:
+    if (onednn := _onednn_linear()) is not None:
         onednn.resume_packing()
     heap.trim()
 
@@ -91,14 +89,15 @@ def apply_stages(stages: Sequence[Stage], frames: list[Frame], timer: StageTimer
     batches, so after each stage its memory-mapped weights leave RSS (`recognize.resident_weights`),
     timed as the `release` phase, and no weights are prepacked until the run ends
     (`recognize.onednn_linear`: a packed copy is anonymous memory; kept across a chain's batches, the
-    copies raised the benchmark chain's peak RSS over its 6 GB budget). `ready`: see `Ready` (default: the stage loads on first use).
+    copies raised the benchmark chain's peak RSS over its 6 GB budget). `ready`: see `Ready` (default:
+    the stage loads on first use).
     Freed activation memory is kept in the heap for the next layer and the next stage
     (`recognize.heap`); the engines trim it at the end of a run."""
     heap.keep_freed_memory()
     if chained is None:
         chained = len(stages) > 1
-    if chained:  # stages take turns: no prepacked weight copies this run (`onednn_linear` module doc)
-        _suspend_packing()
+    if chained and (onednn := _onednn_linear()) is not None:  # stages take turns: no prepacked copies this run
+        onednn.suspend_packing()
     for stage in stages:
         if not frames:
             return frames

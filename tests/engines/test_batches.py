@@ -83,7 +83,7 @@ def test_a_chains_stages_each_find_no_other_stages_packed_copies(tmp_path: Path)
         batches.apply_stages([first, second], frames, StageTimer())
 
     assert first.packed_at_start == second.packed_at_start == [0, 0]
-    assert onednn_linear.packed_bytes() == 0  # dropped after the first release, none made since
+    assert onednn_linear.packed_bytes() == 0  # a chain makes none
 
 
 def test_a_local_run_of_a_chain_ends_with_packing_resumed(tmp_path: Path) -> None:
