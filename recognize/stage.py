@@ -151,6 +151,18 @@ class Stage:
         """Enrich `frames` (a batch for image-scope stages, every frame for dataset-scope ones)."""
         raise NotImplementedError
 
+    def prepare(self, frame: Frame) -> None:
+        """Make ahead what `process` will need from `frame`'s pixels alone: its model input, resized.
+
+        The engines call it on their prefetch thread for the next batch while the current batch
+        computes (`recognize.prefetch.prepare_for`), so a resize is not paid between batches. It may
+        run before `load()`, in another thread than `process` and for a frame this stage never sees
+        (an earlier stage failed on it), so it reads only params and the pixels, never the model or
+        other stages' results. Keep the input with `frame.prepare_ahead(key, make)`; `process` takes
+        it with `frame.prepared(key, make)`, which makes it there when nothing was prepared. An error
+        here is ignored: `process` meets it again, where errors are handled. Default: nothing.
+        """
+
     def __call__(self, frames: list[Frame]) -> list[Frame]:
         self.ensure_loaded()
         return self.process(frames)

@@ -144,3 +144,42 @@ def test_real_photo_loads_lazily_and_serialises_without_pixels() -> None:
     assert len(text) < 10_000  # the RLE, not the pixels
     back = Frame.from_json(text)
     assert back.regions[0].mask.sum() == (h // 2) * (w // 2)
+
+
+# -- a stage's input, made ahead (Frame.prepare_ahead / Frame.prepared) -------------------------
+def _counting(made: list[int]):
+    def make(image: np.ndarray) -> int:
+        made.append(1)
+        return int(image.sum()) + len(made)
+
+    return make
+
+
+def test_an_input_made_ahead_is_taken_once_then_made_anew():
+    frame = Frame.from_array(np.full((4, 5, 3), 2, np.uint8))
+    made: list[int] = []
+    frame.prepare_ahead("resized", _counting(made))
+    assert frame.prepared("resized", _counting(made)) == 121  # the one made ahead (first call)
+    assert len(made) == 1
+    assert frame.prepared("resized", _counting(made)) == 122  # taken: made again, in the call
+    assert frame.prepared("resized", _counting(made)) == 123  # and not kept when made in the call
+    assert frame.prepared("other", lambda image: "no entry: made") == "no entry: made"
+
+
+def test_an_input_made_from_another_image_is_not_used():
+    frame = Frame.from_array(np.zeros((4, 5, 3), np.uint8))
+    frame.prepare_ahead("resized", lambda image: "from the old pixels")
+    frame._image = np.ones((4, 5, 3), np.uint8)  # e.g. a server handing the frame other pixels
+    assert frame.prepared("resized", lambda image: int(image.sum())) == 60
+
+
+def test_a_released_image_drops_the_inputs_made_from_it(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((6, 7, 3), 9, np.uint8)).save(path)
+    frame = Frame(source=str(path))
+    frame.prepare_ahead("mean", lambda image: "ahead")
+    frame.release_image()
+    assert frame._prepared == {}  # nothing of the released pixels stays in memory
+    assert frame.prepared("mean", lambda image: float(image.mean())) == 9.0  # decoded again, made again

@@ -10,7 +10,8 @@ from PIL import Image
 
 from recognize.errors import ImageError
 from recognize.frame import Frame
-from recognize.prefetch import batched, prefetch
+from recognize.prefetch import batched, prefetch, prepare_for
+from recognize.stage import Stage
 
 
 @pytest.fixture
@@ -138,3 +139,70 @@ def test_the_local_engine_decodes_ahead_and_gives_the_same_results(test_stages, 
     assert plain == ahead and len(plain) == 3
     assert plain_threads and "recognize-prefetch" not in plain_threads  # the plain loop decodes in the batch
     assert decoded_on and set(decoded_on) == {"recognize-prefetch"}  # with prefetch, all ahead on the thread
+
+
+# -- the stages' inputs made ahead (Stage.prepare, recognize.prefetch.prepare_for) ----------------
+class _Resizing(Stage):
+    """A stage whose input is the image halved: made ahead by `prepare`, taken by `process`."""
+
+    name = "halving"
+    kind = "filter"
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.fail = fail
+        self.made_on: list[str] = []
+
+    def _half(self, image: np.ndarray) -> np.ndarray:
+        if self.fail:
+            raise ValueError("cannot halve")
+        self.made_on.append(threading.current_thread().name)
+        return image[::2, ::2]
+
+    def prepare(self, frame: Frame) -> None:
+        frame.prepare_ahead("half", self._half)
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        for frame in frames:
+            frame.meta["half"] = list(frame.prepared("half", self._half).shape)
+        return frames
+
+
+class _Plain(Stage):
+    name = "plain"
+    kind = "filter"
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        return frames
+
+
+def test_prepare_for_decodes_then_runs_each_stage_that_prepares(files, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    good, failing = _Resizing(), _Resizing(fail=True)
+    prepare = prepare_for([_Plain(), failing, good])
+    frame, broken = Frame(source=str(files[0])), Frame(source=str(bad))
+    prepare(frame)
+    prepare(broken)  # an unreadable frame: decoding fails quietly, no stage prepares it
+    assert frame._image is not None and list(frame._prepared) == ["half"]  # the failing stage left nothing
+    assert good.made_on == [threading.current_thread().name]
+    assert broken._prepared == {}
+    with pytest.raises(ValueError, match="cannot halve"):  # the stage meets its error where errors are handled
+        failing.process([Frame(source=str(files[1]))])
+
+
+def test_the_local_engine_resizes_ahead_on_the_prefetch_thread_with_the_same_results(files):
+    from recognize.engines.local import LocalEngine
+    from recognize.pipeline import Pipeline
+
+    def run(depth: int) -> tuple[list, list[str]]:
+        stage = _Resizing()
+        frames = [Frame(source=str(p), name=p.stem) for p in files]
+        results = list(LocalEngine(prefetch=depth).run(Pipeline([stage, _Plain()], batch_size=2), frames))
+        return [r.frame.meta["half"] for r in results], stage.made_on
+
+    plain, made_in_batch = run(0)
+    ahead, made_ahead = run(1)
+    assert plain == ahead == [[(20 + i + 1) // 2, 15, 3] for i in range(5)]
+    assert set(made_in_batch) == {threading.current_thread().name}  # no prefetch: made in the stage's call
+    assert made_ahead == ["recognize-prefetch"] * 5  # every input made ahead, none made again

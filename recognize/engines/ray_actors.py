@@ -35,7 +35,7 @@ from recognize.engines.batches import run_batch
 from recognize.engines.timing import DECODE, LOAD, STARTUP, StageTimer
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
-from recognize.prefetch import decode
+from recognize.prefetch import decode, prepare_stages
 
 #: restarts of a dead actor and retries of its unfinished calls (a node lost, a process killed for
 #: memory); an image that kills its worker every time stops the run after these
@@ -99,6 +99,8 @@ class StageActor:
         with self.decoding, timer.phase(DECODE):
             for frame in frames:
                 decode(frame)
+                # and the stages' resizes (`Stage.prepare`), once they are built (their models may still load)
+                prepare_stages(self.stages, frame)
         self.loaded.wait()
         stopped, code = "", RunStopped.exit_code
         with self.compute:

@@ -251,7 +251,7 @@ class Tag2TextCaption(Tag2TextTagger):
         prompt = self.model.config.prompt
         for start in range(0, len(frames), size):
             chunk = frames[start : start + size]
-            tokens = self.model.encode_image(self.pixels([frame.image for frame in chunk]))
+            tokens = self.model.encode_image(self.frame_pixels(chunk))
             texts = tag_texts[start : start + size] if tag_texts is not None else self.tag_strings(chunk, tokens)
             ids = self.model.caption_ids(tokens, texts, self.tokenizer, settings)
             results.extend((text, self.tokenizer.caption(row, prompt)) for text, row in zip(texts, ids))

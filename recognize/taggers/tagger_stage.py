@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover - torch is imported on first use: register
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 DType = Literal["float32", "bfloat16", "float16"]
 _F = TypeVar("_F", bound=Callable[..., Any])
+_Item = TypeVar("_Item", np.ndarray, Frame)
 
 
 def inference_mode(function: _F) -> _F:
@@ -177,14 +178,25 @@ class TaggerStage(Stage):
 
         return preprocess(images, self.image_size).to(device=self.device, dtype=self.dtype)
 
-    @inference_mode
     def score_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Sigmoid scores [B, C] for every class of the active vocabulary, one forward per batch."""
+        return self._scores(images, self.pixels)
+
+    def frame_pixels(self, frames: Sequence[Frame]) -> torch.Tensor:
+        """`pixels` of the frames' images, resized ahead where the engine ran `prepare`."""
+        from recognize.taggers.preprocess import normalize
+
+        key, resize = self._resize_job()
+        resized = np.stack([frame.prepared(key, resize) for frame in frames])
+        return normalize(resized).to(device=self.device, dtype=self.dtype)
+
+    @inference_mode
+    def _scores(self, images: Sequence[_Item], pixels: Callable[[Sequence[_Item]], torch.Tensor]) -> np.ndarray:
+        """Scores of `images` (arrays, or frames), turned into model inputs by `pixels`."""
         self.ensure_loaded()
         out = []
         for start in range(0, len(images), self.params.batch_size):
-            chunk = images[start : start + self.params.batch_size]
-            logits = self.logits(self.model, self.pixels(chunk))
+            logits = self.logits(self.model, pixels(images[start : start + self.params.batch_size]))
             out.append(logits.float().sigmoid().cpu().numpy())
         n = len(self.vocabulary) if self.vocabulary is not None else 0
         return np.concatenate(out) if out else np.zeros((0, n), dtype=np.float32)
@@ -235,10 +247,20 @@ class TaggerStage(Stage):
             )
         return result
 
+    def prepare(self, frame: Frame) -> None:
+        """The image resized to the model's input (Pillow, the costly part), made ahead by the engine."""
+        frame.prepare_ahead(*self._resize_job())
+
+    def _resize_job(self) -> tuple[tuple[str, int], Callable[[np.ndarray], np.ndarray]]:
+        from recognize.taggers.preprocess import resize_image
+
+        size = self.image_size
+        return ("tagger_input", size), lambda image: np.asarray(resize_image(image, size))
+
     def process(self, frames: list[Frame]) -> list[Frame]:
         if not frames:
             return frames
-        scores = self.score_images([frame.image for frame in frames])
+        scores = self._scores(frames, self.frame_pixels)
         for frame, tags in zip(frames, self.tags_for_scores(scores)):
             frame.tags.extend(tags)
         return frames

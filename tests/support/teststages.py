@@ -13,6 +13,10 @@ import recognize
 from recognize import Frame, Region, Stage, StageParams, Tag
 
 
+def _mean_pixel(image: np.ndarray) -> float:
+    return float(image.mean())
+
+
 class Brightness(Stage):
     """Tags `bright` or `dark` from the mean pixel value."""
 
@@ -25,12 +29,16 @@ class Brightness(Stage):
         batch_size: int = 8
         delay: float = 0.0  # seconds per image, to make runs slow enough to interrupt
 
+    def prepare(self, frame: Frame) -> None:
+        """The mean pixel value, made ahead by the engine (as a model stage resizes ahead)."""
+        frame.prepare_ahead("brightness_mean", _mean_pixel)
+
     def process(self, frames: list[Frame]) -> list[Frame]:
         import time
 
         for frame in frames:
             time.sleep(self.params.delay)
-            mean = float(frame.image.mean())
+            mean = frame.prepared("brightness_mean", _mean_pixel)
             name = "bright" if mean > self.params.cutoff else "dark"
             frame.tags.append(Tag(name=name, name_zh="亮" if name == "bright" else "暗", score=mean / 255.0,
                                   index=0 if name == "bright" else 1, source=self.name))

@@ -192,3 +192,19 @@ def test_released_defaults_need_the_hub_files_offline(cache_home):
     with pytest.raises(ModelFileError) as err:
         stage.ensure_loaded()
     assert "ram_swin_large_14m.pth" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_image_resized_ahead_gives_the_same_tags_and_is_not_resized_again(ram_plus_fixture, small_images,
+                                                                              monkeypatch):
+    """`prepare` (run by an engine's prefetch thread) makes the 384x384 input; `process` takes it."""
+    import recognize.taggers.preprocess
+
+    stage = _stage(ram_plus_fixture, threshold=0.0)
+    plain = stage([Frame.from_array(image) for image in small_images])
+    ahead = [Frame.from_array(image) for image in small_images]
+    for frame in ahead:
+        stage.prepare(frame)
+    monkeypatch.setattr(recognize.taggers.preprocess, "resize_image", lambda *args: pytest.fail("resized again"))
+    ahead = stage(ahead)
+    assert [[(t.name, t.score) for t in f.tags] for f in ahead] == [[(t.name, t.score) for t in f.tags] for f in plain]
+    assert all(len(f.tags) == 64 for f in ahead)

@@ -11,6 +11,7 @@ across tags, or not at all.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -121,12 +122,23 @@ class GroundingDino(Stage):
         super().unload()
         self.detector = None
 
+    def prepare(self, frame: Frame) -> None:
+        """The reference resize of the image (Pillow, the costly part), made ahead by the engine."""
+        frame.prepare_ahead(*self._resize_job())
+
+    def _resize_job(self) -> tuple[tuple[str, int, int | None], Callable[[np.ndarray], Any]]:
+        from recognize_grounding_dino.transforms import resize
+
+        size, max_size = self.params.image_size, self.params.max_size
+        return ("grounding_dino_input", size, max_size), lambda image: resize(image, size, max_size)
+
     def process(self, frames: list[Frame]) -> list[Frame]:
         import torch
 
-        from recognize_grounding_dino.transforms import preprocess
+        from recognize_grounding_dino.transforms import to_pixels
 
         p = self.params
+        key, resize = self._resize_job()
         vocabularies = [self._vocabulary(f) for f in frames]
         pixels: dict[int, torch.Tensor] = {}
         jobs: dict[tuple[tuple[Prompt, ...], tuple[int, ...]], list[int]] = {}
@@ -136,7 +148,7 @@ class GroundingDino(Stage):
                 frame.dropped.append(Drop(item="tag", tag=vocabulary[index], stage=self.name, reason=reason))
             if not packing.prompts:
                 continue
-            pixels[i] = preprocess(frame.image, p.image_size, p.max_size)
+            pixels[i] = to_pixels(frame.prepared(key, resize))
             # one model call per caption and image size: results never depend on batch neighbours;
             # frames with the same captions share a batch, whose image features serve every caption
             jobs.setdefault((packing.prompts, tuple(pixels[i].shape)), []).append(i)

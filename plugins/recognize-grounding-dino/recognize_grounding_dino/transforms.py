@@ -31,7 +31,15 @@ def resized_shape(width: int, height: int, size: int = 800, max_size: int | None
 
 def preprocess(image: np.ndarray, size: int = 800, max_size: int | None = 1333) -> torch.Tensor:
     """RGB uint8 HxWx3 -> normalised float tensor 3xhxw at the reference size."""
+    return to_pixels(resize(image, size, max_size))
+
+
+def resize(image: np.ndarray, size: int = 800, max_size: int | None = 1333) -> Image.Image:
+    """The reference resize alone (Pillow: the costly part, made ahead by `GroundingDino.prepare`)."""
     pil = Image.fromarray(image)
-    shape = resized_shape(pil.width, pil.height, size, max_size)
-    tensor = F.to_tensor(F.resize(pil, list(shape)))
-    return F.normalize(tensor, MEAN, STD)
+    return F.resize(pil, list(resized_shape(pil.width, pil.height, size, max_size)))
+
+
+def to_pixels(resized: Image.Image) -> torch.Tensor:
+    """A `resize`d image -> the normalised float tensor 3xhxw (ToTensor, then ImageNet mean/std)."""
+    return F.normalize(F.to_tensor(resized), MEAN, STD)

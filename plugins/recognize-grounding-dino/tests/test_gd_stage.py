@@ -208,3 +208,21 @@ def test_feature_cache_skips_swin_when_only_thresholds_change(make_stage, photos
         feature_cache.clear()
     assert len(calls) == 2  # the first image and the uncached call only
     assert [r.box for r in cached[1].regions] == [r.box for r in fresh.regions]
+
+
+def test_an_image_resized_ahead_gives_the_same_regions_and_is_not_resized_again(make_stage, photos, ram_tags,
+                                                                                 monkeypatch):
+    """`prepare` (run by an engine's prefetch thread) makes the reference resize; `process` takes it."""
+    import recognize_grounding_dino.transforms
+
+    stage = make_stage(box_threshold=0.2, batch_size=2)
+    tags = ram_tags[500:510]
+    plain = stage([_tagged(p, tags) for p in photos[-2:]])
+    ahead = [_tagged(p, tags) for p in photos[-2:]]
+    for frame in ahead:
+        stage.prepare(frame)
+    monkeypatch.setattr(recognize_grounding_dino.transforms, "resize", lambda *args: pytest.fail("resized again"))
+    ahead = stage(ahead)
+    assert sum(len(f.regions) for f in plain) > 0
+    assert [[(r.box, r.score, r.tag) for r in f.regions] for f in ahead] == \
+        [[(r.box, r.score, r.tag) for r in f.regions] for f in plain]

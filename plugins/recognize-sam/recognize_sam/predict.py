@@ -23,7 +23,7 @@ a call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +51,17 @@ class BoxMasks:
     scores: np.ndarray
 
 
+#: the side every official SAM variant's image encoder takes (segment_anything builds them at 1024)
+ENCODER_SIDE = 1024
+
+
+def encoder_input(side: int = ENCODER_SIDE) -> tuple[tuple[str, int], Callable[[np.ndarray], np.ndarray]]:
+    """`(key, resize)`: SAM's resize of an image to the encoder's input (long side `side`,
+    `ResizeLongestSide.apply_image`, as `SamPredictor.set_image`), and the key it is kept under on
+    a frame (`Frame.prepare_ahead`)."""
+    return ("sam_input", side), ResizeLongestSide(side).apply_image
+
+
 class BoxSegmenter:
     """Embeds images and decodes box prompts with a SAM model (same preprocessing as `SamPredictor`)."""
 
@@ -65,19 +76,24 @@ class BoxSegmenter:
     def device(self) -> torch.device:
         return self.sam.device
 
-    def embed(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
+    def embed(self, images: Sequence[np.ndarray],
+              resized: Callable[[int], np.ndarray] | None = None) -> list[ImageEmbedding]:
         """Embed RGB uint8 HxWx3 images in one encoder batch; an image seen before (same pixels,
-        same model) reuses its embedding when `recognize.feature_cache` is on."""
+        same model) reuses its embedding when `recognize.feature_cache` is on. `resized(i)`: image
+        `i` already resized to the encoder's input (`encoder_input`), asked only for images to embed."""
         keys = [content_key(image) for image in images] if feature_cache.enabled else [""] * len(images)
-        return feature_cache.compute_many(self.sam, keys, lambda todo: self._embed([images[i] for i in todo]))
+        def compute(todo: list[int]) -> list[ImageEmbedding]:
+            inputs = [self.transform.apply_image(images[i]) if resized is None else resized(i) for i in todo]
+            return self._embed([images[i] for i in todo], inputs)
+
+        return feature_cache.compute_many(self.sam, keys, compute)
 
     @torch.inference_mode()
-    def _embed(self, images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
+    def _embed(self, images: Sequence[np.ndarray], resized_images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
         if not images:
             return []
         batch, sizes = [], []
-        for image in images:
-            resized = self.transform.apply_image(image)
+        for image, resized in zip(images, resized_images, strict=True):
             pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
             batch.append(self.sam.preprocess(pixels))
             sizes.append((tuple(resized.shape[:2]), tuple(image.shape[:2])))

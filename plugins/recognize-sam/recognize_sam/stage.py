@@ -106,7 +106,16 @@ class Sam(Stage):
 
         return resolve_path(self.params.checkpoint, card_for(self.params.model), CHECKPOINTS[self.params.model][1])
 
+    def prepare(self, frame: Frame) -> None:
+        """SAM's resize of the image (Pillow, the costly part), made ahead by the engine."""
+        from recognize_sam.predict import encoder_input
+
+        frame.prepare_ahead(*encoder_input())
+
     def process(self, frames: list[Frame]) -> list[Frame]:
+        from recognize_sam.predict import encoder_input
+
+        key, resize = encoder_input(self.segmenter.transform.target_length)
         for frame in frames:
             cap_regions(frame, self.params.max_regions, self.name)
         todo = [frame for frame in frames if frame.regions]
@@ -115,7 +124,8 @@ class Sam(Stage):
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
             with autocast(device, dtype):
-                embeddings = self.segmenter.embed([frame.image for frame in chunk])
+                embeddings = self.segmenter.embed([frame.image for frame in chunk],
+                                                  lambda i: chunk[i].prepared(key, resize))  # noqa: B023 - called at once
             for frame, embedding in zip(chunk, embeddings):
                 boxes = np.array([region.box for region in frame.regions], dtype=np.float64)
                 with autocast(device, dtype):

@@ -38,7 +38,7 @@ def segmented(small_photo, big_photo, photos):
     embedded = []
     stage.ensure_loaded()
     embed = stage.segmenter.embed
-    stage.segmenter.embed = lambda images: embedded.append(len(images)) or embed(images)
+    stage.segmenter.embed = lambda images, resized=None: embedded.append(len(images)) or embed(images, resized)
     out = Pipeline([stage], batch_size=3)(frames)
     return out, embedded
 
@@ -177,3 +177,18 @@ def test_feature_cache_skips_the_image_encoder_for_a_photo_seen_before(small_pho
     assert len(first.regions) == 2 and len(second.regions) == 3
     for cached, computed in zip(second.regions, fresh.regions):
         np.testing.assert_array_equal(cached.mask, computed.mask)
+
+
+def test_an_image_resized_ahead_gives_the_same_masks_and_is_not_resized_again(small_photo, monkeypatch):
+    """`prepare` (run by an engine's prefetch thread) makes SAM's 1024 px input; `process` takes it."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    stage = Sam(**TINY)
+    plain = stage([frame_with_regions(small_photo, 3, 0)])[0]
+    ahead = frame_with_regions(small_photo, 3, 0)
+    stage.prepare(ahead)
+    monkeypatch.setattr(ResizeLongestSide, "apply_image", lambda *args: pytest.fail("resized again"))
+    ahead = stage([ahead])[0]
+    assert len(ahead.regions) == 3
+    for a, b in zip(ahead.regions, plain.regions):
+        assert np.array_equal(a.mask, b.mask) and a.mask_score == b.mask_score
