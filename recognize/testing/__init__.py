@@ -22,6 +22,7 @@ from recognize.testing.checks import (
     check_frames,
     check_output,
     check_params,
+    check_prepared_inputs,
     check_stage,
     sample_frames,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "check_frames",
     "check_output",
     "check_params",
+    "check_prepared_inputs",
     "check_stage",
     "run_recipe",
     "sample_frames",

@@ -204,6 +204,26 @@ def check_batch_independence(stage: Stage, frames: Sequence[Frame], *, atol: flo
     return together
 
 
+def check_prepared_inputs(stage: Stage, frames: Sequence[Frame], expected: Sequence[Frame], *, atol: float = 1e-4,
+                          rtol: float = 1e-4, mask_tolerance: float = 0.0) -> None:
+    """A stage that makes inputs ahead (`Stage.prepare`, run by the engines' prefetch thread) gives
+    the frames it gives without them (`expected`), and `prepare` itself changes nothing a run writes."""
+    from recognize.prefetch import decode, prepare_stages
+
+    if type(stage).prepare is Stage.prepare:
+        return
+    ahead = copy_frames(frames)
+    for frame in ahead:
+        decode(frame)  # as the prefetch thread does first (it sets the size of a frame read from a file)
+    before = [frame.model_dump(mode="json") for frame in ahead]
+    for frame in ahead:
+        prepare_stages([stage], frame)
+    if [frame.model_dump(mode="json") for frame in ahead] != before:
+        _fail(stage, "prepare() must not change a frame's results (tags, regions, meta ...): it only makes inputs")
+    assert_frames_equal(_run(stage, ahead), expected, atol=atol, rtol=rtol, mask_tolerance=mask_tolerance,
+                        what=f"stage {stage.name!r}: results with inputs made ahead (prepare) vs without")
+
+
 # -- outputs -----------------------------------------------------------------------------------
 class SimulatedCrash(BaseException):
     """Raised in place of the rename that commits a file: the process 'dies' right before it."""
@@ -289,7 +309,7 @@ def check_stage(factory: StageFactory | Stage, frames: Sequence[Frame] | None = 
                 valid_params: dict[str, Any] | None = None, atol: float = 1e-4, rtol: float = 1e-4,
                 mask_tolerance: float = 0.0, out_dir: str | os.PathLike[str] | None = None) -> list[Frame]:
     """Every rule that applies to the stage: parameters, batch independence and order, what it leaves
-    on frames; for an output stage, atomic and idempotent files. Returns the processed frames.
+    on frames, the same results with inputs made ahead (`prepare`); for an output stage, atomic and idempotent files. Returns the processed frames.
 
     `factory` builds the stage (a class with defaults that work, a lambda, or an instance whose
     parameters are reused). `frames` default to `sample_frames()`; give frames with the tags or
@@ -305,4 +325,5 @@ def check_stage(factory: StageFactory | Stage, frames: Sequence[Frame] | None = 
         return copy_frames(frames)
     processed = check_batch_independence(stage, frames, atol=atol, rtol=rtol, mask_tolerance=mask_tolerance)
     check_frames(processed, stage)
+    check_prepared_inputs(stage, frames, processed, atol=atol, rtol=rtol, mask_tolerance=mask_tolerance)
     return processed

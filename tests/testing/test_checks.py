@@ -115,6 +115,34 @@ class SmallMasks(Stage):
         return frames
 
 
+class StalePrepare(Stage):
+    """Its input made ahead is not what `process` makes itself (another brightness scale)."""
+
+    name = "stale_prepare"
+    kind = "tagger"
+
+    def prepare(self, frame):
+        frame.prepare_ahead("mean", lambda image: float(image.mean()) / 2)
+
+    def process(self, frames):
+        for frame in frames:
+            frame.tags.append(Tag(name="x", score=frame.prepared("mean", lambda image: float(image.mean())) / 255))
+        return frames
+
+
+class MeddlingPrepare(Stage):
+    """`prepare` writes a result on the frame instead of only making an input."""
+
+    name = "meddling_prepare"
+    kind = "filter"
+
+    def prepare(self, frame):
+        frame.meta["prepared"] = True
+
+    def process(self, frames):
+        return frames
+
+
 class PlainWrite(OutputStage):
     name = "plain_write"
 
@@ -173,6 +201,8 @@ class TornLog(OutputStage):
     (Forgetful, None, "did not write"),
     (Meddling, None, "must not change the frames"),
     (TornLog, None, "torn records"),
+    (StalePrepare, None, "inputs made ahead"),
+    (MeddlingPrepare, None, "must not change a frame's results"),
 ])
 def test_each_broken_rule_is_caught_and_named(stage, frames, rule):
     given = tagged_frames() if frames == "tagged" else None
