@@ -133,30 +133,46 @@ class Frame(BaseModel):
         return self._image
 
     def release_image(self) -> None:
-        """Drop the decoded pixels (a long run keeps only the results in memory)."""
+        """Drop the decoded pixels (a long run keeps only the results in memory), and the inputs made from them."""
         self._image = None
-        self._prepared.clear()
+        self.drop_prepared()
 
-    # -- a stage's input, made ahead ---------------------------------------------------
+    # -- stages' inputs, made ahead ----------------------------------------------------
     def prepare_ahead(self, key: Hashable, make: Callable[[np.ndarray], Any]) -> None:
         """Make a stage's input from the image now (`make(self.image)`) and keep it under `key`
-        until `prepared(key, ...)` takes it.
+        for `prepared(key, ...)`.
 
         Why: resizing a 12 MP photo to a model's input takes ~0.05 s per model, more than decoding
         it; an engine's prefetch thread calls `Stage.prepare` for the next batch while the current one
-        computes, and the stage's `process` then only takes the result. `key` must name everything
-        the input depends on besides the pixels (the stage and its input size)."""
+        computes, and the stage's `process` then reads the result. `key` names what the input is,
+        everything it depends on besides the pixels (`("tagger_input", 384)`), so two stages that
+        need the same input share one (RAM++ and Tag2Text at 384). The engine drops what a batch
+        kept when the batch is done (`drop_prepared`)."""
         image = self.image
         self._prepared[key] = (image, make(image))
 
     def prepared(self, key: Hashable, make: Callable[[np.ndarray], _T]) -> _T:
-        """The input kept under `key` by `prepare_ahead` (forgotten once taken), if it was made from
-        the image this frame holds now; else `make(self.image)`, not kept (a frame that stays in
-        memory must not carry every stage's input with it)."""
-        made = self._prepared.pop(key, None)
+        """The input kept under `key` by `prepare_ahead`, if it was made from the image this frame
+        holds now; else `make(self.image)`, which is not kept (without an engine that drops inputs,
+        a frame kept in memory would carry every stage's input)."""
+        made = self._prepared.get(key)
         if made is not None and made[0] is self._image:
             return made[1]
         return make(self.image)
+
+    def drop_prepared(self) -> None:
+        """Forget the inputs made ahead (the engines call it when a batch leaves the stages)."""
+        self._prepared = {}
+
+    def __copy__(self) -> Frame:
+        clone = super().__copy__()
+        clone._prepared = {}  # pydantic copies the private dict shallowly: the copy would share this one
+        return clone
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Frame:
+        clone = super().__deepcopy__(memo)
+        clone._prepared = {}  # inputs made from the original's pixels: of no use beside copied pixels
+        return clone
 
     # -- convenience -------------------------------------------------------------------
     @property

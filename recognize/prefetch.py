@@ -8,16 +8,19 @@ GIL, so one thread overlaps them with the model's compute almost entirely.
 
 `prefetch(batches, depth, prepare)` yields the same batches, in the same order, with `prepare` run
 on every frame when the batch is handed over: `decode` (the default) decodes `Frame.image`;
-`prepare_for(stages)` decodes and then runs each stage's `Stage.prepare` (its resize, kept on the
-frame for its `process`). A frame whose image cannot be read is handed over undecoded: reading
-`frame.image` in the consumer raises the very same error there, so per-image error handling stays
-where it was. Memory: at most `depth` decoded (and prepared) batches wait ahead of the consumer.
+`prepare_for(stages)` decodes and then runs each loaded stage's `Stage.prepare` (its resize, kept
+on the frame for its `process`; the engine drops it when the batch is done). A frame whose image
+cannot be read is handed over undecoded: reading `frame.image` in the consumer raises the very same
+error there, so per-image error handling stays where it was. Memory: at most `depth` decoded (and
+prepared) batches wait ahead of the consumer.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -28,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from recognize.stage import Stage
 
 _DONE = object()
+log = logging.getLogger(__name__)
 
 
 def decode(frame: Frame) -> None:
@@ -49,19 +53,32 @@ def prepare_for(stages: Sequence[Stage]) -> Callable[[Frame], None]:
 
 
 def prepare_stages(stages: Sequence[Stage], frame: Frame) -> None:
-    """Each stage's `Stage.prepare` of a decoded `frame` (stages that do not override it are skipped;
-    an undecoded frame is left alone). Errors are left for the stages to meet in `process`."""
+    """Each loaded stage's `Stage.prepare` of a decoded `frame` (stages that do not override it, and
+    stages whose model is still loading, are skipped; so is an undecoded frame). An error is logged
+    once per stage and left for the stage to meet again in `process`, where errors are handled."""
     from recognize.stage import Stage
 
     if frame._image is None:  # unreadable: the consumer reports it
         return
     for stage in stages:
-        if type(stage).prepare is Stage.prepare:
+        # only once loaded: the load has imported the stage's modules (two threads importing the same
+        # modules at once can meet a half-initialised one), and `prepare` may read the model's config
+        if type(stage).prepare is Stage.prepare or not stage.loaded:
             continue
         try:
             stage.prepare(frame)
-        except Exception:  # noqa: BLE001, S110 - `process` makes its input again and meets the error there
-            pass
+        except Exception as error:  # noqa: BLE001 - `process` makes its input again and meets the error there
+            _warn_once(stage, error)
+
+
+_warned: weakref.WeakSet[Stage] = weakref.WeakSet()
+
+
+def _warn_once(stage: Stage, error: Exception) -> None:
+    if stage not in _warned:
+        _warned.add(stage)
+        log.warning("stage %r could not prepare its input ahead (it makes it in its own call instead): %s: %s",
+                       stage.name, type(error).__name__, error)
 
 
 class _Failure:

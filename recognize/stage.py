@@ -155,12 +155,13 @@ class Stage:
         """Make ahead what `process` will need from `frame`'s pixels alone: its model input, resized.
 
         The engines call it on their prefetch thread for the next batch while the current batch
-        computes (`recognize.prefetch.prepare_for`), so a resize is not paid between batches. It may
-        run before `load()`, in another thread than `process` and for a frame this stage never sees
-        (an earlier stage failed on it), so it reads only params and the pixels, never the model or
-        other stages' results. Keep the input with `frame.prepare_ahead(key, make)`; `process` takes
-        it with `frame.prepared(key, make)`, which makes it there when nothing was prepared. An error
-        here is ignored: `process` meets it again, where errors are handled. Default: nothing.
+        computes (`recognize.prefetch.prepare_stages`), once this stage is loaded, so a resize is not
+        paid between batches. It runs in another thread than `process`, and for frames this stage may
+        never see (an earlier stage failed on them), so it reads params, the pixels and the loaded
+        model's settings, and changes nothing else. Keep the input with `frame.prepare_ahead(key, make)`;
+        `process` reads it with `frame.prepared(key, make)`, which makes it there when nothing was
+        prepared. An error here is logged once and `process` meets it again, where errors are
+        handled. Default: nothing.
         """
 
     def __call__(self, frames: list[Frame]) -> list[Frame]:

@@ -155,15 +155,28 @@ def _counting(made: list[int]):
     return make
 
 
-def test_an_input_made_ahead_is_taken_once_then_made_anew():
+def test_an_input_made_ahead_is_read_until_dropped_and_one_made_in_the_call_is_not_kept():
     frame = Frame.from_array(np.full((4, 5, 3), 2, np.uint8))
     made: list[int] = []
     frame.prepare_ahead("resized", _counting(made))
-    assert frame.prepared("resized", _counting(made)) == 121  # the one made ahead (first call)
+    assert frame.prepared("resized", _counting(made)) == 121  # the one made ahead
+    assert frame.prepared("resized", _counting(made)) == 121  # still there: a second stage of that input shares it
     assert len(made) == 1
-    assert frame.prepared("resized", _counting(made)) == 122  # taken: made again, in the call
-    assert frame.prepared("resized", _counting(made)) == 123  # and not kept when made in the call
+    frame.drop_prepared()  # what the engines do when the batch is done
+    assert frame.prepared("resized", _counting(made)) == 122  # made in the call
+    assert frame.prepared("resized", _counting(made)) == 123  # and not kept
     assert frame.prepared("other", lambda image: "no entry: made") == "no entry: made"
+
+
+def test_copies_do_not_share_or_carry_the_inputs():
+    import copy
+
+    frame = Frame.from_array(np.zeros((4, 5, 3), np.uint8))
+    frame.prepare_ahead("resized", lambda image: "ahead")
+    shallow, deep = frame.model_copy(), copy.deepcopy(frame)
+    assert shallow._prepared == {} and deep._prepared == {}
+    shallow.release_image()
+    assert frame.prepared("resized", lambda image: "made") == "ahead"  # the copy's release left the original's
 
 
 def test_an_input_made_from_another_image_is_not_used():

@@ -151,6 +151,7 @@ class _Resizing(Stage):
     def __init__(self, fail: bool = False) -> None:
         super().__init__()
         self.fail = fail
+        self.key = "broken half" if fail else "half"
         self.made_on: list[str] = []
 
     def _half(self, image: np.ndarray) -> np.ndarray:
@@ -160,11 +161,11 @@ class _Resizing(Stage):
         return image[::2, ::2]
 
     def prepare(self, frame: Frame) -> None:
-        frame.prepare_ahead("half", self._half)
+        frame.prepare_ahead(self.key, self._half)
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         for frame in frames:
-            frame.meta["half"] = list(frame.prepared("half", self._half).shape)
+            frame.meta["half"] = list(frame.prepared(self.key, self._half).shape)
         return frames
 
 
@@ -176,33 +177,44 @@ class _Plain(Stage):
         return frames
 
 
-def test_prepare_for_decodes_then_runs_each_stage_that_prepares(files, tmp_path):
+def test_prepare_for_decodes_then_runs_each_loaded_stage_that_prepares(files, tmp_path, caplog):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    good, failing = _Resizing(), _Resizing(fail=True)
-    prepare = prepare_for([_Plain(), failing, good])
-    frame, broken = Frame(source=str(files[0])), Frame(source=str(bad))
-    prepare(frame)
-    prepare(broken)  # an unreadable frame: decoding fails quietly, no stage prepares it
-    assert frame._image is not None and list(frame._prepared) == ["half"]  # the failing stage left nothing
-    assert good.made_on == [threading.current_thread().name]
+    good, failing, loading = _Resizing(), _Resizing(fail=True), _Resizing()
+    for stage in (good, failing):
+        stage.ensure_loaded()
+    prepare = prepare_for([_Plain(), failing, loading, good])
+    frame, other, broken = Frame(source=str(files[0])), Frame(source=str(files[1])), Frame(source=str(bad))
+    with caplog.at_level("WARNING", logger="recognize.prefetch"):
+        prepare(frame)
+        prepare(other)
+        prepare(broken)  # an unreadable frame: decoding fails quietly, no stage prepares it
+    assert frame._image is not None and list(frame._prepared) == ["half"]  # the failing stage kept nothing
+    assert good.made_on == [threading.current_thread().name] * 2
+    assert loading.made_on == []  # a stage still loading is left to make its input itself
     assert broken._prepared == {}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "could not prepare" in warnings[0] and "cannot halve" in warnings[0]  # once
     with pytest.raises(ValueError, match="cannot halve"):  # the stage meets its error where errors are handled
-        failing.process([Frame(source=str(files[1]))])
+        failing.process([frame])
 
 
 def test_the_local_engine_resizes_ahead_on_the_prefetch_thread_with_the_same_results(files):
     from recognize.engines.local import LocalEngine
     from recognize.pipeline import Pipeline
 
-    def run(depth: int) -> tuple[list, list[str]]:
+    def run(depth: int) -> tuple[list, list[str], list[dict]]:
         stage = _Resizing()
+        pipeline = Pipeline([stage, _Plain()], batch_size=2)
+        engine = LocalEngine(prefetch=depth)
+        engine.load(pipeline)  # as `recognize run` does: the first stage is loaded before the images
         frames = [Frame(source=str(p), name=p.stem) for p in files]
-        results = list(LocalEngine(prefetch=depth).run(Pipeline([stage, _Plain()], batch_size=2), frames))
-        return [r.frame.meta["half"] for r in results], stage.made_on
+        results = list(engine.run(pipeline, frames))
+        return [r.frame.meta["half"] for r in results], stage.made_on, [r.frame._prepared for r in results]
 
-    plain, made_in_batch = run(0)
-    ahead, made_ahead = run(1)
+    plain, made_in_batch, _ = run(0)
+    ahead, made_ahead, left = run(1)
     assert plain == ahead == [[(20 + i + 1) // 2, 15, 3] for i in range(5)]
     assert set(made_in_batch) == {threading.current_thread().name}  # no prefetch: made in the stage's call
     assert made_ahead == ["recognize-prefetch"] * 5  # every input made ahead, none made again
+    assert left == [{}] * 5  # and dropped once the batch was done

@@ -99,7 +99,7 @@ class StageActor:
         with self.decoding, timer.phase(DECODE):
             for frame in frames:
                 decode(frame)
-                # and the stages' resizes (`Stage.prepare`), once they are built (their models may still load)
+                # and the stages' resizes (`Stage.prepare`, timed as decoding), for each stage once loaded
                 prepare_stages(self.stages, frame)
         self.loaded.wait()
         stopped, code = "", RunStopped.exit_code

@@ -47,7 +47,6 @@ if TYPE_CHECKING:  # pragma: no cover - torch is imported on first use: register
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 DType = Literal["float32", "bfloat16", "float16"]
 _F = TypeVar("_F", bound=Callable[..., Any])
-_Item = TypeVar("_Item", np.ndarray, Frame)
 
 
 def inference_mode(function: _F) -> _F:
@@ -174,9 +173,9 @@ class TaggerStage(Stage):
         self.model = None
 
     def pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        from recognize.taggers.preprocess import preprocess
-
-        return preprocess(images, self.image_size).to(device=self.device, dtype=self.dtype)
+        """The model input of RGB uint8 images of any size: the official transform (`preprocess`)."""
+        _, resize = self._resize_job()
+        return self._normalized([resize(image) for image in images])
 
     def score_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Sigmoid scores [B, C] for every class of the active vocabulary, one forward per batch."""
@@ -184,19 +183,21 @@ class TaggerStage(Stage):
 
     def frame_pixels(self, frames: Sequence[Frame]) -> torch.Tensor:
         """`pixels` of the frames' images, resized ahead where the engine ran `prepare`."""
+        key, resize = self._resize_job()
+        return self._normalized([frame.prepared(key, resize) for frame in frames])
+
+    def _normalized(self, resized: Sequence[np.ndarray]) -> torch.Tensor:
         from recognize.taggers.preprocess import normalize
 
-        key, resize = self._resize_job()
-        resized = np.stack([frame.prepared(key, resize) for frame in frames])
-        return normalize(resized).to(device=self.device, dtype=self.dtype)
+        return normalize(np.stack(resized)).to(device=self.device, dtype=self.dtype)
 
     @inference_mode
-    def _scores(self, images: Sequence[_Item], pixels: Callable[[Sequence[_Item]], torch.Tensor]) -> np.ndarray:
-        """Scores of `images` (arrays, or frames), turned into model inputs by `pixels`."""
+    def _scores(self, items: Sequence[Any], pixels: Callable[[Sequence[Any]], torch.Tensor]) -> np.ndarray:
+        """Scores of `items` (images, or frames), turned into model inputs by `pixels` a batch at a time."""
         self.ensure_loaded()
         out = []
-        for start in range(0, len(images), self.params.batch_size):
-            logits = self.logits(self.model, pixels(images[start : start + self.params.batch_size]))
+        for start in range(0, len(items), self.params.batch_size):
+            logits = self.logits(self.model, pixels(items[start : start + self.params.batch_size]))
             out.append(logits.float().sigmoid().cpu().numpy())
         n = len(self.vocabulary) if self.vocabulary is not None else 0
         return np.concatenate(out) if out else np.zeros((0, n), dtype=np.float32)
@@ -252,6 +253,8 @@ class TaggerStage(Stage):
         frame.prepare_ahead(*self._resize_job())
 
     def _resize_job(self) -> tuple[tuple[str, int], Callable[[np.ndarray], np.ndarray]]:
+        """`(key, resize)`: the official resize to `image_size`, and the key every tagger of that
+        size keeps it under (the same input: RAM++ and Tag2Text at 384 share one)."""
         from recognize.taggers.preprocess import resize_image
 
         size = self.image_size

@@ -204,24 +204,51 @@ def check_batch_independence(stage: Stage, frames: Sequence[Frame], *, atol: flo
     return together
 
 
+class _ReadKeys(dict):
+    """A frame's kept inputs that remember which keys were read (`Frame.prepared` reads with `get`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: set[Any] = set()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+
 def check_prepared_inputs(stage: Stage, frames: Sequence[Frame], expected: Sequence[Frame], *, atol: float = 1e-4,
                           rtol: float = 1e-4, mask_tolerance: float = 0.0) -> None:
-    """A stage that makes inputs ahead (`Stage.prepare`, run by the engines' prefetch thread) gives
-    the frames it gives without them (`expected`), and `prepare` itself changes nothing a run writes."""
-    from recognize.prefetch import decode, prepare_stages
+    """A stage that makes inputs ahead (`Stage.prepare`, which the engines run on their prefetch
+    thread) gives with them the frames it gives without them (`expected`); `prepare` raises nothing,
+    changes nothing a run writes, and keeps its inputs under keys `process` reads."""
+    from recognize.prefetch import decode
 
     if type(stage).prepare is Stage.prepare:
         return
+    stage.ensure_loaded()  # the engines prepare for loaded stages only
     ahead = copy_frames(frames)
     for frame in ahead:
         decode(frame)  # as the prefetch thread does first (it sets the size of a frame read from a file)
     before = [frame.model_dump(mode="json") for frame in ahead]
+    kept: list[_ReadKeys] = []
     for frame in ahead:
-        prepare_stages([stage], frame)
+        frame._prepared = _ReadKeys()
+        kept.append(frame._prepared)
+        try:
+            stage.prepare(frame)
+        except Exception as exc:  # noqa: BLE001 - reported as the rule it breaks
+            _fail(stage, f"prepare() raised {type(exc).__name__}: {exc} (the engines would log it and make the "
+                         "input in process() instead: prepare reads only params, pixels and the loaded model)")
     if [frame.model_dump(mode="json") for frame in ahead] != before:
         _fail(stage, "prepare() must not change a frame's results (tags, regions, meta ...): it only makes inputs")
     assert_frames_equal(_run(stage, ahead), expected, atol=atol, rtol=rtol, mask_tolerance=mask_tolerance,
                         what=f"stage {stage.name!r}: results with inputs made ahead (prepare) vs without")
+    # per key, read on some frame (a stage may skip frames: SAM those without regions)
+    read = {key for inputs in kept for key in inputs if key in inputs.read}
+    unread = sorted({repr(key) for inputs in kept for key in inputs} - {repr(key) for key in read})
+    if unread:
+        _fail(stage, f"prepare() kept inputs under {', '.join(unread)}, which process() never read: "
+                     "use the same key in frame.prepare_ahead and frame.prepared")
 
 
 # -- outputs -----------------------------------------------------------------------------------

@@ -143,6 +143,34 @@ class MeddlingPrepare(Stage):
         return frames
 
 
+class UnreadPrepare(Stage):
+    """Keeps its input under a key `process` never asks for (the input is made twice)."""
+
+    name = "unread_prepare"
+    kind = "tagger"
+
+    def prepare(self, frame):
+        frame.prepare_ahead("mean", lambda image: float(image.mean()))
+
+    def process(self, frames):
+        for frame in frames:
+            frame.tags.append(Tag(name="x", score=frame.prepared("average", lambda image: float(image.mean())) / 255))
+        return frames
+
+
+class FailingPrepare(Stage):
+    """Its `prepare` raises (the engines would only log it)."""
+
+    name = "failing_prepare"
+    kind = "filter"
+
+    def prepare(self, frame):
+        raise RuntimeError("reads a model that is not there")
+
+    def process(self, frames):
+        return frames
+
+
 class PlainWrite(OutputStage):
     name = "plain_write"
 
@@ -203,6 +231,8 @@ class TornLog(OutputStage):
     (TornLog, None, "torn records"),
     (StalePrepare, None, "inputs made ahead"),
     (MeddlingPrepare, None, "must not change a frame's results"),
+    (UnreadPrepare, None, "never read"),
+    (FailingPrepare, None, "prepare\\(\\) raised RuntimeError"),
 ])
 def test_each_broken_rule_is_caught_and_named(stage, frames, rule):
     given = tagged_frames() if frames == "tagged" else None

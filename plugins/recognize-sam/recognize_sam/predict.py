@@ -51,17 +51,6 @@ class BoxMasks:
     scores: np.ndarray
 
 
-#: the side every official SAM variant's image encoder takes (segment_anything builds them at 1024)
-ENCODER_SIDE = 1024
-
-
-def encoder_input(side: int = ENCODER_SIDE) -> tuple[tuple[str, int], Callable[[np.ndarray], np.ndarray]]:
-    """`(key, resize)`: SAM's resize of an image to the encoder's input (long side `side`,
-    `ResizeLongestSide.apply_image`, as `SamPredictor.set_image`), and the key it is kept under on
-    a frame (`Frame.prepare_ahead`)."""
-    return ("sam_input", side), ResizeLongestSide(side).apply_image
-
-
 class BoxSegmenter:
     """Embeds images and decodes box prompts with a SAM model (same preprocessing as `SamPredictor`)."""
 
@@ -75,6 +64,11 @@ class BoxSegmenter:
     @property
     def device(self) -> torch.device:
         return self.sam.device
+
+    def encoder_input(self) -> tuple[tuple[str, int], Callable[[np.ndarray], np.ndarray]]:
+        """`(key, resize)`: the resize of an image to this encoder's input (`ResizeLongestSide`, as
+        `SamPredictor.set_image`), and the key it is kept under on a frame (`Frame.prepare_ahead`)."""
+        return ("sam_input", self.transform.target_length), self.transform.apply_image
 
     def embed(self, images: Sequence[np.ndarray],
               resized: Callable[[int], np.ndarray] | None = None) -> list[ImageEmbedding]:

@@ -108,14 +108,10 @@ class Sam(Stage):
 
     def prepare(self, frame: Frame) -> None:
         """SAM's resize of the image (Pillow, the costly part), made ahead by the engine."""
-        from recognize_sam.predict import encoder_input
-
-        frame.prepare_ahead(*encoder_input())
+        frame.prepare_ahead(*self.segmenter.encoder_input())
 
     def process(self, frames: list[Frame]) -> list[Frame]:
-        from recognize_sam.predict import encoder_input
-
-        key, resize = encoder_input(self.segmenter.transform.target_length)
+        key, resize = self.segmenter.encoder_input()
         for frame in frames:
             cap_regions(frame, self.params.max_regions, self.name)
         todo = [frame for frame in frames if frame.regions]
