@@ -115,19 +115,34 @@ class SmallMasks(Stage):
         return frames
 
 
-class StalePrepare(Stage):
-    """Its input made ahead is not what `process` makes itself (another brightness scale)."""
+class MeanPrepare(Stage):
+    """Tags the mean pixel value, made ahead; the subclasses get `prepare` wrong one way each."""
 
-    name = "stale_prepare"
+    name = "mean_prepare"
     kind = "tagger"
+    ahead_key, ahead_scale = "mean", 1.0
 
     def prepare(self, frame):
-        frame.prepare_ahead("mean", lambda image: float(image.mean()) / 2)
+        frame.prepare_ahead(self.ahead_key, lambda image: float(image.mean()) * self.ahead_scale)
 
     def process(self, frames):
         for frame in frames:
             frame.tags.append(Tag(name="x", score=frame.prepared("mean", lambda image: float(image.mean())) / 255))
         return frames
+
+
+class StalePrepare(MeanPrepare):
+    """Its input made ahead is not what `process` makes itself (another scale)."""
+
+    name = "stale_prepare"
+    ahead_scale = 0.5
+
+
+class UnreadPrepare(MeanPrepare):
+    """Keeps its input under a key `process` never reads (the input is made twice)."""
+
+    name = "unread_prepare"
+    ahead_key = "average"
 
 
 class MeddlingPrepare(Stage):
@@ -140,21 +155,6 @@ class MeddlingPrepare(Stage):
         frame.meta["prepared"] = True
 
     def process(self, frames):
-        return frames
-
-
-class UnreadPrepare(Stage):
-    """Keeps its input under a key `process` never asks for (the input is made twice)."""
-
-    name = "unread_prepare"
-    kind = "tagger"
-
-    def prepare(self, frame):
-        frame.prepare_ahead("mean", lambda image: float(image.mean()))
-
-    def process(self, frames):
-        for frame in frames:
-            frame.tags.append(Tag(name="x", score=frame.prepared("average", lambda image: float(image.mean())) / 255))
         return frames
 
 
@@ -216,6 +216,10 @@ class TornLog(OutputStage):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         with (Path(out_dir) / "log.jsonl").open("a") as handle:
             handle.write("\n" + json.dumps({"name": frame.name}))
+
+
+def test_a_stage_that_prepares_its_input_right_keeps_the_contract():
+    check_stage(MeanPrepare)
 
 
 @pytest.mark.parametrize("stage, frames, rule", [
