@@ -31,7 +31,8 @@ stages of a chain, whose next stage reuses what the last one freed (trimming the
 fault its working memory again in every batch: `recognize.resident_weights`). So the heap holds what
 the run's stages freed, at least the largest working memory of any of them (measured on the
 benchmark's chain, 4 photos in batches of 2: peak RSS 4,297 MiB with glibc's defaults and 4,729 when
-this was trimmed between stages, one session; 4,990-5,058 kept between stages, a later session.
+this was trimmed between stages, one session; 4,990-5,058 kept between stages, a later session; on
+another VM 4,659 trimmed against 5,575 kept: the cost depends on the machine, `benchmarks/README.md`.
 Speed: 1.21x over the defaults, then 1.04x over the trims). The settings are process-wide and stay
 for the process's life.
 glibc only; elsewhere (macOS, musl, Windows) everything here does nothing.
