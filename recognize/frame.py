@@ -146,10 +146,17 @@ class Frame(BaseModel):
         it; an engine's prefetch thread calls `Stage.prepare` for the next batch while the current one
         computes, and the stage's `process` then reads the result. `key` names what the input is,
         everything it depends on besides the pixels (`("tagger_input", 384)`), so two stages that
-        need the same input share one (RAM++ and Tag2Text at 384). The engine drops what a batch
-        kept when the batch is done (`drop_prepared`)."""
+        need the same input share one (RAM++ and Tag2Text at 384). The input is read-only: every stage
+        of that key reads the same object, and a batch retried after a failure reads it again (an array
+        is kept non-writeable). The engine drops what a batch kept when the batch is done (`drop_prepared`)."""
         image = self.image
-        self._prepared[key] = (image, make(image))
+        kept = self._prepared.get(key)
+        if kept is not None and kept[0] is image:  # another stage of the same input made it already
+            return
+        made = make(image)
+        if isinstance(made, np.ndarray):
+            made.flags.writeable = False  # shared by the stages that read it, and read again on a retry
+        self._prepared[key] = (image, made)
 
     def prepared(self, key: Hashable, make: Callable[[np.ndarray], _T]) -> _T:
         """The input kept under `key` by `prepare_ahead`, if it was made from the image this frame

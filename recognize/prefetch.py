@@ -61,8 +61,8 @@ def prepare_stages(stages: Sequence[Stage], frame: Frame) -> None:
     if frame._image is None:  # unreadable: the consumer reports it
         return
     for stage in stages:
-        # only once loaded: the load has imported the stage's modules (two threads importing the same
-        # modules at once can meet a half-initialised one), and `prepare` may read the model's config
+        # only once loaded: `prepare` may read the loaded model's settings, and the load has imported the
+        # stage's model code, which a background load may otherwise be importing on its own thread
         if type(stage).prepare is Stage.prepare or not stage.loaded:
             continue
         try:

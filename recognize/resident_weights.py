@@ -14,7 +14,8 @@ for reuse) is what the next stage's layers allocate from. Handing it back here (
 this module did until 2026-12-02) made every stage page-fault and zero-fill its working memory
 again in every batch: on the benchmark's chain (4 photos, batch 2, a VM where a 4 KiB fault cost
 ~8 us) 1.67 against 0.77 million faults, 12.5 against 7.6 s of system time and 4% of the wall time,
-to lower the peak by ~0.3-0.9 GB (depending on the machine) (`benchmarks/README.md`, "The heap kept between a chain's stages").
+to lower the peak by ~0.1-0.9 GB, depending on the machine (`benchmarks/README.md`, "The heap kept
+between a chain's stages").
 The heap goes back at the end of a run, when a batch runs out of memory and when a server has no
 request left running (`recognize.heap`).
 

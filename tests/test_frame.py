@@ -196,3 +196,19 @@ def test_a_released_image_drops_the_inputs_made_from_it(tmp_path):
     frame.release_image()
     assert frame._prepared == {}  # nothing of the released pixels stays in memory
     assert frame.prepared("mean", lambda image: float(image.mean())) == 9.0  # decoded again, made again
+
+
+def test_a_kept_input_is_made_once_per_image_and_kept_read_only():
+    frame = Frame.from_array(np.zeros((4, 5, 3), np.uint8))
+    made: list[int] = []
+
+    def half(image: np.ndarray) -> np.ndarray:
+        made.append(1)
+        return image[::2, ::2].copy()
+
+    frame.prepare_ahead("half", half)
+    frame.prepare_ahead("half", half)  # a second stage of the same input: nothing made again
+    assert len(made) == 1
+    kept = frame.prepared("half", half)
+    with pytest.raises(ValueError, match="read-only"):
+        kept[0, 0, 0] = 1  # every stage of that key, and a retried batch, reads this very array

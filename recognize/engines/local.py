@@ -140,9 +140,11 @@ class LocalEngine:
         depth = self.prefetch if self.isolate else 0
         ready = self._ready(timer)
         for batch in prefetch(batched(frames, pipeline.batch_size), depth=depth, prepare=prepare_for(segment.stages)):
-            results = run_batch(segment.stages, batch, timer, isolate=self.isolate, ready=ready)
-            for frame in batch:
-                frame.drop_prepared()  # the stages' inputs made ahead: used, or of no use any more
+            try:
+                results = run_batch(segment.stages, batch, timer, isolate=self.isolate, ready=ready)
+            finally:
+                for frame in batch:
+                    frame.drop_prepared()  # the stages' inputs made ahead: used, or of no use any more
             yield from results
 
     def run_dataset(self, pipeline: Pipeline, segment: Segment, frames: Iterable[Frame],

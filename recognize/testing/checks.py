@@ -216,38 +216,47 @@ class _ReadKeys(dict):
         return super().get(key, default)
 
 
+#: what a stage writes on a frame: `prepare` runs before earlier stages have written theirs
+_RESULT_FIELDS = ("tags", "regions", "caption", "dropped", "meta")
+
+
 def check_prepared_inputs(stage: Stage, frames: Sequence[Frame], expected: Sequence[Frame], *, atol: float = 1e-4,
                           rtol: float = 1e-4, mask_tolerance: float = 0.0) -> None:
     """A stage that makes inputs ahead (`Stage.prepare`, which the engines run on their prefetch
-    thread) gives with them the frames it gives without them (`expected`); `prepare` raises nothing,
-    changes nothing a run writes, and keeps its inputs under keys `process` reads."""
+    thread) gives with them the frames it gives without them (`expected`). `prepare` raises nothing,
+    reads and changes no result (it runs here on frames whose results are emptied: in a chain the
+    earlier stages have not run yet), and keeps its inputs under the keys `process` reads."""
     from recognize.prefetch import decode
 
     if type(stage).prepare is Stage.prepare:
         return
     stage.ensure_loaded()  # the engines prepare for loaded stages only
     ahead = copy_frames(frames)
-    for frame in ahead:
-        decode(frame)  # as the prefetch thread does first (it sets the size of a frame read from a file)
-    before = [frame.model_dump(mode="json") for frame in ahead]
     kept: list[_ReadKeys] = []
     for frame in ahead:
+        decode(frame)  # as the prefetch thread does first (it sets the size of a frame read from a file)
+        results = {name: getattr(frame, name) for name in _RESULT_FIELDS}
+        for name in _RESULT_FIELDS:
+            setattr(frame, name, type(results[name])() if results[name] is not None else None)
+        before = frame.model_dump(mode="json")
         frame._prepared = _ReadKeys()
         kept.append(frame._prepared)
         try:
             stage.prepare(frame)
         except Exception as exc:  # noqa: BLE001 - reported as the rule it breaks
-            _fail(stage, f"prepare() raised {type(exc).__name__}: {exc} (the engines would log it and make the "
-                         "input in process() instead: prepare reads only params, pixels and the loaded model)")
-    if [frame.model_dump(mode="json") for frame in ahead] != before:
-        _fail(stage, "prepare() must not change a frame's results (tags, regions, meta ...): it only makes inputs")
+            _fail(stage, f"prepare() raised {type(exc).__name__}: {exc} (the engines would log it and make the input "
+                         "in process() instead: prepare reads only params, pixels and the loaded model, no results)")
+        frame._prepared.read.clear()  # `prepare_ahead` looks its key up too: only `process`'s reads count
+        if frame.model_dump(mode="json") != before:
+            _fail(stage, "prepare() must not change a frame's results (tags, regions, meta ...): it only makes inputs")
+        for name, value in results.items():
+            setattr(frame, name, value)
     assert_frames_equal(_run(stage, ahead), expected, atol=atol, rtol=rtol, mask_tolerance=mask_tolerance,
                         what=f"stage {stage.name!r}: results with inputs made ahead (prepare) vs without")
-    # per key, read on some frame (a stage may skip frames: SAM those without regions)
-    read = {key for inputs in kept for key in inputs if key in inputs.read}
-    unread = sorted({repr(key) for inputs in kept for key in inputs} - {repr(key) for key in read})
-    if unread:
-        _fail(stage, f"prepare() kept inputs under {', '.join(unread)}, which process() never read: "
+    # a frame `process` read inputs for, but not the ones kept (frames it skips, e.g. SAM's without regions, read none)
+    missed = sorted({repr(key) for inputs in kept if inputs.read for key in inputs if key not in inputs.read})
+    if missed:
+        _fail(stage, f"prepare() kept inputs under {', '.join(missed)}, which process() did not read: "
                      "use the same key in frame.prepare_ahead and frame.prepared")
 
 
@@ -336,7 +345,8 @@ def check_stage(factory: StageFactory | Stage, frames: Sequence[Frame] | None = 
                 valid_params: dict[str, Any] | None = None, atol: float = 1e-4, rtol: float = 1e-4,
                 mask_tolerance: float = 0.0, out_dir: str | os.PathLike[str] | None = None) -> list[Frame]:
     """Every rule that applies to the stage: parameters, batch independence and order, what it leaves
-    on frames, the same results with inputs made ahead (`prepare`); for an output stage, atomic and idempotent files. Returns the processed frames.
+    on frames, the same results with inputs made ahead (`prepare`); for an output stage, atomic and
+    idempotent files. Returns the processed frames.
 
     `factory` builds the stage (a class with defaults that work, a lambda, or an instance whose
     parameters are reused). `frames` default to `sample_frames()`; give frames with the tags or

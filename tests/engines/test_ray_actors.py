@@ -66,3 +66,23 @@ def test_two_calls_decode_one_batch_at_a_time_and_give_the_local_outputs(test_st
         expected = local(Frame(source=str(path), name=path.name))[0]
         assert got[path.name].tag_names == expected.tag_names
         assert [r.box for r in got[path.name].regions] == [r.box for r in expected.regions]
+
+
+def test_a_loaded_actor_resizes_ahead_in_its_decode_step(test_stages, image_folder, monkeypatch):
+    """`Stage.prepare` runs in the actor's decode step (timed as decoding), once its stages are loaded."""
+    paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))[:2]
+    kept: list[list[str]] = []
+    real = ray_actors.prepare_stages
+
+    def recording(stages, frame):
+        real(stages, frame)
+        kept.append([str(key) for key in frame._prepared])
+
+    monkeypatch.setattr(ray_actors, "prepare_stages", recording)
+    actor = StageActor([{"use": "brightness", "with": {}}, {"use": "center_box", "with": {}}], threads=1)
+    assert actor.loaded.wait(timeout=60) and actor.load_error is None
+    answer = actor.run([Frame(source=str(p), name=p.name).to_json(indent=None) for p in paths])
+    assert kept == [["brightness_mean"]] * 2  # the brightness stage's input, made before its batch ran
+    assert all(error is None for error in answer["errors"])
+    assert [Frame.from_json(text).tag_names for text in answer["frames"]] == [
+        Pipeline([test_stages.Brightness({})])([Frame(source=str(p))])[0].tag_names for p in paths]

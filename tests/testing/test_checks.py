@@ -158,6 +158,36 @@ class MeddlingPrepare(Stage):
         return frames
 
 
+class ResultReadingPrepare(Stage):
+    """Its input depends on the frame's tags, which in a chain no earlier stage has written when the
+    prefetch thread prepares: such an input must be made in `process` only."""
+
+    name = "result_reading_prepare"
+    kind = "filter"
+
+    @staticmethod
+    def _make(frame):
+        return lambda image: float(image.mean()) * (2 if frame.tags else 1)
+
+    def prepare(self, frame):
+        frame.prepare_ahead("mean", self._make(frame))
+
+    def process(self, frames):
+        for frame in frames:
+            frame.meta["mean"] = frame.prepared("mean", self._make(frame))
+        return frames
+
+
+class SkippingPrepare(MeanPrepare):
+    """Prepares every frame but reads only the tagged ones' inputs (as SAM skips frames without regions)."""
+
+    name = "skipping_prepare"
+
+    def process(self, frames):
+        super().process([frame for frame in frames if frame.tags])
+        return frames
+
+
 class FailingPrepare(Stage):
     """Its `prepare` raises (the engines would only log it)."""
 
@@ -220,6 +250,7 @@ class TornLog(OutputStage):
 
 def test_a_stage_that_prepares_its_input_right_keeps_the_contract():
     check_stage(MeanPrepare)
+    check_stage(SkippingPrepare, tagged_frames()[:1] + sample_frames()[1:])  # unread inputs of skipped frames are fine
 
 
 @pytest.mark.parametrize("stage, frames, rule", [
@@ -235,7 +266,8 @@ def test_a_stage_that_prepares_its_input_right_keeps_the_contract():
     (TornLog, None, "torn records"),
     (StalePrepare, None, "inputs made ahead"),
     (MeddlingPrepare, None, "must not change a frame's results"),
-    (UnreadPrepare, None, "never read"),
+    (UnreadPrepare, None, "did not read"),
+    (ResultReadingPrepare, "tagged", "inputs made ahead"),
     (FailingPrepare, None, "prepare\\(\\) raised RuntimeError"),
 ])
 def test_each_broken_rule_is_caught_and_named(stage, frames, rule):

@@ -88,7 +88,8 @@ class BoxSegmenter:
             return []
         batch, sizes = [], []
         for image, resized in zip(images, resized_images, strict=True):
-            pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+            # a copy (`torch.tensor`): a resize made ahead is read-only (`Frame.prepare_ahead`)
+            pixels = torch.tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
             batch.append(self.sam.preprocess(pixels))
             sizes.append((tuple(resized.shape[:2]), tuple(image.shape[:2])))
         features = self.sam.image_encoder(torch.cat(batch))
