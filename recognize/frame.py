@@ -13,7 +13,14 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_serializer,
+    field_validator,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import supervision as sv
@@ -150,8 +157,7 @@ class Frame(BaseModel):
         of that key reads the same object, and a batch retried after a failure reads it again (an array
         is kept non-writeable). The engine drops what a batch kept when the batch is done (`drop_prepared`)."""
         image = self.image
-        kept = self._prepared.get(key)
-        if kept is not None and kept[0] is image:  # another stage of the same input made it already
+        if self._current(key) is not None:  # another stage of the same input made it already
             return
         made = make(image)
         if isinstance(made, np.ndarray):
@@ -162,10 +168,13 @@ class Frame(BaseModel):
         """The input kept under `key` by `prepare_ahead`, if it was made from the image this frame
         holds now; else `make(self.image)`, which is not kept (without an engine that drops inputs,
         a frame kept in memory would carry every stage's input)."""
-        made = self._prepared.get(key)
-        if made is not None and made[0] is self._image:
-            return made[1]
-        return make(self.image)
+        kept = self._current(key)
+        return kept[1] if kept is not None else make(self.image)
+
+    def _current(self, key: Hashable) -> tuple[np.ndarray, Any] | None:
+        """The `(image, input)` kept under `key` if it was made from the image this frame holds now."""
+        kept = self._prepared.get(key)
+        return kept if kept is not None and kept[0] is self._image else None
 
     def drop_prepared(self) -> None:
         """Forget the inputs made ahead (the engines call it when a batch leaves the stages)."""

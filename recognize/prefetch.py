@@ -78,7 +78,7 @@ def _warn_once(stage: Stage, error: Exception) -> None:
     if stage not in _warned:
         _warned.add(stage)
         log.warning("stage %r could not prepare its input ahead (it makes it in its own call instead): %s: %s",
-                       stage.name, type(error).__name__, error)
+                    stage.name, type(error).__name__, error)
 
 
 class _Failure:

@@ -76,11 +76,9 @@ class BoxSegmenter:
         same model) reuses its embedding when `recognize.feature_cache` is on. `resized(i)`: image
         `i` already resized to the encoder's input (`encoder_input`), asked only for images to embed."""
         keys = [content_key(image) for image in images] if feature_cache.enabled else [""] * len(images)
-        def compute(todo: list[int]) -> list[ImageEmbedding]:
-            inputs = [self.transform.apply_image(images[i]) if resized is None else resized(i) for i in todo]
-            return self._embed([images[i] for i in todo], inputs)
-
-        return feature_cache.compute_many(self.sam, keys, compute)
+        resize = resized if resized is not None else (lambda i: self.transform.apply_image(images[i]))
+        return feature_cache.compute_many(
+            self.sam, keys, lambda todo: self._embed([images[i] for i in todo], [resize(i) for i in todo]))
 
     @torch.inference_mode()
     def _embed(self, images: Sequence[np.ndarray], resized_images: Sequence[np.ndarray]) -> list[ImageEmbedding]:
