@@ -10,7 +10,8 @@ run (torch 1.7 s, then timm -> torchvision -> torch._dynamo 1.5 s, counted in it
 model load; the Ray driver only `recognize` and `ray`, its worker torch and the stages' modules).
 
 `seconds`: from the parent's start of this process to the end of `run_to_folder`, less Ray's own
-start (`ray.init`, reported apart as `ray_init_s`: a cluster is already up). `run_s`:
+start (`RayEngine.start`, the local instance `recognize run --engine ray` starts, reported apart as
+`ray_init_s`: a cluster is already up). `run_s`:
 `run_to_folder` alone (what earlier results reported). `imports_s`: process start to the call.
 
 Run by `run.py` as `python bench_engines.py` with the job as JSON on stdin (`engine`, `workers`,
@@ -26,7 +27,6 @@ import time
 STARTED = time.time()  # before any import: what the interpreter's own start cost is the same for both sides
 
 import json  # after the clock on purpose
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -54,14 +54,15 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         from recognize.engines.ray_engine import RayEngine
 
         workers = int(job["workers"])
+        engine = RayEngine(num_workers=workers)
         start = time.time()
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        engine.start()  # the local instance `recognize run --engine ray` starts (its workers inherit their settings)
         ray_init = time.time() - start
         result["ray_init_s"] = ray_init
         try:
             start = time.time()
             summary = run_to_folder(pipeline, [job["folder"]], Path(tmp) / "out", quiet=True, overwrite=True,
-                                    engine=RayEngine(num_workers=workers))
+                                    engine=engine)
             end = time.time()
         finally:
             ray.shutdown()

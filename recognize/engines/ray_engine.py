@@ -14,23 +14,25 @@ as their JSON; workers read the images themselves, so the image files must be re
 every node (a shared filesystem or object store mount).
 
 Point it at a cluster with `RAY_ADDRESS=ray://head:10001 recognize run ... --engine ray`
-(or `ray.init(...)` yourself before calling); without one, a local Ray instance is started.
+(or `ray.init(...)` yourself before calling; `RAY_ADDRESS=auto` joins one that `ray start` left running on
+this machine); without one, a new local Ray instance is started, whose workers compute at this
+process's priority on one heap each (`recognize.engines.ray_actors.actor_env`; `RayEngine.start`).
 Stage and load seconds in the timings are summed over workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recognize import heap
 from recognize.engines.base import FrameResult, ResultCallback
 from recognize.engines.batches import apply_stages
 from recognize.engines.frame_spool import FrameSpool
-from recognize.engines.ray_actors import StagePool, specs_key
+from recognize.engines.ray_actors import StagePool, actor_env, specs_key
 from recognize.engines.segments import Segment, split_segments, walk
 from recognize.engines.timing import LOAD, STARTUP, StageTimer
 from recognize.errors import SettingError
@@ -42,6 +44,34 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _ENV_VARS = ("RECOGNIZE_PLUGINS", "RECOGNIZE_LOAD_PLUGINS", "PYTHONPATH", "RECOGNIZE_HOME", "RECOGNIZE_OFFLINE",
              "RECOGNIZE_MAX_PIXELS")
+
+
+#: the GCS address of the local Ray this process started with `actor_env()` in its environment
+_INHERITING_GCS: str | None = None
+
+
+def _workers_inherit_env() -> bool:
+    """Whether the Ray this process is connected to is the local one it started with the workers'
+    environment (`RayEngine.start`); a Ray started any other way needs it set on each actor."""
+    import ray
+
+    return (_INHERITING_GCS is not None and ray.is_initialized()
+            and ray.get_runtime_context().gcs_address == _INHERITING_GCS)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` set in this process's environment, and the old values back afterwards."""
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def stage_specs(stages: list[Stage]) -> list[dict[str, Any]]:
@@ -102,7 +132,7 @@ class RayEngine:
         with timer.phase(LOAD):
             ensure_files([ref for stage in [*pipeline.stages, *pipeline.outputs] for ref in stage.model_files()])
         with timer.phase(STARTUP):
-            self._init()
+            self.start()
             first = split_segments(pipeline.stages)[0]
             if first.scope == "image":
                 specs = stage_specs(first.stages)
@@ -111,17 +141,31 @@ class RayEngine:
 
     def _pool(self, specs: list[dict[str, Any]]) -> StagePool:
         return StagePool(specs, workers=self.num_workers, threads=self.worker_threads(),
-                         num_cpus=self.num_cpus_per_worker, num_gpus=self.num_gpus_per_worker)
+                         num_cpus=self.num_cpus_per_worker, num_gpus=self.num_gpus_per_worker,
+                         env=None if _workers_inherit_env() else actor_env())
 
-    def _init(self) -> None:
+    def start(self) -> None:
+        """Start Ray as a run does (nothing if it is up already): on a cluster (`address`), the
+        workers get this process's recognize settings and `actor_env()` through the job's
+        `runtime_env`; a local instance started here inherits them from this process instead (set
+        in its environment only while Ray starts), so its prestarted workers can serve the actors
+        (`recognize.engines.ray_actors`: a job with a `runtime_env` gets none). Ray Data's workers
+        (partitioned dataset stages) get the same environment."""
         import ray
 
+        global _INHERITING_GCS
         if ray.is_initialized():
             return
-        # workers' threads share one heap from their first allocation (recognize.heap.worker_env)
-        env_vars = {**{k: os.environ[k] for k in _ENV_VARS if k in os.environ}, **heap.worker_env()}
-        ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
-                 include_dashboard=False, runtime_env={"env_vars": env_vars} if env_vars else None)
+        options: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
+        if self.address:
+            env_vars = {**{k: os.environ[k] for k in _ENV_VARS if k in os.environ}, **actor_env()}
+            ray.init(address=self.address, runtime_env={"env_vars": env_vars}, **options)
+            return
+        with _environment(actor_env()):
+            # a new instance, even where `ray start` left one running on this machine (whose processes
+            # would not inherit anything from here): that one is joined with RAY_ADDRESS=auto
+            ray.init(address="local", **options)
+        _INHERITING_GCS = ray.get_runtime_context().gcs_address
 
     def run(
         self,

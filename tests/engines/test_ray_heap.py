@@ -51,7 +51,7 @@ def test_a_threaded_ray_worker_takes_large_blocks_from_the_heap(monkeypatch: pyt
     monkeypatch.delenv(heap.ENV, raising=False)
     if ray.is_initialized():
         ray.shutdown()
-    RayEngine()._init()  # the engine's own ray.init, with its workers' environment
+    RayEngine().start()  # the engine's own ray.init, with its workers' environment
     try:
         mmapped = ray.get(_Probe.remote().mmapped_while_alive.remote(), timeout=120)
     finally:

@@ -200,7 +200,23 @@ class SlowLoad(Stage):
         return frames
 
 
-STAGES = [Brightness, CenterBox, BoxMask, Explode, CountDataset, DieOn, CrashOn, BadWeights, SlowLoad]
+class ProcessInfo(Stage):
+    """Writes what the process computing it runs with into each frame's meta: its niceness and its
+    malloc arena limit (where a Ray worker's differ from the driver's unless the engine sets them)."""
+
+    name = "process_info"
+    kind = "filter"
+
+    def process(self, frames: list[Frame]) -> list[Frame]:
+        import os
+
+        for frame in frames:
+            frame.meta["process"] = {"pid": os.getpid(), "niceness": os.nice(0),
+                                     "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX")}
+        return frames
+
+
+STAGES = [Brightness, CenterBox, BoxMask, Explode, CountDataset, DieOn, CrashOn, BadWeights, SlowLoad, ProcessInfo]
 
 
 @recognize.hookimpl
