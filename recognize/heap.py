@@ -18,7 +18,8 @@ mmapped (and unmapped on free) whatever `M_MMAP_MAX` says. glibc fixes its arena
 first few threads allocate, and a thread keeps the arena it first got, so the call comes before
 threads start: at the CLI's start (`recognize run`, `recognize serve`: `recognize.cli.main`), in a
 server app's start-up, and for Ray workers through their environment (`MALLOC_ARENA_MAX=1`,
-`worker_env`), besides `recognize.engines.batches.apply_stages` (every engine, `Pipeline`).
+`worker_env`, via `recognize.engines.ray_actors.actor_env`: inherited on the local Ray the engine
+starts, set on each worker on any other), besides `recognize.engines.batches.apply_stages` (every engine, `Pipeline`).
 Other allocators (jemalloc, tcmalloc, which PyTorch also recommends for CPU inference) keep freed
 memory the same way; this needs nothing installed or preloaded (with one of them preloaded, the glibc
 settings made here are simply unused).

@@ -28,7 +28,8 @@ from recognize.errors import InputError
               help="Where models run (overrides the recipe).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process. ray: Ray actors, and Ray Data for a partitioned dataset stage "
-                   "(RAY_ADDRESS or a local Ray instance).")
+                   "(the cluster RAY_ADDRESS names, auto: one `ray start` runs on this machine; "
+                   "else a new local Ray instance).")
 def run_command(recipe, inputs, output, overrides, overwrite, quiet, batch_size, device, engine):
     """Run RECIPE on INPUTS (image files, folders searched recursively, globs, image URLs, list
     files (.txt: one path or URL per line) or manifests (.jsonl / .parquet with a path, url or

@@ -21,16 +21,19 @@ where its shuffle is the point.
 Each actor's process starts with this environment (`actor_env`): inherited from the driver where the
 engine started a local Ray itself (`recognize.engines.ray_engine`), set on each actor otherwise (the
 user's own `ray.init`, a cluster), so it holds however Ray was started:
-- `MALLOC_ARENA_MAX=1` (`recognize.heap.worker_env`): the actor computes on a thread of its own
-  (`max_concurrency` 2), and without it glibc gave that thread an arena of its own, whose large blocks
-  are mmapped and unmapped again on every free. Measured (ram_plus, 4 photos a batch, AMD EPYC 2
-  cores, 2026-12-02): ~210,000 page faults and 11.3-11.6 s per batch, against none and 10.9-11.0 s
+- `MALLOC_ARENA_MAX=1` (`recognize.heap.worker_env`), everywhere: the actor computes on a thread of its
+  own (`max_concurrency` 2), and without it glibc gave that thread an arena of its own, whose large
+  blocks are mmapped and unmapped again on every free. Measured (ram_plus, 4 photos a batch, AMD EPYC
+  2 cores, 2026-12-02): ~210,000 page faults and 11.3-11.6 s per batch, against none and 10.9-11.0 s
   with it. Until then only a Ray instance this engine started itself passed it to its workers.
-- `RAY_worker_niceness=0`: Ray lowers its workers' priority to niceness 15, so that its own processes
-  stay responsive; the local engine computes at the priority it was started with. With one busy
-  process beside it (any other work on the machine, a browser), a batch took 24.7 s at niceness 15
-  and 18.6 s at 0 (the local engine: 19.3 s); on an idle machine the same within noise. A value the
-  user set in the driver's environment is passed on instead.
+- `RAY_worker_niceness=0`, on a Ray on this machine that the engine starts or joins by address
+  (`RAY_ADDRESS=auto`): Ray lowers its workers' priority to
+  niceness 15, so that its own processes stay responsive on loaded cluster nodes; the local engine
+  computes at the priority it was started with. With one busy process beside it (any other work on
+  the machine, a browser), a batch took 24.7 s at niceness 15 and 18.6 s at 0 (the local engine:
+  19.3 s); on an idle machine the same within noise. On a Ray started any other way (a cluster, the
+  user's own `ray.init`) Ray's setting stands. A value set in the driver's environment is passed on
+  everywhere instead.
 Why not always set on the actor: Ray then starts a process for it (~1.05 s to the actor's constructor)
 where a local instance has one prestarted (~0.2 s), as it only does for jobs without a `runtime_env`.
 
@@ -64,10 +67,15 @@ IN_FLIGHT = 2
 NICENESS_ENV = "RAY_worker_niceness"
 
 
-def actor_env() -> dict[str, str]:
-    """Environment variables of a stage actor's process, in effect from its start (module doc): a
-    mallopt or os.nice call inside the actor would come too late, or need privileges."""
-    return {**heap.worker_env(), NICENESS_ENV: os.environ.get(NICENESS_ENV, "0")}
+def actor_env(local: bool) -> dict[str, str]:
+    """Environment variables of a worker's process, in effect from its start (module doc): a mallopt
+    or os.nice call inside it would come too late, or need privileges. `local`: the workers run on a
+    Ray instance the engine started on this machine (they compute at the driver's priority)."""
+    env = dict(heap.worker_env())
+    niceness = os.environ.get(NICENESS_ENV)
+    if niceness is not None or local:
+        env[NICENESS_ENV] = niceness if niceness is not None else "0"
+    return env
 
 
 def build_stages(specs: list[dict[str, Any]]) -> list:
@@ -151,7 +159,7 @@ class StagePool:
 
     def __init__(self, specs: list[dict[str, Any]], *, workers: int, threads: int | None,
                  num_cpus: float = 1, num_gpus: float = 0, env: dict[str, str] | None = None) -> None:
-        """`env`: variables set on each actor (`actor_env()` where the workers do not inherit them)."""
+        """`env`: variables set on each actor (None where the workers inherit them from the driver)."""
         import ray
 
         self.specs = specs

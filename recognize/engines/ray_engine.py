@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,21 +43,40 @@ from recognize.stage import Stage
 if TYPE_CHECKING:  # pragma: no cover
     from recognize.pipeline import Pipeline
 
-_ENV_VARS = ("RECOGNIZE_PLUGINS", "RECOGNIZE_LOAD_PLUGINS", "PYTHONPATH", "RECOGNIZE_HOME", "RECOGNIZE_OFFLINE",
-             "RECOGNIZE_MAX_PIXELS")
+#: settings of the driver's own, not passed to workers
+_DRIVER_ONLY = ("RECOGNIZE_RAY_WORKERS", "RECOGNIZE_RAY_THREADS", "RECOGNIZE_SERVE_TOKEN")
+#: addresses of a Ray on this machine (`RAY_ADDRESS=auto` joins what `ray start` left running here)
+_THIS_MACHINE = ("auto", "local", "localhost", "127.0.0.1")
+#: (GCS address, node id) of the local Ray this process started with the workers' environment in its own
+_INHERITING: tuple[str, str] | None = None
+_START_LOCK = threading.Lock()
 
 
-#: the GCS address of the local Ray this process started with `actor_env()` in its environment
-_INHERITING_GCS: str | None = None
+def worker_settings() -> dict[str, str]:
+    """This process's recognize settings (`RECOGNIZE_*`, less the driver's own), for workers that do
+    not inherit its environment."""
+    return {key: value for key, value in os.environ.items()
+            if key.startswith("RECOGNIZE_") and key not in _DRIVER_ONLY}
+
+
+def _identity() -> tuple[str, str]:
+    import ray
+
+    context = ray.get_runtime_context()
+    return context.gcs_address, context.get_node_id()
 
 
 def _workers_inherit_env() -> bool:
     """Whether the Ray this process is connected to is the local one it started with the workers'
-    environment (`RayEngine.start`); a Ray started any other way needs it set on each actor."""
+    environment (`RayEngine.start`); a Ray started any other way needs it set on each worker."""
     import ray
 
-    return (_INHERITING_GCS is not None and ray.is_initialized()
-            and ray.get_runtime_context().gcs_address == _INHERITING_GCS)
+    return _INHERITING is not None and ray.is_initialized() and _identity() == _INHERITING
+
+
+def _on_this_machine(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return address in _THIS_MACHINE or host in _THIS_MACHINE
 
 
 @contextlib.contextmanager
@@ -109,14 +129,15 @@ class RayEngine:
 
     def worker_threads(self) -> int | None:
         """torch threads per worker: `$RECOGNIZE_RAY_THREADS`, else on a local Ray instance this
-        machine's cores shared among the workers (as the local engine uses them all); on a cluster
-        Ray's own per-actor setting (its CPU reservation) stands."""
+        machine's cores shared among the workers (as the local engine uses them all; also for
+        `RAY_ADDRESS=auto` or a localhost address); on a cluster Ray's own per-actor setting (its CPU
+        reservation) stands."""
         value = os.environ.get("RECOGNIZE_RAY_THREADS", "").strip()
         if value:
             if not value.isdigit() or int(value) < 1:
                 raise SettingError(f"RECOGNIZE_RAY_THREADS={value!r}: give a whole number of threads, 1 or more")
             return int(value)
-        if self.address:
+        if self.address and not _on_this_machine(self.address):
             return None
         return max(1, (os.cpu_count() or 1) // self.num_workers)
 
@@ -142,30 +163,42 @@ class RayEngine:
     def _pool(self, specs: list[dict[str, Any]]) -> StagePool:
         return StagePool(specs, workers=self.num_workers, threads=self.worker_threads(),
                          num_cpus=self.num_cpus_per_worker, num_gpus=self.num_gpus_per_worker,
-                         env=None if _workers_inherit_env() else actor_env())
+                         env=self.worker_env())
+
+    def worker_env(self) -> dict[str, str] | None:
+        """Variables set on each worker (actors, Ray Data's): this process's recognize settings and
+        `actor_env`; None on the local Ray this engine started, whose workers inherit them."""
+        if _workers_inherit_env():
+            return None
+        return {**worker_settings(), **actor_env(local=False)}
 
     def start(self) -> None:
-        """Start Ray as a run does (nothing if it is up already): on a cluster (`address`), the
-        workers get this process's recognize settings and `actor_env()` through the job's
-        `runtime_env`; a local instance started here inherits them from this process instead (set
-        in its environment only while Ray starts), so its prestarted workers can serve the actors
-        (`recognize.engines.ray_actors`: a job with a `runtime_env` gets none). Ray Data's workers
-        (partitioned dataset stages) get the same environment."""
+        """Start Ray as a run does (nothing if it is up already). On a cluster (`address`) its
+        workers get this process's recognize settings (`worker_settings`, `PYTHONPATH`) and
+        `actor_env` through the job's `runtime_env`. Without one, a new local instance starts with
+        those in this process's environment while `ray.init` runs, so that its processes inherit
+        them (Ray's own too: its GCS and raylet run with `MALLOC_ARENA_MAX=1`) and its prestarted
+        workers can serve the actors (`recognize.engines.ray_actors`: a job with a `runtime_env`
+        gets none). Ray stays up for this process's later work, with those settings."""
         import ray
 
-        global _INHERITING_GCS
-        if ray.is_initialized():
-            return
-        options: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "include_dashboard": False}
-        if self.address:
-            env_vars = {**{k: os.environ[k] for k in _ENV_VARS if k in os.environ}, **actor_env()}
-            ray.init(address=self.address, runtime_env={"env_vars": env_vars}, **options)
-            return
-        with _environment(actor_env()):
-            # a new instance, even where `ray start` left one running on this machine (whose processes
-            # would not inherit anything from here): that one is joined with RAY_ADDRESS=auto
-            ray.init(address="local", **options)
-        _INHERITING_GCS = ray.get_runtime_context().gcs_address
+        global _INHERITING
+        with _START_LOCK:
+            if ray.is_initialized():
+                return
+            _INHERITING = None
+            options: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False,
+                                       "include_dashboard": False}
+            if self.address:
+                paths = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+                env_vars = {**worker_settings(), **paths, **actor_env(local=_on_this_machine(self.address))}
+                ray.init(address=self.address, runtime_env={"env_vars": env_vars}, **options)
+                return
+            with _environment(actor_env(local=True)):
+                # a new instance, even where `ray start` left one running on this machine (whose
+                # processes would not inherit anything from here): that one is joined with RAY_ADDRESS=auto
+                ray.init(address="local", **options)
+            _INHERITING = _identity()
 
     def run(
         self,
@@ -218,7 +251,7 @@ class RayEngine:
                         out = run_partitioned_on_ray(
                             stage, stage_specs([stage])[0], current, num_workers=self.num_workers,
                             num_cpus_per_worker=self.num_cpus_per_worker,
-                            num_gpus_per_worker=self.num_gpus_per_worker)
+                            num_gpus_per_worker=self.num_gpus_per_worker, env=self.worker_env())
                     current = _timed(out, timer, stage.name)
                     continue
                 with timer.phase(LOAD):

@@ -110,8 +110,9 @@ def frames_dataset(frames: Iterable[Frame], block: int = 4096) -> Any:
 
 def run_partitioned_on_ray(stage: Stage, spec: dict[str, Any], frames: Sized | Iterable[Frame], *,
                            num_workers: int, num_cpus_per_worker: float = 1,
-                           num_gpus_per_worker: float = 0) -> Iterator[Frame]:
+                           num_gpus_per_worker: float = 0, env: dict[str, str] | None = None) -> Iterator[Frame]:
     """The stage over `frames` as a group-by on the current Ray instance; same result as locally.
+    `env`: variables set on its workers (None where they inherit the driver's, `RayEngine`).
 
     `frames` is read twice, in order (a `FrameSpool` or a list): once into the object store, once
     to apply each frame's results as they stream back; the enriched frames are yielded in order."""
@@ -120,20 +121,21 @@ def run_partitioned_on_ray(stage: Stage, spec: dict[str, Any], frames: Sized | I
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     count = len(frames)  # type: ignore[arg-type]
+    remote_args = {"runtime_env": {"env_vars": env}} if env else {}
     source = frames_dataset(frames, block=4 * PARTITION_CHUNK)
     if source is None:
         return iter(())
     items = source.map_batches(
         _Partitioner, fn_constructor_kwargs={"spec": spec}, batch_size=PARTITION_CHUNK,
         compute=ray.data.ActorPoolStrategy(size=num_workers), num_cpus=num_cpus_per_worker,
-        num_gpus=num_gpus_per_worker or None, batch_format="numpy",
+        num_gpus=num_gpus_per_worker or None, batch_format="numpy", **remote_args,
     ).materialize()
     if items.count() == 0:
         return (stage.apply_results(frame, []) for frame in frames)
     # few shuffle partitions: a group must fit one worker anyway, and each partition costs tasks
     parts = max(1, min(4 * num_workers, count // PARTITION_CHUNK + 1))
     results = items.groupby("key", num_partitions=parts).map_groups(
-        _process_group, fn_kwargs={"spec": spec}, batch_format="numpy", num_cpus=num_cpus_per_worker)
+        _process_group, fn_kwargs={"spec": spec}, batch_format="numpy", num_cpus=num_cpus_per_worker, **remote_args)
     step = count / parts
     boundaries = [int(i * step) << _INDEX_BITS for i in range(1, parts)]
     ordered = results.sort("order", boundaries=boundaries or None)

@@ -32,7 +32,7 @@ def test_the_engines_own_ray_hands_its_environment_down(test_stages, image_folde
         summary = run_to_folder(Pipeline([test_stages.ProcessInfo()]), [image_folder], tmp_path / "out", quiet=True,
                                 engine=RayEngine(num_workers=1))
         assert ray_engine._workers_inherit_env()  # so the actors were started without a runtime_env
-        assert ray.get_runtime_context().runtime_env == {}
+        assert ray.get_runtime_context().runtime_env == {} and RayEngine().worker_env() is None
     finally:
         ray.shutdown()
     assert summary.processed == 3 and not summary.failed, summary.failures

@@ -201,8 +201,9 @@ class SlowLoad(Stage):
 
 
 class ProcessInfo(Stage):
-    """Writes what the process computing it runs with into each frame's meta: its niceness and its
-    malloc arena limit (where a Ray worker's differ from the driver's unless the engine sets them)."""
+    """Writes what the process computing it runs with into each frame's meta: its niceness, its malloc
+    arena limit and one recognize setting (where a Ray worker's differ from the driver's unless the
+    engine passes them on)."""
 
     name = "process_info"
     kind = "filter"
@@ -212,7 +213,8 @@ class ProcessInfo(Stage):
 
         for frame in frames:
             frame.meta["process"] = {"pid": os.getpid(), "niceness": os.nice(0),
-                                     "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX")}
+                                     "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
+                                     "feature_cache_mb": os.environ.get("RECOGNIZE_FEATURE_CACHE_MB")}
         return frames
 
 
