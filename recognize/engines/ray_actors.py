@@ -26,14 +26,12 @@ user's own `ray.init`, a cluster), so it holds however Ray was started:
   blocks are mmapped and unmapped again on every free. Measured (ram_plus, 4 photos a batch, AMD EPYC
   2 cores, 2026-12-02): ~210,000 page faults and 11.3-11.6 s per batch, against none and 10.9-11.0 s
   with it. Until then only a Ray instance this engine started itself passed it to its workers.
-- `RAY_worker_niceness=0`, on a Ray on this machine that the engine starts or joins by address
-  (`RAY_ADDRESS=auto`): Ray lowers its workers' priority to
-  niceness 15, so that its own processes stay responsive on loaded cluster nodes; the local engine
-  computes at the priority it was started with. With one busy process beside it (any other work on
-  the machine, a browser), a batch took 24.7 s at niceness 15 and 18.6 s at 0 (the local engine:
-  19.3 s); on an idle machine the same within noise. On a Ray started any other way (a cluster, the
-  user's own `ray.init`) Ray's setting stands. A value set in the driver's environment is passed on
-  everywhere instead.
+- `RAY_worker_niceness=0`, on the local instance the engine starts: Ray raises its workers' niceness
+  by 15 (that variable is the increment), so that its own processes stay responsive on loaded cluster
+  nodes; the local engine computes at the priority it was started with. With one busy process beside
+  it (any other work on the machine, a browser), a batch took 24.7 s at +15 and 18.6 s at +0 (the local
+  engine: 19.3 s); on an idle machine the same within noise. On a Ray started any other way (a cluster,
+  the user's own `ray.init`) Ray's setting stands.
 Why not always set on the actor: Ray then starts a process for it (~1.05 s to the actor's constructor)
 where a local instance has one prestarted (~0.2 s), as it only does for jobs without a `runtime_env`.
 
@@ -69,13 +67,9 @@ NICENESS_ENV = "RAY_worker_niceness"
 
 def actor_env(local: bool) -> dict[str, str]:
     """Environment variables of a worker's process, in effect from its start (module doc): a mallopt
-    or os.nice call inside it would come too late, or need privileges. `local`: the workers run on a
-    Ray instance the engine started on this machine (they compute at the driver's priority)."""
-    env = dict(heap.worker_env())
-    niceness = os.environ.get(NICENESS_ENV)
-    if niceness is not None or local:
-        env[NICENESS_ENV] = niceness if niceness is not None else "0"
-    return env
+    or os.nice call inside it would come too late, or need privileges. `local`: the workers run on the
+    local Ray instance the engine started (they compute at the driver's priority)."""
+    return {**heap.worker_env(), **({NICENESS_ENV: "0"} if local else {})}
 
 
 def build_stages(specs: list[dict[str, Any]]) -> list:

@@ -45,8 +45,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: settings of the driver's own, not passed to workers
 _DRIVER_ONLY = ("RECOGNIZE_RAY_WORKERS", "RECOGNIZE_RAY_THREADS", "RECOGNIZE_SERVE_TOKEN")
-#: addresses of a Ray on this machine (`RAY_ADDRESS=auto` joins what `ray start` left running here)
-_THIS_MACHINE = ("auto", "local", "localhost", "127.0.0.1")
 #: (GCS address, node id) of the local Ray this process started with the workers' environment in its own
 _INHERITING: tuple[str, str] | None = None
 _START_LOCK = threading.Lock()
@@ -74,9 +72,22 @@ def _workers_inherit_env() -> bool:
     return _INHERITING is not None and ray.is_initialized() and _identity() == _INHERITING
 
 
-def _on_this_machine(address: str) -> bool:
-    host = address.split("://")[-1].rsplit(":", 1)[0]
-    return address in _THIS_MACHINE or host in _THIS_MACHINE
+def _without(env: dict[str, str], given: dict[str, str]) -> dict[str, str]:
+    """`env` less the variables the job's own `runtime_env` already sets (`given`): those stand (Ray
+    refuses a driver's `runtime_env` that repeats one of a submitted job's, and an actor's would
+    override the user's)."""
+    return {key: value for key, value in env.items() if key not in given}
+
+
+def _submitted_job_env() -> dict[str, str]:
+    """The env_vars of the job `ray job submit` runs this driver in (none outside Ray Jobs)."""
+    import json
+
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        return dict((config.get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError, TypeError):
+        return {}
 
 
 @contextlib.contextmanager
@@ -129,15 +140,14 @@ class RayEngine:
 
     def worker_threads(self) -> int | None:
         """torch threads per worker: `$RECOGNIZE_RAY_THREADS`, else on a local Ray instance this
-        machine's cores shared among the workers (as the local engine uses them all; also for
-        `RAY_ADDRESS=auto` or a localhost address); on a cluster Ray's own per-actor setting (its CPU
-        reservation) stands."""
+        machine's cores shared among the workers (as the local engine uses them all); on a cluster
+        (any address but `local`, `auto` too) Ray's own per-actor setting (its CPU reservation) stands."""
         value = os.environ.get("RECOGNIZE_RAY_THREADS", "").strip()
         if value:
             if not value.isdigit() or int(value) < 1:
                 raise SettingError(f"RECOGNIZE_RAY_THREADS={value!r}: give a whole number of threads, 1 or more")
             return int(value)
-        if self.address and not _on_this_machine(self.address):
+        if self._joins_a_cluster():
             return None
         return max(1, (os.cpu_count() or 1) // self.num_workers)
 
@@ -168,14 +178,20 @@ class RayEngine:
     def worker_env(self) -> dict[str, str] | None:
         """Variables set on each worker (actors, Ray Data's): this process's recognize settings and
         `actor_env`; None on the local Ray this engine started, whose workers inherit them."""
+        import ray
+
         if _workers_inherit_env():
             return None
-        return {**worker_settings(), **actor_env(local=False)}
+        given = dict((ray.get_runtime_context().runtime_env or {}).get("env_vars") or {})
+        return _without({**worker_settings(), **actor_env(local=False)}, given)
+
+    def _joins_a_cluster(self) -> bool:
+        return bool(self.address) and self.address != "local"
 
     def start(self) -> None:
         """Start Ray as a run does (nothing if it is up already). On a cluster (`address`) its
         workers get this process's recognize settings (`worker_settings`, `PYTHONPATH`) and
-        `actor_env` through the job's `runtime_env`. Without one, a new local instance starts with
+        `actor_env` through the job's `runtime_env` (less what a submitted job's sets already). Without one, a new local instance starts with
         those in this process's environment while `ray.init` runs, so that its processes inherit
         them (Ray's own too: its GCS and raylet run with `MALLOC_ARENA_MAX=1`) and its prestarted
         workers can serve the actors (`recognize.engines.ray_actors`: a job with a `runtime_env`
@@ -189,10 +205,10 @@ class RayEngine:
             _INHERITING = None
             options: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False,
                                        "include_dashboard": False}
-            if self.address:
+            if self._joins_a_cluster():
                 paths = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
-                env_vars = {**worker_settings(), **paths, **actor_env(local=_on_this_machine(self.address))}
-                ray.init(address=self.address, runtime_env={"env_vars": env_vars}, **options)
+                env_vars = _without({**worker_settings(), **paths, **actor_env(local=False)}, _submitted_job_env())
+                ray.init(address=self.address, runtime_env={"env_vars": env_vars} if env_vars else None, **options)
                 return
             with _environment(actor_env(local=True)):
                 # a new instance, even where `ray start` left one running on this machine (whose

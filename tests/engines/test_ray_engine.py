@@ -56,18 +56,15 @@ def test_ray_equals_local(local_ray, test_stages, image_folder, tmp_path, worker
 def test_workers_on_a_ray_the_user_started_get_one_heap_and_the_drivers_settings(
         local_ray, test_stages, image_folder, tmp_path, monkeypatch):
     # `local_ray` is the user's own ray.init, without recognize's environment: the actors get theirs set
-    # (else each compute thread had a malloc arena of its own); Ray's niceness stands unless the driver
-    # sets one
-    wanted = min(19, os.nice(0) + 2)  # raising it needs no privileges
-    monkeypatch.setenv("RAY_worker_niceness", str(wanted))
-    monkeypatch.setenv("RECOGNIZE_FEATURE_CACHE_MB", "7")  # a recognize setting of this run's
+    # (else each compute thread had a malloc arena of its own), and this run's recognize settings
+    monkeypatch.setenv("RECOGNIZE_FEATURE_CACHE_MB", "7")
     monkeypatch.delenv("RECOGNIZE_KEEP_FREED_MEMORY", raising=False)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     run_to_folder(Pipeline([test_stages.ProcessInfo()]), [image_folder], tmp_path / "out", quiet=True,
                   engine=RayEngine(num_workers=1))
     seen = [frame["meta"]["process"] for frame in results(tmp_path / "out").values()]
     assert seen and all(p["pid"] != os.getpid() for p in seen)  # computed on a worker
-    assert all(p["niceness"] == wanted and p["malloc_arena_max"] == "1" for p in seen), seen
-    assert all(p["feature_cache_mb"] == "7" for p in seen), seen
+    assert all(p["malloc_arena_max"] == "1" and p["feature_cache_mb"] == "7" for p in seen), seen
 
 
 def test_no_stages_runs_on_ray_as_locally(local_ray, image_folder, tmp_path):
