@@ -16,10 +16,11 @@ rank swap, not precision: aligned queries differ by <= 0.007, with grid_sample o
 
 How many of the exact path's 20 best detections must be aligned (`min_aligned`), so that the
 tolerances above judge enough of them: measured 14 of 20 for bf16 and 8 of 20 for int8 (19 and 11 of
-all 30 queries). int8 moves the encoder scores about twice as far as bf16, so more proposals close
+all 30 queries) on an AMD EPYC with AVX-512; on one with AVX2 only (2026-12-02) bf16 16 and int8 6 of
+20, the tolerances holding for those (int8's dynamic quantisation takes other kernels there). int8 moves the encoder scores about twice as far as bf16, so more proposals close
 in score swap ranks (a proposal at another rank is decoded by another query; one that enters or
 leaves the selection shifts every rank after it). The bounds
-(10 and 7) leave a little room for another CPU's rounding; fewer would mean the fast mode reorders
+(10 and 5) leave a little room for another CPU's rounding; fewer would mean the fast mode reorders
 the best proposals more than measured here.
 """
 
@@ -55,7 +56,7 @@ def _selection(stage: GroundingDino, photo, prompt) -> Selection:
 
 
 @pytest.mark.parametrize(("mode", "encoder_tol", "prob_tol", "box_tol", "min_aligned"),
-                         [({"dtype": "bfloat16"}, 0.03, 0.01, 0.01, 10), ({"quantize": "int8"}, 0.06, 0.03, 0.015, 7)])
+                         [({"dtype": "bfloat16"}, 0.03, 0.01, 0.01, 10), ({"quantize": "int8"}, 0.06, 0.03, 0.015, 5)])
 def test_fast_mode_stays_close_to_the_exact_path(make_stage, photos, ram_tags, mode, encoder_tol, prob_tol, box_tol,
                                                  min_aligned):
     if mode.get("quantize"):
