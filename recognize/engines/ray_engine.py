@@ -22,10 +22,10 @@ Stage and load seconds in the timings are summed over workers.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import threading
+from unittest import mock
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,21 +88,6 @@ def _submitted_job_env() -> dict[str, str]:
         return dict((config.get("runtime_env") or {}).get("env_vars") or {})
     except (ValueError, AttributeError, TypeError):
         return {}
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """`values` set in this process's environment, and the old values back afterwards."""
-    old = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def stage_specs(stages: list[Stage]) -> list[dict[str, Any]]:
@@ -191,8 +176,9 @@ class RayEngine:
     def start(self) -> None:
         """Start Ray as a run does (nothing if it is up already). On a cluster (`address`) its
         workers get this process's recognize settings (`worker_settings`, `PYTHONPATH`) and
-        `actor_env` through the job's `runtime_env` (less what a submitted job's sets already). Without one, a new local instance starts with
-        those in this process's environment while `ray.init` runs, so that its processes inherit
+        `actor_env` through the job's `runtime_env` (less what a submitted job's sets already).
+        Without one, a new local instance starts with those in this process's environment while
+        `ray.init` runs, so that its processes inherit
         them (Ray's own too: its GCS and raylet run with `MALLOC_ARENA_MAX=1`) and its prestarted
         workers can serve the actors (`recognize.engines.ray_actors`: a job with a `runtime_env`
         gets none). Ray stays up for this process's later work, with those settings."""
@@ -210,7 +196,8 @@ class RayEngine:
                 env_vars = _without({**worker_settings(), **paths, **actor_env(local=False)}, _submitted_job_env())
                 ray.init(address=self.address, runtime_env={"env_vars": env_vars} if env_vars else None, **options)
                 return
-            with _environment(actor_env(local=True)):
+            # set only while Ray starts, the old values back even if it fails (stdlib's patch.dict)
+            with mock.patch.dict(os.environ, actor_env(local=True)):
                 # a new instance, even where `ray start` left one running on this machine (whose
                 # processes would not inherit anything from here): that one is joined with RAY_ADDRESS=auto
                 ray.init(address="local", **options)

@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("ray")
 
+from recognize import heap
 from recognize.engines import ray_engine
 from recognize.engines.ray_engine import RayEngine
 
@@ -44,11 +45,25 @@ def test_a_submitted_jobs_own_variables_are_not_repeated(monkeypatch):
 
 
 def test_the_environment_is_only_borrowed_while_ray_starts(monkeypatch):
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("a Ray is up in this process: start() would not call ray.init")
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.delenv("RECOGNIZE_KEEP_FREED_MEMORY", raising=False)
     monkeypatch.setenv("RAY_worker_niceness", "5")
-    with pytest.raises(RuntimeError), ray_engine._environment({"MALLOC_ARENA_MAX": "1", "RAY_worker_niceness": "0"}):
-        assert os.environ["MALLOC_ARENA_MAX"] == "1" and os.environ["RAY_worker_niceness"] == "0"
+    seen = {}
+
+    def failing_init(**options):
+        seen.update(options, arena=os.environ.get("MALLOC_ARENA_MAX"), niceness=os.environ.get("RAY_worker_niceness"))
         raise RuntimeError("ray.init failed")
+
+    monkeypatch.setattr(ray, "init", failing_init)
+    with pytest.raises(RuntimeError):
+        RayEngine(address=None).start()
+    # what Ray's processes would inherit while it started: one heap (on glibc), Ray's +15 not applied
+    assert seen["address"] == "local" and seen["niceness"] == "0" and "runtime_env" not in seen
+    assert seen["arena"] == heap.worker_env().get("MALLOC_ARENA_MAX")
     assert "MALLOC_ARENA_MAX" not in os.environ and os.environ["RAY_worker_niceness"] == "5"
 
 
