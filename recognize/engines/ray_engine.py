@@ -15,7 +15,8 @@ every node (a shared filesystem or object store mount).
 
 Point it at a cluster with `RAY_ADDRESS=ray://head:10001 recognize run ... --engine ray`
 (or `ray.init(...)` yourself before calling; `RAY_ADDRESS=auto` joins one that `ray start` left running on
-this machine); without one, a new local Ray instance is started, whose workers compute at this
+this machine); without one, a new local Ray instance is started (with a one-line warning where `ray start`
+left one running), whose workers compute at this
 process's priority on one heap each (`recognize.engines.ray_actors.actor_env`; `RayEngine.start`).
 Stage and load seconds in the timings are summed over workers.
 """
@@ -23,6 +24,7 @@ Stage and load seconds in the timings are summed over workers.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 from unittest import mock
@@ -48,6 +50,19 @@ _DRIVER_ONLY = ("RECOGNIZE_RAY_WORKERS", "RECOGNIZE_RAY_THREADS", "RECOGNIZE_SER
 #: (GCS address, node id) of the local Ray this process started with the workers' environment in its own
 _INHERITING: tuple[str, str] | None = None
 _START_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
+
+
+def _ray_start_cluster() -> str | None:
+    """The address of the cluster `ray start` last started on this machine (Ray's own record, which
+    `ray stop` removes; what `RAY_ADDRESS=auto` joins), or None. Ray has no public call for it, so the
+    lookup is read defensively: a Ray that moved it gives None, never an error."""
+    try:
+        from ray._private.services import find_bootstrap_address
+
+        return find_bootstrap_address(None) or None
+    except Exception:
+        return None
 
 
 def worker_settings() -> dict[str, str]:
@@ -196,6 +211,10 @@ class RayEngine:
                 env_vars = _without({**worker_settings(), **paths, **actor_env(local=False)}, _submitted_job_env())
                 ray.init(address=self.address, runtime_env={"env_vars": env_vars} if env_vars else None, **options)
                 return
+            left_running = _ray_start_cluster() if not self.address else None
+            if left_running:  # once: a Ray started here stays up for this process's later runs
+                log.warning("a Ray cluster that `ray start` left running on this machine (%s) is not used: this run "
+                            "starts its own Ray; set RAY_ADDRESS=auto to run on that cluster", left_running)
             # set only while Ray starts, the old values back even if it fails (stdlib's patch.dict)
             with mock.patch.dict(os.environ, actor_env(local=True)):
                 # a new instance, even where `ray start` left one running on this machine (whose

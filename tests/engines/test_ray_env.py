@@ -67,6 +67,35 @@ def test_the_environment_is_only_borrowed_while_ray_starts(monkeypatch):
     assert "MALLOC_ARENA_MAX" not in os.environ and os.environ["RAY_worker_niceness"] == "5"
 
 
+@pytest.mark.parametrize(("address", "warned"), [(None, True), ("local", False)])
+def test_a_cluster_left_by_ray_start_is_named_when_a_new_ray_starts(monkeypatch, tmp_path, caplog, address, warned):
+    """Ray's record of `ray start`'s cluster (RAY_TMPDIR/ray/ray_current_cluster, what RAY_ADDRESS=auto
+    joins) gets one warning line when the engine starts a Ray of its own anyway; an explicit "local" none."""
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("a Ray is up in this process: start() would not call ray.init")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("10.1.2.3:6379")
+
+    def failing_init(**options):
+        raise RuntimeError("ray.init failed")
+
+    monkeypatch.setattr(ray, "init", failing_init)
+    with caplog.at_level("WARNING", logger="recognize.engines.ray_engine"), pytest.raises(RuntimeError):
+        RayEngine(address=address).start()
+    lines = [r.getMessage() for r in caplog.records if r.name == "recognize.engines.ray_engine"]
+    assert lines == (["a Ray cluster that `ray start` left running on this machine (10.1.2.3:6379) is not used: "
+                      "this run starts its own Ray; set RAY_ADDRESS=auto to run on that cluster"] if warned else [])
+    (tmp_path / "ray" / "ray_current_cluster").unlink()  # `ray stop` removes it: nothing to say
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="recognize.engines.ray_engine"), pytest.raises(RuntimeError):
+        RayEngine(address=address).start()
+    assert [r for r in caplog.records if r.name == "recognize.engines.ray_engine"] == []
+
+
 @pytest.mark.parametrize(("address", "threads"), [(None, 2), ("local", 2), ("auto", None), ("ray://head:10001", None)])
 def test_workers_share_this_machines_cores_only_on_a_local_instance(monkeypatch, address, threads):
     monkeypatch.delenv("RECOGNIZE_RAY_THREADS", raising=False)
