@@ -15,9 +15,9 @@ every node (a shared filesystem or object store mount).
 
 Point it at a cluster with `RAY_ADDRESS=ray://head:10001 recognize run ... --engine ray`
 (or `ray.init(...)` yourself before calling; `RAY_ADDRESS=auto` joins one that `ray start` left running on
-this machine); without one, a new local Ray instance is started (with a one-line warning where `ray start`
-left one running), whose workers compute at this
-process's priority on one heap each (`recognize.engines.ray_actors.actor_env`; `RayEngine.start`).
+this machine); without one, a new local Ray instance is started (with a one-line warning where Ray
+records one that `ray start` started), whose workers compute at this process's priority on one heap
+each (`recognize.engines.ray_actors.actor_env`; `RayEngine.start`).
 Stage and load seconds in the timings are summed over workers.
 """
 
@@ -54,9 +54,10 @@ log = logging.getLogger(__name__)
 
 
 def _ray_start_cluster() -> str | None:
-    """The address of the cluster `ray start` last started on this machine (Ray's own record, which
-    `ray stop` removes; what `RAY_ADDRESS=auto` joins), or None. Ray has no public call for it, so the
-    lookup is read defensively: a Ray that moved it gives None, never an error."""
+    """The address of the cluster `ray start` last started on this machine (Ray's own record in its
+    default temp dir, which `ray stop` removes but a crash leaves; what `RAY_ADDRESS=auto` joins), or
+    None. Ray has no public call for it, so the lookup is read defensively: a Ray that moved it gives
+    None, never an error."""
     try:
         from ray._private.services import find_bootstrap_address
 
@@ -213,8 +214,9 @@ class RayEngine:
                 return
             left_running = _ray_start_cluster() if not self.address else None
             if left_running:  # once: a Ray started here stays up for this process's later runs
-                log.warning("a Ray cluster that `ray start` left running on this machine (%s) is not used: this run "
-                            "starts its own Ray; set RAY_ADDRESS=auto to run on that cluster", left_running)
+                log.warning("Ray's record names a cluster that `ray start` started on this machine (%s); this "
+                            "run starts its own Ray (if that cluster still runs, RAY_ADDRESS=auto runs on it)",
+                            left_running)
             # set only while Ray starts, the old values back even if it fails (stdlib's patch.dict)
             with mock.patch.dict(os.environ, actor_env(local=True)):
                 # a new instance, even where `ray start` left one running on this machine (whose

@@ -87,8 +87,9 @@ def test_a_cluster_left_by_ray_start_is_named_when_a_new_ray_starts(monkeypatch,
     with caplog.at_level("WARNING", logger="recognize.engines.ray_engine"), pytest.raises(RuntimeError):
         RayEngine(address=address).start()
     lines = [r.getMessage() for r in caplog.records if r.name == "recognize.engines.ray_engine"]
-    assert lines == (["a Ray cluster that `ray start` left running on this machine (10.1.2.3:6379) is not used: "
-                      "this run starts its own Ray; set RAY_ADDRESS=auto to run on that cluster"] if warned else [])
+    assert lines == (["Ray's record names a cluster that `ray start` started on this machine (10.1.2.3:6379); this "
+                      "run starts its own Ray (if that cluster still runs, RAY_ADDRESS=auto runs on it)"]
+                     if warned else [])
     (tmp_path / "ray" / "ray_current_cluster").unlink()  # `ray stop` removes it: nothing to say
     caplog.clear()
     with caplog.at_level("WARNING", logger="recognize.engines.ray_engine"), pytest.raises(RuntimeError):
