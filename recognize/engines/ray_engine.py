@@ -212,15 +212,15 @@ class RayEngine:
                 env_vars = _without({**worker_settings(), **paths, **actor_env(local=False)}, _submitted_job_env())
                 ray.init(address=self.address, runtime_env={"env_vars": env_vars} if env_vars else None, **options)
                 return
-            left_running = _ray_start_cluster() if not self.address else None
-            if left_running:  # once: a Ray started here stays up for this process's later runs
+            # a new instance, even where `ray start` left one running on this machine (whose processes
+            # would not inherit anything from here): said once, as this Ray stays up for later runs
+            recorded = None if self.address else _ray_start_cluster()  # an explicit "local" asked for a new one
+            if recorded:
                 log.warning("Ray's record names a cluster that `ray start` started on this machine (%s); this "
                             "run starts its own Ray (if that cluster still runs, RAY_ADDRESS=auto runs on it)",
-                            left_running)
+                            recorded)
             # set only while Ray starts, the old values back even if it fails (stdlib's patch.dict)
             with mock.patch.dict(os.environ, actor_env(local=True)):
-                # a new instance, even where `ray start` left one running on this machine (whose
-                # processes would not inherit anything from here): that one is joined with RAY_ADDRESS=auto
                 ray.init(address="local", **options)
             _INHERITING = _identity()
 
