@@ -9,6 +9,15 @@ Measured on this project's AMD EPYC machine (2026-12-01, load average ~2): a 204
 GFLOP/s through oneDNN against 200-203 through `a @ b` (MKL), in one process; `benchmarks/run.py` records
 both rates with every run (`benchmarks/README.md`, "% of oneDNN matmul").
 
+Which CPUs (`ONEDNN`, chosen at import): oneDNN where torch's CPU capability is AVX512 (AMX CPUs report
+it too), torch's own GEMM (MKL) on AVX2 and below. Why: on an AVX2-only AMD EPYC (2026-12-03, 2 cores,
+`avx avx2 fma`; interleaved in one process, median of per-round ratios) oneDNN's fp32 GEMM ran at or
+below MKL's (2048^3: 139-151 against 133-178 GFLOP/s, both probes noisy) and whole forwards took longer
+through oneDNN: RAM 1.12x, Tag2Text 1.13x, SAM vit_h (encoder + 8 boxes) 1.13x the time; Grounding DINO
+0.96x (within the noise; `benchmarks/README.md`, "Which GEMM on which CPU"). On Intel CPUs with AVX-512,
+where MKL runs its AVX-512 kernels, nothing was measured: oneDNN stays, as before this choice.
+`RECOGNIZE_ONEDNN=1` takes oneDNN on every CPU, `=0` torch's GEMM everywhere (`auto`, the default: by CPU).
+
 Same arithmetic (fp32 products and sums, erf GELU, one add), another summation order: results
 differ from `nn.Linear` in the last bits (~1e-6 relative), well inside the parity tolerances
 against the official code. `linear` is the fused call (SAM's `LeanBlock`); `use_onednn_linears`
@@ -64,11 +73,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ONEDNN", "PACKED", "PACKED_ENV", "OneDNNLinear", "applies_to", "available", "drop_packed", "linear",
+__all__ = ["ONEDNN", "ONEDNN_ENV", "PACKED", "PACKED_ENV", "OneDNNLinear", "applies_to", "available", "drop_packed", "linear",
            "linear_weights", "packed_bytes", "resume_packing", "suspend_packing", "use_onednn_linears"]
 
-#: Use oneDNN where it applies; a switch for benchmarks and tests (False: plain torch).
-ONEDNN = True
+#: "1": oneDNN's GEMM on every CPU; "0": torch's own (MKL) everywhere; unset or "auto": by CPU (module doc)
+ONEDNN_ENV = "RECOGNIZE_ONEDNN"
+#: CPUs (torch's capability names) where oneDNN's fp32 GEMM is the default (module doc: measured faster than MKL)
+ONEDNN_CAPABILITIES = ("AVX512",)
+
+
+def onednn_by_default(setting: str | None = None, capability: str | None = None) -> bool:
+    """Whether this process multiplies through oneDNN: `RECOGNIZE_ONEDNN` if it says 1/0, else whether
+    torch's CPU capability (`torch.backends.cpu.get_cpu_capability()`) is one of `ONEDNN_CAPABILITIES`.
+    An unknown setting counts as "auto", with a warning naming it."""
+    setting = (os.environ.get(ONEDNN_ENV, "auto") if setting is None else setting).strip().lower()
+    if setting in ("1", "true", "yes", "on"):
+        return True
+    if setting in ("0", "false", "no", "off"):
+        return False
+    if setting not in ("", "auto"):
+        import logging
+
+        logging.getLogger(__name__).warning("%s=%r is not 1, 0 or auto; choosing by CPU", ONEDNN_ENV, setting)
+    if capability is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+    return capability in ONEDNN_CAPABILITIES
+
+
+#: Use oneDNN where it applies (`onednn_by_default`); also a switch for benchmarks and tests (False: plain torch).
+ONEDNN = onednn_by_default()
 #: set to 0 to multiply by the plain weight in every call (no prepacked copies; module doc)
 PACKED_ENV = "RECOGNIZE_PACKED_WEIGHTS"
 #: Multiply by a prepacked copy of each layer's weight (module doc); False: the plain weight every call.

@@ -24,7 +24,8 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 16)).eval()
 
 
-def test_onednn_linears_count_as_nn_linear_and_the_switch_is_restored():
+def test_onednn_linears_count_as_nn_linear_and_the_switch_is_restored(monkeypatch):
+    monkeypatch.setattr(onednn_linear, "ONEDNN", True)  # the default on AVX-512 CPUs; tested on any
     plain, fast = _mlp(), _mlp()
     use_onednn_linears(fast)
     x = torch.randn(8, 32)

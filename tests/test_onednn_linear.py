@@ -11,6 +11,12 @@ from recognize.onednn_linear import linear, linear_weights, use_onednn_linears
 from torch import nn
 
 
+@pytest.fixture(autouse=True)
+def onednn_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are of the oneDNN path: on, whatever this CPU's default (`onednn_by_default`)."""
+    monkeypatch.setattr(onednn_linear, "ONEDNN", True)
+
+
 @pytest.fixture
 def layer() -> nn.Linear:
     torch.manual_seed(0)
@@ -416,3 +422,32 @@ def test_a_weight_dying_while_its_thread_holds_the_cache_lock_does_not_hang(laye
     worker.start()
     assert done.wait(5), "forgetting a copy under the cache lock hung"
     assert key in packed_cache
+
+
+@pytest.mark.parametrize("setting, capability, expected", [
+    ("auto", "AVX512", True), ("auto", "AVX2", False), ("", "DEFAULT", False), ("AUTO", "AVX512", True),
+    ("1", "AVX2", True), ("on", "AVX2", True), ("0", "AVX512", False), ("off", "AVX512", False),
+])
+def test_the_default_follows_the_cpu_unless_the_environment_says(setting, capability, expected):
+    """oneDNN by default only where torch runs AVX-512 kernels (on AVX2 MKL was faster: module doc)."""
+    assert onednn_linear.onednn_by_default(setting, capability) is expected
+
+
+def test_an_unknown_setting_chooses_by_cpu_and_says_so(caplog):
+    with caplog.at_level("WARNING", logger="recognize.onednn_linear"):
+        assert onednn_linear.onednn_by_default("fast", "AVX512") is True
+        assert onednn_linear.onednn_by_default("fast", "AVX2") is False
+    assert "RECOGNIZE_ONEDNN='fast' is not 1, 0 or auto" in caplog.text
+
+
+def test_the_environment_variable_decides_in_a_new_process():
+    """The choice is made at import, from `RECOGNIZE_ONEDNN` (a user's switch, read once)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from recognize import onednn_linear; print(onednn_linear.ONEDNN)"
+    for setting, expected in (("1", "True"), ("0", "False")):
+        env = {**os.environ, onednn_linear.ONEDNN_ENV: setting}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected

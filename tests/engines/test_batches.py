@@ -26,6 +26,7 @@ def only_this_tests_weights(monkeypatch: pytest.MonkeyPatch) -> dict:
     """Weights mapped or packed by earlier tests (shared models still alive) would count here."""
     monkeypatch.setattr(resident_weights, "_mapped", [])
     cache: dict = {}
+    monkeypatch.setattr(onednn_linear, "ONEDNN", True)  # packing is oneDNN's (its default on AVX-512 CPUs)
     monkeypatch.setattr(onednn_linear, "_packed", cache)
     monkeypatch.setattr(onednn_linear, "PACKED", True)
     monkeypatch.setattr(onednn_linear, "_suspended", False)

@@ -104,6 +104,7 @@ def test_the_fused_swin_qkv_weight_is_packed_once_under_inference_mode(pair, tok
     if not onednn_linear.available("packed"):
         pytest.skip("this torch build cannot prepack a oneDNN linear weight")
     cache: dict = {}
+    monkeypatch.setattr(onednn_linear, "ONEDNN", True)  # the default on AVX-512 CPUs; tested on any
     monkeypatch.setattr(onednn_linear, "_packed", cache)
     monkeypatch.setattr(onednn_linear, "PACKED", True)
     monkeypatch.setattr(onednn_linear, "_suspended", False)  # another test's chain may have left packing suspended

@@ -97,6 +97,7 @@ def test_head_chunks_give_the_same_bits(monkeypatch):
 def test_global_attention_as_onednn_gemms_matches_segment_anything(shape, rows, monkeypatch):
     if not onednn_linear.available():
         pytest.skip("this torch build has no oneDNN linear")
+    monkeypatch.setattr(onednn_linear, "ONEDNN", True)  # the default on AVX-512 CPUs; tested on any
     monkeypatch.setattr(lean_block, "ONEDNN_ATTENTION_MIN_TOKENS", 0)
     monkeypatch.setattr(lean_block, "ONEDNN_ATTENTION_ROWS", rows)
     calls = []
@@ -115,6 +116,7 @@ def test_vit_h_sized_global_attention_takes_the_onednn_path(monkeypatch):
     """4,096 tokens (64 x 64, SAM's global blocks) with the defaults: oneDNN GEMMs, same result."""
     if not onednn_linear.available():
         pytest.skip("this torch build has no oneDNN linear")
+    monkeypatch.setattr(onednn_linear, "ONEDNN", True)  # the default on AVX-512 CPUs; tested on any
     calls = []
     original = lean_block._onednn_relpos_attention
     monkeypatch.setattr(lean_block, "_onednn_relpos_attention", lambda *a: calls.append(1) or original(*a))
