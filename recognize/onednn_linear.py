@@ -73,8 +73,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ONEDNN", "ONEDNN_ENV", "PACKED", "PACKED_ENV", "OneDNNLinear", "applies_to", "available", "drop_packed", "linear",
-           "linear_weights", "packed_bytes", "resume_packing", "suspend_packing", "use_onednn_linears"]
+__all__ = ["ONEDNN", "ONEDNN_ENV", "PACKED", "PACKED_ENV", "OneDNNLinear", "applies_to", "available", "drop_packed",
+           "linear", "linear_weights", "onednn_by_default", "packed_bytes", "resume_packing", "suspend_packing",
+           "use_onednn_linears"]
 
 #: "1": oneDNN's GEMM on every CPU; "0": torch's own (MKL) everywhere; unset or "auto": by CPU (module doc)
 ONEDNN_ENV = "RECOGNIZE_ONEDNN"
