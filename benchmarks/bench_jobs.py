@@ -110,17 +110,14 @@ def onednn_rate(n: int, budget: float) -> dict[str, float] | None:
 
 def _rate(run, n: int, budget: float) -> dict[str, float]:
     """GFLOP/s of `run` (an n^3 product): two warm-ups, then timed runs for `budget` seconds, 3 at least.
-    A product slower than a third of the budget (bf16 on CPUs without bf16 instructions: 0.3 GFLOP/s,
-    ~1 minute per 2048^3 product on an AVX2-only EPYC) gets one warm-up and one timed run: its rate
-    is plain from one, and the usual five took ~5 minutes at the start and again at the end of a run."""
+    A product whose second (warm) run took over a third of the budget is timed by that run alone (bf16
+    on CPUs without bf16 instructions: 0.3 GFLOP/s, ~1 minute per 2048^3 product on an AVX2-only EPYC,
+    where the usual five runs took ~5 minutes at a run's start and again at its end)."""
+    run()
     start = time.perf_counter()
     run()
-    if time.perf_counter() - start > budget / 3:
-        start = time.perf_counter()
-        run()
-        return {"runs": 1, "best": 2 * n**3 / (elapsed := time.perf_counter() - start) / 1e9,
-                "typical": 2 * n**3 / elapsed / 1e9}
-    run()
+    if (elapsed := time.perf_counter() - start) > budget / 3:  # decided on a warm run, not the first
+        return {"runs": 1, "best": 2 * n**3 / elapsed / 1e9, "typical": 2 * n**3 / elapsed / 1e9}
     runs, start = 0, time.perf_counter()
     times = []
     while time.perf_counter() - start < budget or runs < 3:

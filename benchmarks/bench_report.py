@@ -35,9 +35,11 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
         f"(best run {_num(mm.get('gflops_best'), 1)})"
         + (f"; bf16 matmul: **{_num(mm['gflops_bf16'], 1)} GFLOP/s** (best run {_num(mm.get('gflops_bf16_best'), 1)})"
            if mm.get("gflops_bf16") else "")
-        + (f"; fp32 through oneDNN (the GEMM our exact CPU paths use, `recognize/onednn_linear.py`): "
+        + (f"; fp32 through oneDNN: "
            f"**{_num(mm['gflops_onednn'], 1)} GFLOP/s** (best run {_num(mm.get('gflops_onednn_best'), 1)})"
-           if mm.get("gflops_onednn") else "")),
+           if mm.get("gflops_onednn") else "")
+        + (f". The exact CPU paths' GEMM in this run: {m['gemm']} (`recognize/onednn_linear.py`: oneDNN on "
+           f"AVX-512 CPUs, torch's own elsewhere)" if m.get("gemm") else "")),
     ]
     end = results.get("matmul_end") or {}
     if end.get("gflops"):
@@ -223,7 +225,9 @@ def recipe_table(results: dict[str, Any]) -> list[str]:
                     f"reference: {_ratio((base or 0) - _io(compute['reference']), limit)}).")
         _, limit_onednn = _chain_limit(chain, mm.get("gflops_onednn"))
         if limit_onednn:
-            rows.append(f"Against oneDNN's fp32 GEMM rate ({_num(mm.get('gflops_onednn'), 1)} GFLOP/s, the faster fp32 "
+            faster = (mm.get("gflops_onednn") or 0) > (mm.get("gflops") or 0)
+            rows.append(f"Against oneDNN's fp32 GEMM rate ({_num(mm.get('gflops_onednn'), 1)} GFLOP/s, "
+                        f"{'the faster' if faster else 'not the faster'} fp32 "
                         f"GEMM on this machine) the limit is {_num(limit_onednn)} s/photo and the same ratio "
                         f"**{_ratio(beyond, limit_onednn)}**.")
     if gflop:

@@ -202,7 +202,11 @@ def machine() -> dict[str, Any]:
         memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         pass
+    from recognize import onednn_linear
+
     return {"cpu": cpu, "cpu_flags": [f for f in COMPUTE_FLAGS if f in flags], "cores": os.cpu_count(),
+            # which fp32 GEMM the exact CPU paths ran (`onednn_linear.onednn_by_default`: by CPU)
+            "gemm": "oneDNN" if onednn_linear.ONEDNN else "torch (MKL)",
             "memory_gib": memory, "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "segment_anything": version("segment-anything"), "load_average_start": list(os.getloadavg())}

@@ -10,9 +10,9 @@ GFLOP/s through oneDNN against 200-203 through `a @ b` (MKL), in one process; `b
 both rates with every run (`benchmarks/README.md`, "% of oneDNN matmul").
 
 Which CPUs (`ONEDNN`, chosen at import): oneDNN where torch's CPU capability is AVX512 (AMX CPUs report
-it too), torch's own GEMM (MKL) on AVX2 and below. Why: on an AVX2-only AMD EPYC (2026-12-03, 2 cores,
-`avx avx2 fma`; interleaved in one process, median of per-round ratios) oneDNN's fp32 GEMM ran at or
-below MKL's (2048^3: 139-151 against 133-178 GFLOP/s, both probes noisy) and whole forwards took longer
+it too), torch's own GEMM elsewhere (MKL on x86 CPUs with AVX2 and below). Why: on an AVX2-only AMD EPYC
+(2026-12-03, 2 cores, `avx avx2 fma`; interleaved in one process, median of per-round ratios) oneDNN's fp32
+GEMM ran at or below MKL's (2048^3: 123-151 against 133-178 GFLOP/s, both probes noisy) and whole forwards took longer
 through oneDNN: RAM 1.12x, Tag2Text 1.13x, SAM vit_h (encoder + 8 boxes) 1.13x the time; Grounding DINO
 0.96x (within the noise; `benchmarks/README.md`, "Which GEMM on which CPU"). On Intel CPUs with AVX-512,
 where MKL runs its AVX-512 kernels, nothing was measured: oneDNN stays, as before this choice.
@@ -79,7 +79,7 @@ __all__ = ["ONEDNN", "ONEDNN_ENV", "PACKED", "PACKED_ENV", "OneDNNLinear", "appl
 
 #: "1": oneDNN's GEMM on every CPU; "0": torch's own (MKL) everywhere; unset or "auto": by CPU (module doc)
 ONEDNN_ENV = "RECOGNIZE_ONEDNN"
-#: CPUs (torch's capability names) where oneDNN's fp32 GEMM is the default (module doc: measured faster than MKL)
+#: CPUs (torch's capability names) where oneDNN's fp32 GEMM is the default (module doc: faster than MKL on AMD)
 ONEDNN_CAPABILITIES = ("AVX512",)
 
 

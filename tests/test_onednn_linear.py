@@ -447,7 +447,10 @@ def test_the_environment_variable_decides_in_a_new_process():
     import sys
 
     code = "from recognize import onednn_linear; print(onednn_linear.ONEDNN)"
-    for setting, expected in (("1", "True"), ("0", "False")):
-        env = {**os.environ, onednn_linear.ONEDNN_ENV: setting}
+    by_cpu = str(torch.backends.cpu.get_cpu_capability() in onednn_linear.ONEDNN_CAPABILITIES)
+    for setting, expected in (("1", "True"), ("0", "False"), (None, by_cpu), ("auto", by_cpu)):
+        env = {key: value for key, value in os.environ.items() if key != onednn_linear.ONEDNN_ENV}
+        if setting is not None:
+            env[onednn_linear.ONEDNN_ENV] = setting
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        assert out.stdout.strip() == expected
+        assert out.stdout.strip() == expected, setting

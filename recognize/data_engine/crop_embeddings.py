@@ -12,8 +12,8 @@ batch mates (confirm batches an engine batch's crops, outliers a tag's): with th
 Tag2Text of the tests, `embed_images` of crops together and one at a time, and `score_and_embed_images`
 at batch 1 and 3, give bitwise the same embeddings (tests/data_engine/test_crop_embeddings.py), so
 outliers clusters what it would have computed itself. The official sizes are not tested: should
-oneDNN block their GEMMs differently by batch, an embedding would differ by float32 rounding and an
-outlier choice at a near tie could move.
+the GEMM (oneDNN or torch's, by CPU: `recognize.onednn_linear`) block its work differently by batch,
+an embedding would differ by float32 rounding and an outlier choice at a near tie could move.
 
 Bounds: kept only during a local engine run (`kept_during`) of a pipeline in which a `region_outliers`
 stage embeds with the same tagger (name and parameters) as an earlier `region_confirm`: another

@@ -10,8 +10,9 @@ self-attention deleted, so what is left is per layer: cross-attention from the l
 image tokens (all valid, no mask), then post-LN residual, then a GELU (erf) feed-forward with post-LN.
 No self-attention between labels, no position embeddings, no final norm. The classifier belongs to
 each model. Once its Linears are on oneDNN (`use_onednn_linears`, as the stages do at load), on CPU fp32
-the two residual adds and the GELU run inside oneDNN's GEMMs (`recognize.onednn_linear.linear`) and the
-cross-attention is two oneDNN GEMMs per head: same operations, last-bit rounding differences only.
+where oneDNN is used (`onednn_linear.ONEDNN`: AVX-512 CPUs by default) the two residual adds and the
+GELU run inside oneDNN's GEMMs (`recognize.onednn_linear.linear`) and the cross-attention is two oneDNN
+GEMMs per head: same operations, last-bit rounding differences only.
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ class TaggerStage(Stage):
             from recognize.taggers.lean_swin import use_lean_blocks
 
             model = self.build_model().eval().to(device=device, dtype=dtype).requires_grad_(False)
-            use_onednn_linears(model)  # CPU fp32: oneDNN's GEMM (~2x MKL's on AMD); elsewhere plain torch
+            use_onednn_linears(model)  # CPU fp32: oneDNN's GEMM on AVX-512 CPUs (~2x MKL's on AMD); else torch's
             use_lean_blocks(model)  # timm's Swin maths with fewer passes over memory (exact path only)
             return model
 

@@ -75,8 +75,8 @@ parameter name, so checkpoints load as before. Each difference, and why it leave
 - **Swin window attention** (`SwinAttention`): transformers 5 splits Swin's query/key/value
   projection into three Linear layers (three GEMMs over every window token); the official Swin has
   one fused `qkv` Linear. Here the three weights are concatenated (cached until a weight changes)
-  and applied as one GEMM, as the official code does (through oneDNN on CPU in fp32, as every
-  Linear of the exact path: `recognize.onednn_linear`). The attention itself is transformers' own
+  and applied as one GEMM, as the official code does (through oneDNN on AVX-512 CPUs in fp32, as
+  every Linear of the exact path: `recognize.onednn_linear`). The attention itself is transformers' own
   code path. A GEMM's blocking may round the last bit differently for a wider output, so this one
   is equal within float32 rounding (the plugin's parity tests against the official code hold), not
   bit-for-bit with transformers' three GEMMs. Quantised weights (the `int8` fast mode) fall back to

@@ -313,8 +313,9 @@ class Detector:
         self.device = device
         self.max_text_len = int(model.config.max_text_len)
         enable_text_cache(self.model)
-        # CPU fp32 Linears through oneDNN (~2x MKL's GEMM on AMD; the per-proposal official comparison runs
-        # this path); off CPU, under autocast or with int8 (torchao) weights they are torch's own
+        # CPU fp32 Linears through oneDNN on AVX-512 CPUs (~2x MKL's GEMM on AMD; `onednn_linear.ONEDNN`;
+        # the per-proposal official comparison runs this path); off CPU, under autocast or with int8
+        # (torchao) weights they are torch's own
         use_onednn_linears(self.model)
         vocab_rows = model.config.text_config.vocab_size
         if len(tokenizer) > vocab_rows:

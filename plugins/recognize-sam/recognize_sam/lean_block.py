@@ -11,7 +11,8 @@ shapes).
 
 Attention in the windowed blocks is `torch.nn.functional.scaled_dot_product_attention` with the
 decomposed relative-position bias (rel_h + rel_w) as its float mask: one call for all 400 window-heads.
-In the global blocks (4,096 tokens) on CPU it is two oneDNN GEMMs per head and block of 256 query rows
+In the global blocks (4,096 tokens), where CPU fp32 goes through oneDNN (`onednn_linear.ONEDNN`: AVX-512
+CPUs by default), it is two oneDNN GEMMs per head and block of 256 query rows
 (`_onednn_relpos_attention`): (q * scale) k^T into a 4 MiB score block, + rel_h, + rel_w and the
 softmax in place while the block is in cache, then P v. CPU SDPA's flash kernel runs its products
 through torch's CPU BLAS (MKL's sgemm, at about half of oneDNN's rate on the AMD EPYC measured) and

@@ -13,10 +13,10 @@ Deliberate differences from `build_sam*`:
 - the image encoder's attention is `recognize_sam.attention.LeanAttention` (in-place relative-position
   adds and softmax: one 1 GiB attention matrix alive per global block instead of three; bit for bit);
 - its blocks are `recognize_sam.lean_block.LeanBlock` (no qkv/projection work on window padding,
-  fused attention, oneDNN linears on CPU): ~1.5-2.3x faster on CPU, embeddings within ~2e-5 of
+  fused attention, oneDNN linears on AVX-512 CPUs): ~1.5-2.3x faster on CPU, embeddings within ~2e-5 of
   segment-anything's largest value on vit_h, not bit for bit (`use_segment_anything` restores the plain forward);
-- the mask decoder's linears are `recognize.onednn_linear.OneDNNLinear` (oneDNN's fp32 GEMM on CPU, ~2x
-  MKL's on AMD CPUs; another summation order, logits within ~1e-6; `use_segment_anything` restores them too).
+- the mask decoder's linears are `recognize.onednn_linear.OneDNNLinear` (oneDNN's fp32 GEMM on AVX-512 CPUs,
+  ~2x MKL's on AMD; another summation order, logits within ~1e-6; `use_segment_anything` restores them too).
 """
 
 from __future__ import annotations

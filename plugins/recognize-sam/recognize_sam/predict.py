@@ -8,7 +8,7 @@ predicted IoU and upsample only that one, box by box (one full-size float32 mask
 Why the decoder takes `boxes_per_call` boxes per call (8; until issue 11's third step it took one):
 on CPU the decoder is a string of small ops on the 4,096 image tokens (its GEMMs are 4096 x 256 x
 128), whose per-call cost (thread wake-up, dispatch) is paid once per call, not once per box; its
-linears also run through oneDNN (`recognize_sam.model.build_sam`). Measured with vit_h's decoder on
+linears also run through oneDNN on AVX-512 CPUs (`recognize_sam.model.build_sam`). Measured with vit_h's decoder on
 2 shared cores, 8 boxes: 1.99 -> 0.54 CPU s per thread (`benchmarks/bench_sam_stage.py`,
 `benchmarks/README.md`). Deliberate difference from `SamPredictor.predict(box=...)`: a batched call
 (and oneDNN's summation order) gives the logits in other last bits, so a mask can differ where a
