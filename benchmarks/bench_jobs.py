@@ -80,7 +80,9 @@ def stage_frames(stage: str, images: list[np.ndarray], boxes: int) -> list[Frame
 def matmul(quick: bool) -> dict[str, Any]:
     """fp32 and bf16 GFLOP/s of a square matmul with every torch thread: this machine's practical limits
     (bf16 runs ~3x fp32 on CPUs with AMX and slower than fp32 on CPUs without native bf16 GEMMs)."""
-    n = 1024 if quick else 2048
+    # quick (the tests' runs): 512^3, so the bf16 probe of a CPU without bf16 instructions (0.3 GFLOP/s)
+    # takes ~1 s per product instead of ~7 s at 1024^3; the rates only fill the report's columns there
+    n = 512 if quick else 2048
     budget = 0.5 if quick else 3.0
     fp32 = _matmul_rate(n, torch.float32, budget)
     bf16 = _matmul_rate(n, torch.bfloat16, budget)
