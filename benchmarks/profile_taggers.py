@@ -135,6 +135,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from recognize import heap
+
+    heap.keep_freed_memory()  # as `recognize run` and the stage benchmark do (recognize/heap.py)
     from bench_jobs import _matmul_rate, onednn_rate
 
     from recognize.taggers import lean_swin, precomputed, recognition_decoder

@@ -147,11 +147,11 @@ def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, residual: torc
         if relu:
             return torch.ops.mkldnn._linear_pointwise(x, weight, layer.bias, "relu", [], "")
         return torch.ops.mkldnn._linear_pointwise(x, weight, layer.bias, "none", [], "")
-    out = F.linear(x, layer.weight, layer.bias)
+    out = F.linear(x, layer.weight, layer.bias)  # a fresh tensor: the activation may overwrite it
     if gelu:
-        out = F.gelu(out)
+        torch.ops.aten.gelu_(out)  # F.gelu's bits, without a second activation-sized buffer
     if relu:
-        out = F.relu(out)
+        out.relu_()
     return out if residual is None else out.add_(residual)
 
 

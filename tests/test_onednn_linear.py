@@ -100,6 +100,19 @@ def test_input_gradients_go_through_torch():
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 16))
 
 
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_gradients_pass_the_in_place_activation(activation):
+    """torch's path applies the activation in place on the product: autograd still gets its gradient."""
+    torch.manual_seed(4)
+    layer = nn.Linear(16, 8)
+    x = torch.randn(4, 16, requires_grad=True)
+    linear(layer, x, **{activation: True}).sum().backward()
+    got = x.grad.clone(), layer.weight.grad.clone()
+    x.grad = layer.weight.grad = None
+    getattr(F, activation)(layer(x)).sum().backward()
+    torch.testing.assert_close(got, (x.grad, layer.weight.grad))
+
+
 def test_an_activation_and_a_residual_together_are_refused(layer):
     for activation in ({"gelu": True}, {"relu": True}):
         with pytest.raises(ValueError, match="activation and a residual"):
