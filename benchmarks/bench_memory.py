@@ -11,7 +11,7 @@ with RECOGNIZE_PLUGINS) that adds one tag and one region with a full-size disc m
 `--baseline PATH` runs the same commands with another checkout first on PYTHONPATH, side by side.
 
     python benchmarks/bench_memory.py                  # prints the table
-    python benchmarks/bench_memory.py --write          # also updates its section of results.md
+    python benchmarks/bench_memory.py --write          # also updates its section of results_standalone.md
 """
 
 from __future__ import annotations
@@ -152,13 +152,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--baseline", help="another checkout of recognize to measure side by side")
-    parser.add_argument("--write", action="store_true", help="update this benchmark's section of results.md")
+    parser.add_argument("--write", action="store_true", help="update this benchmark's section of results_standalone.md")
     args = parser.parse_args()
     rows = run(sorted(args.counts), args.size, args.batch_size, args.baseline)
     text = report(rows, sorted(args.counts), args.size, args.batch_size)
     print(text)
     if args.write:
-        write_section(text, HERE / "results.md")
+        write_section(text, HERE / "results_standalone.md")
 
 
 if __name__ == "__main__":

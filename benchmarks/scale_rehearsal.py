@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--from-json", type=Path, default=None, help="skip the run: use this report")
     parser.add_argument("--results-md", type=Path, default=None,
-                        help="write (or replace) the rehearsal's section of this file (benchmarks/results.md)")
+                        help="write (or replace) the rehearsal's section of this file (benchmarks/results_standalone.md)")
     args = parser.parse_args(argv)
     import tempfile
 

@@ -4,7 +4,7 @@ Why: on a machine with few cores, torch's compute threads use every core while a
 background thread started beside them (the JPEG decoding of `recognize.prefetch`, the model loading of
 `recognize.engines.background_load`) takes a core from one of them, and the other waits for it at the
 next barrier: in the benchmark's chain RAM++ took 2.37 s per photo against 1.17 s alone
-(`benchmarks/results.md`), its first batch sharing the two cores with the loading of Grounding DINO and
+(the full run of 2026-12-02 06:13 UTC), its first batch sharing the two cores with the loading of Grounding DINO and
 SAM. Here such a thread lowers its own scheduling priority (Linux `nice`, per thread), so it runs mostly
 when a compute thread waits, and still gets the cores when nothing else needs them. Measured on the
 benchmark's chain (4 photos, 3 alternating pairs, 2 cores): RAM++ 6.95 -> 5.24 s in all, the whole run

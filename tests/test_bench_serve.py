@@ -1,6 +1,6 @@
 """`benchmarks/bench_serve.py --quick`: the loopback load test runs end to end, by itself, and its
 checks hold (zero errors, RSS within its bound, micro-batching seen, clean exit). The figures
-themselves live in benchmarks/results.md, never in assertions."""
+themselves live in benchmarks/results_standalone.md, never in assertions."""
 
 import json
 import os

@@ -12,7 +12,7 @@ image-scope segment Ray Data only adds fixed costs on the critical path. Its str
 started the actor 3.6-4.8 s into the run (on a loaded 2-core machine), the actor then imported
 `ray.data` (pyarrow, pandas) besides torch, and it loaded the models only on the first batch,
 after decoding that batch: the first batch computed ~9 s later than the local engine's would,
-against ~4-5 s with this pool (benchmarks/results.md, "Ray engine: plain actors instead of Ray
+against ~4-5 s with this pool (benchmarks/results_standalone.md, "Ray engine: plain actors instead of Ray
 Data for image stages"). A pool is started by `RayEngine.load()`,
 as soon as Ray is up, so the workers' start-up and model loading overlap the driver's own
 preparation. The dataset-scope group-by stays on Ray Data (`recognize.engines.ray_partition`),
