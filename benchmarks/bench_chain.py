@@ -49,18 +49,29 @@ def chain_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "MPLBACKEND": "Agg"}
 
 
-def fast_mode(matmul: dict[str, Any] | None) -> dict[str, Any]:
+#: CPU flags with int8 dot-product instructions: torchao's int8 Linear pays off only with one of them
+INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+
+
+def fast_mode(matmul: dict[str, Any] | None, flags: list[str] | None = None) -> dict[str, Any]:
     """The best fast mode measured for this machine: bf16 autocast on Grounding DINO and SAM where a
-    bf16 matmul beats fp32 (AMX, avx512_bf16, GPUs), else torchao int8 Linear layers (if installed)."""
+    bf16 matmul beats fp32 (AMX, avx512_bf16, GPUs); else torchao int8 Linear layers where the CPU has
+    int8 dot products (`INT8_FLAGS`) and torchao is installed; else SAM vit_b, the lighter SAM (~8x fewer
+    encoder FLOPs than vit_h), which is a fast mode on any CPU. Why not int8 everywhere: on an AVX2-only
+    CPU without VNNI one int8 chain batch of 2 photos had not finished after 20 minutes (exact: ~45 s per
+    photo). `flags`: the CPU's compute flags (`bench_machine.compute_flags`)."""
     fp32, bf16 = (matmul or {}).get("gflops"), (matmul or {}).get("gflops_bf16")
     if fp32 and bf16 and bf16 > fp32:
         return {"name": "bf16 autocast", "grounding_dino": {"dtype": "bfloat16"}, "sam": {"dtype": "bfloat16"},
                 "why": f"bf16 matmul {bf16:.0f} GFLOP/s > fp32 {fp32:.0f}"}
     slower = f"bf16 matmul {bf16 or 0:.0f} GFLOP/s <= fp32 {fp32 or 0:.0f}: bf16 would be slower"
-    if importlib.util.find_spec("torchao") is None:
-        return {"name": "none (exact)", "grounding_dino": {}, "sam": {}, "why": f"{slower}, and torchao is missing"}
-    return {"name": "int8 (torchao)", "grounding_dino": {"quantize": "int8"}, "sam": {"quantize": "int8"},
-            "why": slower}
+    int8_flags = [f for f in INT8_FLAGS if f in (flags or [])]
+    if int8_flags and importlib.util.find_spec("torchao") is not None:
+        return {"name": "int8 (torchao)", "grounding_dino": {"quantize": "int8"}, "sam": {"quantize": "int8"},
+                "why": f"{slower}; int8 dot products ({', '.join(int8_flags)})"}
+    missing = "torchao is missing" if int8_flags else f"no int8 dot products ({' / '.join(INT8_FLAGS)})"
+    return {"name": "SAM vit_b", "grounding_dino": {}, "sam": {}, "sam_model": "vit_b",
+            "why": f"{slower}; {missing}: int8 would be slower too; the lighter SAM instead"}
 
 
 def recipe(kit: Kit, fast: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -76,7 +87,8 @@ def recipe(kit: Kit, fast: dict[str, Any] | None = None) -> dict[str, Any]:
             {"use": "ram_plus", "with": {**kit.tagger_params("ram_plus"), "include": list(TAGS), "threshold": 0.0}},
             {"use": "grounding_dino", "with": {**gd, "box_threshold": BOX_THRESHOLD, "text_threshold": TEXT_THRESHOLD,
                                                "max_regions": kit.boxes, **fast.get("grounding_dino", {})}},
-            {"use": "sam", "with": {**kit.sam_params(), "batch_size": 1, **fast.get("sam", {})}},
+            {"use": "sam", "with": {**kit.sam_params(fast.get("sam_model", "vit_h")), "batch_size": 1,
+                                    **fast.get("sam", {})}},
         ],
         "outputs": [{"use": "annotated_image"}, {"use": "json"}],
     }

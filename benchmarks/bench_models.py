@@ -162,10 +162,13 @@ class Kit:
         return self._file(f"grounding_dino_official_spec_v{OFFICIAL_GDINO_VERSION}.json",
                           lambda p: p.write_text(json.dumps({**spec, "checkpoint": str(checkpoint)})))
 
-    def sam_params(self) -> dict[str, Any]:
+    def sam_params(self, model: str = "vit_h") -> dict[str, Any]:
+        """SAM's stage parameters: vit_h (the benchmark's SAM), or a lighter variant (the chain's fast mode on
+        CPUs where neither bf16 nor int8 pays off)."""
         config = TINY_SAM if self.quick else None
-        checkpoint = self._file("sam_random.pth", lambda p: write_sam_checkpoint(config, p))
-        params: dict[str, Any] = {"model": "vit_h", "checkpoint": str(checkpoint)}
+        name = "sam_random.pth" if model == "vit_h" else f"sam_{model}_random.pth"
+        checkpoint = self._file(name, lambda p: write_sam_checkpoint(config, p, model))
+        params: dict[str, Any] = {"model": model, "checkpoint": str(checkpoint)}
         if config is not None:
             params["config"] = config
         return params
@@ -262,10 +265,10 @@ def run_official_worker(python: Path, command: str, spec: dict[str, Any]) -> Non
         raise RuntimeError(f"official Grounding DINO worker ({command}) failed: {result.stderr.strip()[-3000:]}")
 
 
-def write_sam_checkpoint(config: dict[str, Any] | None, path: Path) -> None:
+def write_sam_checkpoint(config: dict[str, Any] | None, path: Path, model: str = "vit_h") -> None:
     from recognize_sam.model import SamConfig, build_sam
 
-    sam = build_sam("vit_h", SamConfig(**config) if config else None, seed=0)
+    sam = build_sam(model, SamConfig(**config) if config else None, seed=0)
     torch.save(sam.state_dict(), path)
 
 

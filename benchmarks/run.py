@@ -275,7 +275,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
     if "recipe" in args.parts:
         from bench_chain import fast_mode
 
-        fast = fast_mode(results["matmul"])
+        fast = fast_mode(results["matmul"], results["machine"].get("cpu_flags"))
         job = {**base, "kind": "chain", "repeats": args.recipe_repeats, "folder": str(folder), "fast": fast}
         chain = run_job(job, f"chain tag_ground_segment (recognize run, fast mode {fast['name']}, demo per photo)",
                         errors)

@@ -50,6 +50,53 @@ def describe_fast_modes(modes: dict[str, dict[str, Any]]) -> str:
     return "fast modes on (outputs may differ from the exact path): " + "; ".join(parts)
 
 
+#: (parameter, value) -> the CPU flags (Linux /proc/cpuinfo) with the instructions that make that fast mode
+#: faster than the exact fp32 path on a CPU. Without them bf16 matmuls ran slower than fp32 (68 against 112
+#: GFLOP/s), and the int8 chain on an AVX2-only CPU had not finished one batch of 2 photos after 20 minutes
+#: (exact: ~45 s per photo): `benchmarks/README.md`.
+CPU_FLAGS_FOR: dict[tuple[str, Any], tuple[str, ...]] = {
+    ("dtype", "bfloat16"): ("amx_bf16", "avx512_bf16"),
+    ("dtype", "float16"): ("amx_fp16", "avx512_fp16"),
+    ("quantize", "int8"): ("amx_int8", "avx512_vnni", "avx_vnni"),
+}
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The first CPU's flags from /proc/cpuinfo; None where there is none (not Linux)."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return None
+
+
+def slow_on_this_cpu(stages: list[Any], flags: frozenset[str] | None = None) -> str | None:
+    """One warning line naming the fast modes of `stages` running on the CPU that this CPU has no
+    instructions for (`CPU_FLAGS_FOR`): opted in for speed, they would run slower than the exact path.
+    None when there is nothing to say, or the flags cannot be read (`flags`: default this machine's)."""
+    from recognize.stage import resolve_device
+
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        return None
+    slow = []
+    for stage in stages:
+        device = getattr(getattr(stage, "params", None), "device", None) or "cpu"
+        if resolve_device(str(device)) != "cpu":
+            continue
+        for name, value in active_fast_modes(stage).items():
+            needed = CPU_FLAGS_FOR.get((name, value))
+            if needed and not flags.intersection(needed):
+                slow.append(f"{stage.name} {name}={value} (needs {' or '.join(needed)})")
+    if not slow:
+        return None
+    return ("warning: this CPU lacks the instructions these fast modes need, so they will likely run slower "
+            "than the exact path: " + "; ".join(slow))
+
+
 def torch_dtype(name: Precision) -> Any:
     import torch
 

@@ -474,9 +474,11 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
         fast_modes=pipeline.fast_modes(),
     )
     if summary.fast_modes:  # never silent, even with --quiet: these outputs are not the exact path's
-        from recognize.fast_modes import describe_fast_modes
+        from recognize.fast_modes import describe_fast_modes, slow_on_this_cpu
 
         print(f"recognize: {describe_fast_modes(summary.fast_modes)}", file=sys.stderr)
+        if (slow := slow_on_this_cpu(pipeline.stages)) is not None:
+            print(f"recognize: {slow}", file=sys.stderr)
     shard_sizes: dict[str, int] = {}
     todo_count = items.mark_todo(
         overwrite or not _is_done(journal.get(name), path, out, recipe_id, shard_sizes) for path, name in items)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from recognize.fast_modes import REASON_MAX_REGIONS, active_fast_modes, cap_regions, describe_fast_modes
+from recognize.fast_modes import REASON_MAX_REGIONS, active_fast_modes, cap_regions, describe_fast_modes, slow_on_this_cpu
 from recognize.frame import Frame, Region
 from recognize.taggers.ram_stages import RamPlus
 
@@ -82,3 +82,56 @@ def test_a_run_with_a_fast_mode_says_so(tmp_path):
     assert "fast modes on" in fast_err and "grid_boxes max_regions=1" in fast_err
     assert len(exact_frame["regions"]) == 3 and len(fast_frame["regions"]) == 1
     assert [d["reason"] for d in fast_frame["dropped"]] == [REASON_MAX_REGIONS] * 2
+
+
+@pytest.mark.parametrize("flags, slow", [
+    (frozenset({"avx2", "fma"}), True),
+    (frozenset({"avx2", "avx512_bf16"}), False),
+    (frozenset({"amx_bf16"}), False),
+])
+def test_a_bf16_fast_mode_on_a_cpu_without_bf16_instructions_is_warned_of(flags, slow):
+    stages = [RamPlus(dtype="bfloat16", device="cpu"), RamPlus(device="cpu")]
+    line = slow_on_this_cpu(stages, flags)
+    if slow:
+        assert line is not None and line.startswith("warning: ") and "\n" not in line
+        assert "ram_plus dtype=bfloat16 (needs amx_bf16 or avx512_bf16)" in line
+    else:
+        assert line is None
+
+
+def test_no_warning_for_exact_stages_or_where_the_flags_cannot_be_read(monkeypatch):
+    from recognize import fast_modes
+
+    assert slow_on_this_cpu([RamPlus(device="cpu")], frozenset()) is None
+    monkeypatch.setattr(fast_modes, "cpu_flags", lambda: None)  # not Linux: nothing to judge by
+    assert slow_on_this_cpu([RamPlus(dtype="bfloat16", device="cpu")]) is None
+    monkeypatch.setattr(fast_modes, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert "ram_plus dtype=bfloat16" in slow_on_this_cpu([RamPlus(dtype="bfloat16", device="cpu")])
+
+
+@pytest.mark.subprocess
+def test_a_run_warns_of_a_fast_mode_this_cpu_has_no_instructions_for(tmp_path):
+    """int8 on a CPU without int8 dot products: one warning line on stderr (even with -q); with them, none."""
+    from clihelp import cli_env
+    from PIL import Image
+
+    from recognize.fast_modes import CPU_FLAGS_FOR, cpu_flags
+
+    image = tmp_path / "in.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(image)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE, encoding="utf-8")
+    env = cli_env()
+    env["RECOGNIZE_PLUGINS"] = ",".join(filter(None, [env.get("RECOGNIZE_PLUGINS"), "speedstages"]))
+    result = subprocess.run([sys.executable, "-m", "recognize", "run", str(recipe), str(image), "-o",
+                             str(tmp_path / "out"), "-q", "--set", "stages.1.with.quantize=int8"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    flags = cpu_flags()
+    warnings = [line for line in result.stderr.splitlines() if "lacks the instructions" in line]
+    if flags is not None and not flags.intersection(CPU_FLAGS_FOR[("quantize", "int8")]):
+        assert warnings == ["recognize: warning: this CPU lacks the instructions these fast modes need, so they "
+                            "will likely run slower than the exact path: grid_boxes quantize=int8 (needs amx_int8 "
+                            "or avx512_vnni or avx_vnni)"]
+    else:
+        assert warnings == []

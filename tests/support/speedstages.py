@@ -13,7 +13,8 @@ from recognize.fast_modes import cap_regions
 
 class GridBoxes(Stage):
     """`count` boxes per tag on a diagonal, scores falling with the index; `shift` moves every box
-    (a stand-in for a fast mode that moves boxes a little); `max_regions` is the real region cap."""
+    (a stand-in for a fast mode that moves boxes a little); `max_regions` is the real region cap;
+    `quantize` only marks the stage as in a fast mode."""
 
     name = "grid_boxes"
     kind = "localizer"
@@ -23,6 +24,7 @@ class GridBoxes(Stage):
         shift: float = 0.0
         score_offset: float = 0.0
         max_regions: int | None = None
+        quantize: str = "none"  # a fast-mode flag only (nothing here is quantized): the CPU warning's test
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         p = self.params

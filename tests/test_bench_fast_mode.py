@@ -1,0 +1,57 @@
+"""`bench_chain.fast_mode`: which fast mode the chain benchmark runs on a machine, from its measured matmul
+rates and its CPU flags (bf16 where a bf16 matmul beats fp32, int8 only with int8 dot products, else the
+lighter SAM), and the recipe it gives."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_chain import fast_mode, recipe  # noqa: E402
+from bench_models import Kit  # noqa: E402
+
+SLOW_BF16 = {"gflops": 150.0, "gflops_bf16": 0.3}
+
+
+def test_bf16_where_its_matmul_beats_fp32():
+    mode = fast_mode({"gflops": 186.0, "gflops_bf16": 762.0}, ["avx2"])
+    assert mode["name"] == "bf16 autocast" and mode["sam"] == {"dtype": "bfloat16"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao not installed")
+@pytest.mark.parametrize("flag", ["avx512_vnni", "avx_vnni", "amx_int8"])
+def test_int8_only_with_int8_dot_products(flag):
+    mode = fast_mode(SLOW_BF16, ["avx2", "fma", flag])
+    assert mode["name"] == "int8 (torchao)" and flag in mode["why"]
+
+
+@pytest.mark.parametrize("flags", [["avx", "avx2", "fma"], [], None])
+def test_the_lighter_sam_on_a_cpu_without_fast_bf16_or_int8(flags):
+    mode = fast_mode(SLOW_BF16, flags)
+    assert mode["name"] == "SAM vit_b" and mode["sam_model"] == "vit_b"
+    assert mode["sam"] == {} and mode["grounding_dino"] == {}
+    assert "no int8 dot products" in mode["why"]
+
+
+def test_the_lighter_sam_goes_into_the_fast_recipe(tmp_path, monkeypatch):
+    kit = Kit(quick=True, cache=tmp_path)
+    written: list[tuple[str, str]] = []
+    monkeypatch.setattr(Kit, "gd_params", lambda self: {})  # the other stages' files: not this test's subject
+    monkeypatch.setattr(Kit, "tagger_params", lambda self, stage: {})
+    monkeypatch.setattr(Kit, "official_gdino_spec", lambda self: _spec(tmp_path))
+    monkeypatch.setattr("bench_models.write_sam_checkpoint",
+                        lambda config, path, model="vit_h": (written.append((path.name.split(".tmp")[0], model)),
+                                                               path.write_bytes(b"x")))
+    sam = {s["use"]: s["with"] for s in recipe(kit, fast_mode(SLOW_BF16, ["avx2"]))["stages"]}["sam"]
+    assert sam["model"] == "vit_b" and Path(sam["checkpoint"]).name == "sam_vit_b_random.pth"
+    exact = {s["use"]: s["with"] for s in recipe(kit)["stages"]}["sam"]
+    assert exact["model"] == "vit_h" and Path(exact["checkpoint"]).name == "sam_random.pth"
+    assert written == [("sam_vit_b_random.pth", "vit_b"), ("sam_random.pth", "vit_h")]
+
+
+def _spec(folder: Path) -> Path:
+    path = folder / "spec.json"
+    path.write_text('{"checkpoint": "gd.pth"}')
+    return path
