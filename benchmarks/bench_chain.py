@@ -64,7 +64,7 @@ def fast_mode(matmul: dict[str, Any] | None, flags: list[str] | None = None) -> 
     if fp32 and bf16 and bf16 > fp32:
         return {"name": "bf16 autocast", "grounding_dino": {"dtype": "bfloat16"}, "sam": {"dtype": "bfloat16"},
                 "why": f"bf16 matmul {bf16:.0f} GFLOP/s > fp32 {fp32:.0f}"}
-    slower = f"bf16 matmul {bf16 or 0:.0f} GFLOP/s <= fp32 {fp32 or 0:.0f}: bf16 would be slower"
+    slower = f"bf16 matmul {bf16 or 0:.3g} GFLOP/s <= fp32 {fp32 or 0:.0f}: bf16 would be slower"
     int8_flags = [f for f in INT8_FLAGS if f in (flags or [])]
     if int8_flags and importlib.util.find_spec("torchao") is not None:
         return {"name": "int8 (torchao)", "grounding_dino": {"quantize": "int8"}, "sam": {"quantize": "int8"},
