@@ -34,6 +34,8 @@ from typing import Any
 import yaml
 from bench_models import REPO, TAGS, Kit
 
+from recognize.fast_modes import CPU_FLAGS_FOR
+
 CHAIN_STAGES = ("ram_plus", "grounding_dino", "sam")
 #: random weights give meaningless scores: every box passes, the cap gives both sides the same SAM work
 BOX_THRESHOLD = TEXT_THRESHOLD = 0.0
@@ -50,7 +52,7 @@ def chain_env() -> dict[str, str]:
 
 
 #: CPU flags with int8 dot-product instructions: torchao's int8 Linear pays off only with one of them
-INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+INT8_FLAGS = CPU_FLAGS_FOR[("quantize", "int8")]
 
 
 def fast_mode(matmul: dict[str, Any] | None, flags: list[str] | None = None) -> dict[str, Any]:
@@ -58,20 +60,22 @@ def fast_mode(matmul: dict[str, Any] | None, flags: list[str] | None = None) -> 
     bf16 matmul beats fp32 (AMX, avx512_bf16, GPUs); else torchao int8 Linear layers where the CPU has
     int8 dot products (`INT8_FLAGS`) and torchao is installed; else SAM vit_b, the lighter SAM (~8x fewer
     encoder FLOPs than vit_h), which is a fast mode on any CPU. Why not int8 everywhere: on an AVX2-only
-    CPU without VNNI one int8 chain batch of 2 photos had not finished after 20 minutes (exact: ~45 s per
-    photo). `flags`: the CPU's compute flags (`bench_machine.compute_flags`)."""
+    CPU without VNNI one int8 chain batch of 2 photos had not finished after 20 minutes (exact: ~51 s per
+    photo). `flags`: the CPU's compute flags (`run.py`'s `machine()["cpu_flags"]`, which keeps every flag
+    of `INT8_FLAGS`)."""
     fp32, bf16 = (matmul or {}).get("gflops"), (matmul or {}).get("gflops_bf16")
     if fp32 and bf16 and bf16 > fp32:
         return {"name": "bf16 autocast", "grounding_dino": {"dtype": "bfloat16"}, "sam": {"dtype": "bfloat16"},
                 "why": f"bf16 matmul {bf16:.0f} GFLOP/s > fp32 {fp32:.0f}"}
-    slower = f"bf16 matmul {bf16 or 0:.3g} GFLOP/s <= fp32 {fp32 or 0:.0f}: bf16 would be slower"
+    slower = f"bf16 matmul {bf16 or 0:.1f} GFLOP/s <= fp32 {fp32 or 0:.0f}: bf16 would be slower"
     int8_flags = [f for f in INT8_FLAGS if f in (flags or [])]
     if int8_flags and importlib.util.find_spec("torchao") is not None:
         return {"name": "int8 (torchao)", "grounding_dino": {"quantize": "int8"}, "sam": {"quantize": "int8"},
                 "why": f"{slower}; int8 dot products ({', '.join(int8_flags)})"}
-    missing = "torchao is missing" if int8_flags else f"no int8 dot products ({' / '.join(INT8_FLAGS)})"
+    missing = ("torchao is missing" if int8_flags
+               else f"no int8 dot products ({' / '.join(INT8_FLAGS)}): int8 would be slower too")
     return {"name": "SAM vit_b", "grounding_dino": {}, "sam": {}, "sam_model": "vit_b",
-            "why": f"{slower}; {missing}: int8 would be slower too; the lighter SAM instead"}
+            "why": f"{slower}; {missing}; the lighter SAM instead"}
 
 
 def recipe(kit: Kit, fast: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -237,14 +237,15 @@ def recipe_table(results: dict[str, Any]) -> list[str]:
         split = ", ".join(f"{name} {flops[name] / 1e9:.1f}" for name in ("ram_plus", "grounding_dino", "sam")
                           if flops.get(name))
         rows.append(f"FLOP limit: {gflop:.1f} GFLOP per photo ({split}; {flops.get('source', '?')}) ÷ the fp32 "
-                    f"matmul rate {_num(mm.get('gflops'), 1)} GFLOP/s (fast bf16 row: ÷ the bf16 rate "
-                    f"{_num(mm.get('gflops_bf16'), 1)}); compute = the three stages' seconds per photo, wall = all of "
+                    f"matmul rate {_num(mm.get('gflops'), 1)} GFLOP/s"
+                    + (f" (fast bf16 row: ÷ the bf16 rate {_num(mm.get('gflops_bf16'), 1)})" if bf16_row else "")
+                    + "; compute = the three stages' seconds per photo, wall = all of "
                     "s/photo.")
     rows += work_lines(results, {"reference": ref, "exact": ours, "fast": fast})
     rows += fidelity_lines(chain)
     why = (chain.get("fast_mode") or {}).get("why")
     if why:
-        rows.append(f"Fast mode chosen from the measured matmul rates: {why}.")
+        rows.append(f"Fast mode chosen from the measured matmul rates and the CPU's flags: {why}.")
     if chain.get("order"):
         rows.append(f"Order of the runs: {chain['order']}; reference files per photo: "
                     f"{', '.join(ref.get('files') or [])}.")

@@ -238,7 +238,7 @@ SECTION_END = "<!-- /scale_rehearsal -->"
 
 
 def markdown(report: dict[str, Any], command: str) -> str:
-    """The results.md section: driver memory, equality, the killed worker, times (ratios side by side)."""
+    """The results_standalone.md section: driver memory, equality, the killed worker, times (ratios side by side)."""
     ray, local, subset, q = report["ray"], report["local"], report["subset"], report["ray_quarter"]
     extra = report["frames"] - q["frames"]
     per_frame = (ray["rss_growth_mb"] - q["rss_growth_mb"]) * 1024 / extra if extra else 0.0

@@ -10,8 +10,8 @@ Stage parameters recognised here (any stage may declare them; the default is the
 - `dtype`: `float32` (exact), `bfloat16` or `float16`. SAM and Grounding DINO run under
   `torch.autocast` (weights stay fp32; matmuls and convolutions run in the low precision,
   reductions and norms in fp32); taggers cast their weights (`TaggerParams.dtype`). bf16 pays off
-  on CPUs with AMX (`amx_bf16` in /proc/cpuinfo) and on GPUs; on CPUs without it bf16 matmuls were
-  measured SLOWER than fp32.
+  on GPUs and on CPUs with bf16 instructions (`amx_bf16` or `avx512_bf16` in /proc/cpuinfo: 4x fp32 on
+  an AVX-512 EPYC); on CPUs without them bf16 matmuls were measured SLOWER than fp32 (`CPU_FLAGS_FOR`).
 - `quantize`: `none` (exact) or `int8`: torchao's dynamic int8 activation + int8 weight
   quantisation of the heavy `nn.Linear` layers (CPUs with VNNI / AMX-int8, and GPUs).
 - `max_regions`: keep the N best-scoring regions of a frame; the others go to `frame.dropped`
@@ -21,6 +21,7 @@ Stage parameters recognised here (any stage may declare them; the default is the
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -52,8 +53,8 @@ def describe_fast_modes(modes: dict[str, dict[str, Any]]) -> str:
 
 #: (parameter, value) -> the CPU flags (Linux /proc/cpuinfo) with the instructions that make that fast mode
 #: faster than the exact fp32 path on a CPU. Without them bf16 matmuls ran slower than fp32 (68 against 112
-#: GFLOP/s), and the int8 chain on an AVX2-only CPU had not finished one batch of 2 photos after 20 minutes
-#: (exact: ~45 s per photo): `benchmarks/README.md`.
+#: GFLOP/s, issue 11; 0.3 against 145 on an AVX2-only EPYC), and the int8 chain on that CPU had not finished
+#: one batch of 2 photos after 20 minutes (exact: ~51 s per photo): `benchmarks/README.md`.
 CPU_FLAGS_FOR: dict[tuple[str, Any], tuple[str, ...]] = {
     ("dtype", "bfloat16"): ("amx_bf16", "avx512_bf16"),
     ("dtype", "float16"): ("amx_fp16", "avx512_fp16"),
@@ -64,7 +65,7 @@ CPU_FLAGS_FOR: dict[tuple[str, Any], tuple[str, ...]] = {
 def cpu_flags() -> frozenset[str] | None:
     """The first CPU's flags from /proc/cpuinfo; None where there is none (not Linux)."""
     try:
-        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
     for line in text.splitlines():
@@ -76,7 +77,8 @@ def cpu_flags() -> frozenset[str] | None:
 def slow_on_this_cpu(stages: list[Any], flags: frozenset[str] | None = None) -> str | None:
     """One warning line naming the fast modes of `stages` running on the CPU that this CPU has no
     instructions for (`CPU_FLAGS_FOR`): opted in for speed, they would run slower than the exact path.
-    None when there is nothing to say, or the flags cannot be read (`flags`: default this machine's)."""
+    None when there is nothing to say, or the flags cannot be read (`flags`: default this machine's).
+    Judged on the machine that calls it: under `--engine ray` on a cluster the workers' CPUs may differ."""
     from recognize.stage import resolve_device
 
     flags = cpu_flags() if flags is None else flags

@@ -55,3 +55,34 @@ def _spec(folder: Path) -> Path:
     path = folder / "spec.json"
     path.write_text('{"checkpoint": "gd.pth"}')
     return path
+
+
+def _chain_run() -> dict:
+    import json
+
+    return json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results_chain_2026-12-03.json").read_text())
+
+
+def test_a_lighter_sam_fast_row_has_no_flop_limit_of_its_own():
+    """The recorded chain run of 2026-12-03 (fast mode SAM vit_b): the exact chain's FLOP limit is not the fast
+    row's, so its limit cells are empty, and no bf16 rate is named."""
+    from bench_report import recipe_table
+
+    lines = recipe_table(_chain_run())
+    fast = next(line for line in lines if line.startswith("| recognize run, fast mode: SAM vit_b"))
+    exact = next(line for line in lines if line.startswith("| recognize run (exact)"))
+    assert fast.split(" | ")[7:11] == ["–", "–", "–", "–"]
+    assert exact.split(" | ")[7] == "47.99"
+    assert not any("bf16 rate" in line for line in lines)
+
+
+def test_a_bf16_fast_row_is_limited_by_the_bf16_rate():
+    from bench_report import recipe_table
+
+    results = _chain_run()
+    results["recipe"]["fast_mode"] = {"name": "bf16 autocast", "why": "test"}
+    results["matmul"]["gflops_bf16"] = 580.0
+    lines = recipe_table(results)
+    fast = next(line for line in lines if line.startswith("| recognize run, fast mode: bf16 autocast"))
+    assert fast.split(" | ")[7].endswith("(bf16)")
+    assert any("÷ the bf16 rate 580" in line for line in lines)
