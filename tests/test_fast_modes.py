@@ -56,9 +56,8 @@ stages:
 """
 
 
-@pytest.mark.subprocess
-def test_a_run_with_a_fast_mode_says_so(tmp_path):
-    """The summary records the modes and stderr has the notice; an exact run has neither."""
+def _speedstages_run(tmp_path):
+    """(an image, RECIPE's file, the CLI's environment with the `speedstages` test plugin) for a CLI run."""
     from clihelp import cli_env
     from PIL import Image
 
@@ -68,6 +67,13 @@ def test_a_run_with_a_fast_mode_says_so(tmp_path):
     recipe.write_text(RECIPE, encoding="utf-8")
     env = cli_env()
     env["RECOGNIZE_PLUGINS"] = ",".join(filter(None, [env.get("RECOGNIZE_PLUGINS"), "speedstages"]))
+    return image, recipe, env
+
+
+@pytest.mark.subprocess
+def test_a_run_with_a_fast_mode_says_so(tmp_path):
+    """The summary records the modes and stderr has the notice; an exact run has neither."""
+    image, recipe, env = _speedstages_run(tmp_path)
     outs = {}
     for label, extra in (("exact", []), ("fast", ["--set", "stages.1.with.max_regions=1"])):
         out = tmp_path / label
@@ -112,17 +118,9 @@ def test_no_warning_for_exact_stages_or_where_the_flags_cannot_be_read(monkeypat
 @pytest.mark.subprocess
 def test_a_run_warns_of_a_fast_mode_this_cpu_has_no_instructions_for(tmp_path):
     """int8 on a CPU without int8 dot products: one warning line on stderr (even with -q); with them, none."""
-    from clihelp import cli_env
-    from PIL import Image
-
     from recognize.fast_modes import CPU_FLAGS_FOR, cpu_flags
 
-    image = tmp_path / "in.png"
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(image)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE, encoding="utf-8")
-    env = cli_env()
-    env["RECOGNIZE_PLUGINS"] = ",".join(filter(None, [env.get("RECOGNIZE_PLUGINS"), "speedstages"]))
+    image, recipe, env = _speedstages_run(tmp_path)
     result = subprocess.run([sys.executable, "-m", "recognize", "run", str(recipe), str(image), "-o",
                              str(tmp_path / "out"), "-q", "--set", "stages.1.with.quantize=int8"],
                             capture_output=True, text=True, timeout=300, env=env)
