@@ -16,13 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COMPUTE_FLAGS", "machine", "machine_line"]
+__all__ = ["COMPUTE_FLAGS", "cpu_model_and_flags", "machine", "machine_line"]
 
-#: the /proc/cpuinfo flags that decide which kernels run: fp32 FMA width, bf16 and int8 paths
-COMPUTE_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+#: the /proc/cpuinfo flags that decide which kernels run: fp32 FMA widths, bf16, fp16 and int8 paths
+#: (every flag `recognize.fast_modes.CPU_FLAGS_FOR` judges a fast mode by is here)
+COMPUTE_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+                 "amx_tile", "amx_bf16", "amx_fp16", "amx_int8")
 
 
-def _cpuinfo() -> tuple[str, list[str]]:
+def cpu_model_and_flags() -> tuple[str, list[str]]:
     """(model name, flags) of the first CPU in /proc/cpuinfo; elsewhere what `platform` knows."""
     model, flags = "", []
     try:
@@ -43,7 +45,7 @@ def _cpuinfo() -> tuple[str, list[str]]:
 def machine() -> dict[str, Any]:
     """CPU model, its compute flags, logical CPUs, torch's threads (None when this process has not
     imported torch), `OMP_NUM_THREADS`, the load average now, Python and torch versions."""
-    model, flags = _cpuinfo()
+    model, flags = cpu_model_and_flags()
     torch = sys.modules.get("torch")
     try:
         load = [round(value, 2) for value in os.getloadavg()]

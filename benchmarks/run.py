@@ -33,6 +33,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import bench_report
+from bench_machine import COMPUTE_FLAGS, cpu_model_and_flags
 from bench_chain import CHAIN_STAGES
 from bench_models import (
     DEFAULT_IMAGES,
@@ -46,9 +47,6 @@ from bench_models import (
 )
 
 PARTS = ("stages", "recipe", "engines")
-#: the /proc/cpuinfo flags that decide which kernels run (fp32 FMA widths, bf16 and int8 paths)
-COMPUTE_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
-                 "amx_tile", "amx_bf16", "amx_int8")
 
 #: Quick mode shrinks the photos to this long side (tiny models would time the image resize only).
 QUICK_MAX_SIDE = 256
@@ -187,16 +185,7 @@ def machine() -> dict[str, Any]:
     import torch
     import transformers
 
-    cpu = platform.processor() or "?"
-    flags: list[str] = []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == (platform.processor() or "?"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].split()
-    except OSError:
-        pass
+    cpu, flags = cpu_model_and_flags()
     memory = None
     try:
         memory = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)

@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import signal
 import sys
 import threading
@@ -222,15 +221,11 @@ def rehearse(frames: int, workers: int, compare: int, marker_dir: Path) -> dict[
 
 
 def cpu_line() -> str:
-    model, flags = platform.processor() or "unknown", ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
-        flag_list = next(line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags"))
-        flags = " ".join(f for f in flag_list if f.startswith(("avx", "amx", "fma", "sse4")))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}; {os.cpu_count()} logical CPUs; flags: {flags}"
+    from bench_machine import cpu_model_and_flags
+
+    model, flags = cpu_model_and_flags()
+    shown = " ".join(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4")))
+    return f"{model}; {os.cpu_count()} logical CPUs; flags: {shown}"
 
 
 SECTION_START = "<!-- scale_rehearsal: written by benchmarks/scale_rehearsal.py --results-md -->"
