@@ -57,8 +57,10 @@ def test_two_calls_decode_one_batch_at_a_time_and_give_the_local_outputs(test_st
 
     assert most[0] == 1  # never two images decoding at once
     # each call's decode time is its own images' decoding: the call that waited for the other's
-    # decode (the lock) does not count that wait as decoding (it is the run's waiting, `other`)
-    assert [answer["timings"]["phases"][DECODE] for answer in answers] == [len(batch) for batch in batches]
+    # decode (the lock) does not count that wait as decoding (it is the run's waiting, `other`);
+    # what ran beside the load or the other batch's compute is `overlapped`, the rest `decode`
+    timings = [answer["timings"] for answer in answers]
+    assert [t["phases"][DECODE] + t["overlapped"][DECODE] for t in timings] == [len(batch) for batch in batches]
     got = {Frame.from_json(text).name: Frame.from_json(text) for answer in answers for text in answer["frames"]}
     assert all(error is None for answer in answers for error in answer["errors"])
     local = Pipeline([test_stages.Brightness({}), test_stages.CenterBox({})])
@@ -86,3 +88,80 @@ def test_a_loaded_actor_resizes_ahead_in_its_decode_step(test_stages, image_fold
     assert all(error is None for error in answer["errors"])
     assert [Frame.from_json(text).tag_names for text in answer["frames"]] == [
         Pipeline([test_stages.Brightness({})])([Frame(source=str(p))])[0].tag_names for p in paths]
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _frames(paths):
+    return [Frame(source=str(p), name=p.name).to_json(indent=None) for p in paths]
+
+
+def test_decoding_beside_the_model_load_is_overlapped_not_decode(test_stages, image_folder, monkeypatch):
+    """The first batch decodes while the worker loads its models: none of that is on the worker's
+    critical path, so `decode` is 0 and the decoding seconds are `overlapped` (the parts of a
+    one-worker run's summary add up to its wall time)."""
+    paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))[:2]
+    clock = Clock()
+    decoded, release_load = threading.Event(), threading.Event()
+    real_decode, real_build = ray_actors.decode, ray_actors.build_stages
+
+    def slow_decode(frame):
+        clock.now += 1.0  # each image takes one second
+        real_decode(frame)
+
+    def slow_build(specs):
+        assert release_load.wait(timeout=30)  # the models load until the test says so
+        return real_build(specs)
+
+    monkeypatch.setattr(ray_actors, "decode", slow_decode)
+    monkeypatch.setattr(ray_actors, "build_stages", slow_build)
+    monkeypatch.setattr(ray_actors, "StageTimer", functools.partial(StageTimer, clock=clock))
+    actor = StageActor([{"use": "brightness", "with": {}}], threads=1)
+    answer = {}
+
+    def call():
+        answer.update(actor.run(_frames(paths)))
+        decoded.set()
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    while clock.now < len(paths):  # the batch has decoded (t = 2) ...
+        time.sleep(0.01)
+    clock.now = 5.0  # ... and the load ends at t = 5
+    release_load.set()
+    thread.join(timeout=60)
+    assert decoded.is_set() and all(error is None for error in answer["errors"])
+    assert answer["timings"]["phases"][DECODE] == 0.0
+    assert answer["timings"]["overlapped"][DECODE] == 2.0
+
+
+def test_decoding_on_an_idle_worker_is_decode(test_stages, image_folder, monkeypatch):
+    """A loaded worker with nothing to compute waits for its batch's decoding: all of it is `decode`;
+    a decode that began before the previous batch ended counts only from that end."""
+    paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))[:2]
+    clock = Clock()
+    real_decode = ray_actors.decode
+
+    def slow_decode(frame):
+        clock.now += 1.0
+        real_decode(frame)
+
+    monkeypatch.setattr(ray_actors, "decode", slow_decode)
+    monkeypatch.setattr(ray_actors, "StageTimer", functools.partial(StageTimer, clock=clock))
+    actor = StageActor([{"use": "brightness", "with": {}}], threads=1)
+    assert actor.loaded.wait(timeout=60) and actor.load_error is None  # free at t = 0
+    clock.now = 10.0  # the driver's batch arrives later
+    first = actor.run(_frames(paths))["timings"]
+    assert first["phases"][DECODE] == 2.0 and first["overlapped"][DECODE] == 0.0
+    actor.free_at = 13.0  # as if a batch computing from t = 12 ended at t = 13, while the next decoded
+    clock.now = 11.5
+    second = actor.run(_frames(paths))["timings"]  # decodes from 11.5 to 13.5: 1.5 s beside, 0.5 after
+    assert second["phases"][DECODE] == 0.5 and second["overlapped"][DECODE] == 1.5
