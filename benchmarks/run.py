@@ -65,9 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engine-images", type=int, default=None,
                         help="images of the engine benchmark (default: 8, two batches of 4; quick: 2)")
     parser.add_argument("--ray-workers", default="1,2", help="Ray worker counts for the engine benchmark")
-    parser.add_argument("--engine-rounds", type=int, default=1,
+    parser.add_argument("--engine-rounds", type=int, default=None,
                         help="rounds of the engine benchmark: local and Ray alternate, each in a fresh interpreter; "
-                             "medians are reported (default: 1)")
+                             "medians are reported (default: 3, as one round on a shared machine put one Ray worker "
+                             "anywhere from 0.68x to 1.07x of the local engine; quick: 1)")
     parser.add_argument("--cache", type=Path, default=None, help="folder of the random checkpoints")
     parser.add_argument("--gdino-baseline", choices=["official", "ours"], default="official",
                         help="the baseline's Grounding DINO: the official code (rf-groundingdino in its own venv, "
@@ -82,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.images = args.images or (1 if args.quick else DEFAULT_IMAGES)
     args.repeats = args.repeats or (1 if args.quick else DEFAULT_REPEATS)
     args.engine_images = args.engine_images or (2 if args.quick else 8)
+    args.engine_rounds = args.engine_rounds or (1 if args.quick else 3)
     args.cache = args.cache or default_cache()
     return args
 

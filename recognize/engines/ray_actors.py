@@ -2,8 +2,9 @@
 
 Each actor builds the segment's stages and loads their models once, in a background thread
 started by its constructor, so the first batch's images decode while the models load; it runs
-two calls at a time (`max_concurrency=2`) and one batch at a time through the stages (a lock),
-so the next batch decodes while the current one computes, as the local engine's `prefetch`
+two calls at a time (`max_concurrency=2`) and one batch at a time through the stages, all on
+one compute thread of its own (one OpenMP team: `StageActor._compute`), so the next batch decodes
+while the current one computes, as the local engine's `prefetch`
 does. Each batch goes through the same `run_batch` as locally (same failure policy). Frames
 travel as their JSON; workers read the images themselves.
 
@@ -54,6 +55,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from recognize import heap
@@ -99,7 +101,11 @@ class StageActor:
         self.free_at = 0.0
         self.load_error: BaseException | None = None
         self.loaded = threading.Event()
-        self.compute = threading.Lock()
+        #: every batch computes on this one thread, one at a time: OpenMP (torch's CPU threads) keeps a
+        #: team of threads per thread that starts parallel work, and with two teams (one per Ray call
+        #: thread) more threads than cores exist, so GNU OpenMP stops spinning at its barriers and puts
+        #: waiting threads to sleep: the second batch ran with the cores ~10% idle (see `_compute`)
+        self.computer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recognize-compute")
         #: one batch decodes at a time, as the local engine's single prefetch thread does: on a
         #: small machine two decoding calls beside the model-loading thread would take cores from
         #: the load (the critical path) for a batch that is not needed before it has finished
@@ -145,26 +151,39 @@ class StageActor:
                 prepare_stages(self.stages, frame)
             decoded = self.clock()
         self.loaded.wait()
+        return self.computer.submit(self._compute, frames, timer, began, decoded).result()
+
+    def _compute(self, frames: list[Frame], timer: StageTimer, began: float, decoded: float) -> dict[str, Any]:
+        """The batch through the stages, on the compute thread (`self.computer`).
+
+        Why one thread: GNU OpenMP keeps a team of threads for each thread that starts parallel work,
+        and counts all of them; with more than there are cores it stops spinning at its barriers and
+        puts waiting threads to sleep (futex wake-ups on every small op). Until 2026-12-03 each batch
+        computed on the Ray call thread that brought it (two, `IN_FLIGHT`): two teams, and the second
+        batch ran with the cores ~10% idle. Measured (ram_plus, 8 photos, 1 worker, 2 cores, 4
+        alternating rounds): the worker's stage seconds 26.2-35.2 (median 27.9) on the call threads,
+        26.2-26.6 (median 26.5) on one thread; a toy loop of small ops alternating between two
+        long-lived threads took 1.25-1.35x its time on one.
+        """
         stopped, code = "", RunStopped.exit_code
-        with self.compute:
-            # decoding counts as such only after the worker was free to compute this batch; before
-            # that it ran beside the model load or the previous batch (`overlapped`, as locally)
-            waited = max(0.0, decoded - max(began, self.free_at))
-            timer.phases[DECODE] += waited
-            timer.overlapped[DECODE] += decoded - began - waited
-            if self.load_timer is not None:
-                timer.merge(self.load_timer)
-                self.load_timer = None
-            try:
-                if self.load_error is not None:
-                    raise self.load_error
-                self._use_threads()
-                results = run_batch(self.stages, frames, timer)
-            except RecognizeError as exc:
-                # RunStopped, or a stage that cannot load (a corrupt checkpoint: exit code 3)
-                results, stopped, code = [FrameResult(frame, str(exc)) for frame in frames], str(exc), exc.exit_code
-            finally:
-                self.free_at = self.clock()
+        # decoding counts as such only after the worker was free to compute this batch; before
+        # that it ran beside the model load or the previous batch (`overlapped`, as locally)
+        waited = max(0.0, decoded - max(began, self.free_at))
+        timer.phases[DECODE] += waited
+        timer.overlapped[DECODE] += decoded - began - waited
+        if self.load_timer is not None:
+            timer.merge(self.load_timer)
+            self.load_timer = None
+        try:
+            if self.load_error is not None:
+                raise self.load_error
+            self._use_threads()
+            results = run_batch(self.stages, frames, timer)
+        except RecognizeError as exc:
+            # RunStopped, or a stage that cannot load (a corrupt checkpoint: exit code 3)
+            results, stopped, code = [FrameResult(frame, str(exc)) for frame in frames], str(exc), exc.exit_code
+        finally:
+            self.free_at = self.clock()
         return {"frames": [r.frame.to_json(indent=None) for r in results], "errors": [r.error for r in results],
                 "stopped": stopped, "stopped_code": code, "timings": timer.to_dict()}
 

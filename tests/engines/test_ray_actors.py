@@ -165,3 +165,33 @@ def test_decoding_on_an_idle_worker_is_decode(test_stages, image_folder, monkeyp
     clock.now = 11.5
     second = actor.run(_frames(paths))["timings"]  # decodes from 11.5 to 13.5: 1.5 s beside, 0.5 after
     assert second["phases"][DECODE] == 0.5 and second["overlapped"][DECODE] == 1.5
+
+
+def test_every_batch_computes_on_one_thread_of_the_actor(test_stages, image_folder, monkeypatch):
+    """Two calls arrive on two threads (as Ray's `max_concurrency=2` brings them); both batches compute
+    on the actor's one compute thread, so torch keeps one OpenMP team (`StageActor._compute`)."""
+    paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))
+    computed_on: list[int] = []
+    real = ray_actors.run_batch
+
+    def recording(stages, frames, timer):
+        computed_on.append(threading.get_ident())
+        return real(stages, frames, timer)
+
+    monkeypatch.setattr(ray_actors, "run_batch", recording)
+    actor = StageActor([{"use": "brightness", "with": {}}], threads=1)
+    callers: list[int] = []
+    answers = []
+
+    def call(batch):
+        callers.append(threading.get_ident())
+        answers.append(actor.run(_frames(batch)))
+
+    threads = [threading.Thread(target=call, args=(batch,)) for batch in (paths[:2], paths[2:])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(computed_on) == 2 and len(set(computed_on)) == 1
+    assert computed_on[0] not in callers
+    assert all(error is None for answer in answers for error in answer["errors"])
