@@ -163,7 +163,7 @@ class StageActor:
         batch ran with the cores ~10% idle. Measured (ram_plus, 8 photos, 1 worker, 2 cores, 4
         alternating rounds): the worker's stage seconds 26.2-35.2 (median 27.9) on the call threads,
         26.2-26.6 (median 26.5) on one thread; a toy loop of small ops alternating between two
-        long-lived threads took 1.25-1.35x its time on one.
+        long-lived threads took 1.26-1.30x its time on one (`benchmarks/README.md`, "Ray's one worker").
         """
         stopped, code = "", RunStopped.exit_code
         # decoding counts as such only after the worker was free to compute this batch; before
