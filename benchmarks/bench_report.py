@@ -297,9 +297,9 @@ def engine_table(results: dict[str, Any]) -> list[str]:
     walls = {key: r["wall"] for key, r in engines.items() if isinstance(r, dict) and r.get("wall")}
     if walls:
         rows += ["", ("Where the median runs' wall time went (`summary.json` `wall`; a Ray worker's start-up, load, "
-                      "decode and stage seconds are its own: with one worker they add up to the run's, its decoding "
-                      "beside its model load or its previous batch not counted (`overlapped.decode`, since "
-                      "2026-12-03); with several they are summed over the workers, so they exceed it):"), ""]
+                      "decode and stage seconds are its own: its decoding beside its model load or its previous batch is "
+                      "not counted (`overlapped.decode`), so with one worker they add up to about the run's; with "
+                      "several they are summed over the workers, so they may exceed it):"), ""]
         names = list(next(iter(walls.values())))
         rows += ["| engine | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         rows += ["| " + key + " | " + " | ".join(_num(wall.get(name)) for name in names) + " |"

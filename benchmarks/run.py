@@ -33,8 +33,8 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import bench_report
-from bench_machine import COMPUTE_FLAGS, cpu_model_and_flags
 from bench_chain import CHAIN_STAGES
+from bench_machine import COMPUTE_FLAGS, cpu_model_and_flags
 from bench_models import (
     DEFAULT_IMAGES,
     DEFAULT_REPEATS,
@@ -83,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.images = args.images or (1 if args.quick else DEFAULT_IMAGES)
     args.repeats = args.repeats or (1 if args.quick else DEFAULT_REPEATS)
     args.engine_images = args.engine_images or (2 if args.quick else 8)
-    args.engine_rounds = args.engine_rounds or (1 if args.quick else 3)
+    if args.engine_rounds is None:
+        args.engine_rounds = 1 if args.quick else 3
     args.cache = args.cache or default_cache()
     return args
 

@@ -31,6 +31,13 @@ def test_machine_reads_the_model_and_compute_flags_from_cpuinfo():
     json.dumps(info)  # goes into the results' JSON as it is
 
 
+def test_the_compute_flags_hold_every_flag_a_fast_mode_is_judged_by():
+    from recognize.fast_modes import CPU_FLAGS_FOR
+
+    needed = {flag for flags in CPU_FLAGS_FOR.values() for flag in flags}
+    assert needed <= set(bench_machine.COMPUTE_FLAGS)
+
+
 def test_torch_threads_only_where_torch_is_imported():
     """A startup benchmark's own process must not import torch (it would warm what its children time)."""
     code = ("import sys, json; sys.path.insert(0, 'benchmarks'); import bench_machine; "

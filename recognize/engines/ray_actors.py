@@ -4,8 +4,7 @@ Each actor builds the segment's stages and loads their models once, in a backgro
 started by its constructor, so the first batch's images decode while the models load; it runs
 two calls at a time (`max_concurrency=2`) and one batch at a time through the stages, all on
 one compute thread of its own (one OpenMP team: `StageActor._compute`), so the next batch decodes
-while the current one computes, as the local engine's `prefetch`
-does. Each batch goes through the same `run_batch` as locally (same failure policy). Frames
+while the current one computes, as the local engine's `prefetch` does. Each batch goes through the same `run_batch` as locally (same failure policy). Frames
 travel as their JSON; workers read the images themselves.
 
 Why plain actors, not Ray Data's `map_batches` (what this engine used until 2026-12-01): for an
@@ -22,8 +21,8 @@ where its shuffle is the point.
 Each actor's process starts with this environment (`actor_env`): inherited from the driver where the
 engine started a local Ray itself (`recognize.engines.ray_engine`), set on each actor otherwise (the
 user's own `ray.init`, a cluster), so it holds however Ray was started:
-- `MALLOC_ARENA_MAX=1` (`recognize.heap.worker_env`), everywhere: the actor computes on a thread of its
-  own (`max_concurrency` 2), and without it glibc gave that thread an arena of its own, whose large
+- `MALLOC_ARENA_MAX=1` (`recognize.heap.worker_env`), everywhere: the actor computes on a thread other
+  than its process's main one (its compute thread), and without it glibc gave such a thread an arena of its own, whose large
   blocks are mmapped and unmapped again on every free. Measured (ram_plus, 4 photos a batch, AMD EPYC
   2 cores, 2026-12-02): ~210,000 page faults and 11.3-11.6 s per batch, against none and 10.9-11.0 s
   with it. Until then only a Ray instance this engine started itself passed it to its workers.
@@ -41,8 +40,8 @@ Timings: each batch's answer carries its seconds (`StageTimer.to_dict`), merged 
 moment the worker was free to compute it (its models loaded, the previous batch done); what ran
 before that, beside the model load or the previous batch's compute, goes to `overlapped.decode`, as
 the local engine's prefetch thread is not counted either. Until 2026-12-03 all of it counted, so a
-one-worker run's parts added up to ~2 s more than its wall time (8 photos, RAM++: decode 2.2 s, run
-28.9 s).
+one-worker run's parts added up to ~2 s more than its wall time (a run of 8 photos, RAM++, before the
+change: decode 2.2 s, run 28.9 s, `other` 0).
 
 Fault tolerance is Ray's: an actor whose process dies is restarted (its models reloaded) and
 its unfinished calls are retried, up to `RETRIES` times; past that the run stops with one line.
@@ -101,11 +100,8 @@ class StageActor:
         self.free_at = 0.0
         self.load_error: BaseException | None = None
         self.loaded = threading.Event()
-        #: every batch computes on this one thread, one at a time: OpenMP (torch's CPU threads) keeps a
-        #: team of threads per thread that starts parallel work, and with two teams (one per Ray call
-        #: thread) more threads than cores exist, so GNU OpenMP stops spinning at its barriers and puts
-        #: waiting threads to sleep: the second batch ran with the cores ~10% idle (see `_compute`)
-        self.computer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recognize-compute")
+        #: every batch computes on this one thread, one at a time (why: `_compute`)
+        self.compute_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recognize-compute")
         #: one batch decodes at a time, as the local engine's single prefetch thread does: on a
         #: small machine two decoding calls beside the model-loading thread would take cores from
         #: the load (the critical path) for a batch that is not needed before it has finished
@@ -141,8 +137,8 @@ class StageActor:
         raises it once, as one line)."""
         frames = [Frame.from_json(text) for text in texts]
         timer = StageTimer()
-        # outside the compute lock: overlaps the previous batch's compute; the decode lock is taken before
-        # the clock starts, so waiting for the other call's decode is not timed as decoding
+        # on the call thread, before the compute thread: overlaps the previous batch's compute; the decode
+        # lock is taken before the clock starts, so waiting for the other call's decode is not timed as decoding
         with self.decoding:
             began = self.clock()
             for frame in frames:
@@ -151,10 +147,10 @@ class StageActor:
                 prepare_stages(self.stages, frame)
             decoded = self.clock()
         self.loaded.wait()
-        return self.computer.submit(self._compute, frames, timer, began, decoded).result()
+        return self.compute_thread.submit(self._compute, frames, timer, began, decoded).result()
 
     def _compute(self, frames: list[Frame], timer: StageTimer, began: float, decoded: float) -> dict[str, Any]:
-        """The batch through the stages, on the compute thread (`self.computer`).
+        """The batch through the stages, on the compute thread (`self.compute_thread`).
 
         Why one thread: GNU OpenMP keeps a team of threads for each thread that starts parallel work,
         and counts all of them; with more than there are cores it stops spinning at its barriers and

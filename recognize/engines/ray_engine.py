@@ -18,7 +18,8 @@ Point it at a cluster with `RAY_ADDRESS=ray://head:10001 recognize run ... --eng
 this machine); without one, a new local Ray instance is started (with a one-line warning where Ray
 records one that `ray start` started), whose workers compute at this process's priority on one heap
 each (`recognize.engines.ray_actors.actor_env`; `RayEngine.start`).
-Stage and load seconds in the timings are summed over workers.
+Stage and load seconds in the timings are summed over workers; a worker's decoding counts as `decode` only
+where the worker waited for it, the rest as `overlapped.decode` (`recognize.engines.ray_actors`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A StageActor (the Ray engine's worker), run in this process: its calls decode one batch at a
-time while the previous batch computes (a wait for the decode lock not timed as decoding), and give
-the local engine's outputs."""
+time while the previous batch computes (a wait for the decode lock not timed as decoding), give the
+local engine's outputs, count as `decode` only the decoding the worker waited for (the rest is
+`overlapped`), and compute every batch on one thread of their own."""
 
 import functools
 import threading
@@ -100,6 +101,22 @@ class Clock:
         return self.now
 
 
+class WaitSeen(threading.Event):
+    """An Event that says (`seen`) when a thread has started waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.seen.set()
+        return super().wait(timeout)
+
+
+def _images(folder):
+    return sorted(p for p in folder.rglob("*") if p.suffix in (".png", ".jpg"))
+
+
 def _frames(paths):
     return [Frame(source=str(p), name=p.name).to_json(indent=None) for p in paths]
 
@@ -108,14 +125,14 @@ def test_decoding_beside_the_model_load_is_overlapped_not_decode(test_stages, im
     """The first batch decodes while the worker loads its models: none of that is on the worker's
     critical path, so `decode` is 0 and the decoding seconds are `overlapped` (the parts of a
     one-worker run's summary add up to its wall time)."""
-    paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))[:2]
+    paths = _images(image_folder)[:2]
     clock = Clock()
-    decoded, release_load = threading.Event(), threading.Event()
+    release_load = threading.Event()
     real_decode, real_build = ray_actors.decode, ray_actors.build_stages
 
     def slow_decode(frame):
-        clock.now += 1.0  # each image takes one second
         real_decode(frame)
+        clock.now += 1.0  # each image takes one second
 
     def slow_build(specs):
         assert release_load.wait(timeout=30)  # the models load until the test says so
@@ -125,20 +142,15 @@ def test_decoding_beside_the_model_load_is_overlapped_not_decode(test_stages, im
     monkeypatch.setattr(ray_actors, "build_stages", slow_build)
     monkeypatch.setattr(ray_actors, "StageTimer", functools.partial(StageTimer, clock=clock))
     actor = StageActor([{"use": "brightness", "with": {}}], threads=1)
+    actor.loaded = WaitSeen()  # still unset: the load waits for `release_load`, and sets this one at its end
     answer = {}
-
-    def call():
-        answer.update(actor.run(_frames(paths)))
-        decoded.set()
-
-    thread = threading.Thread(target=call)
+    thread = threading.Thread(target=lambda: answer.update(actor.run(_frames(paths))))
     thread.start()
-    while clock.now < len(paths):  # the batch has decoded (t = 2) ...
-        time.sleep(0.01)
-    clock.now = 5.0  # ... and the load ends at t = 5
+    assert actor.loaded.seen.wait(timeout=30)  # the batch has decoded (t = 2) and waits for the models ...
+    clock.now = 5.0  # ... which are loaded at t = 5
     release_load.set()
     thread.join(timeout=60)
-    assert decoded.is_set() and all(error is None for error in answer["errors"])
+    assert all(error is None for error in answer["errors"])
     assert answer["timings"]["phases"][DECODE] == 0.0
     assert answer["timings"]["overlapped"][DECODE] == 2.0
 
@@ -146,7 +158,7 @@ def test_decoding_beside_the_model_load_is_overlapped_not_decode(test_stages, im
 def test_decoding_on_an_idle_worker_is_decode(test_stages, image_folder, monkeypatch):
     """A loaded worker with nothing to compute waits for its batch's decoding: all of it is `decode`;
     a decode that began before the previous batch ended counts only from that end."""
-    paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))[:2]
+    paths = _images(image_folder)[:2]
     clock = Clock()
     real_decode = ray_actors.decode
 
@@ -170,7 +182,7 @@ def test_decoding_on_an_idle_worker_is_decode(test_stages, image_folder, monkeyp
 def test_every_batch_computes_on_one_thread_of_the_actor(test_stages, image_folder, monkeypatch):
     """Two calls arrive on two threads (as Ray's `max_concurrency=2` brings them); both batches compute
     on the actor's one compute thread, so torch keeps one OpenMP team (`StageActor._compute`)."""
-    paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))
+    paths = _images(image_folder)
     computed_on: list[int] = []
     real = ray_actors.run_batch
 
