@@ -4,8 +4,9 @@ Each actor builds the segment's stages and loads their models once, in a backgro
 started by its constructor, so the first batch's images decode while the models load; it runs
 two calls at a time (`max_concurrency=2`) and one batch at a time through the stages, all on
 one compute thread of its own (one OpenMP team: `StageActor._compute`), so the next batch decodes
-while the current one computes, as the local engine's `prefetch` does. Each batch goes through the same `run_batch` as locally (same failure policy). Frames
-travel as their JSON; workers read the images themselves.
+while the current one computes, as the local engine's `prefetch` does. Each batch goes through
+the same `run_batch` as locally (same failure policy). Frames travel as their JSON; workers read
+the images themselves.
 
 Why plain actors, not Ray Data's `map_batches` (what this engine used until 2026-12-01): for an
 image-scope segment Ray Data only adds fixed costs on the critical path. Its streaming executor
@@ -22,8 +23,8 @@ Each actor's process starts with this environment (`actor_env`): inherited from 
 engine started a local Ray itself (`recognize.engines.ray_engine`), set on each actor otherwise (the
 user's own `ray.init`, a cluster), so it holds however Ray was started:
 - `MALLOC_ARENA_MAX=1` (`recognize.heap.worker_env`), everywhere: the actor computes on a thread other
-  than its process's main one (its compute thread), and without it glibc gave such a thread an arena of its own, whose large
-  blocks are mmapped and unmapped again on every free. Measured (ram_plus, 4 photos a batch, AMD EPYC
+  than its process's main one (its compute thread), and without it glibc gave such a thread an arena
+  of its own, whose large blocks are mmapped and unmapped again on every free. Measured (ram_plus, 4 photos a batch, AMD EPYC
   2 cores, 2026-12-02): ~210,000 page faults and 11.3-11.6 s per batch, against none and 10.9-11.0 s
   with it. Until then only a Ray instance this engine started itself passed it to its workers.
 - `RAY_worker_niceness=0`, on the local instance the engine starts: Ray raises its workers' niceness
