@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engine-rounds", type=int, default=None,
                         help="rounds of the engine benchmark: local and Ray alternate, each in a fresh interpreter; "
                              "medians are reported (default: 3, as one round on a shared machine put one Ray worker "
-                             "anywhere from 0.68x to 1.07x of the local engine; quick: 1)")
+                             "anywhere from 0.68x to 1.06x of the local engine; quick: 1)")
     parser.add_argument("--cache", type=Path, default=None, help="folder of the random checkpoints")
     parser.add_argument("--gdino-baseline", choices=["official", "ours"], default="official",
                         help="the baseline's Grounding DINO: the official code (rf-groundingdino in its own venv, "
