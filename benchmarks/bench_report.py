@@ -117,8 +117,10 @@ def _ours_split(run: dict[str, Any]) -> dict[str, float]:
     split = {"startup": wall.get("startup"), "load": load, "decode": wall.get("decode"),
              **{name: stages.get(name) for name in ("ram_plus", "grounding_dino", "sam")},
              "draw_write": (wall.get("write") or 0) + (wall.get("finish") or 0),
-             # release: unmapping idle weights between stages (summary.json's own entry since it left the stages)
-             "other": (wall.get("other") or 0) + (wall.get("retried") or 0) + (wall.get("release") or 0) + exited}
+             # release: unmapping idle weights between stages (summary.json's own entry since it left the stages);
+             # prepare: listing the photos and checking them against OUT (in summary.json since 2026-12-03)
+             "other": (wall.get("other") or 0) + (wall.get("retried") or 0) + (wall.get("release") or 0)
+                      + (wall.get("prepare") or 0) + exited}
     return {k: (v / n if v is not None else None) for k, v in split.items()}
 
 

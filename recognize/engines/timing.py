@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 STARTUP = "startup"  # process start (interpreter, imports, recipe) and engine start (e.g. ray.init)
+PREPARE = "prepare"  # listing the inputs and checking them against OUT (names, claims, what is done)
 LOAD = "load"  # building models and reading weights (before the run, or when a stage first needs them)
 LOAD_WAIT = "load_wait"  # a stage waiting for its model, still loading in the background
 DECODE = "decode"  # reading and decoding images
@@ -31,7 +32,7 @@ RETRIED = "retried"  # batch attempts that failed and were redone in smaller pie
 WRITE = "write"  # per-image output files
 FINISH = "finish"  # dataset-level output files (COCO, ...)
 OTHER = "other"  # the rest of the wall time (bookkeeping, waiting on workers)
-PHASES = (STARTUP, LOAD, LOAD_WAIT, DECODE, RELEASE, RETRIED, WRITE, FINISH, OTHER)
+PHASES = (STARTUP, PREPARE, LOAD, LOAD_WAIT, DECODE, RELEASE, RETRIED, WRITE, FINISH, OTHER)
 
 
 class StageTimer:

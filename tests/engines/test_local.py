@@ -210,12 +210,37 @@ def test_runner_stops_with_one_message_and_summary_accounts_for_wall_time(test_s
                             startup_seconds=0.5)
     data = json.loads((tmp_path / "out" / "summary.json").read_text())
     wall = data["wall"]
-    assert set(wall) >= {"startup", "load", "decode", "stages", "write", "finish", "retried", "other"}
+    assert set(wall) >= {"startup", "prepare", "load", "decode", "stages", "write", "finish", "retried", "other"}
     assert wall["startup"] == 0.5 and wall["stages"] == pytest.approx(data["timings"]["brightness"]["seconds"], abs=1e-3)
     assert sum(wall.values()) == pytest.approx(summary.seconds, abs=0.01)
     # cold start: process start (here the 0.5 s passed in) until the first stage began, so it holds the
     # start-up and the load, and none of the stage's own time
     assert wall["startup"] + wall["load"] <= data["cold_start"] <= summary.seconds - wall["stages"] + 0.01
+
+
+def test_the_summary_counts_the_inputs_preparation(test_stages, image_folder, tmp_path, monkeypatch):
+    """Listing the inputs and checking them against OUT (claims, the journal) happen before the first
+    model loads; for a million inputs they take seconds. They are in the run's seconds, as `prepare`
+    (until 2026-12-03 `seconds` began after them, while `cold_start` counted them: a loaded machine
+    showed a cold start longer than the run)."""
+    import time
+
+    from recognize import runner
+
+    check_claims = runner.check_claims
+
+    def slow_check_claims(*args, **kwargs):
+        time.sleep(0.3)  # what checking many inputs' claims costs, without making them
+        return check_claims(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "check_claims", slow_check_claims)
+    summary = run_to_folder(Pipeline([test_stages.Brightness()]), [image_folder], tmp_path / "out", quiet=True)
+    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    wall = data["wall"]
+    assert wall["prepare"] >= 0.3
+    assert summary.seconds >= wall["prepare"] + wall["stages"]
+    assert sum(wall.values()) == pytest.approx(summary.seconds, abs=0.01)
+    assert wall["prepare"] <= data["cold_start"] <= summary.seconds - wall["stages"] + 0.01
 
 
 @pytest.mark.subprocess
