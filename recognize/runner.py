@@ -62,8 +62,8 @@ class RunSummary:
     skipped: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: where the wall time went: startup, load, load_wait, decode, stages, release, write, finish,
-    #: retried, other (they add up to `seconds`)
+    #: where the wall time went: startup, prepare, load, load_wait, decode, stages, release, write,
+    #: finish, retried, other (they add up to `seconds`)
     wall: dict[str, float] = field(default_factory=dict)
     #: work that ran on another thread beside the wall-time parts (models loaded in the background
     #: while the first stage computed): {"load": seconds}; not part of `wall`'s sum
@@ -412,6 +412,7 @@ def run_to_folder(
     engine = engine or LocalEngine(progress=not quiet)
     timer = StageTimer()
     entered = timer.clock()
+    entered_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if startup_seconds:
         timer.phases[STARTUP] += startup_seconds
     out = Path(out_dir)
@@ -430,7 +431,7 @@ def run_to_folder(
     try:
         return _run(pipeline, items, journal, out, outputs, json_stage, shard_stage, engine=engine, timer=timer,
                     overwrite=overwrite, quiet=quiet, startup_seconds=startup_seconds, on_journal=on_journal,
-                    on_ready=on_ready, entered=entered)
+                    on_ready=on_ready, entered=entered, entered_at=entered_at)
     finally:
         journal.close()
         items.close()
@@ -440,9 +441,10 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
          json_stage: OutputStage | None, shard_stage: OutputStage | None, *, engine: Engine, timer: StageTimer,
          overwrite: bool, quiet: bool, startup_seconds: float | None,
          on_journal: Callable[[], None] | None, on_ready: Callable[[], None] | None,
-         entered: float) -> RunSummary:
+         entered: float, entered_at: str) -> RunSummary:
     """`run_to_folder` once its inputs are listed (on disk); the caller closes `items` and `journal`.
-    `entered`: the timer's clock when `run_to_folder` was called (the origin of `cold_start`)."""
+    `entered` / `entered_at`: the timer's clock and the UTC time when `run_to_folder` was called (the
+    origin of the run's `seconds`, its `started` and its `cold_start`)."""
     from tqdm.auto import tqdm
 
     check_claims(items.frames(), outputs, out, owner=items.claim_map("claimed_files", out),
@@ -463,15 +465,14 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
         remove_shards(out / shard_stage.params.folder)  # journal records (spans in them) go too
         journal.reset()
 
-    # the run's seconds count from the call, so listing the inputs and checking OUT (seconds for a
-    # million inputs) are in `summary.json`, under `prepare`, as they are in `cold_start`
-    timer.phases[PREPARE] += timer.clock() - entered
+    # the run's seconds count from the call, so listing the inputs and checking them against OUT
+    # (seconds for a million inputs) are in `summary.json`, under `prepare`, as in `cold_start`
     started = entered
     summary = RunSummary(
         recipe=pipeline.name,
         output_dir=str(out),
         inputs=len(items),
-        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        started=entered_at,
         engine=getattr(engine, "name", type(engine).__name__),
         fast_modes=pipeline.fast_modes(),
     )
@@ -485,6 +486,7 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
     todo_count = items.mark_todo(
         overwrite or not _is_done(journal.get(name), path, out, recipe_id, shard_sizes) for path, name in items)
     summary.skipped = len(items) - todo_count
+    timer.phases[PREPARE] += timer.clock() - entered  # up to here: listed, checked, what is done found
     if on_ready is not None:
         on_ready()
 

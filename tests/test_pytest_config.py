@@ -14,21 +14,27 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Loaded into the collecting pytest with `-p`: before `-k` deselects anything, it writes every collected
-# test's node id and whether it carries the `parity` marker. One collection (of the whole suite, ~40 s
-# on 2 cores) then gives both selections: `-m parity` from the file, `-k parity` from what is left.
+# Loaded into the collecting pytest with `-p`: it writes every collected test's node id with whether it
+# carries the `parity` marker (before `-k` deselects anything), then the node ids `-k` left. One
+# collection of the whole suite (~40 s on 2 cores) gives both selections.
 MARKER_REPORT = '''
 import json
 import os
 
 import pytest
 
+REPORT = {}
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    marked = {item.nodeid: item.get_closest_marker("parity") is not None for item in items}
+    REPORT["marked"] = {item.nodeid: item.get_closest_marker("parity") is not None for item in items}
+
+
+def pytest_collection_finish(session):
+    REPORT["selected"] = [item.nodeid for item in session.items]
     with open(os.environ["RECOGNIZE_MARKER_REPORT"], "w", encoding="utf-8") as report:
-        json.dump(marked, report)
+        json.dump(REPORT, report)
 '''
 
 
@@ -50,9 +56,9 @@ def test_the_keyword_and_the_marker_select_the_same_tests(tmp_path):
                              "-p", "marker_report", "-k", "parity"],
                             cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode in (0, 5), result.stdout[-2000:] + result.stderr[-2000:]
-    by_keyword = {line for line in result.stdout.splitlines() if "::" in line}
-    marked = json.loads(report.read_text(encoding="utf-8"))
-    by_marker = {node for node, has_marker in marked.items() if has_marker}
-    assert len(marked) > len(by_marker), "the report saw only parity tests: it ran after the selection"
+    collected = json.loads(report.read_text(encoding="utf-8"))
+    by_keyword = set(collected["selected"])
+    by_marker = {node for node, has_marker in collected["marked"].items() if has_marker}
+    assert len(collected["marked"]) > len(by_marker), "the report saw only parity tests: it ran after the selection"
     assert by_marker, "no parity test collected"
     assert by_keyword == by_marker

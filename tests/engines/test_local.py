@@ -227,17 +227,26 @@ def test_the_summary_counts_the_inputs_preparation(test_stages, image_folder, tm
 
     from recognize import runner
 
-    check_claims = runner.check_claims
+    check_claims, is_done = runner.check_claims, runner._is_done
+    slowed: list[str] = []
 
-    def slow_check_claims(*args, **kwargs):
-        time.sleep(0.3)  # what checking many inputs' claims costs, without making them
-        return check_claims(*args, **kwargs)
+    def slow(check, seconds):
+        def slowly(*args, **kwargs):
+            if check.__name__ not in slowed:  # what many inputs cost, without making them
+                slowed.append(check.__name__)
+                time.sleep(seconds)
+            return check(*args, **kwargs)
+        return slowly
 
-    monkeypatch.setattr(runner, "check_claims", slow_check_claims)
+    # checking the claims on OUT, then finding which inputs are done (a resume's journal lookups); the
+    # second is the longer, so the first plus the run's own overheads (imports: ~0.2 s) cannot pass for both
+    monkeypatch.setattr(runner, "check_claims", slow(check_claims, 0.3))
+    monkeypatch.setattr(runner, "_is_done", slow(is_done, 1.0))
     summary = run_to_folder(Pipeline([test_stages.Brightness()]), [image_folder], tmp_path / "out", quiet=True)
     data = json.loads((tmp_path / "out" / "summary.json").read_text())
     wall = data["wall"]
-    assert wall["prepare"] >= 0.3
+    assert slowed == ["check_claims", "_is_done"]
+    assert wall["prepare"] >= 1.3
     assert summary.seconds >= wall["prepare"] + wall["stages"]
     assert sum(wall.values()) == pytest.approx(summary.seconds, abs=0.01)
     assert wall["prepare"] <= data["cold_start"] <= summary.seconds - wall["stages"] + 0.01
