@@ -480,8 +480,23 @@ def _as_bad_output(exc: RecognizeError) -> RecognizeError:
     return InputError(f"{exc}; choose another -o or fix access to it")
 
 
+def _count_remote_seconds(summary: RunSummary, before: float, after: float) -> None:
+    """Add the remote work around the staged run to its summary, so `seconds` has every part: reading
+    the remote manifest and journal and staging them (`before`) under `prepare` and in `cold_start`,
+    the last journal sync and the outputs' upload (`after`) under `finish`. Only the upload of
+    `summary.json` itself is left out."""
+    summary.seconds += before + after
+    wall = dict(summary.wall)
+    wall["prepare"] = round(wall.get("prepare", 0.0) + before, 4)
+    wall["finish"] = round(wall.get("finish", 0.0) + after, 4)
+    summary.wall = wall
+    if summary.cold_start is not None:
+        summary.cold_start += before
+
+
 def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], remote: RemoteFolder, staging: Path,
                 interval: float, *, overwrite: bool, **options: Any) -> RunSummary:
+    began = time.perf_counter()
     url = remote.url
     recipe = recipe_of(pipeline)
     recipe_id = fingerprint(recipe)
@@ -527,6 +542,7 @@ def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], re
                 raise _as_bad_output(exc) from None
 
     sync = JournalSync(remote, staging, synced=journal.size, segments=list(journal.hashes), interval=interval)
+    before = time.perf_counter() - began
     try:
         summary = run_to_folder(pipeline, inputs, staging, overwrite=overwrite, on_journal=sync.on_journal,
                                 on_ready=on_ready, **options)
@@ -534,8 +550,10 @@ def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], re
         with contextlib.suppress(Exception):  # keep what is finished (Ctrl-C, a stopped run); never hide why
             sync.sync(final=True)
         raise
+    ended = time.perf_counter()
     sync.sync(final=True)
     remote.upload(_finished_outputs(pipeline, staging, sync.last_line_ns))
+    _count_remote_seconds(summary, before, time.perf_counter() - ended)
     summary.output_dir = remote.url
     write_text(staging / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     remote.upload([(staging / SUMMARY_FILE, SUMMARY_FILE)])

@@ -142,6 +142,36 @@ def test_http_output_equals_a_local_run_and_resumes_on_a_fresh_machine(stages, i
     assert tree(remote) == tree(reference)
 
 
+def test_the_summary_counts_the_remote_work_around_the_run(stages, images, home, server, monkeypatch):
+    """Reading the remote journal before the run and uploading the outputs after it are in the run's
+    seconds (`prepare` and `finish`), in the summary returned and in the one uploaded (until
+    2026-12-03 they were in neither)."""
+    import time
+
+    from recognize import remote_output
+
+    download, finished = remote_output.RemoteJournal.download, remote_output._finished_outputs
+
+    def slow_download(*args, **kwargs):
+        time.sleep(1.0)  # a large journal over a slow link
+        return download(*args, **kwargs)
+
+    def slow_finished(*args, **kwargs):
+        time.sleep(0.5)  # many outputs to upload
+        return finished(*args, **kwargs)
+
+    monkeypatch.setattr(remote_output.RemoteJournal, "download", slow_download)
+    monkeypatch.setattr(remote_output, "_finished_outputs", slow_finished)
+    url = f"{server.url}/runs/timed"
+    summary = run_to_output(pipeline(stages), [images], url, quiet=True)
+    uploaded = json.loads((server.root / "runs" / "timed" / "summary.json").read_text())
+    for data in (summary.to_dict(), uploaded):
+        wall = data["wall"]
+        assert wall["prepare"] >= 1.0 and wall["finish"] >= 0.5
+        assert sum(wall.values()) == pytest.approx(data["seconds"], abs=0.01)
+        assert wall["prepare"] <= data["cold_start"] <= data["seconds"] - wall["stages"] - wall["finish"] + 0.01
+
+
 def test_an_interrupted_run_keeps_what_it_finished_and_another_machine_finishes_it(stages, images, home, server,
                                                                                    tmp_path, monkeypatch):
     reference = tmp_path / "reference"
