@@ -42,6 +42,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -466,11 +467,12 @@ def _one_run_per_staging(staging: Path, url: str) -> Iterator[None]:
 def run_to_url(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], url: str, *,
                overwrite: bool = False, **options: Any) -> RunSummary:
     """`run_to_folder` into a local staging folder, mirrored to `url` (see the module doc)."""
-    remote = RemoteFolder(url)
+    began = (time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    remote = RemoteFolder(url)  # imports the URL's fsspec backend (s3fs, ...): part of the run's time
     staging = staging_folder(remote.url)
     interval = sync_seconds()
     with _one_run_per_staging(staging, remote.url):
-        return _run_staged(pipeline, inputs, remote, staging, interval, overwrite=overwrite, **options)
+        return _run_staged(pipeline, inputs, remote, staging, interval, began, overwrite=overwrite, **options)
 
 
 def _as_bad_output(exc: RecognizeError) -> RecognizeError:
@@ -480,11 +482,14 @@ def _as_bad_output(exc: RecognizeError) -> RecognizeError:
     return InputError(f"{exc}; choose another -o or fix access to it")
 
 
-def _count_remote_seconds(summary: RunSummary, before: float, after: float) -> None:
-    """Add the remote work around the staged run to its summary, so `seconds` has every part: reading
-    the remote manifest and journal and staging them (`before`) under `prepare` and in `cold_start`,
-    the last journal sync and the outputs' upload (`after`) under `finish`. Only the upload of
-    `summary.json` itself is left out."""
+def _count_remote_seconds(summary: RunSummary, before: float, after: float, began_at: str) -> None:
+    """Add the remote work around the staged run to its summary, so `seconds` has every part from
+    `run_to_url`'s call (`began_at`, now the summary's `started`) to its last upload (`finished`):
+    opening the URL's filesystem, reading the remote manifest and journal and staging what the journal
+    names (`before`) under `prepare` and in `cold_start`, the last journal sync and the outputs' upload
+    (`after`) under `finish`. Only the upload of `summary.json` itself is left out."""
+    summary.started = began_at
+    summary.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     summary.seconds += before + after
     wall = dict(summary.wall)
     wall["prepare"] = round(wall.get("prepare", 0.0) + before, 4)
@@ -495,8 +500,8 @@ def _count_remote_seconds(summary: RunSummary, before: float, after: float) -> N
 
 
 def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], remote: RemoteFolder, staging: Path,
-                interval: float, *, overwrite: bool, **options: Any) -> RunSummary:
-    began = time.perf_counter()
+                interval: float, began: tuple[float, str], *, overwrite: bool, **options: Any) -> RunSummary:
+    """`began`: the clock and the UTC time when `run_to_url` was called (what `summary.json` counts from)."""
     url = remote.url
     recipe = recipe_of(pipeline)
     recipe_id = fingerprint(recipe)
@@ -542,7 +547,7 @@ def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], re
                 raise _as_bad_output(exc) from None
 
     sync = JournalSync(remote, staging, synced=journal.size, segments=list(journal.hashes), interval=interval)
-    before = time.perf_counter() - began
+    before = time.perf_counter() - began[0]
     try:
         summary = run_to_folder(pipeline, inputs, staging, overwrite=overwrite, on_journal=sync.on_journal,
                                 on_ready=on_ready, **options)
@@ -553,7 +558,7 @@ def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], re
     ended = time.perf_counter()
     sync.sync(final=True)
     remote.upload(_finished_outputs(pipeline, staging, sync.last_line_ns))
-    _count_remote_seconds(summary, before, time.perf_counter() - ended)
+    _count_remote_seconds(summary, before, time.perf_counter() - ended, began[1])
     summary.output_dir = remote.url
     write_text(staging / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     remote.upload([(staging / SUMMARY_FILE, SUMMARY_FILE)])

@@ -143,33 +143,37 @@ def test_http_output_equals_a_local_run_and_resumes_on_a_fresh_machine(stages, i
 
 
 def test_the_summary_counts_the_remote_work_around_the_run(stages, images, home, server, monkeypatch):
-    """Reading the remote journal before the run and uploading the outputs after it are in the run's
-    seconds (`prepare` and `finish`), in the summary returned and in the one uploaded (until
-    2026-12-03 they were in neither)."""
+    """Opening the URL and reading its journal before the run, and uploading the outputs after it, are
+    in the run's seconds (`prepare` and `finish`) and between its `started` and `finished`, in the
+    summary returned and in the one uploaded (until 2026-12-03 they were in neither)."""
     import time
+    from datetime import datetime
 
     from recognize import remote_output
 
-    download, finished = remote_output.RemoteJournal.download, remote_output._finished_outputs
+    opened, download, finished = (remote_output.RemoteFolder.__init__, remote_output.RemoteJournal.download,
+                                  remote_output._finished_outputs)
 
-    def slow_download(*args, **kwargs):
-        time.sleep(1.0)  # a large journal over a slow link
-        return download(*args, **kwargs)
+    def slowly(function, seconds):
+        def slow(*args, **kwargs):
+            time.sleep(seconds)
+            return function(*args, **kwargs)
+        return slow
 
-    def slow_finished(*args, **kwargs):
-        time.sleep(0.5)  # many outputs to upload
-        return finished(*args, **kwargs)
-
-    monkeypatch.setattr(remote_output.RemoteJournal, "download", slow_download)
-    monkeypatch.setattr(remote_output, "_finished_outputs", slow_finished)
+    monkeypatch.setattr(remote_output.RemoteFolder, "__init__", slowly(opened, 0.3))  # a backend's imports
+    monkeypatch.setattr(remote_output.RemoteJournal, "download", slowly(download, 1.2))  # a large journal
+    monkeypatch.setattr(remote_output, "_finished_outputs", slowly(finished, 1.0))  # many outputs to upload
     url = f"{server.url}/runs/timed"
     summary = run_to_output(pipeline(stages), [images], url, quiet=True)
     uploaded = json.loads((server.root / "runs" / "timed" / "summary.json").read_text())
     for data in (summary.to_dict(), uploaded):
         wall = data["wall"]
-        assert wall["prepare"] >= 1.0 and wall["finish"] >= 0.5
+        assert wall["prepare"] >= 1.5 and wall["finish"] >= 1.0
         assert sum(wall.values()) == pytest.approx(data["seconds"], abs=0.01)
         assert wall["prepare"] <= data["cold_start"] <= data["seconds"] - wall["stages"] - wall["finish"] + 0.01
+        # stamped to the second: 2.5 s of it outside these stamps could not pass
+        between = (datetime.fromisoformat(data["finished"]) - datetime.fromisoformat(data["started"])).total_seconds()
+        assert abs(between - data["seconds"]) <= 1.0
 
 
 def test_an_interrupted_run_keeps_what_it_finished_and_another_machine_finishes_it(stages, images, home, server,

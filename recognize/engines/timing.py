@@ -23,14 +23,15 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 STARTUP = "startup"  # process start (interpreter, imports, recipe) and engine start (e.g. ray.init)
-PREPARE = "prepare"  # listing the inputs and checking them against OUT (names, claims, what is done)
+PREPARE = "prepare"  # listing the inputs and checking them against OUT (names, claims, what is done);
+# for `-o URL` also opening the URL and reading and staging its manifest, journal and finished files
 LOAD = "load"  # building models and reading weights (before the run, or when a stage first needs them)
 LOAD_WAIT = "load_wait"  # a stage waiting for its model, still loading in the background
 DECODE = "decode"  # reading and decoding images
 RELEASE = "release"  # unmapping idle models' weight pages between a chain's stages (resident_weights)
 RETRIED = "retried"  # batch attempts that failed and were redone in smaller pieces
 WRITE = "write"  # per-image output files
-FINISH = "finish"  # dataset-level output files (COCO, ...)
+FINISH = "finish"  # dataset-level output files (COCO, ...); for `-o URL` also the last sync and upload
 OTHER = "other"  # the rest of the wall time (bookkeeping, waiting on workers)
 PHASES = (STARTUP, PREPARE, LOAD, LOAD_WAIT, DECODE, RELEASE, RETRIED, WRITE, FINISH, OTHER)
 
