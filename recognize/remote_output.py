@@ -482,26 +482,11 @@ def _as_bad_output(exc: RecognizeError) -> RecognizeError:
     return InputError(f"{exc}; choose another -o or fix access to it")
 
 
-def _count_remote_seconds(summary: RunSummary, before: float, after: float, began_at: str) -> None:
-    """Add the remote work around the staged run to its summary, so `seconds` has every part from
-    `run_to_url`'s call (`began_at`, now the summary's `started`) to its last upload (`finished`):
-    opening the URL's filesystem, reading the remote manifest and journal and staging what the journal
-    names (`before`) under `prepare` and in `cold_start`, the last journal sync and the outputs' upload
-    (`after`) under `finish`. Only the upload of `summary.json` itself is left out."""
-    summary.started = began_at
-    summary.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    summary.seconds += before + after
-    wall = dict(summary.wall)
-    wall["prepare"] = round(wall.get("prepare", 0.0) + before, 4)
-    wall["finish"] = round(wall.get("finish", 0.0) + after, 4)
-    summary.wall = wall
-    if summary.cold_start is not None:
-        summary.cold_start += before
-
-
 def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], remote: RemoteFolder, staging: Path,
                 interval: float, began: tuple[float, str], *, overwrite: bool, **options: Any) -> RunSummary:
-    """`began`: the clock and the UTC time when `run_to_url` was called (what `summary.json` counts from)."""
+    """`began`: the clock and the UTC time when `run_to_url` was called: the run counts from there, so
+    opening the URL and staging its journal are in `summary.json` (`prepare`), as the last sync and
+    upload are (`finish`, `on_finish`); only the upload of `summary.json` itself is left out."""
     url = remote.url
     recipe = recipe_of(pipeline)
     recipe_id = fingerprint(recipe)
@@ -547,18 +532,19 @@ def _run_staged(pipeline: Pipeline, inputs: Iterable[str | os.PathLike[str]], re
                 raise _as_bad_output(exc) from None
 
     sync = JournalSync(remote, staging, synced=journal.size, segments=list(journal.hashes), interval=interval)
-    before = time.perf_counter() - began[0]
+
+    def on_finish() -> None:
+        """The run wrote everything: the last journal lines and every finished output go up."""
+        sync.sync(final=True)
+        remote.upload(_finished_outputs(pipeline, staging, sync.last_line_ns))
+
     try:
         summary = run_to_folder(pipeline, inputs, staging, overwrite=overwrite, on_journal=sync.on_journal,
-                                on_ready=on_ready, **options)
+                                on_ready=on_ready, on_finish=on_finish, began=began, **options)
     except BaseException:
         with contextlib.suppress(Exception):  # keep what is finished (Ctrl-C, a stopped run); never hide why
             sync.sync(final=True)
         raise
-    ended = time.perf_counter()
-    sync.sync(final=True)
-    remote.upload(_finished_outputs(pipeline, staging, sync.last_line_ns))
-    _count_remote_seconds(summary, before, time.perf_counter() - ended, began[1])
     summary.output_dir = remote.url
     write_text(staging / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     remote.upload([(staging / SUMMARY_FILE, SUMMARY_FILE)])

@@ -393,11 +393,17 @@ def run_to_folder(
     startup_seconds: float | None = None,
     on_journal: Callable[[], None] | None = None,
     on_ready: Callable[[], None] | None = None,
+    on_finish: Callable[[], None] | None = None,
+    began: tuple[float, str] | None = None,
 ) -> RunSummary:
     """Process `inputs` into `out_dir`; returns (and writes) the run summary.
 
     `startup_seconds`: time spent before this call (the CLI passes the process's age), shown in
     the summary's `wall` so it accounts for the whole run.
+
+    `began`: (`time.perf_counter()`, UTC ISO time) the run counts from, where the caller prepared it
+    before calling (`-o URL` opens the URL and stages its journal first: `recognize.remote_output`);
+    that time is then the start of `prepare`, `cold_start` and `started`. Default: this call.
 
     `on_journal`: called after each image's done-journal line is written (an `-o URL` run uploads
     what the new lines point at: `recognize.remote_output`); what it raises stops the run.
@@ -406,13 +412,15 @@ def run_to_folder(
     before models load (an `-o URL` run uploads its manifest then, so a refused run leaves nothing
     remote); what it raises stops the run.
 
+    `on_finish`: called after the outputs' dataset-level files, timed with them under `finish`, before
+    the summary is written (an `-o URL` run uploads what is left); what it raises stops the run.
+
     Everything that can be refused is refused before a file is written or a model loaded: bad
     output names, colliding results, inputs inside OUT, an OUT made by another recipe.
     """
     engine = engine or LocalEngine(progress=not quiet)
     timer = StageTimer()
-    entered = timer.clock()
-    entered_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    entered, entered_at = began or (timer.clock(), datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if startup_seconds:
         timer.phases[STARTUP] += startup_seconds
     out = Path(out_dir)
@@ -431,7 +439,8 @@ def run_to_folder(
     try:
         return _run(pipeline, items, journal, out, outputs, json_stage, shard_stage, engine=engine, timer=timer,
                     overwrite=overwrite, quiet=quiet, startup_seconds=startup_seconds, on_journal=on_journal,
-                    on_ready=on_ready, entered=entered, entered_at=entered_at)
+                    on_ready=on_ready, on_finish=on_finish, entered=entered,
+                    entered_at=entered_at)
     finally:
         journal.close()
         items.close()
@@ -441,10 +450,10 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
          json_stage: OutputStage | None, shard_stage: OutputStage | None, *, engine: Engine, timer: StageTimer,
          overwrite: bool, quiet: bool, startup_seconds: float | None,
          on_journal: Callable[[], None] | None, on_ready: Callable[[], None] | None,
-         entered: float, entered_at: str) -> RunSummary:
+         on_finish: Callable[[], None] | None, entered: float, entered_at: str) -> RunSummary:
     """`run_to_folder` once its inputs are listed (on disk); the caller closes `items` and `journal`.
-    `entered` / `entered_at`: the timer's clock and the UTC time when `run_to_folder` was called (the
-    origin of the run's `seconds`, its `started` and its `cold_start`)."""
+    `entered` / `entered_at`: the timer's clock and the UTC time the run counts from (`began`, or the
+    call of `run_to_folder`): the origin of its `seconds`, `started`, `prepare` and `cold_start`."""
     from tqdm.auto import tqdm
 
     check_claims(items.frames(), outputs, out, owner=items.claim_map("claimed_files", out),
@@ -465,9 +474,6 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
         remove_shards(out / shard_stage.params.folder)  # journal records (spans in them) go too
         journal.reset()
 
-    # the run's seconds count from the call, so listing the inputs and checking them against OUT
-    # (seconds for a million inputs) are in `summary.json`, under `prepare`, as in `cold_start`
-    started = entered
     summary = RunSummary(
         recipe=pipeline.name,
         output_dir=str(out),
@@ -486,7 +492,9 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
     todo_count = items.mark_todo(
         overwrite or not _is_done(journal.get(name), path, out, recipe_id, shard_sizes) for path, name in items)
     summary.skipped = len(items) - todo_count
-    timer.phases[PREPARE] += timer.clock() - entered  # up to here: listed, checked, what is done found
+    # listing the inputs and checking them against OUT (seconds for a million inputs): in the run's
+    # seconds, as in `cold_start`
+    timer.phases[PREPARE] += timer.clock() - entered
     if on_ready is not None:
         on_ready()
 
@@ -584,7 +592,13 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
         with timer.phase(FINISH):
             for stage in outputs:
                 stage.finish(frame_files, out)
-        summary.seconds = timer.clock() - started + (startup_seconds or 0.0)
+    except OSError as exc:
+        raise _folder_error(out, exc, "write the dataset outputs") from None
+    if on_finish is not None:
+        with timer.phase(FINISH):
+            on_finish()
+    try:
+        summary.seconds = timer.clock() - entered + (startup_seconds or 0.0)
         summary.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
         summary.timings = {
             name: {"seconds": round(seconds, 4), "per_image": round(seconds / max(summary.processed, 1), 4)}

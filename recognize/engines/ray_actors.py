@@ -160,8 +160,9 @@ class StageActor:
         batch ran with the cores ~10% idle. Measured (ram_plus, 8 photos, 1 worker, 2 cores, 4
         alternating rounds): the worker's stage seconds 26.2-35.2 (median 27.9) on the call threads,
         26.2-26.6 (median 26.5) on one thread (two rounds on the call threads were as fast: the gain for
-        GEMM-heavy work is a few per cent at most, the variance is what went); a toy loop of small ops alternating between two
-        long-lived threads took 1.26-1.30x its time on one (`benchmarks/README.md`, "Ray's one worker").
+        GEMM-heavy work is a few per cent at most, the variance is what went); a toy loop of small ops
+        alternating between two long-lived threads took 1.26-1.30x its time on one (`benchmarks/README.md`,
+        "Ray's one worker").
         """
         stopped, code = "", RunStopped.exit_code
         # decoding counts as such only after the worker was free to compute this batch; before
