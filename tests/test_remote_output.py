@@ -22,7 +22,7 @@ from recognize.errors import InputError, RecognizeError
 from recognize.frame import Frame
 from recognize.outputs.shards import read_shards
 from recognize.pipeline import Pipeline
-from recognize.remote_output import JournalSync, run_to_output
+from recognize.remote_output import JournalSync, RemoteFolder, run_to_output
 from recognize.runner import run_to_folder
 from recognize.stage import Stage
 
@@ -192,6 +192,46 @@ def test_an_interrupted_run_keeps_what_it_finished_and_another_machine_finishes_
     shutil.rmtree(home)
     resumed = run_to_output(pipeline(stages), [images], url, quiet=True)
     assert (resumed.processed, resumed.skipped) == (2, 3)
+    assert json.loads((remote / "coco.json").read_text()) == json.loads((reference / "coco.json").read_text())
+    assert [f.to_json() for f in read_shards(remote)] == [f.to_json() for f in read_shards(reference)]
+
+
+@pytest.mark.parametrize("segment_written", [False, True], ids=["before-the-segment", "after-the-segment"])
+def test_a_ctrl_c_during_the_last_sync_still_leaves_every_finished_image_remote(stages, images, home, server,
+                                                                               tmp_path, monkeypatch,
+                                                                               segment_written):
+    """Ctrl-C while the run's last journal segment goes up (before it reached the server, or after it
+    did but before the run knew): what is kept on the way out writes that segment (again, under its
+    name), so every finished image is remote once and a fresh machine redoes nothing."""
+    reference = tmp_path / "reference"
+    run_to_folder(pipeline(stages), [images], reference, quiet=True)
+    url = f"{server.url}/run"
+    real_sync, real_write = JournalSync.sync, RemoteFolder.write
+    last_sync = {"armed": False, "interrupted": 0}
+
+    def last_sync_interrupted(self, *, final=False):
+        last_sync["armed"] = final and not last_sync["interrupted"]
+        real_sync(self, final=final)
+
+    def written_then_interrupted(self, relative, data, scratch):
+        if segment_written or not last_sync["armed"]:
+            real_write(self, relative, data, scratch)
+        if last_sync["armed"]:
+            last_sync["armed"], last_sync["interrupted"] = False, last_sync["interrupted"] + 1
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(JournalSync, "sync", last_sync_interrupted)
+        patched.setattr(RemoteFolder, "write", written_then_interrupted)
+        run_to_output(pipeline(stages), [images], url, quiet=True)
+    assert last_sync["interrupted"] == 1
+    remote = server.root / "run"
+    kept = [json.loads(line)["name"] for p in sorted((remote / ".recognize" / "done").iterdir())
+            for line in p.read_text().splitlines()]
+    assert kept == NAMES  # each once: the interrupted segment was written again, not appended twice
+    shutil.rmtree(home)
+    resumed = run_to_output(pipeline(stages), [images], url, quiet=True)
+    assert (resumed.processed, resumed.skipped) == (0, 5)
     assert json.loads((remote / "coco.json").read_text()) == json.loads((reference / "coco.json").read_text())
     assert [f.to_json() for f in read_shards(remote)] == [f.to_json() for f in read_shards(reference)]
 
