@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recognize.device_copies import to_device
 from recognize.errors import ModelFileError
 from recognize.stage import shared_models
 
@@ -68,7 +69,7 @@ class ClipImageEncoder:
         out = []
         for start in range(0, len(images), self.batch_size):
             batch = torch.stack([self.transform(Image.fromarray(im)) for im in images[start : start + self.batch_size]])
-            features = self.model.encode_image(batch.to(self.device)).float()
+            features = self.model.encode_image(to_device(batch, self.device)).float()
             out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 

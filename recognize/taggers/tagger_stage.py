@@ -187,9 +187,10 @@ class TaggerStage(Stage):
         return self._normalized([frame.prepared(key, resize) for frame in frames])
 
     def _normalized(self, resized: Sequence[np.ndarray]) -> torch.Tensor:
+        from recognize.device_copies import to_device
         from recognize.taggers.preprocess import normalize
 
-        return normalize(np.stack(resized)).to(device=self.device, dtype=self.dtype)
+        return to_device(normalize(np.stack(resized)), self.device, self.dtype)  # pinned on CUDA
 
     @inference_mode
     def _scores(self, items: Sequence[Any], pixels: Callable[[Sequence[Any]], torch.Tensor]) -> np.ndarray:

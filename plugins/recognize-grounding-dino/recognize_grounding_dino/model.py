@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from recognize.device_copies import to_device
 from recognize.errors import ModelFileError, RecognizeError
 from recognize.feature_cache import content_key, feature_cache
 from recognize.onednn_linear import use_onednn_linears
@@ -339,7 +340,7 @@ class Detector:
         per-query token probabilities `[B, Q, len(prompt)]` and boxes `[B, Q, 4]` (cx, cy, w, h in 0..1)."""
         batch = pixel_values.shape[0]
         ids = torch.tensor(prompt.input_ids, device=self.device).unsqueeze(0).expand(batch, -1)
-        out = self.model(pixel_values=pixel_values.to(self.device), input_ids=ids,
+        out = self.model(pixel_values=to_device(pixel_values, self.device), input_ids=ids,
                          attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
         probs = out.logits[..., : len(prompt)].sigmoid()
         return probs.float().cpu(), out.pred_boxes.float().cpu()
@@ -347,6 +348,6 @@ class Detector:
     @torch.inference_mode()
     def detect(self, pixel_values: torch.Tensor, prompts: Sequence[Prompt]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """`__call__` for each caption on the same images; the image backbone runs once for all."""
-        pixel_values = pixel_values.to(self.device)
+        pixel_values = to_device(pixel_values, self.device)  # pinned and not waited for on CUDA
         with reuse_image_features(self.model):
             return [self(pixel_values, prompt) for prompt in prompts]

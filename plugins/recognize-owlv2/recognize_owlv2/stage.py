@@ -128,9 +128,10 @@ class Owlv2(Stage):
     def _detect(self, images: list[np.ndarray], vocabularies: list[tuple[str, ...]]) -> list[tuple[np.ndarray, ...]]:
         import torch
 
+        from recognize.device_copies import to_device
         from recognize_owlv2.queries import CONTEXT, tokenize
 
-        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
+        pixels = to_device(self.processor(images=list(images), return_tensors="pt")["pixel_values"], self.device)
         most = max(len(v) for v in vocabularies)
         # queries padded to the batch's longest list with all-zero ids, which OWLv2 masks out
         # (its query mask is "first token > 0"); the lone attended position keeps attention finite

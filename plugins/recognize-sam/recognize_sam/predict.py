@@ -19,6 +19,13 @@ boxes or another box added to the image changes the chunks of 8. And where two c
 IoUs are within that rounding of each other, the other candidate can be picked: then the whole mask
 differs, not just pixels at the threshold. Memory: a few tens of MB of decoder activations per box in
 a call.
+
+Why the kept masks are upsampled box by box on the CPU but a call's boxes together on a GPU: on the
+CPU one full-size float mask at a time bounds the memory (a 13.8 MP photo's is 55 MB) and costs no
+time; on a GPU a read of each box's mask on the host would wait for its kernels (a host sync per box),
+so a call's masks are upsampled in one go and copied into a pinned host buffer without waiting
+(`recognize.device_copies`): the loop over boxes never stops the GPU, and the host waits once per
+image. Both ways give the same masks (`tests/test_predict.py` runs the GPU's way on the CPU).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import torch
 from segment_anything.modeling import Sam as SamModel
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from recognize.device_copies import HostBuffer, is_cuda, to_device
 from recognize.feature_cache import content_key, feature_cache
 
 
@@ -57,9 +65,11 @@ class BoxSegmenter:
     #: boxes per mask-decoder call (see the module docstring); activations: a few tens of MB per box
     boxes_per_call: int = 8
 
-    def __init__(self, sam: SamModel) -> None:
+    def __init__(self, sam: SamModel, upsample_together: bool | None = None) -> None:
         self.sam = sam
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+        #: upsample a decoder call's kept masks together (None: on CUDA only; see the module doc)
+        self.upsample_together = upsample_together
 
     @property
     def device(self) -> torch.device:
@@ -101,13 +111,12 @@ class BoxSegmenter:
         """One mask per xyxy pixel box; with `multimask`, the best of SAM's three candidates."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         height, width = embedding.original_size
-        masks = np.zeros((len(boxes), height, width), dtype=bool)
-        scores = np.zeros(len(boxes), dtype=np.float32)
         if not len(boxes):
-            return BoxMasks(masks, scores)
-        prompts = torch.as_tensor(
-            self.transform.apply_boxes(boxes, embedding.original_size), dtype=torch.float, device=self.device
-        )
+            return BoxMasks(np.zeros((0, height, width), dtype=bool), np.zeros(0, dtype=np.float32))
+        together = is_cuda(self.device) if self.upsample_together is None else self.upsample_together
+        masks = HostBuffer((len(boxes), height, width), torch.bool, self.device)
+        scores = HostBuffer((len(boxes),), torch.float32, self.device)
+        prompts = to_device(self.transform.apply_boxes(boxes, embedding.original_size).astype(np.float32), self.device)
         dense_pe = self.sam.prompt_encoder.get_dense_pe()
         for start in range(0, len(boxes), self.boxes_per_call):
             chunk = prompts[start : start + self.boxes_per_call]
@@ -119,12 +128,12 @@ class BoxSegmenter:
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
             )
-            best = iou.argmax(dim=1)
+            best = iou.argmax(dim=1)  # chosen on the device: no host sync
             rows = torch.arange(len(chunk), device=iou.device)
             kept_logits = low_res[rows, best][:, None]  # only the kept candidate is upsampled
-            kept_iou = iou[rows, best].float().cpu().numpy()
-            for j in range(len(chunk)):
-                kept = self.sam.postprocess_masks(kept_logits[j : j + 1], embedding.input_size, embedding.original_size)
-                masks[start + j] = (kept[0, 0] > self.sam.mask_threshold).cpu().numpy()
-                scores[start + j] = kept_iou[j]
-        return BoxMasks(masks, scores)
+            scores.put(slice(start, start + len(chunk)), iou[rows, best].float())
+            parts = [slice(0, len(chunk))] if together else [slice(j, j + 1) for j in range(len(chunk))]
+            for part in parts:
+                kept = self.sam.postprocess_masks(kept_logits[part], embedding.input_size, embedding.original_size)
+                masks.put(slice(start + part.start, start + part.stop), kept[:, 0] > self.sam.mask_threshold)
+        return BoxMasks(masks.numpy(), scores.numpy())

@@ -105,6 +105,54 @@ def test_boxes_per_call_does_not_change_the_masks_beyond_rounding(tiny_sam, imag
     assert chunked.masks.any()
 
 
+@pytest.mark.parametrize("which, count", [(0, 11), (1, 3)], ids=["small", "big"])
+def test_the_gpus_way_of_upsampling_gives_the_cpus_masks(tiny_sam, images, embeddings, which, count):
+    """On CUDA a decoder call's kept masks are upsampled together and copied to the host without a wait
+    per box; run that way on the CPU, it gives the per-box way's masks and scores bit for bit
+    (bilinear upsampling is per mask), also for a partial last chunk (11 = 8 + 3)."""
+    image, embedding = images[which], embeddings[which]
+    boxes = random_boxes(*image.shape[:2], count, seed=7 + which)
+    per_box = BoxSegmenter(tiny_sam).segment(embedding, boxes)
+    together = BoxSegmenter(tiny_sam, upsample_together=True).segment(embedding, boxes)
+    assert BoxSegmenter(tiny_sam).upsample_together is None  # decided by the device: per box on the CPU
+    assert together.masks.shape == per_box.masks.shape == (count, *image.shape[:2])
+    assert together.masks.dtype == bool and together.scores.dtype == np.float32
+    np.testing.assert_array_equal(together.masks, per_box.masks)
+    np.testing.assert_array_equal(together.scores, per_box.scores)
+    assert per_box.masks.any() and not per_box.masks.all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_loop_over_boxes_never_waits_for_the_gpu(tiny_sam, images):
+    """Issue 11's "no host syncs inside the per-box loop": the waits torch reports (sync debug mode)
+    do not grow with the boxes (1 box against 11: two decoder calls), and the masks are the CPU's but
+    at the threshold."""
+    import warnings
+
+    sam = copy.deepcopy(tiny_sam).to("cuda")
+    segmenter = BoxSegmenter(sam)
+    embedding = segmenter.embed(images[:1])[0]
+    boxes = random_boxes(*images[0].shape[:2], 11, seed=5)
+    segmenter.segment(embedding, boxes[:1])  # warm-up: kernels load, the allocators fill
+
+    def waits(count):
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = segmenter.segment(embedding, boxes[:count])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught), result
+
+    one, _ = waits(1)
+    eleven, on_gpu = waits(11)
+    assert eleven == one <= 2
+    on_cpu = BoxSegmenter(tiny_sam).segment(BoxSegmenter(tiny_sam).embed(images[:1])[0], boxes)
+    np.testing.assert_allclose(on_gpu.scores, on_cpu.scores, rtol=0, atol=1e-3)
+    assert (on_gpu.masks != on_cpu.masks).mean() < 1e-3
+
+
 def test_no_boxes(tiny_sam, embeddings):
     result = BoxSegmenter(tiny_sam).segment(embeddings[0], np.zeros((0, 4)))
     assert result.masks.shape == (0, 640, 428) and result.scores.shape == (0,)

@@ -8,6 +8,9 @@ This is `SAM2ImagePredictor.set_image` + `predict(box=...)` restructured for a p
 - with multimask output the best candidate is chosen on the 256x256 logits and only that one is
   upsampled to the image size (the predictor upsamples all three; upsampling is per channel, so
   the kept mask is the same).
+- the kept candidate is chosen on the device and each box's mask and score go into pinned host
+  buffers without waiting (`recognize.device_copies`): on a GPU the loop over boxes never stops
+  to read a result (the predictor reads each box's masks with `.cpu()`); the host waits once per image.
 Hole and sprinkle filling (the predictor's `max_hole_area`/`max_sprinkle_area`, off by default)
 need sam2's optional CUDA op and are not offered.
 """
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from recognize.device_copies import HostBuffer, to_device
 
 
 @dataclass
@@ -59,7 +64,7 @@ class BoxSegmenter:
         """Embed RGB uint8 HxWx3 images in one encoder batch."""
         if not images:
             return []
-        batch = self.transforms.forward_batch(list(images)).to(self.device)
+        batch = to_device(self.transforms.forward_batch(list(images)), self.device)
         backbone = self.sam.forward_image(batch)
         _, vision_feats, _, _ = self.sam._prepare_backbone_features(backbone)
         if self.sam.directly_add_no_mem_embed:
@@ -83,10 +88,11 @@ class BoxSegmenter:
         """One mask per xyxy pixel box; with `multimask`, the best of SAM 2's three candidates."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         height, width = embedding.original_size
-        masks = np.zeros((len(boxes), height, width), dtype=bool)
-        scores = np.zeros(len(boxes), dtype=np.float32)
         if not len(boxes):
-            return BoxMasks(masks, scores)
+            return BoxMasks(np.zeros((0, height, width), dtype=bool), np.zeros(0, dtype=np.float32))
+        masks = HostBuffer((len(boxes), height, width), torch.bool, self.device)
+        scores = HostBuffer((len(boxes),), torch.float32, self.device)
+        first = torch.zeros(1, dtype=torch.long, device=self.device)  # row 0 of a one-box call
         corners = self.transforms.transform_boxes(
             torch.as_tensor(boxes, dtype=torch.float, device=self.device), normalize=True, orig_hw=(height, width)
         )  # N x 2 x 2, in the 1024 x 1024 input frame
@@ -103,8 +109,8 @@ class BoxSegmenter:
                 repeat_image=False,
                 high_res_features=embedding.high_res_feats,
             )
-            best = int(iou[0].argmax())
-            kept = self.transforms.postprocess_masks(low_res[:, best : best + 1], (height, width))
-            masks[i] = (kept[0, 0] > self.mask_threshold).cpu().numpy()
-            scores[i] = float(iou[0, best])
-        return BoxMasks(masks, scores)
+            best = iou.argmax(dim=1)  # chosen on the device: no host sync
+            kept = self.transforms.postprocess_masks(low_res[first, best][:, None], (height, width))
+            masks.put(slice(i, i + 1), kept[:, 0] > self.mask_threshold)
+            scores.put(slice(i, i + 1), iou[first, best].float())
+        return BoxMasks(masks.numpy(), scores.numpy())
