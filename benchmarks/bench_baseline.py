@@ -13,7 +13,9 @@ process, which builds and loads the model as the demo does (so load includes a p
 the demo's per-photo script does), `infer` sends it one photo. Its checkpoint is the same
 architecture with seeded random weights written by the official code in the official layout.
 Each function builds its model from the file (load) and runs it on one image (infer); the caller
-times the two apart.
+times the two apart. On `run.py --device cuda` the same steps run on the GPU (the model moved there
+after loading, as the demo does with `.to(device)`), and Grounding DINO's baseline is our model classes:
+the official code's venv cannot be built where the GPU machine has no package index.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ def tagger(kit: Kit, stage: str, include: tuple[str, ...] | None = None, thresho
 
     params = {**kit.tagger_params(stage), "device": "cpu"}
     spec = plugins.get_stage(stage)(params)  # only for its file paths and config: no model is loaded by it
+    device = kit.device
 
     def load() -> Any:
         model = spec.build_model().eval().requires_grad_(False)
         vocab = spec.build_vocabulary(model)
-        names, thresholds = vocab.names, torch.as_tensor(vocab.thresholds)
+        model = model.to(device)
+        names, thresholds = vocab.names, torch.as_tensor(vocab.thresholds, device=device)
         if threshold is not None:
             thresholds = torch.full_like(thresholds, threshold)
         return model, names, thresholds
@@ -49,7 +53,7 @@ def tagger(kit: Kit, stage: str, include: tuple[str, ...] | None = None, thresho
     def infer(loaded: Any, image: np.ndarray) -> list[str]:
         model, names, thresholds = loaded
         with torch.no_grad():
-            scores = torch.sigmoid(model(preprocess([image], spec.image_size)))[0]
+            scores = torch.sigmoid(model(preprocess([image], spec.image_size).to(device)))[0]
         hits = torch.nonzero(scores > thresholds).flatten().tolist()
         if include is not None:
             hits = [i for i in hits if names[i] in include]
@@ -117,24 +121,26 @@ def grounding_dino(kit: Kit, box_threshold: float = 0.25, text_threshold: float 
 
     params = kit.gd_params()
     short, long = kit.gd_size
+    device = kit.device
 
     def load() -> Any:
         model = build_model(build_config(params["model"], params.get("config")), init_weights=False)
         model.load_state_dict(torch.load(params["checkpoint"], map_location="cpu", weights_only=True), strict=False)
-        return model.eval(), load_tokenizer(params["vocab"])
+        return model.eval().to(device), load_tokenizer(params["vocab"])
 
     def infer(loaded: Any, image: np.ndarray, tags: list[str]) -> tuple[np.ndarray, list[str]]:
         model, tokenizer = loaded
         caption = ", ".join(tags).lower().strip()
         caption = caption if caption.endswith(".") else caption + "."
         tokens = tokenizer(caption, truncation=True, max_length=256, return_tensors="pt")
-        pixels = preprocess(image, short, long)[None]
+        pixels = preprocess(image, short, long)[None].to(device)
         with torch.no_grad():
-            out = model(pixel_values=pixels, input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                        token_type_ids=tokens["token_type_ids"])
-        logits = out.logits[0].sigmoid()[:, : tokens["input_ids"].shape[1]]
+            out = model(pixel_values=pixels, input_ids=tokens["input_ids"].to(device),
+                        attention_mask=tokens["attention_mask"].to(device),
+                        token_type_ids=tokens["token_type_ids"].to(device))
+        logits = out.logits[0].sigmoid()[:, : tokens["input_ids"].shape[1]].cpu()
         keep = logits.max(dim=1).values > box_threshold
-        logits, boxes = logits[keep], out.pred_boxes[0][keep]
+        logits, boxes = logits[keep], out.pred_boxes[0].cpu()[keep]
         ids = tokens["input_ids"][0]
         phrases = [tokenizer.decode(ids[row > text_threshold]) for row in logits]
         height, width = image.shape[:2]
@@ -155,6 +161,7 @@ def sam(kit: Kit):
 
     params = kit.sam_params()
     config = params.get("config")
+    device = kit.device
 
     def load() -> Any:
         if config is not None:
@@ -164,16 +171,17 @@ def sam(kit: Kit):
         else:
             model = sam_model_registry[params["model"]](checkpoint=None)
         model.load_state_dict(torch.load(params["checkpoint"], map_location="cpu", weights_only=True))
-        return SamPredictor(model.eval())
+        return SamPredictor(model.eval().to(device))
 
     def infer(predictor: Any, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         predictor.set_image(image)
         if not len(boxes):
             return np.zeros((0, *image.shape[:2]), dtype=bool)
-        prompts = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), image.shape[:2])
+        prompts = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float, device=device),
+                                                        image.shape[:2])
         masks, _, _ = predictor.predict_torch(point_coords=None, point_labels=None, boxes=prompts,
                                               multimask_output=False)
-        return masks[:, 0].numpy()
+        return masks[:, 0].cpu().numpy()
 
     return load, infer
 
@@ -189,14 +197,15 @@ def sam2(kit: Kit):
 
     params = kit.sam2_params()
     config = params.get("config")
+    device = kit.device
 
     def load() -> Any:
         if config is not None:
             from recognize_sam2.model import Sam2Config, build_sam2 as ours, load_checkpoint
 
-            model = load_checkpoint(ours(config=Sam2Config(**config)), params["checkpoint"])
+            model = load_checkpoint(ours(config=Sam2Config(**config)), params["checkpoint"]).to(device)
         else:
-            model = build_sam2(config_name(params["model"], "2.1"), params["checkpoint"], device="cpu")
+            model = build_sam2(config_name(params["model"], "2.1"), params["checkpoint"], device=device)
         return SAM2ImagePredictor(model)
 
     def infer(predictor: Any, image: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
@@ -216,19 +225,20 @@ def owlv2(kit: Kit, threshold: float = 0.1):
     from recognize_owlv2.queries import tokenize
 
     params = kit.owlv2_params()
+    device = kit.device
 
     def load() -> Any:
         model = Owlv2ForObjectDetection(build_config(params["model"], params.get("config")))
         model.load_state_dict(load_file(params["checkpoint"]))
         size = model.config.vision_config.image_size
-        return model.eval(), Owlv2ImageProcessor(size={"height": size, "width": size})
+        return model.eval().to(device), Owlv2ImageProcessor(size={"height": size, "width": size})
 
     def infer(loaded: Any, image: np.ndarray, tags: list[str]) -> Any:
         model, processor = loaded
         ids, mask = tokenize(tags)
-        pixels = processor(images=image, return_tensors="pt")["pixel_values"]
+        pixels = processor(images=image, return_tensors="pt")["pixel_values"].to(device)
         with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), pixel_values=pixels)
         return processor.post_process_object_detection(out, threshold=threshold, target_sizes=[image.shape[:2]])
 
     return load, infer

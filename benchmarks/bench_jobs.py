@@ -53,7 +53,23 @@ def _median(values: list[float]) -> float:
 def make_stage(kit: Kit, stage: str, **params: Any) -> Stage:
     from recognize import plugins
 
-    return plugins.get_stage(stage)({**kit.stage_params(stage), "device": "cpu", **params})
+    return plugins.get_stage(stage)({**kit.stage_params(stage), "device": kit.device, **params})
+
+
+def synchronize(device: str) -> None:
+    """Wait for the work queued on `device` (CUDA runs asynchronously: a timer must not stop early)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def device_memory(device: str, reset: bool = False) -> dict[str, float]:
+    """The GPU's peak allocated memory (MiB) since the last reset, where the run is on CUDA; {} elsewhere."""
+    if not device.startswith("cuda"):
+        return {}
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return {"peak_device_mb": peak}
 
 
 def load_images(paths: list[Path]) -> list[np.ndarray]:
@@ -77,26 +93,38 @@ def stage_frames(stage: str, images: list[np.ndarray], boxes: int) -> list[Frame
 
 
 # -- jobs -------------------------------------------------------------------------------------------
-def matmul(quick: bool) -> dict[str, Any]:
+def matmul(quick: bool, device: str = "cpu") -> dict[str, Any]:
     """fp32 and bf16 GFLOP/s of a square matmul with every torch thread: this machine's practical limits
-    (bf16 runs ~3x fp32 on CPUs with AMX and slower than fp32 on CPUs without native bf16 GEMMs)."""
+    (bf16 runs ~3x fp32 on CPUs with AMX and slower than fp32 on CPUs without native bf16 GEMMs). On CUDA
+    the fp32 product is full fp32 (no TF32: `torch.get_float32_matmul_precision()` stays "highest", as the
+    exact paths run), at 8192^3 so the GPU is filled."""
     # quick (the tests' runs): 512^3, so the bf16 probe of a CPU without bf16 instructions (0.3 GFLOP/s)
     # takes ~1 s per product instead of ~7 s at 1024^3; the rates only fill the report's columns there
-    n = 512 if quick else 2048
+    cuda = device.startswith("cuda")
+    n = 512 if quick else 8192 if cuda else 2048
     budget = 0.5 if quick else 3.0
-    fp32 = _matmul_rate(n, torch.float32, budget)
-    bf16 = _matmul_rate(n, torch.bfloat16, budget)
+    fp32 = _matmul_rate(n, torch.float32, budget, device)
+    bf16 = _matmul_rate(n, torch.bfloat16, budget, device)
     result = {"n": n, "runs": fp32["runs"], "threads": torch.get_num_threads(), "gflops": fp32["typical"],
-              "gflops_best": fp32["best"], "gflops_bf16": bf16["typical"], "gflops_bf16_best": bf16["best"]}
+              "gflops_best": fp32["best"], "gflops_bf16": bf16["typical"], "gflops_bf16_best": bf16["best"],
+              "device": device}
+    if cuda:
+        result.update(device_name=torch.cuda.get_device_name(), tf32=torch.get_float32_matmul_precision())
+        return result
     onednn = onednn_rate(n, budget)
     if onednn is not None:
         result.update(gflops_onednn=onednn["typical"], gflops_onednn_best=onednn["best"])
     return result
 
 
-def _matmul_rate(n: int, dtype: torch.dtype, budget: float) -> dict[str, float]:
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    return _rate(lambda: a @ b, n, budget)
+def _matmul_rate(n: int, dtype: torch.dtype, budget: float, device: str = "cpu") -> dict[str, float]:
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+
+    def product() -> None:
+        a @ b
+        synchronize(device)
+
+    return _rate(product, n, budget)
 
 
 def onednn_rate(n: int, budget: float) -> dict[str, float] | None:
@@ -216,9 +244,10 @@ def baseline_for(kit: Kit, stage: str):
     return bench_baseline.tagger(kit, stage)
 
 
-def _timed(fn, *args) -> float:
+def _timed(fn, *args, device: str = "cpu") -> float:
     start = time.perf_counter()
     fn(*args)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -243,38 +272,44 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
     images = load_images(paths)
     imports_mb = memory_mb()["rss_mb"]
     base_load, base_infer = baseline_for(kit, stage)
+    device = kit.device
     loads: list[float] = []
     infers: list[float] = []
 
     def baseline(image: np.ndarray) -> None:
         start = time.perf_counter()
         model = base_load()
+        synchronize(device)
         loaded = time.perf_counter()
         base_infer(model, image)
+        synchronize(device)
         infers.append(time.perf_counter() - loaded)
         loads.append(loaded - start)
         del model
         gc.collect()
 
     resettable = reset_peak()
+    device_memory(device, reset=True)
     baseline(images[0])
     base_peak = memory_mb()["peak_rss_mb"]
+    base_device = device_memory(device, reset=True)
     loads.clear()
     infers.clear()
 
     reset_peak()
     heap.keep_freed_memory()
     ours = make_stage(kit, stage)
-    load_s = _timed(ours.ensure_loaded)
+    load_s = _timed(ours.ensure_loaded, device=device)
     ours(stage_frames(stage, images[:1], kit.boxes))  # the warm-up of the path that is timed
     with counting_flops() as counter:  # warm: the models' own FLOPs per image (reused results not counted)
         ours(stage_frames(stage, images[:1], kit.boxes))
     _after_plain_path(lambda: ours(stage_frames(stage, images[:1], kit.boxes)))
     four = [images[i % len(images)] for i in range(4)]
     ours.params.batch_size = 4
-    batch4 = [_timed(ours, stage_frames(stage, four, kit.boxes)) / 4]
+    batch4 = [_timed(ours, stage_frames(stage, four, kit.boxes), device=device) / 4]
     ours_peak = memory_mb()["peak_rss_mb"]
-    probes = [matmul(kit.quick)]  # the machine's GEMM rates now, in this process (and again after)
+    ours_device = device_memory(device)
+    probes = [matmul(kit.quick, device)]  # the machine's GEMM rates now, in this process (and again after)
 
     batch1: list[float] = []
     for r in range(repeats):
@@ -282,23 +317,23 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
             frames = stage_frames(stage, [image], kit.boxes)
             if (r * len(images) + i) % 2:
                 baseline(image)
-                batch1.append(_timed(ours, frames))
+                batch1.append(_timed(ours, frames, device=device))
             else:
-                batch1.append(_timed(ours, frames))
+                batch1.append(_timed(ours, frames, device=device))
                 baseline(image)
         if r:
-            batch4.append(_timed(ours, stage_frames(stage, four, kit.boxes)) / 4)
-    probes.append(matmul(kit.quick))
+            batch4.append(_timed(ours, stage_frames(stage, four, kit.boxes), device=device) / 4)
+    probes.append(matmul(kit.quick, device))
     total = [a + b for a, b in zip(loads, infers)]
     pairs = [b / o for b, o in zip(infers, batch1)]
     common = {"rss_imports_mb": imports_mb, "peak_reset": resettable}
     return {
         "ours": {"load_s": load_s, "flops": counter.get_total_flops(), "s_per_img_b1": _median(batch1),
                  "s_per_img_b4": _median(batch4), "b1_runs": batch1, "b4_runs": batch4, "peak_rss_mb": ours_peak,
-                 "matmul_probes": probes, **common},
+                 "matmul_probes": probes, **ours_device, **common},
         "baseline": {"load_s": _median(loads), "infer_s_per_img": _median(infers), "s_per_img": _median(total),
                      "load_runs": loads, "infer_runs": infers, "peak_rss_mb": base_peak,
-                     "infer_ratio_median": _median(pairs), **common},
+                     "infer_ratio_median": _median(pairs), **base_device, **common},
     }
 
 
@@ -309,13 +344,17 @@ def _mean(values) -> float:
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job description (see `run.py`) and return its numbers."""
-    kit = Kit(quick=job["quick"], cache=Path(job["cache"]), official_gdino=job.get("official_gdino", True))
+    kit = Kit(quick=job["quick"], cache=Path(job["cache"]), official_gdino=job.get("official_gdino", True),
+              device=job.get("device", "cpu"))
     kind = job["kind"]
     if kind == "prepare":
         kit.prepare(job["stages"])
         return {}
+    if kind == "device":  # in a child: CUDA's first call must not happen in the parent that forks
+        index = torch.device(kit.device).index or 0
+        return {"found": torch.cuda.is_available() and index < torch.cuda.device_count()}
     if kind == "matmul":
-        return matmul(job["quick"])
+        return matmul(job["quick"], kit.device)
     if kind == "stage":
         return stage_pair(kit, job["stage"], [Path(p) for p in job["paths"]], job["repeats"])
     if kind == "chain":

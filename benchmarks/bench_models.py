@@ -90,6 +90,8 @@ class Kit:
     cache: Path
     #: the baseline's Grounding DINO: the official code (rf-groundingdino, own venv) or our model classes
     official_gdino: bool = True
+    #: where both sides compute (`run.py --device`): `cpu`, or `cuda` for the GPU stage table
+    device: str = "cpu"
 
     # -- sizes ---------------------------------------------------------------------------
     def describe(self, stage: str) -> str:

@@ -41,6 +41,10 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
         + (f". The exact CPU paths' GEMM in this run: {m['gemm']} (`recognize/onednn_linear.py`: oneDNN on "
            f"AVX-512 CPUs, torch's own elsewhere)" if m.get("gemm") else "")),
     ]
+    if mm.get("device_name"):
+        lines.insert(1, f"- GPU: {mm['device_name']} (`--device {mm.get('device')}`: both sides of the stage table "
+                        f"compute there; the matmul probes ran there, fp32 at precision {mm.get('tf32', '?')!r}, "
+                        "i.e. without TF32)")
     end = results.get("matmul_end") or {}
     if end.get("gflops"):
         lines.append(f"- The same probes at the run's end: fp32 `a @ b` {_num(end['gflops'], 1)}, oneDNN "
@@ -65,11 +69,12 @@ def stage_rates(results: dict[str, Any], ours: dict[str, Any]) -> tuple[float | 
 
 
 def stage_table(results: dict[str, Any]) -> list[str]:
+    on_gpu = any("peak_device_mb" in (entry.get("ours") or {}) for entry in results.get("stages", {}).values())
     rows = [
         ("| stage | model | GFLOP/img | load s | baseline load s | s/img b1 | s/img b4 | img/s (best) | baseline s/img "
         "| speedup b1 | speedup b4 | compute ratio | GFLOP/s (best) | % of matmul | % of oneDNN matmul "
-        "| peak RSS MiB b4 | baseline peak RSS MiB |"),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak RSS MiB b4 | baseline peak RSS MiB |" + (" peak GPU MiB b4 | baseline peak GPU MiB |" if on_gpu else "")),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if on_gpu else ""),
     ]
     for name, entry in results.get("stages", {}).items():
         ours, base = entry.get("ours") or {}, entry.get("baseline") or {}
@@ -88,6 +93,7 @@ def stage_table(results: dict[str, Any]) -> list[str]:
             _num(achieved, 1), f"{100 * achieved / peak:.0f}%" if achieved and peak else "–",
             f"{100 * achieved / onednn:.0f}%" if achieved and onednn else "–",
             _num(ours.get("peak_rss_mb"), 0), _num(base.get("peak_rss_mb"), 0),
+            *([_num(ours.get("peak_device_mb"), 0), _num(base.get("peak_device_mb"), 0)] if on_gpu else []),
         ]) + " |")
     return rows
 

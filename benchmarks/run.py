@@ -3,6 +3,7 @@
     python benchmarks/run.py                     # full run: official model sizes (random weights)
     python benchmarks/run.py --quick             # tiny models, seconds: what the test suite runs
     python benchmarks/run.py --stages sam,ram_plus --images 2 --repeats 1 --skip engines
+    python benchmarks/run.py --device cuda        # the stage table on a GPU (both sides there)
 
 Every figure comes with a baseline measured in the same run: the same work done the way the
 reference Grounded-SAM demo does it (see `bench_baseline.py`), interleaved with ours in one
@@ -73,13 +74,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gdino-baseline", choices=["official", "ours"], default="official",
                         help="the baseline's Grounding DINO: the official code (rf-groundingdino in its own venv, "
                              "see official_env.py) or our model classes")
+    parser.add_argument("--device", default="cpu",
+                        help="where both sides of the stage table compute: cpu (default), or cuda / cuda:N for the "
+                             "GPU table (stages only: the recipe and engine parts are CPU benchmarks and are left "
+                             "out; Grounding DINO's baseline is then our model classes, as the official code's venv "
+                             "needs the package index)")
     args = parser.parse_args(argv)
+    if args.device != "cpu" and not args.device.split(":")[0] == "cuda":
+        parser.error(f"--device {args.device}: use cpu, cuda or cuda:N")
     args.stage_list = [s for s in args.stages.split(",") if s]
     unknown = sorted(set(args.stage_list) - set(STAGES))
     skip = {s for s in args.skip.split(",") if s}
     if unknown or skip - set(PARTS):
         parser.error(f"unknown stage(s) or part(s): {', '.join(unknown + sorted(skip - set(PARTS)))}")
-    args.parts = [p for p in PARTS if p not in skip]
+    args.parts = [p for p in PARTS if p not in skip and (args.device == "cpu" or p == "stages")]
+    if args.device != "cpu":
+        args.gdino_baseline = "ours"
     args.images = args.images or (1 if args.quick else DEFAULT_IMAGES)
     args.repeats = args.repeats or (1 if args.quick else DEFAULT_REPEATS)
     args.engine_images = args.engine_images or (2 if args.quick else 8)
@@ -231,11 +241,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
-    kit = Kit(quick=args.quick, cache=args.cache, official_gdino=args.gdino_baseline == "official")
+    kit = Kit(quick=args.quick, cache=args.cache, official_gdino=args.gdino_baseline == "official", device=args.device)
     originals = image_paths(args.images)
     paths = image_folder(originals, tmp, QUICK_MAX_SIDE if args.quick else None)
     folder = paths[0].parent
-    base = {"quick": args.quick, "cache": str(args.cache), "official_gdino": kit.official_gdino}
+    base = {"quick": args.quick, "cache": str(args.cache), "official_gdino": kit.official_gdino, "device": kit.device}
     errors: list[str] = []
     results: dict[str, Any] = {
         "schema": 1,
@@ -246,9 +256,13 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
                      "parts": args.parts, "tags": list(TAGS), "boxes": kit.boxes,
                      "image_files": [p.name for p in originals],
                      "image_max_side": QUICK_MAX_SIDE if args.quick else None, "grounding_dino_size": list(kit.gd_size),
-                     "grounding_dino_baseline": "official rf-groundingdino" if kit.official_gdino else "ours"},
+                     "grounding_dino_baseline": "official rf-groundingdino" if kit.official_gdino else "ours",
+                     "device": kit.device},
     }
     _warm_imports()
+    if args.device != "cpu" and not (run_job({**base, "kind": "device"}, f"device {args.device}", errors) or {}).get("found"):
+        print(f"error: --device {args.device}: torch sees no such CUDA device here", file=sys.stderr)
+        return 2
     results["machine"] = machine()
     needed = sorted(set(args.stage_list if "stages" in args.parts else [])
                     | ({"ram_plus", "grounding_dino", "sam"} if "recipe" in args.parts else set())

@@ -114,6 +114,29 @@ def autocast(device: Any, dtype: Precision) -> contextlib.AbstractContextManager
     return torch.autocast(device_type=torch.device(device).type, dtype=torch_dtype(dtype))
 
 
+def exact_float32_on_cuda(params: Any) -> bool:
+    """Keep an exact stage on CUDA in full float32: torch lets cuDNN's convolutions round float32 inputs to
+    TF32 (10 bits of mantissa, ~1e-3 relative) by default, although it keeps its matmuls in float32. The
+    patch embeddings of the taggers' Swin, SAM's ViT and Grounding DINO's backbone are convolutions, so
+    that default would move the exact path's outputs far outside the parity tolerances on the GPUs that
+    have TF32 (Ampere and later). Called when a stage loads (`Stage.ensure_loaded`); on the exact path
+    (`dtype` float32 or none, device CUDA) it turns TF32 off for cuDNN, process-wide, as one setting
+    cannot be per thread. Low-precision modes run under autocast, whose convolutions do not use TF32, so
+    they lose nothing by it. Returns whether it applied."""
+    dtype = getattr(params, "dtype", "float32")
+    device = getattr(params, "device", None)
+    if dtype != "float32" or device is None:
+        return False
+    from recognize.stage import resolve_device
+
+    if not str(resolve_device(str(device))).startswith("cuda"):
+        return False
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    return True
+
+
 def quantize_linear_int8(module: Any, include: Callable[[str], bool] | None = None) -> Any:
     """Replace the weights of `module`'s `nn.Linear` layers (those whose qualified name `include`
     accepts) by torchao int8 tensors with dynamic int8 activations; in place, returns `module`."""

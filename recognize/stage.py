@@ -137,8 +137,11 @@ class Stage:
             if not self._loaded:
                 from recognize.hub import ensure_files
 
+                from recognize.fast_modes import exact_float32_on_cuda
+
                 ensure_files(self.model_files())
                 self.load()
+                exact_float32_on_cuda(self.params)  # cuDNN's TF32 off on the exact path (why: there)
                 self._loaded = True
 
     def unload(self) -> None:

@@ -133,3 +133,39 @@ def test_a_run_warns_of_a_fast_mode_this_cpu_has_no_instructions_for(tmp_path):
                             "or avx512_vnni or avx_vnni)"]
     else:
         assert warnings == []
+
+
+class _ConvStage:
+    """A stage whose `load` builds nothing: what matters is the device and dtype it loads for."""
+
+    @staticmethod
+    def build(device: str, dtype: str):
+        from recognize.stage import Stage, StageParams
+
+        class Params(StageParams):
+            device: str = "auto"
+            dtype: str = "float32"
+
+        class Convolutions(Stage):
+            name = "convolutions"
+            kind = "filter"
+
+        Convolutions.Params = Params
+        return Convolutions({"device": device, "dtype": dtype})
+
+
+@pytest.mark.parametrize("device, dtype, exact", [("cuda", "float32", True), ("cuda:1", "float32", True),
+                                                  ("cuda", "bfloat16", False), ("cpu", "float32", False)])
+def test_an_exact_stage_loaded_for_cuda_turns_cudnns_tf32_off(device, dtype, exact):
+    """Exact on CUDA means float32 convolutions too: torch's default lets cuDNN round them to TF32. Setting
+    the flag needs no GPU, so loading such a stage is checked here; a fast mode or the CPU leaves it."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        _ConvStage.build(device, dtype).ensure_loaded()
+        assert torch.backends.cudnn.allow_tf32 is (not exact)
+        assert torch.backends.cuda.matmul.allow_tf32 is False  # torch's own default: float32 matmuls
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved

@@ -1,0 +1,86 @@
+"""`benchmarks/run.py --device`: the stage table on a GPU. Where there is none (here), the options and the
+report are checked, and asking for CUDA fails in one line before anything is measured; the GPU run itself
+is checked where torch sees one."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("RECOGNIZE_REFERENCE", REPO.parent / "shared" / "reference"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_report  # noqa: E402
+import run as bench_run  # noqa: E402
+
+
+def test_a_gpu_run_measures_the_stages_only_against_our_grounding_dino_classes():
+    args = bench_run.parse_args(["--device", "cuda:1"])
+    assert args.device == "cuda:1" and args.parts == ["stages"] and args.gdino_baseline == "ours"
+    cpu = bench_run.parse_args([])
+    assert cpu.device == "cpu" and cpu.parts == ["stages", "recipe", "engines"] and cpu.gdino_baseline == "official"
+
+
+def test_an_unknown_device_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_run.parse_args(["--device", "tpu"])
+    assert exit_info.value.code == 2 and "use cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def _results(ours: dict, baseline: dict, matmul: dict) -> dict:
+    return {"date": "d", "command": "c", "settings": {"quick": True, "images": 1, "repeats": 1, "tags": ["a"], "boxes": 1,
+                                                      "stages": ["sam"], "parts": ["stages"]},
+            "machine": {"cpu": "x"}, "matmul": matmul,
+            "stages": {"sam": {"model": "vit_h", "ours": {"flops": 2e12, "s_per_img_b1": 0.1, "s_per_img_b4": 0.05,
+                                                          "peak_rss_mb": 900, **ours},
+                               "baseline": {"s_per_img": 0.5, "peak_rss_mb": 800, **baseline}}}}
+
+
+def test_the_report_adds_the_gpus_name_and_memory_columns_only_for_a_gpu_run():
+    gpu = bench_report.render(_results({"peak_device_mb": 7000}, {"peak_device_mb": 9000},
+                                       {"gflops": 50000, "device": "cuda", "device_name": "NVIDIA H200",
+                                        "tf32": "highest"}))
+    header = next(line for line in gpu.splitlines() if line.startswith("| stage |"))
+    row = next(line for line in gpu.splitlines() if line.startswith("| sam |"))
+    assert header.endswith("| peak GPU MiB b4 | baseline peak GPU MiB |") and row.endswith("| 7000 | 9000 |")
+    assert len(header.split("|")) == len(row.split("|"))
+    assert "- GPU: NVIDIA H200 (`--device cuda`" in gpu and "without TF32" in gpu
+    assert "| 40000 | 80% |" in row  # 2 TFLOP in 0.05 s against the GPU's 50 TFLOP/s probe
+    cpu = bench_report.render(_results({}, {}, {"gflops": 100}))
+    assert "peak GPU" not in cpu and "- GPU:" not in cpu
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_asking_for_cuda_without_one_fails_in_one_line_before_any_measurement(tmp_path):
+    env = {**os.environ, "RECOGNIZE_BENCH_CACHE": str(tmp_path / "cache"), "RECOGNIZE_REFERENCE": str(REFERENCE)}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--device", "cuda",
+                           "--stages", "ram", "--out", str(tmp_path / "results")],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no such CUDA device" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_quick_stage_table_runs_on_the_gpu(tmp_path):
+    if not (REFERENCE / "fixtures" / "ram" / "checkpoint.pth").is_file():
+        pytest.skip(f"reference fixtures not found under {REFERENCE}")
+    env = {**os.environ, "RECOGNIZE_BENCH_CACHE": str(tmp_path / "cache"), "RECOGNIZE_REFERENCE": str(REFERENCE)}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--device", "cuda",
+                           "--out", str(tmp_path / "results")],
+                          capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["errors"] == [] and results["settings"]["device"] == "cuda"
+    assert results["matmul"]["device_name"] and results["matmul"]["gflops"] > 0
+    for name, entry in results["stages"].items():
+        assert entry["ours"]["peak_device_mb"] > 0 and entry["baseline"]["peak_device_mb"] > 0, name
+        assert entry["ours"]["s_per_img_b1"] > 0 and entry["ours"]["flops"] > 0, name
