@@ -42,9 +42,11 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
            f"AVX-512 CPUs, torch's own elsewhere)" if m.get("gemm") else "")),
     ]
     if mm.get("device_name"):
+        precision = mm.get("float32_matmul_precision", "?")
         lines.insert(1, f"- GPU: {mm['device_name']} (`--device {mm.get('device')}`: both sides of the stage table "
-                        f"compute there; the matmul probes ran there, fp32 at precision {mm.get('tf32', '?')!r}, "
-                        "i.e. without TF32)")
+                        f"compute there, cuDNN without TF32; the matmul probes ran there, fp32 at torch's "
+                        f"float32 matmul precision {precision!r}"
+                        + (", i.e. without TF32)" if precision == "highest" else ")"))
     end = results.get("matmul_end") or {}
     if end.get("gflops"):
         lines.append(f"- The same probes at the run's end: fp32 `a @ b` {_num(end['gflops'], 1)}, oneDNN "
@@ -73,8 +75,10 @@ def stage_table(results: dict[str, Any]) -> list[str]:
     rows = [
         ("| stage | model | GFLOP/img | load s | baseline load s | s/img b1 | s/img b4 | img/s (best) | baseline s/img "
         "| speedup b1 | speedup b4 | compute ratio | GFLOP/s (best) | % of matmul | % of oneDNN matmul "
-        "| peak RSS MiB b4 | baseline peak RSS MiB |" + (" peak GPU MiB b4 | baseline peak GPU MiB |" if on_gpu else "")),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if on_gpu else ""),
+        "| peak RSS MiB b4 | baseline peak RSS MiB |"
+        + (" peak GPU MiB b4 | baseline peak GPU MiB |" if on_gpu else "")),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|---:|" if on_gpu else ""),
     ]
     for name, entry in results.get("stages", {}).items():
         ours, base = entry.get("ours") or {}, entry.get("baseline") or {}

@@ -119,10 +119,12 @@ def exact_float32_on_cuda(params: Any) -> bool:
     TF32 (10 bits of mantissa, ~1e-3 relative) by default, although it keeps its matmuls in float32. The
     patch embeddings of the taggers' Swin, SAM's ViT and Grounding DINO's backbone are convolutions, so
     that default would move the exact path's outputs far outside the parity tolerances on the GPUs that
-    have TF32 (Ampere and later). Called when a stage loads (`Stage.ensure_loaded`); on the exact path
-    (`dtype` float32 or none, device CUDA) it turns TF32 off for cuDNN, process-wide, as one setting
-    cannot be per thread. Low-precision modes run under autocast, whose convolutions do not use TF32, so
-    they lose nothing by it. Returns whether it applied."""
+    have TF32 (Ampere and later). Called when a stage loads (`Stage.ensure_loaded`, before `load`): for a
+    stage on CUDA whose `dtype` is float32 or that has none (a wrapper such as `tiled`; its inner stage
+    decides for itself when it loads), it turns TF32 off for cuDNN, process-wide, as the setting cannot be
+    per thread. A stage in a low-precision mode does not turn it off, and it loses nothing when another
+    stage has: its convolutions run in bf16/fp16 (autocast or cast weights), not in TF32. Returns whether
+    it applied."""
     dtype = getattr(params, "dtype", "float32")
     device = getattr(params, "device", None)
     if dtype != "float32" or device is None:

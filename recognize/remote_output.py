@@ -357,8 +357,9 @@ class JournalSync:
         self.remote.upload([(self.staging / relative, relative) for relative in files])
         segment = new[:ready]
         self.remote.write(segment_name(len(self.segments)), segment, self.staging / STATE_DIR)
-        # one assignment, no call between: a Ctrl-C lands before it (the next sync writes this segment
-        # again, under the same name) or after it, never between the list and the count
+        # one assignment, no call between: on CPython a Ctrl-C is raised before it (the next sync writes
+        # this segment again, under the same name) or after it, not between the list and the count (a
+        # duplicated segment would repeat its lines; harmless, as the last line of a name wins)
         self.segments, self.synced = [*self.segments, hashlib.sha256(segment).hexdigest()], self.synced + ready
         save_staging_state(self.staging, self.remote.url, self.segments, self.synced)
 

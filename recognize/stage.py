@@ -135,13 +135,12 @@ class Stage:
             return
         with self._load_lock:
             if not self._loaded:
+                from recognize.fast_modes import exact_float32_on_cuda
                 from recognize.hub import ensure_files
 
-                from recognize.fast_modes import exact_float32_on_cuda
-
                 ensure_files(self.model_files())
+                exact_float32_on_cuda(self.params)  # cuDNN's TF32 off on CUDA, before any forward (why: there)
                 self.load()
-                exact_float32_on_cuda(self.params)  # cuDNN's TF32 off on the exact path (why: there)
                 self._loaded = True
 
     def unload(self) -> None:

@@ -17,6 +17,18 @@ def test_is_cuda_reads_every_spelling_of_a_device():
     assert not is_cuda("cpu") and not is_cuda(torch.device("cpu")) and not is_cuda("meta")
 
 
+def test_a_read_only_array_is_copied_without_a_warning():
+    import warnings
+
+    image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    image.flags.writeable = False  # a resize made ahead (`Frame.prepare_ahead`)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        moved = to_device(image, "cpu")
+    moved += 1  # its own memory: the frame's array is not touched
+    assert image[0, 0, 0] == 0 and moved[0, 0, 0] == 1
+
+
 def test_to_device_keeps_the_values_and_converts_after_the_copy():
     image = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)[:, ::-1]  # not contiguous
     moved = to_device(image, "cpu")
@@ -33,6 +45,7 @@ def test_a_host_buffer_is_filled_by_slices_and_rows():
     buffer = HostBuffer((4, 2, 3), torch.bool, "cpu")
     assert not buffer.asynchronous and not buffer.host.is_pinned()
     buffer.put(slice(0, 2), torch.ones(2, 2, 3, dtype=torch.bool))
+    buffer.put(2, torch.zeros(2, 3, dtype=torch.bool))
     buffer.put(3, torch.tensor([[True, False, True], [False, False, True]]))
     out = buffer.numpy()
     assert out.dtype == bool and out.shape == (4, 2, 3)
@@ -55,3 +68,4 @@ def test_on_cuda_inputs_go_up_pinned_and_results_come_back_without_a_wait_per_pu
         torch.cuda.set_sync_debug_mode("default")
     out = buffer.numpy()
     np.testing.assert_array_equal(out, np.stack([image[:, :, i % 3] > 127 for i in range(8)]))
+    assert out.flags.writeable and out.base is None  # ordinary memory of its own, not the pinned buffer

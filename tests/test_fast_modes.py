@@ -135,37 +135,36 @@ def test_a_run_warns_of_a_fast_mode_this_cpu_has_no_instructions_for(tmp_path):
         assert warnings == []
 
 
-class _ConvStage:
+def _stage_for(device: str | None, dtype: str | None):
     """A stage whose `load` builds nothing: what matters is the device and dtype it loads for."""
+    from recognize.stage import Device, Stage, StageParams
 
-    @staticmethod
-    def build(device: str, dtype: str):
-        from recognize.stage import Stage, StageParams
-
-        class Params(StageParams):
-            device: str = "auto"
-            dtype: str = "float32"
-
-        class Convolutions(Stage):
-            name = "convolutions"
-            kind = "filter"
-
-        Convolutions.Params = Params
-        return Convolutions({"device": device, "dtype": dtype})
+    fields = {"device": (Device, device), "dtype": (str, dtype)}
+    Params = type("Params", (StageParams,), {
+        "__annotations__": {name: kind for name, (kind, value) in fields.items() if value is not None},
+        **{name: value for name, (kind, value) in fields.items() if value is not None}})
+    return type("Convolutions", (Stage,), {"name": "convolutions", "kind": "filter", "Params": Params})()
 
 
-@pytest.mark.parametrize("device, dtype, exact", [("cuda", "float32", True), ("cuda:1", "float32", True),
-                                                  ("cuda", "bfloat16", False), ("cpu", "float32", False)])
+@pytest.mark.parametrize("device, dtype, exact", [
+    ("cuda", "float32", True),
+    ("cuda", None, True),  # a wrapper without a dtype of its own
+    ("cuda", "bfloat16", False),
+    ("cpu", "float32", False),
+    ("auto", "float32", None),  # CUDA where torch sees a GPU, else the CPU
+    (None, "float32", False),  # a stage without a device
+])
 def test_an_exact_stage_loaded_for_cuda_turns_cudnns_tf32_off(device, dtype, exact):
     """Exact on CUDA means float32 convolutions too: torch's default lets cuDNN round them to TF32. Setting
     the flag needs no GPU, so loading such a stage is checked here; a fast mode or the CPU leaves it."""
     import torch
 
+    if exact is None:
+        exact = torch.cuda.is_available()
     saved = torch.backends.cudnn.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32 = True
-        _ConvStage.build(device, dtype).ensure_loaded()
+        _stage_for(device, dtype).ensure_loaded()
         assert torch.backends.cudnn.allow_tf32 is (not exact)
-        assert torch.backends.cuda.matmul.allow_tf32 is False  # torch's own default: float32 matmuls
     finally:
         torch.backends.cudnn.allow_tf32 = saved

@@ -22,10 +22,11 @@ a call.
 
 Why the kept masks are upsampled box by box on the CPU but a call's boxes together on a GPU: on the
 CPU one full-size float mask at a time bounds the memory (a 13.8 MP photo's is 55 MB) and costs no
-time; on a GPU a read of each box's mask on the host would wait for its kernels (a host sync per box),
-so a call's masks are upsampled in one go and copied into a pinned host buffer without waiting
-(`recognize.device_copies`): the loop over boxes never stops the GPU, and the host waits once per
-image. Both ways give the same masks (`tests/test_predict.py` runs the GPU's way on the CPU).
+time. On a GPU every mask and score is copied into a pinned host buffer as it is made, without
+waiting (`recognize.device_copies`), so the loop over boxes never stops the GPU and the host waits at
+the end of each image; there a call's masks are upsampled in one go (fewer, larger kernels) unless
+their float32 size would pass `TOGETHER_BYTES` (a 50 MP photo's 8 masks: 1.6 GB). Both ways give the
+same masks (`tests/test_predict.py` runs the GPU's way on the CPU).
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class BoxSegmenter:
 
     #: boxes per mask-decoder call (see the module docstring); activations: a few tens of MB per box
     boxes_per_call: int = 8
+    #: on a GPU, a call's kept masks are upsampled together while their float32 size stays under this
+    TOGETHER_BYTES: int = 1 << 30
 
     def __init__(self, sam: SamModel, upsample_together: bool | None = None) -> None:
         self.sam = sam
@@ -96,8 +99,8 @@ class BoxSegmenter:
             return []
         batch, sizes = [], []
         for image, resized in zip(images, resized_images, strict=True):
-            # a copy (`torch.tensor`): a resize made ahead is read-only (`Frame.prepare_ahead`)
-            pixels = torch.tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+            # uint8 up (pinned on CUDA); a resize made ahead is read-only: `to_device` copies it
+            pixels = to_device(resized, self.device).permute(2, 0, 1).contiguous()[None]
             batch.append(self.sam.preprocess(pixels))
             sizes.append((tuple(resized.shape[:2]), tuple(image.shape[:2])))
         features = self.sam.image_encoder(torch.cat(batch))
@@ -113,7 +116,9 @@ class BoxSegmenter:
         height, width = embedding.original_size
         if not len(boxes):
             return BoxMasks(np.zeros((0, height, width), dtype=bool), np.zeros(0, dtype=np.float32))
-        together = is_cuda(self.device) if self.upsample_together is None else self.upsample_together
+        together = self.upsample_together
+        if together is None:
+            together = is_cuda(self.device) and self.boxes_per_call * height * width * 4 <= self.TOGETHER_BYTES
         masks = HostBuffer((len(boxes), height, width), torch.bool, self.device)
         scores = HostBuffer((len(boxes),), torch.float32, self.device)
         prompts = to_device(self.transform.apply_boxes(boxes, embedding.original_size).astype(np.float32), self.device)

@@ -10,7 +10,8 @@ This is `SAM2ImagePredictor.set_image` + `predict(box=...)` restructured for a p
   the kept mask is the same).
 - the kept candidate is chosen on the device and each box's mask and score go into pinned host
   buffers without waiting (`recognize.device_copies`): on a GPU the loop over boxes never stops
-  to read a result (the predictor reads each box's masks with `.cpu()`); the host waits once per image.
+  to read a result (the predictor reads each box's masks with `.cpu()`); the host waits at the end of
+  each image.
 Hole and sprinkle filling (the predictor's `max_hole_area`/`max_sprinkle_area`, off by default)
 need sam2's optional CUDA op and are not offered.
 """

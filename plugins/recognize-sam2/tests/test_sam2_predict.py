@@ -92,3 +92,35 @@ def test_official_size_masks_equal_predictor(variant, small_photo):
 def test_no_boxes(tiny_sam2, embeddings):
     result = BoxSegmenter(tiny_sam2).segment(embeddings[0], np.zeros((0, 4)))
     assert result.masks.shape == (0, 640, 428) and result.scores.shape == (0,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_loop_over_boxes_never_waits_for_the_gpu(tiny_sam2, images):
+    """No host sync per box (the predictor reads each box's masks with `.cpu()`): the waits torch reports
+    do not grow with the boxes, and on the GPU the masks equal the predictor's there."""
+    import copy
+    import warnings
+
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # exact, as a stage that loads on CUDA leaves it
+    try:
+        sam = copy.deepcopy(tiny_sam2).to("cuda")
+        segmenter = BoxSegmenter(sam)
+        embedding = segmenter.embed(images[:1])[0]
+        boxes = random_boxes(*images[0].shape[:2], 6, seed=4)
+        segmenter.segment(embedding, boxes[:1])  # warm-up
+
+        def waits(count):
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    segmenter.segment(embedding, boxes[:count])
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            return sum("synchroniz" in str(w.message) for w in caught)
+
+        assert waits(6) == waits(1) <= 4
+        assert_same_as_predictor(sam, images[0], embedding, official(sam, images[0]), boxes, True)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
