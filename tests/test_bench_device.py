@@ -39,8 +39,8 @@ def test_a_device_it_cannot_measure_is_refused(capsys, argv, says):
 
 
 def _results(ours: dict, baseline: dict, matmul: dict) -> dict:
-    return {"date": "d", "command": "c", "settings": {"quick": True, "images": 1, "repeats": 1, "tags": ["a"], "boxes": 1,
-                                                      "stages": ["sam"], "parts": ["stages"]},
+    settings = {"quick": True, "images": 1, "repeats": 1, "tags": ["a"], "boxes": 1, "stages": ["sam"], "parts": ["stages"]}
+    return {"date": "d", "command": "c", "settings": settings,
             "machine": {"cpu": "x"}, "matmul": matmul,
             "stages": {"sam": {"model": "vit_h", "ours": {"flops": 2e12, "s_per_img_b1": 0.1, "s_per_img_b4": 0.05,
                                                           "peak_rss_mb": 900, **ours},
