@@ -138,6 +138,9 @@ class Stage:
                 from recognize.fast_modes import exact_float32_on_cuda
                 from recognize.hub import ensure_files
 
+                device = getattr(self.params, "device", None)
+                if device is not None:  # before any download: a GPU that is not there fails in one line
+                    check_device(str(device), self.name)
                 ensure_files(self.model_files())
                 exact_float32_on_cuda(self.params)  # cuDNN's TF32 off on CUDA, before any forward (why: there)
                 self.load()
@@ -280,6 +283,33 @@ def resolve_device(device: str) -> str:
 
 
 _CUDA = re.compile(r"^cuda(:\d+)?$")
+
+
+def check_device(device: str, who: str = "") -> None:
+    """Raise a one-line `SettingError` when `device` names a GPU that torch cannot use here (no CUDA GPU,
+    a CPU-only torch build, an index past the last GPU, no MPS). Called where the model will load (the
+    local process, or a Ray worker, whose machine may have the GPU its driver lacks), before any weight
+    is downloaded; `auto` always resolves to something usable."""
+    from recognize.errors import SettingError
+
+    if device == "auto" or not (_CUDA.match(device) or device == "mps"):
+        return
+    import torch
+
+    prefix = f"{who}: " if who else ""
+    if device == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise SettingError(f"{prefix}device mps, but torch sees no Apple GPU (MPS) here; use device cpu or auto")
+        return
+    if not torch.cuda.is_available():
+        why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU or driver found"
+        raise SettingError(f"{prefix}device {device}, but torch cannot use a CUDA GPU here ({why}); "
+                           "use device cpu or auto (--device on the command line)")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise SettingError(f"{prefix}device {device}, but this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                           f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
 
 
 def normalize_device(device: Any) -> str:

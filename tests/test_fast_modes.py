@@ -135,15 +135,15 @@ def test_a_run_warns_of_a_fast_mode_this_cpu_has_no_instructions_for(tmp_path):
         assert warnings == []
 
 
-def _stage_for(device: str | None, dtype: str | None):
-    """A stage whose `load` builds nothing: what matters is the device and dtype it loads for."""
-    from recognize.stage import Device, Stage, StageParams
+def _params(device: str | None, dtype: str | None):
+    """A stage's parameters with only the given fields (`None`: the stage has no such field)."""
+    from recognize.stage import Device, StageParams
 
-    fields = {"device": (Device, device), "dtype": (str, dtype)}
-    Params = type("Params", (StageParams,), {
-        "__annotations__": {name: kind for name, (kind, value) in fields.items() if value is not None},
-        **{name: value for name, (kind, value) in fields.items() if value is not None}})
-    return type("Convolutions", (Stage,), {"name": "convolutions", "kind": "filter", "Params": Params})()
+    fields = {name: (kind, value) for name, kind, value in (("device", Device, device), ("dtype", str, dtype))
+              if value is not None}
+    params = type("Params", (StageParams,), {"__annotations__": {name: kind for name, (kind, _) in fields.items()},
+                                              **{name: value for name, (_, value) in fields.items()}})
+    return params()
 
 
 @pytest.mark.parametrize("device, dtype, exact", [
@@ -154,17 +154,51 @@ def _stage_for(device: str | None, dtype: str | None):
     ("auto", "float32", None),  # CUDA where torch sees a GPU, else the CPU
     (None, "float32", False),  # a stage without a device
 ])
-def test_an_exact_stage_loaded_for_cuda_turns_cudnns_tf32_off(device, dtype, exact):
+def test_an_exact_stage_for_cuda_turns_cudnns_tf32_off(device, dtype, exact):
     """Exact on CUDA means float32 convolutions too: torch's default lets cuDNN round them to TF32. Setting
-    the flag needs no GPU, so loading such a stage is checked here; a fast mode or the CPU leaves it."""
+    the flag needs no GPU, so the decision is checked here; a fast mode or the CPU leaves it."""
     import torch
+
+    from recognize.fast_modes import exact_float32_on_cuda
 
     if exact is None:
         exact = torch.cuda.is_available()
     saved = torch.backends.cudnn.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32 = True
-        _stage_for(device, dtype).ensure_loaded()
+        assert exact_float32_on_cuda(_params(device, dtype)) is exact
         assert torch.backends.cudnn.allow_tf32 is (not exact)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_loading_a_stage_checks_its_device_first_then_sets_tf32_before_load():
+    """`Stage.ensure_loaded`: a GPU this machine lacks fails before anything else; where it has one, cuDNN's
+    TF32 is already off when `load` runs (a warm-up convolution there is exact too)."""
+    import torch
+
+    from recognize.errors import SettingError
+    from recognize.stage import Stage
+
+    seen = []
+
+    class Convolutions(Stage):
+        name = "convolutions"
+        kind = "filter"
+        Params = type(_params("cuda", "float32"))
+
+        def load(self):
+            seen.append(torch.backends.cudnn.allow_tf32)
+
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        if torch.cuda.is_available():
+            Convolutions().ensure_loaded()
+            assert seen == [False]
+        else:
+            with pytest.raises(SettingError, match="^convolutions: device cuda"):
+                Convolutions().ensure_loaded()
+            assert seen == [] and torch.backends.cudnn.allow_tf32 is True
     finally:
         torch.backends.cudnn.allow_tf32 = saved

@@ -333,3 +333,23 @@ def test_a_waiting_request_loads_again_after_a_failed_load():
     thread.join(10)
     second.join(10)
     assert len(errors) == 1 and waiter == ["good"] and pool.get("m", lambda: "other", owner=owner) == "good"
+
+
+def test_check_device_passes_what_this_machine_has_and_names_what_it_lacks():
+    import torch
+
+    from recognize.errors import SettingError
+    from recognize.stage import check_device
+
+    for device in ("cpu", "auto", "meta"):
+        check_device(device, "sam")  # nothing to check, or always usable
+    if not torch.cuda.is_available():
+        with pytest.raises(SettingError, match=r"^sam: device cuda:0, but torch cannot use a CUDA GPU here"):
+            check_device("cuda:0", "sam")
+    else:
+        with pytest.raises(SettingError, match=r"CUDA GPU\(s\)"):
+            check_device(f"cuda:{torch.cuda.device_count()}", "sam")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_available():
+        with pytest.raises(SettingError, match=r"^device mps, but torch sees no Apple GPU"):
+            check_device("mps")

@@ -58,15 +58,20 @@ class LocalEngine:
         self._loads: BackgroundLoads | None = None  # started by load(), waited for by the next run()
 
     def load(self, pipeline: Pipeline, timer: StageTimer | None = None) -> None:
-        """Check (or download) every stage's model files first, so an offline run names all missing
-        files in one error before any image is touched; then load the models: all of them, or with
-        `background_load` the first stage's now and the others on a background thread."""
+        """Check every stage's device (a GPU this machine lacks is one line before any download), then
+        check (or download) every stage's model files, so an offline run names all missing files in one
+        error before any image is touched; then load the models: all of them, or with `background_load`
+        the first stage's now and the others on a background thread."""
         from recognize.hub import ensure_files
+        from recognize.stage import check_device
 
         timer = timer if timer is not None else pipeline.timer
         self._stop_loads(timer)
         stages = list(pipeline.stages)
         now, later = (stages[:1], stages[1:]) if self.background_load else (stages, [])
+        for stage in [*pipeline.stages, *pipeline.outputs]:
+            if getattr(getattr(stage, "params", None), "device", None) is not None:
+                check_device(str(stage.params.device), stage.name)
         with timer.phase(LOAD):
             ensure_files([ref for stage in [*pipeline.stages, *pipeline.outputs] for ref in stage.model_files()])
             for stage in now:

@@ -311,3 +311,21 @@ def test_engine_ray_without_ray_is_one_line(image_folder, tmp_path):
                              str(tmp_path / "out"), "--engine", "ray"], capture_output=True, text=True, env=env,
                             timeout=600, check=False)
     assert "pip install 'recognize[ray]'" in one_line_error(result)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without a CUDA GPU")
+@pytest.mark.parametrize("where", ["option", "recipe"])
+def test_a_gpu_that_is_not_there_is_one_line_before_any_download(tmp_path, where):
+    """`--device cuda` (or `device: cuda` in the recipe) without a CUDA GPU: exit 2, one line that names
+    the stage and what to use instead, no traceback, no output folder, and no attempt at the weights
+    (this machine is offline: a download would have failed first with exit 3)."""
+    recipe = tmp_path / "tag.yaml"
+    settings = "settings: {device: cuda}\n" if where == "recipe" else ""
+    recipe.write_text(f"recipe: 1\nname: tag\n{settings}stages:\n  - use: ram_plus\noutputs:\n  - use: json\n")
+    image(tmp_path / "in" / "a.png")
+    extra = ["--device", "cuda"] if where == "option" else []
+    result = recognize("run", recipe, tmp_path / "in", "-o", tmp_path / "out", *extra)
+    assert result.returncode == 2, result.stderr
+    message = one_line_error(result)
+    assert message.startswith("error: ram_plus: device cuda") and "use device cpu or auto" in message
+    assert not (tmp_path / "out").exists()
