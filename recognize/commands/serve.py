@@ -85,11 +85,11 @@ def serve_command(recipe, host, port, token, max_batch_size, max_wait_ms, max_qu
     except ValidationError as exc:
         raise ServeError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
-    fatal: list[str] = []
+    fatal: list[tuple[str, int]] = []
     server: uvicorn.Server | None = None
 
-    def on_fatal(message: str) -> None:
-        fatal.append(message)
+    def on_fatal(message: str, exit_code: int) -> None:
+        fatal.append((message, exit_code))
         if server is not None:
             server.should_exit = True
 
@@ -112,8 +112,8 @@ def serve_command(recipe, host, port, token, max_batch_size, max_wait_ms, max_qu
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if fatal:
-        error = RecognizeError(f"cannot serve {recipe}: {fatal[0]}")
-        error.exit_code = 3
+        error = RecognizeError(f"cannot serve {recipe}: {fatal[0][0]}")
+        error.exit_code = fatal[0][1]  # 3 for weights, 2 for a setting such as a GPU this machine lacks
         raise error
     if not server.started:
         raise RecognizeError(f"could not listen on {host}:{port} (see the log above)")

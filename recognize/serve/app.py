@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from recognize import heap
-from recognize.errors import RecipeError
+from recognize.errors import RecipeError, RecognizeError
 from recognize.feature_cache import content_key, feature_cache
 from recognize.frame import Frame
 from recognize.serve.batching import Runner, StageFailed, one_line
@@ -82,7 +82,8 @@ class Problem(Exception):
 class ServerState:
     """What the routes share: settings, the recipe's variants, the batching runner, readiness."""
 
-    def __init__(self, recipe: str | Path, settings: ServeSettings, on_fatal: Callable[[str], None] | None) -> None:
+    def __init__(self, recipe: str | Path, settings: ServeSettings,
+                 on_fatal: Callable[[str, int], None] | None) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.variants = Variants(recipe, device=settings.device, max_variants=settings.max_variants)
@@ -104,15 +105,15 @@ class ServerState:
         except Exception as exc:  # noqa: BLE001 - reported on /readyz and by the CLI, in one line
             self.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.error("loading the recipe's models failed: %s", self.load_error)
-            if self.on_fatal is not None:
-                self.on_fatal(self.load_error)
+            if self.on_fatal is not None:  # with the exit code the CLI gives it (3: weights, 2: a setting)
+                self.on_fatal(self.load_error, exc.exit_code if isinstance(exc, RecognizeError) else 3)
             return
         self.ready = True
         log.info("models loaded; ready")
 
 
 def create_app(recipe: str | Path, settings: ServeSettings | None = None,
-               on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+               on_fatal: Callable[[str, int], None] | None = None) -> FastAPI:
     """The application for `recipe`. Models load in the background once it starts (see /readyz)."""
     settings = settings or ServeSettings()
     state = ServerState(recipe, settings, on_fatal)

@@ -255,15 +255,15 @@ def test_a_load_failure_is_reported_not_served(make_client, tmp_path, serve_stag
     from recognize.serve import create_app
 
     recipe = write_recipe(tmp_path, {**TEST_RECIPE, "stages": [{"use": "slow_load"}]})
-    fatal: list[str] = []
+    fatal: list[tuple[str, int]] = []
     serve_stages.LOAD_FAILS.set()
     serve_stages.LOADED.set()
-    with TestClient(create_app(recipe, on_fatal=fatal.append)) as client:
+    with TestClient(create_app(recipe, on_fatal=lambda message, code: fatal.append((message, code)))) as client:
         for _ in range(200):
             if fatal:
                 break
             threading.Event().wait(0.02)
-        assert fatal == ["weights.bin: not found; put it at /models/weights.bin"]
+        assert fatal == [("weights.bin: not found; put it at /models/weights.bin", 3)]  # exit 3: weights
         response = client.get("/readyz")
         assert response.status_code == 503 and "weights.bin" in response.json()["detail"]
         assert client.post("/v1/frames", content=png_bytes(), headers=PNG).status_code == 503

@@ -179,3 +179,15 @@ def test_cli_busy_port_is_one_line_exit_2_before_loading(tmp_path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot listen on 127.0.0.1:{port}"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without a CUDA GPU")
+def test_cli_a_gpu_this_machine_lacks_exits_2_in_one_error_line(tmp_path) -> None:
+    """A setting the machine cannot honour is exit 2 (bad input), not 3 (weights): the load's own exit code."""
+    recipe = write_recipe(tmp_path, {**TEST_RECIPE, "stages": [{"use": "ram_plus"}]})
+    result = subprocess.run([sys.executable, "-m", "recognize", "serve", str(recipe), "--port", "0", "--device", "cuda"],
+                            capture_output=True, text=True, env=env(), timeout=300, check=False)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "ram_plus: device cuda, but torch cannot use a CUDA GPU here" in errors[0]
+    assert "Traceback" not in result.stderr
