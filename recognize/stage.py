@@ -6,6 +6,7 @@ Built-in stages and third-party ones are the same kind of object, registered thr
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import typing
@@ -138,9 +139,7 @@ class Stage:
                 from recognize.fast_modes import exact_float32_on_cuda
                 from recognize.hub import ensure_files
 
-                device = getattr(self.params, "device", None)
-                if device is not None:  # before any download: a GPU that is not there fails in one line
-                    check_device(str(device), self.name)
+                check_stage_device(self)  # before any download: a GPU that is not there fails in one line
                 ensure_files(self.model_files())
                 exact_float32_on_cuda(self.params)  # cuDNN's TF32 off on CUDA, before any forward (why: there)
                 self.load()
@@ -285,11 +284,20 @@ def resolve_device(device: str) -> str:
 _CUDA = re.compile(r"^cuda(:\d+)?$")
 
 
-def check_device(device: str, who: str = "") -> None:
+def check_stage_device(stage: Stage) -> None:
+    """`check_device` for a stage's `device` parameter, if it has one."""
+    params = getattr(stage, "params", None)
+    device = getattr(params, "device", None)
+    if device is not None:
+        check_device(str(device), stage.name, set_on_stage="device" in params.model_fields_set)
+
+
+def check_device(device: str, who: str = "", set_on_stage: bool = False) -> None:
     """Raise a one-line `SettingError` when `device` names a GPU that torch cannot use here (no CUDA GPU,
-    a CPU-only torch build, an index past the last GPU, no MPS). Called where the model will load (the
-    local process, or a Ray worker, whose machine may have the GPU its driver lacks), before any weight
-    is downloaded; `auto` always resolves to something usable."""
+    a CPU-only torch build, GPUs hidden by `CUDA_VISIBLE_DEVICES`, an index past the last GPU, no MPS).
+    Called where the model will load (the local process, or a Ray worker, whose machine may have the
+    GPU its driver lacks), before any weight is downloaded; `auto` always resolves to something usable.
+    `set_on_stage`: the stage's own `device` (which `--device` does not override), for the hint."""
     from recognize.errors import SettingError
 
     if device == "auto" or not (_CUDA.match(device) or device == "mps"):
@@ -297,15 +305,21 @@ def check_device(device: str, who: str = "") -> None:
     import torch
 
     prefix = f"{who}: " if who else ""
+    hint = ("set this stage's own device (its `with:` in the recipe) to cpu or auto" if set_on_stage
+            else "use device cpu or auto (--device on the command line)")
     if device == "mps":
         backend = getattr(torch.backends, "mps", None)
         if backend is None or not backend.is_available():
-            raise SettingError(f"{prefix}device mps, but torch sees no Apple GPU (MPS) here; use device cpu or auto")
+            raise SettingError(f"{prefix}device mps, but torch sees no Apple GPU (MPS) here; {hint}")
         return
     if not torch.cuda.is_available():
-        why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU or driver found"
-        raise SettingError(f"{prefix}device {device}, but torch cannot use a CUDA GPU here ({why}); "
-                           "use device cpu or auto (--device on the command line)")
+        if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+            why = "CUDA_VISIBLE_DEVICES is empty: every GPU is hidden (a Ray worker is given GPUs by num_gpus)"
+        elif torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            why = "this torch is a CPU-only build"
+        else:
+            why = "no CUDA GPU or driver found"
+        raise SettingError(f"{prefix}device {device}, but torch cannot use a CUDA GPU here ({why}); {hint}")
     index = int(device.split(":")[1]) if ":" in device else 0
     if index >= torch.cuda.device_count():
         raise SettingError(f"{prefix}device {device}, but this machine has {torch.cuda.device_count()} CUDA GPU(s) "

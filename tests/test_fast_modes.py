@@ -172,7 +172,7 @@ def test_an_exact_stage_for_cuda_turns_cudnns_tf32_off(device, dtype, exact):
         torch.backends.cudnn.allow_tf32 = saved
 
 
-def test_loading_a_stage_checks_its_device_first_then_sets_tf32_before_load():
+def test_loading_a_stage_checks_its_device_first_then_sets_tf32_before_load(monkeypatch):
     """`Stage.ensure_loaded`: a GPU this machine lacks fails before anything else; where it has one, cuDNN's
     TF32 is already off when `load` runs (a warm-up convolution there is exact too)."""
     import torch
@@ -200,5 +200,8 @@ def test_loading_a_stage_checks_its_device_first_then_sets_tf32_before_load():
             with pytest.raises(SettingError, match="^convolutions: device cuda"):
                 Convolutions().ensure_loaded()
             assert seen == [] and torch.backends.cudnn.allow_tf32 is True
+            monkeypatch.setattr("recognize.stage.check_device", lambda *args, **kwargs: None)  # as if it had one
+            Convolutions().ensure_loaded()
+            assert seen == [False]
     finally:
         torch.backends.cudnn.allow_tf32 = saved

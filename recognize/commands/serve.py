@@ -113,7 +113,7 @@ def serve_command(recipe, host, port, token, max_batch_size, max_wait_ms, max_qu
             signal.signal(sig, handler)
     if fatal:
         error = RecognizeError(f"cannot serve {recipe}: {fatal[0][0]}")
-        error.exit_code = fatal[0][1]  # 3 for weights, 2 for a setting such as a GPU this machine lacks
+        error.exit_code = fatal[0][1]  # the load error's, as `recognize run` exits (3 weights, 2 a setting)
         raise error
     if not server.started:
         raise RecognizeError(f"could not listen on {host}:{port} (see the log above)")

@@ -63,15 +63,14 @@ class LocalEngine:
         error before any image is touched; then load the models: all of them, or with `background_load`
         the first stage's now and the others on a background thread."""
         from recognize.hub import ensure_files
-        from recognize.stage import check_device
+        from recognize.stage import check_stage_device
 
         timer = timer if timer is not None else pipeline.timer
         self._stop_loads(timer)
         stages = list(pipeline.stages)
         now, later = (stages[:1], stages[1:]) if self.background_load else (stages, [])
         for stage in [*pipeline.stages, *pipeline.outputs]:
-            if getattr(getattr(stage, "params", None), "device", None) is not None:
-                check_device(str(stage.params.device), stage.name)
+            check_stage_device(stage)
         with timer.phase(LOAD):
             ensure_files([ref for stage in [*pipeline.stages, *pipeline.outputs] for ref in stage.model_files()])
             for stage in now:

@@ -105,7 +105,7 @@ class ServerState:
         except Exception as exc:  # noqa: BLE001 - reported on /readyz and by the CLI, in one line
             self.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.error("loading the recipe's models failed: %s", self.load_error)
-            if self.on_fatal is not None:  # with the exit code the CLI gives it (3: weights, 2: a setting)
+            if self.on_fatal is not None:  # the exit code `recognize run` gives it (3 for any other failure)
                 self.on_fatal(self.load_error, exc.exit_code if isinstance(exc, RecognizeError) else 3)
             return
         self.ready = True

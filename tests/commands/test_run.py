@@ -314,18 +314,23 @@ def test_engine_ray_without_ray_is_one_line(image_folder, tmp_path):
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without a CUDA GPU")
-@pytest.mark.parametrize("where", ["option", "recipe"])
-def test_a_gpu_that_is_not_there_is_one_line_before_any_download(tmp_path, where):
-    """`--device cuda` (or `device: cuda` in the recipe) without a CUDA GPU: exit 2, one line that names
-    the stage and what to use instead, no traceback, no output folder, and no attempt at the weights
-    (this machine is offline: a download would have failed first with exit 3)."""
+@pytest.mark.parametrize("where", ["option", "recipe", "stage"])
+def test_a_gpu_that_is_not_there_is_one_line_before_any_download(tmp_path, cache_home, where):
+    """`--device cuda` (or `device: cuda` in the recipe, or on the stage itself) without a CUDA GPU: exit 2,
+    one line that names the stage and what to change, no traceback, no output folder, and no attempt at
+    the weights (an empty cache, offline: a weights check first would have failed with exit 3)."""
     recipe = tmp_path / "tag.yaml"
     settings = "settings: {device: cuda}\n" if where == "recipe" else ""
-    recipe.write_text(f"recipe: 1\nname: tag\n{settings}stages:\n  - use: ram_plus\noutputs:\n  - use: json\n")
+    own = "\n    with: {device: cuda}" if where == "stage" else ""
+    recipe.write_text(f"recipe: 1\nname: tag\n{settings}stages:\n  - use: ram_plus{own}\noutputs:\n  - use: json\n")
     image(tmp_path / "in" / "a.png")
     extra = ["--device", "cuda"] if where == "option" else []
     result = recognize("run", recipe, tmp_path / "in", "-o", tmp_path / "out", *extra)
     assert result.returncode == 2, result.stderr
     message = one_line_error(result)
-    assert message.startswith("error: ram_plus: device cuda") and "use device cpu or auto" in message
+    assert message.startswith("error: ram_plus: device cuda")
+    if where == "stage":  # --device would not override it: the hint says where to change it
+        assert "set this stage's own device (its `with:` in the recipe) to cpu or auto" in message
+    else:
+        assert "use device cpu or auto (--device on the command line)" in message
     assert not (tmp_path / "out").exists()

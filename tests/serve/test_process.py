@@ -186,8 +186,9 @@ def test_cli_a_gpu_this_machine_lacks_exits_2_in_one_error_line(tmp_path) -> Non
     """A setting the machine cannot honour is exit 2 (bad input), not 3 (weights): the load's own exit code."""
     recipe = write_recipe(tmp_path, {**TEST_RECIPE, "stages": [{"use": "ram_plus"}]})
     result = subprocess.run([sys.executable, "-m", "recognize", "serve", str(recipe), "--port", "0", "--device", "cuda"],
-                            capture_output=True, text=True, env=env(), timeout=300, check=False)
-    assert result.returncode == 2, result.stderr
+                            capture_output=True, text=True, timeout=300, check=False,
+                            env=env(RECOGNIZE_OFFLINE="1", RECOGNIZE_HOME=str(tmp_path / "home")))
+    assert result.returncode == 2, result.stderr  # not 3: no weights are looked for first
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "ram_plus: device cuda, but torch cannot use a CUDA GPU here" in errors[0]
     assert "Traceback" not in result.stderr
