@@ -28,6 +28,7 @@ import torch
 from bench_models import LOCALIZERS, SEGMENTERS, TAGS, Kit, boxes_for
 
 from recognize import heap
+from recognize.device_copies import is_cuda
 from recognize.frame import Frame, Region, Tag
 from recognize.stage import Stage
 
@@ -58,13 +59,13 @@ def make_stage(kit: Kit, stage: str, **params: Any) -> Stage:
 
 def synchronize(device: str) -> None:
     """Wait for the work queued on `device` (CUDA runs asynchronously: a timer must not stop early)."""
-    if device.startswith("cuda"):
+    if is_cuda(device):
         torch.cuda.synchronize()
 
 
 def device_memory(device: str, reset: bool = False) -> dict[str, float]:
     """The GPU's peak allocated memory (MiB) since the last reset, where the run is on CUDA; {} elsewhere."""
-    if not device.startswith("cuda"):
+    if not is_cuda(device):
         return {}
     peak = torch.cuda.max_memory_allocated() / 2**20
     if reset:
@@ -100,7 +101,7 @@ def matmul(quick: bool, device: str = "cpu") -> dict[str, Any]:
     exact paths run), at 8192^3 so the GPU is filled."""
     # quick (the tests' runs): 512^3, so the bf16 probe of a CPU without bf16 instructions (0.3 GFLOP/s)
     # takes ~1 s per product instead of ~7 s at 1024^3; the rates only fill the report's columns there
-    cuda = device.startswith("cuda")
+    cuda = is_cuda(device)
     n = 512 if quick else 8192 if cuda else 2048
     budget = 0.5 if quick else 3.0
     fp32 = _matmul_rate(n, torch.float32, budget, device)
@@ -274,7 +275,7 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
     imports_mb = memory_mb()["rss_mb"]
     base_load, base_infer = baseline_for(kit, stage)
     device = kit.device
-    if device == "cuda":  # both sides in full float32, as our exact stage sets it when it loads (not torch's default)
+    if is_cuda(device):  # both sides in full float32, as our exact stage sets it when it loads (not torch's default)
         torch.backends.cudnn.allow_tf32 = False
     loads: list[float] = []
     infers: list[float] = []

@@ -93,7 +93,6 @@ class BoxSegmenter:
             return BoxMasks(np.zeros((0, height, width), dtype=bool), np.zeros(0, dtype=np.float32))
         masks = HostBuffer((len(boxes), height, width), torch.bool, self.device)
         scores = HostBuffer((len(boxes),), torch.float32, self.device)
-        first = torch.zeros(1, dtype=torch.long, device=self.device)  # row 0 of a one-box call
         corners = self.transforms.transform_boxes(
             torch.as_tensor(boxes, dtype=torch.float, device=self.device), normalize=True, orig_hw=(height, width)
         )  # N x 2 x 2, in the 1024 x 1024 input frame
@@ -110,8 +109,8 @@ class BoxSegmenter:
                 repeat_image=False,
                 high_res_features=embedding.high_res_feats,
             )
-            best = iou.argmax(dim=1)  # chosen on the device: no host sync
-            kept = self.transforms.postprocess_masks(low_res[first, best][:, None], (height, width))
+            best = iou[0].argmax(dim=0, keepdim=True)  # chosen on the device: no host sync
+            kept = self.transforms.postprocess_masks(low_res[0, best][:, None], (height, width))
             masks.put(slice(i, i + 1), kept[:, 0] > self.mask_threshold)
-            scores.put(slice(i, i + 1), iou[first, best].float())
+            scores.put(slice(i, i + 1), iou[0, best].float())
         return BoxMasks(masks.numpy(), scores.numpy())
