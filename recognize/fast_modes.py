@@ -129,13 +129,13 @@ def exact_float32_on_cuda(params: Any) -> bool:
     device = getattr(params, "device", None)
     if dtype != "float32" or device is None:
         return False
-    import torch
-
     from recognize.device_copies import is_cuda
     from recognize.stage import resolve_device
 
     if not is_cuda(resolve_device(str(device))):
         return False
+    import torch
+
     torch.backends.cudnn.allow_tf32 = False
     return True
 
