@@ -39,7 +39,7 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
            f"**{_num(mm['gflops_onednn'], 1)} GFLOP/s** (best run {_num(mm.get('gflops_onednn_best'), 1)})"
            if mm.get("gflops_onednn") else "")
         + (f". The exact CPU paths' GEMM in this run: {m['gemm']} (`recognize/onednn_linear.py`: oneDNN on "
-           f"AVX-512 CPUs, torch's own elsewhere)" if m.get("gemm") else "")),
+           f"AVX-512 CPUs, torch's own elsewhere)" if m.get("gemm") and not mm.get("device_name") else "")),
     ]
     if mm.get("device_name"):
         precision = mm.get("float32_matmul_precision", "?")
@@ -49,9 +49,9 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
                         + (", i.e. without TF32)" if precision == "highest" else ")"))
     end = results.get("matmul_end") or {}
     if end.get("gflops"):
-        lines.append(f"- The same probes at the run's end: fp32 `a @ b` {_num(end['gflops'], 1)}, oneDNN "
-                     f"{_num(end.get('gflops_onednn'), 1)}, bf16 {_num(end.get('gflops_bf16'), 1)} GFLOP/s (the chain's "
-                     "FLOP limit uses the start's)")
+        onednn = "" if mm.get("device_name") else f", oneDNN {_num(end.get('gflops_onednn'), 1)}"  # a CPU probe
+        lines.append(f"- The same probes at the run's end: fp32 `a @ b` {_num(end['gflops'], 1)}{onednn}, "
+                     f"bf16 {_num(end.get('gflops_bf16'), 1)} GFLOP/s (the chain's FLOP limit uses the start's)")
     if m.get("cpu_flags") is not None:
         lines.insert(1, f"- CPU flags (compute): {' '.join(m['cpu_flags']) or 'none of avx/avx2/avx512/amx'}")
     if load:

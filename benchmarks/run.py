@@ -237,6 +237,19 @@ def image_folder(paths: list[Path], root: Path, max_side: int | None = None, nam
     return copies
 
 
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.json")
+
+
+def write_partial(out: Path, results: dict[str, Any], errors: list[str]) -> None:
+    """What is measured so far, after each stage: a run stopped before its end (a time limit, a lent GPU
+    machine given back) keeps its finished stages in `PATH.partial.json`. The full run removes it."""
+    from recognize.atomic import write_text
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(partial_path(out), json.dumps({**results, "errors": list(errors), "partial": True}, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="recognize-bench-") as tmp:
@@ -281,6 +294,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
             job = {**base, "kind": "stage", "stage": stage, "repeats": args.repeats, "paths": [str(p) for p in paths]}
             pair = run_job(job, f"stage {stage} (ours and baseline)", errors) or {}
             results["stages"][stage] = {"model": kit.describe(stage), **pair}
+            write_partial(args.out, results, errors)
 
     if "recipe" in args.parts:
         from bench_chain import fast_mode
@@ -313,6 +327,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
 
     write_text(args.out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     write_text(args.out.with_suffix(".md"), bench_report.render(results))
+    partial_path(args.out).unlink(missing_ok=True)
     print(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')}", file=sys.stderr)
     return 1 if errors else 0
 

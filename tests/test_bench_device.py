@@ -59,6 +59,15 @@ def test_the_report_adds_the_gpus_name_and_memory_columns_only_for_a_gpu_run():
     assert "| 40000 | 80% |" in row  # 2 TFLOP in 0.05 s against the GPU's 50 TFLOP/s probe
     cpu = bench_report.render(_results({}, {}, {"gflops": 100}))
     assert "peak GPU" not in cpu and "- GPU:" not in cpu
+    # the CPU's GEMM choice and the oneDNN probe say nothing about a GPU run
+    both = {"gemm": "oneDNN"}, {"gflops": 100, "gflops_onednn": 120}
+    cpu_run = _results({}, {}, both[1]) | {"matmul_end": both[1]}
+    cpu_run["machine"] |= both[0]
+    gpu_run = _results({}, {}, {"gflops": 5e4, "device_name": "H"}) | {"matmul_end": {"gflops": 5e4}}
+    gpu_run["machine"] |= both[0]
+    assert "exact CPU paths' GEMM in this run: oneDNN" in bench_report.render(cpu_run)
+    assert "oneDNN 120" in bench_report.render(cpu_run)
+    assert "GEMM in this run" not in bench_report.render(gpu_run) and "oneDNN –" not in bench_report.render(gpu_run)
 
 
 @pytest.mark.subprocess
@@ -91,3 +100,14 @@ def test_the_quick_stage_table_runs_on_the_gpu(tmp_path):
     for name, entry in results["stages"].items():
         assert entry["ours"]["peak_device_mb"] > 0 and entry["baseline"]["peak_device_mb"] > 0, name
         assert entry["ours"]["s_per_img_b1"] > 0 and entry["ours"]["flops"] > 0, name
+
+
+def test_a_run_keeps_each_finished_stage_in_a_partial_file_until_it_completes(tmp_path):
+    """A lent GPU machine goes back at its time limit: the stages measured by then must come back."""
+    out = tmp_path / "results"
+    results = _results({"peak_device_mb": 7000}, {"peak_device_mb": 9000}, {"gflops": 50000, "device_name": "H"})
+    bench_run.write_partial(out, results, ["stage ram: boom"])
+    saved = json.loads(bench_run.partial_path(out).read_text())
+    assert saved["partial"] is True and saved["errors"] == ["stage ram: boom"] and list(saved["stages"]) == ["sam"]
+    assert "partial" not in results and not out.with_suffix(".json").exists()
+    assert "| sam |" in bench_report.render(saved)  # a partial run renders as far as it went

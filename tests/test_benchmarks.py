@@ -137,6 +137,7 @@ def test_plugin_stages_are_measured_on_request(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["errors"] == [] and list(results["stages"]) == ["sam2", "owlv2", "tiled"]
+    assert not (tmp_path / "results.partial.json").exists()  # written after each stage, removed at the end
     for name, entry in results["stages"].items():
         ours, base = entry["ours"], entry["baseline"]
         for key in ("load_s", "flops", "s_per_img_b1", "peak_rss_mb"):

@@ -1,0 +1,104 @@
+"""The whole chain on one device through `recognize run`: exact fp32, bf16 autocast, and exact again.
+
+`run.py --device cuda` measures the stage table on a GPU; this measures what a user of a GPU runs:
+`ram_plus -> grounding_dino -> sam` writing JSON and an annotated image per photo, over a folder, on
+the benchmark's random official-size checkpoints (`bench_models.Kit`; `--quick`: the tiny ones). Each
+run's `summary.json` says where its wall time went (start-up, loading, each stage, writing). The exact
+run is repeated last so that a slower first run (cold caches) shows. Then `recognize eval compare`
+judges bf16 against exact on the same photos (on random weights: a check of the mechanics and an upper
+bound on drift, not a fidelity figure for real weights).
+
+    python benchmarks/bench_chain_device.py OUT [--device cuda] [--photos 8] [--quick]
+
+Writes OUT/chain_device.json. The chain's reference (the Grounded-SAM demo) is not run here: its
+official Grounding DINO needs a venv from the package index (see `bench_chain.py`, the CPU chain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from bench_models import TAGS, Kit, default_cache, image_paths
+from PIL import Image
+
+#: the runs, in order: (name, the params added to Grounding DINO's and SAM's)
+RUNS = (("exact", {}), ("bf16", {"dtype": "bfloat16"}), ("exact_again", {}))
+
+
+def recipe(kit: Kit, device: str, fast: dict[str, Any]) -> dict[str, Any]:
+    """The CPU chain benchmark's recipe (`bench_chain.recipe`) on `device`, with Grounding DINO from our
+    checkpoint layout (the official one is written by the official code, in its own venv)."""
+    gd = {**kit.gd_params(), "box_threshold": 0.0, "text_threshold": 0.0, "max_regions": kit.boxes}
+    return {"recipe": 1, "name": f"tag_ground_segment_{device}", "settings": {"batch_size": 4, "device": device},
+            "stages": [{"use": "ram_plus", "with": {**kit.tagger_params("ram_plus"), "include": list(TAGS),
+                                                    "threshold": 0.0}},
+                       {"use": "grounding_dino", "with": {**gd, **fast}},
+                       {"use": "sam", "with": {**kit.sam_params(), **fast}}],
+            "outputs": [{"use": "annotated_image"}, {"use": "json"}]}
+
+
+def run_chain(recipe_path: Path, photos: Path, out: Path) -> dict[str, Any]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "recognize", "run", str(recipe_path), str(photos), "-o", str(out),
+                           "--quiet"], capture_output=True, text=True, check=False)
+    entry: dict[str, Any] = {"rc": proc.returncode, "wall_s": time.perf_counter() - start}
+    if proc.returncode:
+        entry["stderr_tail"] = proc.stderr[-1500:]
+    if (out / "summary.json").is_file():
+        summary = json.loads((out / "summary.json").read_text())
+        entry.update({key: summary.get(key) for key in ("counts", "wall", "cold_start", "fast_modes")})
+        entry["stage_seconds"] = {name: t["seconds"] for name, t in summary.get("timings", {}).items()}
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="folder for chain_device.json")
+    parser.add_argument("--device", default="cuda", help="the recipe's device (default cuda)")
+    parser.add_argument("--photos", type=int, default=8, help="photos in the folder (cycled from the reference ones)")
+    parser.add_argument("--quick", action="store_true", help="tiny models, photos shrunk to 256 px")
+    args = parser.parse_args(argv)
+    kit = Kit(quick=args.quick, cache=default_cache(), official_gdino=False, device=args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"device": args.device, "photos": args.photos, "quick": args.quick, "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="recognize-chain-") as tmp:
+        work = Path(tmp)
+        photos = work / "photos"
+        photos.mkdir()
+        for i, path in enumerate(image_paths(args.photos)):
+            target = photos / f"{i:02d}_{path.name}"
+            if args.quick:
+                with Image.open(path) as image:
+                    image.thumbnail((256, 256))
+                    image.save(target)
+            else:
+                shutil.copyfile(path, target)
+        for name, fast in RUNS:
+            path = work / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(recipe(kit, args.device, fast)))
+            report["runs"][name] = run_chain(path, photos, work / name)
+            print(f"{name}: rc {report['runs'][name]['rc']}, {report['runs'][name]['wall_s']:.1f} s", file=sys.stderr)
+            (args.out / "chain_device.json").write_text(json.dumps(report, indent=1))  # kept if stopped later
+        proc = subprocess.run([sys.executable, "-m", "recognize", "eval", "compare", str(work / "exact"),
+                               str(work / "bf16"), str(photos), "-o", str(work / "compare")],
+                              capture_output=True, text=True, check=False)
+        report["compare_exact_bf16"] = {"rc": proc.returncode, "table": proc.stdout[-4000:]}
+        if (work / "compare" / "compare.json").is_file():
+            report["compare_exact_bf16"]["json"] = json.loads((work / "compare" / "compare.json").read_text())
+    (args.out / "chain_device.json").write_text(json.dumps(report, indent=1))
+    failed = [name for name, entry in report["runs"].items() if entry["rc"]] + (
+        ["compare"] if report["compare_exact_bf16"]["rc"] else [])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

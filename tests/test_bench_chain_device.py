@@ -1,0 +1,35 @@
+"""`benchmarks/bench_chain_device.py`: the whole chain through `recognize run` on one device, exact and bf16
+(run on the GPU machine for the GPU table; here its quick mode on the CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(os.environ.get("RECOGNIZE_REFERENCE", REPO.parent / "shared" / "reference"))
+
+
+def test_the_quick_chain_runs_exact_and_bf16_and_compares_them(tmp_path):
+    if not (REFERENCE / "fixtures" / "ram_plus" / "checkpoint.pth").is_file():
+        pytest.skip(f"reference fixtures not found under {REFERENCE}")
+    env = {**os.environ, "RECOGNIZE_BENCH_CACHE": str(tmp_path / "cache"), "RECOGNIZE_REFERENCE": str(REFERENCE)}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_chain_device.py"), str(tmp_path / "out"),
+                           "--quick", "--device", "cpu", "--photos", "2"],
+                          capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "chain_device.json").read_text())
+    assert list(report["runs"]) == ["exact", "bf16", "exact_again"]
+    for name, run in report["runs"].items():
+        assert run["counts"]["processed"] == 2 and run["counts"]["failed"] == 0, name
+        assert set(run["stage_seconds"]) == {"ram_plus", "grounding_dino", "sam"}, name
+        assert run["wall"]["write"] > 0 and run["cold_start"] > 0, name
+    assert report["runs"]["bf16"]["fast_modes"]["sam"] == {"dtype": "bfloat16"}
+    assert "sam" not in report["runs"]["exact"]["fast_modes"]
+    overall = report["compare_exact_bf16"]["json"]["overall"]
+    assert overall["images"] == 2 and 0 <= overall["tag_jaccard"] <= 1
