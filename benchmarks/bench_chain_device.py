@@ -8,7 +8,10 @@ run is repeated last so that a slower first run (cold caches) shows. Then `recog
 judges bf16 against exact on the same photos (on random weights: a check of the mechanics and an upper
 bound on drift, not a fidelity figure for real weights).
 
-    python benchmarks/bench_chain_device.py OUT [--device cuda] [--photos 8] [--quick]
+    python benchmarks/bench_chain_device.py OUT [--device cuda] [--photos 8] [--quick] [--runs exact,bf16,exact]
+
+`--runs exact,exact_inline_write,exact,exact_inline_write` measures writing the outputs beside the next
+batch (the default) against writing them between batches (`RECOGNIZE_BACKGROUND_WRITE=0`).
 
 Writes OUT/chain_device.json. The chain's reference (the Grounded-SAM demo) is not run here: its
 official Grounding DINO needs a venv from the package index (see `bench_chain.py`, the CPU chain).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,8 +34,15 @@ import yaml
 from bench_models import TAGS, Kit, default_cache, image_paths
 from PIL import Image
 
-#: the runs, in order: (name, the params added to Grounding DINO's and SAM's)
-RUNS = (("exact", {}), ("bf16", {"dtype": "bfloat16"}), ("exact_again", {}))
+#: the kinds of run: (the params added to Grounding DINO's and SAM's, the environment added to the run's)
+KINDS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
+    "exact": ({}, {}),
+    "bf16": ({"dtype": "bfloat16"}, {}),
+    # each photo's outputs written on the main thread between batches (`recognize.engines.background_write`)
+    "exact_inline_write": ({}, {"RECOGNIZE_BACKGROUND_WRITE": "0"}),
+}
+#: the runs, in order, unless `--runs` names others (a kind named again is run again: `exact_again`)
+RUNS = ("exact", "bf16", "exact")
 
 
 def recipe(kit: Kit, device: str, fast: dict[str, Any]) -> dict[str, Any]:
@@ -46,10 +57,10 @@ def recipe(kit: Kit, device: str, fast: dict[str, Any]) -> dict[str, Any]:
             "outputs": [{"use": "annotated_image"}, {"use": "json"}]}
 
 
-def run_chain(recipe_path: Path, photos: Path, out: Path) -> dict[str, Any]:
+def run_chain(recipe_path: Path, photos: Path, out: Path, env: dict[str, str]) -> dict[str, Any]:
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "recognize", "run", str(recipe_path), str(photos), "-o", str(out),
-                           "--quiet"], capture_output=True, text=True, check=False)
+                           "--quiet"], capture_output=True, text=True, check=False, env={**os.environ, **env})
     entry: dict[str, Any] = {"rc": proc.returncode, "wall_s": time.perf_counter() - start}
     if proc.returncode:
         entry["stderr_tail"] = proc.stderr[-1500:]
@@ -66,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="the recipe's device (default cuda)")
     parser.add_argument("--photos", type=int, default=8, help="photos in the folder (cycled from the reference ones)")
     parser.add_argument("--quick", action="store_true", help="tiny models, photos shrunk to 256 px")
+    parser.add_argument("--runs", default=",".join(RUNS),
+                        help=f"the runs in order, of {', '.join(KINDS)} (default {','.join(RUNS)}); the exact and "
+                             "bf16 runs' outputs are compared when both ran")
     args = parser.parse_args(argv)
+    runs = [name for name in args.runs.split(",") if name]
+    if unknown := [name for name in runs if name not in KINDS]:
+        parser.error(f"--runs: unknown {', '.join(unknown)}; known: {', '.join(KINDS)}")
     kit = Kit(quick=args.quick, cache=default_cache(), official_gdino=False, device=args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"device": args.device, "photos": args.photos, "quick": args.quick, "runs": {}}
@@ -82,21 +99,25 @@ def main(argv: list[str] | None = None) -> int:
                     image.save(target)
             else:
                 shutil.copyfile(path, target)
-        for name, fast in RUNS:
+        for kind in runs:
+            name = kind if kind not in report["runs"] else f"{kind}_again"
+            name = name if name not in report["runs"] else f"{kind}_{len(report['runs'])}"
+            fast, env = KINDS[kind]
             path = work / f"{name}.yaml"
             path.write_text(yaml.safe_dump(recipe(kit, args.device, fast)))
-            report["runs"][name] = run_chain(path, photos, work / name)
+            report["runs"][name] = {"kind": kind, **run_chain(path, photos, work / name, env)}
             print(f"{name}: rc {report['runs'][name]['rc']}, {report['runs'][name]['wall_s']:.1f} s", file=sys.stderr)
             (args.out / "chain_device.json").write_text(json.dumps(report, indent=1))  # kept if stopped later
-        proc = subprocess.run([sys.executable, "-m", "recognize", "eval", "compare", str(work / "exact"),
-                               str(work / "bf16"), str(photos), "-o", str(work / "compare")],
-                              capture_output=True, text=True, check=False)
-        report["compare_exact_bf16"] = {"rc": proc.returncode, "table": proc.stdout[-4000:]}
-        if (work / "compare" / "compare.json").is_file():
-            report["compare_exact_bf16"]["json"] = json.loads((work / "compare" / "compare.json").read_text())
+        if {"exact", "bf16"} <= set(report["runs"]):
+            proc = subprocess.run([sys.executable, "-m", "recognize", "eval", "compare", str(work / "exact"),
+                                   str(work / "bf16"), str(photos), "-o", str(work / "compare")],
+                                  capture_output=True, text=True, check=False)
+            report["compare_exact_bf16"] = {"rc": proc.returncode, "table": proc.stdout[-4000:]}
+            if (work / "compare" / "compare.json").is_file():
+                report["compare_exact_bf16"]["json"] = json.loads((work / "compare" / "compare.json").read_text())
     (args.out / "chain_device.json").write_text(json.dumps(report, indent=1))
     failed = [name for name, entry in report["runs"].items() if entry["rc"]] + (
-        ["compare"] if report["compare_exact_bf16"]["rc"] else [])
+        ["compare"] if report.get("compare_exact_bf16", {}).get("rc") else [])
     return 1 if failed else 0
 
 

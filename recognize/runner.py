@@ -36,7 +36,8 @@ from recognize.engines.base import Engine, FrameResult, describe_error, is_load_
 from recognize.engines.local import LocalEngine
 from recognize.engines.segment_store import PARTIAL_DIR
 from recognize.engines.segment_store import clear as clear_partial
-from recognize.engines.timing import FINISH, PREPARE, STARTUP, WRITE, StageTimer
+from recognize.engines.background_write import BackgroundWriter
+from recognize.engines.timing import FINISH, PREPARE, STARTUP, StageTimer
 from recognize.errors import InputError, RecipeError, RecognizeError
 from recognize.frame import Frame
 from recognize.hub import sha256_file
@@ -519,16 +520,15 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
         frame = result.frame
         if result.ok:
             try:
-                with timer.phase(WRITE):
-                    for stage in outputs:
-                        stage.write(frame, out)
-                    record = {"name": frame.name, **source_identity(items.source_of(frame.name or "")),
-                              "recipe": recipe_id,
-                              "files": {path.relative_to(out).as_posix(): path.stat().st_size
-                                        for stage in outputs for path in stage.files(frame, out)}}
-                    if shard_stage is not None:
-                        record["appended"] = shard_stage.appended(frame, out)
-                    journal.append(record)
+                for stage in outputs:
+                    stage.write(frame, out)
+                record = {"name": frame.name, **source_identity(items.source_of(frame.name or "")),
+                          "recipe": recipe_id,
+                          "files": {path.relative_to(out).as_posix(): path.stat().st_size
+                                    for stage in outputs for path in stage.files(frame, out)}}
+                if shard_stage is not None:
+                    record["appended"] = shard_stage.appended(frame, out)
+                journal.append(record)
             except Exception as exc:  # noqa: BLE001 - a write error fails this image, not the run
                 result.error = f"writing outputs: {describe_error(exc)}"
         if not result.ok:  # recorded once, with its error; a re-run tries it again
@@ -553,22 +553,28 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
 
     todo = items.todo()
     frames = (Frame(source=str(path), name=name) for path, name in todo)
+    # each image's outputs are written on a background thread while the next batch computes, in order
+    # (`recognize.engines.background_write`); a batch's worth may wait for it
+    writer = BackgroundWriter(on_result, timer, depth=getattr(pipeline, "batch_size", 1))
     try:
         try:
-            for _ in engine.run(pipeline, frames, on_result=on_result, checkpoint_dir=partial, timer=timer):
+            for _ in engine.run(pipeline, frames, on_result=writer.submit, checkpoint_dir=partial, timer=timer):
                 pass
         finally:
             stopping = sys.exc_info()[1]  # the error that stopped the run, if one did: it is the one to report
-            bar.close()
-            frames.close()
-            todo.close()  # its connection to the table, even when the engine stopped early
-            if isinstance(shard_stage, ShardsOutput):
-                try:
-                    shard_stage.close()  # a Parquet shard becomes readable (renamed into place) only when closed
-                except OSError as exc:
-                    if stopping is None:
-                        raise _folder_error(out, exc, "close the last shard") from None
-            journal.close()
+            try:
+                writer.close(raise_error=stopping is None)  # what was computed before an error is still written
+            finally:
+                bar.close()
+                frames.close()
+                todo.close()  # its connection to the table, even when the engine stopped early
+                if isinstance(shard_stage, ShardsOutput):
+                    try:
+                        shard_stage.close()  # a Parquet shard becomes readable (renamed into place) only when closed
+                    except OSError as exc:
+                        if stopping is None:
+                            raise _folder_error(out, exc, "close the last shard") from None
+                journal.close()
     except BaseException as exc:
         if is_load_failure(exc) and not summary.processed and not summary.failures:
             # a model that loaded in the background failed before any image was done: as when

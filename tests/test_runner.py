@@ -146,9 +146,29 @@ def test_memory_is_bounded_by_the_batch_not_the_dataset(tmp_path):
     folder = many_images(tmp_path / "in", 24)
     summary = run_to_folder(Pipeline([probe], [seen], batch_size=4), [folder], tmp_path / "out", quiet=True)
     assert summary.processed == 24
-    assert len(probe.alive) == 6 and max(probe.alive) <= 4  # at most the batch in flight
+    # at most a batch waiting for the writer thread and the one it writes (`recognize.engines.background_write`)
+    assert len(probe.alive) == 6 and max(probe.alive) <= 4 + 1
     assert seen.kind_of == "FrameFiles" and [n for n, _ in seen.seen] == [f"img{i:03d}.png" for i in range(24)]
     assert all(area == 200 for _, area in seen.seen)
+
+
+@pytest.mark.parametrize("background", ["1", "0"])
+def test_outputs_written_beside_the_next_batch_equal_those_written_inline(tmp_path, monkeypatch, background):
+    """`recognize.engines.background_write`: the same files and journal order either way; the writing that
+    ran beside the stages is `overlapped.write`, the waits for it the wall's `write`."""
+    from recognize import plugins
+
+    folder = many_images(tmp_path / "in", 6)
+    monkeypatch.setenv("RECOGNIZE_BACKGROUND_WRITE", background)
+    out = tmp_path / "out"
+    summary = run_to_folder(Pipeline([MaskProbe()], [plugins.get_stage("json")()], batch_size=2), [folder], out,
+                            quiet=True)
+    assert summary.processed == 6 and summary.wall["write"] > 0
+    assert ("write" in summary.overlapped) == (background == "1")
+    names = [json.loads(line)["name"] for line in (out / ".recognize" / "done.jsonl").read_text().splitlines()]
+    assert names == [f"img{i:03d}.png" for i in range(6)]  # in input order, as the results became final
+    frames = {p.name: json.loads(p.read_text())["regions"] for p in (out / "frames").glob("*.json")}
+    assert len(frames) == 6 and all(len(regions) == 1 and regions[0]["mask"] for regions in frames.values())
 
 
 def test_colliding_results_are_refused_before_anything_is_written(tmp_path):

@@ -90,8 +90,10 @@ def test_a_killed_run_resumes_from_the_remote_journal_on_another_machine(images,
     root.mkdir()
     with put_server(root) as server:
         url = f"{server.url}/runs/remote"
+        # each image written before the next computes (RECOGNIZE_BACKGROUND_WRITE=0), so what the dead run
+        # uploaded is known exactly (`tests/outputs/test_shards.py` kills a run whose writer thread is behind)
         killed = recognize("run", recipe, images, "-o", url, "-q", RECOGNIZE_HOME=str(tmp_path / "machine-1"),
-                           RECOGNIZE_SYNC_SECONDS="0", TEST_DIE_ON=NAMES[3])
+                           RECOGNIZE_SYNC_SECONDS="0", TEST_DIE_ON=NAMES[3], RECOGNIZE_BACKGROUND_WRITE="0")
         assert killed.returncode == -9, killed.stderr  # SIGKILL: no cleanup ran
         remote = root / "runs" / "remote"
         uploaded = [json.loads(line)["name"] for p in sorted((remote / ".recognize" / "done").iterdir())

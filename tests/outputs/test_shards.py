@@ -322,7 +322,10 @@ def test_a_killed_parquet_run_resumes_to_the_outputs_of_an_uninterrupted_one(tmp
     whole = tmp_path / "whole"
     assert cli(recipe, images, "-o", whole).returncode == 0
     out = tmp_path / "out"
-    killed = cli(recipe, images, "-o", out, TEST_DIE_ON="img07")  # SIGKILL while shard 2 (img06..) is open
+    # SIGKILL while shard 2 (img06..) is open; each image written before the next one computes (not on the
+    # background writer thread, which may still be behind when the process dies: the next test), so that
+    # what the dead run left is known exactly
+    killed = cli(recipe, images, "-o", out, TEST_DIE_ON="img07", RECOGNIZE_BACKGROUND_WRITE="0")
     assert killed.returncode == -signal.SIGKILL
     assert [p.name for p in shard_files(out)] == ["part-00000.parquet", "part-00001.parquet"]
     assert len(list((out / "shards").glob(".part-00002.parquet.*.partial"))) == 1  # unreadable: no footer yet
@@ -334,6 +337,30 @@ def test_a_killed_parquet_run_resumes_to_the_outputs_of_an_uninterrupted_one(tmp
     assert (summary["counts"]["skipped"], summary["counts"]["processed"]) == (6, 6)  # img06 was redone
     assert [p.name for p in shard_files(out)] == [f"part-0000{i}.parquet" for i in (0, 1, 3, 4)]
     assert not list((out / "shards").glob("*.partial"))  # the dead run's partial shard was removed
+    assert json.loads((out / "coco.json").read_text()) == json.loads((whole / "coco.json").read_text())
+    assert [f.to_json() for f in read_shards(out)] == [f.to_json() for f in read_shards(whole)]
+
+
+@pytest.mark.subprocess
+def test_a_run_killed_while_its_writer_thread_is_behind_resumes_to_the_same_outputs(tmp_path):
+    """Writing in the background (the default): the images the writer had not reached when the process
+    died are neither journaled nor in a closed shard, so the resumed run computes them again."""
+    import signal
+
+    images = numbered_images(tmp_path / "images")
+    recipe = shard_recipe(tmp_path)
+    whole = tmp_path / "whole"
+    assert cli(recipe, images, "-o", whole).returncode == 0
+    out = tmp_path / "out"
+    killed = cli(recipe, images, "-o", out, TEST_DIE_ON="img07")
+    assert killed.returncode == -signal.SIGKILL
+    done = {r["name"] for r in journal(out)}
+    assert done <= {f"img{i:02d}.png" for i in range(7)}  # never an image after the one it died on
+    again = cli(recipe, images, "-o", out)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["skipped"] + summary["counts"]["processed"] == 12
+    assert not list((out / "shards").glob("*.partial"))
     assert json.loads((out / "coco.json").read_text()) == json.loads((whole / "coco.json").read_text())
     assert [f.to_json() for f in read_shards(out)] == [f.to_json() for f in read_shards(whole)]
 

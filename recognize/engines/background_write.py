@@ -1,0 +1,120 @@
+"""`BackgroundWriter`: each finished image's outputs are written on one thread while the next batch computes.
+
+Why: on a GPU the chain's stages took ~0.7 s a photo and writing its outputs (drawing the masks and boxes
+on a 13.8 MP photo, the JPEG, the masks' RLE) ~1.4 s on the CPU; written on the main thread between
+batches, the GPU idled for a third of the run (`benchmarks/README.md`, "The GPU table"). Here one writer
+thread takes the results in the order they became final, so the done-journal's order and every
+per-image guarantee stay as they were: the write function still turns an image's own write error into
+that image's failure. At most `depth` results wait for the thread (a batch's worth: the frames of one
+more batch in memory at most); the engine blocks when they are that far behind. The thread lowers its
+scheduling priority (`recognize.thread_priority`), so on a CPU-only machine the stages keep the cores
+and the writing fills their waits, as the decoding ahead does.
+
+Anything else the write function raises stops the writer: it is raised in the caller at its next
+`submit` or at `close`, and nothing after it is written. `close` always waits for what was submitted,
+also when the run is stopping on an error of its own, so the images computed before it are not lost.
+
+Seconds: the caller's time blocked on the writer (a full queue, the final wait) is the `write` phase
+of the wall time; the writing that ran beside the stages is `overlapped.write` (never counted twice).
+`RECOGNIZE_BACKGROUND_WRITE=0` writes on the calling thread, as before.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from recognize import thread_priority
+from recognize.engines.timing import WRITE, StageTimer
+
+__all__ = ["ENV", "BackgroundWriter", "enabled"]
+
+#: set to 0 to write each image's outputs on the calling thread (no writing beside compute)
+ENV = "RECOGNIZE_BACKGROUND_WRITE"
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def enabled() -> bool:
+    """Whether background writing is on (`RECOGNIZE_BACKGROUND_WRITE`, default on)."""
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class BackgroundWriter(Generic[T]):
+    """Calls `write(item)` for each submitted item, in order, on one daemon thread (or inline when
+    `background` is False). Use as a context manager or call `close()` once."""
+
+    def __init__(self, write: Callable[[T], None], timer: StageTimer, *, depth: int = 1,
+                 background: bool | None = None) -> None:
+        self._write, self._timer = write, timer
+        self.background = enabled() if background is None else background
+        self._error: BaseException | None = None
+        self._busy = 0.0  # the thread's writing seconds
+        self._waited = 0.0  # the caller's seconds blocked on the thread
+        self._closed = False
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._thread: threading.Thread | None = None
+        if self.background:
+            self._thread = threading.Thread(target=self._work, name="recognize-write", daemon=True)
+            self._thread.start()
+
+    def _work(self) -> None:
+        thread_priority.lower_this_thread()  # the stages keep the cores; writing fills their waits
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            if self._error is not None:
+                continue  # stopped: drain without writing, so a blocked `submit` can go on to raise
+            start = time.perf_counter()
+            try:
+                self._write(item)
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                self._error = error
+            finally:
+                self._busy += time.perf_counter() - start
+
+    def submit(self, item: T) -> None:
+        """Write `item` (after the ones before it); raises what stopped the writer, if anything did."""
+        if self._closed:
+            raise RuntimeError("the writer is closed")
+        self._raise()
+        if not self.background:
+            with self._timer.phase(WRITE):
+                self._write(item)
+            return
+        start = time.perf_counter()
+        self._queue.put(item)  # blocks while `depth` items wait
+        self._waited += time.perf_counter() - start
+        self._raise()
+
+    def close(self, *, raise_error: bool = True) -> None:
+        """Wait until everything submitted is written, then account the seconds; raises what stopped
+        the writer unless `raise_error` is False (the caller is already stopping on an error of its own)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            start = time.perf_counter()
+            self._queue.put(_DONE)
+            self._thread.join()
+            self._waited += time.perf_counter() - start
+            self._timer.phases[WRITE] += self._waited
+            self._timer.overlapped[WRITE] += max(0.0, self._busy - self._waited)
+        if raise_error:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> BackgroundWriter[T]:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close(raise_error=error is None)
