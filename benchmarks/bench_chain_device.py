@@ -10,8 +10,8 @@ bound on drift, not a fidelity figure for real weights).
 
     python benchmarks/bench_chain_device.py OUT [--device cuda] [--photos 8] [--quick] [--runs exact,bf16,exact]
 
-`--runs exact,exact_inline_write,exact,exact_inline_write` measures writing the outputs beside the next
-batch (the default) against writing them between batches (`RECOGNIZE_BACKGROUND_WRITE=0`).
+`--runs exact_background_write,exact_inline_write,...` measures writing the outputs beside the next batch
+against writing them between batches (`RECOGNIZE_BACKGROUND_WRITE=1` / `=0`).
 
 Writes OUT/chain_device.json. The chain's reference (the Grounded-SAM demo) is not run here: its
 official Grounding DINO needs a venv from the package index (see `bench_chain.py`, the CPU chain).
@@ -38,22 +38,25 @@ from PIL import Image
 KINDS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
     "exact": ({}, {}),
     "bf16": ({"dtype": "bfloat16"}, {}),
-    # each photo's outputs written on the main thread between batches (`recognize.engines.background_write`)
+    # each photo's outputs written between batches, or beside the next batch, whatever the machine
+    # (`recognize.engines.background_write`; by default: beside it where a GPU computes or a core is free)
     "exact_inline_write": ({}, {"RECOGNIZE_BACKGROUND_WRITE": "0"}),
+    "exact_background_write": ({}, {"RECOGNIZE_BACKGROUND_WRITE": "1"}),
 }
 #: the runs, in order, unless `--runs` names others (a kind named again is run again: `exact_again`)
 RUNS = ("exact", "bf16", "exact")
 
 
-def recipe(kit: Kit, device: str, fast: dict[str, Any]) -> dict[str, Any]:
+def recipe(kit: Kit, device: str, fast: dict[str, Any], batch_size: int = 4, sam_model: str = "vit_h") -> dict[str, Any]:
     """The CPU chain benchmark's recipe (`bench_chain.recipe`) on `device`, with Grounding DINO from our
     checkpoint layout (the official one is written by the official code, in its own venv)."""
     gd = {**kit.gd_params(), "box_threshold": 0.0, "text_threshold": 0.0, "max_regions": kit.boxes}
-    return {"recipe": 1, "name": f"tag_ground_segment_{device}", "settings": {"batch_size": 4, "device": device},
+    return {"recipe": 1, "name": f"tag_ground_segment_{device}",
+            "settings": {"batch_size": batch_size, "device": device},
             "stages": [{"use": "ram_plus", "with": {**kit.tagger_params("ram_plus"), "include": list(TAGS),
                                                     "threshold": 0.0}},
                        {"use": "grounding_dino", "with": {**gd, **fast}},
-                       {"use": "sam", "with": {**kit.sam_params(), **fast}}],
+                       {"use": "sam", "with": {**kit.sam_params(sam_model), **fast}}],
             "outputs": [{"use": "annotated_image"}, {"use": "json"}]}
 
 
@@ -66,7 +69,7 @@ def run_chain(recipe_path: Path, photos: Path, out: Path, env: dict[str, str]) -
         entry["stderr_tail"] = proc.stderr[-1500:]
     if (out / "summary.json").is_file():
         summary = json.loads((out / "summary.json").read_text())
-        entry.update({key: summary.get(key) for key in ("counts", "wall", "cold_start", "fast_modes")})
+        entry.update({key: summary.get(key) for key in ("counts", "wall", "overlapped", "cold_start", "fast_modes")})
         entry["stage_seconds"] = {name: t["seconds"] for name, t in summary.get("timings", {}).items()}
     return entry
 
@@ -80,13 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default=",".join(RUNS),
                         help=f"the runs in order, of {', '.join(KINDS)} (default {','.join(RUNS)}); the exact and "
                              "bf16 runs' outputs are compared when both ran")
+    parser.add_argument("--batch-size", type=int, default=4, help="the recipe's batch size (default 4)")
+    parser.add_argument("--sam-model", default="vit_h", choices=["vit_h", "vit_l", "vit_b"],
+                        help="SAM's size (default vit_h; vit_b is the CPU's fast mode)")
     args = parser.parse_args(argv)
     runs = [name for name in args.runs.split(",") if name]
     if unknown := [name for name in runs if name not in KINDS]:
         parser.error(f"--runs: unknown {', '.join(unknown)}; known: {', '.join(KINDS)}")
     kit = Kit(quick=args.quick, cache=default_cache(), official_gdino=False, device=args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"device": args.device, "photos": args.photos, "quick": args.quick, "runs": {}}
+    report: dict[str, Any] = {"device": args.device, "photos": args.photos, "quick": args.quick,
+                              "batch_size": args.batch_size, "sam_model": args.sam_model, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="recognize-chain-") as tmp:
         work = Path(tmp)
         photos = work / "photos"
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             name = name if name not in report["runs"] else f"{kind}_{len(report['runs'])}"
             fast, env = KINDS[kind]
             path = work / f"{name}.yaml"
-            path.write_text(yaml.safe_dump(recipe(kit, args.device, fast)))
+            path.write_text(yaml.safe_dump(recipe(kit, args.device, fast, args.batch_size, args.sam_model)))
             report["runs"][name] = {"kind": kind, **run_chain(path, photos, work / name, env)}
             print(f"{name}: rc {report['runs'][name]['rc']}, {report['runs'][name]['wall_s']:.1f} s", file=sys.stderr)
             (args.out / "chain_device.json").write_text(json.dumps(report, indent=1))  # kept if stopped later

@@ -36,7 +36,7 @@ from recognize.engines.base import Engine, FrameResult, describe_error, is_load_
 from recognize.engines.local import LocalEngine
 from recognize.engines.segment_store import PARTIAL_DIR
 from recognize.engines.segment_store import clear as clear_partial
-from recognize.engines.background_write import BackgroundWriter
+from recognize.engines.background_write import BackgroundWriter, background_for
 from recognize.engines.timing import FINISH, PREPARE, STARTUP, StageTimer
 from recognize.errors import InputError, RecipeError, RecognizeError
 from recognize.frame import Frame
@@ -553,9 +553,10 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
 
     todo = items.todo()
     frames = (Frame(source=str(path), name=name) for path, name in todo)
-    # each image's outputs are written on a background thread while the next batch computes, in order
-    # (`recognize.engines.background_write`); a batch's worth may wait for it
-    writer = BackgroundWriter(on_result, timer, depth=getattr(pipeline, "batch_size", 1))
+    # where a core is free for it (a GPU computes, or torch leaves one), each image's outputs are written
+    # on a background thread while the next batch computes, in order (`recognize.engines.background_write`)
+    writer = BackgroundWriter(on_result, timer, depth=getattr(pipeline, "batch_size", 1),
+                              background=background_for(pipeline.stages))
     try:
         try:
             for _ in engine.run(pipeline, frames, on_result=writer.submit, checkpoint_dir=partial, timer=timer):

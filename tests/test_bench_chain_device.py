@@ -20,16 +20,20 @@ def test_the_quick_chain_runs_exact_and_bf16_and_compares_them(tmp_path):
         pytest.skip(f"reference fixtures not found under {REFERENCE}")
     env = {**os.environ, "RECOGNIZE_BENCH_CACHE": str(tmp_path / "cache"), "RECOGNIZE_REFERENCE": str(REFERENCE)}
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_chain_device.py"), str(tmp_path / "out"),
-                           "--quick", "--device", "cpu", "--photos", "2"],
+                           "--quick", "--device", "cpu", "--photos", "2", "--batch-size", "1",
+                           "--runs", "exact,bf16,exact_background_write,exact_inline_write"],
                           capture_output=True, text=True, env=env, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "chain_device.json").read_text())
-    assert list(report["runs"]) == ["exact", "bf16", "exact_again"]
+    assert list(report["runs"]) == ["exact", "bf16", "exact_background_write", "exact_inline_write"]
     for name, run in report["runs"].items():
         assert run["counts"]["processed"] == 2 and run["counts"]["failed"] == 0, name
         assert set(run["stage_seconds"]) == {"ram_plus", "grounding_dino", "sam"}, name
         assert run["wall"]["write"] > 0 and run["cold_start"] > 0, name
     assert report["runs"]["bf16"]["fast_modes"]["sam"] == {"dtype": "bfloat16"}
+    # the first photo's outputs are written beside the second's batch, unless the run writes between batches
+    assert "write" in report["runs"]["exact_background_write"]["overlapped"]
+    assert "write" not in report["runs"]["exact_inline_write"]["overlapped"]
     assert "sam" not in report["runs"]["exact"]["fast_modes"]
     overall = report["compare_exact_bf16"]["json"]["overall"]
     assert overall["images"] == 2 and 0 <= overall["tag_jaccard"] <= 1

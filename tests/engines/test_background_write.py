@@ -5,7 +5,9 @@ import time
 
 import pytest
 
-from recognize.engines.background_write import ENV, BackgroundWriter, enabled
+from types import SimpleNamespace
+
+from recognize.engines.background_write import ENV, BackgroundWriter, background_for
 from recognize.engines.timing import WRITE, StageTimer
 
 
@@ -85,15 +87,35 @@ def test_close_without_raising_still_writes_what_was_submitted():
         writer.submit(5)
 
 
-def test_off_writes_on_the_calling_thread_and_times_it_as_the_write_phase(monkeypatch):
-    monkeypatch.setenv(ENV, "0")
-    assert not enabled()
+def test_inline_writes_on_the_calling_thread_and_times_it_as_the_write_phase():
     names = []
     timer = StageTimer()
-    writer = BackgroundWriter(lambda item: (time.sleep(0.02), names.append(threading.current_thread().name)), timer)
+    writer = BackgroundWriter(lambda item: (time.sleep(0.02), names.append(threading.current_thread().name)), timer,
+                              background=False)
     writer.submit(1)
     writer.close()
     assert names == [threading.current_thread().name] and timer.phases[WRITE] >= 0.02
     assert timer.overlapped[WRITE] == 0
+
+
+def _stage(device):
+    return SimpleNamespace(params=SimpleNamespace(device=device))
+
+
+def test_background_where_a_gpu_computes_or_torch_leaves_a_core_free(monkeypatch):
+    import os
+
+    import torch
+
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not background_for([_stage("cpu"), SimpleNamespace()])  # every core computes: between batches
+    assert background_for([_stage("cpu"), _stage("cuda")])  # the GPU computes: the cores are free
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert background_for([_stage("cpu")])  # a core torch does not use
+    monkeypatch.setenv(ENV, "0")
+    assert not background_for([_stage("cuda")])
     monkeypatch.setenv(ENV, "1")
-    assert enabled()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert background_for([_stage("cpu")])

@@ -343,8 +343,9 @@ def test_a_killed_parquet_run_resumes_to_the_outputs_of_an_uninterrupted_one(tmp
 
 @pytest.mark.subprocess
 def test_a_run_killed_while_its_writer_thread_is_behind_resumes_to_the_same_outputs(tmp_path):
-    """Writing in the background (the default): the images the writer had not reached when the process
-    died are neither journaled nor in a closed shard, so the resumed run computes them again."""
+    """Writing in the background (`RECOGNIZE_BACKGROUND_WRITE=1`, the default where a core is free for it):
+    the images the writer had not reached when the process died are neither journaled nor in a closed
+    shard, so the resumed run computes them again."""
     import signal
 
     images = numbered_images(tmp_path / "images")
@@ -352,7 +353,7 @@ def test_a_run_killed_while_its_writer_thread_is_behind_resumes_to_the_same_outp
     whole = tmp_path / "whole"
     assert cli(recipe, images, "-o", whole).returncode == 0
     out = tmp_path / "out"
-    killed = cli(recipe, images, "-o", out, TEST_DIE_ON="img07")
+    killed = cli(recipe, images, "-o", out, TEST_DIE_ON="img07", RECOGNIZE_BACKGROUND_WRITE="1")
     assert killed.returncode == -signal.SIGKILL
     done = {r["name"] for r in journal(out)}
     assert done <= {f"img{i:02d}.png" for i in range(7)}  # never an image after the one it died on
