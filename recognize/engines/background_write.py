@@ -59,8 +59,11 @@ def background_for(stages: Iterable[Any]) -> bool:
 
     for stage in stages:
         device = getattr(getattr(stage, "params", None), "device", None)
-        if device is not None and resolve_device(str(device)) != "cpu":
-            return True
+        try:
+            if device is not None and resolve_device(str(device)) != "cpu":
+                return True
+        except Exception:  # noqa: BLE001 - a device the stage itself refuses when it loads: not a GPU here
+            continue
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch = sys.modules.get("torch")  # a pipeline without torch stages computes on the calling thread
     threads = torch.get_num_threads() if torch is not None else cores
