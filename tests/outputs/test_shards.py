@@ -313,8 +313,8 @@ def numbered_images(folder, n=12):
     return folder
 
 
-@pytest.mark.subprocess
-def test_a_killed_parquet_run_resumes_to_the_outputs_of_an_uninterrupted_one(tmp_path):
+def killed_on_img07(tmp_path, background_write):
+    """(images, recipe, an uninterrupted run's folder, the folder of a run SIGKILLed on img07)."""
     import signal
 
     images = numbered_images(tmp_path / "images")
@@ -322,11 +322,17 @@ def test_a_killed_parquet_run_resumes_to_the_outputs_of_an_uninterrupted_one(tmp
     whole = tmp_path / "whole"
     assert cli(recipe, images, "-o", whole).returncode == 0
     out = tmp_path / "out"
+    killed = cli(recipe, images, "-o", out, TEST_DIE_ON="img07", RECOGNIZE_BACKGROUND_WRITE=background_write)
+    assert killed.returncode == -signal.SIGKILL
+    return images, recipe, whole, out
+
+
+@pytest.mark.subprocess
+def test_a_killed_parquet_run_resumes_to_the_outputs_of_an_uninterrupted_one(tmp_path):
     # SIGKILL while shard 2 (img06..) is open; each image written before the next one computes (not on the
     # background writer thread, which may still be behind when the process dies: the next test), so that
     # what the dead run left is known exactly
-    killed = cli(recipe, images, "-o", out, TEST_DIE_ON="img07", RECOGNIZE_BACKGROUND_WRITE="0")
-    assert killed.returncode == -signal.SIGKILL
+    images, recipe, whole, out = killed_on_img07(tmp_path, "0")
     assert [p.name for p in shard_files(out)] == ["part-00000.parquet", "part-00001.parquet"]
     assert len(list((out / "shards").glob(".part-00002.parquet.*.partial"))) == 1  # unreadable: no footer yet
     assert "img06.png" in {r["name"] for r in journal(out)}  # journaled, but its shard never closed
@@ -346,15 +352,7 @@ def test_a_run_killed_while_its_writer_thread_is_behind_resumes_to_the_same_outp
     """Writing in the background (`RECOGNIZE_BACKGROUND_WRITE=1`, the default where a core is free for it):
     the images the writer had not reached when the process died are neither journaled nor in a closed
     shard, so the resumed run computes them again."""
-    import signal
-
-    images = numbered_images(tmp_path / "images")
-    recipe = shard_recipe(tmp_path)
-    whole = tmp_path / "whole"
-    assert cli(recipe, images, "-o", whole).returncode == 0
-    out = tmp_path / "out"
-    killed = cli(recipe, images, "-o", out, TEST_DIE_ON="img07", RECOGNIZE_BACKGROUND_WRITE="1")
-    assert killed.returncode == -signal.SIGKILL
+    images, recipe, whole, out = killed_on_img07(tmp_path, "1")
     done = {r["name"] for r in journal(out)}
     assert done <= {f"img{i:02d}.png" for i in range(7)}  # never an image after the one it died on
     again = cli(recipe, images, "-o", out)
