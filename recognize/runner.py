@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any, overload
 
 from recognize.atomic import remove_stale_temps, write_text
+from recognize.engines.background_write import BackgroundWriter, background_for
 from recognize.engines.base import Engine, FrameResult, describe_error, is_load_failure
 from recognize.engines.local import LocalEngine
 from recognize.engines.segment_store import PARTIAL_DIR
 from recognize.engines.segment_store import clear as clear_partial
-from recognize.engines.background_write import BackgroundWriter, background_for
 from recognize.engines.timing import FINISH, PREPARE, STARTUP, StageTimer
 from recognize.errors import InputError, RecipeError, RecognizeError
 from recognize.frame import Frame
@@ -407,7 +407,9 @@ def run_to_folder(
     that time is then the start of `prepare`, `cold_start` and `started`. Default: this call.
 
     `on_journal`: called after each image's done-journal line is written (an `-o URL` run uploads
-    what the new lines point at: `recognize.remote_output`); what it raises stops the run.
+    what the new lines point at: `recognize.remote_output`); what it raises stops the run. Where the
+    outputs are written beside the stages (`recognize.engines.background_write`) it is called on the
+    writer thread, one call at a time, and what it raises stops the run at the next image handed over.
 
     `on_ready`: called once every refusal has passed (inputs, names, claims, OUT's recipe) and
     before models load (an `-o URL` run uploads its manifest then, so a refused run leaves nothing
@@ -555,8 +557,8 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
     frames = (Frame(source=str(path), name=name) for path, name in todo)
     # where a core is free for it (a GPU computes, or torch leaves one), each image's outputs are written
     # on a background thread while the next batch computes, in order (`recognize.engines.background_write`)
-    writer = BackgroundWriter(on_result, timer, depth=getattr(pipeline, "batch_size", 1),
-                              background=background_for(pipeline.stages))
+    writer = BackgroundWriter(on_result, timer, depth=pipeline.batch_size,
+                              background=bool(todo_count) and background_for(pipeline.stages))
     try:
         try:
             for _ in engine.run(pipeline, frames, on_result=writer.submit, checkpoint_dir=partial, timer=timer):
@@ -566,6 +568,7 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
             try:
                 writer.close(raise_error=stopping is None)  # what was computed before an error is still written
             finally:
+                stopping = stopping or sys.exc_info()[1]  # the writer's error, if it raised one
                 bar.close()
                 frames.close()
                 todo.close()  # its connection to the table, even when the engine stopped early
@@ -582,6 +585,10 @@ def _run(pipeline: Pipeline, items: RunInputs, journal: DoneJournal, out: Path, 
             # `engine.load` fails, the run could not start, so it leaves nothing behind
             _undo_start(out, created, manifest_needed)
         raise
+    if writer.background:  # the engine trimmed the heap before the writer let go of the last frames
+        from recognize import heap
+
+        heap.trim()
     clear_partial(partial)  # every frame is final now
 
     journal.read()

@@ -54,11 +54,12 @@ def test_the_report_adds_the_gpus_name_and_memory_columns_only_for_a_gpu_run():
     header = next(line for line in gpu.splitlines() if line.startswith("| stage |"))
     row = next(line for line in gpu.splitlines() if line.startswith("| sam |"))
     assert header.endswith("| peak GPU MiB b4 | baseline peak GPU MiB |") and row.endswith("| 7000 | 9000 |")
+    assert "oneDNN" not in header  # a CPU GEMM: no column on a GPU run
     assert len(header.split("|")) == len(row.split("|"))
     assert "- GPU: NVIDIA H200 (`--device cuda`" in gpu and "without TF32" in gpu
     assert "| 40000 | 80% |" in row  # 2 TFLOP in 0.05 s against the GPU's 50 TFLOP/s probe
     cpu = bench_report.render(_results({}, {}, {"gflops": 100}))
-    assert "peak GPU" not in cpu and "- GPU:" not in cpu
+    assert "peak GPU" not in cpu and "- GPU:" not in cpu and "| % of oneDNN matmul |" in cpu
     # the CPU's GEMM choice and the oneDNN probe say nothing about a GPU run
     both = {"gemm": "oneDNN"}, {"gflops": 100, "gflops_onednn": 120}
     cpu_run = _results({}, {}, both[1]) | {"matmul_end": both[1]}

@@ -5,8 +5,8 @@ on a 13.8 MP photo, the JPEG, the masks' RLE) ~1.4 s on the CPU; written on the 
 batches, the GPU idled for a third of the run (`benchmarks/README.md`, "The GPU table"). Here one writer
 thread takes the results in the order they became final, so the done-journal's order and every
 per-image guarantee stay as they were: the write function still turns an image's own write error into
-that image's failure. At most `depth` results wait for the thread (a batch's worth: the frames of one
-more batch in memory at most); the engine blocks when they are that far behind. The thread lowers its
+that image's failure. At most `depth` results wait for the thread (a batch's worth), plus the one it
+writes; the engine blocks when they are that far behind. The thread lowers its
 scheduling priority (`recognize.thread_priority`), so on a CPU-only machine the stages keep the cores
 and the writing fills their waits, as the decoding ahead does.
 
@@ -14,12 +14,15 @@ Anything else the write function raises stops the writer: it is raised in the ca
 `submit` or at `close`, and nothing after it is written. `close` always waits for what was submitted,
 also when the run is stopping on an error of its own, so the images computed before it are not lost.
 
-When: where the writing has a core to itself. A stage computing on a GPU leaves the CPU's cores to it,
-and so do torch threads fewer than the cores. Where torch's threads take every core (a 2-core CPU, 2
-threads), the writer took time from them even at its lower priority: on the chain with SAM vit_b (4
-photos, batch 2, three alternating pairs) the stages took 4-20% longer and the runs 2-15% (the writing
-saved 2.0-2.5 s, the stages lost 3.5-12.6 s), so there the outputs are written between batches as before.
-`RECOGNIZE_BACKGROUND_WRITE=1` or `=0` overrides the choice.
+When: where the writing has a core to itself. Stages that all compute on a GPU leave the CPU's cores
+to it, and so do torch threads fewer than the cores. Where torch's threads take every core (a 2-core CPU,
+2 threads), the writer took time from them even at its lower priority and the stages took longer than
+the writing it saved (`benchmarks/README.md`, "Writing beside the next batch"), so there the outputs are
+written between batches as before. `RECOGNIZE_BACKGROUND_WRITE=1` or `=0` overrides the choice.
+
+Interrupted (Ctrl-C) while it waits for the writer, the caller stops the writer after the image it is
+writing and waits for that (at most `STOP_WAIT_SECONDS`), so the journal and the outputs are not closed
+under it.
 
 Seconds: the caller's time blocked on the writer (a full queue, the final wait) is the `write` phase
 of the wall time; the writing that ran beside the stages is `overlapped.write` (never counted twice).
@@ -42,6 +45,8 @@ __all__ = ["ENV", "BackgroundWriter", "background_for"]
 
 #: 1: write beside the stages, 0: between batches; unset: chosen by `background_for`
 ENV = "RECOGNIZE_BACKGROUND_WRITE"
+#: how long an interrupted `close` waits for the image being written (one write takes seconds at most)
+STOP_WAIT_SECONDS = 60.0
 
 T = TypeVar("T")
 _DONE = object()
@@ -49,7 +54,8 @@ _DONE = object()
 
 def background_for(stages: Iterable[Any]) -> bool:
     """Whether to write beside the stages (module doc, "When"): `RECOGNIZE_BACKGROUND_WRITE` if set, else
-    yes where a stage computes off the CPU or torch's threads leave a core free."""
+    yes where every stage with a device computes off the CPU (at least one does), or torch's threads
+    leave a core free."""
     setting = os.environ.get(ENV, "").strip().lower()
     if setting in ("0", "false", "no", "off"):
         return False
@@ -57,13 +63,17 @@ def background_for(stages: Iterable[Any]) -> bool:
         return True
     from recognize.stage import resolve_device
 
+    devices = []
     for stage in stages:
         device = getattr(getattr(stage, "params", None), "device", None)
-        try:
-            if device is not None and resolve_device(str(device)) != "cpu":
-                return True
-        except Exception:  # noqa: BLE001 - a device the stage itself refuses when it loads: not a GPU here
+        if device is None:
             continue
+        try:
+            devices.append(resolve_device(str(device)))
+        except Exception:  # noqa: BLE001 - a device the stage itself refuses when it loads: not a GPU here
+            devices.append("cpu")
+    if devices and "cpu" not in devices:  # a CPU stage beside a GPU one takes the cores as a CPU run does
+        return True
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch = sys.modules.get("torch")  # a pipeline without torch stages computes on the calling thread
     threads = torch.get_num_threads() if torch is not None else cores
@@ -82,19 +92,34 @@ class BackgroundWriter(Generic[T]):
         self._busy = 0.0  # the thread's writing seconds
         self._waited = 0.0  # the caller's seconds blocked on the thread
         self._closed = False
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = False  # set by an interrupted `close`: drain without writing, then end
+        # set when the thread ends: waited on rather than `Thread.join`, which an interrupt can leave
+        # reporting a running thread as ended (CPython before 3.13)
+        self._ended = threading.Event()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
         self._thread: threading.Thread | None = None
         if self.background:
             self._thread = threading.Thread(target=self._work, name="recognize-write", daemon=True)
             self._thread.start()
 
     def _work(self) -> None:
+        try:
+            self._drain()
+        finally:
+            self._ended.set()
+
+    def _drain(self) -> None:
         thread_priority.lower_this_thread()  # the stages keep the cores; writing fills their waits
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop:
+                    return
+                continue
             if item is _DONE:
                 return
-            if self._error is not None:
+            if self._error is not None or self._stop:
                 continue  # stopped: drain without writing, so a blocked `submit` can go on to raise
             start = time.perf_counter()
             try:
@@ -126,9 +151,15 @@ class BackgroundWriter(Generic[T]):
         self._closed = True
         if self._thread is not None:
             start = time.perf_counter()
-            self._queue.put(_DONE)
-            self._thread.join()
-            self._waited += time.perf_counter() - start
+            try:
+                self._queue.put(_DONE)
+                self._ended.wait()
+            except BaseException:  # Ctrl-C while waiting: stop after the image being written, wait for it
+                self._stop = True
+                self._ended.wait(STOP_WAIT_SECONDS)
+                raise
+            finally:
+                self._waited += time.perf_counter() - start
             self._timer.phases[WRITE] += self._waited
             self._timer.overlapped[WRITE] += max(0.0, self._busy - self._waited)
         if raise_error:
@@ -141,5 +172,5 @@ class BackgroundWriter(Generic[T]):
     def __enter__(self) -> BackgroundWriter[T]:
         return self
 
-    def __exit__(self, kind, error, traceback) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
         self.close(raise_error=error is None)

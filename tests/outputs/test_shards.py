@@ -350,8 +350,8 @@ def test_a_killed_parquet_run_resumes_to_the_outputs_of_an_uninterrupted_one(tmp
 @pytest.mark.subprocess
 def test_a_run_killed_while_its_writer_thread_is_behind_resumes_to_the_same_outputs(tmp_path):
     """Writing in the background (`RECOGNIZE_BACKGROUND_WRITE=1`, the default where a core is free for it):
-    the images the writer had not reached when the process died are neither journaled nor in a closed
-    shard, so the resumed run computes them again."""
+    whatever the writer had reached when the process died (not known exactly here), the images it had
+    not are neither journaled nor in a closed shard, so the resumed run computes them again."""
     images, recipe, whole, out = killed_on_img07(tmp_path, "1")
     done = {r["name"] for r in journal(out)}
     assert done <= {f"img{i:02d}.png" for i in range(7)}  # never an image after the one it died on
