@@ -78,20 +78,25 @@ def fast_mode(matmul: dict[str, Any] | None, flags: list[str] | None = None) -> 
             "why": f"{slower}; {missing}; the lighter SAM instead"}
 
 
-def recipe(kit: Kit, fast: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Our side's recipe (YAML-able): the same files the reference loads."""
+def recipe(kit: Kit, fast: dict[str, Any] | None = None, *, device: str = "cpu", batch_size: int = 2,
+           sam_batch_size: int | None = 1, official_gdino: bool = True) -> dict[str, Any]:
+    """Our side's recipe (YAML-able): the same files the reference loads. `fast`: a `fast_mode` dict. The
+    other arguments are for `bench_chain_device.py` (the chain on a GPU, where the official Grounding DINO
+    file cannot be written: it needs the official code's venv): `sam_batch_size=None` leaves SAM's own."""
     fast = fast or {}
     gd = kit.gd_params()
-    gd["checkpoint"] = json.loads(kit.official_gdino_spec().read_text())["checkpoint"]  # the official file
+    if official_gdino:
+        gd["checkpoint"] = json.loads(kit.official_gdino_spec().read_text())["checkpoint"]  # the official file
+    sam_batch = {} if sam_batch_size is None else {"batch_size": sam_batch_size}
     return {
         "recipe": 1,
         "name": "tag_ground_segment",
-        "settings": {"batch_size": 2, "device": "cpu"},
+        "settings": {"batch_size": batch_size, "device": device},
         "stages": [
             {"use": "ram_plus", "with": {**kit.tagger_params("ram_plus"), "include": list(TAGS), "threshold": 0.0}},
             {"use": "grounding_dino", "with": {**gd, "box_threshold": BOX_THRESHOLD, "text_threshold": TEXT_THRESHOLD,
                                                "max_regions": kit.boxes, **fast.get("grounding_dino", {})}},
-            {"use": "sam", "with": {**kit.sam_params(fast.get("sam_model", "vit_h")), "batch_size": 1,
+            {"use": "sam", "with": {**kit.sam_params(fast.get("sam_model", "vit_h")), **sam_batch,
                                     **fast.get("sam", {})}},
         ],
         "outputs": [{"use": "annotated_image"}, {"use": "json"}],
@@ -106,11 +111,12 @@ def reference_spec(kit: Kit) -> dict[str, Any]:
             "grounding_dino_size": list(kit.gd_size)}
 
 
-def run_child(command: list[str], log: Path) -> tuple[float, float, str]:
-    """Run `command` to its end: (wall seconds, its peak RSS in MiB, its stdout). Raises on failure."""
+def run_child(command: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Run `command` to its end (`env`: added to `chain_env()`): (wall seconds, its peak RSS in MiB, its
+    stdout). Raises on failure."""
     with open(log, "w") as errors, tempfile.TemporaryFile("w+") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=out, stderr=errors, env=chain_env(), cwd=REPO)
+        proc = subprocess.Popen(command, stdout=out, stderr=errors, env={**chain_env(), **(env or {})}, cwd=REPO)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (Popen.wait would not give it)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -135,19 +141,20 @@ def reference_photo(python: Path, spec: Path, photo: Path, out: Path) -> dict[st
             "threads": found["threads"], "files": sorted(p.name for p in out.iterdir())}
 
 
-def ours_folder(recipe_path: Path, folder: Path, out: Path) -> dict[str, Any]:
+def ours_folder(recipe_path: Path, folder: Path, out: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """`recognize run` over the folder in one process; its summary.json says where the time went."""
     from recognize.outputs.json_output import read_frame
 
     command = [sys.executable, "-m", "recognize", "run", str(recipe_path), str(folder), "-o", str(out), "--quiet"]
-    wall, peak, _ = run_child(command, out.with_name(out.name + ".log"))
+    wall, peak, _ = run_child(command, out.with_name(out.name + ".log"), env)
     summary = json.loads((out / "summary.json").read_text())
     frames = [read_frame(p) for p in sorted((out / "frames").glob("*.json"))]
     photos = summary["counts"]["processed"]
     if summary["counts"]["failed"] or photos != len(frames):
         raise RuntimeError(f"recognize run: {summary['counts']} {summary['failures'][:1]}")
     return {"photos": photos, "seconds": wall, "s_per_photo": wall / photos, "cold_start": summary.get("cold_start"),
-            "wall": summary["wall"], "stage_seconds": {k: v["seconds"] for k, v in summary["timings"].items()},
+            "counts": summary["counts"], "wall": summary["wall"], "overlapped": summary.get("overlapped", {}),
+            "stage_seconds": {k: v["seconds"] for k, v in summary["timings"].items()},
             "fast_modes": summary.get("fast_modes", {}), "peak_rss_mb": peak,
             "tags_per_img": _mean(len(f.tags) for f in frames), "regions_per_img": _mean(len(f.regions) for f in frames),
             "masks_per_img": _mean(sum(r.mask is not None for r in f.regions) for f in frames),

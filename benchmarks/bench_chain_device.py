@@ -21,23 +21,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-from bench_models import TAGS, Kit, default_cache, image_paths
-from PIL import Image
+from bench_chain import ours_folder, recipe
+from bench_models import Kit, default_cache, image_paths
+from run import QUICK_MAX_SIDE, image_folder
 
-#: the kinds of run: (the params added to Grounding DINO's and SAM's, the environment added to the run's)
+#: bf16 autocast on Grounding DINO and SAM, as `bench_chain.fast_mode` names it
+BF16 = {"grounding_dino": {"dtype": "bfloat16"}, "sam": {"dtype": "bfloat16"}}
+#: the kinds of run: (a `bench_chain.fast_mode`-shaped dict, the environment added to the run's)
 KINDS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
     "exact": ({}, {}),
-    "bf16": ({"dtype": "bfloat16"}, {}),
+    "bf16": (BF16, {}),
     # each photo's outputs written between batches, or beside the next batch, whatever the machine
     # (`recognize.engines.background_write`; by default: beside it where a GPU computes or a core is free)
     "exact_inline_write": ({}, {"RECOGNIZE_BACKGROUND_WRITE": "0"}),
@@ -47,31 +47,18 @@ KINDS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
 RUNS = ("exact", "bf16", "exact")
 
 
-def recipe(kit: Kit, device: str, fast: dict[str, Any], batch_size: int = 4, sam_model: str = "vit_h") -> dict[str, Any]:
-    """The CPU chain benchmark's recipe (`bench_chain.recipe`) on `device`, with Grounding DINO from our
-    checkpoint layout (the official one is written by the official code, in its own venv)."""
-    gd = {**kit.gd_params(), "box_threshold": 0.0, "text_threshold": 0.0, "max_regions": kit.boxes}
-    return {"recipe": 1, "name": f"tag_ground_segment_{device}",
-            "settings": {"batch_size": batch_size, "device": device},
-            "stages": [{"use": "ram_plus", "with": {**kit.tagger_params("ram_plus"), "include": list(TAGS),
-                                                    "threshold": 0.0}},
-                       {"use": "grounding_dino", "with": {**gd, **fast}},
-                       {"use": "sam", "with": {**kit.sam_params(sam_model), **fast}}],
-            "outputs": [{"use": "annotated_image"}, {"use": "json"}]}
-
-
-def run_chain(recipe_path: Path, photos: Path, out: Path, env: dict[str, str]) -> dict[str, Any]:
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "recognize", "run", str(recipe_path), str(photos), "-o", str(out),
-                           "--quiet"], capture_output=True, text=True, check=False, env={**os.environ, **env})
-    entry: dict[str, Any] = {"rc": proc.returncode, "wall_s": time.perf_counter() - start}
-    if proc.returncode:
-        entry["stderr_tail"] = proc.stderr[-1500:]
-    if (out / "summary.json").is_file():
-        summary = json.loads((out / "summary.json").read_text())
-        entry.update({key: summary.get(key) for key in ("counts", "wall", "overlapped", "cold_start", "fast_modes")})
-        entry["stage_seconds"] = {name: t["seconds"] for name, t in summary.get("timings", {}).items()}
-    return entry
+def run_chain(kit: Kit, kind: str, args: argparse.Namespace, photos: Path, work: Path, name: str) -> dict[str, Any]:
+    """One `recognize run` of the chain (`bench_chain.recipe` on `args.device`, Grounding DINO from our
+    checkpoint layout) over `photos`; a failed run is recorded, not raised."""
+    fast, env = KINDS[kind]
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe(kit, {**fast, "sam_model": args.sam_model}, device=args.device,
+                                          batch_size=args.batch_size, sam_batch_size=None, official_gdino=False)))
+    try:
+        found = ours_folder(path, photos, work / name, env)
+    except RuntimeError as error:
+        return {"kind": kind, "rc": 1, "error": str(error)[-1500:]}
+    return {"kind": kind, "rc": 0, "wall_s": found["seconds"], **found}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,24 +83,13 @@ def main(argv: list[str] | None = None) -> int:
                               "batch_size": args.batch_size, "sam_model": args.sam_model, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="recognize-chain-") as tmp:
         work = Path(tmp)
-        photos = work / "photos"
-        photos.mkdir()
-        for i, path in enumerate(image_paths(args.photos)):
-            target = photos / f"{i:02d}_{path.name}"
-            if args.quick:
-                with Image.open(path) as image:
-                    image.thumbnail((256, 256))
-                    image.save(target)
-            else:
-                shutil.copyfile(path, target)
+        photos = image_folder(image_paths(args.photos), work, QUICK_MAX_SIDE if args.quick else None)[0].parent
         for kind in runs:
             name = kind if kind not in report["runs"] else f"{kind}_again"
             name = name if name not in report["runs"] else f"{kind}_{len(report['runs'])}"
-            fast, env = KINDS[kind]
-            path = work / f"{name}.yaml"
-            path.write_text(yaml.safe_dump(recipe(kit, args.device, fast, args.batch_size, args.sam_model)))
-            report["runs"][name] = {"kind": kind, **run_chain(path, photos, work / name, env)}
-            print(f"{name}: rc {report['runs'][name]['rc']}, {report['runs'][name]['wall_s']:.1f} s", file=sys.stderr)
+            report["runs"][name] = run_chain(kit, kind, args, photos, work, name)
+            entry = report["runs"][name]
+            print(f"{name}: rc {entry['rc']}" + (f", {entry['wall_s']:.1f} s" if not entry["rc"] else ""), file=sys.stderr)
             (args.out / "chain_device.json").write_text(json.dumps(report, indent=1))  # kept if stopped later
         if {"exact", "bf16"} <= set(report["runs"]):
             proc = subprocess.run([sys.executable, "-m", "recognize", "eval", "compare", str(work / "exact"),

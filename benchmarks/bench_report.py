@@ -39,7 +39,7 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
            f"**{_num(mm['gflops_onednn'], 1)} GFLOP/s** (best run {_num(mm.get('gflops_onednn_best'), 1)})"
            if mm.get("gflops_onednn") else "")
         + (f". The exact CPU paths' GEMM in this run: {m['gemm']} (`recognize/onednn_linear.py`: oneDNN on "
-           f"AVX-512 CPUs, torch's own elsewhere)" if m.get("gemm") and not mm.get("device_name") else "")),
+           f"AVX-512 CPUs, torch's own elsewhere)" if m.get("gemm") and not on_gpu(results) else "")),
     ]
     if mm.get("device_name"):
         precision = mm.get("float32_matmul_precision", "?")
@@ -49,7 +49,7 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
                         + (", i.e. without TF32)" if precision == "highest" else ")"))
     end = results.get("matmul_end") or {}
     if end.get("gflops"):
-        onednn = "" if mm.get("device_name") else f", oneDNN {_num(end.get('gflops_onednn'), 1)}"  # a CPU probe
+        onednn = "" if on_gpu(results) else f", oneDNN {_num(end.get('gflops_onednn'), 1)}"  # a CPU probe
         lines.append(f"- The same probes at the run's end: fp32 `a @ b` {_num(end['gflops'], 1)}{onednn}, "
                      f"bf16 {_num(end.get('gflops_bf16'), 1)} GFLOP/s (the chain's FLOP limit uses the start's)")
     if m.get("cpu_flags") is not None:
@@ -70,16 +70,22 @@ def stage_rates(results: dict[str, Any], ours: dict[str, Any]) -> tuple[float | 
     return best["gflops"], best["gflops_onednn"]
 
 
+def on_gpu(results: dict[str, Any]) -> bool:
+    """A `--device cuda` run: its matmul probes name the GPU, its stages report GPU memory."""
+    return bool((results.get("matmul") or {}).get("device_name")) or any(
+        "peak_device_mb" in (entry.get("ours") or {}) for entry in results.get("stages", {}).values())
+
+
 def stage_table(results: dict[str, Any]) -> list[str]:
-    on_gpu = any("peak_device_mb" in (entry.get("ours") or {}) for entry in results.get("stages", {}).values())
+    gpu = on_gpu(results)
     rows = [
         ("| stage | model | GFLOP/img | load s | baseline load s | s/img b1 | s/img b4 | img/s (best) | baseline s/img "
         "| speedup b1 | speedup b4 | compute ratio | GFLOP/s (best) | % of matmul "
-        + ("" if on_gpu else "| % of oneDNN matmul ")  # oneDNN is a CPU GEMM
+        + ("" if gpu else "| % of oneDNN matmul ")  # oneDNN is a CPU GEMM
         + "| peak RSS MiB b4 | baseline peak RSS MiB |"
-        + (" peak GPU MiB b4 | baseline peak GPU MiB |" if on_gpu else "")),
+        + (" peak GPU MiB b4 | baseline peak GPU MiB |" if gpu else "")),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        + ("---:|---:|" if on_gpu else "---:|"),
+        + ("---:|---:|" if gpu else "---:|"),
     ]
     for name, entry in results.get("stages", {}).items():
         ours, base = entry.get("ours") or {}, entry.get("baseline") or {}
@@ -96,9 +102,9 @@ def stage_table(results: dict[str, Any]) -> list[str]:
             _num(base.get("s_per_img")), _ratio(base.get("s_per_img"), b1), _ratio(base.get("s_per_img"), b4),
             f"{ratio:.2f}x" if ratio else "–",
             _num(achieved, 1), f"{100 * achieved / peak:.0f}%" if achieved and peak else "–",
-            *([] if on_gpu else [f"{100 * achieved / onednn:.0f}%" if achieved and onednn else "–"]),
+            *([] if gpu else [f"{100 * achieved / onednn:.0f}%" if achieved and onednn else "–"]),
             _num(ours.get("peak_rss_mb"), 0), _num(base.get("peak_rss_mb"), 0),
-            *([_num(ours.get("peak_device_mb"), 0), _num(base.get("peak_device_mb"), 0)] if on_gpu else []),
+            *([_num(ours.get("peak_device_mb"), 0), _num(base.get("peak_device_mb"), 0)] if gpu else []),
         ]) + " |")
     return rows
 
@@ -355,23 +361,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _stage_rates_note(results: dict[str, Any]) -> list[str]:
-    """Which GEMM rates the stage table's "% of" columns divide by, stage by stage."""
-    if (results.get("matmul") or {}).get("device_name"):  # a GPU run: one column, no oneDNN
-        parts = [f"{name} {_num(stage_rates(results, entry['ours'])[0], 1)}"
-                 for name, entry in results.get("stages", {}).items() if (entry.get("ours") or {}).get("matmul_probes")]
-        return [("\"% of matmul\" divides by the fp32 rate probed on the GPU in the stage's own process just before "
-                 "and just after its timed passes (the higher of the two, GFLOP/s): " + "; ".join(parts) + "."), ""] if parts else []
+    """Which GEMM rates the stage table's "% of" columns divide by, stage by stage (a GPU run has one)."""
+    gpu = on_gpu(results)
     parts = []
     for name, entry in results.get("stages", {}).items():
         probes = (entry.get("ours") or {}).get("matmul_probes")
         if probes:
             peak, onednn = stage_rates(results, entry["ours"])
-            parts.append(f"{name} {_num(peak, 1)} / {_num(onednn, 1)}")
+            parts.append(f"{name} {_num(peak, 1)}" + ("" if gpu else f" / {_num(onednn, 1)}"))
     if not parts:
         return []
-    return [("\"% of matmul\" and \"% of oneDNN matmul\" divide by the fp32 rates probed in the stage's own "
-             "process just before and just after its timed passes (the higher of the two; `a @ b` / oneDNN GFLOP/s): "
-             + "; ".join(parts) + "."), ""]
+    columns = ("\"% of matmul\" divides by the fp32 rate probed on the GPU" if gpu
+               else "\"% of matmul\" and \"% of oneDNN matmul\" divide by the fp32 rates probed")
+    return [(f"{columns} in the stage's own process just before and just after its timed passes (the higher of "
+             f"the two; {'' if gpu else '`a @ b` / oneDNN '}GFLOP/s): " + "; ".join(parts) + "."), ""]
 
 
 def render(results: dict[str, Any]) -> str:
