@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from recognize.fast_modes import REASON_MAX_REGIONS, active_fast_modes, cap_regions, describe_fast_modes, slow_on_this_cpu
 from recognize.frame import Frame, Region
@@ -205,3 +206,47 @@ def test_loading_a_stage_checks_its_device_first_then_sets_tf32_before_load(monk
             assert seen == [False]
     finally:
         torch.backends.cudnn.allow_tf32 = saved
+
+
+class _TiedLinears(torch.nn.Module):
+    """Layers tied the two ways real models tie them: one layer reached by two paths (transformers 5.17's
+    Grounding DINO box heads) and two layers holding one weight (its later releases), beside a lone one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = torch.nn.Linear(64, 32)
+        self.alias = torch.nn.ModuleList([self.head])
+        self.twins = torch.nn.ModuleList([torch.nn.Linear(64, 32), torch.nn.Linear(64, 32)])
+        self.twins[1].weight, self.twins[1].bias = self.twins[0].weight, self.twins[0].bias
+        self.lone = torch.nn.Linear(64, 32)
+
+
+def test_int8_quantises_each_weight_once_and_tied_layers_stay_tied():
+    pytest.importorskip("torchao")
+    from recognize.fast_modes import quantize_linear_int8
+
+    model = _TiedLinears().eval()
+    x = torch.randn(8, 64)
+    with torch.inference_mode():
+        exact = {name: getattr(model, name)(x) for name in ("head", "lone")}
+        exact["twin"] = model.twins[0](x)
+    quantize_linear_int8(model)  # torchao alone fails on the second path to `head`
+    assert model.twins[1].weight is model.twins[0].weight
+    assert model.alias[0] is model.head
+    for layer in (model.head, model.twins[0], model.lone):
+        assert type(layer.weight.data) is not torch.Tensor  # an int8 tensor subclass
+    with torch.inference_mode():
+        assert torch.equal(model.twins[0](x), model.twins[1](x))
+        for name, layer in (("head", model.head), ("lone", model.lone), ("twin", model.twins[1])):
+            assert torch.allclose(layer(x), exact[name], atol=0.05), name
+
+
+def test_int8_leaves_layers_the_filter_refuses_in_float():
+    pytest.importorskip("torchao")
+    from recognize.fast_modes import quantize_linear_int8
+
+    model = _TiedLinears().eval()
+    quantize_linear_int8(model, include=lambda name: name.startswith("twins"))
+    assert type(model.head.weight.data) is torch.Tensor and type(model.lone.weight.data) is torch.Tensor
+    assert model.twins[1].weight is model.twins[0].weight and type(model.twins[0].weight.data) is not torch.Tensor

@@ -14,7 +14,8 @@ from torch.overrides import TorchFunctionMode
 
 from recognize.errors import ModelFileError, RecognizeError
 from recognize_grounding_dino.model import (
-    Detector, build_config, build_model, config_values, load_tokenizer, load_weights, read_state_dict,
+    Detector, build_config, build_model, check_transformers, config_values, load_tokenizer,
+    load_weights, read_state_dict,
 )
 
 
@@ -27,6 +28,51 @@ def test_construction_never_touches_the_network(tiny_checkpoint, vocab, tiny, mo
     detector = Detector.load("swint_ogc", tiny_checkpoint, vocab, config=tiny)
     assert detector.model.config.text_config.hidden_size == 32
     assert detector.tokenizer.convert_tokens_to_ids("[CLS]") == 101
+
+
+@pytest.mark.parametrize(("version", "refused"), [
+    ("4.57.6", True), ("5.9.0", True), ("5.22.2", True),
+    ("5.23.0", False), ("5.23.0.dev0", False), ("5.25.0", False), ("6.0.0", False), ("main", False),
+])
+def test_a_transformers_below_the_floor_is_a_one_line_error(version, refused):
+    if not refused:
+        check_transformers(version)
+        return
+    with pytest.raises(RecognizeError) as error:
+        check_transformers(version)
+    message = str(error.value)
+    assert "\n" not in message and f"installed: {version}" in message and "transformers>=5.23" in message
+
+
+def _official_position_ids(ids: list[int]) -> list[int]:
+    """The official code's text position ids (groundingdino's `generate_masks_with_special_tokens_and_
+    transfer_map`, one row): each phrase's tokens count 0, 1, ... up to and including its closing
+    delimiter; the first and last tokens are 0."""
+    positions, previous = [0] * len(ids), 0
+    for col, token in enumerate(ids):
+        if token not in (101, 102, 1012, 1029):
+            continue
+        if col not in (0, len(ids) - 1):
+            positions[previous + 1 : col + 1] = range(col - previous)
+        previous = col
+    return positions
+
+
+def test_the_floor_is_where_transformers_numbers_caption_tokens_as_the_official_code():
+    """What `MIN_TRANSFORMERS` guards: the installed transformers (at or above the floor) gives the
+    official position ids, where 5.0-5.22 gave each closing "." 0 (checked by hand on 5.22.2)."""
+    from transformers.models.grounding_dino import modeling_grounding_dino as gd
+
+    check_transformers()  # the installed one is at or above the floor
+    rows = [[101, 2000, 2001, 1012, 2002, 1012, 102], [101, 2000, 1012, 2001, 2002, 2003, 1012, 102]]
+    for row in rows:
+        ids = torch.tensor([row])
+        try:
+            _, positions = gd.generate_masks_with_special_tokens_and_transfer_map(ids)
+        except TypeError:  # 5.23 takes the delimiter ids as an argument
+            _, positions = gd.generate_masks_with_special_tokens_and_transfer_map(ids, torch.tensor(gd.SPECIAL_TOKENS))
+        assert positions[0].tolist() == _official_position_ids(row)
+    assert _official_position_ids(rows[0]) == [0, 0, 1, 2, 0, 1, 0]
 
 
 def test_presets_are_the_released_architectures():
