@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+# parameters on meta, not `with torch.device("meta")`: timm 1.0.20 and older call `.tolist()` on a linspace they build
+from recognize.meta_init import parameters_on_meta
 from recognize.taggers.checkpoint import DROPPED_BUFFERS
 from recognize.taggers.swin import SWIN_L_384, SwinBackbone, SwinConfig, official_key, timm_key
 
@@ -39,7 +41,7 @@ def test_key_conversion_round_trips():
 
 
 def test_released_window_clamp_in_the_last_stage():
-    with torch.device("meta"):
+    with parameters_on_meta():
         swin = SwinBackbone(SWIN_L_384)
     last = swin.layers[3].blocks
     assert [b.window_size for b in last] == [(12, 12), (12, 12)]

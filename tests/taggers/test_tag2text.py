@@ -17,6 +17,8 @@ from pydantic import ValidationError
 
 from recognize.errors import ModelFileError
 from recognize.frame import Frame, Tag
+# parameters on meta, not `with torch.device("meta")`: timm 1.0.20 and older call `.tolist()` on a linspace they build
+from recognize.meta_init import parameters_on_meta
 from recognize.stage import shared_models
 from recognize.taggers.bert import CaptionDecoder
 from recognize.taggers.checkpoint import load_official, map_state_dict
@@ -44,7 +46,7 @@ def manifest_state(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def test_manifest_tag2text_swin_14m():
     """The full-size released model (meta device) takes exactly the official manifest's keys and shapes."""
-    with torch.device("meta"):
+    with parameters_on_meta():
         model = Tag2Text(Tag2TextConfig.released(384))
     manifest, state = manifest_state(MANIFESTS / "tag2text_swin_14m.json")
     spec = model.key_spec()
@@ -65,7 +67,7 @@ def test_manifest_tag2text_swin_14m():
 
 
 def test_released_224_variant_resamples_the_bias_tables():
-    with torch.device("meta"):
+    with parameters_on_meta():
         model = Tag2Text(Tag2TextConfig.released(224))
     _, state = manifest_state(MANIFESTS / "tag2text_swin_14m.json")
     mapped, report = map_state_dict(state, model.key_spec(), {k: v.shape for k, v in model.state_dict().items()})
