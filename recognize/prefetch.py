@@ -6,22 +6,32 @@ Grounding DINO's 800 px 0.06 s, SAM's 1024 px 0.05 s; decoding 0.08-0.1 s); in a
 time sits between two batches with the model idle. Pillow's decoder and its resize release the
 GIL, so one thread overlaps them with the model's compute almost entirely.
 
-`prefetch(batches, depth, prepare)` yields the same batches, in the same order, with `prepare` run
-on every frame when the batch is handed over: `decode` (the default) decodes `Frame.image`;
+`prefetch(batches, depth, prepare, workers)` yields the same batches, in the same order, with `prepare`
+run on every frame when the batch is handed over: `decode` (the default) decodes `Frame.image`;
 `prepare_for(stages)` decodes and then runs each loaded stage's `Stage.prepare` (its resize, kept
 on the frame for its `process`; the engine drops it when the batch is done). A frame whose image
 cannot be read is handed over undecoded: reading `frame.image` in the consumer raises the very same
 error there, so per-image error handling stays where it was. Memory: at most `depth` decoded (and
 prepared) batches wait ahead of the consumer.
+
+Threads (`workers_for`): one, where a stage computes on the CPU: there one thread already hides the
+decoding, and more would take cores from the compute. Where every stage computes on a GPU (or MPS), the
+frames of a batch are prepared on up to one thread per frame instead: a GPU tags a photo in less time
+than one thread decodes and resizes it (the H200 table in benchmarks/README.md: host-side work
+dominated the taggers' time), and Pillow's decoder and resize scale over threads (4 photos x 3, decoded
+and resized for a tagger and Grounding DINO, on this project's 2-core VM: 2.4-3.0 s on one thread,
+1.3 s on two). `RECOGNIZE_PREFETCH_WORKERS=N` overrides the choice.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from recognize import thread_priority
@@ -32,6 +42,34 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _DONE = object()
 log = logging.getLogger(__name__)
+
+#: The number of threads that prepare a batch ahead, overriding `workers_for` (a whole number >= 1).
+WORKERS_ENV = "RECOGNIZE_PREFETCH_WORKERS"
+#: At most this many threads prepare a batch, however large the batch and the machine.
+MAX_WORKERS = 8
+
+
+def workers_for(stages: Sequence[Stage], batch_size: int) -> int:
+    """How many threads prepare a batch ahead (module doc, "Threads"): `RECOGNIZE_PREFETCH_WORKERS` if
+    set, else 1 unless every stage with a device computes off the CPU (at least one does); then one per
+    frame of a batch, leaving two cores to the thread that drives the GPU and to the output writer's, at
+    most `MAX_WORKERS`."""
+    from recognize.errors import SettingError
+    from recognize.stage import computes_off_cpu
+
+    setting = os.environ.get(WORKERS_ENV, "").strip()
+    if setting:
+        try:
+            workers = int(setting)
+        except ValueError:
+            workers = 0
+        if workers < 1:
+            raise SettingError(f"{WORKERS_ENV}={setting!r}: give a whole number of threads, 1 or more")
+        return workers
+    if not computes_off_cpu(stages):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(batch_size, cores - 2, MAX_WORKERS))
 
 
 def decode(frame: Frame) -> None:
@@ -87,8 +125,9 @@ class _Failure:
 
 
 def prefetch(batches: Iterable[list[Frame]], depth: int = 1,
-             prepare: Callable[[Frame], None] = decode) -> Iterator[list[Frame]]:
-    """`batches` with `prepare` (decoding) run on a background thread up to `depth` batches ahead.
+             prepare: Callable[[Frame], None] = decode, workers: int = 1) -> Iterator[list[Frame]]:
+    """`batches` with `prepare` (decoding) run on a background thread up to `depth` batches ahead,
+    the frames of a batch on `workers` threads at once (each frame on one of them).
 
     `depth=0` prepares nothing ahead (the plain loop). An exception raised by the `batches`
     iterable itself is re-raised in the consumer, at the point it would have been raised. Closing
@@ -110,18 +149,31 @@ def prefetch(batches: Iterable[list[Frame]], depth: int = 1,
         return False
 
     def work() -> None:
+        pool = None
         try:
             thread_priority.lower_this_thread()  # decoding ahead yields the cores to the stages' compute
+            if workers > 1:
+                pool = ThreadPoolExecutor(workers, thread_name_prefix="recognize-prefetch",
+                                          initializer=thread_priority.lower_this_thread)
             for batch in batches:
-                for frame in batch:
+                if pool is not None:
                     if stop.is_set():
                         return
-                    prepare(frame)
+                    for _ in pool.map(prepare, batch):  # re-raises a frame's error here
+                        pass
+                else:
+                    for frame in batch:
+                        if stop.is_set():
+                            return
+                        prepare(frame)
                 if not put(batch):
                     return
         except BaseException as error:  # noqa: BLE001 - handed to the consumer
             put(_Failure(error))
             return
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
         put(_DONE)
 
     worker = threading.Thread(target=work, name="recognize-prefetch", daemon=True)

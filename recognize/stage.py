@@ -11,7 +11,7 @@ import re
 import threading
 import typing
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -266,6 +266,23 @@ class OutputStage(Stage):
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         return frames
+
+
+def computes_off_cpu(stages: Iterable[Any]) -> bool:
+    """Whether every stage with a device (`params.device`) computes off the CPU, at least one does. A
+    CPU stage beside a GPU one takes the cores as a CPU run does, so the answer is then no. Why: the
+    engine's helper threads (decoding ahead, writing outputs) get cores of their own only where the
+    compute does not need them (`recognize.prefetch.workers_for`, `engines.background_write`)."""
+    devices = []
+    for stage in stages:
+        device = getattr(getattr(stage, "params", None), "device", None)
+        if device is None:
+            continue
+        try:
+            devices.append(resolve_device(str(device)))
+        except Exception:  # noqa: BLE001 - a device the stage itself refuses when it loads: not a GPU here
+            devices.append("cpu")
+    return bool(devices) and "cpu" not in devices
 
 
 def resolve_device(device: str) -> str:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from recognize.errors import ImageError
+from recognize.errors import ImageError, SettingError
 from recognize.frame import Frame
-from recognize.prefetch import batched, prefetch, prepare_for
+from recognize.prefetch import MAX_WORKERS, WORKERS_ENV, batched, prefetch, prepare_for, workers_for
 from recognize.stage import Stage
 
 
@@ -103,6 +105,63 @@ def test_closing_early_stops_the_thread(files):
     next(iterator)
     iterator.close()
     assert not any(t.name == "recognize-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_with_workers_the_frames_of_a_batch_are_prepared_at_once_and_handed_over_in_order(files):
+    frames = [Frame(source=str(p), name=p.stem) for p in files[:4]]
+    together = threading.Barrier(2, timeout=10)  # broken unless two frames are being prepared at once
+    threads = set()
+
+    def prepare(frame: Frame) -> None:
+        together.wait()
+        frame.image  # noqa: B018
+        threads.add(threading.current_thread().name)
+
+    seen = []
+    for batch in prefetch(batched(frames, 2), depth=1, prepare=prepare, workers=2):
+        assert all(frame.height == 20 + int(frame.name[-1]) for frame in batch)  # decoded before handed over
+        seen.append([frame.name for frame in batch])
+    assert seen == [["img0", "img1"], ["img2", "img3"]]
+    assert len(threads) == 2 and all(name.startswith("recognize-prefetch_") for name in threads)
+
+
+def test_with_workers_an_error_of_prepare_reaches_the_consumer(files):
+    frames = [Frame(source=str(p), name=p.stem) for p in files[:4]]
+
+    def prepare(frame: Frame) -> None:
+        if frame.name == "img3":
+            raise RuntimeError("prepare broke")
+
+    iterator = prefetch(batched(frames, 2), depth=1, prepare=prepare, workers=2)
+    assert [frame.name for frame in next(iterator)] == ["img0", "img1"]
+    with pytest.raises(RuntimeError, match="prepare broke"):
+        next(iterator)
+
+
+def _on(device):
+    return SimpleNamespace(params=SimpleNamespace(device=device))
+
+
+def test_several_workers_only_where_every_stage_computes_off_the_cpu(monkeypatch):
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert workers_for([_on("cpu")], 4) == 1  # the compute needs the cores: one thread hides decoding
+    assert workers_for([_on("cpu"), _on("cuda")], 4) == 1
+    assert workers_for([SimpleNamespace()], 4) == 1  # no stage with a device
+    assert workers_for([_on("cuda"), SimpleNamespace()], 4) == 4  # one per frame of a batch
+    assert workers_for([_on("cuda")], 64) == MAX_WORKERS
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert workers_for([_on("cuda")], 4) == 1  # two cores left to the GPU's thread and the writer
+
+
+def test_the_workers_setting_overrides_and_a_bad_one_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert workers_for([_on("cpu")], 4) == 3
+    for bad in ("0", "-1", "two", "1.5"):
+        monkeypatch.setenv(WORKERS_ENV, bad)
+        with pytest.raises(SettingError, match=f"{WORKERS_ENV}=") as error:
+            workers_for([_on("cuda")], 4)
+        assert "\n" not in str(error.value)
 
 
 def test_depth_zero_is_the_plain_loop(files):
@@ -218,3 +277,25 @@ def test_the_local_engine_resizes_ahead_on_the_prefetch_thread_with_the_same_res
     assert set(made_in_batch) == {threading.current_thread().name}  # no prefetch: made in the stage's call
     assert made_ahead == ["recognize-prefetch"] * 5  # every input made ahead, none made again
     assert left == [{}] * 5  # and dropped once the batch was done
+
+
+def test_the_local_engine_prepares_a_batch_on_several_threads_with_the_same_results(files, monkeypatch):
+    """`RECOGNIZE_PREFETCH_WORKERS` (what a run on a GPU chooses by itself): same outputs, every input
+    made ahead on the prefetch pool's threads."""
+    from recognize.engines.local import LocalEngine
+    from recognize.pipeline import Pipeline
+
+    def run(workers: str) -> tuple[list, list[str]]:
+        monkeypatch.setenv(WORKERS_ENV, workers)
+        stage = _Resizing()
+        pipeline = Pipeline([stage, _Plain()], batch_size=3)
+        engine = LocalEngine(prefetch=1)
+        engine.load(pipeline)
+        results = list(engine.run(pipeline, [Frame(source=str(p), name=p.stem) for p in files]))
+        return [r.frame.meta["half"] for r in results], stage.made_on
+
+    one, made_on_one = run("1")
+    three, made_on_three = run("3")
+    assert one == three == [[(20 + i + 1) // 2, 15, 3] for i in range(5)]
+    assert made_on_one == ["recognize-prefetch"] * 5
+    assert len(made_on_three) == 5 and all(name.startswith("recognize-prefetch_") for name in made_on_three)

@@ -61,18 +61,9 @@ def background_for(stages: Iterable[Any]) -> bool:
         return False
     if setting in ("1", "true", "yes", "on"):
         return True
-    from recognize.stage import resolve_device
+    from recognize.stage import computes_off_cpu
 
-    devices = []
-    for stage in stages:
-        device = getattr(getattr(stage, "params", None), "device", None)
-        if device is None:
-            continue
-        try:
-            devices.append(resolve_device(str(device)))
-        except Exception:  # noqa: BLE001 - a device the stage itself refuses when it loads: not a GPU here
-            devices.append("cpu")
-    if devices and "cpu" not in devices:  # a CPU stage beside a GPU one takes the cores as a CPU run does
+    if computes_off_cpu(stages):
         return True
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     torch = sys.modules.get("torch")  # a pipeline without torch stages computes on the calling thread

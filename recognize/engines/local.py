@@ -26,7 +26,7 @@ from recognize.engines.batches import Ready, apply_stages, end_of_run_memory, ru
 from recognize.engines.segments import Segment, walk
 from recognize.engines.timing import LOAD, LOAD_WAIT, StageTimer
 from recognize.frame import Frame
-from recognize.prefetch import batched, prefetch, prepare_for
+from recognize.prefetch import batched, prefetch, prepare_for, workers_for
 from recognize.stage import Stage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,7 +39,8 @@ class LocalEngine:
     """`isolate=False` lets the first error propagate unchanged instead of failing just that
     image (what a library call such as `Pipeline(...)(images)` wants). `prefetch`: how many
     batches ahead images are decoded, and resized for the stages (`Stage.prepare`), on a background
-    thread (`recognize.prefetch`; 0: none);
+    thread, the frames of a batch on several where the stages compute on a GPU (`recognize.prefetch`;
+    0: none);
     only with `isolate`, since library runs decode lazily (a frame no stage reads is never decoded).
     `background_load` (default: `isolate`, and `RECOGNIZE_BACKGROUND_LOAD` not 0): `load()` loads the
     first stage's model and starts loading the others in the background for the next `run()`; off,
@@ -143,7 +144,9 @@ class LocalEngine:
                    timer: StageTimer) -> Iterator[FrameResult]:
         depth = self.prefetch if self.isolate else 0
         ready = self._ready(timer)
-        for batch in prefetch(batched(frames, pipeline.batch_size), depth=depth, prepare=prepare_for(segment.stages)):
+        workers = workers_for(segment.stages, pipeline.batch_size) if depth else 1
+        for batch in prefetch(batched(frames, pipeline.batch_size), depth=depth, prepare=prepare_for(segment.stages),
+                              workers=workers):
             try:
                 results = run_batch(segment.stages, batch, timer, isolate=self.isolate, ready=ready)
             finally:

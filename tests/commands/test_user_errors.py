@@ -43,6 +43,13 @@ def test_bad_max_pixels_setting(tmp_path, images):
     assert "RECOGNIZE_MAX_PIXELS='abc': expected a positive whole number" in one_line_error(result, 2)
 
 
+def test_bad_prefetch_workers_setting_writes_nothing(tmp_path, images):
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    result = recognize("run", tmp_path / "r.yaml", images, "-o", tmp_path / "out", RECOGNIZE_PREFETCH_WORKERS="0")
+    assert "RECOGNIZE_PREFETCH_WORKERS='0': give a whole number of threads" in one_line_error(result, 2)
+    assert not (tmp_path / "out" / "a.json").exists()
+
+
 def test_recognize_home_on_a_file(tmp_path):
     blocker = tmp_path / "home"
     blocker.write_text("not a folder")
