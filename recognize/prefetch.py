@@ -49,23 +49,29 @@ WORKERS_ENV = "RECOGNIZE_PREFETCH_WORKERS"
 MAX_WORKERS = 8
 
 
+def workers_setting() -> int | None:
+    """`RECOGNIZE_PREFETCH_WORKERS` as a number of threads, None where it is not set; a value that is
+    not a whole number >= 1 is a one-line `SettingError`."""
+    from recognize.errors import SettingError
+
+    setting = os.environ.get(WORKERS_ENV, "").strip()
+    if not setting:
+        return None
+    if not setting.isdigit() or int(setting) < 1:
+        raise SettingError(f"{WORKERS_ENV}={setting!r}: give a whole number of threads, 1 or more")
+    return int(setting)
+
+
 def workers_for(stages: Sequence[Stage], batch_size: int) -> int:
     """How many threads prepare a batch ahead (module doc, "Threads"): `RECOGNIZE_PREFETCH_WORKERS` if
     set, else 1 unless every stage with a device computes off the CPU (at least one does); then one per
     frame of a batch, leaving two cores to the thread that drives the GPU and to the output writer's, at
     most `MAX_WORKERS`."""
-    from recognize.errors import SettingError
     from recognize.stage import computes_off_cpu
 
-    setting = os.environ.get(WORKERS_ENV, "").strip()
-    if setting:
-        try:
-            workers = int(setting)
-        except ValueError:
-            workers = 0
-        if workers < 1:
-            raise SettingError(f"{WORKERS_ENV}={setting!r}: give a whole number of threads, 1 or more")
-        return workers
+    setting = workers_setting()
+    if setting is not None:
+        return setting
     if not computes_off_cpu(stages):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

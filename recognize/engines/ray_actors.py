@@ -64,7 +64,7 @@ from recognize.engines.batches import run_batch
 from recognize.engines.timing import DECODE, LOAD, STARTUP, StageTimer
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
-from recognize.prefetch import decode, prepare_stages
+from recognize.prefetch import decode, prepare_stages, workers_for
 
 #: restarts of a dead actor and retries of its unfinished calls (a node lost, a process killed for
 #: memory); an image that kills its worker every time stops the run after these
@@ -142,13 +142,28 @@ class StageActor:
         # lock is taken before the clock starts, so waiting for the other call's decode is not timed as decoding
         with self.decoding:
             began = self.clock()
-            for frame in frames:
-                decode(frame)
-                # and the stages' resizes (`Stage.prepare`, timed as decoding), for each stage once loaded
-                prepare_stages(self.stages, frame)
+            self._decode(frames)
             decoded = self.clock()
         self.loaded.wait()
         return self.compute_thread.submit(self._compute, frames, timer, began, decoded).result()
+
+    def _decode(self, frames: list[Frame]) -> None:
+        """Decode the batch's images and make the stages' resized inputs (`Stage.prepare`, for each stage
+        once loaded; timed as decoding): on one thread, or, where every stage computes on a GPU, one per
+        image (`recognize.prefetch.workers_for`, as the local engine's prefetch does)."""
+
+        def prepare(frame: Frame) -> None:
+            decode(frame)
+            prepare_stages(self.stages, frame)
+
+        workers = min(len(frames), workers_for(self.stages, len(frames)))
+        if workers <= 1:
+            for frame in frames:
+                prepare(frame)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="recognize-decode") as pool:
+            for _ in pool.map(prepare, frames):
+                pass
 
     def _compute(self, frames: list[Frame], timer: StageTimer, began: float, decoded: float) -> dict[str, Any]:
         """The batch through the stages, on the compute thread (`self.compute_thread`).

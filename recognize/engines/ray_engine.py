@@ -160,7 +160,9 @@ class RayEngine:
         read them from the same (shared) filesystem, so missing weights are one line before Ray
         starts, as with the local engine."""
         from recognize.hub import ensure_files
+        from recognize.prefetch import workers_setting
 
+        workers_setting()  # the workers read it: a bad value is one line here, not an error in every worker
         timer = timer if timer is not None else pipeline.timer
         with timer.phase(LOAD):
             ensure_files([ref for stage in [*pipeline.stages, *pipeline.outputs] for ref in stage.model_files()])

@@ -91,6 +91,28 @@ def test_a_loaded_actor_resizes_ahead_in_its_decode_step(test_stages, image_fold
         Pipeline([test_stages.Brightness({})])([Frame(source=str(p))])[0].tag_names for p in paths]
 
 
+def test_an_actor_decodes_a_batch_on_several_threads_where_the_setting_asks(test_stages, image_folder, monkeypatch):
+    """`RECOGNIZE_PREFETCH_WORKERS` (what a worker whose stages compute on a GPU chooses by itself): one
+    thread per image of the batch in the decode step, the same outputs."""
+    paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))[:3]
+    threads: list[str] = []
+    real = ray_actors.prepare_stages
+
+    def recording(stages, frame):
+        real(stages, frame)
+        threads.append(threading.current_thread().name)
+
+    monkeypatch.setattr(ray_actors, "prepare_stages", recording)
+    monkeypatch.setenv("RECOGNIZE_PREFETCH_WORKERS", "3")
+    actor = StageActor([{"use": "brightness", "with": {}}], threads=1)
+    assert actor.loaded.wait(timeout=60) and actor.load_error is None
+    answer = actor.run([Frame(source=str(p), name=p.name).to_json(indent=None) for p in paths])
+    assert len(threads) == 3 and all(name.startswith("recognize-decode_") for name in threads)
+    assert all(error is None for error in answer["errors"])
+    assert [Frame.from_json(text).tag_names for text in answer["frames"]] == [
+        Pipeline([test_stages.Brightness({})])([Frame(source=str(p))])[0].tag_names for p in paths]
+
+
 class Clock:
     """A clock the test moves by hand."""
 

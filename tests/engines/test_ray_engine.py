@@ -178,6 +178,16 @@ def test_worker_threads_share_this_machines_cores_on_a_local_instance(monkeypatc
         RayEngine(num_workers=1).worker_threads()
 
 
+def test_a_bad_prefetch_workers_setting_stops_the_load_before_ray_starts(monkeypatch, test_stages):
+    from recognize.errors import SettingError
+
+    monkeypatch.setenv("RECOGNIZE_PREFETCH_WORKERS", "none")
+    engine = RayEngine(num_workers=1)
+    monkeypatch.setattr(engine, "start", lambda: pytest.fail("Ray started"))
+    with pytest.raises(SettingError, match="RECOGNIZE_PREFETCH_WORKERS='none'"):
+        engine.load(Pipeline([test_stages.Brightness({})]))
+
+
 def test_a_killed_worker_is_restarted_and_its_batch_retried(local_ray, test_stages, image_folder, tmp_path):
     """Ray's own fault tolerance: the actor's process dies on its first batch, Ray restarts it
     (models loaded again) and retries the batch; the outputs equal the local engine's."""
