@@ -11,7 +11,8 @@ bound on drift, not a fidelity figure for real weights).
     python benchmarks/bench_chain_device.py OUT [--device cuda] [--photos 8] [--quick] [--runs exact,bf16,exact]
 
 `--runs exact_background_write,exact_inline_write,...` measures writing the outputs beside the next batch
-against writing them between batches (`RECOGNIZE_BACKGROUND_WRITE=1` / `=0`).
+against writing them between batches (`RECOGNIZE_BACKGROUND_WRITE=1` / `=0`); `--runs exact,exact_decoders,...`
+preparing the next photos on one thread per photo of a batch (`RECOGNIZE_PREFETCH_WORKERS=auto`) against one.
 
 Writes OUT/chain_device.json. The chain's reference (the Grounded-SAM demo) is not run here: its
 official Grounding DINO needs a venv from the package index (see `bench_chain.py`, the CPU chain).
@@ -42,6 +43,9 @@ KINDS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
     # (`recognize.engines.background_write`; by default: beside it where a GPU computes or a core is free)
     "exact_inline_write": ({}, {"RECOGNIZE_BACKGROUND_WRITE": "0"}),
     "exact_background_write": ({}, {"RECOGNIZE_BACKGROUND_WRITE": "1"}),
+    # the next batch's photos decoded and resized on one thread per photo of a batch (where every stage
+    # computes on the GPU: `recognize.prefetch.workers_for`), against `exact`'s one thread
+    "exact_decoders": ({}, {"RECOGNIZE_PREFETCH_WORKERS": "auto"}),
 }
 #: the runs, in order, unless `--runs` names others (a kind named again is run again: `exact_again`)
 RUNS = ("exact", "bf16", "exact")

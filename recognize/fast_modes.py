@@ -144,24 +144,24 @@ def quantize_linear_int8(module: Any, include: Callable[[str], bool] | None = No
     """Replace the weights of `module`'s `nn.Linear` layers (those whose qualified name `include`
     accepts) by torchao int8 tensors with dynamic int8 activations; in place, returns `module`.
 
-    Each weight is quantised once, and layers that shared it share the int8 tensor. Why: models tie
-    layers, and torchao's `quantize_` walks every path to a layer. transformers 5.17's Grounding DINO
-    reaches its box heads both as `bbox_embed` and as `model.decoder.bbox_embed` (the same modules), and
-    torchao fails on the second visit, quantising an int8 weight again (`Int8Tensor` has no `aten.view`);
-    later releases tie the decoder's six box heads to one set of weights in distinct modules, which it
-    would quantise into six int8 copies that no longer share anything."""
+    Each weight is quantised once, and Linear layers that shared it share the int8 tensor (a Linear
+    tied to another kind of layer, an embedding, is not kept tied). Why: models tie Linear layers, and
+    torchao's `quantize_` walks every path to a layer. transformers 5.17's Grounding DINO reaches its box
+    heads both as `bbox_embed` and as `model.decoder.bbox_embed` (the same modules), and torchao fails
+    on the second visit, quantising an int8 weight again (`Int8Tensor` has no `aten.view`); later
+    releases tie the decoder's six box heads to one set of weights in distinct modules, which it would
+    quantise into six int8 copies that no longer share anything."""
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError:
         raise RecognizeError("quantize: int8 needs torchao: pip install torchao") from None
     import torch
 
+    # the ids are read only here, while every float weight is held by its layers
     owners: dict[int, torch.nn.Linear] = {}  # id of a float weight -> the one layer that quantises it
-    weights = []  # the float weights, alive until the end, so that their ids stay theirs
     sharers: list[tuple[torch.nn.Linear, torch.nn.Linear]] = []  # (layer, owner of its weight)
     for name, layer in module.named_modules(remove_duplicate=False):
         if isinstance(layer, torch.nn.Linear) and (include is None or include(name)):
-            weights.append(layer.weight)
             owner = owners.setdefault(id(layer.weight), layer)
             if owner is not layer:
                 sharers.append((layer, owner))
@@ -176,8 +176,9 @@ def quantize_linear_int8(module: Any, include: Callable[[str], bool] | None = No
 
     quantize_(module, Int8DynamicActivationInt8WeightConfig(), filter_fn=wanted)
     for layer, owner in sharers:
+        if type(owner.weight.data) is torch.Tensor:  # torchao swapped the layer instead of its weight
+            raise RuntimeError(f"torchao left a shared weight in float ({type(owner).__name__})")
         layer.weight = owner.weight
-    del weights
     return module
 
 

@@ -14,13 +14,18 @@ cannot be read is handed over undecoded: reading `frame.image` in the consumer r
 error there, so per-image error handling stays where it was. Memory: at most `depth` decoded (and
 prepared) batches wait ahead of the consumer.
 
-Threads (`workers_for`): one, where a stage computes on the CPU: there one thread already hides the
-decoding, and more would take cores from the compute. Where every stage computes on a GPU (or MPS), the
-frames of a batch are prepared on up to one thread per frame instead: a GPU tags a photo in less time
-than one thread decodes and resizes it (the H200 table in benchmarks/README.md: host-side work
-dominated the taggers' time), and Pillow's decoder and resize scale over threads (4 photos x 3, decoded
-and resized for a tagger and Grounding DINO, on this project's 2-core VM: 2.4-3.0 s on one thread,
-1.3 s on two). `RECOGNIZE_PREFETCH_WORKERS=N` overrides the choice.
+Threads (`workers_for`): one by default. `RECOGNIZE_PREFETCH_WORKERS=N` prepares the frames of a
+batch on N threads instead, and `=auto` chooses: N = one per frame of a batch (at most 8, leaving two
+cores) where every stage computes on a GPU (or MPS), one where a stage computes on the CPU, whose compute
+needs the cores. Why it is there: with the stages on a GPU, one thread that decodes and resizes the next
+photos may be slower than the GPU (on the H200 the taggers took 0.05-0.13 s a photo with the resize in
+the call; a 13.8 MP photo takes ~0.1 s to decode and ~0.1 s to resize for a tagger on one core here), and
+Pillow's decoder and resize release the GIL, so they spread over threads (12 photos decoded and resized
+for a tagger and Grounding DINO, alone on this project's 2-core VM: 2.4-3.0 s on one thread, 1.3 s on
+two). Why not the default: its gain beside a GPU's compute has not been measured, and the thread that
+drives the GPU needs the GIL for each kernel launch (`bench_chain_device.py --runs exact,exact_decoders`).
+With N > 1 a stage's `prepare` runs for several frames at once (`Stage.prepare`: it must be thread-safe),
+and closing the iterator waits for the batch being prepared.
 """
 
 from __future__ import annotations
@@ -43,39 +48,52 @@ if TYPE_CHECKING:  # pragma: no cover
 _DONE = object()
 log = logging.getLogger(__name__)
 
-#: The number of threads that prepare a batch ahead, overriding `workers_for` (a whole number >= 1).
+#: Threads that prepare a batch ahead: a whole number >= 1, or `auto` (`workers_for`); unset: one.
 WORKERS_ENV = "RECOGNIZE_PREFETCH_WORKERS"
 #: At most this many threads prepare a batch, however large the batch and the machine.
 MAX_WORKERS = 8
+AUTO = "auto"
 
 
-def workers_setting() -> int | None:
-    """`RECOGNIZE_PREFETCH_WORKERS` as a number of threads, None where it is not set; a value that is
-    not a whole number >= 1 is a one-line `SettingError`."""
+def workers_setting() -> int | str | None:
+    """`RECOGNIZE_PREFETCH_WORKERS`: a number of threads, `"auto"`, or None where it is not set; anything
+    else is a one-line `SettingError` (checked by the engines' `load`, before any model loads)."""
     from recognize.errors import SettingError
 
     setting = os.environ.get(WORKERS_ENV, "").strip()
     if not setting:
         return None
-    if not setting.isdigit() or int(setting) < 1:
-        raise SettingError(f"{WORKERS_ENV}={setting!r}: give a whole number of threads, 1 or more")
-    return int(setting)
+    if setting.lower() == AUTO:
+        return AUTO
+    try:
+        workers = int(setting, 10) if setting.isascii() else 0
+    except ValueError:
+        workers = 0
+    if not 1 <= workers <= 64:
+        raise SettingError(f"{WORKERS_ENV}={setting!r}: give a whole number of threads from 1 to 64, or auto")
+    return workers
 
 
 def workers_for(stages: Sequence[Stage], batch_size: int) -> int:
-    """How many threads prepare a batch ahead (module doc, "Threads"): `RECOGNIZE_PREFETCH_WORKERS` if
-    set, else 1 unless every stage with a device computes off the CPU (at least one does); then one per
-    frame of a batch, leaving two cores to the thread that drives the GPU and to the output writer's, at
-    most `MAX_WORKERS`."""
+    """How many threads prepare a batch ahead (module doc, "Threads"): one unless
+    `RECOGNIZE_PREFETCH_WORKERS` says otherwise; with `auto`, one per frame of a batch where every stage
+    with a device computes off the CPU (at least one does), leaving two cores to the thread that drives
+    the GPU and to the output writer's, at most `MAX_WORKERS`; else one."""
     from recognize.stage import computes_off_cpu
 
     setting = workers_setting()
-    if setting is not None:
-        return setting
+    if setting is None:
+        return 1
+    if setting != AUTO:
+        return int(setting)
     if not computes_off_cpu(stages):
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(batch_size, cores - 2, MAX_WORKERS))
+    return max(1, min(batch_size, usable_cores() - 2, MAX_WORKERS))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS says, else the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def decode(frame: Frame) -> None:

@@ -21,11 +21,11 @@ def test_the_quick_chain_runs_exact_and_bf16_and_compares_them(tmp_path):
     env = {**os.environ, "RECOGNIZE_BENCH_CACHE": str(tmp_path / "cache"), "RECOGNIZE_REFERENCE": str(REFERENCE)}
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_chain_device.py"), str(tmp_path / "out"),
                            "--quick", "--device", "cpu", "--photos", "2", "--batch-size", "1",
-                           "--runs", "exact,bf16,exact_background_write,exact_inline_write"],
+                           "--runs", "exact,bf16,exact_background_write,exact_inline_write,exact_decoders"],
                           capture_output=True, text=True, env=env, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "chain_device.json").read_text())
-    assert list(report["runs"]) == ["exact", "bf16", "exact_background_write", "exact_inline_write"]
+    assert list(report["runs"]) == ["exact", "bf16", "exact_background_write", "exact_inline_write", "exact_decoders"]
     for name, run in report["runs"].items():
         assert run["counts"]["processed"] == 2 and run["counts"]["failed"] == 0, name
         assert set(run["stage_seconds"]) == {"ram_plus", "grounding_dino", "sam"}, name

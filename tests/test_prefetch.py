@@ -12,7 +12,7 @@ from PIL import Image
 
 from recognize.errors import ImageError, SettingError
 from recognize.frame import Frame
-from recognize.prefetch import MAX_WORKERS, WORKERS_ENV, batched, prefetch, prepare_for, workers_for
+from recognize.prefetch import MAX_WORKERS, WORKERS_ENV, batched, prefetch, prepare_for, workers_for, workers_setting
 from recognize.stage import Stage
 
 
@@ -142,9 +142,11 @@ def _on(device):
     return SimpleNamespace(params=SimpleNamespace(device=device))
 
 
-def test_several_workers_only_where_every_stage_computes_off_the_cpu(monkeypatch):
+def test_one_worker_unless_the_setting_asks_and_auto_only_where_every_stage_computes_off_the_cpu(monkeypatch):
     monkeypatch.delenv(WORKERS_ENV, raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert workers_for([_on("cuda")], 4) == 1  # the default: not measured beside a GPU yet
+    monkeypatch.setenv(WORKERS_ENV, "auto")
     assert workers_for([_on("cpu")], 4) == 1  # the compute needs the cores: one thread hides decoding
     assert workers_for([_on("cpu"), _on("cuda")], 4) == 1
     assert workers_for([SimpleNamespace()], 4) == 1  # no stage with a device
@@ -154,10 +156,12 @@ def test_several_workers_only_where_every_stage_computes_off_the_cpu(monkeypatch
     assert workers_for([_on("cuda")], 4) == 1  # two cores left to the GPU's thread and the writer
 
 
-def test_the_workers_setting_overrides_and_a_bad_one_is_a_one_line_error(monkeypatch):
+def test_the_workers_setting_and_a_bad_one_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv(WORKERS_ENV, "3")
     assert workers_for([_on("cpu")], 4) == 3
-    for bad in ("0", "-1", "two", "1.5"):
+    monkeypatch.setenv(WORKERS_ENV, " AUTO ")
+    assert workers_setting() == "auto"
+    for bad in ("0", "-1", "two", "1.5", "\u00b2", "65"):
         monkeypatch.setenv(WORKERS_ENV, bad)
         with pytest.raises(SettingError, match=f"{WORKERS_ENV}=") as error:
             workers_for([_on("cuda")], 4)
@@ -280,8 +284,8 @@ def test_the_local_engine_resizes_ahead_on_the_prefetch_thread_with_the_same_res
 
 
 def test_the_local_engine_prepares_a_batch_on_several_threads_with_the_same_results(files, monkeypatch):
-    """`RECOGNIZE_PREFETCH_WORKERS` (what a run on a GPU chooses by itself): same outputs, every input
-    made ahead on the prefetch pool's threads."""
+    """`RECOGNIZE_PREFETCH_WORKERS` (`auto` chooses it where the stages compute on a GPU): same outputs,
+    every input made ahead on the prefetch pool's threads."""
     from recognize.engines.local import LocalEngine
     from recognize.pipeline import Pipeline
 
@@ -299,3 +303,14 @@ def test_the_local_engine_prepares_a_batch_on_several_threads_with_the_same_resu
     assert one == three == [[(20 + i + 1) // 2, 15, 3] for i in range(5)]
     assert made_on_one == ["recognize-prefetch"] * 5
     assert len(made_on_three) == 5 and all(name.startswith("recognize-prefetch_") for name in made_on_three)
+
+
+def test_a_bad_workers_setting_stops_the_local_engine_before_any_model_loads(files, monkeypatch):
+    from recognize.engines.local import LocalEngine
+    from recognize.pipeline import Pipeline
+
+    stage = _Resizing()
+    monkeypatch.setattr(stage, "load", lambda: pytest.fail("a model loaded"))
+    monkeypatch.setenv(WORKERS_ENV, "many")
+    with pytest.raises(SettingError, match=f"{WORKERS_ENV}='many'"):
+        LocalEngine(prefetch=1).load(Pipeline([stage]))

@@ -61,11 +61,12 @@ def background_for(stages: Iterable[Any]) -> bool:
         return False
     if setting in ("1", "true", "yes", "on"):
         return True
+    from recognize.prefetch import usable_cores
     from recognize.stage import computes_off_cpu
 
     if computes_off_cpu(stages):
         return True
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     torch = sys.modules.get("torch")  # a pipeline without torch stages computes on the calling thread
     threads = torch.get_num_threads() if torch is not None else cores
     return cores > threads

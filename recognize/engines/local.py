@@ -39,8 +39,7 @@ class LocalEngine:
     """`isolate=False` lets the first error propagate unchanged instead of failing just that
     image (what a library call such as `Pipeline(...)(images)` wants). `prefetch`: how many
     batches ahead images are decoded, and resized for the stages (`Stage.prepare`), on a background
-    thread, the frames of a batch on several where the stages compute on a GPU (`recognize.prefetch`;
-    0: none);
+    thread, or on several (`RECOGNIZE_PREFETCH_WORKERS`; `recognize.prefetch`; 0: none);
     only with `isolate`, since library runs decode lazily (a frame no stage reads is never decoded).
     `background_load` (default: `isolate`, and `RECOGNIZE_BACKGROUND_LOAD` not 0): `load()` loads the
     first stage's model and starts loading the others in the background for the next `run()`; off,
@@ -64,8 +63,10 @@ class LocalEngine:
         error before any image is touched; then load the models: all of them, or with `background_load`
         the first stage's now and the others on a background thread."""
         from recognize.hub import ensure_files
+        from recognize.prefetch import workers_setting
         from recognize.stage import check_stage_device
 
+        workers_setting()  # a bad RECOGNIZE_PREFETCH_WORKERS is one line before any model loads
         timer = timer if timer is not None else pipeline.timer
         self._stop_loads(timer)
         stages = list(pipeline.stages)

@@ -58,13 +58,13 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from recognize import heap
+from recognize import heap, thread_priority
 from recognize.engines.base import FrameResult, RunStopped, describe_error
 from recognize.engines.batches import run_batch
 from recognize.engines.timing import DECODE, LOAD, STARTUP, StageTimer
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
-from recognize.prefetch import decode, prepare_stages, workers_for
+from recognize.prefetch import AUTO, MAX_WORKERS, decode, prepare_stages, workers_setting
 
 #: restarts of a dead actor and retries of its unfinished calls (a node lost, a process killed for
 #: memory); an image that kills its worker every time stops the run after these
@@ -107,6 +107,8 @@ class StageActor:
         #: small machine two decoding calls beside the model-loading thread would take cores from
         #: the load (the critical path) for a batch that is not needed before it has finished
         self.decoding = threading.Lock()
+        #: (threads, pool) decoding a batch's frames at once, made on the first batch that asks for it
+        self._decoders: tuple[int, ThreadPoolExecutor] | None = None
         threading.Thread(target=self._load, args=(specs,), daemon=True, name="recognize-load").start()
 
     def _use_threads(self) -> None:
@@ -149,21 +151,34 @@ class StageActor:
 
     def _decode(self, frames: list[Frame]) -> None:
         """Decode the batch's images and make the stages' resized inputs (`Stage.prepare`, for each stage
-        once loaded; timed as decoding): on one thread, or, where every stage computes on a GPU, one per
-        image (`recognize.prefetch.workers_for`, as the local engine's prefetch does)."""
+        once loaded; timed as decoding): on one thread, or on `RECOGNIZE_PREFETCH_WORKERS` threads, one
+        frame each (`recognize.prefetch`, "Threads"). `auto` here counts the worker's share of the cores
+        (its torch threads), not the node's: several workers share one node."""
+
+        from recognize.stage import computes_off_cpu
 
         def prepare(frame: Frame) -> None:
             decode(frame)
             prepare_stages(self.stages, frame)
 
-        workers = min(len(frames), workers_for(self.stages, len(frames)))
+        setting = workers_setting()
+        if setting == AUTO:
+            workers = MAX_WORKERS if computes_off_cpu(self.stages) else 1
+            workers = min(workers, max(1, (self.threads or 1) - 1))
+        else:
+            workers = setting or 1
+        workers = min(len(frames), int(workers))
         if workers <= 1:
             for frame in frames:
                 prepare(frame)
             return
-        with ThreadPoolExecutor(workers, thread_name_prefix="recognize-decode") as pool:
-            for _ in pool.map(prepare, frames):
-                pass
+        if self._decoders is None or self._decoders[0] < workers:  # one pool per actor, grown when asked
+            if self._decoders is not None:
+                self._decoders[1].shutdown(wait=False)
+            self._decoders = (workers, ThreadPoolExecutor(workers, thread_name_prefix="recognize-decode",
+                                                          initializer=thread_priority.lower_this_thread))
+        for _ in self._decoders[1].map(prepare, frames):
+            pass
 
     def _compute(self, frames: list[Frame], timer: StageTimer, began: float, decoded: float) -> dict[str, Any]:
         """The batch through the stages, on the compute thread (`self.compute_thread`).

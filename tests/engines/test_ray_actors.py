@@ -97,8 +97,10 @@ def test_an_actor_decodes_a_batch_on_several_threads_where_the_setting_asks(test
     paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))[:3]
     threads: list[str] = []
     real = ray_actors.prepare_stages
+    together = threading.Barrier(3, timeout=10)  # broken unless the three frames are prepared at once
 
     def recording(stages, frame):
+        together.wait()
         real(stages, frame)
         threads.append(threading.current_thread().name)
 
@@ -111,6 +113,11 @@ def test_an_actor_decodes_a_batch_on_several_threads_where_the_setting_asks(test
     assert all(error is None for error in answer["errors"])
     assert [Frame.from_json(text).tag_names for text in answer["frames"]] == [
         Pipeline([test_stages.Brightness({})])([Frame(source=str(p))])[0].tag_names for p in paths]
+    monkeypatch.setenv("RECOGNIZE_PREFETCH_WORKERS", "auto")  # a CPU stage: one thread, the call's own
+    threads.clear()
+    monkeypatch.setattr(ray_actors, "prepare_stages", lambda stages, frame: threads.append(threading.current_thread().name))
+    actor.run([Frame(source=str(p), name=p.name).to_json(indent=None) for p in paths])
+    assert threads == [threading.current_thread().name] * 3
 
 
 class Clock:

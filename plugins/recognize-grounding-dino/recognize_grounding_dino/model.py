@@ -24,6 +24,7 @@ from recognize.feature_cache import content_key, feature_cache
 from recognize.onednn_linear import use_onednn_linears
 from recognize_grounding_dino.convert import align_backbone_layout, is_official, official_to_transformers, strip_prefix
 from recognize_grounding_dino.prompts import Packing, Prompt, pack_prompts
+from recognize_grounding_dino.versions import check_transformers
 
 _SWIN_OUT = ["stage2", "stage3", "stage4"]
 
@@ -41,13 +42,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                             "out_features": _SWIN_OUT},
     },
 }
-
-#: The oldest transformers whose Grounding DINO computes what the official code does. From 5.0 to 5.22
-#: its vectorised `generate_masks_with_special_tokens_and_transfer_map` gives a phrase's closing "." the
-#: text position id 0 where the official code (and transformers 4.x) gives it the phrase's length, which
-#: moves every score: the official-code comparison (tests/test_gd_official.py) fails on 5.9, 5.10, 5.12,
-#: 5.17, 5.21 and 5.22 and passes on 5.23 and 5.25. (Before 5.9 the lean layers do not fit either.)
-MIN_TRANSFORMERS = (5, 23)
 
 #: Token ids transformers' Grounding DINO hard-codes as phrase delimiters (bert-base-uncased ids).
 DELIMITER_IDS = {"[CLS]": 101, "[SEP]": 102, ".": 1012, "?": 1029}
@@ -72,25 +66,6 @@ def config_values(model: str, config: str | Path | Mapping[str, Any] | None = No
         else:
             values[key] = value
     return values
-
-
-def check_transformers(version: str | None = None) -> None:
-    """A one-line error, before anything is built, where the installed transformers (or `version`) is
-    older than `MIN_TRANSFORMERS`: pip enforces the floor, but not an install made with `--no-deps` or
-    an environment changed after it. A version that does not read as numbers (a source build) passes."""
-    if version is None:
-        import transformers
-
-        version = transformers.__version__
-    try:
-        found = tuple(int(part) for part in version.split(".")[:2])
-    except ValueError:
-        return
-    if found < MIN_TRANSFORMERS:
-        floor = ".".join(map(str, MIN_TRANSFORMERS))
-        raise RecognizeError(f"grounding_dino needs transformers >= {floor} (installed: {version}): earlier 5.x releases "
-                             f"number the caption's tokens unlike the official code, so every score would differ, "
-                             f"and the 4.x line does not fit this plugin; pip install -U 'transformers>={floor}'")
 
 
 def build_config(model: str, config: str | Path | Mapping[str, Any] | None = None) -> Any:

@@ -76,7 +76,11 @@ class GroundingDino(Stage):
             None, ge=0, le=100_000, description="fast mode: keep only the N best-scoring boxes per image; the rest are dropped")
 
     def model_files(self) -> list[FileRef]:
-        """The preset's official checkpoint and the BERT vocabulary, each unless a local file is given."""
+        """The preset's official checkpoint and the BERT vocabulary, each unless a local file is given;
+        first the installed transformers is checked (`versions.check_transformers`: before any download)."""
+        from recognize_grounding_dino.versions import check_transformers
+
+        check_transformers()
         card, filename = CHECKPOINTS[self.params.model]
         refs = [] if self.params.checkpoint else [FileRef(card, filename)]
         return refs if self.params.vocab else [*refs, FileRef(VOCAB_CARD, VOCAB_FILE)]

@@ -14,9 +14,9 @@ from torch.overrides import TorchFunctionMode
 
 from recognize.errors import ModelFileError, RecognizeError
 from recognize_grounding_dino.model import (
-    Detector, build_config, build_model, check_transformers, config_values, load_tokenizer,
-    load_weights, read_state_dict,
+    Detector, build_config, build_model, config_values, load_tokenizer, load_weights, read_state_dict,
 )
+from recognize_grounding_dino.versions import check_transformers
 
 
 def test_construction_never_touches_the_network(tiny_checkpoint, vocab, tiny, monkeypatch):
@@ -31,8 +31,8 @@ def test_construction_never_touches_the_network(tiny_checkpoint, vocab, tiny, mo
 
 
 @pytest.mark.parametrize(("version", "refused"), [
-    ("4.57.6", True), ("5.9.0", True), ("5.22.2", True),
-    ("5.23.0", False), ("5.23.0.dev0", False), ("5.25.0", False), ("6.0.0", False), ("main", False),
+    ("4.57.6", True), ("5.9.0", True), ("5.22.2", True), ("5.23.0.dev0", True), ("5.23.0rc1", True),
+    ("5.23.0", False), ("5.25.0", False), ("6.0.0", False), ("main", False),
 ])
 def test_a_transformers_below_the_floor_is_a_one_line_error(version, refused):
     if not refused:
@@ -42,6 +42,17 @@ def test_a_transformers_below_the_floor_is_a_one_line_error(version, refused):
         check_transformers(version)
     message = str(error.value)
     assert "\n" not in message and f"installed: {version}" in message and "transformers>=5.23" in message
+
+
+def test_the_stage_checks_transformers_before_naming_any_file_to_fetch(monkeypatch):
+    import importlib.metadata
+
+    from recognize_grounding_dino.stage import GroundingDino
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "5.22.2" if name == "transformers" else real(name))
+    with pytest.raises(RecognizeError, match=r"transformers >= 5\.23 \(installed: 5\.22\.2\)"):
+        GroundingDino().model_files()  # what the engines read before downloading anything
 
 
 def _official_position_ids(ids: list[int]) -> list[int]:

@@ -65,8 +65,13 @@ class Owlv2(Stage):
     params: Owlv2Params
 
     def model_files(self) -> list[FileRef]:
-        """The released weights of `model`, unless `checkpoint` is given or the weights are random."""
+        """The released weights of `model`, unless `checkpoint` is given or the weights are random; first
+        the installed transformers is checked (before any download: `recognize.versions`)."""
+        from recognize.versions import require
         from recognize_owlv2.cards import WEIGHTS, card_name
+
+        require("transformers", "5.2", "owlv2", "this plugin's tests find no boxes with 5.0 and 5.1, and the 4.x "
+                "line lacks the tokenizer API it uses")
 
         p = self.params
         if p.weights == "random" or p.checkpoint:

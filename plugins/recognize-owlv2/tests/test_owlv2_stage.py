@@ -101,6 +101,17 @@ def test_model_files_name_the_released_weights_only_when_they_are_used(tmp_path)
     assert Owlv2(**TINY).model_files() == [] and Owlv2(checkpoint=str(tmp_path / "w.safetensors")).model_files() == []
 
 
+def test_model_files_first_refuse_a_transformers_below_the_floor(monkeypatch):
+    import importlib.metadata
+
+    from recognize.errors import RecognizeError
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "5.1.0" if name == "transformers" else real(name))
+    with pytest.raises(RecognizeError, match=r"owlv2 needs transformers >= 5\.2 \(installed: 5\.1\.0\)"):
+        Owlv2().model_files()
+
+
 def test_tiled_owlv2_checks_the_inner_files_before_loading(tmp_path, monkeypatch):
     pytest.importorskip("recognize_tiles")
     from recognize_tiles import Tiled
