@@ -152,9 +152,8 @@ class StageActor:
     def _decode(self, frames: list[Frame]) -> None:
         """Decode the batch's images and make the stages' resized inputs (`Stage.prepare`, for each stage
         once loaded; timed as decoding): on one thread, or on `RECOGNIZE_PREFETCH_WORKERS` threads, one
-        frame each (`recognize.prefetch`, "Threads"). `auto` here counts the worker's share of the cores
-        (its torch threads), not the node's: several workers share one node."""
-
+        frame each (`recognize.prefetch`, "Threads"). `auto` here counts the worker's share of the cores,
+        not the node's, as several workers share one node (`_cores`), and leaves one for the compute."""
         from recognize.stage import computes_off_cpu
 
         def prepare(frame: Frame) -> None:
@@ -163,8 +162,7 @@ class StageActor:
 
         setting = workers_setting()
         if setting == AUTO:
-            workers = MAX_WORKERS if computes_off_cpu(self.stages) else 1
-            workers = min(workers, max(1, (self.threads or 1) - 1))
+            workers = min(MAX_WORKERS, max(1, self._cores() - 1)) if computes_off_cpu(self.stages) else 1
         else:
             workers = setting or 1
         workers = min(len(frames), int(workers))
@@ -179,6 +177,20 @@ class StageActor:
                                                           initializer=thread_priority.lower_this_thread))
         for _ in self._decoders[1].map(prepare, frames):
             pass
+
+    def _cores(self) -> int:
+        """This worker's share of the cores: its torch threads where the engine set them (a local Ray
+        instance), else the CPUs Ray reserved for it (`num_cpus_per_worker` on a cluster), else one."""
+        if self.threads is not None:
+            return self.threads
+        try:
+            import ray
+
+            if not ray.is_initialized():  # a plain process: asking Ray would start it
+                return 1
+            return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        except Exception:  # noqa: BLE001 - Ray could not say: one, as before this setting
+            return 1
 
     def _compute(self, frames: list[Frame], timer: StageTimer, began: float, decoded: float) -> dict[str, Any]:
         """The batch through the stages, on the compute thread (`self.compute_thread`).

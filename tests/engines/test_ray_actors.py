@@ -120,6 +120,16 @@ def test_an_actor_decodes_a_batch_on_several_threads_where_the_setting_asks(test
     assert threads == [threading.current_thread().name] * 3
 
 
+def test_auto_counts_the_workers_share_of_the_cores(test_stages):
+    """`auto`'s threads come from the worker's torch threads (a local instance), else from the CPUs Ray
+    reserved for it; outside a Ray worker, one."""
+    import ray
+
+    assert StageActor([{"use": "brightness", "with": {}}], threads=3)._cores() == 3
+    assert StageActor([{"use": "brightness", "with": {}}], threads=None)._cores() == 1
+    assert not ray.is_initialized()  # asking did not start Ray
+
+
 class Clock:
     """A clock the test moves by hand."""
 
