@@ -154,7 +154,7 @@ def quantize_linear_int8(module: Any, include: Callable[[str], bool] | None = No
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError:
-        raise RecognizeError("quantize: int8 needs torchao: pip install torchao") from None
+        raise RecognizeError("quantize: int8 needs torchao: pip install 'torchao>=0.18'") from None
     import torch
 
     # the ids are read only here, while every float weight is held by its layers

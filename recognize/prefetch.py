@@ -66,7 +66,7 @@ def workers_setting() -> int | str | None:
     if setting.lower() == AUTO:
         return AUTO
     try:
-        workers = int(setting, 10) if setting.isascii() else 0
+        workers = int(setting) if setting.isascii() and setting.isdecimal() else 0
     except ValueError:
         workers = 0
     if not 1 <= workers <= 64:

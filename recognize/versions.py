@@ -17,7 +17,8 @@ __all__ = ["require"]
 def require(distribution: str, minimum: str, who: str, why: str, installed: str | None = None) -> None:
     """A one-line `RecognizeError` unless `distribution` (or the version `installed`) is at least
     `minimum`; `why` says what goes wrong below it. Pre-releases of `minimum` count as below it (a
-    5.23 dev build may predate the fix 5.23 shipped); a version that does not parse passes."""
+    5.23 dev build may predate the fix 5.23 shipped); a version that does not parse passes, and so does a
+    module that imports but has no package metadata to read."""
     from importlib.metadata import PackageNotFoundError, version
 
     from packaging.version import InvalidVersion, Version
@@ -26,6 +27,10 @@ def require(distribution: str, minimum: str, who: str, why: str, installed: str 
         try:
             installed = version(distribution)
         except PackageNotFoundError:
+            from importlib.util import find_spec
+
+            if find_spec(distribution.replace("-", "_")) is not None:  # importable, without metadata (a source
+                return  # tree on PYTHONPATH, a zipapp): nothing to read, let it run
             raise RecognizeError(f"{who} needs {distribution} >= {minimum}, which is not installed: "
                                  f"pip install '{distribution}>={minimum}'") from None
     try:

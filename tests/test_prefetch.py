@@ -168,16 +168,23 @@ def test_the_workers_setting_and_a_bad_one_is_a_one_line_error(monkeypatch):
         assert "\n" not in str(error.value)
 
 
-def test_closing_early_stops_the_pool_threads_too(files):
-    frames = [Frame(source=str(p)) for p in files]
-    iterator = prefetch(batched(frames, 2), depth=1, workers=2)
+def test_closing_early_shuts_the_pool_down_without_waiting_and_cancels_what_is_queued(files, monkeypatch):
+    import concurrent.futures
+
+    import recognize.prefetch
+
+    shutdowns = []
+
+    class Recording(concurrent.futures.ThreadPoolExecutor):
+        def shutdown(self, wait=True, *, cancel_futures=False):
+            shutdowns.append((wait, cancel_futures))
+            super().shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    monkeypatch.setattr(recognize.prefetch, "ThreadPoolExecutor", Recording)
+    iterator = prefetch(batched([Frame(source=str(p)) for p in files], 2), depth=1, workers=2)
     next(iterator)
     iterator.close()
-    for _ in range(500):  # the pool is shut down without waiting: its idle threads end on their own
-        if not any(t.name.startswith("recognize-prefetch") and t.is_alive() for t in threading.enumerate()):
-            break
-        threading.Event().wait(0.01)
-    assert not any(t.name.startswith("recognize-prefetch") and t.is_alive() for t in threading.enumerate())
+    assert shutdowns == [(False, True)]
 
 
 def test_depth_zero_is_the_plain_loop(files):

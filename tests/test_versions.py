@@ -30,3 +30,10 @@ def test_the_installed_release_is_read_from_its_metadata():
         require("pytest", "999", "tests", "too old")
     with pytest.raises(RecognizeError, match="no-such-distribution-here >= 1.0, which is not installed"):
         require("no-such-distribution-here", "1.0", "tests", "needed")
+
+
+def test_a_module_that_imports_without_package_metadata_is_let_through(tmp_path, monkeypatch):
+    (tmp_path / "sourcetreepkg").mkdir()
+    (tmp_path / "sourcetreepkg" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))  # as a source tree on PYTHONPATH: importable, no dist-info
+    require("sourcetreepkg", "1.0", "tests", "needed")

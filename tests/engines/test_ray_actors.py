@@ -92,8 +92,7 @@ def test_a_loaded_actor_resizes_ahead_in_its_decode_step(test_stages, image_fold
 
 
 def test_an_actor_decodes_a_batch_on_several_threads_where_the_setting_asks(test_stages, image_folder, monkeypatch):
-    """`RECOGNIZE_PREFETCH_WORKERS` (what a worker whose stages compute on a GPU chooses by itself): one
-    thread per image of the batch in the decode step, the same outputs."""
+    """`RECOGNIZE_PREFETCH_WORKERS=3`: one thread per image of the batch in the decode step, the same outputs."""
     paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))[:3]
     threads: list[str] = []
     real = ray_actors.prepare_stages
@@ -118,6 +117,27 @@ def test_an_actor_decodes_a_batch_on_several_threads_where_the_setting_asks(test
     monkeypatch.setattr(ray_actors, "prepare_stages", lambda stages, frame: threads.append(threading.current_thread().name))
     actor.run([Frame(source=str(p), name=p.name).to_json(indent=None) for p in paths])
     assert threads == [threading.current_thread().name] * 3
+
+
+def test_auto_decodes_on_the_workers_cores_less_one_where_its_stages_compute_on_a_gpu(test_stages, image_folder,
+                                                                                    monkeypatch):
+    import recognize.stage
+
+    paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))[:3]
+    together = threading.Barrier(3, timeout=10)  # three threads: 4 torch threads less one
+    threads: list[str] = []
+
+    def recording(stages, frame):
+        together.wait()
+        threads.append(threading.current_thread().name)
+
+    monkeypatch.setattr(ray_actors, "prepare_stages", recording)
+    monkeypatch.setattr(recognize.stage, "computes_off_cpu", lambda stages: True)  # as with a stage on cuda
+    monkeypatch.setenv("RECOGNIZE_PREFETCH_WORKERS", "auto")
+    actor = StageActor([{"use": "brightness", "with": {}}], threads=4)
+    assert actor.loaded.wait(timeout=60) and actor.load_error is None
+    actor.run([Frame(source=str(p), name=p.name).to_json(indent=None) for p in paths])
+    assert len(threads) == 3 and all(name.startswith("recognize-decode_") for name in threads)
 
 
 def test_auto_counts_the_workers_share_of_the_cores(test_stages):
