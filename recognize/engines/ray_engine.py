@@ -47,7 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from recognize.pipeline import Pipeline
 
 #: settings of the driver's own, not passed to workers
-_DRIVER_ONLY = ("RECOGNIZE_RAY_WORKERS", "RECOGNIZE_RAY_THREADS", "RECOGNIZE_SERVE_TOKEN")
+_DRIVER_ONLY = ("RECOGNIZE_RAY_WORKERS", "RECOGNIZE_RAY_THREADS", "RECOGNIZE_RAY_CPUS", "RECOGNIZE_RAY_GPUS",
+                "RECOGNIZE_SERVE_TOKEN")
 #: (GCS address, node id) of the local Ray this process started with the workers' environment in its own
 _INHERITING: tuple[str, str] | None = None
 _START_LOCK = threading.Lock()
@@ -127,15 +128,34 @@ def _trimmed_at_end(results: Iterator[FrameResult]) -> Iterator[FrameResult]:
         end_of_run_memory()
 
 
+def _reserved(name: str, default: float) -> float:
+    """A per-worker reservation from the environment: a number >= 0 (fractions share a GPU), or `default`."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):  # also NaN
+        raise SettingError(f"{name}={raw!r}: give what Ray reserves per worker, a number >= 0 (e.g. 1, or 0.5 to "
+                           f"share a GPU)")
+    return value
+
+
 class RayEngine:
     name = "ray"
 
     def __init__(self, num_workers: int | None = None, address: str | None = None,
-                 num_cpus_per_worker: float = 1, num_gpus_per_worker: float = 0, progress: bool = False) -> None:
+                 num_cpus_per_worker: float | None = None, num_gpus_per_worker: float | None = None,
+                 progress: bool = False) -> None:
+        """`num_cpus_per_worker` / `num_gpus_per_worker`: what Ray reserves for each worker (defaults: the
+        `RECOGNIZE_RAY_CPUS` / `RECOGNIZE_RAY_GPUS` settings, else 1 CPU and no GPU). Why settings: a
+        `recognize run --engine ray` on a GPU cluster has no other way to give each worker a GPU."""
         self.num_workers = num_workers or int(os.environ.get("RECOGNIZE_RAY_WORKERS", "1"))
         self.address = address or os.environ.get("RAY_ADDRESS")
-        self.num_cpus_per_worker = num_cpus_per_worker
-        self.num_gpus_per_worker = num_gpus_per_worker
+        self.num_cpus_per_worker = _reserved("RECOGNIZE_RAY_CPUS", 1.0) if num_cpus_per_worker is None else num_cpus_per_worker
+        self.num_gpus_per_worker = _reserved("RECOGNIZE_RAY_GPUS", 0.0) if num_gpus_per_worker is None else num_gpus_per_worker
         self.progress = progress
         #: actor pools started ahead of their segment (by `load`), by their stages' specs
         self._started: dict[str, StagePool] = {}

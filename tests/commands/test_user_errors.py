@@ -50,6 +50,15 @@ def test_bad_prefetch_workers_setting_writes_nothing(tmp_path, images):
     assert not (tmp_path / "out" / "a.json").exists()
 
 
+def test_bad_ray_reservation_setting_is_one_line_before_ray_starts(tmp_path, images):
+    pytest.importorskip("ray.data")
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    result = recognize("run", tmp_path / "r.yaml", images, "-o", tmp_path / "out", "--engine", "ray",
+                       RECOGNIZE_RAY_GPUS="a GPU")
+    assert "RECOGNIZE_RAY_GPUS='a GPU': give what Ray reserves per worker" in one_line_error(result, 2)
+    assert not (tmp_path / "out").exists()
+
+
 def test_recognize_home_on_a_file(tmp_path):
     blocker = tmp_path / "home"
     blocker.write_text("not a folder")

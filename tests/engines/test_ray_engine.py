@@ -178,6 +178,27 @@ def test_worker_threads_share_this_machines_cores_on_a_local_instance(monkeypatc
         RayEngine(num_workers=1).worker_threads()
 
 
+def test_what_ray_reserves_per_worker_comes_from_the_settings_unless_given(monkeypatch):
+    from recognize.errors import SettingError
+
+    monkeypatch.delenv("RECOGNIZE_RAY_CPUS", raising=False)
+    monkeypatch.delenv("RECOGNIZE_RAY_GPUS", raising=False)
+    engine = RayEngine(num_workers=1)
+    assert (engine.num_cpus_per_worker, engine.num_gpus_per_worker) == (1.0, 0.0)
+    monkeypatch.setenv("RECOGNIZE_RAY_CPUS", "8")
+    monkeypatch.setenv("RECOGNIZE_RAY_GPUS", "0.5")
+    engine = RayEngine(num_workers=1)
+    assert (engine.num_cpus_per_worker, engine.num_gpus_per_worker) == (8.0, 0.5)
+    assert RayEngine(num_workers=1, num_gpus_per_worker=1).num_gpus_per_worker == 1  # the argument wins
+    from recognize.engines.ray_engine import worker_settings
+
+    assert not {"RECOGNIZE_RAY_CPUS", "RECOGNIZE_RAY_GPUS"} & set(worker_settings())  # the driver's business
+    for bad in ("-1", "one", "nan", "inf"):
+        monkeypatch.setenv("RECOGNIZE_RAY_GPUS", bad)
+        with pytest.raises(SettingError, match=f"RECOGNIZE_RAY_GPUS='{bad}'"):
+            RayEngine(num_workers=1)
+
+
 def test_a_bad_prefetch_workers_setting_stops_the_load_before_ray_starts(monkeypatch, test_stages):
     from recognize.errors import SettingError
 
