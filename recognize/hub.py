@@ -168,7 +168,9 @@ def _usable_folder(path: Path, setting: str) -> Path:
     return path
 
 
-def _env_seconds(name: str, default: float, allow_zero: bool = False) -> float:
+def env_number(name: str, default: float, allow_zero: bool = False) -> float:
+    """A numeric setting from the environment (`default` when unset): positive, or >= 0 with
+    `allow_zero`; anything else, NaN and infinity included, is a one-line `SettingError`."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -199,10 +201,10 @@ class DownloadLimits:
     @classmethod
     def from_env(cls, timeout: float | None = None) -> DownloadLimits:
         return cls(
-            timeout=timeout if timeout is not None else _env_seconds("RECOGNIZE_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT),
-            deadline=_env_seconds("RECOGNIZE_DOWNLOAD_DEADLINE", DEFAULT_DEADLINE),
-            min_rate=_env_seconds("RECOGNIZE_DOWNLOAD_MIN_RATE", DEFAULT_MIN_RATE, allow_zero=True),
-            rate_window=_env_seconds("RECOGNIZE_DOWNLOAD_RATE_WINDOW", DEFAULT_RATE_WINDOW),
+            timeout=timeout if timeout is not None else env_number("RECOGNIZE_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT),
+            deadline=env_number("RECOGNIZE_DOWNLOAD_DEADLINE", DEFAULT_DEADLINE),
+            min_rate=env_number("RECOGNIZE_DOWNLOAD_MIN_RATE", DEFAULT_MIN_RATE, allow_zero=True),
+            rate_window=env_number("RECOGNIZE_DOWNLOAD_RATE_WINDOW", DEFAULT_RATE_WINDOW),
         )
 
 

@@ -128,21 +128,6 @@ def _trimmed_at_end(results: Iterator[FrameResult]) -> Iterator[FrameResult]:
         end_of_run_memory()
 
 
-def _reserved(name: str, default: float) -> float:
-    """A per-worker reservation from the environment: a number >= 0 (fractions share a GPU), or `default`."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):  # also NaN
-        raise SettingError(f"{name}={raw!r}: give what Ray reserves per worker, a number >= 0 (e.g. 1, or 0.5 to "
-                           f"share a GPU)")
-    return value
-
-
 class RayEngine:
     name = "ray"
 
@@ -154,8 +139,11 @@ class RayEngine:
         `recognize run --engine ray` on a GPU cluster has no other way to give each worker a GPU."""
         self.num_workers = num_workers or int(os.environ.get("RECOGNIZE_RAY_WORKERS", "1"))
         self.address = address or os.environ.get("RAY_ADDRESS")
-        self.num_cpus_per_worker = _reserved("RECOGNIZE_RAY_CPUS", 1.0) if num_cpus_per_worker is None else num_cpus_per_worker
-        self.num_gpus_per_worker = _reserved("RECOGNIZE_RAY_GPUS", 0.0) if num_gpus_per_worker is None else num_gpus_per_worker
+        from recognize.hub import env_number
+
+        cpus, gpus = num_cpus_per_worker, num_gpus_per_worker  # 0.5 GPU: two workers share one
+        self.num_cpus_per_worker = env_number("RECOGNIZE_RAY_CPUS", 1.0, allow_zero=True) if cpus is None else cpus
+        self.num_gpus_per_worker = env_number("RECOGNIZE_RAY_GPUS", 0.0, allow_zero=True) if gpus is None else gpus
         self.progress = progress
         #: actor pools started ahead of their segment (by `load`), by their stages' specs
         self._started: dict[str, StagePool] = {}

@@ -55,7 +55,7 @@ def test_bad_ray_reservation_setting_is_one_line_before_ray_starts(tmp_path, ima
     (tmp_path / "r.yaml").write_text(RECIPE)
     result = recognize("run", tmp_path / "r.yaml", images, "-o", tmp_path / "out", "--engine", "ray",
                        RECOGNIZE_RAY_GPUS="a GPU")
-    assert "RECOGNIZE_RAY_GPUS='a GPU': give what Ray reserves per worker" in one_line_error(result, 2)
+    assert "RECOGNIZE_RAY_GPUS='a GPU': expected a number >= 0 (default 0)" in one_line_error(result, 2)
     assert not (tmp_path / "out").exists()
 
 
