@@ -165,13 +165,12 @@ def quantize_linear_int8(module: Any, include: Callable[[str], bool] | None = No
             owner = owners.setdefault(id(layer.weight), layer)
             if owner is not layer:
                 sharers.append((layer, owner))
-    chosen = {id(layer) for layer in owners.values()}
-    done: set[int] = set()
+    todo = {id(layer) for layer in owners.values()}
 
-    def wanted(layer: Any, _name: str) -> bool:
-        if id(layer) not in chosen or id(layer) in done:
+    def wanted(layer: Any, _name: str) -> bool:  # each owner once, however many paths reach it
+        if id(layer) not in todo:
             return False
-        done.add(id(layer))
+        todo.discard(id(layer))
         return True
 
     quantize_(module, Int8DynamicActivationInt8WeightConfig(), filter_fn=wanted)

@@ -74,11 +74,12 @@ def workers_setting() -> int | str | None:
     return workers
 
 
-def workers_for(stages: Sequence[Stage], batch_size: int) -> int:
+def workers_for(stages: Sequence[Stage], batch_size: int, cores: int | None = None, spare: int = 2) -> int:
     """How many threads prepare a batch ahead (module doc, "Threads"): one unless
     `RECOGNIZE_PREFETCH_WORKERS` says otherwise; with `auto`, one per frame of a batch where every stage
-    with a device computes off the CPU (at least one does), leaving two cores to the thread that drives
-    the GPU and to the output writer's, at most `MAX_WORKERS`; else one."""
+    with a device computes off the CPU (at least one does), leaving `spare` of the `cores` (default: this
+    process's) to the thread that drives the GPU and to the output writer's, at most `MAX_WORKERS`; else
+    one. A Ray worker passes its own share of the cores and keeps one spare (its driver writes)."""
     from recognize.stage import computes_off_cpu
 
     setting = workers_setting()
@@ -88,7 +89,8 @@ def workers_for(stages: Sequence[Stage], batch_size: int) -> int:
         return int(setting)
     if not computes_off_cpu(stages):
         return 1
-    return max(1, min(batch_size, usable_cores() - 2, MAX_WORKERS))
+    cores = usable_cores() if cores is None else cores
+    return max(1, min(batch_size, cores - spare, MAX_WORKERS))
 
 
 def usable_cores() -> int:

@@ -64,7 +64,7 @@ from recognize.engines.batches import run_batch
 from recognize.engines.timing import DECODE, LOAD, STARTUP, StageTimer
 from recognize.errors import RecognizeError
 from recognize.frame import Frame
-from recognize.prefetch import AUTO, MAX_WORKERS, decode, prepare_stages, workers_setting
+from recognize.prefetch import prepare_for, workers_for
 
 #: restarts of a dead actor and retries of its unfinished calls (a node lost, a process killed for
 #: memory); an image that kills its worker every time stops the run after these
@@ -152,25 +152,14 @@ class StageActor:
     def _decode(self, frames: list[Frame]) -> None:
         """Decode the batch's images and make the stages' resized inputs (`Stage.prepare`, for each stage
         once loaded; timed as decoding): on one thread, or on `RECOGNIZE_PREFETCH_WORKERS` threads, one
-        frame each (`recognize.prefetch`, "Threads"). `auto` here counts the worker's share of the cores,
-        not the node's, as several workers share one node (`_cores`), and leaves one for the compute."""
-        from recognize.stage import computes_off_cpu
-
-        def prepare(frame: Frame) -> None:
-            decode(frame)
-            prepare_stages(self.stages, frame)
-
-        setting = workers_setting()
-        if setting == AUTO:
-            workers = min(MAX_WORKERS, max(1, self._cores() - 1)) if computes_off_cpu(self.stages) else 1
-        else:
-            workers = setting or 1
-        workers = min(len(frames), int(workers))
+        frame each (`recognize.prefetch.workers_for`, with the worker's share of the cores: `_cores`)."""
+        prepare = prepare_for(self.stages)
+        workers = workers_for(self.stages, len(frames), cores=self._cores(), spare=1)
         if workers <= 1:
             for frame in frames:
                 prepare(frame)
             return
-        if self._decoders is None or self._decoders[0] < workers:  # one pool per actor, grown when asked
+        if self._decoders is None or self._decoders[0] < workers:  # one pool per actor, grown if a batch is larger
             if self._decoders is not None:
                 self._decoders[1].shutdown(wait=False)
             self._decoders = (workers, ThreadPoolExecutor(workers, thread_name_prefix="recognize-decode",

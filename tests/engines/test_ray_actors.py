@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("ray")
 
+from recognize import prefetch as prefetch_module  # the decode step prepares frames with its prepare_for
 from recognize.engines import ray_actors
 from recognize.engines.ray_actors import StageActor
 from recognize.engines.timing import DECODE, StageTimer
@@ -24,7 +25,7 @@ def test_two_calls_decode_one_batch_at_a_time_and_give_the_local_outputs(test_st
     decoded = [0]  # a clock that ticks once per image decoded: a phase's seconds = images decoded meanwhile
     lock = threading.Lock()
     both_called = threading.Barrier(2, timeout=30)
-    real_decode = ray_actors.decode
+    real_decode = prefetch_module.decode
 
     def counting_decode(frame):
         with lock:
@@ -38,7 +39,7 @@ def test_two_calls_decode_one_batch_at_a_time_and_give_the_local_outputs(test_st
                 decoding[0] -= 1
                 decoded[0] += 1
 
-    monkeypatch.setattr(ray_actors, "decode", counting_decode)
+    monkeypatch.setattr(prefetch_module, "decode", counting_decode)
     monkeypatch.setattr(ray_actors, "StageTimer", functools.partial(StageTimer, clock=lambda: decoded[0]))
     specs = [{"use": "brightness", "with": {}}, {"use": "center_box", "with": {}}]
     actor = StageActor(specs, threads=1)
@@ -75,13 +76,13 @@ def test_a_loaded_actor_resizes_ahead_in_its_decode_step(test_stages, image_fold
     """`Stage.prepare` runs in the actor's decode step (timed as decoding), once its stages are loaded."""
     paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))[:2]
     kept: list[list[str]] = []
-    real = ray_actors.prepare_stages
+    real = prefetch_module.prepare_stages
 
     def recording(stages, frame):
         real(stages, frame)
         kept.append([str(key) for key in frame._prepared])
 
-    monkeypatch.setattr(ray_actors, "prepare_stages", recording)
+    monkeypatch.setattr(prefetch_module, "prepare_stages", recording)
     actor = StageActor([{"use": "brightness", "with": {}}, {"use": "center_box", "with": {}}], threads=1)
     assert actor.loaded.wait(timeout=60) and actor.load_error is None
     answer = actor.run([Frame(source=str(p), name=p.name).to_json(indent=None) for p in paths])
@@ -95,7 +96,7 @@ def test_an_actor_decodes_a_batch_on_several_threads_where_the_setting_asks(test
     """`RECOGNIZE_PREFETCH_WORKERS=3`: one thread per image of the batch in the decode step, the same outputs."""
     paths = sorted(p for p in image_folder.rglob("*") if p.suffix in (".png", ".jpg"))[:3]
     threads: list[str] = []
-    real = ray_actors.prepare_stages
+    real = prefetch_module.prepare_stages
     together = threading.Barrier(3, timeout=10)  # broken unless the three frames are prepared at once
 
     def recording(stages, frame):
@@ -103,7 +104,7 @@ def test_an_actor_decodes_a_batch_on_several_threads_where_the_setting_asks(test
         real(stages, frame)
         threads.append(threading.current_thread().name)
 
-    monkeypatch.setattr(ray_actors, "prepare_stages", recording)
+    monkeypatch.setattr(prefetch_module, "prepare_stages", recording)
     monkeypatch.setenv("RECOGNIZE_PREFETCH_WORKERS", "3")
     actor = StageActor([{"use": "brightness", "with": {}}], threads=1)
     assert actor.loaded.wait(timeout=60) and actor.load_error is None
@@ -114,7 +115,7 @@ def test_an_actor_decodes_a_batch_on_several_threads_where_the_setting_asks(test
         Pipeline([test_stages.Brightness({})])([Frame(source=str(p))])[0].tag_names for p in paths]
     monkeypatch.setenv("RECOGNIZE_PREFETCH_WORKERS", "auto")  # a CPU stage: one thread, the call's own
     threads.clear()
-    monkeypatch.setattr(ray_actors, "prepare_stages", lambda stages, frame: threads.append(threading.current_thread().name))
+    monkeypatch.setattr(prefetch_module, "prepare_stages", lambda stages, frame: threads.append(threading.current_thread().name))
     actor.run([Frame(source=str(p), name=p.name).to_json(indent=None) for p in paths])
     assert threads == [threading.current_thread().name] * 3
 
@@ -131,7 +132,7 @@ def test_auto_decodes_on_the_workers_cores_less_one_where_its_stages_compute_on_
         together.wait()
         threads.append(threading.current_thread().name)
 
-    monkeypatch.setattr(ray_actors, "prepare_stages", recording)
+    monkeypatch.setattr(prefetch_module, "prepare_stages", recording)
     monkeypatch.setattr(recognize.stage, "computes_off_cpu", lambda stages: True)  # as with a stage on cuda
     monkeypatch.setenv("RECOGNIZE_PREFETCH_WORKERS", "auto")
     actor = StageActor([{"use": "brightness", "with": {}}], threads=4)
@@ -187,7 +188,7 @@ def test_decoding_beside_the_model_load_is_overlapped_not_decode(test_stages, im
     paths = _images(image_folder)[:2]
     clock = Clock()
     release_load = threading.Event()
-    real_decode, real_build = ray_actors.decode, ray_actors.build_stages
+    real_decode, real_build = prefetch_module.decode, ray_actors.build_stages
 
     def slow_decode(frame):
         real_decode(frame)
@@ -197,7 +198,7 @@ def test_decoding_beside_the_model_load_is_overlapped_not_decode(test_stages, im
         assert release_load.wait(timeout=30)  # the models load until the test says so
         return real_build(specs)
 
-    monkeypatch.setattr(ray_actors, "decode", slow_decode)
+    monkeypatch.setattr(prefetch_module, "decode", slow_decode)
     monkeypatch.setattr(ray_actors, "build_stages", slow_build)
     monkeypatch.setattr(ray_actors, "StageTimer", functools.partial(StageTimer, clock=clock))
     actor = StageActor([{"use": "brightness", "with": {}}], threads=1)
@@ -219,13 +220,13 @@ def test_decoding_on_an_idle_worker_is_decode(test_stages, image_folder, monkeyp
     a decode that began before the previous batch ended counts only from that end."""
     paths = _images(image_folder)[:2]
     clock = Clock()
-    real_decode = ray_actors.decode
+    real_decode = prefetch_module.decode
 
     def slow_decode(frame):
         clock.now += 1.0
         real_decode(frame)
 
-    monkeypatch.setattr(ray_actors, "decode", slow_decode)
+    monkeypatch.setattr(prefetch_module, "decode", slow_decode)
     monkeypatch.setattr(ray_actors, "StageTimer", functools.partial(StageTimer, clock=clock))
     actor = StageActor([{"use": "brightness", "with": {}}], threads=1)
     assert actor.loaded.wait(timeout=60) and actor.load_error is None  # free at t = 0
