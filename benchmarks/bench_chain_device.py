@@ -13,8 +13,10 @@ bound on drift, not a fidelity figure for real weights).
 `--runs exact_background_write,exact_inline_write,...` measures writing the outputs beside the next batch
 against writing them between batches (`RECOGNIZE_BACKGROUND_WRITE=1` / `=0`); `--runs exact,exact_decoders,...`
 preparing the next photos on one thread per photo of a batch (`RECOGNIZE_PREFETCH_WORKERS=auto`) against one.
+`--chain tag` runs the tagger alone (`ram_plus`, JSON only): on a GPU its call is short enough that
+preparing the photos, not the model, may set the pace, which is what `exact_decoders` is for.
 
-Writes OUT/chain_device.json. The chain's reference (the Grounded-SAM demo) is not run here: its
+Writes OUT/chain_device.json (OUT/chain_device_tag.json with `--chain tag`). The chain's reference (the Grounded-SAM demo) is not run here: its
 official Grounding DINO needs a venv from the package index (see `bench_chain.py`, the CPU chain).
 """
 
@@ -56,8 +58,11 @@ def run_chain(kit: Kit, kind: str, args: argparse.Namespace, photos: Path, work:
     checkpoint layout) over `photos`; a failed run is recorded, not raised."""
     fast, env = KINDS[kind]
     path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe(kit, {**fast, "sam_model": args.sam_model}, device=args.device,
-                                          batch_size=args.batch_size, sam_batch_size=None, official_gdino=False)))
+    chain = recipe(kit, {**fast, "sam_model": args.sam_model}, device=args.device,
+                   batch_size=args.batch_size, sam_batch_size=None, official_gdino=False)
+    if args.chain == "tag":
+        chain = {**chain, "name": "tag", "stages": chain["stages"][:1], "outputs": [{"use": "json"}]}
+    path.write_text(yaml.safe_dump(chain))
     try:
         found = ours_folder(path, photos, work / name, env)
     except RuntimeError as error:
@@ -75,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the runs in order, of {', '.join(KINDS)} (default {','.join(RUNS)}); the exact and "
                              "bf16 runs' outputs are compared when both ran")
     parser.add_argument("--batch-size", type=int, default=4, help="the recipe's batch size (default 4)")
+    parser.add_argument("--chain", choices=["full", "tag"], default="full",
+                        help="full: ram_plus -> grounding_dino -> sam, JSON + annotated image (default); "
+                             "tag: ram_plus alone, JSON")
     parser.add_argument("--sam-model", default="vit_h", choices=["vit_h", "vit_l", "vit_b"],
                         help="SAM's size (default vit_h; vit_b is the CPU's fast mode)")
     args = parser.parse_args(argv)
@@ -83,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--runs: unknown {', '.join(unknown)}; known: {', '.join(KINDS)}")
     kit = Kit(quick=args.quick, cache=default_cache(), official_gdino=False, device=args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"device": args.device, "photos": args.photos, "quick": args.quick,
+    report_path = args.out / ("chain_device.json" if args.chain == "full" else "chain_device_tag.json")
+    report: dict[str, Any] = {"device": args.device, "chain": args.chain, "photos": args.photos, "quick": args.quick,
                               "batch_size": args.batch_size, "sam_model": args.sam_model, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="recognize-chain-") as tmp:
         work = Path(tmp)
@@ -94,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             report["runs"][name] = run_chain(kit, kind, args, photos, work, name)
             entry = report["runs"][name]
             print(f"{name}: rc {entry['rc']}" + (f", {entry['wall_s']:.1f} s" if not entry["rc"] else ""), file=sys.stderr)
-            (args.out / "chain_device.json").write_text(json.dumps(report, indent=1))  # kept if stopped later
+            report_path.write_text(json.dumps(report, indent=1))  # kept if stopped later
         if {"exact", "bf16"} <= set(report["runs"]):
             proc = subprocess.run([sys.executable, "-m", "recognize", "eval", "compare", str(work / "exact"),
                                    str(work / "bf16"), str(photos), "-o", str(work / "compare")],
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             report["compare_exact_bf16"] = {"rc": proc.returncode, "table": proc.stdout[-4000:]}
             if (work / "compare" / "compare.json").is_file():
                 report["compare_exact_bf16"]["json"] = json.loads((work / "compare" / "compare.json").read_text())
-    (args.out / "chain_device.json").write_text(json.dumps(report, indent=1))
+    report_path.write_text(json.dumps(report, indent=1))
     failed = [name for name, entry in report["runs"].items() if entry["rc"]] + (
         ["compare"] if report.get("compare_exact_bf16", {}).get("rc") else [])
     return 1 if failed else 0
