@@ -34,15 +34,18 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from recognize import thread_priority
+from recognize.engines.timing import DECODE
 from recognize.frame import Frame
 
 if TYPE_CHECKING:  # pragma: no cover
+    from recognize.engines.timing import StageTimer
     from recognize.stage import Stage
 
 _DONE = object()
@@ -150,20 +153,36 @@ class _Failure:
         self.error = error
 
 
+class _Prepared:
+    """A batch made ready, with the seconds its preparing took (wall time on the prefetch thread)."""
+
+    def __init__(self, batch: list[Frame], seconds: float) -> None:
+        self.batch = batch
+        self.seconds = seconds
+
+
 def prefetch(batches: Iterable[list[Frame]], depth: int = 1,
-             prepare: Callable[[Frame], None] = decode, workers: int = 1) -> Iterator[list[Frame]]:
+             prepare: Callable[[Frame], None] = decode, workers: int = 1,
+             timer: StageTimer | None = None) -> Iterator[list[Frame]]:
     """`batches` with `prepare` (decoding) run on a background thread up to `depth` batches ahead,
     the frames of a batch on `workers` threads at once (each frame on one of them).
 
     `depth=0` prepares nothing ahead (the plain loop). An exception raised by the `batches`
     iterable itself is re-raised in the consumer, at the point it would have been raised. Closing
     the iterator early stops the thread after the batch it is preparing.
+
+    `timer`: the consumer's waits for a batch count as `decode` (the stages sat idle while photos
+    were decoded), and the rest of each batch's preparing seconds as `overlapped.decode` (done beside
+    the compute), so that `summary.json` accounts for them (before, the waits were in `other`: on an
+    H200 a tagging run spent 6-9 s of its 9-10 s of compute waiting there). Recorded on the consumer's
+    thread only.
     """
     if depth < 1:
         yield from batches
         return
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    clock = timer.clock if timer is not None else time.perf_counter
 
     def put(item: object) -> bool:
         while not stop.is_set():
@@ -182,6 +201,7 @@ def prefetch(batches: Iterable[list[Frame]], depth: int = 1,
                 pool = ThreadPoolExecutor(workers, thread_name_prefix="recognize-prefetch",
                                           initializer=thread_priority.lower_this_thread)
             for batch in batches:
+                began = clock()
                 if pool is not None:
                     if stop.is_set():
                         return
@@ -192,7 +212,7 @@ def prefetch(batches: Iterable[list[Frame]], depth: int = 1,
                         if stop.is_set():
                             return
                         prepare(frame)
-                if not put(batch):
+                if not put(_Prepared(batch, clock() - began)):
                     return
         except BaseException as error:  # noqa: BLE001 - handed to the consumer
             put(_Failure(error))
@@ -206,12 +226,17 @@ def prefetch(batches: Iterable[list[Frame]], depth: int = 1,
     worker.start()
     try:
         while True:
+            began = clock()
             item = ready.get()
+            waited = clock() - began
             if item is _DONE:
                 return
             if isinstance(item, _Failure):
                 raise item.error
-            yield item  # type: ignore[misc]
+            if timer is not None:
+                timer.phases[DECODE] += waited
+                timer.overlapped[DECODE] += max(0.0, item.seconds - waited)
+            yield item.batch
     finally:
         stop.set()
         worker.join(timeout=5)

@@ -187,6 +187,28 @@ def test_closing_early_shuts_the_pool_down_without_waiting_and_cancels_what_is_q
     assert shutdowns == [(False, True)]
 
 
+def test_with_a_timer_waiting_for_a_batch_is_decode_and_preparing_beside_the_compute_is_overlapped(files):
+    """summary.json's `decode`: before, the consumer's waits for the prefetch thread fell into `other`."""
+    import time
+
+    from recognize.engines.timing import DECODE, StageTimer
+
+    frames = [Frame(source=str(p), name=p.stem) for p in files[:4]]
+    timer = StageTimer()
+
+    def prepare(frame: Frame) -> None:
+        time.sleep(0.1)  # 0.2 s a batch
+        frame.image  # noqa: B018
+
+    for _ in prefetch(batched(frames, 2), depth=1, prepare=prepare, timer=timer):
+        time.sleep(0.6)  # "computing": the next batch is prepared meanwhile
+    # the first batch was waited for (~0.2 s); the second was ready when asked for (prepared beside)
+    assert 0.18 <= timer.phases[DECODE] < 0.4
+    assert timer.overlapped[DECODE] >= 0.15
+    assert timer.phases[DECODE] + timer.overlapped[DECODE] >= 0.38  # both batches' preparing, counted once
+    assert not timer.stages
+
+
 def test_depth_zero_is_the_plain_loop(files):
     frames = [Frame(source=str(p)) for p in files]
     out = list(prefetch(batched(frames, 2), depth=0, prepare=lambda f: pytest.fail("nothing is prepared ahead")))

@@ -147,7 +147,7 @@ class LocalEngine:
         ready = self._ready(timer)
         workers = workers_for(segment.stages, pipeline.batch_size) if depth else 1
         for batch in prefetch(batched(frames, pipeline.batch_size), depth=depth, prepare=prepare_for(segment.stages),
-                              workers=workers):
+                              workers=workers, timer=timer):
             try:
                 results = run_batch(segment.stages, batch, timer, isolate=self.isolate, ready=ready)
             finally:

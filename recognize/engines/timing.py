@@ -27,7 +27,7 @@ PREPARE = "prepare"  # listing the inputs and checking them against OUT (names, 
 # for `-o URL` also opening the URL and reading and staging its manifest, journal and finished files
 LOAD = "load"  # building models and reading weights (before the run, or when a stage first needs them)
 LOAD_WAIT = "load_wait"  # a stage waiting for its model, still loading in the background
-DECODE = "decode"  # reading and decoding images
+DECODE = "decode"  # reading and decoding images (and preparing them), or waiting for the thread that does it ahead
 RELEASE = "release"  # unmapping idle models' weight pages between a chain's stages (resident_weights)
 RETRIED = "retried"  # batch attempts that failed and were redone in smaller pieces
 WRITE = "write"  # per-image output files
