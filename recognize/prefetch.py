@@ -14,16 +14,17 @@ cannot be read is handed over undecoded: reading `frame.image` in the consumer r
 error there, so per-image error handling stays where it was. Memory: at most `depth` decoded (and
 prepared) batches wait ahead of the consumer.
 
-Threads (`workers_for`): one by default. `RECOGNIZE_PREFETCH_WORKERS=N` prepares the frames of a
-batch on N threads instead, and `=auto` chooses: N = one per frame of a batch (at most 8, leaving two
-cores) where every stage computes on a GPU (or MPS), one where a stage computes on the CPU, whose compute
-needs the cores. Why it is there: with the stages on a GPU, one thread that decodes and resizes the next
-photos may be slower than the GPU (on the H200 the taggers took 0.05-0.13 s a photo with the resize in
-the call; a 13.8 MP photo takes ~0.1 s to decode and ~0.1 s to resize for a tagger on one core here), and
-Pillow's decoder and resize release the GIL, so they spread over threads (12 photos decoded and resized
-for a tagger and Grounding DINO, alone on this project's 2-core VM: 2.4-3.0 s on one thread, 1.3 s on
-two). Why not the default: its gain beside a GPU's compute has not been measured, and the thread that
-drives the GPU needs the GIL for each kernel launch (`bench_chain_device.py --runs exact,exact_decoders`).
+Threads (`workers_for`): `auto` by default: one per frame of a batch (at most 8, leaving two cores)
+where every stage computes on a GPU (or MPS), one where a stage computes on the CPU, whose compute needs
+the cores. `RECOGNIZE_PREFETCH_WORKERS=N` asks for N threads whatever the stages (`=1`: one, as before).
+Why: with the stages on a GPU, one thread that decodes and resizes the next photos is slower than the
+GPU, and Pillow's decoder and resize release the GIL, so they spread over threads. Measured on an H200
+(16 cores; `bench_chain_device.py`, 2026-12-04): RAM++ alone over 32 photos at batch 8 took 13.4-18.4 s
+with a thread per photo against 14.5-22.5 s with one (three alternating pairs, each faster; the part after
+loading 4.5-6.1 s against 7.2-10.1 s); the whole chain (RAM++ -> Grounding DINO -> SAM, 8 photos) was
+unchanged within the runs' noise (28.6-34.1 s against 28.7-34.8 s): its stages took ~1 s less, and the
+run waited ~1.7 s longer for the models still loading beside it (the thread driving the GPU needs the GIL
+for each kernel launch, and Grounding DINO's and SAM's stage times moved by ~3%).
 With N > 1 a stage's `prepare` runs for several frames at once (`Stage.prepare`: it must be thread-safe),
 and closing the iterator waits for the batch being prepared.
 """
@@ -51,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _DONE = object()
 log = logging.getLogger(__name__)
 
-#: Threads that prepare a batch ahead: a whole number >= 1, or `auto` (`workers_for`); unset: one.
+#: Threads that prepare a batch ahead: a whole number >= 1, or `auto` (`workers_for`); unset: `auto`.
 WORKERS_ENV = "RECOGNIZE_PREFETCH_WORKERS"
 #: At most this many threads prepare a batch, however large the batch and the machine.
 MAX_WORKERS = 8
@@ -78,17 +79,15 @@ def workers_setting() -> int | str | None:
 
 
 def workers_for(stages: Sequence[Stage], batch_size: int, cores: int | None = None, spare: int = 2) -> int:
-    """How many threads prepare a batch ahead (module doc, "Threads"): one unless
-    `RECOGNIZE_PREFETCH_WORKERS` says otherwise; with `auto`, one per frame of a batch where every stage
+    """How many threads prepare a batch ahead (module doc, "Threads"): `RECOGNIZE_PREFETCH_WORKERS`'s
+    number where it gives one; else (`auto`, the default) one per frame of a batch where every stage
     with a device computes off the CPU (at least one does), leaving `spare` of the `cores` (default: this
     process's) to the thread that drives the GPU and to the output writer's, at most `MAX_WORKERS`; else
     one. A Ray worker passes its own share of the cores and keeps one spare (its driver writes)."""
     from recognize.stage import computes_off_cpu
 
     setting = workers_setting()
-    if setting is None:
-        return 1
-    if setting != AUTO:
+    if setting is not None and setting != AUTO:
         return int(setting)
     if not computes_off_cpu(stages):
         return 1

@@ -142,10 +142,13 @@ def _on(device):
     return SimpleNamespace(params=SimpleNamespace(device=device))
 
 
-def test_one_worker_unless_the_setting_asks_and_auto_only_where_every_stage_computes_off_the_cpu(monkeypatch):
-    monkeypatch.delenv(WORKERS_ENV, raising=False)
+def test_auto_by_default_several_workers_only_where_every_stage_computes_off_the_cpu(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert workers_for([_on("cuda")], 4) == 1  # the default: not measured beside a GPU yet
+    monkeypatch.setenv(WORKERS_ENV, "1")
+    assert workers_for([_on("cuda")], 4) == 1  # asked for: one thread, as before
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert workers_for([_on("cuda")], 4) == 4  # the default is auto: measured faster beside an H200
+    assert workers_for([_on("cpu")], 4) == 1
     monkeypatch.setenv(WORKERS_ENV, "auto")
     assert workers_for([_on("cpu")], 4) == 1  # the compute needs the cores: one thread hides decoding
     assert workers_for([_on("cpu"), _on("cuda")], 4) == 1

@@ -39,7 +39,7 @@ class LocalEngine:
     """`isolate=False` lets the first error propagate unchanged instead of failing just that
     image (what a library call such as `Pipeline(...)(images)` wants). `prefetch`: how many
     batches ahead images are decoded, and resized for the stages (`Stage.prepare`), on a background
-    thread, or on several (`RECOGNIZE_PREFETCH_WORKERS`; `recognize.prefetch`; 0: none);
+    thread, or on several where the stages compute on a GPU (`recognize.prefetch.workers_for`); 0: none;
     only with `isolate`, since library runs decode lazily (a frame no stage reads is never decoded).
     `background_load` (default: `isolate`, and `RECOGNIZE_BACKGROUND_LOAD` not 0): `load()` loads the
     first stage's model and starts loading the others in the background for the next `run()`; off,

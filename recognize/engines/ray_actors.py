@@ -151,8 +151,9 @@ class StageActor:
 
     def _decode(self, frames: list[Frame]) -> None:
         """Decode the batch's images and make the stages' resized inputs (`Stage.prepare`, for each stage
-        once loaded; timed as decoding): on one thread, or on `RECOGNIZE_PREFETCH_WORKERS` threads, one
-        frame each (`recognize.prefetch.workers_for`, with the worker's share of the cores: `_cores`)."""
+        once loaded; timed as decoding): on one thread, or on several, one frame each, where the stages compute
+        on a GPU or `RECOGNIZE_PREFETCH_WORKERS` asks (`recognize.prefetch.workers_for`, with the worker's share
+        of the cores: `_cores`)."""
         prepare = prepare_for(self.stages)
         workers = workers_for(self.stages, len(frames), cores=self._cores(), spare=1)
         if workers <= 1:
