@@ -58,7 +58,16 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     """COCO RLE of a boolean HxW mask, with `counts` as str so it is JSON-safe."""
     from pycocotools import mask as mask_utils
 
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    if mask.dtype == bool and mask.ndim == 2:
+        # the column-major copy pycocotools reads, made by OpenCV's transpose (~5x faster than
+        # numpy's on a 13.8 MP mask, and without the GIL): the transpose of the mask's bytes,
+        # C-ordered, is the mask in Fortran order
+        import cv2
+
+        fortran = cv2.transpose(mask.view(np.uint8)).T
+    else:
+        fortran = np.asfortranarray(mask.astype(np.uint8))
+    rle = mask_utils.encode(fortran)
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
@@ -207,8 +216,13 @@ class Frame(BaseModel):
         return cls.model_json_schema(mode="serialization")
 
     # -- supervision -------------------------------------------------------------------
-    def to_detections(self) -> sv.Detections:
-        """The regions as `supervision.Detections` (class ids index `tag_names` order of first use)."""
+    def to_detections(self, compact_masks: bool = False) -> sv.Detections:
+        """The regions as `supervision.Detections` (class ids index `tag_names` order of first use).
+
+        `compact_masks`: the masks as supervision's `CompactMask`, each cut to its own extent (the
+        box of its pixels, not the region's box, which a mask may overrun), instead of one dense
+        N x H x W array; supervision's annotators then paint each mask over its extent only. The
+        same pixels either way."""
         import supervision as sv
 
         if not self.regions:
@@ -222,9 +236,12 @@ class Frame(BaseModel):
         if any(r.mask is not None for r in self.regions):
             shape = next(r.mask.shape for r in self.regions if r.mask is not None)
             h, w = (self.height, self.width) if self.height and self.width else shape
-            masks = np.stack(
-                [r.mask if r.mask is not None else np.zeros((h, w), dtype=bool) for r in self.regions]
-            )
+            if compact_masks and all(r.mask is None or r.mask.shape == (h, w) for r in self.regions):
+                masks = _compact_masks([r.mask for r in self.regions], (h, w))
+            else:
+                masks = np.stack(
+                    [r.mask if r.mask is not None else np.zeros((h, w), dtype=bool) for r in self.regions]
+                )
         return sv.Detections(
             xyxy=xyxy,
             mask=masks,
@@ -250,6 +267,25 @@ class Frame(BaseModel):
         if detections.mask is not None and len(detections) and "width" not in fields and "height" not in fields:
             fields = {"height": int(detections.mask.shape[1]), "width": int(detections.mask.shape[2]), **fields}
         return cls(source=source, regions=regions_from_detections(detections), **fields)
+
+
+def _compact_masks(masks: list[np.ndarray | None], shape: tuple[int, int]) -> Any:
+    """`supervision`'s `CompactMask` of HxW boolean masks (None: an empty one), each cropped to the
+    bounding box of its pixels (OpenCV's `boundingRect` of a mask: one pass, without the GIL)."""
+    import cv2
+    from supervision.detection.compact_mask import CompactMask
+
+    parts = []
+    for mask in masks:
+        if mask is None:
+            mask, x, y, w, h = np.zeros((1, 1), dtype=bool), 0, 0, 0, 0
+        else:
+            mask = np.asarray(mask, dtype=bool)
+            x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+        # supervision's boxes here are inclusive; an empty mask (w = h = 0) gets a 1x1 empty crop
+        box = np.array([[x, y, x + w - 1, y + h - 1]], dtype=np.int64)
+        parts.append(CompactMask.from_dense(mask[None], box, shape))
+    return CompactMask.merge(parts)
 
 
 def regions_from_detections(detections: sv.Detections, source: str | None = None) -> list[Region]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import supervision as sv
+from supervision.detection.compact_mask import CompactMask
 from pycocotools import mask as mask_utils
 
 from recognize.frame import SCHEMA_VERSION, Drop, Frame, Region, Tag, regions_from_detections
@@ -100,6 +101,21 @@ def test_to_detections_holds_boxes_scores_names_and_masks() -> None:
     assert det.mask.shape == (3, 48, 64)
     assert not det.mask[2].any()  # the region without a mask is padded with an empty one
     np.testing.assert_array_equal(det.mask[0], frame.regions[0].mask)
+
+
+def test_compact_masks_hold_the_same_pixels() -> None:
+    frame = sample_frame()
+    h, w = frame.height, frame.width
+    overrun = np.zeros((h, w), bool)
+    overrun[2:40, 1:60] = True  # far outside its region's box: cut to its own pixels, not the box
+    frame.regions.append(Region(box=(10.0, 10.0, 12.0, 12.0), tag="cat", mask=overrun))
+    frame.regions.append(Region(box=(0.0, 0.0, 5.0, 5.0), tag="cat", mask=np.zeros((h, w), bool)))  # empty
+    dense, compact = frame.to_detections(), frame.to_detections(compact_masks=True)
+    assert isinstance(compact.mask, CompactMask) and compact.mask.shape == dense.mask.shape == (5, h, w)
+    np.testing.assert_array_equal(np.asarray(compact.mask), dense.mask)
+    np.testing.assert_array_equal(compact.area, dense.area)  # what supervision orders masks by
+    np.testing.assert_array_equal(compact.xyxy, dense.xyxy)
+    assert not frame.to_detections(compact_masks=True).mask[2].any()  # no mask: an empty one
 
 
 def test_detections_round_trip_is_exact() -> None:

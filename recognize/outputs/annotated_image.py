@@ -1,7 +1,7 @@
 """The `annotated_image` output: the picture with its boxes, masks, labels, tags and caption.
 
 Boxes, masks and "tag score" labels are drawn by supervision's annotators on
-`Frame.to_detections()` (masks semi-transparent in their tag's colour; labels placed with
+`Frame.to_detections(compact_masks=True)` (masks semi-transparent in their tag's colour; labels placed with
 supervision's `smart_position`, so crowded boxes do not pile their labels on each other); a band
 below the image lists the image-level tags, the caption and a colour legend of the region tags,
 wrapped to the image's width. Colours follow the tag name (a hash), so `dog` has the same
@@ -79,44 +79,80 @@ class AnnotatedImage(OutputStage):
         return [output_path(frame, out_dir, f".annotated.{self.params.format}")]
 
     def write(self, frame: Frame, out_dir: Path) -> None:
-        image = self.render(frame)
-        buffer = io.BytesIO()
+        write_bytes(self.files(frame, out_dir)[0], self.encode(frame))
+
+    def encode(self, frame: Frame) -> bytes:
+        """The annotated picture as the file's bytes (JPEG or PNG, per `format`).
+
+        JPEG is encoded by OpenCV from the BGR picture `render_bgr` draws: the same bytes Pillow's
+        encoder gives at the same quality (both libjpeg-turbo, 4:2:0, standard tables), without a
+        colour conversion first, and OpenCV lets go of the GIL while it encodes (the writer thread
+        runs beside the one that drives the GPU). PNG stays Pillow's (its compression settings)."""
+        import cv2
+
+        picture = self.render_bgr(frame)
         if self.params.format == "jpg":
-            image.save(buffer, format="JPEG", quality=self.params.quality)
-        else:
-            image.save(buffer, format="PNG")
-        write_bytes(self.files(frame, out_dir)[0], buffer.getvalue())
+            ok, data = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, self.params.quality])
+            if not ok:
+                raise RuntimeError("OpenCV could not encode the annotated image as JPEG")
+            return data.tobytes()
+        buffer = io.BytesIO()
+        Image.fromarray(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)).save(buffer, format="PNG")
+        return buffer.getvalue()
 
     # -- drawing -------------------------------------------------------------------------
     def render(self, frame: Frame) -> Image.Image:
         """The annotated picture (RGB) for `frame`."""
+        import cv2
+
+        return Image.fromarray(cv2.cvtColor(self.render_bgr(frame), cv2.COLOR_BGR2RGB))
+
+    def render_bgr(self, frame: Frame) -> np.ndarray:
+        """The annotated picture as a BGR uint8 array (OpenCV's order, what supervision draws in).
+
+        One array for the picture and the band below it: the photo is converted into its top rows
+        once, and masks and boxes are drawn there in place. Drawing on a Pillow image instead (as
+        before) converted the whole picture to BGR and back around each annotator, ~4 full-size
+        copies per annotator. Masks go to supervision as a `CompactMask` cut to each mask's own
+        extent, so its painter walks each mask's bounding box, not the whole picture per mask."""
+        import cv2
         import supervision as sv
 
         p = self.params
-        image = Image.fromarray(frame.image)
-        width, height = image.size
+        photo = frame.image
+        height, width = photo.shape[:2]
         chinese = p.chinese and self._chinese_font(frame) is not None
-        detections = frame.to_detections()
-        if len(detections):
+        band = self._panel_band(width, frame, chinese) if p.panel else None
+        picture = np.empty((height + (band.height if band is not None else 0), width, 3), dtype=np.uint8)
+        scene = picture[:height]  # a view: what is drawn on it is drawn on `picture`
+        cv2.cvtColor(photo, cv2.COLOR_RGB2BGR, dst=scene)
+        if band is not None:
+            cv2.cvtColor(np.asarray(band), cv2.COLOR_RGB2BGR, dst=picture[height:])
+        if frame.regions:
+            detections = frame.to_detections(compact_masks=True)
             palette = sv.ColorPalette.DEFAULT
             colors = np.array([tag_color_index(r.tag, len(palette.colors)) for r in frame.regions], dtype=np.int64)
             if p.masks and detections.mask is not None and detections.mask.shape[1:] == (height, width):
-                image = sv.MaskAnnotator(color=palette, opacity=p.mask_opacity).annotate(
-                    image, detections, custom_color_lookup=colors
+                sv.MaskAnnotator(color=palette, opacity=p.mask_opacity).annotate(
+                    scene, detections, custom_color_lookup=colors
                 )
             if p.boxes:
                 thickness = sv.calculate_optimal_line_thickness((width, height))
-                image = sv.BoxAnnotator(color=palette, thickness=thickness).annotate(
-                    image, detections, custom_color_lookup=colors
+                sv.BoxAnnotator(color=palette, thickness=thickness).annotate(
+                    scene, detections, custom_color_lookup=colors
                 )
             if p.labels:
                 labels = [_with_score(self._region_name(r, chinese), r.score, p.scores) for r in frame.regions]
-                image = self._label_annotator(labels, (width, height)).annotate(
-                    image, detections, labels=labels, custom_color_lookup=colors
-                )
-        if p.panel:
-            image = self._add_panel(image, frame, chinese)
-        return image
+                annotator = self._label_annotator(labels, (width, height))
+                if isinstance(annotator, sv.RichLabelAnnotator):
+                    # Pillow draws these: one conversion there and back (supervision's own, on an
+                    # array, makes a fifth full-size copy to put the result back)
+                    image = Image.fromarray(cv2.cvtColor(scene, cv2.COLOR_BGR2RGB))
+                    image = annotator.annotate(image, detections, labels=labels, custom_color_lookup=colors)
+                    cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR, dst=scene)
+                else:
+                    annotator.annotate(scene, detections, labels=labels, custom_color_lookup=colors)
+        return picture
 
     def _region_name(self, region: Region, chinese: bool) -> str:
         return (region.tag_zh or region.tag) if chinese else region.tag
@@ -150,15 +186,15 @@ class AnnotatedImage(OutputStage):
             text_padding=max(3, round(8 * text_scale)), smart_position=True,
         )
 
-    def _add_panel(self, image: Image.Image, frame: Frame, chinese: bool) -> Image.Image:
-        """Append a band listing the image-level tags and the caption, wrapped to the width."""
+    def _panel_band(self, width: int, frame: Frame, chinese: bool) -> Image.Image:
+        """The band that goes below the picture: the image-level tags, the caption (wrapped to the
+        width) and the legend of the region tags, RGB."""
         p = self.params
         names = [(t.name_zh or t.name) if chinese else t.name for t in frame.tags]
         tags_text = ", ".join(_with_score(n, t.score, p.scores) for n, t in zip(names, frame.tags)) or "(none)"
         sections = [("Tags", tags_text)]
         if frame.caption:
             sections.append(("Caption", frame.caption))
-        width = image.width
         size = max(12, round(width / 60))
         legend = self._legend(frame, chinese) if (p.masks or p.boxes) else []
         text = " ".join(s for _, s in sections) + "".join(label for label, _ in legend) + "Tags Caption Legend"
@@ -183,11 +219,7 @@ class AnnotatedImage(OutputStage):
                 top = y + (line_height - swatch) // 2 - max(1, size // 10)
                 draw.rectangle((margin + x, top, margin + x + swatch, top + swatch), fill=color, outline=_PANEL_TEXT)
                 draw.text((margin + x + swatch + size // 3, y), label, fill=_PANEL_TEXT, font=font)
-        out = Image.new("RGB", (width, image.height + band.height))
-        out.paste(image.convert("RGB"), (0, 0))
-        out.paste(band, (0, image.height))
-        return out
-
+        return band
 
     def _legend(self, frame: Frame, chinese: bool) -> list[tuple[str, tuple[int, int, int]]]:
         """One entry per region tag: its name (and count) and the colour its boxes and masks have."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import logging
 import shutil
@@ -329,13 +328,7 @@ def _render(variant: Any, frame: Frame, options: dict) -> tuple[bytes, str]:
     params = base.params.model_dump(exclude_unset=True) if base is not None else {}
     jpeg = options["format"] in ("jpeg", "jpg")
     stage = AnnotatedImage({**params, "format": "jpg" if jpeg else "png", "chinese": options["chinese"]})
-    image = stage.render(frame)
-    buffer = io.BytesIO()
-    if jpeg:
-        image.save(buffer, format="JPEG", quality=stage.params.quality)
-    else:
-        image.save(buffer, format="PNG")
-    return buffer.getvalue(), "image/jpeg" if jpeg else "image/png"
+    return stage.encode(frame), "image/jpeg" if jpeg else "image/png"
 
 
 # -- errors -------------------------------------------------------------------------------------

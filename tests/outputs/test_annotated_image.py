@@ -15,7 +15,7 @@ from recognize.outputs import annotated_image as ai
 from recognize.outputs import fonts
 from recognize.outputs.annotated_image import AnnotatedImage, tag_color_index, wrap_text
 
-from .conftest import IMAGES
+from .conftest import IMAGES, make_frame
 
 LATIN_FONTS = fonts.candidates(cjk=False)
 
@@ -37,6 +37,108 @@ def spy_labels(monkeypatch) -> list[list[str]]:
 
         monkeypatch.setattr(cls, "annotate", annotate)
     return seen
+
+
+def previous_render(stage: AnnotatedImage, frame: Frame) -> Image.Image:
+    """How `render` drew until it drew into one BGR array: supervision's annotators on a Pillow image
+    (each converting it to BGR and back), dense N x H x W masks, the band pasted below. Kept here
+    as the reference the faster drawing must match pixel for pixel."""
+    p = stage.params
+    image = Image.fromarray(frame.image)
+    width, height = image.size
+    chinese = p.chinese and stage._chinese_font(frame) is not None
+    detections = frame.to_detections()
+    if len(detections):
+        palette = sv.ColorPalette.DEFAULT
+        colors = np.array([tag_color_index(r.tag, len(palette.colors)) for r in frame.regions], dtype=np.int64)
+        if p.masks and detections.mask is not None and detections.mask.shape[1:] == (height, width):
+            image = sv.MaskAnnotator(color=palette, opacity=p.mask_opacity).annotate(
+                image, detections, custom_color_lookup=colors)
+        if p.boxes:
+            thickness = sv.calculate_optimal_line_thickness((width, height))
+            image = sv.BoxAnnotator(color=palette, thickness=thickness).annotate(
+                image, detections, custom_color_lookup=colors)
+        if p.labels:
+            labels = [ai._with_score(stage._region_name(r, chinese), r.score, p.scores) for r in frame.regions]
+            image = stage._label_annotator(labels, (width, height)).annotate(
+                image, detections, labels=labels, custom_color_lookup=colors)
+    if p.panel:
+        band = stage._panel_band(width, frame, chinese)
+        out = Image.new("RGB", (width, image.height + band.height))
+        out.paste(image.convert("RGB"), (0, 0))
+        out.paste(band, (0, image.height))
+        image = out
+    return image
+
+
+def crowded_frame(scale: int = 4) -> Frame:
+    """The shared frame plus masks that overlap, tie in area, run past their box and the picture's
+    edge, an empty one, and a box-only region."""
+    frame = make_frame("crowded", scale=scale)
+    h, w = frame.height, frame.width
+    square = np.zeros((h, w), bool)
+    square[h // 3: h // 3 + 10 * scale, w // 2: w // 2 + 10 * scale] = True
+    twin = np.roll(square, (4 * scale, 3 * scale), axis=(0, 1))  # the same area, overlapping
+    edge = np.zeros((h, w), bool)
+    edge[h - 8 * scale:, w - 20 * scale:] = True  # touches the bottom right corner
+    frame.regions += [
+        Region(box=(w / 2, h / 3, w / 2 + 2, h / 3 + 2), score=0.5, tag="cat", mask=square),  # mask overruns box
+        Region(box=(w / 2, h / 3, w / 2 + 13 * scale, h / 3 + 14 * scale), score=0.45, tag="cup", mask=twin),
+        Region(box=(w - 20.0 * scale, h - 8.0 * scale, w - 1.0, h - 1.0), score=0.3, tag="toy", mask=edge),
+        Region(box=(1.0, 1.0, 9.0, 9.0), score=0.2, tag="speck", mask=np.zeros((h, w), bool)),
+        Region(box=(5.0 * scale, 5.0 * scale, 30.0 * scale, 12.0 * scale), score=0.7, tag="ball"),
+    ]
+    return frame
+
+
+PARAMS = [{}, {"masks": False}, {"boxes": False}, {"labels": False}, {"panel": False}, {"scores": False},
+          {"mask_opacity": 1.0}, {"mask_opacity": 0.0}, {"boxes": False, "masks": False, "labels": False}]
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()) or "defaults")
+@pytest.mark.parametrize("make", [lambda: make_frame(scale=4), crowded_frame, lambda: crowded_frame(scale=1)],
+                         ids=["shared", "crowded", "crowded-small"])
+def test_render_is_pixel_for_pixel_the_previous_drawing(make, params: dict) -> None:
+    frame = make()
+    stage = AnnotatedImage(**params)
+    np.testing.assert_array_equal(np.asarray(stage.render(frame)), np.asarray(previous_render(stage, frame)))
+    assert not frame.image.flags.writeable or (frame.image == make().image).all()  # the photo is not drawn on
+
+
+def test_render_without_a_font_is_the_previous_drawing(monkeypatch) -> None:
+    """supervision's OpenCV label annotator (no TrueType font found) draws on the BGR array directly."""
+    monkeypatch.setattr(ai, "find_font", lambda text, explicit=None: None)
+    frame = crowded_frame()
+    stage = AnnotatedImage()
+    np.testing.assert_array_equal(np.asarray(stage.render(frame)), np.asarray(previous_render(stage, frame)))
+
+
+@pytest.mark.parametrize("quality", [92, 60])
+def test_jpeg_is_what_pillow_wrote_before(tmp_path: Path, quality: int) -> None:
+    """OpenCV encodes now; the file must be the JPEG Pillow made of the same picture: the same
+    quantisation tables and chroma subsampling, the same pixels once decoded (both libraries ship
+    libjpeg-turbo, and here the bytes are the same; a build with another libjpeg may round a pixel
+    differently, hence the small tolerance)."""
+    frame = crowded_frame()
+    stage = AnnotatedImage(quality=quality)
+    stage.write(frame, tmp_path)
+    before = tmp_path / "before.jpg"
+    previous_render(stage, frame).save(before, format="JPEG", quality=quality)
+    from PIL import JpegImagePlugin
+
+    with Image.open(stage.files(frame, tmp_path)[0]) as now, Image.open(before) as then:
+        assert now.quantization == then.quantization
+        assert JpegImagePlugin.get_sampling(now) == JpegImagePlugin.get_sampling(then)
+        a, b = np.asarray(now).astype(int), np.asarray(then).astype(int)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 2 and np.abs(a - b).mean() < 0.05
+
+
+def test_png_holds_the_rendered_pixels(tmp_path: Path) -> None:
+    frame = crowded_frame()
+    stage = AnnotatedImage(format="png")
+    stage.write(frame, tmp_path)
+    with Image.open(stage.files(frame, tmp_path)[0]) as image:
+        np.testing.assert_array_equal(np.asarray(image), np.asarray(previous_render(stage, frame)))
 
 
 def test_render_draws_masks_boxes_and_a_panel(frame_factory, monkeypatch) -> None:

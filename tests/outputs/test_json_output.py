@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 
 from recognize.errors import RecognizeError
-from recognize.frame import Frame
+from recognize.frame import Frame, mask_to_rle, rle_to_mask
 from recognize.outputs.json_output import JsonOutput, read_frame
 from recognize.outputs.paths import output_name
 
@@ -81,3 +83,17 @@ def test_read_frame_errors_are_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(info.value) and "bad.json" in str(info.value)
     with pytest.raises(RecognizeError, match="cannot read"):
         read_frame(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (60, 80), (301, 173)])
+def test_mask_rle_is_pycocotools_own(shape: tuple[int, int]) -> None:
+    """`mask_to_rle` hands pycocotools a column-major copy made by OpenCV: the same RLE as numpy's."""
+    rng = np.random.default_rng(shape[0])
+    for mask in (rng.random(shape) < 0.3, np.ones(shape, bool), np.zeros(shape, bool),
+                 (rng.random((shape[0], 2 * shape[1])) < 0.5)[:, ::2]):  # a strided view too
+        expected = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        rle = mask_to_rle(mask)
+        assert rle == {"size": list(shape), "counts": expected["counts"].decode("ascii")}
+        np.testing.assert_array_equal(rle_to_mask(rle), mask)
+    as_uint8 = (rng.random(shape) < 0.5).astype(np.uint8)  # not boolean: numpy's copy, as before
+    assert mask_to_rle(as_uint8)["counts"] == mask_utils.encode(np.asfortranarray(as_uint8))["counts"].decode()
