@@ -11,10 +11,13 @@ bound on drift, not a fidelity figure for real weights).
     python benchmarks/bench_chain_device.py OUT [--device cuda] [--photos 8] [--quick] [--runs exact,bf16,exact]
 
 `--runs exact_background_write,exact_inline_write,...` measures writing the outputs beside the next batch
-against writing them between batches (`RECOGNIZE_BACKGROUND_WRITE=1` / `=0`); `--runs exact,exact_decoders,...`
-preparing the next photos on one thread per photo of a batch (`RECOGNIZE_PREFETCH_WORKERS=auto`) against one.
+against writing them between batches (`RECOGNIZE_BACKGROUND_WRITE=1` / `=0`); `--runs
+exact_one_decoder,exact_decoders,...` preparing the next photos on one thread against one thread per photo of
+a batch (`RECOGNIZE_PREFETCH_WORKERS=1` / `=auto`; `auto` is the default since 2026-12-04, so on a GPU `exact`
+is `exact_decoders`, and the runs of `results_gpu_h200_chain_2026-12-04.json` named `exact` had one thread).
+The kinds set only what they name: the rest comes from the environment the benchmark runs in.
 `--chain tag` runs the tagger alone (`ram_plus`, JSON only): on a GPU its call is short enough that
-preparing the photos, not the model, may set the pace, which is what `exact_decoders` is for.
+preparing the photos, not the model, may set the pace, which is what the decoding threads are for.
 
 Writes OUT/chain_device.json (OUT/chain_device_tag.json with `--chain tag`). The chain's reference (the Grounded-SAM demo) is not run here: its
 official Grounding DINO needs a venv from the package index (see `bench_chain.py`, the CPU chain).
@@ -45,8 +48,9 @@ KINDS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
     # (`recognize.engines.background_write`; by default: beside it where a GPU computes or a core is free)
     "exact_inline_write": ({}, {"RECOGNIZE_BACKGROUND_WRITE": "0"}),
     "exact_background_write": ({}, {"RECOGNIZE_BACKGROUND_WRITE": "1"}),
-    # the next batch's photos decoded and resized on one thread per photo of a batch (where every stage
-    # computes on the GPU: `recognize.prefetch.workers_for`), against `exact`'s one thread
+    # the next batch's photos decoded and resized on one thread, or on one thread per photo of a batch
+    # where every stage computes on the GPU (`recognize.prefetch.workers_for`; the default)
+    "exact_one_decoder": ({}, {"RECOGNIZE_PREFETCH_WORKERS": "1"}),
     "exact_decoders": ({}, {"RECOGNIZE_PREFETCH_WORKERS": "auto"}),
 }
 #: the runs, in order, unless `--runs` names others (a kind named again is run again: `exact_again`)

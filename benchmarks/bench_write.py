@@ -8,7 +8,7 @@ decorators make around a Pillow image), `Frame.to_detections`, the panel band, e
 atomic file write, the JSON text.
 
 `--baseline REV` also loads `recognize/outputs/annotated_image.py` and `mask_to_rle` as they are at
-git revision REV, checks that they give the same picture (pixel for pixel) and the same files (byte
+git revision REV, checks that they give the same picture (pixel for pixel), the same annotated-image file (byte
 for byte), and alternates the two in every round, so that a noisy machine slows both alike. The
 numbers printed are medians over the rounds.
 
@@ -172,13 +172,16 @@ def write_once(module: Any, mask_to_rle: Callable[..., Any], frame: Frame, out: 
     return s
 
 
-def same_output(baseline: Any, frame: Frame, out: Path) -> tuple[bool, bool]:
+def same_output(baseline: Any, baseline_rle: Callable[..., Any], frame: Frame, out: Path) -> tuple[bool, bool, bool]:
+    """(the same picture, the same annotated-image file bytes, the same RLE of every mask) as the baseline's."""
     old, new = baseline.AnnotatedImage(), current.AnnotatedImage()
     pixels = np.array_equal(np.asarray(old.render(frame)), np.asarray(new.render(frame)))
     old.write(frame, out / "old")
     new.write(frame, out / "new")
     name = old.files(frame, out / "old")[0].relative_to(out / "old")
-    return pixels, (out / "old" / name).read_bytes() == (out / "new" / name).read_bytes()
+    files = (out / "old" / name).read_bytes() == (out / "new" / name).read_bytes()
+    rles = all(baseline_rle(r.mask) == current_mask_to_rle(r.mask) for r in frame.regions if r.mask is not None)
+    return pixels, files, rles
 
 
 def versions() -> str:
@@ -213,8 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         if args.baseline:
-            pixels, files = same_output(impls["baseline"][0], frame, out)
-            print(f"same picture as {args.baseline}: {pixels}; same file bytes: {files}")
+            pixels, files, rles = same_output(*impls["baseline"], frame, out)
+            print(f"same picture as {args.baseline}: {pixels}; same file bytes: {files}; same RLE masks: {rles}")
         for name, (module, rle) in impls.items():  # warm-up: fonts, imports, first allocations
             write_once(module, rle, frame, out / name)
         for r in range(args.rounds):

@@ -58,7 +58,7 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     """COCO RLE of a boolean HxW mask, with `counts` as str so it is JSON-safe."""
     from pycocotools import mask as mask_utils
 
-    if mask.dtype == bool and mask.ndim == 2:
+    if mask.dtype == bool and mask.ndim == 2 and mask.size:
         # the column-major copy pycocotools reads, made by OpenCV's transpose (~5x faster than
         # numpy's on a 13.8 MP mask, and without the GIL): the transpose of the mask's bytes,
         # C-ordered, is the mask in Fortran order

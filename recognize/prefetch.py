@@ -24,7 +24,8 @@ with a thread per photo against 14.5-22.5 s with one (three alternating pairs, e
 loading 4.5-6.1 s against 7.2-10.1 s); the whole chain (RAM++ -> Grounding DINO -> SAM, 8 photos) was
 unchanged within the runs' noise (28.6-34.1 s against 28.7-34.8 s): its stages took ~1 s less, and the
 run waited ~1.7 s longer for the models still loading beside it (the thread driving the GPU needs the GIL
-for each kernel launch, and Grounding DINO's and SAM's stage times moved by ~3%).
+for each kernel launch: Grounding DINO's stage time rose by ~2% on average, SAM's by ~5%). Measured on
+CUDA only; `auto` counts MPS as a GPU too, untested there.
 With N > 1 a stage's `prepare` runs for several frames at once (`Stage.prepare`: it must be thread-safe),
 and closing the iterator waits for the batch being prepared.
 """
@@ -173,8 +174,10 @@ def prefetch(batches: Iterable[list[Frame]], depth: int = 1,
     `timer`: the consumer's waits for a batch count as `decode` (the stages sat idle while photos
     were decoded), and the rest of each batch's preparing seconds as `overlapped.decode` (done beside
     the compute), so that `summary.json` accounts for them (before, the waits were in `other`: on an
-    H200 a tagging run spent 6-9 s of its 9-10 s of compute waiting there). Recorded on the consumer's
-    thread only.
+    H200 a tagging run had 6.3-9.0 s there of the 7.2-10.1 s after its model loaded). The wait also
+    covers what the `batches` iterable itself does to produce a batch (listing the inputs, a resume's
+    reading of frames already checkpointed), which is booked as `decode` too. Recorded on the
+    consumer's thread only.
     """
     if depth < 1:
         yield from batches
@@ -227,14 +230,15 @@ def prefetch(batches: Iterable[list[Frame]], depth: int = 1,
         while True:
             began = clock()
             item = ready.get()
-            waited = clock() - began
+            if timer is not None:
+                waited = clock() - began
+                timer.phases[DECODE] += waited
+                if isinstance(item, _Prepared):
+                    timer.overlapped[DECODE] += max(0.0, item.seconds - waited)
             if item is _DONE:
                 return
             if isinstance(item, _Failure):
                 raise item.error
-            if timer is not None:
-                timer.phases[DECODE] += waited
-                timer.overlapped[DECODE] += max(0.0, item.seconds - waited)
             yield item.batch
     finally:
         stop.set()

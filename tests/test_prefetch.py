@@ -208,7 +208,7 @@ def test_with_a_timer_waiting_for_a_batch_is_decode_and_preparing_beside_the_com
     # the first batch was waited for (~0.2 s); the second was ready when asked for (prepared beside)
     assert 0.18 <= timer.phases[DECODE] < 0.4
     assert timer.overlapped[DECODE] >= 0.15
-    assert timer.phases[DECODE] + timer.overlapped[DECODE] >= 0.38  # both batches' preparing, counted once
+    assert 0.38 <= timer.phases[DECODE] + timer.overlapped[DECODE] < 0.55  # both batches' preparing, counted once
     assert not timer.stages
 
 

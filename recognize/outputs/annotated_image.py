@@ -133,14 +133,14 @@ class AnnotatedImage(OutputStage):
             palette = sv.ColorPalette.DEFAULT
             colors = np.array([tag_color_index(r.tag, len(palette.colors)) for r in frame.regions], dtype=np.int64)
             if p.masks and detections.mask is not None and detections.mask.shape[1:] == (height, width):
-                sv.MaskAnnotator(color=palette, opacity=p.mask_opacity).annotate(
+                _drawn_on(scene, sv.MaskAnnotator(color=palette, opacity=p.mask_opacity).annotate(
                     scene, detections, custom_color_lookup=colors
-                )
+                ))
             if p.boxes:
                 thickness = sv.calculate_optimal_line_thickness((width, height))
-                sv.BoxAnnotator(color=palette, thickness=thickness).annotate(
+                _drawn_on(scene, sv.BoxAnnotator(color=palette, thickness=thickness).annotate(
                     scene, detections, custom_color_lookup=colors
-                )
+                ))
             if p.labels:
                 labels = [_with_score(self._region_name(r, chinese), r.score, p.scores) for r in frame.regions]
                 annotator = self._label_annotator(labels, (width, height))
@@ -151,7 +151,7 @@ class AnnotatedImage(OutputStage):
                     image = annotator.annotate(image, detections, labels=labels, custom_color_lookup=colors)
                     cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR, dst=scene)
                 else:
-                    annotator.annotate(scene, detections, labels=labels, custom_color_lookup=colors)
+                    _drawn_on(scene, annotator.annotate(scene, detections, labels=labels, custom_color_lookup=colors))
         return picture
 
     def _region_name(self, region: Region, chinese: bool) -> str:
@@ -286,3 +286,10 @@ def wrap_text(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, max
     if current:
         lines.append(current)
     return lines or [""]
+
+
+def _drawn_on(scene: np.ndarray, out: np.ndarray) -> None:
+    """supervision 0.31's annotators draw on the array they are given and return it; should a release
+    return a new array instead, its drawing is copied back rather than silently lost."""
+    if out is not scene:
+        scene[...] = out

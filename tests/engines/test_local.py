@@ -322,3 +322,30 @@ def test_a_chains_stage_leaves_its_weight_pages_out_of_rss_between_batches(tmp_p
         assert all(kib < 1_000 for kib in later)
     else:  # nothing else competes for memory: unmapping would only cost faults, the weights stay resident
         assert all(kib >= 7_000 for kib in later)
+
+
+def test_the_wait_for_the_photos_decoded_ahead_is_decode_and_the_rest_overlapped(test_stages, image_folder, tmp_path,
+                                                                                 monkeypatch):
+    """The local engine hands its timer to the prefetch thread's consumer: waiting for a batch's photos is
+    `decode` in summary.json (it was `other`), their decoding beside the stages `overlapped.decode`."""
+    import time
+
+    from recognize import prefetch as prefetch_module
+
+    real_decode = prefetch_module.decode
+
+    def slow_decode(frame):
+        time.sleep(0.15)
+        real_decode(frame)
+
+    monkeypatch.setattr(prefetch_module, "decode", slow_decode)
+    images = sorted(p for p in image_folder.iterdir() if p.is_file())
+    assert len(images) >= 2
+    summary = run_to_folder(Pipeline([test_stages.Brightness()], batch_size=1), [image_folder], tmp_path / "out",
+                            quiet=True)
+    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    # the first photo is always waited for; every photo's 0.15 s is counted once, as one or the other
+    assert data["wall"]["decode"] >= 0.14
+    assert 0.15 * len(images) - 0.02 <= data["wall"]["decode"] + data["overlapped"].get("decode", 0.0)
+    assert data["wall"]["other"] < 0.15
+    assert sum(data["wall"].values()) == pytest.approx(summary.seconds, abs=0.01)
