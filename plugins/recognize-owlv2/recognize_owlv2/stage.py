@@ -79,8 +79,6 @@ class Owlv2(Stage):
         return [FileRef(card_name(p.model), WEIGHTS)]
 
     def load(self) -> None:
-        from transformers import Owlv2ImageProcessor
-
         from recognize_owlv2.model import build_owlv2, image_size, load_checkpoint
 
         p = self.params
@@ -96,8 +94,7 @@ class Owlv2(Stage):
             return load_checkpoint(build_owlv2(p.model, p.config), checkpoint, expected=expected).to(self.device)
 
         self.model = shared_models.get(("owlv2", architecture, source, self.device), build, owner=self)
-        size = image_size(self.model)
-        self.processor = Owlv2ImageProcessor(size={"height": size, "width": size})
+        self.size = image_size(self.model)
 
     def unload(self) -> None:
         super().unload()
@@ -134,9 +131,10 @@ class Owlv2(Stage):
         import torch
 
         from recognize.device_copies import to_device
+        from recognize_owlv2.pixels import owlv2_pixels
         from recognize_owlv2.queries import CONTEXT, tokenize
 
-        pixels = to_device(self.processor(images=list(images), return_tensors="pt")["pixel_values"], self.device)
+        pixels = to_device(owlv2_pixels(list(images), self.size), self.device)  # Owlv2ImageProcessor's values
         most = max(len(v) for v in vocabularies)
         # queries padded to the batch's longest list with all-zero ids, which OWLv2 masks out
         # (its query mask is "first token > 0"); the lone attended position keeps attention finite
