@@ -24,7 +24,6 @@ almost undamped: float32 sums in another order moved one box corner by 1.2e-3 px
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
@@ -38,10 +37,13 @@ _CHUNK = 1024
 
 def _gaussian(side: int, size: int) -> torch.Tensor:
     """The processor's 1-D anti-aliasing kernel for a `side` -> `size` resize (float32 math, as it does)."""
-    sigma = float((torch.tensor(side) / torch.tensor(size)).sub(1).div(2).clamp(min=0))
+    sigma32 = (torch.tensor(side) / torch.tensor(size)).sub(1).div(2).clamp(min=0)
+    sigma = float(sigma32)
     if sigma == 0:
         return torch.ones(1, dtype=torch.float64)
-    taps = 2 * math.ceil(3 * sigma) + 1
+    # the width from float32's 3 sigma, as the processor rounds it: in float64, 3 sigma can land just above a
+    # whole number where float32's is that number (side 4160 to 960: 13 taps against the processor's 11)
+    taps = 2 * int(torch.ceil(3 * sigma32)) + 1
     half = (taps - 1) * 0.5
     x = torch.linspace(-half, half, taps)
     pdf = torch.exp(-0.5 * (x / sigma).pow(2))
