@@ -70,8 +70,8 @@ class Owlv2(Stage):
         from recognize.versions import require
         from recognize_owlv2.cards import WEIGHTS, card_name
 
-        require("transformers", "5.2", "owlv2", "this plugin's tests find no boxes with 5.0 and 5.1, and the 4.x "
-                "line lacks the tokenizer API it uses")
+        require("transformers", "5.4", "owlv2", "its pixels are those of transformers' Owlv2ImageProcessor from 5.4 "
+                "(5.2 and 5.3 default to a scipy version whose values differ); 5.0 and 5.1 find no boxes")
 
         p = self.params
         if p.weights == "random" or p.checkpoint:
