@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import os
 import statistics
 import subprocess
 import sys
@@ -46,8 +45,9 @@ TAGS = ["person", "dog", "ball", "tree", "car", "bench", "grass", "sky", "cup", 
 
 
 def default_photo() -> Path:
-    reference = Path(os.environ.get("RECOGNIZE_REFERENCE", ROOT.parent / "shared" / "reference"))
-    return reference / "data" / "images" / "demo" / "demo3.jpg"
+    from bench_models import REFERENCE  # where the benchmarks find the reference data
+
+    return REFERENCE / "data" / "images" / "demo" / "demo3.jpg"
 
 
 def make_frame(photo: Path, masks: int, seed: int = 0) -> Frame:

@@ -40,7 +40,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from recognize import thread_priority
 from recognize.engines.timing import DECODE
@@ -153,12 +153,11 @@ class _Failure:
         self.error = error
 
 
-class _Prepared:
+class _Prepared(NamedTuple):
     """A batch made ready, with the seconds its preparing took (wall time on the prefetch thread)."""
 
-    def __init__(self, batch: list[Frame], seconds: float) -> None:
-        self.batch = batch
-        self.seconds = seconds
+    batch: list[Frame]
+    seconds: float
 
 
 def prefetch(batches: Iterable[list[Frame]], depth: int = 1,

@@ -164,10 +164,10 @@ class Stage:
         never see (an earlier stage failed on them), so it reads params, the pixels and the loaded
         model's settings, and changes nothing else. Where the stages compute on a GPU (or
         `RECOGNIZE_PREFETCH_WORKERS` > 1) it may run for several frames of a batch at once, on as many
-        threads: it must be thread-safe (no lazily filled caches on the stage). Keep the input with `frame.prepare_ahead(key, make)`;
-        `process` reads it with `frame.prepared(key, make)`, which makes it there when nothing was
-        prepared. An error here is logged once and `process` meets it again, where errors are
-        handled. Default: nothing.
+        threads: it must be thread-safe (no lazily filled caches on the stage). Keep the input with
+        `frame.prepare_ahead(key, make)`; `process` reads it with `frame.prepared(key, make)`, which
+        makes it there when nothing was prepared. An error here is logged once and `process` meets it
+        again, where errors are handled. Default: nothing.
         """
 
     def __call__(self, frames: list[Frame]) -> list[Frame]:
