@@ -350,14 +350,29 @@ def _subset_note(settings: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Re-render `PATH.md` from an existing `PATH.json` (after changing this module)."""
+    """Re-render `PATH.md` from an existing `PATH.json` (after changing this module); a file that is
+    missing or not a results JSON is one line on stderr and exit code 2, nothing written for it."""
+    import argparse
     import json
     import sys
     from pathlib import Path
 
-    for name in argv if argv is not None else sys.argv[1:]:
-        path = Path(name)
-        path.with_suffix(".md").write_text(render(json.loads(path.read_text())), encoding="utf-8")
+    parser = argparse.ArgumentParser(
+        description="Re-render each results JSON written by benchmarks/run.py (PATH.json, or a stopped run's "
+                    "PATH.partial.json) as Markdown beside it (PATH.md).")
+    parser.add_argument("results", nargs="+", type=Path, metavar="PATH.json")
+    failed = False
+    for path in parser.parse_args(argv).results:
+        try:
+            text = render(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            print(f"error: {path}: not a results file of benchmarks/run.py ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
+            failed = True
+            continue
+        path.with_suffix(".md").write_text(text, encoding="utf-8")
+    if failed:
+        raise SystemExit(2)
 
 
 def _stage_rates_note(results: dict[str, Any]) -> list[str]:

@@ -112,3 +112,19 @@ def test_a_run_keeps_each_finished_stage_in_a_partial_file_until_it_completes(tm
     assert saved["partial"] is True and saved["errors"] == ["stage ram: boom"] and list(saved["stages"]) == ["sam"]
     assert "partial" not in results and not out.with_suffix(".json").exists()
     assert "| sam |" in bench_report.render(saved)  # a partial run renders as far as it went
+
+
+def test_re_rendering_writes_the_markdown_beside_the_json_and_refuses_a_wrong_file_in_one_line(tmp_path, capsys):
+    """`bench_report.py PATH.json` (a partial file too): a missing or foreign file is one line, exit code 2."""
+    good = tmp_path / "results.partial.json"
+    good.write_text(json.dumps(_results({"peak_device_mb": 7000}, {"peak_device_mb": 9000},
+                                        {"gflops": 50000, "device_name": "H"})))
+    foreign = tmp_path / "other.json"
+    foreign.write_text("{}")
+    bench_report.main([str(good)])
+    assert "| sam |" in (tmp_path / "results.partial.md").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        bench_report.main([str(tmp_path / "missing.json"), str(foreign)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 2 and all(line.startswith("error: ") for line in lines)
+    assert not (tmp_path / "other.md").exists()
