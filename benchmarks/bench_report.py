@@ -349,28 +349,46 @@ def _subset_note(settings: dict[str, Any]) -> list[str]:
                 f"{DEFAULT_REPEATS} repeats, every default stage, the recipe and the engines){missing}.")]
 
 
+#: where a results file's hand-written part begins (notes added after a run); re-rendering keeps it
+NOTES_HEADING = "\n## Notes on this run"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Re-render `PATH.md` from an existing `PATH.json` (after changing this module); a file that is
-    missing or not a results JSON is one line on stderr and exit code 2, nothing written for it."""
+    """Re-render `X.md` from an existing `X.json` (after changing this module). The hand-written notes of
+    an existing `X.md` (from its `## Notes on this run` heading on) are kept; the rendered part above them
+    is replaced. A file that is missing, unreadable or not a results file is one line on stderr and exit
+    code 2, nothing written for it; the other files are still rendered."""
     import argparse
     import json
     import sys
     from pathlib import Path
 
     parser = argparse.ArgumentParser(
-        description="Re-render each results JSON written by benchmarks/run.py (PATH.json, or a stopped run's "
-                    "PATH.partial.json) as Markdown beside it (PATH.md).")
-    parser.add_argument("results", nargs="+", type=Path, metavar="PATH.json")
+        description="Re-render each results JSON written by benchmarks/run.py (X.json, or a stopped run's "
+                    "X.partial.json) as Markdown beside it (X.md, X.partial.md). An existing X.md's hand-written "
+                    f"notes (from its '{NOTES_HEADING.strip()}' heading on) are kept.")
+    parser.add_argument("results", nargs="+", type=Path, metavar="X.json")
     failed = False
     for path in parser.parse_args(argv).results:
+        target = path.with_suffix(".md")
         try:
-            text = render(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            print(f"error: {path}: not a results file of benchmarks/run.py ({type(exc).__name__}: {exc})",
-                  file=sys.stderr)
+            results = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(results, dict) or not isinstance(results.get("settings"), dict):
+                raise ValueError("no run settings in it")
+            old = target.read_text(encoding="utf-8") if target.exists() else ""
+        except (OSError, ValueError) as exc:
+            print(f"error: {path}: not a results file of benchmarks/run.py ({exc})", file=sys.stderr)
             failed = True
             continue
-        path.with_suffix(".md").write_text(text, encoding="utf-8")
+        text = render(results)  # a bug here is a traceback: the module's, not the file's
+        notes = old.find(NOTES_HEADING)
+        if notes >= 0:
+            text = text.rstrip("\n") + "\n" + old[notes:]
+        try:
+            target.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"error: {target}: cannot write it ({exc})", file=sys.stderr)
+            failed = True
     if failed:
         raise SystemExit(2)
 

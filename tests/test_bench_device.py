@@ -115,16 +115,24 @@ def test_a_run_keeps_each_finished_stage_in_a_partial_file_until_it_completes(tm
 
 
 def test_re_rendering_writes_the_markdown_beside_the_json_and_refuses_a_wrong_file_in_one_line(tmp_path, capsys):
-    """`bench_report.py PATH.json` (a partial file too): a missing or foreign file is one line, exit code 2."""
+    """`bench_report.py X.json` (a partial file too): a missing or foreign file is one line, exit code 2, and
+    the files after it are still rendered; an existing X.md's hand-written notes survive the re-rendering."""
+    run = _results({"peak_device_mb": 7000}, {"peak_device_mb": 9000}, {"gflops": 50000, "device_name": "H"})
     good = tmp_path / "results.partial.json"
-    good.write_text(json.dumps(_results({"peak_device_mb": 7000}, {"peak_device_mb": 9000},
-                                        {"gflops": 50000, "device_name": "H"})))
-    foreign = tmp_path / "other.json"
-    foreign.write_text("{}")
+    good.write_text(json.dumps(run))
     bench_report.main([str(good)])
     assert "| sam |" in (tmp_path / "results.partial.md").read_text()
+
+    later = tmp_path / "later.json"
+    later.write_text(json.dumps(run))
+    (tmp_path / "later.md").write_text("stale table\n\n## Notes on this run (by hand)\n\n- kept\n")
+    foreign = tmp_path / "other.json"
+    foreign.write_text("[]")
     with pytest.raises(SystemExit) as exit_info:
-        bench_report.main([str(tmp_path / "missing.json"), str(foreign)])
+        bench_report.main([str(tmp_path / "missing.json"), str(foreign), str(later)])
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(lines) == 2 and all(line.startswith("error: ") for line in lines)
     assert not (tmp_path / "other.md").exists()
+    rendered = (tmp_path / "later.md").read_text()
+    assert "| sam |" in rendered and "stale table" not in rendered
+    assert rendered.endswith("## Notes on this run (by hand)\n\n- kept\n")
