@@ -356,12 +356,15 @@ NOTES_HEADING = "\n## Notes on this run"
 def main(argv: list[str] | None = None) -> None:
     """Re-render `X.md` from an existing `X.json` (after changing this module). The hand-written notes of
     an existing `X.md` (from its `## Notes on this run` heading on) are kept; the rendered part above them
-    is replaced. A file that is missing, unreadable or not a results file is one line on stderr and exit
-    code 2, nothing written for it; the other files are still rendered."""
+    is replaced, in one atomic write (`recognize.atomic`, as `run.py` writes it), so a failed write loses
+    neither. A file that is missing, unreadable or not a results file is one line on stderr and exit code
+    2, nothing written for it; the other files are still rendered."""
     import argparse
     import json
     import sys
     from pathlib import Path
+
+    from recognize.atomic import write_text
 
     parser = argparse.ArgumentParser(
         description="Re-render each results JSON written by benchmarks/run.py (X.json, or a stopped run's "
@@ -385,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         if notes >= 0:
             text = text.rstrip("\n") + "\n" + old[notes:]
         try:
-            target.write_text(text, encoding="utf-8")
+            write_text(target, text)
         except OSError as exc:
             print(f"error: {target}: cannot write it ({exc})", file=sys.stderr)
             failed = True
