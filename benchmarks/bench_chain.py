@@ -104,11 +104,12 @@ def recipe(kit: Kit, fast: dict[str, Any] | None = None, *, device: str = "cpu",
 
 
 def reference_spec(kit: Kit) -> dict[str, Any]:
-    """What `reference_demo.py` loads and keeps: the same files, tags and box cap as our recipe."""
-    return {"ram_plus": kit.tagger_params("ram_plus"), "grounding_dino": json.loads(kit.official_gdino_spec().read_text()),
-            "sam": kit.sam_params(), "tags": list(TAGS), "tag_threshold": 0.0, "box_threshold": BOX_THRESHOLD,
-            "text_threshold": TEXT_THRESHOLD, "iou_threshold": IOU_THRESHOLD, "max_boxes": kit.boxes,
-            "grounding_dino_size": list(kit.gd_size)}
+    """What `reference_demo.py` loads and keeps: the same files, tags and box cap as our recipe, on the
+    kit's device."""
+    return {"device": kit.device, "ram_plus": kit.tagger_params("ram_plus"),
+            "grounding_dino": json.loads(kit.official_gdino_spec().read_text()), "sam": kit.sam_params(),
+            "tags": list(TAGS), "tag_threshold": 0.0, "box_threshold": BOX_THRESHOLD, "text_threshold": TEXT_THRESHOLD,
+            "iou_threshold": IOU_THRESHOLD, "max_boxes": kit.boxes, "grounding_dino_size": list(kit.gd_size)}
 
 
 def run_child(command: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:

@@ -19,8 +19,13 @@ The kinds set only what they name: the rest comes from the environment the bench
 `--chain tag` runs the tagger alone (`ram_plus`, JSON only): on a GPU its call is short enough that
 preparing the photos, not the model, may set the pace, which is what the decoding threads are for.
 
-Writes OUT/chain_device.json (OUT/chain_device_tag.json with `--chain tag`). The chain's reference (the Grounded-SAM demo) is not run here: its
-official Grounding DINO needs a venv from the package index (see `bench_chain.py`, the CPU chain).
+`--runs demo,exact,...` adds the chain's reference: Grounded-SAM's demo (`reference_demo.py`) on the same
+device, one fresh process per photo, as `bench_chain.py` runs it on the CPU. Its official Grounding DINO
+runs in the official code's venv (`official_env.py`), built from the package index or, on a machine without
+one, from `$RECOGNIZE_ORACLE_WHEELS`; with it both sides load the official Grounding DINO file. The report's
+`against_demo` then gives each of our runs' photos per hour against the demo's (all demo runs' mean).
+
+Writes OUT/chain_device.json (OUT/chain_device_tag.json with `--chain tag`).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from bench_chain import ours_folder, recipe
+from bench_chain import ours_folder, recipe, reference_photo, reference_spec, summarise_reference
 from bench_models import Kit, default_cache, image_paths
 from run import QUICK_MAX_SIDE, image_folder
 
@@ -53,6 +58,8 @@ KINDS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
     "exact_one_decoder": ({}, {"RECOGNIZE_PREFETCH_WORKERS": "1"}),
     "exact_decoders": ({}, {"RECOGNIZE_PREFETCH_WORKERS": "auto"}),
 }
+#: the Grounded-SAM demo: a fresh process per photo (`bench_chain.reference_photo`), the full chain only
+DEMO = "demo"
 #: the runs, in order, unless `--runs` names others (a kind named again is run again: `exact_again`)
 RUNS = ("exact", "bf16", "exact")
 
@@ -63,7 +70,7 @@ def run_chain(kit: Kit, kind: str, args: argparse.Namespace, photos: Path, work:
     fast, env = KINDS[kind]
     path = work / f"{name}.yaml"
     chain = recipe(kit, {**fast, "sam_model": args.sam_model}, device=args.device,
-                   batch_size=args.batch_size, sam_batch_size=None, official_gdino=False)
+                   batch_size=args.batch_size, sam_batch_size=None, official_gdino=kit.official_gdino)
     if args.chain == "tag":
         chain = {**chain, "name": "tag", "stages": chain["stages"][:1], "outputs": [{"use": "json"}]}
     path.write_text(yaml.safe_dump(chain))
@@ -74,6 +81,31 @@ def run_chain(kit: Kit, kind: str, args: argparse.Namespace, photos: Path, work:
     return {"kind": kind, "rc": 0, "wall_s": found["seconds"], **found}
 
 
+def run_demo(kit: Kit, photos: Path, work: Path, name: str) -> dict[str, Any]:
+    """The demo over `photos`, one fresh process each, on the kit's device; a failure is recorded."""
+    from official_env import official_python
+
+    spec = work / f"{name}_spec.json"
+    spec.write_text(json.dumps(reference_spec(kit)))
+    try:
+        python = official_python()
+        runs = [reference_photo(python, spec, photo, work / f"{name}_{photo.stem}")
+                for photo in sorted(p for p in photos.iterdir() if p.is_file())]
+    except Exception as error:  # the venv, or one photo's process: recorded like a failed run of ours
+        return {"kind": DEMO, "rc": 1, "error": str(error)[-1500:]}
+    return {"kind": DEMO, "rc": 0, "wall_s": sum(run["seconds"] for run in runs), **summarise_reference(runs)}
+
+
+def against_demo(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Each of our runs' photos per hour over the demo's (the mean seconds a photo of every demo run)."""
+    demo = [entry["s_per_photo"] for entry in runs.values() if entry["kind"] == DEMO and not entry["rc"]]
+    if not demo:
+        return {}
+    per_photo = sum(demo) / len(demo)
+    return {name: per_photo / entry["s_per_photo"] for name, entry in runs.items()
+            if entry["kind"] != DEMO and not entry["rc"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder for chain_device.json")
@@ -81,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=int, default=8, help="photos in the folder (cycled from the reference ones)")
     parser.add_argument("--quick", action="store_true", help="tiny models, photos shrunk to 256 px")
     parser.add_argument("--runs", default=",".join(RUNS),
-                        help=f"the runs in order, of {', '.join(KINDS)} (default {','.join(RUNS)}); the exact and "
-                             "bf16 runs' outputs are compared when both ran")
+                        help=f"the runs in order, of {', '.join([*KINDS, DEMO])} (default {','.join(RUNS)}); the "
+                             "exact and bf16 runs' outputs are compared when both ran; demo: the Grounded-SAM demo "
+                             "(full chain only)")
     parser.add_argument("--batch-size", type=int, default=4, help="the recipe's batch size (default 4)")
     parser.add_argument("--chain", choices=["full", "tag"], default="full",
                         help="full: ram_plus -> grounding_dino -> sam, JSON + annotated image (default); "
@@ -91,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="SAM's size (default vit_h; vit_b is the CPU's fast mode)")
     args = parser.parse_args(argv)
     runs = [name for name in args.runs.split(",") if name]
-    if unknown := [name for name in runs if name not in KINDS]:
-        parser.error(f"--runs: unknown {', '.join(unknown)}; known: {', '.join(KINDS)}")
-    kit = Kit(quick=args.quick, cache=default_cache(), official_gdino=False, device=args.device)
+    if unknown := [name for name in runs if name not in KINDS and name != DEMO]:
+        parser.error(f"--runs: unknown {', '.join(unknown)}; known: {', '.join([*KINDS, DEMO])}")
+    if DEMO in runs and args.chain == "tag":
+        parser.error("--runs demo: the demo is the full chain; leave it out with --chain tag")
+    # with the demo, both sides load the official Grounding DINO file (written by the official code)
+    kit = Kit(quick=args.quick, cache=default_cache(), official_gdino=DEMO in runs, device=args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     report_path = args.out / ("chain_device.json" if args.chain == "full" else "chain_device_tag.json")
     report: dict[str, Any] = {"device": args.device, "chain": args.chain, "photos": args.photos, "quick": args.quick,
@@ -104,9 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         for kind in runs:
             name = kind if kind not in report["runs"] else f"{kind}_again"
             name = name if name not in report["runs"] else f"{kind}_{len(report['runs'])}"
-            report["runs"][name] = run_chain(kit, kind, args, photos, work, name)
+            if kind == DEMO:
+                report["runs"][name] = run_demo(kit, photos, work, name)
+            else:
+                report["runs"][name] = run_chain(kit, kind, args, photos, work, name)
             entry = report["runs"][name]
             print(f"{name}: rc {entry['rc']}" + (f", {entry['wall_s']:.1f} s" if not entry["rc"] else ""), file=sys.stderr)
+            report["against_demo"] = against_demo(report["runs"])
             report_path.write_text(json.dumps(report, indent=1))  # kept if stopped later
         if {"exact", "bf16"} <= set(report["runs"]):
             proc = subprocess.run([sys.executable, "-m", "recognize", "eval", "compare", str(work / "exact"),

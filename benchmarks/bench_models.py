@@ -148,8 +148,9 @@ class Kit:
         return params
 
     def official_gdino_spec(self) -> Path:
-        """The official worker's spec (sizes, vocab, checkpoint), its seeded random checkpoint written
-        by the official code itself, in the official layout, once."""
+        """The official worker's spec (sizes, vocab, checkpoint, and the kit's device where it is not the
+        CPU), its seeded random checkpoint written by the official code itself (on the CPU), in the
+        official layout, once."""
         import json
 
         from official_env import official_python
@@ -161,8 +162,10 @@ class Kit:
             run_official_worker(python, "write", {**spec, "checkpoint": str(path)})
 
         checkpoint = self._file(f"grounding_dino_official_random_v{OFFICIAL_GDINO_VERSION}.pth", write_checkpoint)
-        return self._file(f"grounding_dino_official_spec_v{OFFICIAL_GDINO_VERSION}.json",
-                          lambda p: p.write_text(json.dumps({**spec, "checkpoint": str(checkpoint)})))
+        on = {} if self.device == "cpu" else {"device": self.device}
+        suffix = "" if self.device == "cpu" else f"_{self.device}"
+        return self._file(f"grounding_dino_official_spec_v{OFFICIAL_GDINO_VERSION}{suffix}.json",
+                          lambda p: p.write_text(json.dumps({**spec, "checkpoint": str(checkpoint), **on})))
 
     def sam_params(self, model: str = "vit_h") -> dict[str, Any]:
         """SAM's stage parameters: vit_h (the benchmark's SAM), or a lighter variant (the chain's fast mode on

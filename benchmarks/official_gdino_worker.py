@@ -10,6 +10,9 @@ released swint_ogc config, or the tiny test sizes) and loads the checkpoint as t
 `load_model` does (`torch.load` + `load_state_dict(clean_state_dict(...), strict=False)`), says
 it is ready, reads one JSON job on stdin (image .npy, tags, thresholds) and answers with one JSON
 line: the demo's boxes (xyxy pixels, after NMS 0.5), their phrases and the inference seconds.
+A spec's `device` (default `cpu`; `Kit.official_gdino_spec` names the kit's) is where `serve` computes: the
+model goes there once loaded (as our side's baseline does), the pixels at inference, and the outputs come
+back with `.cpu()` as in the demo's `get_grounding_output`.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def build(spec: dict) -> torch.nn.Module:
     official.get_tokenlizer.get_tokenlizer = lambda _name: tokenizer
     official.get_tokenlizer.get_pretrained_language_model = lambda _name: BertModel(BertConfig())
     args = SLConfig.fromfile(str(Path(groundingdino.__file__).parent / "config" / "GroundingDINO_SwinT_OGC.py"))
-    args.device = "cpu"
+    args.device = spec.get("device") or "cpu"  # the demo's `args.device = device`
     return build_model(args).eval()
 
 
@@ -98,7 +101,8 @@ def serve(spec: dict) -> None:
     model = build(spec)
     checkpoint = torch.load(spec["checkpoint"], map_location="cpu", weights_only=True)
     model.load_state_dict(clean_state_dict(checkpoint["model"]), strict=False)
-    model.eval()
+    device = spec.get("device") or "cpu"
+    model.eval().to(device)
     print(f"ready {time.perf_counter() - start:.6f}", flush=True)
 
     job = json.loads(sys.stdin.readline())
@@ -110,9 +114,9 @@ def serve(spec: dict) -> None:
     caption = ", ".join(job["tags"]).lower().strip()
     caption = caption if caption.endswith(".") else caption + "."
     with torch.no_grad():
-        outputs = model(pixels[None], captions=[caption])
-    logits = outputs["pred_logits"].sigmoid()[0]
-    boxes = outputs["pred_boxes"][0]
+        outputs = model(pixels.to(device)[None], captions=[caption])
+    logits = outputs["pred_logits"].cpu().sigmoid()[0]
+    boxes = outputs["pred_boxes"].cpu()[0]
     keep = logits.max(dim=1)[0] > job["box_threshold"]
     logits, boxes = logits[keep], boxes[keep]
     tokenized = model.tokenizer(caption)

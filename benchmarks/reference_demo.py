@@ -25,6 +25,12 @@ model and writes the demo's files. The steps, in the demo's order:
    then the demo's `save_mask_data`: the label image as a second figure (`mask.jpg`, dpi 300) and
    `label.json` (background + value/label/logit/box per mask).
 
+Device: `spec["device"]` (default `cpu`), as the demo's `--device`: each model goes there as the demo
+moves it (Grounding DINO and its pixels at inference, RAM++ and SAM after loading), NMS runs on the CPU
+and the masks come back with `.cpu()` for drawing, as in the demo. On a GPU each timed part ends with a
+`torch.cuda.synchronize()`, so that work queued in one part (SAM's decoding) is not counted in the next
+(the drawing's first `.cpu()`); the process's wall time is the same either way.
+
 Deliberate differences from the demo, all to make both sides of the benchmark do equal work: the
 tags are the fixed `spec["tags"]` (RAM++'s scores over every class at threshold `tag_threshold`,
 then only those names kept), the boxes after NMS are cut to `spec["max_boxes"]` (the best ones:
@@ -107,11 +113,13 @@ def peak_rss_mb() -> float:
 
 
 class Clock:
-    """Seconds per named part, summed (a part may be entered more than once)."""
+    """Seconds per named part, summed (a part may be entered more than once). `device`: where the models
+    compute; on a GPU a part ends when the work it queued has finished."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         self.parts: dict[str, float] = {}
         self.marks: dict[str, float] = {}
+        self.sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
     def part(self, name: str):
         clock = self
@@ -122,6 +130,7 @@ class Clock:
                 clock.marks.setdefault(name, self.start)
 
             def __exit__(self, *exc: object) -> None:
+                clock.sync()
                 clock.parts[name] = clock.parts.get(name, 0.0) + _now() - self.start
 
         return _Part()
@@ -136,28 +145,29 @@ def read_for_grounding(path: str, size: int, max_size: int) -> tuple[Image.Image
     return photo, pixels
 
 
-def load_grounding_dino(spec: dict) -> torch.nn.Module:
-    model = build_grounding_dino(spec)
+def load_grounding_dino(spec: dict, device: str) -> torch.nn.Module:
+    model = build_grounding_dino({**spec, "device": device})  # the demo's `args.device = device`
     checkpoint = torch.load(spec["checkpoint"], map_location="cpu", weights_only=True)
     log(model.load_state_dict(clean_state_dict(checkpoint["model"]), strict=False))
     return model.eval()
 
 
-def load_ram(params: dict) -> tuple[torch.nn.Module, list[str], list[str] | None, np.ndarray]:
+def load_ram(params: dict, device: str) -> tuple[torch.nn.Module, list[str], list[str] | None, np.ndarray]:
     stage = RamPlus({**params, "device": "cpu"})  # only its files and config: it loads nothing itself
     model = build_ram(stage.ram_config())  # random init, then the checkpoint (the official way)
     load_official(model, stage.checkpoint_path(), model.key_spec())
     vocab = stage.closed_vocabulary()
-    return model.eval(), vocab.names, vocab.names_zh, np.asarray(vocab.thresholds)
+    return model.eval().to(device), vocab.names, vocab.names_zh, np.asarray(vocab.thresholds)
 
 
 def tag(model: torch.nn.Module, names: list[str], names_zh: list[str] | None, thresholds: np.ndarray,
         photo: Image.Image, size: int, keep: list[str] | None, threshold: float | None) -> tuple[str, str]:
     transform = TS.Compose([TS.Resize((size, size)), TS.ToTensor(),
                             TS.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
-    pixels = transform(photo.resize((size, size)))[None]
+    device = next(model.parameters()).device
+    pixels = transform(photo.resize((size, size)))[None].to(device)
     with torch.no_grad():
-        scores = torch.sigmoid(model(pixels))[0].numpy()
+        scores = torch.sigmoid(model(pixels))[0].cpu().numpy()
     limit = np.full_like(thresholds, threshold) if threshold is not None else thresholds
     hits = [i for i in np.flatnonzero(scores > limit) if keep is None or names[i] in keep]
     english = " | ".join(names[i] for i in hits)
@@ -166,14 +176,15 @@ def tag(model: torch.nn.Module, names: list[str], names_zh: list[str] | None, th
 
 
 def ground(model: torch.nn.Module, pixels: torch.Tensor, caption: str, box_threshold: float,
-           text_threshold: float) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+           text_threshold: float, device: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     caption = caption.lower().strip()
     if not caption.endswith("."):
         caption += "."
+    model = model.to(device)
     with torch.no_grad():
-        outputs = model(pixels[None], captions=[caption])
-    logits = outputs["pred_logits"].sigmoid()[0]
-    boxes = outputs["pred_boxes"][0]
+        outputs = model(pixels.to(device)[None], captions=[caption])
+    logits = outputs["pred_logits"].cpu().sigmoid()[0]
+    boxes = outputs["pred_boxes"].cpu()[0]
     kept = logits.max(dim=1)[0] > box_threshold
     logits, boxes = logits[kept], boxes[kept]
     tokenized = model.tokenizer(caption)
@@ -186,13 +197,13 @@ def ground(model: torch.nn.Module, pixels: torch.Tensor, caption: str, box_thres
     return boxes, torch.tensor(scores), phrases
 
 
-def load_sam(params: dict) -> SamPredictor:
+def load_sam(params: dict, device: str) -> SamPredictor:
     config = params.get("config")
     if config is not None:  # the tiny test sizes: segment_anything's own builder at those sizes
         model = _build_sam(checkpoint=params["checkpoint"], **config)
     else:
         model = sam_model_registry[params["model"]](checkpoint=params["checkpoint"])
-    return SamPredictor(model)
+    return SamPredictor(model.to(device))
 
 
 def to_pixel_xyxy(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -217,7 +228,7 @@ def draw(image: np.ndarray, masks: torch.Tensor, boxes: torch.Tensor, labels: li
     plt.figure(figsize=(10, 10))
     plt.imshow(image)
     for mask in masks:
-        overlay(mask.numpy(), plt.gca())
+        overlay(mask.cpu().numpy(), plt.gca())
     for box, label in zip(boxes, labels):
         outline(box.numpy(), plt.gca(), label)
     plt.axis("off")
@@ -227,7 +238,7 @@ def draw(image: np.ndarray, masks: torch.Tensor, boxes: torch.Tensor, labels: li
 def save_mask_data(out: Path, tags_chinese: str, masks: torch.Tensor, boxes: torch.Tensor, labels: list[str]) -> None:
     label_image = torch.zeros(masks.shape[-2:])
     for index, mask in enumerate(masks):
-        label_image[mask.numpy()[0]] = index + 1
+        label_image[mask.cpu().numpy()[0]] = index + 1
     plt.figure(figsize=(10, 10))
     plt.imshow(label_image.numpy())
     plt.axis("off")
@@ -240,25 +251,27 @@ def save_mask_data(out: Path, tags_chinese: str, masks: torch.Tensor, boxes: tor
 
 
 def run(spec: dict, photo_path: str, out: Path) -> dict:
-    clock = Clock()
+    device = spec.get("device", "cpu")
+    clock = Clock(device)
     out.mkdir(parents=True, exist_ok=True)
     size, max_size = spec["grounding_dino_size"]
     with clock.part("decode"):
         photo, pixels = read_for_grounding(photo_path, size, max_size)
     with clock.part("load_grounding_dino"):
-        grounding_dino = load_grounding_dino(spec["grounding_dino"])
+        grounding_dino = load_grounding_dino(spec["grounding_dino"], device)
     with clock.part("draw_save"):
         photo.save(out / "raw_image.jpg")
     with clock.part("load_ram"):
-        ram, names, names_zh, thresholds = load_ram(spec["ram_plus"])
+        ram, names, names_zh, thresholds = load_ram(spec["ram_plus"], device)
     with clock.part("ram"):
         tags, tags_chinese = tag(ram, names, names_zh, thresholds, photo, ram.config.image_size,
                                  spec.get("tags"), spec.get("tag_threshold"))
     log("Image Tags:", tags)
     with clock.part("grounding_dino"):
-        boxes, scores, phrases = ground(grounding_dino, pixels, tags, spec["box_threshold"], spec["text_threshold"])
+        boxes, scores, phrases = ground(grounding_dino, pixels, tags, spec["box_threshold"], spec["text_threshold"],
+                                        device)
     with clock.part("load_sam"):
-        predictor = load_sam(spec["sam"])
+        predictor = load_sam(spec["sam"], device)
     with clock.part("decode"):
         image = cv2.cvtColor(cv2.imread(photo_path), cv2.COLOR_BGR2RGB)
     with clock.part("sam"):
@@ -269,7 +282,7 @@ def run(spec: dict, photo_path: str, out: Path) -> dict:
         kept = torchvision.ops.nms(boxes, scores, spec["iou_threshold"]).tolist()[: spec.get("max_boxes")]
         boxes, phrases = boxes[kept], [phrases[i] for i in kept]
         log(f"After NMS: {boxes.shape[0]} boxes")
-        prompts = predictor.transform.apply_boxes_torch(boxes, image.shape[:2])
+        prompts = predictor.transform.apply_boxes_torch(boxes, image.shape[:2]).to(device)
         masks, _, _ = predictor.predict_torch(point_coords=None, point_labels=None, boxes=prompts,
                                               multimask_output=False)
     with clock.part("draw_save"):
@@ -284,6 +297,7 @@ def run(spec: dict, photo_path: str, out: Path) -> dict:
         "boxes": int(boxes.shape[0]),
         "masks": int(masks.shape[0]),
         "threads": torch.get_num_threads(),
+        "device": device,
         "peak_rss_mb": peak_rss_mb(),
     }
 

@@ -57,3 +57,30 @@ def test_the_quick_tagger_alone_runs_with_one_and_several_decoding_threads(tmp_p
         assert set(run["stage_seconds"]) == {"ram_plus"}, name  # the tagger alone
         assert run["tags_per_img"] > 0 and run["annotated_images"] == 0, name  # JSON only
     assert not (tmp_path / "out" / "chain_device.json").exists()
+
+
+def test_the_quick_chain_runs_beside_the_demo_on_the_same_device(tmp_path):
+    """`--runs demo,...`: the Grounded-SAM demo per photo in the official venv (its Grounding DINO the official
+    code), our chain on the same official Grounding DINO file, and our photos per hour over the demo's."""
+    if not (REFERENCE / "fixtures" / "ram_plus" / "checkpoint.pth").is_file():
+        pytest.skip(f"reference fixtures not found under {REFERENCE}")
+    env = {**os.environ, "RECOGNIZE_BENCH_CACHE": str(tmp_path / "cache"), "RECOGNIZE_REFERENCE": str(REFERENCE)}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_chain_device.py"), str(tmp_path / "out"),
+                           "--quick", "--device", "cpu", "--photos", "2", "--batch-size", "1", "--runs", "demo,exact"],
+                          capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "chain_device.json").read_text())
+    demo, exact = report["runs"]["demo"], report["runs"]["exact"]
+    assert demo["rc"] == 0 and demo["photos"] == 2 and len(demo["runs"]) == 2
+    assert demo["runs"][0]["files"] == ["automatic_label_output.jpg", "label.json", "mask.jpg", "raw_image.jpg"]
+    assert demo["masks_per_img"] == demo["regions_per_img"] > 0 and demo["cold_start"] > 0
+    assert exact["counts"]["processed"] == 2 and exact["regions_per_img"] == demo["regions_per_img"]
+    assert report["against_demo"] == pytest.approx({"exact": demo["s_per_photo"] / exact["s_per_photo"]})
+    # the official code wrote its Grounding DINO file, which both sides load (`bench_chain.recipe`)
+    assert list((tmp_path / "cache" / "quick").glob("grounding_dino_official_random_*.pth"))
+
+
+def test_the_demo_is_refused_for_the_tagger_alone(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_chain_device.py"), str(tmp_path / "out"),
+                           "--quick", "--chain", "tag", "--runs", "demo"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and "the demo is the full chain" in proc.stderr

@@ -5,6 +5,8 @@ users run on the current transformers. So the oracle never shares the test proce
 parity test creates a virtual environment (`--system-site-packages`, so torch and the other big
 libraries are reused, not downloaded again) holding rf-groundingdino and `transformers<5`, cached
 under `$RECOGNIZE_ORACLE_HOME` (default `~/.cache/recognize/oracles/<hash of the requirements>`).
+A machine without the package index (a lent GPU machine) builds it from a folder of wheels instead:
+`$RECOGNIZE_ORACLE_WHEELS` (`_install_command`).
 `official_worker.py` runs there in a subprocess, reads a JSON job and writes its numbers to an
 .npz file that the test compares in the main process.
 """
@@ -30,6 +32,10 @@ WORKER = HERE / "official_worker.py"
 REQUIREMENTS = ("rf-groundingdino==0.3.0", "transformers>=4.40,<5")
 #: never let the oracle's resolver replace these (the oracle must run the test process's torch)
 KEEP = ("torch", "torchvision", "numpy")
+#: a folder of wheels to build the environment from, without the package index
+WHEELS = "RECOGNIZE_ORACLE_WHEELS"
+#: what the built environment must import, and the transformers it must have (`_check`)
+CHECK = "import groundingdino.models, transformers; assert int(transformers.__version__.split('.')[0]) < 5"
 
 
 class OracleUnavailable(RuntimeError):
@@ -49,10 +55,36 @@ def _installed() -> list[str]:
     return sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]})
 
 
+def _wheels() -> list[Path]:
+    """The wheels of `$RECOGNIZE_ORACLE_WHEELS` (none when it is unset)."""
+    folder = os.environ.get(WHEELS)
+    if not folder:
+        return []
+    wheels = sorted(Path(folder).glob("*.whl"))
+    if not wheels:
+        raise OracleUnavailable(f"{WHEELS}={folder} holds no wheels (*.whl)")
+    return wheels
+
+
+def _install_command(python: Path, constraints: Path) -> list[str]:
+    """pip's command for the environment: `REQUIREMENTS` from the package index, or every wheel of
+    `$RECOGNIZE_ORACLE_WHEELS` with `--no-index --no-deps`. Why no resolving there: the folder holds what
+    the environment adds (rf-groundingdino, transformers<5 and the tokenizers and huggingface_hub it
+    takes), and the rest comes from the main environment, sometimes under another name than
+    rf-groundingdino asks for (`opencv-python-headless` for `opencv-python`), which a resolver would
+    try to install from a folder that lacks it. `_check` then proves the result imports."""
+    base = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-c", str(constraints)]
+    wheels = _wheels()
+    if wheels:
+        return [*base, "--no-index", "--no-deps", *map(str, wheels)]
+    return [*base, *REQUIREMENTS]
+
+
 def oracle_dir() -> Path:
     """One environment per (interpreter, requirements, installed packages): upgrading transformers in
     the main environment, say, gives a freshly resolved oracle instead of a stale one."""
-    key = json.dumps([sys.version, sys.prefix, REQUIREMENTS, _installed()]).encode()
+    wheels = [w.name for w in _wheels()]  # another folder of wheels, another environment
+    key = json.dumps([sys.version, sys.prefix, REQUIREMENTS, _installed(), *([wheels] if wheels else [])]).encode()
     home = os.environ.get("RECOGNIZE_ORACLE_HOME") or Path.home() / ".cache" / "recognize" / "oracles"
     return Path(home) / f"groundingdino-{hashlib.sha256(key).hexdigest()[:12]}"
 
@@ -72,11 +104,9 @@ def oracle_python() -> Path:
         subprocess.run([sys.executable, "-m", "venv", "--clear", "--system-site-packages", str(root)], check=True)
         constraints = root / "constraints.txt"
         constraints.write_text("\n".join(_constraints()) + "\n")
-        result = subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "-c", str(constraints), *REQUIREMENTS],
-            capture_output=True, text=True,
-        )
+        result = subprocess.run(_install_command(python, constraints), capture_output=True, text=True)
+        if result.returncode == 0:
+            result = subprocess.run([str(python), "-c", CHECK], capture_output=True, text=True)
         if result.returncode != 0:
             raise OracleUnavailable(f"could not build the oracle environment in {root}:\n{result.stderr[-3000:]}")
         ready.write_text("\n".join(REQUIREMENTS) + "\n")
