@@ -14,8 +14,9 @@ the demo's per-photo script does), `infer` sends it one photo. Its checkpoint is
 architecture with seeded random weights written by the official code in the official layout.
 Each function builds its model from the file (load) and runs it on one image (infer); the caller
 times the two apart. On `run.py --device cuda` the same steps run on the GPU (the model moved there
-after loading, as the demo does with `.to(device)`), and Grounding DINO's baseline is our model classes:
-the official code's venv cannot be built where the GPU machine has no package index.
+after loading, as the demo does with `.to(device)`), and Grounding DINO's baseline is our model classes
+unless `--gdino-baseline official` asks for the official code there (a GPU machine often has no package
+index: its venv is then built from `$RECOGNIZE_ORACLE_WHEELS`, see `official_env.py`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 rf-groundingdino (the official model code, as on the package index) builds only on transformers 4.x
 while recognize runs on the current one, so the baseline's Grounding DINO runs in a process of its
 own, in the very venv the parity tests build and cache
-(`plugins/recognize-grounding-dino/tests/oracle_env.py`): one environment, built once, for both.
+(`plugins/recognize-grounding-dino/tests/oracle_env.py`): one environment, built once, for both. Where
+the package index is out of reach (a lent GPU machine), `RECOGNIZE_ORACLE_WHEELS=DIR` builds it from a
+folder of wheels: rf-groundingdino 0.3.0, transformers 4.x and the tokenizers and huggingface_hub it
+takes, addict, yapf and platformdirs (`pip download --no-deps ...` on a machine with the index).
 """
 
 from __future__ import annotations
