@@ -65,18 +65,19 @@ RUNS = ("exact", "bf16", "exact")
 
 
 def run_chain(kit: Kit, kind: str, args: argparse.Namespace, photos: Path, work: Path, name: str) -> dict[str, Any]:
-    """One `recognize run` of the chain (`bench_chain.recipe` on `args.device`, Grounding DINO from our
-    checkpoint layout) over `photos`; a failed run is recorded, not raised."""
+    """One `recognize run` of the chain (`bench_chain.recipe` on `args.device`; Grounding DINO from our
+    checkpoint layout, or from the official file where the demo runs too) over `photos`; a failed run is
+    recorded, not raised."""
     fast, env = KINDS[kind]
     path = work / f"{name}.yaml"
-    chain = recipe(kit, {**fast, "sam_model": args.sam_model}, device=args.device,
-                   batch_size=args.batch_size, sam_batch_size=None, official_gdino=kit.official_gdino)
-    if args.chain == "tag":
-        chain = {**chain, "name": "tag", "stages": chain["stages"][:1], "outputs": [{"use": "json"}]}
-    path.write_text(yaml.safe_dump(chain))
-    try:
+    try:  # the recipe too: with the demo it needs the official Grounding DINO file, which needs its venv
+        chain = recipe(kit, {**fast, "sam_model": args.sam_model}, device=args.device,
+                       batch_size=args.batch_size, sam_batch_size=None, official_gdino=kit.official_gdino)
+        if args.chain == "tag":
+            chain = {**chain, "name": "tag", "stages": chain["stages"][:1], "outputs": [{"use": "json"}]}
+        path.write_text(yaml.safe_dump(chain))
         found = ours_folder(path, photos, work / name, env)
-    except RuntimeError as error:
+    except Exception as error:
         return {"kind": kind, "rc": 1, "error": str(error)[-1500:]}
     return {"kind": kind, "rc": 0, "wall_s": found["seconds"], **found}
 
@@ -86,8 +87,8 @@ def run_demo(kit: Kit, photos: Path, work: Path, name: str) -> dict[str, Any]:
     from official_env import official_python
 
     spec = work / f"{name}_spec.json"
-    spec.write_text(json.dumps(reference_spec(kit)))
     try:
+        spec.write_text(json.dumps(reference_spec(kit)))
         python = official_python()
         runs = [reference_photo(python, spec, photo, work / f"{name}_{photo.stem}")
                 for photo in sorted(p for p in photos.iterdir() if p.is_file())]

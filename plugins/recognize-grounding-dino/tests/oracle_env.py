@@ -3,8 +3,9 @@
 rf-groundingdino (the official code) builds only on transformers 4.x, while this plugin and its
 users run on the current transformers. So the oracle never shares the test process: the first
 parity test creates a virtual environment (`--system-site-packages`, so torch and the other big
-libraries are reused, not downloaded again) holding rf-groundingdino and `transformers<5`, cached
-under `$RECOGNIZE_ORACLE_HOME` (default `~/.cache/recognize/oracles/<hash of the requirements>`).
+libraries are reused, not downloaded again; run from a venv, that venv's packages too:
+`_see_this_environment`) holding rf-groundingdino and `transformers<5`, cached under
+`$RECOGNIZE_ORACLE_HOME` (default `~/.cache/recognize/oracles/<hash of the requirements>`).
 A machine without the package index (a lent GPU machine) builds it from a folder of wheels instead:
 `$RECOGNIZE_ORACLE_WHEELS` (`_install_command`).
 `official_worker.py` runs there in a subprocess, reads a JSON job and writes its numbers to an
@@ -18,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import site
 import subprocess
 import sys
 from importlib import metadata
@@ -80,6 +82,19 @@ def _install_command(python: Path, constraints: Path) -> list[str]:
     return [*base, *REQUIREMENTS]
 
 
+def _see_this_environment(python: Path) -> None:
+    """Make the oracle see this process's packages where `--system-site-packages` does not: that flag shows
+    the base interpreter's, so where this process runs in a venv itself (a user's `.venv`, a GPU image's),
+    torch and the rest would be missing there. A .pth file adds this venv's site-packages after the
+    oracle's own, so the oracle's transformers 4.x still comes first (and pip there sees torch as installed)."""
+    if sys.prefix == sys.base_prefix:
+        return
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    paths = [path for path in site.getsitepackages() if Path(path).is_dir()]
+    (Path(purelib) / "_recognize_parent_env.pth").write_text("\n".join(paths) + "\n")
+
+
 def oracle_dir() -> Path:
     """One environment per (interpreter, requirements, installed packages): upgrading transformers in
     the main environment, say, gives a freshly resolved oracle instead of a stale one."""
@@ -102,6 +117,7 @@ def oracle_python() -> Path:
         if ready.is_file():
             return python
         subprocess.run([sys.executable, "-m", "venv", "--clear", "--system-site-packages", str(root)], check=True)
+        _see_this_environment(python)
         constraints = root / "constraints.txt"
         constraints.write_text("\n".join(_constraints()) + "\n")
         result = subprocess.run(_install_command(python, constraints), capture_output=True, text=True)

@@ -61,3 +61,39 @@ def test_wheels_without_the_official_code_give_no_environment(tmp_path, monkeypa
         oracle_env.oracle_python()
     root = oracle_env.oracle_dir()
     assert (root / "bin" / "python").is_file() and not (root / ".ready").exists()
+
+
+@pytest.mark.subprocess
+def test_an_oracle_built_from_inside_a_venv_sees_that_venvs_packages_after_its_own(tmp_path):
+    """`--system-site-packages` shows the base interpreter's packages, not those of a venv the tests run in
+    (a user's `.venv`, a GPU image's): the oracle then lacked torch. A .pth adds them, after its own.
+    Here: a venv with a module of its own builds an oracle-like venv the way `oracle_python` does."""
+    import subprocess
+    import sys
+
+    def venv(root: Path, python: str) -> Path:
+        subprocess.run([python, "-m", "venv", "--without-pip", "--system-site-packages", str(root)], check=True)
+        return root / "bin" / "python"
+
+    def run(python: Path, code: str) -> str:
+        return subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+    user = venv(tmp_path / "user-venv", sys.executable)
+    user_site = Path(run(user, "import sysconfig; print(sysconfig.get_paths()['purelib'])"))
+    (user_site / "only_in_the_user_venv.py").write_text("")
+    oracle = tmp_path / "oracle"
+    run(user, f"import sys; sys.path.insert(0, {str(Path(oracle_env.__file__).parent)!r}); import oracle_env, subprocess, "
+              f"pathlib; subprocess.run([sys.executable, '-m', 'venv', '--without-pip', '--system-site-packages', "
+              f"{str(oracle)!r}], check=True); oracle_env._see_this_environment(pathlib.Path({str(oracle)!r}) / 'bin' / 'python')")
+    python = oracle / "bin" / "python"
+    run(python, "import only_in_the_user_venv")
+    paths = run(python, "import sys; print('\\n'.join(sys.path))").splitlines()
+    own = next(i for i, path in enumerate(paths) if path.startswith(str(oracle)) and path.endswith("site-packages"))
+    assert str(user_site) in paths[own + 1:]
+
+
+def test_outside_a_venv_nothing_is_added(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "prefix", sys.base_prefix)
+    oracle_env._see_this_environment(tmp_path / "no-python")  # would fail if it ran anything
