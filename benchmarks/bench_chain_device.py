@@ -18,6 +18,10 @@ is `exact_decoders`, and the runs of `results_gpu_h200_chain_2026-12-04.json` na
 The kinds set only what they name: the rest comes from the environment the benchmark runs in.
 `--chain tag` runs the tagger alone (`ram_plus`, JSON only): on a GPU its call is short enough that
 preparing the photos, not the model, may set the pace, which is what the decoding threads are for.
+`--chain data_engine` runs `recipes/data_engine.yaml`'s stages (ram_plus -> grounding_dino ->
+region_confirm -> region_outliers, the confirm and outlier passes on the tagger's model; COCO, tags JSONL
+and JSON out) with the chain's fixed tags and box cap, for `docs/scale.md`'s seconds a photo; `--max-side
+N` shrinks the photos to a long side of N px first (web-sized photos: the reference ones are up to 13.8 MP).
 
 `--runs demo,exact,...` adds the chain's reference: Grounded-SAM's demo (`reference_demo.py`) on the same
 device, one fresh process per photo, as `bench_chain.py` runs it on the CPU. Its official Grounding DINO
@@ -25,7 +29,7 @@ runs in the official code's venv (`official_env.py`), built from the package ind
 one, from `$RECOGNIZE_ORACLE_WHEELS`; with it both sides load the official Grounding DINO file. The report's
 `against_demo` then gives each of our runs' photos per hour against the demo's (all demo runs' mean).
 
-Writes OUT/chain_device.json (OUT/chain_device_tag.json with `--chain tag`).
+Writes OUT/chain_device.json (OUT/chain_device_<chain>.json for `--chain tag` or `data_engine`).
 """
 
 from __future__ import annotations
@@ -75,11 +79,27 @@ def run_chain(kit: Kit, kind: str, args: argparse.Namespace, photos: Path, work:
                        batch_size=args.batch_size, sam_batch_size=None, official_gdino=kit.official_gdino)
         if args.chain == "tag":
             chain = {**chain, "name": "tag", "stages": chain["stages"][:1], "outputs": [{"use": "json"}]}
+        elif args.chain == "data_engine":
+            chain = data_engine(chain)
         path.write_text(yaml.safe_dump(chain))
         found = ours_folder(path, photos, work / name, env)
     except Exception as error:
         return {"kind": kind, "rc": 1, "error": str(error)[-1500:]}
     return {"kind": kind, "rc": 0, "wall_s": found["seconds"], **found}
+
+
+def data_engine(chain: dict[str, Any]) -> dict[str, Any]:
+    """`chain` (a `bench_chain.recipe`) as `recipes/data_engine.yaml`: its tagger and Grounding DINO (fixed
+    tags, every box up to the cap), then the confirm and outlier passes with the tagger's very parameters
+    (so its model, and every crop judged at threshold 0: the work does not depend on random scores). No
+    `merge_tags`: the photos have no given tags, so it would pass frames through."""
+    tagger, grounding = chain["stages"][:2]
+    judge = {"tagger": tagger["use"], "tagger_with": tagger["with"], "padding": 0.1}
+    return {**chain, "name": "data_engine",
+            "stages": [tagger, grounding,
+                       {"use": "region_confirm", "with": {**judge, "drop_tags": "rejected"}},
+                       {"use": "region_outliers", "with": {**judge, "k": 3, "drop_fraction": 0.1}}],
+            "outputs": [{"use": "coco"}, {"use": "tags_jsonl"}, {"use": "json"}]}
 
 
 def run_demo(kit: Kit, photos: Path, work: Path, name: str) -> dict[str, Any]:
@@ -107,6 +127,13 @@ def against_demo(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
             if entry["kind"] != DEMO and not entry["rc"]}
 
 
+def _size(photo: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(photo) as image:
+        return image.size
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder for chain_device.json")
@@ -118,26 +145,33 @@ def main(argv: list[str] | None = None) -> int:
                              "exact and bf16 runs' outputs are compared when both ran; demo: the Grounded-SAM demo "
                              "(full chain only)")
     parser.add_argument("--batch-size", type=int, default=4, help="the recipe's batch size (default 4)")
-    parser.add_argument("--chain", choices=["full", "tag"], default="full",
+    parser.add_argument("--chain", choices=["full", "tag", "data_engine"], default="full",
                         help="full: ram_plus -> grounding_dino -> sam, JSON + annotated image (default); "
-                             "tag: ram_plus alone, JSON")
+                             "tag: ram_plus alone, JSON; data_engine: ram_plus -> grounding_dino -> "
+                             "region_confirm -> region_outliers, COCO + tags JSONL + JSON")
+    parser.add_argument("--max-side", type=int, default=None,
+                        help="shrink the photos to this long side in px first (default: as they are; quick: 256)")
     parser.add_argument("--sam-model", default="vit_h", choices=["vit_h", "vit_l", "vit_b"],
                         help="SAM's size (default vit_h; vit_b is the CPU's fast mode)")
     args = parser.parse_args(argv)
     runs = [name for name in args.runs.split(",") if name]
     if unknown := [name for name in runs if name not in KINDS and name != DEMO]:
         parser.error(f"--runs: unknown {', '.join(unknown)}; known: {', '.join([*KINDS, DEMO])}")
-    if DEMO in runs and args.chain == "tag":
-        parser.error("--runs demo: the demo is the full chain; leave it out with --chain tag")
+    if DEMO in runs and args.chain != "full":
+        parser.error(f"--runs demo: the demo is the full chain; leave it out with --chain {args.chain}")
     # with the demo, both sides load the official Grounding DINO file (written by the official code)
     kit = Kit(quick=args.quick, cache=default_cache(), official_gdino=DEMO in runs, device=args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    report_path = args.out / ("chain_device.json" if args.chain == "full" else "chain_device_tag.json")
+    report_path = args.out / ("chain_device.json" if args.chain == "full" else f"chain_device_{args.chain}.json")
+    max_side = args.max_side or (QUICK_MAX_SIDE if args.quick else None)
     report: dict[str, Any] = {"device": args.device, "chain": args.chain, "photos": args.photos, "quick": args.quick,
-                              "batch_size": args.batch_size, "sam_model": args.sam_model, "runs": {}}
+                              "max_side": max_side, "batch_size": args.batch_size, "sam_model": args.sam_model,
+                              "runs": {}}
     with tempfile.TemporaryDirectory(prefix="recognize-chain-") as tmp:
         work = Path(tmp)
-        photos = image_folder(image_paths(args.photos), work, QUICK_MAX_SIDE if args.quick else None)[0].parent
+        copies = image_folder(image_paths(args.photos), work, max_side)
+        photos = copies[0].parent
+        report["photo_sizes"] = [list(_size(copy)) for copy in copies]  # (width, height) as the runs read them
         for kind in runs:
             name = kind if kind not in report["runs"] else f"{kind}_again"
             name = name if name not in report["runs"] else f"{kind}_{len(report['runs'])}"

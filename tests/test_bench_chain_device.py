@@ -84,3 +84,21 @@ def test_the_demo_is_refused_for_the_tagger_alone(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_chain_device.py"), str(tmp_path / "out"),
                            "--quick", "--chain", "tag", "--runs", "demo"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "the demo is the full chain" in proc.stderr
+
+
+def test_the_quick_data_engine_runs_its_confirm_and_outlier_passes_on_shrunk_photos(tmp_path):
+    if not (REFERENCE / "fixtures" / "ram_plus" / "checkpoint.pth").is_file():
+        pytest.skip(f"reference fixtures not found under {REFERENCE}")
+    env = {**os.environ, "RECOGNIZE_BENCH_CACHE": str(tmp_path / "cache"), "RECOGNIZE_REFERENCE": str(REFERENCE)}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_chain_device.py"), str(tmp_path / "out"),
+                           "--quick", "--device", "cpu", "--chain", "data_engine", "--photos", "3", "--batch-size", "2",
+                           "--max-side", "200", "--runs", "exact"],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "chain_device_data_engine.json").read_text())
+    run = report["runs"]["exact"]
+    assert report["chain"] == "data_engine" and report["max_side"] == 200
+    assert len(report["photo_sizes"]) == 3 and max(max(size) for size in report["photo_sizes"]) == 200
+    assert run["counts"]["processed"] == 3 and run["counts"]["failed"] == 0
+    assert set(run["stage_seconds"]) == {"ram_plus", "grounding_dino", "region_confirm", "region_outliers"}
+    assert run["regions_per_img"] > 0 and run["annotated_images"] == 0
