@@ -64,6 +64,32 @@ def tagger(kit: Kit, stage: str, include: tuple[str, ...] | None = None, thresho
 
 
 # -- Grounding DINO ---------------------------------------------------------------------------------
+class OfficialWorker:
+    """One official Grounding DINO process, loaded (`official_gdino_worker.py serve`: one photo, the demo's
+    way). Its exit (on a GPU: tearing the CUDA context down) is waited for when this object goes away,
+    which `bench_jobs.stage_pair` does outside its timers, not inside the timed inference.
+    `peak_device_mb`: that process's own peak GPU memory once it has answered (None on the CPU)."""
+
+    def __init__(self, proc: Any, errors: Any) -> None:
+        self.proc, self.errors = proc, errors
+        self.peak_device_mb: float | None = None
+
+    def error_text(self) -> str:
+        self.proc.wait()
+        self.errors.seek(0)
+        return self.errors.read().strip()[-3000:]
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait()
+            self.errors.close()
+        except (OSError, ValueError):  # already closed
+            pass
+
+    __del__ = close
+
+
 def official_grounding_dino(kit: Kit, box_threshold: float = 0.25, text_threshold: float = 0.2):
     """(load, infer(image, tags)) through the official code in its own process (see module docstring)."""
     import json
@@ -76,21 +102,20 @@ def official_grounding_dino(kit: Kit, box_threshold: float = 0.25, text_threshol
 
     python = official_python()
     spec = kit.official_gdino_spec()
-    worker = Path(__file__).resolve().parent / "official_gdino_worker.py"
+    script = Path(__file__).resolve().parent / "official_gdino_worker.py"
     short, long = kit.gd_size
 
     def load() -> Any:
         errors = tempfile.TemporaryFile("w+")
-        proc = subprocess.Popen([str(python), str(worker), "serve", str(spec)], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([str(python), str(script), "serve", str(spec)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=errors, text=True, env=official_worker_env())
+        worker = OfficialWorker(proc, errors)
         if not proc.stdout.readline().startswith("ready"):
-            proc.wait()
-            errors.seek(0)
-            raise RuntimeError(f"official Grounding DINO failed to load: {errors.read().strip()[-3000:]}")
-        return proc, errors
+            raise RuntimeError(f"official Grounding DINO failed to load: {worker.error_text()}")
+        return worker
 
-    def infer(loaded: Any, image: np.ndarray, tags: list[str]) -> tuple[np.ndarray, list[str]]:
-        proc, errors = loaded
+    def infer(worker: OfficialWorker, image: np.ndarray, tags: list[str]) -> tuple[np.ndarray, list[str]]:
+        proc = worker.proc
         with tempfile.NamedTemporaryFile(suffix=".npy", delete=False) as file:
             np.save(file, image)
         job = {"image": file.name, "tags": list(tags), "box_threshold": box_threshold,
@@ -98,12 +123,11 @@ def official_grounding_dino(kit: Kit, box_threshold: float = 0.25, text_threshol
         proc.stdin.write(json.dumps(job) + "\n")
         proc.stdin.flush()
         line = proc.stdout.readline()
-        proc.wait()
         Path(file.name).unlink()
         if not line:
-            errors.seek(0)
-            raise RuntimeError(f"official Grounding DINO failed: {errors.read().strip()[-3000:]}")
+            raise RuntimeError(f"official Grounding DINO failed: {worker.error_text()}")
         found = json.loads(line)
+        worker.peak_device_mb = found.get("peak_device_mb")
         return np.asarray(found["boxes"], dtype=np.float32).reshape(-1, 4), found["phrases"]
 
     return load, infer

@@ -81,8 +81,9 @@ def fast_mode(matmul: dict[str, Any] | None, flags: list[str] | None = None) -> 
 def recipe(kit: Kit, fast: dict[str, Any] | None = None, *, device: str = "cpu", batch_size: int = 2,
            sam_batch_size: int | None = 1, official_gdino: bool = True) -> dict[str, Any]:
     """Our side's recipe (YAML-able): the same files the reference loads. `fast`: a `fast_mode` dict. The
-    other arguments are for `bench_chain_device.py` (the chain on a GPU, where the official Grounding DINO
-    file cannot be written: it needs the official code's venv): `sam_batch_size=None` leaves SAM's own."""
+    other arguments are for `bench_chain_device.py` (the chain on a device): `sam_batch_size=None` leaves SAM's
+    own, and `official_gdino=False` loads our Grounding DINO file where the demo does not run beside it (the
+    official file needs the official code's venv to be written)."""
     fast = fast or {}
     gd = kit.gd_params()
     if official_gdino:
@@ -103,11 +104,11 @@ def recipe(kit: Kit, fast: dict[str, Any] | None = None, *, device: str = "cpu",
     }
 
 
-def reference_spec(kit: Kit) -> dict[str, Any]:
+def reference_spec(kit: Kit, sam_model: str = "vit_h") -> dict[str, Any]:
     """What `reference_demo.py` loads and keeps: the same files, tags and box cap as our recipe, on the
-    kit's device."""
+    kit's device (`sam_model`: the SAM our side runs)."""
     return {"device": kit.device, "ram_plus": kit.tagger_params("ram_plus"),
-            "grounding_dino": json.loads(kit.official_gdino_spec().read_text()), "sam": kit.sam_params(),
+            "grounding_dino": json.loads(kit.official_gdino_spec().read_text()), "sam": kit.sam_params(sam_model),
             "tags": list(TAGS), "tag_threshold": 0.0, "box_threshold": BOX_THRESHOLD, "text_threshold": TEXT_THRESHOLD,
             "iou_threshold": IOU_THRESHOLD, "max_boxes": kit.boxes, "grounding_dino_size": list(kit.gd_size)}
 
@@ -139,7 +140,7 @@ def reference_photo(python: Path, spec: Path, photo: Path, out: Path) -> dict[st
     return {"photo": photo.name, "seconds": wall, "parts": named, "cold_start": found["cold_start"],
             "tags": found["tags"], "regions": found["boxes"], "masks": found["masks"], "peak_rss_mb": peak,
             "peak_rss_mb_inside": found["peak_rss_mb"],  # VmHWM read by the demo itself: a cross-check
-            "threads": found["threads"], "files": sorted(p.name for p in out.iterdir())}
+            "threads": found["threads"], "device": found.get("device"), "files": sorted(p.name for p in out.iterdir())}
 
 
 def ours_folder(recipe_path: Path, folder: Path, out: Path, env: dict[str, str] | None = None) -> dict[str, Any]:

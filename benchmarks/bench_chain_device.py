@@ -85,7 +85,8 @@ def run_chain(kit: Kit, kind: str, args: argparse.Namespace, photos: Path, work:
         found = ours_folder(path, photos, work / name, env)
     except Exception as error:
         return {"kind": kind, "rc": 1, "error": str(error)[-1500:]}
-    return {"kind": kind, "rc": 0, "wall_s": found["seconds"], **found}
+    files = {"grounding_dino_checkpoint": chain["stages"][1]["with"]["checkpoint"]} if len(chain["stages"]) > 1 else {}
+    return {"kind": kind, "rc": 0, "wall_s": found["seconds"], **files, **found}
 
 
 def data_engine(chain: dict[str, Any]) -> dict[str, Any]:
@@ -102,19 +103,22 @@ def data_engine(chain: dict[str, Any]) -> dict[str, Any]:
             "outputs": [{"use": "coco"}, {"use": "tags_jsonl"}, {"use": "json"}]}
 
 
-def run_demo(kit: Kit, photos: Path, work: Path, name: str) -> dict[str, Any]:
-    """The demo over `photos`, one fresh process each, on the kit's device; a failure is recorded."""
+def run_demo(kit: Kit, photos: Path, work: Path, name: str, sam_model: str) -> dict[str, Any]:
+    """The demo over `photos`, one fresh process each, on the kit's device, with the SAM our runs use; a
+    failure is recorded."""
     from official_env import official_python
 
     spec = work / f"{name}_spec.json"
     try:
-        spec.write_text(json.dumps(reference_spec(kit)))
+        found = reference_spec(kit, sam_model)
+        spec.write_text(json.dumps(found))
         python = official_python()
         runs = [reference_photo(python, spec, photo, work / f"{name}_{photo.stem}")
                 for photo in sorted(p for p in photos.iterdir() if p.is_file())]
     except Exception as error:  # the venv, or one photo's process: recorded like a failed run of ours
         return {"kind": DEMO, "rc": 1, "error": str(error)[-1500:]}
-    return {"kind": DEMO, "rc": 0, "wall_s": sum(run["seconds"] for run in runs), **summarise_reference(runs)}
+    return {"kind": DEMO, "rc": 0, "wall_s": sum(run["seconds"] for run in runs), "sam_model": sam_model,
+            "grounding_dino_checkpoint": found["grounding_dino"]["checkpoint"], **summarise_reference(runs)}
 
 
 def against_demo(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             name = kind if kind not in report["runs"] else f"{kind}_again"
             name = name if name not in report["runs"] else f"{kind}_{len(report['runs'])}"
             if kind == DEMO:
-                report["runs"][name] = run_demo(kit, photos, work, name)
+                report["runs"][name] = run_demo(kit, photos, work, name, args.sam_model)
             else:
                 report["runs"][name] = run_chain(kit, kind, args, photos, work, name)
             entry = report["runs"][name]

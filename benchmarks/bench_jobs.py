@@ -279,6 +279,7 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
         torch.backends.cudnn.allow_tf32 = False
     loads: list[float] = []
     infers: list[float] = []
+    own_peaks: list[float | None] = []  # a baseline in a process of its own (the official Grounding DINO) reports its peak
 
     def baseline(image: np.ndarray) -> None:
         start = time.perf_counter()
@@ -289,7 +290,8 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
         synchronize(device)
         infers.append(time.perf_counter() - loaded)
         loads.append(loaded - start)
-        del model
+        own_peaks.append(getattr(model, "peak_device_mb", None))
+        del model  # a worker process exits here, outside the timers
         gc.collect()
 
     resettable = reset_peak()
@@ -297,6 +299,8 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
     baseline(images[0])
     base_peak = memory_mb()["peak_rss_mb"]
     base_device = device_memory(device, reset=True)
+    if own_peaks[0] is not None:  # the model was in the worker's process: its peak, not this process's ~0
+        base_device = {"peak_device_mb": own_peaks[0]}
     loads.clear()
     infers.clear()
 

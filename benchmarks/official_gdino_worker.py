@@ -12,7 +12,10 @@ it is ready, reads one JSON job on stdin (image .npy, tags, thresholds) and answ
 line: the demo's boxes (xyxy pixels, after NMS 0.5), their phrases and the inference seconds.
 A spec's `device` (default `cpu`; `Kit.official_gdino_spec` names the kit's) is where `serve` computes: the
 model goes there once loaded (as our side's baseline does), the pixels at inference, and the outputs come
-back with `.cpu()` as in the demo's `get_grounding_output`.
+back with `.cpu()` as in the demo's `get_grounding_output`. On a GPU it runs cuDNN without TF32, as both
+sides of the stage table do (`bench_jobs.stage_pair` sets it in its own process, not in this one), and its
+answer carries this process's peak GPU memory (`peak_device_mb`): the model lives here, not in the
+benchmark's process.
 """
 
 from __future__ import annotations
@@ -102,7 +105,12 @@ def serve(spec: dict) -> None:
     checkpoint = torch.load(spec["checkpoint"], map_location="cpu", weights_only=True)
     model.load_state_dict(clean_state_dict(checkpoint["model"]), strict=False)
     device = spec.get("device") or "cpu"
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu:
+        torch.backends.cudnn.allow_tf32 = False
     model.eval().to(device)
+    if on_gpu:
+        torch.cuda.synchronize(device)  # the copies to the GPU are part of loading
     print(f"ready {time.perf_counter() - start:.6f}", flush=True)
 
     job = json.loads(sys.stdin.readline())
@@ -125,8 +133,9 @@ def serve(spec: dict) -> None:
     cx, cy, w, h = boxes.unbind(-1)
     xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1) * torch.tensor([width, height, width, height])
     kept = torchvision.ops.nms(xyxy, logits.max(dim=1)[0], 0.5).tolist()
+    peak = {"peak_device_mb": torch.cuda.max_memory_allocated(device) / 2**20} if on_gpu else {}
     print(json.dumps({"boxes": xyxy[kept].tolist(), "phrases": [phrases[i] for i in kept],
-                      "infer_s": time.perf_counter() - start}), flush=True)
+                      "infer_s": time.perf_counter() - start, **peak}), flush=True)
 
 
 def bench(spec: dict) -> None:

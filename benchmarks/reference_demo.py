@@ -28,8 +28,12 @@ model and writes the demo's files. The steps, in the demo's order:
 Device: `spec["device"]` (default `cpu`), as the demo's `--device`: each model goes there as the demo
 moves it (Grounding DINO and its pixels at inference, RAM++ and SAM after loading), NMS runs on the CPU
 and the masks come back with `.cpu()` for drawing, as in the demo. On a GPU each timed part ends with a
-`torch.cuda.synchronize()`, so that work queued in one part (SAM's decoding) is not counted in the next
-(the drawing's first `.cpu()`); the process's wall time is the same either way.
+`torch.cuda.synchronize` once CUDA has started (not before: the first wait would start it, and its start-up
+belongs where the demo first touches the GPU, `load_ram`), so that work queued in one part (SAM's decoding)
+is not counted in the next (the drawing's first `.cpu()`); the process's wall time is the same either way.
+Like the demo, it keeps torch's defaults there (cuDNN may use TF32 for the convolutions; our exact runs do
+not). rf-groundingdino, the official code on the package index, computes deformable attention in PyTorch on
+a GPU too, where an upstream GroundingDINO built with its CUDA extension calls that kernel instead.
 
 Deliberate differences from the demo, all to make both sides of the benchmark do equal work: the
 tags are the fixed `spec["tags"]` (RAM++'s scores over every class at threshold `tag_threshold`,
@@ -119,7 +123,9 @@ class Clock:
     def __init__(self, device: str = "cpu") -> None:
         self.parts: dict[str, float] = {}
         self.marks: dict[str, float] = {}
-        self.sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+        where = torch.device(device)
+        self.sync = ((lambda: torch.cuda.synchronize(where) if torch.cuda.is_initialized() else None)
+                     if where.type == "cuda" else (lambda: None))
 
     def part(self, name: str):
         clock = self

@@ -76,8 +76,10 @@ def test_the_quick_chain_runs_beside_the_demo_on_the_same_device(tmp_path):
     assert demo["masks_per_img"] == demo["regions_per_img"] > 0 and demo["cold_start"] > 0
     assert exact["counts"]["processed"] == 2 and exact["regions_per_img"] == demo["regions_per_img"]
     assert report["against_demo"] == pytest.approx({"exact": demo["s_per_photo"] / exact["s_per_photo"]})
-    # the official code wrote its Grounding DINO file, which both sides load (`bench_chain.recipe`)
-    assert list((tmp_path / "cache" / "quick").glob("grounding_dino_official_random_*.pth"))
+    # both sides loaded the Grounding DINO file the official code wrote, and the demo ran where asked
+    assert exact["grounding_dino_checkpoint"] == demo["grounding_dino_checkpoint"]
+    assert "grounding_dino_official_random" in demo["grounding_dino_checkpoint"]
+    assert {run["device"] for run in demo["runs"]} == {"cpu"} and demo["sam_model"] == "vit_h"
 
 
 def test_the_demo_is_refused_for_the_tagger_alone(tmp_path):

@@ -18,7 +18,7 @@ import bench_report  # noqa: E402
 import run as bench_run  # noqa: E402
 
 
-def test_a_gpu_run_measures_the_stages_only_against_our_grounding_dino_classes(capsys):
+def test_a_gpu_run_measures_the_stages_only_against_our_grounding_dino_classes_unless_asked(capsys):
     args = bench_run.parse_args(["--device", "cuda"])
     assert args.device == "cuda" and args.parts == ["stages"] and args.gdino_baseline == "ours"
     assert "the stage table only" in capsys.readouterr().err
@@ -137,3 +137,27 @@ def test_re_rendering_writes_the_markdown_beside_the_json_and_refuses_a_wrong_fi
     rendered = (tmp_path / "later.md").read_text()
     assert "| sam |" in rendered and "stale table" not in rendered
     assert rendered.endswith("## Notes on this run (by hand)\n\n- kept\n")
+
+
+def test_a_gpu_kit_sends_the_official_grounding_dino_and_the_demo_to_its_device(tmp_path, monkeypatch):
+    """No GPU needed: the files that tell the official worker and the demo where to compute."""
+    import bench_chain
+    import bench_models
+    import official_env
+
+    written = []
+    monkeypatch.setattr(official_env, "official_python", lambda: Path("official-python"))
+    monkeypatch.setattr(bench_models, "run_official_worker",
+                        lambda python, command, spec: written.append(spec) or Path(spec["checkpoint"]).write_bytes(b"x"))
+    gpu = bench_models.Kit(quick=True, cache=tmp_path, device="cuda")
+    cpu = bench_models.Kit(quick=True, cache=tmp_path)
+    gpu_spec, cpu_spec = gpu.official_gdino_spec(), cpu.official_gdino_spec()
+    assert gpu_spec.name.endswith("_cuda.json") and json.loads(gpu_spec.read_text())["device"] == "cuda"
+    assert cpu_spec.name == f"grounding_dino_official_spec_v{bench_models.OFFICIAL_GDINO_VERSION}.json"
+    assert "device" not in json.loads(cpu_spec.read_text())  # the file earlier runs cached, unchanged
+    # one checkpoint for both, written once, by the official code on the CPU (no device in its spec)
+    assert len(written) == 1 and "device" not in written[0]
+    assert json.loads(gpu_spec.read_text())["checkpoint"] == json.loads(cpu_spec.read_text())["checkpoint"]
+    demo = bench_chain.reference_spec(gpu, "vit_b")
+    assert demo["device"] == "cuda" and demo["grounding_dino"]["device"] == "cuda"
+    assert demo["sam"]["model"] == "vit_b"

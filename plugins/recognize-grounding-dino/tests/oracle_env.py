@@ -86,13 +86,19 @@ def _see_this_environment(python: Path) -> None:
     """Make the oracle see this process's packages where `--system-site-packages` does not: that flag shows
     the base interpreter's, so where this process runs in a venv itself (a user's `.venv`, a GPU image's),
     torch and the rest would be missing there. A .pth file adds this venv's site-packages after the
-    oracle's own, so the oracle's transformers 4.x still comes first (and pip there sees torch as installed)."""
+    oracle's own, so the oracle's transformers 4.x still comes first (and pip there sees torch as installed).
+    Through `site.addsitedir`, not as plain paths: that also reads the .pth files in them, which is how
+    editable installs (`pip install -e`, as the README sets up) put the project on the path."""
     if sys.prefix == sys.base_prefix:
         return
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    found = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        raise OracleUnavailable(f"could not read the oracle environment's site-packages: {found.stderr[-3000:]}")
+    purelib = found.stdout.strip()
     paths = [path for path in site.getsitepackages() if Path(path).is_dir()]
-    (Path(purelib) / "_recognize_parent_env.pth").write_text("\n".join(paths) + "\n")
+    lines = [f"import site; site.addsitedir({path!r})" for path in paths]
+    (Path(purelib) / "_recognize_parent_env.pth").write_text("\n".join(lines) + "\n")
 
 
 def oracle_dir() -> Path:

@@ -26,9 +26,16 @@ def write_wheel(folder: Path, name: str = "not_groundingdino") -> Path:
 
 
 def test_a_folder_of_wheels_is_an_environment_of_its_own(tmp_path, monkeypatch):
+    import hashlib
+    import json
+    import sys
+
     monkeypatch.setenv("RECOGNIZE_ORACLE_HOME", str(tmp_path / "home"))
     monkeypatch.delenv(oracle_env.WHEELS, raising=False)
     from_index = oracle_env.oracle_dir()
+    # unset, the key is what it was before the variable existed: every cached environment stays valid
+    before = json.dumps([sys.version, sys.prefix, oracle_env.REQUIREMENTS, oracle_env._installed()]).encode()
+    assert from_index.name == f"groundingdino-{hashlib.sha256(before).hexdigest()[:12]}"
     folder = tmp_path / "wheels"
     folder.mkdir()
     write_wheel(folder)
@@ -57,7 +64,7 @@ def test_wheels_without_the_official_code_give_no_environment(tmp_path, monkeypa
     folder.mkdir()
     write_wheel(folder)
     monkeypatch.setenv(oracle_env.WHEELS, str(folder))
-    with pytest.raises(oracle_env.OracleUnavailable, match="groundingdino"):
+    with pytest.raises(oracle_env.OracleUnavailable, match="No module named 'groundingdino'"):
         oracle_env.oracle_python()
     root = oracle_env.oracle_dir()
     assert (root / "bin" / "python").is_file() and not (root / ".ready").exists()
@@ -81,12 +88,16 @@ def test_an_oracle_built_from_inside_a_venv_sees_that_venvs_packages_after_its_o
     user = venv(tmp_path / "user-venv", sys.executable)
     user_site = Path(run(user, "import sysconfig; print(sysconfig.get_paths()['purelib'])"))
     (user_site / "only_in_the_user_venv.py").write_text("")
+    editable = tmp_path / "checkout"  # as `pip install -e` does it: a .pth in site-packages naming the source
+    editable.mkdir()
+    (editable / "installed_editable.py").write_text("")
+    (user_site / "__editable__.checkout.pth").write_text(f"{editable}\n")
     oracle = tmp_path / "oracle"
     run(user, f"import sys; sys.path.insert(0, {str(Path(oracle_env.__file__).parent)!r}); import oracle_env, subprocess, "
               f"pathlib; subprocess.run([sys.executable, '-m', 'venv', '--without-pip', '--system-site-packages', "
               f"{str(oracle)!r}], check=True); oracle_env._see_this_environment(pathlib.Path({str(oracle)!r}) / 'bin' / 'python')")
     python = oracle / "bin" / "python"
-    run(python, "import only_in_the_user_venv")
+    run(python, "import only_in_the_user_venv, installed_editable")
     paths = run(python, "import sys; print('\\n'.join(sys.path))").splitlines()
     own = next(i for i, path in enumerate(paths) if path.startswith(str(oracle)) and path.endswith("site-packages"))
     assert str(user_site) in paths[own + 1:]
