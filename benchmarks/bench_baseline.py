@@ -21,6 +21,8 @@ index: its venv is then built from `$RECOGNIZE_ORACLE_WHEELS`, see `official_env
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -67,33 +69,50 @@ def tagger(kit: Kit, stage: str, include: tuple[str, ...] | None = None, thresho
 class OfficialWorker:
     """One official Grounding DINO process, loaded (`official_gdino_worker.py serve`: one photo, the demo's
     way). Its exit (on a GPU: tearing the CUDA context down) is waited for when this object goes away,
-    which `bench_jobs.stage_pair` does outside its timers, not inside the timed inference.
-    `peak_device_mb`: that process's own peak GPU memory once it has answered (None on the CPU)."""
+    which `bench_jobs.stage_pair` does outside its timers, not inside the timed inference: the stage
+    table's baseline seconds are its load (a process start included) and its inference, its exit in
+    neither. `peak_device_mb`: that process's own peak GPU memory once it has answered (None on the CPU)."""
+
+    #: seconds to wait for a worker to exit once its input is closed, before it is killed
+    EXIT_TIMEOUT = 120.0
 
     def __init__(self, proc: Any, errors: Any) -> None:
         self.proc, self.errors = proc, errors
         self.peak_device_mb: float | None = None
 
-    def error_text(self) -> str:
-        self.proc.wait()
+    def _end(self) -> None:
+        """Close its input (a worker waiting for a job then exits) and wait; kill one that does not end."""
+        with contextlib.suppress(OSError, ValueError):  # closed already, or a broken pipe
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(self.EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def error_text(self, seen: str = "") -> str:
+        """What the worker wrote to stderr (after `seen`, an unexpected stdout line), once it has ended."""
+        self._end()
         self.errors.seek(0)
-        return self.errors.read().strip()[-3000:]
+        said = [self.errors.read().strip()[-3000:], f"(its stdout: {seen.strip()[:500]})" if seen.strip() else ""]
+        return "; ".join(part for part in said if part) or "(it said nothing)"
 
     def close(self) -> None:
-        try:
-            self.proc.stdin.close()
-            self.proc.wait()
-            self.errors.close()
-        except (OSError, ValueError):  # already closed
-            pass
+        self._end()
+        for stream in (self.proc.stdout, self.errors):
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
 
-    __del__ = close
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # at interpreter exit the modules it needs may be gone; the OS reaps the process
+            pass
 
 
 def official_grounding_dino(kit: Kit, box_threshold: float = 0.25, text_threshold: float = 0.2):
     """(load, infer(image, tags)) through the official code in its own process (see module docstring)."""
     import json
-    import subprocess
     import tempfile
     from pathlib import Path
 
@@ -110,8 +129,9 @@ def official_grounding_dino(kit: Kit, box_threshold: float = 0.25, text_threshol
         proc = subprocess.Popen([str(python), str(script), "serve", str(spec)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=errors, text=True, env=official_worker_env())
         worker = OfficialWorker(proc, errors)
-        if not proc.stdout.readline().startswith("ready"):
-            raise RuntimeError(f"official Grounding DINO failed to load: {worker.error_text()}")
+        line = proc.stdout.readline()
+        if not line.startswith("ready"):
+            raise RuntimeError(f"official Grounding DINO failed to load: {worker.error_text(line)}")
         return worker
 
     def infer(worker: OfficialWorker, image: np.ndarray, tags: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -120,13 +140,18 @@ def official_grounding_dino(kit: Kit, box_threshold: float = 0.25, text_threshol
             np.save(file, image)
         job = {"image": file.name, "tags": list(tags), "box_threshold": box_threshold,
                "text_threshold": text_threshold, "size": short, "max_size": long}
-        proc.stdin.write(json.dumps(job) + "\n")
-        proc.stdin.flush()
-        line = proc.stdout.readline()
-        Path(file.name).unlink()
-        if not line:
-            raise RuntimeError(f"official Grounding DINO failed: {worker.error_text()}")
-        found = json.loads(line)
+        try:
+            proc.stdin.write(json.dumps(job) + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+        except OSError:  # the worker is gone (a broken pipe): what it said is the message
+            line = ""
+        finally:
+            Path(file.name).unlink()
+        try:
+            found = json.loads(line)
+        except ValueError:
+            raise RuntimeError(f"official Grounding DINO failed: {worker.error_text(line)}") from None
         worker.peak_device_mb = found.get("peak_device_mb")
         return np.asarray(found["boxes"], dtype=np.float32).reshape(-1, 4), found["phrases"]
 

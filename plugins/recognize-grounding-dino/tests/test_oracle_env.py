@@ -92,12 +92,18 @@ def test_an_oracle_built_from_inside_a_venv_sees_that_venvs_packages_after_its_o
     editable.mkdir()
     (editable / "installed_editable.py").write_text("")
     (user_site / "__editable__.checkout.pth").write_text(f"{editable}\n")
+    hooked = tmp_path / "hooked-checkout"  # pip's other editable form (this project's): an import hook
+    hooked.mkdir()
+    (hooked / "installed_by_a_hook.py").write_text("")
+    finder = "__editable___hooked_finder"
+    (user_site / f"{finder}.py").write_text(f"import sys\ndef install():\n    sys.path.append({str(hooked)!r})\n")
+    (user_site / "__editable__.hooked.pth").write_text(f"import {finder}; {finder}.install()\n")
     oracle = tmp_path / "oracle"
     run(user, f"import sys; sys.path.insert(0, {str(Path(oracle_env.__file__).parent)!r}); import oracle_env, subprocess, "
               f"pathlib; subprocess.run([sys.executable, '-m', 'venv', '--without-pip', '--system-site-packages', "
               f"{str(oracle)!r}], check=True); oracle_env._see_this_environment(pathlib.Path({str(oracle)!r}) / 'bin' / 'python')")
     python = oracle / "bin" / "python"
-    run(python, "import only_in_the_user_venv, installed_editable")
+    run(python, "import only_in_the_user_venv, installed_editable, installed_by_a_hook")
     paths = run(python, "import sys; print('\\n'.join(sys.path))").splitlines()
     own = next(i for i, path in enumerate(paths) if path.startswith(str(oracle)) and path.endswith("site-packages"))
     assert str(user_site) in paths[own + 1:]
