@@ -418,7 +418,8 @@ def render(results: dict[str, Any]) -> str:
     out = [
         "# recognize benchmarks",
         "",
-        (f"Run {results['date']} with `{results['command']}` "
+        (f"Run {results['date']} with `{results['command']}`"
+         + (f" at {results['revision']}" if results.get("revision") else "") + " "
          f"({'quick: tiny models' if s['quick'] else 'official model sizes, random weights'}; "
          f"{s['images']} image(s), {s['repeats']} repeat(s)). How to run and what each column means: "
          "`benchmarks/README.md`."),

@@ -235,6 +235,24 @@ def image_folder(paths: list[Path], root: Path, max_side: int | None = None, nam
     return copies
 
 
+def code_revision() -> str | None:
+    """The checkout's commit, short, with `-dirty` where tracked files differ from it: which code a results
+    file measured (so its header says it without a hand edit). None outside a git checkout."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        if head.returncode != 0:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
 def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial.json")
 
@@ -265,6 +283,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, tmp: Path) -> int:
         "schema": 1,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "revision": code_revision(),
         "settings": {"quick": args.quick, "images": args.images, "repeats": args.repeats,
                      "recipe_repeats": args.recipe_repeats, "engine_images": args.engine_images, "stages": args.stage_list,
                      "parts": args.parts, "tags": list(TAGS), "boxes": kit.boxes,

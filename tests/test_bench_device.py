@@ -161,3 +161,16 @@ def test_a_gpu_kit_sends_the_official_grounding_dino_and_the_demo_to_its_device(
     demo = bench_chain.reference_spec(gpu, "vit_b")
     assert demo["device"] == "cuda" and demo["grounding_dino"]["device"] == "cuda"
     assert demo["sam"]["model"] == "vit_b"
+
+
+def test_the_header_names_the_code_the_run_measured():
+    import re
+
+    revision = bench_run.code_revision()
+    assert revision is None or re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", revision)
+    results = _results({}, {}, {"gflops": 100})
+    header = next(line for line in bench_report.render(results).splitlines() if line.startswith("Run "))
+    assert "` at " not in header  # an older results file, without a revision
+    header = next(line for line in bench_report.render({**results, "revision": "abc1234-dirty"}).splitlines()
+                  if line.startswith("Run "))
+    assert "with `c` at abc1234-dirty (" in header
