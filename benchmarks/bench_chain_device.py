@@ -110,15 +110,15 @@ def run_demo(kit: Kit, photos: Path, work: Path, name: str, sam_model: str) -> d
 
     spec = work / f"{name}_spec.json"
     try:
-        found = reference_spec(kit, sam_model)
-        spec.write_text(json.dumps(found))
+        demo_spec = reference_spec(kit, sam_model)
+        spec.write_text(json.dumps(demo_spec))
         python = official_python()
         runs = [reference_photo(python, spec, photo, work / f"{name}_{photo.stem}")
                 for photo in sorted(p for p in photos.iterdir() if p.is_file())]
     except Exception as error:  # the venv, or one photo's process: recorded like a failed run of ours
         return {"kind": DEMO, "rc": 1, "error": str(error)[-1500:]}
     return {"kind": DEMO, "rc": 0, "wall_s": sum(run["seconds"] for run in runs), "sam_model": sam_model,
-            "grounding_dino_checkpoint": found["grounding_dino"]["checkpoint"], **summarise_reference(runs)}
+            "grounding_dino_checkpoint": demo_spec["grounding_dino"]["checkpoint"], **summarise_reference(runs)}
 
 
 def against_demo(runs: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -279,9 +279,10 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
         torch.backends.cudnn.allow_tf32 = False
     loads: list[float] = []
     infers: list[float] = []
-    own_peaks: list[float | None] = []  # a baseline in a process of its own (the official Grounding DINO) reports its peak
 
-    def baseline(image: np.ndarray) -> None:
+    def baseline(image: np.ndarray) -> float | None:
+        """One timed load + infer; the peak GPU MiB a baseline in a process of its own (the official Grounding
+        DINO) reports for itself, else None."""
         start = time.perf_counter()
         model = base_load()
         synchronize(device)
@@ -290,17 +291,18 @@ def stage_pair(kit: Kit, stage: str, paths: list[Path], repeats: int) -> dict[st
         synchronize(device)
         infers.append(time.perf_counter() - loaded)
         loads.append(loaded - start)
-        own_peaks.append(getattr(model, "peak_device_mb", None))
+        own_peak = getattr(model, "peak_device_mb", None)
         del model  # a worker process exits here, outside the timers
         gc.collect()
+        return own_peak
 
     resettable = reset_peak()
     device_memory(device, reset=True)
-    baseline(images[0])
+    own_peak = baseline(images[0])
     base_peak = memory_mb()["peak_rss_mb"]
     base_device = device_memory(device, reset=True)
-    if own_peaks[0] is not None:  # the model was in the worker's process: its peak, not this process's ~0
-        base_device = {"peak_device_mb": own_peaks[0]}
+    if own_peak is not None:  # the model was in the worker's process: its peak, not this process's ~0
+        base_device = {"peak_device_mb": own_peak}
     loads.clear()
     infers.clear()
 

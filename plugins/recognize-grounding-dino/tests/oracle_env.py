@@ -22,6 +22,7 @@ import os
 import site
 import subprocess
 import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ REQUIREMENTS = ("rf-groundingdino==0.3.0", "transformers>=4.40,<5")
 KEEP = ("torch", "torchvision", "numpy")
 #: a folder of wheels to build the environment from, without the package index
 WHEELS = "RECOGNIZE_ORACLE_WHEELS"
-#: what the built environment must import, and the transformers it must have (`_check`)
+#: what the built environment must import, and the transformers it must have (run once it is built)
 CHECK = "import groundingdino.models, transformers; assert int(transformers.__version__.split('.')[0]) < 5"
 
 
@@ -91,11 +92,9 @@ def _see_this_environment(python: Path) -> None:
     editable installs (`pip install -e`, as the README sets up) put the project on the path."""
     if sys.prefix == sys.base_prefix:
         return
-    found = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                           capture_output=True, text=True)
-    if found.returncode != 0:
-        raise OracleUnavailable(f"could not read the oracle environment's site-packages: {found.stderr[-3000:]}")
-    purelib = found.stdout.strip()
+    root = str(python.parent.parent)  # the venv: same interpreter, so the same layout as this one's scheme says
+    scheme = "venv" if "venv" in sysconfig.get_scheme_names() else "posix_prefix"  # "venv": Python 3.11+
+    purelib = sysconfig.get_path("purelib", scheme, vars={"base": root, "platbase": root})
     paths = [path for path in site.getsitepackages() if Path(path).is_dir()]
     lines = [f"import site; site.addsitedir({path!r})" for path in paths]
     (Path(purelib) / "_recognize_parent_env.pth").write_text("\n".join(lines) + "\n")
@@ -131,7 +130,7 @@ def oracle_python() -> Path:
             result = subprocess.run([str(python), "-c", CHECK], capture_output=True, text=True)
         if result.returncode != 0:
             raise OracleUnavailable(f"could not build the oracle environment in {root}:\n{result.stderr[-3000:]}")
-        ready.write_text("\n".join(REQUIREMENTS) + "\n")
+        ready.write_text("\n".join([w.name for w in _wheels()] or REQUIREMENTS) + "\n")  # what it was built from
     return python
 
 
