@@ -10,7 +10,11 @@ the very same float operations and the output is bit for bit segment-anything's
 (`tests/test_attention.py` checks it with `torch.equal`); one attention matrix is alive at a time,
 and two passes over 1 GiB of memory are saved. On CPU it also takes the heads a few at a time
 (`chunk_bytes`): each head's products are independent, so a quarter of the heads hold a quarter of
-the memory. The windowed blocks (14 x 14 tokens) gain little.
+the memory. The windowed blocks (14 x 14 tokens) gain little. Those smaller batched products are the
+same float operations, but a BLAS may split one product's sums between threads where a larger batch
+gave each thread whole heads (MKL on an Intel Xeon with 2 threads, 2026-12-05: `attn @ v` for a single
+head), so taken a few at a time the last bits can differ (measured 1.4e-6 on one such product; bit for
+bit on one thread, where the tests check it; vit_h takes 4 of its 16 heads per step).
 Under autocast (the opt-in `dtype` fast modes) the softmax stays out of place, as segment-anything's:
 autocast computes it in float32, which an `out=` call would bypass.
 

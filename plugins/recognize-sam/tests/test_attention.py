@@ -1,4 +1,5 @@
-"""`LeanAttention` (in-place relative-position adds and softmax) gives segment-anything's bits exactly."""
+"""`LeanAttention` (in-place relative-position adds and softmax) gives segment-anything's bits exactly
+(with its heads taken a few at a time: exactly on one thread, within 1e-5 on several)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,21 @@ def test_lean_attention_equals_segment_anything_bit_for_bit(dim, heads, size, ba
     x = torch.randn(batch, size, size, dim)
     with torch.inference_mode():
         expected, got = original(x), lean(x)
-    assert torch.equal(expected, got)
+    if rows_per_step is None or rows_per_step >= batch * heads:  # the very same library calls
+        assert torch.equal(expected, got)
+        return
+    # Heads taken a few at a time are the same float operations in smaller batched products, but a
+    # BLAS may split a product's sums across threads differently for another batch size (MKL on an
+    # Intel Xeon, 2 threads: `attn @ v` for one head split K = 4096 between the threads, for two heads
+    # gave each thread one head): other last bits. So bit for bit on one thread, close on all of them.
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            assert torch.equal(original(x), lean(x))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_lean_attention_without_relative_positions():
