@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 
-os.environ["RECOGNIZE_FEATURE_CACHE_MB"] = "0"  # before recognize is imported: no reuse across the flip
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_jobs import load_images, make_stage, matmul, stage_frames
 from bench_machine import machine, machine_line
@@ -127,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    os.environ["RECOGNIZE_FEATURE_CACHE_MB"] = "0"  # read at each stage call: no reuse across the flip
     kit = Kit(quick=args.quick, cache=default_cache())
     print(machine_line(), flush=True)
     heap.keep_freed_memory()  # as `recognize run` and the stage table do when they run stages

@@ -15,8 +15,8 @@ it too), torch's own GEMM elsewhere (MKL on x86 CPUs with AVX2 and below). Why: 
 GEMM ran at or below MKL's (2048^3: 123-151 against 133-178 GFLOP/s, both probes noisy) and whole forwards took longer
 through oneDNN: RAM 1.12x, Tag2Text 1.13x, SAM vit_h (encoder + 8 boxes) 1.13x the time; Grounding DINO
 0.96x (within the noise; `benchmarks/README.md`, "Which GEMM on which CPU"). On an Intel Xeon with AVX-512
-and AMX, where MKL runs its AVX-512 kernels and its products alone beat oneDNN's plain ones (2026-12-05,
-`benchmarks/bench_gemm_choice.py`, whole forwards, 6 rounds, median of oneDNN ÷ torch per round): Grounding
+and AMX, where MKL runs its AVX-512 kernels (its products alone beat oneDNN's plain ones, not always its
+packed ones; 2026-12-05, `benchmarks/bench_gemm_choice.py`, whole forwards, 6 rounds, median of oneDNN ÷ torch per round): Grounding
 DINO 0.91, RAM / RAM++ / Tag2Text 1.00-1.01, SAM 1.04 (0.86-1.12 per round; 1.00 in a second check), so oneDNN
 stays there too (`benchmarks/README.md`, "A full run on an Intel Xeon with AMX").
 `RECOGNIZE_ONEDNN=1` takes oneDNN on every CPU, `=0` torch's GEMM everywhere (`auto`, the default: by CPU).

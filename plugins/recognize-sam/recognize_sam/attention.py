@@ -39,8 +39,9 @@ class LeanAttention(Attention):
 
     #: On CPU, at most this many bytes of attention matrices at once (vit_h's global blocks: 4 of their
     #: 16 heads per step instead of 1 GiB); None: all heads at once. Why CPU only: there each head's
-    #: matrix products were checked to give the same bits whether computed alone or batched
-    #: (`tests/test_attention.py`, which runs with small chunks), which no library promises for GPUs.
+    #: matrix products were checked to give the same bits whether computed alone or batched on one
+    #: thread, and within 1e-5 on several (`tests/test_attention.py`, which runs with small chunks; the
+    #: module doc says why threads matter), which no library promises for GPUs.
     chunk_bytes: ClassVar[int | None] = 256 * 2**20
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
