@@ -70,8 +70,8 @@ def _forward(stage: Any, name: str, image: np.ndarray, boxes: int,
     return time.perf_counter() - start, _outputs(frames)
 
 
-def measure(kit: Kit, name: str, rounds: int) -> dict[str, Any]:
-    image = load_images(image_paths(1))[0]
+def measure(kit: Kit, name: str, image: np.ndarray, rounds: int) -> dict[str, Any]:
+    """`name`'s forward on `image` through both paths, alternating (module doc)."""
     stage = make_stage(kit, name)
     stage.ensure_loaded()
     chosen = onednn_linear.ONEDNN
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line(), flush=True)
     heap.keep_freed_memory()  # as `recognize run` and the stage table do when they run stages
     probes = [_probes(args.quick)]
-    rows = [measure(kit, name.strip(), args.rounds) for name in args.stages.split(",") if name.strip()]
+    image = load_images(image_paths(1))[0]  # decoded once for every stage
+    rows = [measure(kit, name.strip(), image, args.rounds) for name in args.stages.split(",") if name.strip()]
     probes.append(_probes(args.quick))
     print("\n| stage | rounds | oneDNN s | torch GEMM s | ratio (oneDNN / torch, median) | max output difference "
           "| mask pixels differing |")

@@ -77,5 +77,5 @@ def test_the_flag_is_put_back_when_a_forward_fails(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench_gemm_choice, "_forward", forward)
     with pytest.raises(RuntimeError, match="a forward failed"):
-        bench_gemm_choice.measure(Kit(quick=True, cache=tmp_path), "ram", rounds=1)
+        bench_gemm_choice.measure(Kit(quick=True, cache=tmp_path), "ram", np.zeros((32, 32, 3), np.uint8), rounds=1)
     assert calls == [True, False] and onednn_linear.ONEDNN is chosen

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 from recognize_sam.attention import LeanAttention, use_lean_attention
@@ -20,6 +23,17 @@ def _pair(dim: int, heads: int, size: int, seed: int) -> tuple[Attention, Attent
     lean = Attention(dim, num_heads=heads, use_rel_pos=True, input_size=(size, size))
     lean.load_state_dict(original.state_dict())
     return original, use_lean_attention(lean)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch on one thread inside the block: a BLAS cannot then split one product's sums between threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # (dim, heads, tokens per side, batch): a windowed block's 14 x 14, a global block's 64 x 64 (vit_b
@@ -43,13 +57,8 @@ def test_lean_attention_equals_segment_anything_bit_for_bit(dim, heads, size, ba
     # Intel Xeon, 2 threads: `attn @ v` for one head split K = 4096 between the threads, for two heads
     # gave each thread one head): other last bits. So bit for bit on one thread, close on all of them.
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            assert torch.equal(original(x), lean(x))
-    finally:
-        torch.set_num_threads(threads)
+    with _one_thread(), torch.inference_mode():
+        assert torch.equal(original(x), lean(x))
 
 
 def test_lean_attention_without_relative_positions():
@@ -95,15 +104,10 @@ def test_built_encoder_uses_lean_attention_and_equals_the_original_encoder(chunk
             m.rel_pos_h.normal_()
             m.rel_pos_w.normal_()
     x = torch.randn(1, 3, 1024, 1024)
-    threads = torch.get_num_threads()
-    if chunk_bytes is not None:  # one head at a time: bit for bit on one thread only (the test above says why)
-        torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            lean = sam.image_encoder(x)
-            for m in attentions:
-                m.__class__ = Attention
-            original = sam.image_encoder(x)
-    finally:
-        torch.set_num_threads(threads)
+    # one head at a time: bit for bit on one thread only (the test above says why)
+    with _one_thread() if chunk_bytes is not None else contextlib.nullcontext(), torch.inference_mode():
+        lean = sam.image_encoder(x)
+        for m in attentions:
+            m.__class__ = Attention
+        original = sam.image_encoder(x)
     assert torch.equal(lean, original)
